@@ -1,0 +1,206 @@
+"""Frozen, resolved pipeline configuration, built once from ``Job.options``.
+
+``PipelineConfig.from_options(job.options)`` validates every key (errors name the
+field, e.g. ``options.pti.steps``) and the engine writes ``config.json`` (the fully
+resolved values) into the job folder, so a result can always be traced back to the
+settings that produced it. Stage code receives its own sub-config and never reads
+globals. Defaults cite their source.
+
+Options layout in a job (all optional)::
+
+    {"profile": "tiny", "device": "cpu",
+     "pti": {"steps": 40}, "stitch": {"steps": 50, "batch_size": 4}, ...}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+from fsexchange.errors import DocumentFieldError
+
+__all__ = [
+    "TrackConfig",
+    "AlignConfig",
+    "MaskConfig",
+    "InvertConfig",
+    "PTIConfig",
+    "EditConfig",
+    "StitchConfig",
+    "PasteConfig",
+    "MetricsConfig",
+    "PipelineConfig",
+]
+
+
+@dataclass(frozen=True)
+class TrackConfig:
+    backend: str = "auto"  # "auto" | "dlib" | "face-alignment"; auto = fa if weights
+    detect_upsample: int = 1  # dlib HOG upsampling; STIT uses 0 (pipeline.md §1.1)
+    min_score: float = 0.0  # dlib HOG score threshold (environment.md §8)
+    max_gap: int = 8  # gaps up to this many frames are interpolated, longer pass through
+    identity_max_jump: float = 0.35  # box-centre jump (in face sizes) that breaks identity
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    resolution: int = 0  # 0 = the generator's resolution (1024 official)
+    center_sigma: float = 1.0  # STIT --center_sigma (pipeline.md §1.1)
+    xy_sigma: float = 3.0  # STIT --xy_sigma (pipeline.md §1.1)
+    scale: float = 1.0  # STIT --scale
+    padding: str = "reflect"  # "reflect" (ours, FFHQ-like) | "black" (STIT)
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    parser: str = "auto"  # "auto" | "bisenet" | "hull"; auto = bisenet if installed
+    outer_dilation: int = 50  # STIT outer_mask_dilation at 1024 (pipeline.md §1.6)
+    inner_dilation: int = 0  # STIT inner_mask_dilation
+    border_band: int = 50  # crop-edge band at 1024 (25 at 512, pipeline.md §1.6)
+    feather: bool = False  # STIT feathering variant: erode 51 + Gaussian (σ 8 px)
+
+
+@dataclass(frozen=True)
+class InvertConfig:
+    batch_size: int = 8  # frames per encoder batch (reference: 1)
+
+
+@dataclass(frozen=True)
+class PTIConfig:
+    steps: int = 80  # passes over all frames; STIT README uses 80 (pipeline.md §1.4)
+    lr: float = 3e-5  # STIT PTI lr (pipeline.md §1.4)
+    l2_weight: float = 10.0  # STIT CLI override of L2 λ (pipeline.md §1.4)
+    lpips_weight: float = 1.0
+    batch_size: int = 4  # frames per optimiser step (reference: 1)
+    locality_reg: bool = False  # off in STIT's effective defaults
+    locality_alpha: float = 30.0
+    locality_l2: float = 0.1
+    locality_lpips: float = 0.1
+    checkpoint_every: int = 10  # passes between resumable checkpoints
+    gradient_checkpointing: bool = False  # trade compute for memory on small GPUs
+
+
+@dataclass(frozen=True)
+class EditConfig:
+    freeze_fine_layers: int | None = None  # STIT --freeze_fine_layers (pipeline.md §1.5)
+
+
+@dataclass(frozen=True)
+class StitchConfig:
+    steps: int = 100  # STIT stitching steps (pipeline.md §1.6)
+    lr: float = 3e-4  # STIT stitching lr (pipeline.md §1.6)
+    content_weight: float = 0.01  # interior loss λ (pipeline.md §1.6)
+    border_loss_threshold: float = 0.0  # early stop; 0 = off (pipeline.md §1.6)
+    batch_size: int = 4  # frames tuned at once with batched per-frame weights
+    l1: bool = False
+
+
+@dataclass(frozen=True)
+class PasteConfig:
+    preview_codec: str = "libx264"
+    write_report: bool = True
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = True
+    identity: str = "dlib"  # "dlib" | "arcface"
+    flow: str = "dis"  # "dis" | "farneback" | "raft"
+
+
+_SECTIONS = {
+    "track": TrackConfig,
+    "align": AlignConfig,
+    "mask": MaskConfig,
+    "invert": InvertConfig,
+    "pti": PTIConfig,
+    "edit": EditConfig,
+    "stitch": StitchConfig,
+    "paste": PasteConfig,
+    "metrics": MetricsConfig,
+}
+
+
+def _build_section(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise DocumentFieldError(f"{where} must be a map", field=where)
+    known = {f.name: f for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        f = known.get(key)
+        if f is None:
+            raise DocumentFieldError(
+                f"unknown option {where}.{key}; known: {', '.join(sorted(known))}",
+                field=f"{where}.{key}")
+        default = f.default
+        if default is None or isinstance(default, dataclasses._MISSING_TYPE):
+            ok = value is None or isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            value = float(value) if ok else value
+        else:
+            ok = isinstance(value, type(default))
+        if not ok:
+            raise DocumentFieldError(
+                f"option {where}.{key} must be {type(default).__name__}, got {value!r}",
+                field=f"{where}.{key}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+            raise DocumentFieldError(f"option {where}.{key} must be >= 0",
+                                     field=f"{where}.{key}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    profile: str = "auto"  # "auto" (official if installed, else tiny) | "official" | "tiny"
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    dtype: str = "float32"  # "float32" | "bfloat16" (mixed precision on GPUs)
+    seed: int = 0
+    track: TrackConfig = field(default_factory=TrackConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    invert: InvertConfig = field(default_factory=InvertConfig)
+    pti: PTIConfig = field(default_factory=PTIConfig)
+    edit: EditConfig = field(default_factory=EditConfig)
+    stitch: StitchConfig = field(default_factory=StitchConfig)
+    paste: PasteConfig = field(default_factory=PasteConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any],
+                     **overrides: Any) -> "PipelineConfig":
+        """Validate ``Job.options`` (plus engine-side overrides such as ``device``)."""
+        opts = dict(options)
+        opts.update({k: v for k, v in overrides.items() if v is not None})
+        kwargs: dict[str, Any] = {}
+        for key, value in opts.items():
+            where = f"options.{key}"
+            if key in _SECTIONS:
+                kwargs[key] = _build_section(_SECTIONS[key], value, where)
+            elif key in ("profile", "device", "dtype"):
+                if not isinstance(value, str):
+                    raise DocumentFieldError(f"{where} must be a string", field=where)
+                kwargs[key] = value
+            elif key == "seed":
+                if not isinstance(value, int) or isinstance(value, bool):
+                    raise DocumentFieldError(f"{where} must be an integer", field=where)
+                kwargs[key] = value
+            else:
+                raise DocumentFieldError(f"unknown option {where}", field=where)
+        cfg = cls(**kwargs)
+        if cfg.profile not in ("auto", "official", "tiny"):
+            raise DocumentFieldError("options.profile must be auto, official or tiny",
+                                     field="options.profile")
+        if cfg.dtype not in ("float32", "bfloat16"):
+            raise DocumentFieldError("options.dtype must be float32 or bfloat16",
+                                     field="options.dtype")
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,42 @@
+"""Which stages run, in order, for each job kind.
+
+Stages are named by ``module:Class`` and imported only when a job needs them, so
+the engine starts without importing torch and a broken optional stage cannot stop
+jobs of another kind.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .stage import Stage
+
+__all__ = ["PIPELINES", "stages_for"]
+
+PIPELINES: dict[str, tuple[str, ...]] = {
+    # Track -> smoothed alignment -> identity paste-back, for checking a track.
+    "align-preview": (
+        "engine.track:TrackStage",
+        "engine.align:AlignStage",
+        "engine.paste:PasteStage",
+    ),
+    # The full STIT pipeline (pipeline.md §1).
+    "stitch": (
+        "engine.track:TrackStage",
+        "engine.align:AlignStage",
+        "engine.invert:InvertStage",
+        "engine.pti:PTIStage",
+        "engine.edit:EditStage",
+        "engine.stitch_tune:StitchTuneStage",
+        "engine.paste:PasteStage",
+    ),
+}
+
+
+def stages_for(kind: str) -> list[Stage]:
+    """Instantiate the stages of a job kind, in order."""
+    out = []
+    for ref in PIPELINES[kind]:
+        module, _, cls = ref.partition(":")
+        out.append(getattr(importlib.import_module(module), cls)())
+    return out

@@ -1,0 +1,123 @@
+"""The stage contract: what every pipeline stage receives and must honour.
+
+A stage is one pipeline noun (``track``, ``align``, ``invert``, ``pti``, ``edit``,
+``stitch_tune``, ``paste``) living in its own module with its own frozen config. It
+reads the outputs of earlier stages from their folders, writes its own outputs into
+``ctx.stage_dir(self.name)``, reports progress through ``ctx.report`` and polls
+``ctx.check_abort()`` often (at least once a second of work). Inputs and outputs are
+files and small documents, never process state, so a stage can run in another
+process or on another machine (Ray) and can resume after a crash:
+
+- The runner marks a stage complete by writing ``stages/<name>/DONE.msgpack`` after
+  ``run`` returns; a completed stage is never run again for that job.
+- Inside a long stage, save a resumable checkpoint with :func:`save_checkpoint`
+  (atomic) and, at the start of ``run``, continue from it if it exists.
+- ``run`` must be deterministic given its inputs and config (seeded), so a resumed
+  job delivers the same frames as an uninterrupted one (within float tolerance).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+from fsexchange.documents import Job
+from fsexchange.fsutil import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from .config import PipelineConfig
+
+__all__ = ["Stage", "StageContext", "StageAborted", "save_checkpoint",
+           "load_checkpoint"]
+
+
+class StageAborted(Exception):
+    """Raised by :meth:`StageContext.check_abort`; the runner decides whether the
+    job ends ``cancelled`` (a cancel request) or is released for another worker
+    (shutdown, lost lease). Not a user-facing error."""
+
+
+@dataclass
+class StageContext:
+    """Everything a stage may use. Created by the runner for each stage.
+
+    Attributes:
+        job: the validated ``Job/1``.
+        job_dir: the claimed job folder; stages write only below ``stages/`` and
+            ``output/``.
+        config: the resolved pipeline configuration.
+        device: torch device string ("cpu", "cuda", "cuda:1").
+        media_roots: folders outside the exchange the engine may read.
+        progress_fn: ``(fraction of this stage in 0..1, message)``.
+        abort_fn: returns True when the stage must stop soon.
+        warnings: user-visible notes collected into ``Result/1.warnings``.
+        info: small JSON-able facts collected into ``Result/1`` (models used...).
+    """
+
+    job: Job
+    job_dir: Path
+    config: "PipelineConfig"
+    device: str = "cpu"
+    media_roots: tuple[Path, ...] = ()
+    progress_fn: Callable[[float, str], None] = lambda f, m: None
+    abort_fn: Callable[[], bool] = lambda: False
+    warnings: list[str] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def stage_dir(self, name: str) -> Path:
+        d = self.job_dir / "stages" / name
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def output_dir(self) -> Path:
+        d = self.job_dir / "output"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def report(self, fraction: float, message: str = "") -> None:
+        self.progress_fn(min(1.0, max(0.0, float(fraction))), message)
+
+    def check_abort(self) -> None:
+        if self.abort_fn():
+            raise StageAborted()
+
+    def warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
+
+    def source_path(self) -> Path:
+        """The job's media path, confined to the job folder or the media roots."""
+        from fsexchange.paths import confine  # noqa: PLC0415 (avoid import cycle)
+
+        return confine(self.job.source.path, self.job_dir, self.media_roots,
+                       field="source.path")
+
+
+class Stage(ABC):
+    """One pipeline stage. Subclasses set ``name`` and implement :meth:`run`."""
+
+    name: ClassVar[str] = ""
+
+    @abstractmethod
+    def run(self, ctx: StageContext) -> dict[str, Any] | None:
+        """Do the work; return small facts for the result (e.g. ``{"frames": n}``)."""
+
+
+def save_checkpoint(path: str | os.PathLike[str], obj: Any) -> None:
+    """Atomically ``torch.save`` ``obj`` (state dicts, tensors, plain data)."""
+    import torch  # noqa: PLC0415
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str = "cpu") -> Any:
+    """Load a checkpoint written by :func:`save_checkpoint` without running code."""
+    import torch  # noqa: PLC0415
+
+    return torch.load(path, map_location=map_location, weights_only=True)

@@ -1,0 +1,729 @@
+"""Versioned protocol documents and the one loader for all of them.
+
+Every document is a msgpack map with a ``schema`` key ``"facestitch.<Name>/<major>"``.
+:func:`load_document` checks the size, decodes, upgrades older majors through the
+registered upgrade functions, rejects unknown majors, validates every field (errors
+name the file and the field path) and keeps unknown keys in ``extra`` so that a newer
+writer's additions survive a read-modify-write by an older reader.
+
+Documents (see ``docs/protocol.md`` for the prose):
+
+- ``Job/1``        what to do: source media, frame range, subject, edits, options.
+- ``FaceTrack/1``  per-frame landmarks/boxes/scores for one subject.
+- ``Progress/1``   the running state of a job, replaced atomically while it runs.
+- ``Result/1``     the final state, per-stage timings, output frames with sha256.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Mapping, TypeVar
+
+import msgpack
+
+from .errors import (
+    DocumentError,
+    DocumentFieldError,
+    DocumentNotMsgpack,
+    DocumentTooLarge,
+    DocumentVersionError,
+)
+from .timecode import parse_rate, rate_to_list, timecode_to_frames
+
+__all__ = [
+    "SCHEMA_PREFIX",
+    "JOB_KINDS",
+    "JOB_STATES",
+    "OUTPUT_FORMATS",
+    "FrameRange",
+    "Source",
+    "Subject",
+    "Keyframe",
+    "Edit",
+    "OutputSpec",
+    "Job",
+    "TrackFrame",
+    "FaceTrack",
+    "Progress",
+    "StageTiming",
+    "FrameOutput",
+    "Result",
+    "DOCUMENT_TYPES",
+    "UPGRADES",
+    "register_upgrade",
+    "load_document",
+    "decode_document",
+    "encode_document",
+    "valid_job_id",
+]
+
+SCHEMA_PREFIX = "facestitch."
+JOB_KINDS = ("stitch", "align-preview")
+JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
+OUTPUT_FORMATS = ("png16", "exr", "prores4444")
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def valid_job_id(job_id: str) -> bool:
+    """Job ids are file names: letters, digits, ``._-``, at most 128, no leading dot."""
+    return bool(_JOB_ID.match(job_id)) and ".." not in job_id
+
+
+# --- field reading --------------------------------------------------------------
+
+
+class _Fields:
+    """Reads one map with a field-path prefix, so errors say ``edits[2].strength``."""
+
+    def __init__(self, data: Any, prefix: str, known: tuple[str, ...]) -> None:
+        if not isinstance(data, Mapping):
+            raise DocumentFieldError(f"{prefix or 'document'} must be a map", field=prefix)
+        self.data = data
+        self.prefix = prefix
+        self.known = known
+
+    def path(self, key: str) -> str:
+        return f"{self.prefix}.{key}" if self.prefix else key
+
+    def get(self, key: str, kind: Any, default: Any = ..., *, none_ok: bool = False) -> Any:
+        if key not in self.data:
+            if default is ...:
+                raise DocumentFieldError(f"missing field {self.path(key)!r}",
+                                         field=self.path(key))
+            return default
+        value = self.data[key]
+        if value is None and none_ok:
+            return None
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        ok = isinstance(value, kinds) and not (
+            isinstance(value, bool) and bool not in kinds
+        )
+        if not ok:
+            names = "/".join(k.__name__ for k in kinds)
+            raise DocumentFieldError(
+                f"field {self.path(key)!r} must be {names}, got {type(value).__name__}",
+                field=self.path(key),
+            )
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...], default: Any = ...) -> str:
+        value = self.get(key, str, default)
+        if value not in choices:
+            raise DocumentFieldError(
+                f"field {self.path(key)!r} must be one of {', '.join(choices)}, "
+                f"got {value!r}", field=self.path(key))
+        return value
+
+    def extra(self) -> dict[str, Any]:
+        return {k: v for k, v in self.data.items() if k not in self.known}
+
+
+def _number_list(value: Any, n: int | None, where: str) -> tuple[float, ...]:
+    if not isinstance(value, (list, tuple)) or (n is not None and len(value) != n):
+        raise DocumentFieldError(f"field {where!r} must be a list of {n} numbers",
+                                 field=where)
+    out = []
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise DocumentFieldError(f"field {where!r} must hold numbers", field=where)
+        out.append(float(v))
+    return tuple(out)
+
+
+T = TypeVar("T", bound="_Document")
+
+
+@dataclass(frozen=True)
+class _Document:
+    """Base of top-level documents: a schema name, a major version, ``extra`` keys."""
+
+    NAME: ClassVar[str] = ""
+    VERSION: ClassVar[int] = 1
+    MAX_BYTES: ClassVar[int] = 1 << 20
+
+    @classmethod
+    def schema(cls) -> str:
+        return f"{SCHEMA_PREFIX}{cls.NAME}/{cls.VERSION}"
+
+    @classmethod
+    def from_dict(cls: type[T], data: Mapping[str, Any]) -> T:  # pragma: no cover
+        raise NotImplementedError
+
+    def body(self) -> dict[str, Any]:  # pragma: no cover
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(getattr(self, "extra", {}) or {})
+        out.update(self.body())
+        out["schema"] = self.schema()
+        return out
+
+    def to_bytes(self) -> bytes:
+        return encode_document(self.to_dict())
+
+
+# --- Job/1 ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FrameRange:
+    """Source frames ``start`` (inclusive) to ``end`` (exclusive) at ``rate``.
+
+    Frame numbers are indices into the media (0 = its first frame). The source's
+    start timecode lets a host map them to record time; ``start_frame_number``
+    is the first source frame's number in timecode frames (86400 for 01:00:00:00 at
+    24 fps), so ``start_frame_number + i`` is frame ``i``'s timecode in frames.
+    """
+
+    start: int
+    end: int
+    rate: Fraction
+    start_timecode: str | None = None
+
+    @property
+    def count(self) -> int:
+        return self.end - self.start
+
+    @property
+    def start_frame_number(self) -> int:
+        if not self.start_timecode:
+            return 0
+        return timecode_to_frames(self.start_timecode, self.rate)
+
+    @classmethod
+    def from_dict(cls, data: Any, prefix: str = "range") -> "FrameRange":
+        f = _Fields(data, prefix, ("start", "end", "rate", "start_timecode"))
+        start = f.get("start", int)
+        end = f.get("end", int)
+        rate = parse_rate(f.get("rate", list), f.path("rate"))
+        tc = f.get("start_timecode", str, None, none_ok=True)
+        if start < 0:
+            raise DocumentFieldError(f"{prefix}.start must be >= 0", field=f.path("start"))
+        if end <= start:
+            raise DocumentFieldError(
+                f"{prefix} is empty: end {end} must be greater than start {start}",
+                field=f.path("end"))
+        out = cls(start, end, rate, tc)
+        if tc:
+            try:
+                out.start_frame_number
+            except DocumentFieldError as exc:
+                raise DocumentFieldError(exc.message, field=f.path("start_timecode"))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start": self.start, "end": self.end, "rate": rate_to_list(self.rate),
+                "start_timecode": self.start_timecode}
+
+
+@dataclass(frozen=True)
+class Source:
+    """Media to read: a movie file or a folder of numbered images.
+
+    ``path`` is relative to the job folder (media the bridge exported into the job) or
+    absolute inside a media root the engine was allowed to read.
+    """
+
+    path: str
+    kind: str = "video"  # "video" | "sequence"
+
+    @classmethod
+    def from_dict(cls, data: Any, prefix: str = "source") -> "Source":
+        f = _Fields(data, prefix, ("path", "kind"))
+        path = f.get("path", str)
+        if not path or "\x00" in path:
+            raise DocumentFieldError("source.path is empty or invalid", field=f.path("path"))
+        return cls(path, f.choice("kind", ("video", "sequence"), "video"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "kind": self.kind}
+
+
+@dataclass(frozen=True)
+class Subject:
+    """Which face to follow. At most one of index / point / box; none = the largest.
+
+    ``index``: the N-th face by size at the first frame where faces are found (0 =
+    largest). ``point``: (frame, x, y) inside the wanted face. ``box``: (frame, x0, y0,
+    x1, y1). ``track``: a ``FaceTrack/1`` file in the job folder computed by the bridge
+    (then the engine does not track).
+    """
+
+    index: int | None = None
+    point: tuple[float, ...] | None = None
+    box: tuple[float, ...] | None = None
+    track: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Any, prefix: str = "subject") -> "Subject":
+        f = _Fields(data, prefix, ("index", "point", "box", "track"))
+        index = f.get("index", int, None, none_ok=True)
+        point = f.get("point", list, None, none_ok=True)
+        box = f.get("box", list, None, none_ok=True)
+        track = f.get("track", str, None, none_ok=True)
+        if index is not None and index < 0:
+            raise DocumentFieldError("subject.index must be >= 0", field=f.path("index"))
+        if sum(x is not None for x in (index, point, box)) > 1:
+            raise DocumentFieldError("give at most one of subject.index, point, box",
+                                     field=prefix)
+        return cls(
+            index,
+            _number_list(point, 3, f.path("point")) if point is not None else None,
+            _number_list(box, 5, f.path("box")) if box is not None else None,
+            track,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index,
+                "point": list(self.point) if self.point else None,
+                "box": list(self.box) if self.box else None,
+                "track": self.track}
+
+
+@dataclass(frozen=True)
+class Keyframe:
+    frame: int
+    strength: float
+
+
+@dataclass(frozen=True)
+class Edit:
+    """A linear latent edit. Without keyframes the strength is constant; with them
+    the strength follows the keyframes (eased between them, held outside).
+
+    ``strength`` follows the STIT CLI convention: w + (strength/2)·d (pipeline.md
+    §1.5), so published settings (age -8 = "younger") carry over unchanged.
+    """
+
+    name: str
+    strength: float = 0.0
+    keyframes: tuple[Keyframe, ...] = ()
+    space: str = "w"  # "w" (W+ directions) | "s" (StyleSpace / StyleCLIP global)
+    ease: str = "smooth"  # "smooth" (ease in/out) | "linear" | "hold"
+
+    @classmethod
+    def from_dict(cls, data: Any, prefix: str = "edit") -> "Edit":
+        f = _Fields(data, prefix, ("name", "strength", "keyframes", "space", "ease"))
+        name = f.get("name", str)
+        if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", name):
+            raise DocumentFieldError(f"edit name {name!r} is not a valid name",
+                                     field=f.path("name"))
+        kfs = []
+        for i, kf in enumerate(f.get("keyframes", list, [])):
+            where = f"{f.path('keyframes')}[{i}]"
+            if (not isinstance(kf, (list, tuple)) or len(kf) != 2
+                    or not isinstance(kf[0], int) or isinstance(kf[0], bool)):
+                raise DocumentFieldError(f"{where} must be [frame, strength]", field=where)
+            kfs.append(Keyframe(kf[0], _number_list([kf[1]], 1, where)[0]))
+        frames = [k.frame for k in kfs]
+        if frames != sorted(set(frames)):
+            raise DocumentFieldError("keyframes must have increasing frame numbers",
+                                     field=f.path("keyframes"))
+        return cls(name, f.get("strength", float, 0.0), tuple(kfs),
+                   f.choice("space", ("w", "s"), "w"),
+                   f.choice("ease", ("smooth", "linear", "hold"), "smooth"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "strength": self.strength,
+                "keyframes": [[k.frame, k.strength] for k in self.keyframes],
+                "space": self.space, "ease": self.ease}
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """How results are written. Output frame numbers map 1:1 to source frames:
+    ``<name>.<number:07d>.<ext>`` with number = ``start_number + (frame - range.start)``
+    when ``start_number`` is set, else the source frame's timecode frame number
+    (``range.start_frame_number + frame``)."""
+
+    format: str = "png16"
+    name: str = "facestitch"
+    start_number: int | None = None
+    preview: bool = True
+
+    @classmethod
+    def from_dict(cls, data: Any, prefix: str = "output") -> "OutputSpec":
+        f = _Fields(data, prefix, ("format", "name", "start_number", "preview"))
+        name = f.get("name", str, "facestitch")
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", name) or ".." in name:
+            raise DocumentFieldError(f"output.name {name!r} must be a plain file name "
+                                     "prefix", field=f.path("name"))
+        start = f.get("start_number", int, None, none_ok=True)
+        if start is not None and start < 0:
+            raise DocumentFieldError("output.start_number must be >= 0",
+                                     field=f.path("start_number"))
+        return cls(f.choice("format", OUTPUT_FORMATS, "png16"), name, start,
+                   f.get("preview", bool, True))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": self.format, "name": self.name,
+                "start_number": self.start_number, "preview": self.preview}
+
+
+@dataclass(frozen=True)
+class Job(_Document):
+    """A unit of work, written once by a submitter and never modified after."""
+
+    NAME: ClassVar[str] = "Job"
+    MAX_BYTES: ClassVar[int] = 1 << 20
+
+    id: str
+    source: Source
+    range: FrameRange
+    kind: str = "stitch"
+    subject: Subject = field(default_factory=Subject)
+    edits: tuple[Edit, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
+    output: OutputSpec = field(default_factory=OutputSpec)
+    host: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Job":
+        f = _Fields(data, "", ("schema", "id", "kind", "source", "range", "subject",
+                               "edits", "options", "output", "host", "created"))
+        job_id = f.get("id", str)
+        if not valid_job_id(job_id):
+            raise DocumentFieldError(f"job id {job_id!r} is not a valid name", field="id")
+        edits = tuple(Edit.from_dict(e, f"edits[{i}]")
+                      for i, e in enumerate(f.get("edits", list, [])))
+        return cls(
+            id=job_id,
+            kind=f.choice("kind", JOB_KINDS, "stitch"),
+            source=Source.from_dict(f.get("source", dict)),
+            range=FrameRange.from_dict(f.get("range", dict)),
+            subject=Subject.from_dict(f.get("subject", dict, {})),
+            edits=edits,
+            options=dict(f.get("options", dict, {})),
+            output=OutputSpec.from_dict(f.get("output", dict, {})),
+            host=dict(f.get("host", dict, {})),
+            created=f.get("created", str, ""),
+            extra=f.extra(),
+        )
+
+    def body(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "source": self.source.to_dict(),
+                "range": self.range.to_dict(), "subject": self.subject.to_dict(),
+                "edits": [e.to_dict() for e in self.edits], "options": self.options,
+                "output": self.output.to_dict(), "host": self.host,
+                "created": self.created}
+
+
+# --- FaceTrack/1 ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrackFrame:
+    """One source frame of a face track. ``present`` False: the subject is missing
+    or occluded there (``box``/``landmarks`` None); ``interpolated`` True: landmarks
+    were filled in from neighbours across a short gap."""
+
+    frame: int
+    present: bool
+    box: tuple[float, ...] | None = None  # x0, y0, x1, y1 in frame pixels
+    score: float | None = None
+    landmarks: tuple[tuple[float, float], ...] | None = None  # 68 x (x, y)
+    interpolated: bool = False
+
+    @classmethod
+    def from_dict(cls, data: Any, prefix: str) -> "TrackFrame":
+        f = _Fields(data, prefix, ("frame", "present", "box", "score", "landmarks",
+                                   "interpolated"))
+        present = f.get("present", bool)
+        box = f.get("box", list, None, none_ok=True)
+        lms = f.get("landmarks", list, None, none_ok=True)
+        if present and lms is None:
+            raise DocumentFieldError(f"{prefix}: a present face needs landmarks",
+                                     field=f.path("landmarks"))
+        landmarks = None
+        if lms is not None:
+            if len(lms) != 68:
+                raise DocumentFieldError(f"{f.path('landmarks')} must hold 68 points",
+                                         field=f.path("landmarks"))
+            landmarks = tuple(
+                tuple(_number_list(p, 2, f"{f.path('landmarks')}[{i}]"))  # type: ignore
+                for i, p in enumerate(lms))
+        return cls(f.get("frame", int), present,
+                   _number_list(box, 4, f.path("box")) if box is not None else None,
+                   f.get("score", float, None, none_ok=True), landmarks,
+                   f.get("interpolated", bool, False))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"frame": self.frame, "present": self.present,
+                "box": list(self.box) if self.box else None, "score": self.score,
+                "landmarks": [list(p) for p in self.landmarks] if self.landmarks else None,
+                "interpolated": self.interpolated}
+
+
+@dataclass(frozen=True)
+class FaceTrack(_Document):
+    """Landmarks of one chosen subject over a frame range, one entry per frame."""
+
+    NAME: ClassVar[str] = "FaceTrack"
+    MAX_BYTES: ClassVar[int] = 64 << 20
+
+    rate: Fraction
+    image_size: tuple[int, int]  # width, height
+    frames: tuple[TrackFrame, ...]
+    backend: str = ""
+    subject: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "FaceTrack":
+        f = _Fields(data, "", ("schema", "rate", "image_size", "frames", "backend",
+                               "subject"))
+        size = f.get("image_size", list)
+        if (len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size)):
+            raise DocumentFieldError("image_size must be [width, height]",
+                                     field="image_size")
+        frames = tuple(TrackFrame.from_dict(fr, f"frames[{i}]")
+                       for i, fr in enumerate(f.get("frames", list)))
+        numbers = [fr.frame for fr in frames]
+        if numbers != sorted(set(numbers)):
+            raise DocumentFieldError("frames must be in increasing frame order",
+                                     field="frames")
+        return cls(parse_rate(f.get("rate", list), "rate"), (size[0], size[1]), frames,
+                   f.get("backend", str, ""), dict(f.get("subject", dict, {})),
+                   extra=f.extra())
+
+    def body(self) -> dict[str, Any]:
+        return {"rate": rate_to_list(self.rate), "image_size": list(self.image_size),
+                "frames": [fr.to_dict() for fr in self.frames], "backend": self.backend,
+                "subject": self.subject}
+
+
+# --- Progress/1 -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Progress(_Document):
+    """Replaced atomically while a job runs; the bridge tails it."""
+
+    NAME: ClassVar[str] = "Progress"
+    MAX_BYTES: ClassVar[int] = 64 << 10
+
+    job_id: str
+    state: str
+    stage: str | None = None
+    stage_index: int = 0
+    stage_count: int = 0
+    fraction: float = 0.0  # whole job, 0..1
+    message: str = ""
+    worker: str = ""
+    updated: str = ""  # ISO 8601 UTC
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Progress":
+        f = _Fields(data, "", ("schema", "job_id", "state", "stage", "stage_index",
+                               "stage_count", "fraction", "message", "worker", "updated"))
+        frac = f.get("fraction", float, 0.0)
+        if not 0.0 <= frac <= 1.0:
+            raise DocumentFieldError("fraction must be within 0..1", field="fraction")
+        return cls(f.get("job_id", str), f.choice("state", JOB_STATES),
+                   f.get("stage", str, None, none_ok=True), f.get("stage_index", int, 0),
+                   f.get("stage_count", int, 0), frac, f.get("message", str, ""),
+                   f.get("worker", str, ""), f.get("updated", str, ""), extra=f.extra())
+
+    def body(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "state": self.state, "stage": self.stage,
+                "stage_index": self.stage_index, "stage_count": self.stage_count,
+                "fraction": self.fraction, "message": self.message,
+                "worker": self.worker, "updated": self.updated}
+
+
+# --- Result/1 -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StageTiming:
+    name: str
+    seconds: float
+    frames: int = 0
+    resumed: bool = False  # True when the stage finished in an earlier attempt
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "seconds": self.seconds, "frames": self.frames,
+                "resumed": self.resumed}
+
+
+@dataclass(frozen=True)
+class FrameOutput:
+    """One delivered frame: source frame index, file (relative to the job's result
+    folder), its sha256, and whether the face was edited there (False: passed through
+    with alpha 0)."""
+
+    frame: int
+    path: str
+    sha256: str
+    edited: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"frame": self.frame, "path": self.path, "sha256": self.sha256,
+                "edited": self.edited}
+
+
+@dataclass(frozen=True)
+class Result(_Document):
+    """Written once when a job ends, then published with its folder."""
+
+    NAME: ClassVar[str] = "Result"
+    MAX_BYTES: ClassVar[int] = 32 << 20
+
+    job_id: str
+    state: str  # done | failed | cancelled
+    stages: tuple[StageTiming, ...] = ()
+    frames: tuple[FrameOutput, ...] = ()
+    outputs: dict[str, str] = field(default_factory=dict)  # preview, report, ...
+    error: dict[str, Any] | None = None  # {code, message, stage, frame, field}
+    metrics: dict[str, Any] = field(default_factory=dict)
+    models: dict[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    started: str = ""
+    finished: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Result":
+        f = _Fields(data, "", ("schema", "job_id", "state", "stages", "frames",
+                               "outputs", "error", "metrics", "models", "warnings",
+                               "started", "finished"))
+        stages = []
+        for i, s in enumerate(f.get("stages", list, [])):
+            g = _Fields(s, f"stages[{i}]", ())
+            stages.append(StageTiming(g.get("name", str), g.get("seconds", float),
+                                      g.get("frames", int, 0), g.get("resumed", bool, False)))
+        frames = []
+        for i, fr in enumerate(f.get("frames", list, [])):
+            g = _Fields(fr, f"frames[{i}]", ())
+            frames.append(FrameOutput(g.get("frame", int), g.get("path", str),
+                                      g.get("sha256", str), g.get("edited", bool, True)))
+        error = f.get("error", dict, None, none_ok=True)
+        if error is not None:
+            g = _Fields(error, "error", ())
+            g.get("code", str)
+            g.get("message", str)
+        state = f.choice("state", ("done", "failed", "cancelled"))
+        if state == "failed" and error is None:
+            raise DocumentFieldError("a failed result needs an error", field="error")
+        warnings = f.get("warnings", list, [])
+        return cls(f.get("job_id", str), state, tuple(stages), tuple(frames),
+                   dict(f.get("outputs", dict, {})), error,
+                   dict(f.get("metrics", dict, {})), dict(f.get("models", dict, {})),
+                   tuple(str(w) for w in warnings), f.get("started", str, ""),
+                   f.get("finished", str, ""), extra=f.extra())
+
+    def body(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "state": self.state,
+                "stages": [s.to_dict() for s in self.stages],
+                "frames": [fr.to_dict() for fr in self.frames], "outputs": self.outputs,
+                "error": self.error, "metrics": self.metrics, "models": self.models,
+                "warnings": list(self.warnings), "started": self.started,
+                "finished": self.finished}
+
+
+# --- the loader -----------------------------------------------------------------
+
+DOCUMENT_TYPES: dict[str, type[_Document]] = {
+    cls.NAME: cls for cls in (Job, FaceTrack, Progress, Result)
+}
+
+#: (name, major) -> function upgrading a dict of that major to major + 1.
+UPGRADES: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+def register_upgrade(name: str, from_major: int):
+    """Decorator registering ``fn(doc: dict) -> dict`` from ``name/from_major`` to
+    ``name/from_major + 1`` (OpenTimelineIO-style schema upgrades)."""
+
+    def deco(fn: Callable[[dict[str, Any]], dict[str, Any]]):
+        UPGRADES[(name, from_major)] = fn
+        return fn
+
+    return deco
+
+
+_SCHEMA = re.compile(r"^facestitch\.([A-Za-z]+)/(\d+)$")
+
+
+def encode_document(data: Mapping[str, Any]) -> bytes:
+    return msgpack.packb(data, use_bin_type=True)
+
+
+def decode_document(
+    raw: bytes,
+    expect: type[T] | None = None,
+    *,
+    source: str = "<bytes>",
+) -> Any:
+    """Decode, upgrade and validate one document. Errors name ``source`` and the field.
+
+    Args:
+        raw: the msgpack bytes.
+        expect: the document class wanted (``Job``...); None accepts any known type.
+        source: a file name for error messages.
+    """
+    limit = expect.MAX_BYTES if expect else max(t.MAX_BYTES for t in DOCUMENT_TYPES.values())
+    if len(raw) > limit:
+        raise DocumentTooLarge(
+            f"{source}: {len(raw)} bytes is over the {limit}-byte limit for "
+            f"{expect.NAME if expect else 'documents'}")
+    try:
+        data = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise DocumentNotMsgpack(f"{source}: not a msgpack document ({exc})") from None
+    if not isinstance(data, dict):
+        raise DocumentError(f"{source}: a document must be a map, got "
+                            f"{type(data).__name__}")
+    schema = data.get("schema")
+    m = _SCHEMA.match(schema) if isinstance(schema, str) else None
+    if not m:
+        raise DocumentFieldError(f"{source}: missing or malformed 'schema' "
+                                 f"(expected like 'facestitch.Job/1'), got {schema!r}",
+                                 field="schema")
+    name, major = m[1], int(m[2])
+    cls = DOCUMENT_TYPES.get(name)
+    if cls is None or (expect is not None and cls is not expect):
+        wanted = expect.schema() if expect else "a FaceStitch document"
+        raise DocumentVersionError(f"{source}: is {schema!r}, expected {wanted}",
+                                   field="schema")
+    if major > cls.VERSION or major < 1:
+        raise DocumentVersionError(
+            f"{source}: {schema!r} is not supported; this FaceStitch reads "
+            f"{cls.NAME}/1..{cls.VERSION} (upgrade FaceStitch to read newer documents)",
+            field="schema")
+    while major < cls.VERSION:
+        step = UPGRADES.get((name, major))
+        if step is None:
+            raise DocumentVersionError(f"{source}: no upgrade from {name}/{major}",
+                                       field="schema")
+        data = step(dict(data))
+        major += 1
+    try:
+        return cls.from_dict(data)
+    except DocumentError as exc:
+        exc.message = f"{source}: {exc.message}"
+        exc.args = (exc.message,)
+        raise
+
+
+def load_document(path: str | Path, expect: type[T] | None = None) -> Any:
+    """Read a document file, refusing oversized files before reading them."""
+    p = Path(path)
+    limit = expect.MAX_BYTES if expect else max(t.MAX_BYTES for t in DOCUMENT_TYPES.values())
+    with open(p, "rb") as fh:
+        raw = fh.read(limit + 1)
+    return decode_document(raw, expect, source=p.name)
+
+
+def replace(doc: T, **changes: Any) -> T:
+    """``dataclasses.replace`` re-exported for documents."""
+    return dataclasses.replace(doc, **changes)

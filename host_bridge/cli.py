@@ -1,0 +1,70 @@
+"""The ``facestitch`` command: a table of subcommands, each its own module.
+
+Each subcommand module exposes ``main(argv: list[str]) -> int`` with its own
+argparse parser (``prog="facestitch NAME"``), and is imported only when that
+subcommand runs. Bridge-side modules stay torch-free; engine-side ones import torch
+lazily inside ``main``. Errors of the FaceStitch hierarchy print as one readable line
+and exit 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+__all__ = ["COMMANDS", "main"]
+
+#: name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "submit": ("host_bridge.commands.submit", "submit a clip as a job to an exchange folder"),
+    "status": ("host_bridge.commands.status", "show the state of jobs"),
+    "cancel": ("host_bridge.commands.cancel", "cancel a queued or running job"),
+    "engine": ("engine.commands.engine", "run the watched-folder engine"),
+    "demo": ("engine.commands.demo", "run the full round trip on a real-face clip"),
+    "preview": ("engine.commands.preview", "track + align + identity paste-back of a clip"),
+    "edits": ("engine.commands.edits", "list the installed edits"),
+    "models": ("engine.commands.models", "list, verify, install, fetch and add models"),
+    "metrics": ("engine.commands.metrics", "temporal identity and warping-error metrics"),
+    "ofx": ("host_bridge.commands.ofx", "build the OpenFX shim bundle"),
+    "otio": ("host_bridge.commands.otio", "write an OpenTimelineIO round trip of a job"),
+}
+
+
+def _usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = ["usage: facestitch COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run 'facestitch COMMAND --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fsexchange.errors import FaceStitchError  # noqa: PLC0415
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0 if args else 2
+    if args[0] == "--version":
+        from fsexchange import __version__  # noqa: PLC0415
+
+        print(f"facestitch {__version__}")
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"facestitch: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        return int(module.main(rest) or 0)
+    except FaceStitchError as exc:
+        print(f"facestitch {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Test bootstrap.
+
+The PyPI torchvision 0.28.0 wheel is a CUDA build whose ops fail to load next to
+CPU torch; its import then dies registering fake kernels for ``torchvision::nms``.
+Declaring the two operator schemas first makes ``import torchvision`` work for the
+parts we use in tests (environment.md §2). Only here, nowhere else; the engine
+itself never imports torchvision.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+try:  # pragma: no cover - depends on the installed torch
+    import torch
+
+    _TV_LIB = torch.library.Library("torchvision", "DEF")  # keep referenced
+    for _op in ("nms", "qnms"):
+        try:
+            _TV_LIB.define(f"{_op}(Tensor dets, Tensor scores, float iou_threshold)"
+                           " -> Tensor")
+        except RuntimeError:
+            pass
+except ImportError:  # the bridge-only environment
+    torch = None
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one)")
+    config.addinivalue_line("markers", "slow: takes more than ~20 s on 2 CPU cores")
+
+
+def pytest_collection_modifyitems(config, items):
+    has_gpu = bool(torch is not None and torch.cuda.is_available())
+    skip = pytest.mark.skip(reason="no CUDA GPU on this machine")
+    for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    """Each test gets its own FaceStitch model store (never the user's)."""
+    home = tmp_path_factory.mktemp("fshome")
+    monkeypatch.setenv("FACESTITCH_HOME", str(home))
+    yield
