@@ -19,6 +19,7 @@ PIPELINES: dict[str, tuple[str, ...]] = {
         "engine.track:TrackStage",
         "engine.align:AlignStage",
         "engine.paste:PasteStage",
+        "engine.report:ReportStage",
     ),
     # The full STIT pipeline (pipeline.md §1).
     "stitch": (
@@ -29,6 +30,7 @@ PIPELINES: dict[str, tuple[str, ...]] = {
         "engine.edit:EditStage",
         "engine.stitch_tune:StitchTuneStage",
         "engine.paste:PasteStage",
+        "engine.report:ReportStage",
     ),
 }
 

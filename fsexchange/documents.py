@@ -64,7 +64,7 @@ __all__ = [
 SCHEMA_PREFIX = "facestitch."
 JOB_KINDS = ("stitch", "align-preview")
 JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
-OUTPUT_FORMATS = ("png16", "exr", "prores4444")
+OUTPUT_FORMATS = ("png16", "exr", "prores4444", "pam16")
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
