@@ -52,6 +52,8 @@ __all__ = [
     "StageTiming",
     "FrameOutput",
     "Result",
+    "Lease",
+    "StageDone",
     "DOCUMENT_TYPES",
     "UPGRADES",
     "register_upgrade",
@@ -630,10 +632,99 @@ class Result(_Document):
                 "finished": self.finished}
 
 
+# --- Lease/1 --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Lease(_Document):
+    """A worker's claim on a running job, ``cur/<id>/lease.msgpack``.
+
+    Renewed by the worker's heartbeat (rewritten atomically with a later
+    ``expires``). ``epoch`` counts claims of this job: each new claimer takes the
+    previous epoch + 1, and a worker that reads a lease with a higher epoch or
+    another owner has lost the job and stops without publishing anything.
+    ``expires`` is POSIX time in seconds (the hosts sharing an exchange keep their
+    clocks in sync, e.g. NTP; skew must stay well under the lease length).
+    """
+
+    NAME: ClassVar[str] = "Lease"
+    MAX_BYTES: ClassVar[int] = 16 << 10
+
+    job_id: str
+    worker: str  # "" once released (requeued); the next claimer takes epoch + 1
+    epoch: int
+    expires: float
+    acquired: str = ""  # ISO 8601 UTC
+    renewed: str = ""  # ISO 8601 UTC
+    host: str = ""
+    pid: int = 0
+    reclaims: int = 0  # times the job was taken from a worker whose lease expired
+    released: str = ""  # why the last holder let go: "" | "shutdown" | "expired"
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Lease":
+        f = _Fields(data, "", ("schema", "job_id", "worker", "epoch", "expires",
+                               "acquired", "renewed", "host", "pid", "reclaims",
+                               "released"))
+        return cls(f.get("job_id", str), f.get("worker", str), f.get("epoch", int),
+                   f.get("expires", float), f.get("acquired", str, ""),
+                   f.get("renewed", str, ""), f.get("host", str, ""),
+                   f.get("pid", int, 0), f.get("reclaims", int, 0),
+                   f.get("released", str, ""), extra=f.extra())
+
+    def body(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "worker": self.worker, "epoch": self.epoch,
+                "expires": self.expires, "acquired": self.acquired,
+                "renewed": self.renewed, "host": self.host, "pid": self.pid,
+                "reclaims": self.reclaims, "released": self.released}
+
+
+# --- StageDone/1 ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StageDone(_Document):
+    """``stages/<name>/DONE.msgpack``: the stage completed; never run it again.
+
+    ``facts`` is what the stage's ``run`` returned (``frames``: a count or a list
+    of ``FrameOutput`` maps; ``outputs``: name -> path relative to the job folder;
+    ``metrics``: a map); ``warnings`` and ``info`` are what the stage added to the
+    job's warnings and info while it ran, so a resumed job still reports them.
+    """
+
+    NAME: ClassVar[str] = "StageDone"
+    MAX_BYTES: ClassVar[int] = 32 << 20
+
+    stage: str
+    seconds: float
+    facts: dict[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    info: dict[str, Any] = field(default_factory=dict)
+    worker: str = ""
+    finished: str = ""  # ISO 8601 UTC
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "StageDone":
+        f = _Fields(data, "", ("schema", "stage", "seconds", "facts", "warnings",
+                               "info", "worker", "finished"))
+        return cls(f.get("stage", str), f.get("seconds", float),
+                   dict(f.get("facts", dict, {})),
+                   tuple(str(w) for w in f.get("warnings", list, [])),
+                   dict(f.get("info", dict, {})), f.get("worker", str, ""),
+                   f.get("finished", str, ""), extra=f.extra())
+
+    def body(self) -> dict[str, Any]:
+        return {"stage": self.stage, "seconds": self.seconds, "facts": self.facts,
+                "warnings": list(self.warnings), "info": self.info,
+                "worker": self.worker, "finished": self.finished}
+
+
 # --- the loader -----------------------------------------------------------------
 
 DOCUMENT_TYPES: dict[str, type[_Document]] = {
-    cls.NAME: cls for cls in (Job, FaceTrack, Progress, Result)
+    cls.NAME: cls for cls in (Job, FaceTrack, Progress, Result, Lease, StageDone)
 }
 
 #: (name, major) -> function upgrading a dict of that major to major + 1.

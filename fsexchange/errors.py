@@ -41,7 +41,11 @@ __all__ = [
     "EditUnknown",
     "EditInvalid",
     "JobCancelled",
+    "JobNotFound",
+    "JobExists",
+    "JobCrashed",
     "LeaseLost",
+    "PipelineUnavailable",
     "HostError",
     "MetricsError",
     "error_from_dict",
@@ -240,6 +244,31 @@ class EditInvalid(EditError):
 
 class JobCancelled(FaceStitchError):
     code = "cancelled"
+
+
+class JobNotFound(FaceStitchError, LookupError):
+    """No job with that id in any state folder of the exchange."""
+
+    code = "job.not_found"
+
+
+class JobExists(FaceStitchError, FileExistsError):
+    """A job with that id was already submitted (ids are never reused)."""
+
+    code = "job.exists"
+
+
+class JobCrashed(FaceStitchError):
+    """Workers kept dying while running this job (out of memory, a native crash),
+    so it is failed instead of being handed to yet another worker."""
+
+    code = "job.crashed"
+
+
+class PipelineUnavailable(FaceStitchError):
+    """The job kind needs a stage this engine does not have installed."""
+
+    code = "pipeline.unavailable"
 
 
 class LeaseLost(FaceStitchError):

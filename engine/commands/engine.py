@@ -1,0 +1,70 @@
+"""``facestitch engine``: run the watched-folder engine on an exchange folder."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger(__name__)
+
+
+def _positive(kind: type):
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="facestitch engine",
+        description="Run jobs from an exchange folder. Watches for new jobs "
+        "(watchdog, plus polling for network shares), resumes jobs whose worker died "
+        "from their checkpoints, and releases the running job on SIGTERM/SIGINT.")
+    p.add_argument("--exchange", required=True, type=Path, metavar="DIR",
+                   help="the exchange folder (created if missing)")
+    p.add_argument("--workers", type=_positive(int), default=1, metavar="N",
+                   help="worker processes, each running one job at a time (default 1)")
+    p.add_argument("--once", action="store_true",
+                   help="run every pending job (and expired ones), then exit")
+    p.add_argument("--device", default="auto",
+                   help="auto (cuda if available), cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--media-root", action="append", type=Path, default=[],
+                   metavar="DIR", dest="media_roots",
+                   help="a folder outside the exchange that jobs may read media "
+                   "from (repeatable)")
+    p.add_argument("--poll", type=_positive(float), default=1.0, metavar="SECONDS",
+                   help="seconds between rescans when polling (default 1)")
+    p.add_argument("--no-watch", action="store_true",
+                   help="do not use filesystem events; poll only")
+    p.add_argument("--lease", type=_positive(float), default=30.0, metavar="SECONDS",
+                   help="lease length: a job whose worker died is taken over this "
+                   "long after its last heartbeat (default 30)")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    from engine.worker import EngineOptions, resolve_device, serve  # noqa: PLC0415
+
+    args = build_parser().parse_args(argv)
+    try:
+        resolve_device(args.device if args.device != "auto" else "cpu")
+    except ValueError as exc:
+        build_parser().error(str(exc))
+    for root in args.media_roots:
+        if not root.is_dir():
+            build_parser().error(f"--media-root {root} is not a folder")
+    opts = EngineOptions(
+        exchange=args.exchange.absolute(), workers=args.workers, once=args.once,
+        device=args.device,
+        media_roots=tuple(r.resolve() for r in args.media_roots),
+        poll_interval=args.poll, lease_seconds=args.lease,
+        use_watchdog=not args.no_watch)
+    n = serve(opts)
+    log.info("engine stopped; %d job(s) finished", n)
+    return 0

@@ -1,0 +1,490 @@
+"""Run one claimed job through its stages, turning everything into a ``Result/1``.
+
+The runner owns a job from its claim to its publication:
+
+1. load and validate ``job.msgpack`` (a folder whose job cannot be read still ends
+   in ``failed/`` with a result; its id is the folder name);
+2. confine every path the job names (``source.path``, ``subject.track``, and any
+   symlinked attachment) to the job folder, the exchange root and the media roots;
+3. resolve ``PipelineConfig.from_options(job.options, device=...)`` and write it to
+   ``config.json``;
+4. run the stages of the job kind in order, skipping those with a
+   ``stages/<name>/DONE.msgpack`` (completed in an earlier attempt), replacing
+   ``progress.msgpack`` as they report, and writing ``DONE.msgpack`` after each;
+5. publish: ``done``, ``failed`` (any :class:`FaceStitchError` keeps its code,
+   anything else is ``internal`` and its traceback is logged) or ``cancelled``.
+
+A monitor thread renews the lease and watches for a cancel request. A shutdown
+(``stop_event``) releases the job to the queue so another worker resumes it from
+its checkpoints; a lost lease stops the job without publishing anything.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import math
+import os
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from fsexchange.documents import (FrameOutput, Job, Progress, Result, StageDone,
+                                  StageTiming, encode_document, load_document)
+from fsexchange.errors import (DocumentError, DocumentFieldError, FaceStitchError, InternalError,
+                               JobCancelled, JobCrashed, LeaseLost, MediaMissing,
+                               PathEscapeError, PipelineUnavailable)
+from fsexchange.exchange import (CONFIG_FILE, JOB_FILE, OUTPUT_DIR, PROGRESS_FILE,
+                                 STAGES_DIR, Claim, Exchange, utc_now)
+from fsexchange.fsutil import atomic_write_bytes
+from fsexchange.paths import confine
+
+from .config import PipelineConfig
+from .pipeline import PIPELINES
+from .stage import Stage, StageAborted, StageContext
+
+__all__ = ["DONE_FILE", "RunnerSettings", "JobControl", "run_job",
+           "instantiate_stages", "read_stage_done", "build_result"]
+
+log = logging.getLogger(__name__)
+
+DONE_FILE = "DONE.msgpack"
+_MAX_ATTACHMENT_ENTRIES = 100_000
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    """How this engine runs jobs (fixed for the engine's lifetime).
+
+    Attributes:
+        device: the resolved torch device string ("cpu", "cuda").
+        media_roots: folders outside the exchange that jobs may read.
+        pipelines: job kind -> stage references ``"module:Class"``.
+        heartbeat: seconds between lease renewals (None: a third of the lease).
+        cancel_poll: seconds between looks for a cancel request.
+        progress_interval: at most one progress write per this many seconds.
+        max_reclaims: a job taken from this many dead workers fails instead of
+            killing another (``job.crashed``).
+        worker: this worker's id (written into leases and DONE documents).
+    """
+
+    device: str = "cpu"
+    media_roots: tuple[Path, ...] = ()
+    pipelines: Mapping[str, Sequence[str]] = field(
+        default_factory=lambda: dict(PIPELINES))
+    heartbeat: float | None = None
+    cancel_poll: float = 0.5
+    progress_interval: float = 0.5
+    max_reclaims: int = 3
+    worker: str = ""
+
+
+class JobControl:
+    """The abort flags of one running job; ``should_abort`` is the stages' abort_fn."""
+
+    def __init__(self, stop_event: threading.Event | None = None) -> None:
+        self.stop = stop_event or threading.Event()
+        self.cancel = threading.Event()
+        self.lost = threading.Event()
+        self.lost_reason = ""
+
+    def should_abort(self) -> bool:
+        return self.stop.is_set() or self.cancel.is_set() or self.lost.is_set()
+
+
+class _Monitor(threading.Thread):
+    """Renews the lease and polls for a cancel request while a job runs."""
+
+    def __init__(self, exchange: Exchange, claim: Claim, ctl: JobControl,
+                 heartbeat: float, cancel_poll: float) -> None:
+        super().__init__(name=f"lease-{claim.job_id}", daemon=True)
+        self.exchange, self.claim, self.ctl = exchange, claim, ctl
+        self.heartbeat = heartbeat
+        self.tick = max(0.05, min(cancel_poll, heartbeat))
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        next_renew = time.monotonic() + self.heartbeat
+        while not self.halt.wait(self.tick):
+            if self.exchange.cancel_requested(self.claim.job_id):
+                self.ctl.cancel.set()
+            if time.monotonic() < next_renew:
+                continue
+            try:
+                self.exchange.renew(self.claim)
+                next_renew = time.monotonic() + self.heartbeat
+            except LeaseLost as exc:
+                log.warning("job %s: %s", self.claim.job_id, exc.message)
+                self.ctl.lost_reason = exc.message
+                self.ctl.lost.set()
+                return
+            except OSError as exc:  # a flaky share: retry until the lease runs out
+                log.warning("job %s: lease renewal failed (%s); retrying",
+                            self.claim.job_id, exc)
+
+    def close(self) -> None:
+        self.halt.set()
+        self.join()
+
+
+class _Progress:
+    """Turns stage progress callbacks into an atomically replaced Progress/1."""
+
+    def __init__(self, folder: Path, job_id: str, worker: str, weights: list[float],
+                 names: list[str], interval: float) -> None:
+        self.folder, self.job_id, self.worker = folder, job_id, worker
+        self.weights, self.names = weights, names
+        self.interval = interval
+        self.total = sum(weights) or 1.0
+        self.last_write = 0.0
+        self.index = 0
+        self.fraction = 0.0
+
+    def whole(self, index: int, stage_fraction: float) -> float:
+        done = sum(self.weights[:index])
+        w = self.weights[index] if index < len(self.weights) else 0.0
+        return min(1.0, max(0.0, (done + w * stage_fraction) / self.total))
+
+    def write(self, state: str, index: int, stage_fraction: float, message: str,
+              *, force: bool = False) -> None:
+        now = time.monotonic()
+        fraction = 1.0 if state == "done" else self.whole(index, stage_fraction)
+        self.index, self.fraction = index, fraction
+        if not force and now - self.last_write < self.interval:
+            return
+        self.last_write = now
+        stage = self.names[index] if 0 <= index < len(self.names) else None
+        doc = Progress(job_id=self.job_id, state=state, stage=stage, stage_index=index,
+                       stage_count=len(self.names), fraction=fraction,
+                       message=message, worker=self.worker, updated=utc_now())
+        try:
+            atomic_write_bytes(self.folder / PROGRESS_FILE, doc.to_bytes())
+        except OSError as exc:  # the folder moved (lost lease); the monitor knows
+            log.debug("progress write failed: %s", exc)
+
+
+class _RunnerContext(StageContext):
+    """A StageContext that never re-creates a job folder that moved away (a worker
+    that lost its lease must not leave a half job behind in ``cur/``)."""
+
+    def stage_dir(self, name: str) -> Path:
+        d = self.job_dir / STAGES_DIR / name
+        d.parent.mkdir(exist_ok=True)
+        d.mkdir(exist_ok=True)
+        return d
+
+    def output_dir(self) -> Path:
+        d = self.job_dir / OUTPUT_DIR
+        d.mkdir(exist_ok=True)
+        return d
+
+
+def instantiate_stages(kind: str, pipelines: Mapping[str, Sequence[str]]
+                       ) -> list[Stage]:
+    """Import and construct the stages of a job kind.
+
+    Raises:
+        PipelineUnavailable: unknown kind, or a stage module that is not installed.
+    """
+    refs = pipelines.get(kind)
+    if refs is None:
+        raise PipelineUnavailable(f"this engine cannot run {kind!r} jobs "
+                                  f"(it knows {', '.join(sorted(pipelines))})",
+                                  field="kind")
+    out = []
+    for ref in refs:
+        module, _, cls = ref.partition(":")
+        try:
+            obj = getattr(importlib.import_module(module), cls)
+        except (ImportError, AttributeError) as exc:
+            raise PipelineUnavailable(
+                f"stage {ref} of {kind!r} jobs is not available in this engine "
+                f"({exc}); update or reinstall FaceStitch") from exc
+        out.append(obj())
+    return out
+
+
+def read_stage_done(job_dir: Path, name: str) -> StageDone | None:
+    """The DONE document of a stage, or None if the stage has not completed."""
+    p = job_dir / STAGES_DIR / name / DONE_FILE
+    try:
+        return load_document(p, StageDone)
+    except FileNotFoundError:
+        return None
+    except FaceStitchError as exc:  # a torn checkpoint: run the stage again
+        log.warning("ignoring unreadable %s: %s", p, exc)
+        return None
+
+
+def _plain(obj: Any) -> Any:
+    """msgpack-able copy of stage facts (numpy scalars, paths, fractions)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, Fraction):
+        return [obj.numerator, obj.denominator]
+    if obj is None or isinstance(obj, (bool, int, str, bytes)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if hasattr(obj, "tolist"):  # numpy scalars and arrays
+        return _plain(obj.tolist())
+    return str(obj)
+
+
+def _frame_outputs(value: Any) -> list[FrameOutput] | None:
+    if not isinstance(value, list) or not value or not isinstance(value[0], Mapping):
+        return None
+    return [FrameOutput(int(d["frame"]), str(d["path"]), str(d["sha256"]),
+                        bool(d.get("edited", True))) for d in value]
+
+
+def build_result(job_id: str, state: str, done: Sequence[tuple[StageDone, bool]], *,
+                 error: dict | None = None, warnings: Sequence[str] = (),
+                 info: Mapping[str, Any] | None = None, started: str = "",
+                 finished: str = "") -> Result:
+    """Assemble ``Result/1`` from the DONE documents of the completed stages.
+
+    Facts read from each stage's DONE document: ``frames`` (a count, or a list of
+    ``FrameOutput`` maps; so is ``frame_outputs``; the last stage that lists frames
+    provides ``Result.frames``), ``outputs`` (merged), ``metrics`` (merged).
+    ``info["models"]`` becomes ``Result.models``; other info keys go to the
+    result's ``info`` key.
+
+    Args:
+        done: ``(DONE document, resumed)`` per completed stage, in pipeline order.
+    """
+    stages, frames = [], []
+    outputs: dict[str, str] = {}
+    metrics: dict[str, Any] = {}
+    all_info: dict[str, Any] = {}
+    all_warnings: list[str] = []
+    for doc, resumed in done:
+        facts = doc.facts
+        listed = _frame_outputs(facts.get("frame_outputs")) or _frame_outputs(
+            facts.get("frames"))
+        if listed is not None:
+            frames = listed
+            count = len(listed)
+        else:
+            count = facts.get("frames") if isinstance(facts.get("frames"), int) else 0
+        stages.append(StageTiming(doc.stage, doc.seconds, count, resumed))
+        outputs.update({str(k): str(v) for k, v in dict(facts.get("outputs") or {}
+                                                         ).items()})
+        metrics.update(dict(facts.get("metrics") or {}))
+        all_info.update(doc.info)
+        all_warnings += [w for w in doc.warnings if w not in all_warnings]
+    all_info.update(dict(info or {}))
+    all_warnings += [w for w in warnings if w not in all_warnings]
+    models = dict(all_info.pop("models", {}) or {})
+    extra = {"info": _plain(all_info)} if all_info else {}
+    return Result(job_id=job_id, state=state, stages=tuple(stages),
+                  frames=tuple(frames), outputs=outputs, error=error,
+                  metrics=_plain(metrics), models=_plain(models),
+                  warnings=tuple(all_warnings), started=started, finished=finished,
+                  extra=extra)
+
+
+def _check_paths(job: Job, job_dir: Path, roots: Sequence[Path]) -> None:
+    """Confine every path the job names; symlinked attachments included."""
+    src = confine(job.source.path, job_dir, roots, field="source.path")
+    if not os.path.exists(src):
+        raise MediaMissing(f"source media {job.source.path!r} does not exist",
+                           field="source.path")
+    if job.subject.track:
+        track = confine(job.subject.track, job_dir, roots, field="subject.track")
+        if not track.is_file():
+            raise DocumentFieldError(f"subject.track {job.subject.track!r} is not a "
+                                     "file in the job folder", field="subject.track")
+    seen = 0
+    for dirpath, dirnames, filenames in os.walk(job_dir):
+        rel_dir = Path(dirpath).relative_to(job_dir)
+        if rel_dir == Path("."):
+            dirnames[:] = [d for d in dirnames if d not in (STAGES_DIR, OUTPUT_DIR)]
+        for name in dirnames + filenames:
+            seen += 1
+            if seen > _MAX_ATTACHMENT_ENTRIES:
+                raise PathEscapeError("the job folder holds too many files",
+                                      field="attachments")
+            p = Path(dirpath) / name
+            if p.is_symlink():
+                rel = (rel_dir / name).as_posix()
+                confine(rel, job_dir, roots, field=f"attachments/{rel}")
+
+
+def _load_job(job_dir: Path) -> Job:
+    try:
+        return load_document(job_dir / JOB_FILE, Job)
+    except FileNotFoundError:
+        raise DocumentError(f"{job_dir.name}: the job folder has no {JOB_FILE}",
+                            field=JOB_FILE) from None
+    except FaceStitchError:
+        raise
+    except OSError as exc:
+        raise DocumentError(f"{job_dir.name}/{JOB_FILE} cannot be read: {exc}",
+                            field=JOB_FILE) from None
+
+
+def _error_dict(exc: FaceStitchError) -> dict[str, Any]:
+    return exc.to_dict()
+
+
+def run_job(exchange: Exchange, claim: Claim, settings: RunnerSettings, *,
+            stop_event: threading.Event | None = None) -> str:
+    """Run one claimed job to its end.
+
+    Returns:
+        ``"done"``, ``"failed"`` or ``"cancelled"`` (published), ``"released"``
+        (shutdown: requeued with its checkpoints) or ``"lost"`` (another worker
+        owns the job now; nothing was published).
+    """
+    ctl = JobControl(stop_event)
+    lease = claim.lease_seconds
+    monitor = _Monitor(exchange, claim, ctl, settings.heartbeat or lease / 3.0,
+                       settings.cancel_poll)
+    monitor.start()
+    try:
+        return _run(exchange, claim, settings, ctl)
+    finally:
+        monitor.close()
+
+
+def _run(exchange: Exchange, claim: Claim, settings: RunnerSettings,
+         ctl: JobControl) -> str:
+    job_dir = claim.folder
+    job_id = claim.job_id
+    started = utc_now()
+    roots = (exchange.root, *settings.media_roots)
+    done: list[tuple[StageDone, bool]] = []
+    warnings: list[str] = []
+    info: dict[str, Any] = {}
+    progress = _Progress(job_dir, job_id, settings.worker, [1.0], [],
+                         settings.progress_interval)
+    stage_name: str | None = None
+    log.info("job %s: claimed by %s (epoch %d)", job_id, claim.worker, claim.epoch)
+    try:
+        if claim.reclaims >= settings.max_reclaims:
+            raise JobCrashed(
+                f"the workers running job {job_id} died {claim.reclaims} times "
+                "(out of memory? a crash in a native library?); not retrying")
+        job = _load_job(job_dir)
+        if job.id != job_id:
+            raise DocumentFieldError(f"job.msgpack names job {job.id!r} but its "
+                                     f"folder is {job_id!r}", field="id")
+        if exchange.cancel_requested(job_id):
+            raise JobCancelled("cancelled before it started")
+        _check_paths(job, job_dir, roots)
+        config = PipelineConfig.from_options(job.options, device=settings.device)
+        atomic_write_bytes(job_dir / CONFIG_FILE, (json.dumps(
+            config.to_dict(), indent=2, sort_keys=True) + "\n").encode())
+        stages = instantiate_stages(job.kind, settings.pipelines)
+        names = [s.name for s in stages]
+        progress = _Progress(job_dir, job_id, settings.worker,
+                             [float(getattr(s, "weight", 1.0)) for s in stages], names,
+                             settings.progress_interval)
+        for doc in (read_stage_done(job_dir, n) for n in names):
+            if doc is not None:  # later stages see what earlier attempts learned
+                info.update(doc.info)
+        for index, stage in enumerate(stages):
+            stage_name = stage.name
+            prev = read_stage_done(job_dir, stage.name)
+            if prev is not None:
+                done.append((prev, True))
+                log.info("job %s: stage %s already done, skipping", job_id, stage.name)
+                continue
+            if ctl.should_abort():
+                raise StageAborted()
+            progress.write("running", index, 0.0, f"{stage.name}: starting",
+                           force=True)
+            done.append((_run_stage(stage, index, job, job_dir, config, roots,
+                                    settings, ctl, progress, warnings, info), False))
+        stage_name = None
+        if ctl.lost.is_set():
+            raise StageAborted()
+        progress.write("done", len(stages), 1.0, "done", force=True)
+        result = build_result(job_id, "done", done, warnings=warnings, info=info,
+                              started=started, finished=utc_now())
+    except BaseException as exc:  # noqa: BLE001 - every outcome becomes data
+        if ctl.lost.is_set() or isinstance(exc, LeaseLost):
+            log.warning("job %s: lease lost (%s); leaving it to its new owner",
+                        job_id, ctl.lost_reason or exc)
+            return "lost"
+        if isinstance(exc, JobCancelled) or (isinstance(exc, StageAborted)
+                                             and ctl.cancel.is_set()):
+            err = exc if isinstance(exc, JobCancelled) else JobCancelled(
+                "cancelled while running", stage=stage_name)
+            state, error = "cancelled", _error_dict(err)
+            log.info("job %s: cancelled", job_id)
+        elif isinstance(exc, (StageAborted, KeyboardInterrupt, SystemExit)):
+            # Shutdown: hand the job back; its checkpoints make the rerun cheap.
+            released = exchange.release(claim)
+            log.info("job %s: released for another worker (%s)", job_id,
+                     "requeued" if released else "lease already gone")
+            if not isinstance(exc, StageAborted):
+                raise
+            return "released"
+        elif isinstance(exc, FaceStitchError):
+            if exc.stage is None and stage_name is not None:
+                exc.stage = stage_name
+            state, error = "failed", _error_dict(exc)
+            log.info("job %s: failed: %s", job_id, exc)
+        else:
+            log.error("job %s: internal error in stage %s\n%s", job_id, stage_name,
+                      "".join(traceback.format_exception(exc)))
+            err = InternalError(f"internal error: {type(exc).__name__}: {exc} "
+                                "(see the engine log)", stage=stage_name)
+            state, error = "failed", _error_dict(err)
+        progress.write(state, progress.index, 0.0, error["message"], force=True)
+        result = build_result(job_id, state, done, error=error, warnings=warnings,
+                              info=info, started=started, finished=utc_now())
+    try:
+        exchange.finish(claim, result)
+    except LeaseLost as exc:
+        log.warning("job %s: not published: %s", job_id, exc.message)
+        return "lost"
+    log.info("job %s: %s", job_id, result.state)
+    return result.state
+
+
+def _run_stage(stage: Stage, index: int, job: Job, job_dir: Path,
+               config: PipelineConfig, roots: tuple[Path, ...],
+               settings: RunnerSettings, ctl: JobControl, progress: _Progress,
+               warnings: list[str], info: dict[str, Any]) -> StageDone:
+    before = len(warnings)
+
+    def report(fraction: float, message: str) -> None:
+        progress.write("running", index, fraction, f"{stage.name}: {message}"
+                       if message else stage.name)
+
+    ctx = _RunnerContext(job=job, job_dir=job_dir, config=config,
+                         device=settings.device, media_roots=roots,
+                         progress_fn=report, abort_fn=ctl.should_abort,
+                         warnings=warnings, info=info)
+    t0 = time.monotonic()
+    log.info("job %s: stage %s", job.id, stage.name)
+    try:
+        facts = stage.run(ctx) or {}
+    except FaceStitchError as exc:
+        if exc.stage is None:
+            exc.stage = stage.name
+        raise
+    seconds = time.monotonic() - t0
+    doc = StageDone(stage=stage.name, seconds=round(seconds, 3), facts=_plain(facts),
+                    warnings=tuple(warnings[before:]), info=_plain(info),
+                    worker=settings.worker, finished=utc_now())
+    try:
+        encode_document(doc.to_dict())
+    except (TypeError, ValueError) as exc:
+        raise InternalError(f"stage {stage.name} returned facts that cannot be "
+                            f"stored: {exc}", stage=stage.name) from exc
+    atomic_write_bytes(ctx.stage_dir(stage.name) / DONE_FILE, doc.to_bytes())
+    progress.write("running", index, 1.0, f"{stage.name}: done", force=True)
+    return doc

@@ -1,0 +1,273 @@
+"""The watched-folder engine: claim jobs from an exchange folder and run them.
+
+``serve`` runs one worker loop in this process (``workers == 1``) or supervises N
+worker processes that each claim jobs independently (claims are renames, so they
+never need to talk to each other). Each loop:
+
+- rescans fully at start-up, then wakes on watchdog events and polls anyway (SMB and
+  NFS shares deliver no events);
+- requeues running jobs whose lease expired (their worker died) so they resume from
+  their checkpoints, moves stray files out of ``new/``, sweeps abandoned ``tmp/``
+  entries;
+- claims the oldest queued job and runs it (:func:`engine.runner.run_job`).
+
+SIGTERM/SIGINT: the running job is aborted at its next abort check and released to
+the queue with its checkpoints; a second signal stops the process at once (the job
+is then reclaimed when its lease expires). Nothing here imports torch, except
+resolving ``--device auto``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import multiprocessing
+import os
+import re
+import secrets
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Sequence
+
+from fsexchange.exchange import FINAL_STATES, Exchange
+
+from .pipeline import PIPELINES
+from .runner import RunnerSettings, run_job
+from .watch import FolderWatch
+
+__all__ = ["EngineOptions", "serve", "resolve_device", "worker_id"]
+
+log = logging.getLogger(__name__)
+
+_SAFETY_POLL = 10.0  # seconds between rescans while watchdog delivers events
+_SWEEP_EVERY = 60.0  # seconds between tmp/ sweeps
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Engine settings (``facestitch engine`` flags).
+
+    Attributes:
+        exchange: the exchange folder.
+        workers: worker processes; each claims and runs one job at a time.
+        once: drain every pending job (reclaiming expired ones too), then return.
+        device: "auto" (cuda when available), "cpu", "cuda" or "cuda:N".
+        media_roots: folders outside the exchange that jobs may read.
+        poll_interval: seconds between rescans without watchdog events.
+        lease_seconds: how long a claim lasts without a heartbeat; a job whose
+            worker died is reclaimed this long after its last renewal.
+        use_watchdog: watch folders for events (else poll only).
+        tmp_max_age: seconds after which an untouched ``tmp/`` entry is swept.
+    """
+
+    exchange: Path
+    workers: int = 1
+    once: bool = False
+    device: str = "auto"
+    media_roots: tuple[Path, ...] = ()
+    poll_interval: float = 1.0
+    lease_seconds: float = 30.0
+    use_watchdog: bool = True
+    tmp_max_age: float = 3600.0
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` -> ``"cuda"`` if torch sees a GPU, else ``"cpu"``; others pass
+    through after a syntax check. Imports torch only for ``"auto"``."""
+    if device == "auto":
+        if importlib.util.find_spec("torch") is None:
+            return "cpu"
+        import torch  # noqa: PLC0415
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.match(r"^(cpu|cuda(:\d+)?)$", device):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    return device
+
+
+def worker_id() -> str:
+    """``host:pid:random`` — unique per worker process start."""
+    return f"{socket.gethostname() or 'host'}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """First SIGTERM/SIGINT sets ``stop``; a second one acts as usual."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        log.info("%s: stopping; a running job is released to the queue",
+                 signal.Signals(signum).name)
+        stop.set()
+        signal.signal(signum, signal.SIG_DFL)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _run_one(ex: Exchange, opts: EngineOptions, settings: RunnerSettings,
+             stop: threading.Event) -> str | None:
+    """Claim the oldest claimable job and run it; None if there was none."""
+    for job_id in ex.ids("new"):
+        if stop.is_set():
+            return None
+        claim = ex.claim(job_id, settings.worker, lease_seconds=opts.lease_seconds)
+        if claim is None:
+            continue
+        try:
+            return run_job(ex, claim, settings, stop_event=stop)
+        except Exception:  # noqa: BLE001 - e.g. the share went away while publishing
+            log.exception("job %s: could not be finished; it will be reclaimed "
+                          "when its lease expires", job_id)
+            return "error"
+    return None
+
+
+def _worker_loop(opts: EngineOptions, pipelines: Mapping[str, Sequence[str]],
+                 stop: threading.Event, device: str,
+                 clock: Callable[[], float] = time.time,
+                 on_finished: Callable[[], None] | None = None) -> int:
+    ex = Exchange(opts.exchange, clock).ensure()
+    settings = RunnerSettings(device=device, media_roots=opts.media_roots,
+                              pipelines=dict(pipelines), worker=worker_id())
+    reclaim_every = max(0.5, min(opts.lease_seconds / 4.0, 5.0))
+    wake = threading.Event()
+    watch = FolderWatch([ex.dir("new"), ex.dir("cancel")], wake)
+    watching = opts.use_watchdog and watch.start()
+    timeout = min(max(opts.poll_interval, _SAFETY_POLL) if watching
+                  else opts.poll_interval, reclaim_every)
+    log.info("worker %s on %s (device %s, %s)", settings.worker, ex.root, device,
+             "watchdog + polling" if watching else f"polling every {timeout:g} s")
+    finished = 0
+    next_reclaim = next_sweep = 0.0
+    try:
+        while not stop.is_set():
+            try:
+                now = time.monotonic()
+                reclaimed: list[str] = []
+                if now >= next_reclaim:
+                    ex.quarantine_stray()
+                    reclaimed = ex.reclaim_expired(grace=opts.lease_seconds)
+                    next_reclaim = now + reclaim_every
+                if now >= next_sweep:
+                    ex.sweep(max_age=opts.tmp_max_age)
+                    next_sweep = now + _SWEEP_EVERY
+                outcome = _run_one(ex, opts, settings, stop)
+                if outcome is not None:
+                    if outcome in FINAL_STATES:
+                        finished += 1
+                        if on_finished is not None:
+                            on_finished()
+                    continue
+                if opts.once:
+                    if reclaimed or ex.reclaim_expired(grace=opts.lease_seconds):
+                        continue
+                    break
+            except Exception:  # noqa: BLE001 - one bad moment never stops the engine
+                log.exception("engine loop error; retrying")
+                if opts.once:
+                    raise
+            wake.wait(timeout)
+            wake.clear()
+    finally:
+        watch.stop()
+    log.info("worker %s: %d job(s) finished", settings.worker, finished)
+    return finished
+
+
+def _child_main(opts: EngineOptions, pipelines: Mapping[str, Sequence[str]],
+                mp_stop, counter, device: str, clock: Callable[[], float],
+                log_level: int) -> None:
+    logging.basicConfig(level=log_level,
+                        format="%(levelname)s %(processName)s %(name)s: %(message)s")
+    stop = threading.Event()
+
+    def relay() -> None:  # the parent's stop request -> this process's loop
+        mp_stop.wait()
+        stop.set()
+
+    threading.Thread(target=relay, daemon=True).start()
+
+    def bump() -> None:
+        with counter.get_lock():
+            counter.value += 1
+
+    with _stop_on_signals(stop):
+        _worker_loop(opts, pipelines, stop, device, clock, bump)
+
+
+def _supervise(opts: EngineOptions, pipelines: Mapping[str, Sequence[str]],
+               stop: threading.Event, device: str,
+               clock: Callable[[], float]) -> int:
+    ctx = multiprocessing.get_context("spawn")  # no fork after threads / CUDA
+    mp_stop = ctx.Event()
+    counter = ctx.Value("q", 0)
+    level = logging.getLogger().getEffectiveLevel()
+    child_opts = replace(opts, workers=1)
+
+    def start(i: int):
+        p = ctx.Process(target=_child_main, name=f"worker-{i}",
+                        args=(child_opts, dict(pipelines), mp_stop, counter, device,
+                              clock, level))
+        p.start()
+        return p
+
+    procs = {i: start(i) for i in range(opts.workers)}
+    restarts: dict[int, float] = {}
+    while procs:
+        if stop.is_set():
+            mp_stop.set()
+        for i, p in list(procs.items()):
+            if p.is_alive():
+                continue
+            p.join()
+            if p.exitcode != 0 and not opts.once and not mp_stop.is_set():
+                # A native crash or OOM kill: its job is reclaimed by lease expiry.
+                wait = 1.0 if time.monotonic() - restarts.get(i, -1e9) > 60 else 10.0
+                log.error("worker-%d died (exit %s); restarting in %g s", i,
+                          p.exitcode, wait)
+                if stop.wait(wait):
+                    continue
+                restarts[i] = time.monotonic()
+                procs[i] = start(i)
+            else:
+                del procs[i]
+        stop.wait(0.2)
+    return int(counter.value)
+
+
+def serve(opts: EngineOptions, *, pipelines: Mapping[str, Sequence[str]] | None = None,
+          stop_event: threading.Event | None = None,
+          clock: Callable[[], float] | None = None) -> int:
+    """Run the engine until ``stop_event`` (or a signal), or until drained (``once``).
+
+    Args:
+        opts: engine settings.
+        pipelines: job kind -> stage references; default :data:`PIPELINES`.
+        stop_event: set it to stop (a running job is released to the queue).
+        clock: POSIX-seconds clock for leases and sweeping (tests fake it; with
+            several workers it must be picklable).
+
+    Returns:
+        The number of jobs this engine finished (done, failed or cancelled).
+    """
+    stop = stop_event or threading.Event()
+    device = resolve_device(opts.device)
+    table = dict(PIPELINES if pipelines is None else pipelines)
+    clock = clock or time.time
+    Exchange(opts.exchange).ensure()
+    with _stop_on_signals(stop):
+        if opts.workers <= 1:
+            return _worker_loop(opts, table, stop, device, clock)
+        return _supervise(opts, table, stop, device, clock)

@@ -1,0 +1,265 @@
+"""The submitter's side of the exchange: submit, inspect, cancel and wait for jobs.
+
+Torch-free (stdlib + msgpack): this is what an editor's bridge calls.
+
+Example::
+
+    job = Job(id=new_job_id(), source=Source("media/plate.mov"),
+              range=FrameRange(0, 48, Fraction(24)), kind="align-preview")
+    submit_job(exchange, job, attachments={"media/plate.mov": Path("plate.mov")})
+    status = wait_job(exchange, job.id, timeout=600)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Mapping
+
+from .documents import Job, Progress, Result, decode_document, load_document
+from .errors import DocumentError, FaceStitchError, JobExists, JobNotFound
+from .exchange import (FINAL_STATES, JOB_FILE, PROGRESS_FILE, RESERVED_NAMES,
+                       STATE_FOLDERS, Exchange, read_result)
+from .fsutil import fsync_dir
+
+__all__ = [
+    "new_job_id",
+    "submit_job",
+    "JobStatus",
+    "job_status",
+    "list_jobs",
+    "cancel_job",
+    "wait_job",
+]
+
+def _exchange(exchange: Any) -> Exchange:
+    return exchange if isinstance(exchange, Exchange) else Exchange(exchange)
+
+
+def new_job_id(prefix: str = "job") -> str:
+    """A fresh job id: ``<prefix>-<UTC yyyymmdd-hhmmss>-<8 random hex>``."""
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,80}$", prefix):
+        raise ValueError(f"job id prefix {prefix!r} must be letters, digits, '._-'")
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return f"{prefix}-{stamp}-{secrets.token_hex(4)}"
+
+
+def _attachment_path(rel: str) -> PurePosixPath:
+    p = PurePosixPath(str(rel).replace("\\", "/"))
+    if (not p.parts or p.is_absolute() or ".." in p.parts or ":" in p.parts[0]
+            or p.parts[0] in RESERVED_NAMES or p.parts[0].startswith(".")):
+        raise DocumentError(
+            f"attachment name {rel!r} must be a relative path inside the job folder, "
+            f"not starting with '.' and not one of {', '.join(sorted(RESERVED_NAMES))}",
+            field="attachments")
+    return p
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _copy_synced(src: Path, dest: Path) -> None:
+    if src.is_dir():
+        dest.mkdir(parents=True, exist_ok=True)
+        for child in sorted(src.iterdir()):
+            _copy_synced(child, dest / child.name)
+        fsync_dir(dest)
+        return
+    with open(src, "rb") as fi, open(dest, "wb") as fo:
+        shutil.copyfileobj(fi, fo, 1 << 22)
+        fo.flush()
+        os.fsync(fo.fileno())
+    shutil.copystat(src, dest)
+
+
+def submit_job(exchange: Any, job: Job, *,
+               attachments: Mapping[str, Path | bytes] = {}) -> str:
+    """Publish ``job`` to ``exchange/new/<job.id>`` atomically; returns the id.
+
+    The job folder gets ``job.msgpack`` plus the attachments, copied to the given
+    relative paths (``{"facetrack.msgpack": b"...", "media/plate.mov": Path(...)}``;
+    a ``Path`` to a folder copies the folder). Everything is written into
+    ``tmp/<unique>/`` and fsynced first, then renamed into ``new/`` in one step.
+
+    Raises:
+        DocumentError: the job does not validate, or a bad attachment name.
+        JobExists: a job with this id was already submitted.
+        FileNotFoundError: an attachment source is missing.
+    """
+    ex = _exchange(exchange).ensure()
+    raw = job.to_bytes()
+    decode_document(raw, Job, source=JOB_FILE)  # what the engine will check
+    names = {rel: _attachment_path(rel) for rel in attachments}
+    where = ex.locate(job.id, tries=1)
+    if where is not None:
+        raise JobExists(f"job {job.id} already exists (in {where[0]}/)", field="id")
+    staging = ex.staging_folder()
+    try:
+        _write_synced(staging / JOB_FILE, raw)
+        for rel, src in attachments.items():
+            dest = staging.joinpath(*names[rel].parts)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(src, (bytes, bytearray, memoryview)):
+                _write_synced(dest, bytes(src))
+            else:
+                _copy_synced(Path(src), dest)
+            fsync_dir(dest.parent)
+        ex.publish(staging, job.id)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return job.id
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """Where a job stands. ``folder`` is where the job folder is now."""
+
+    id: str
+    state: str  # queued | running | done | failed | cancelled
+    progress: float  # whole job, 0..1
+    stage: str | None
+    message: str
+    error: dict | None  # {code, message, stage, frame, field}
+    result: Result | None
+    folder: Path | None
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``facestitch status --json`` object."""
+        out: dict[str, Any] = {
+            "id": self.id, "state": self.state, "progress": self.progress,
+            "stage": self.stage, "message": self.message, "error": self.error,
+            "folder": str(self.folder) if self.folder else None, "result": None,
+        }
+        if self.result is not None:
+            r = self.result
+            out["result"] = {
+                "stages": [s.to_dict() for s in r.stages], "frames": len(r.frames),
+                "outputs": dict(r.outputs), "warnings": list(r.warnings),
+                "started": r.started, "finished": r.finished,
+            }
+        return out
+
+
+def _read_progress(folder: Path) -> Progress | None:
+    try:
+        return load_document(folder / PROGRESS_FILE, Progress)
+    except (OSError, FaceStitchError):
+        return None
+
+
+def _status_at(ex: Exchange, job_id: str, state_folder: str, folder: Path
+               ) -> JobStatus:
+    state = STATE_FOLDERS[state_folder]
+    cancel = ex.cancel_requested(job_id)
+    if state == "queued":
+        msg = "cancel requested" if cancel else "waiting for an engine"
+        return JobStatus(job_id, state, 0.0, None, msg, None, None, folder)
+    prog = _read_progress(folder)
+    if state == "running":
+        msg = prog.message if prog else "starting"
+        if cancel:
+            msg = f"cancel requested; {msg}"
+        return JobStatus(job_id, state, prog.fraction if prog else 0.0,
+                         prog.stage if prog else None, msg, None, None, folder)
+    result = read_result(folder)
+    if result is None:
+        error = None if state == "done" else {
+            "code": "internal", "message": f"{folder.name}: result.msgpack missing or "
+            "unreadable", "stage": None, "frame": None, "field": None}
+        return JobStatus(job_id, state, 1.0 if state == "done" else 0.0, None,
+                         state, error, None, folder)
+    error = result.error
+    if state == "done":
+        fraction, msg = 1.0, f"done: {len(result.frames)} frames"
+    else:
+        fraction = prog.fraction if prog else 0.0
+        msg = f"{state}: {error['message']}" if error else state
+    return JobStatus(job_id, state, fraction, prog.stage if prog else None, msg,
+                     error, result, folder)
+
+
+def job_status(exchange: Any, job_id: str) -> JobStatus:
+    """The status of one job.
+
+    Raises:
+        JobNotFound: no job with that id in any state folder.
+    """
+    ex = _exchange(exchange)
+    for _ in range(3):
+        where = ex.locate(job_id)
+        if where is None:
+            break
+        try:
+            return _status_at(ex, job_id, *where)
+        except FileNotFoundError:
+            continue  # it moved while we read it
+    raise JobNotFound(f"no job {job_id!r} in {ex.root}", field="id")
+
+
+def list_jobs(exchange: Any) -> list[JobStatus]:
+    """Every job in the exchange, queued first, then running, then final ones."""
+    ex = _exchange(exchange)
+    out = []
+    for job_id, name, folder in ex.iter_jobs():
+        try:
+            out.append(_status_at(ex, job_id, name, folder))
+        except FileNotFoundError:
+            continue
+    return out
+
+
+def cancel_job(exchange: Any, job_id: str) -> JobStatus:
+    """Request cancellation. A queued job is cancelled at once; a running one stops
+    within seconds (poll :func:`job_status`); a finished one is left as it is."""
+    ex = _exchange(exchange)
+    status = job_status(ex, job_id)
+    if status.final:
+        return status
+    ex.request_cancel(job_id)
+    if status.state == "queued":
+        ex.cancel_queued(job_id, f"cancel@{socket.gethostname()}:{os.getpid()}")
+    return job_status(ex, job_id)
+
+
+def wait_job(exchange: Any, job_id: str, *, timeout: float | None = None,
+             poll: float = 0.5,
+             on_progress: Callable[[JobStatus], None] | None = None) -> JobStatus:
+    """Poll until the job is done, failed or cancelled.
+
+    Args:
+        timeout: seconds; None waits forever.
+        poll: seconds between looks.
+        on_progress: called with each status that differs from the previous one.
+
+    Raises:
+        TimeoutError: the job did not finish in time.
+        JobNotFound: no such job.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    last = None
+    while True:
+        status = job_status(exchange, job_id)
+        key = (status.state, round(status.progress, 3), status.stage, status.message)
+        if on_progress is not None and key != last:
+            on_progress(status)
+        last = key
+        if status.final:
+            return status
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimeoutError(f"job {job_id} still {status.state} after {timeout} s")
+        time.sleep(poll)

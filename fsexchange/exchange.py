@@ -1,0 +1,597 @@
+"""The exchange folder lifecycle, Maildir-style (see ``docs/protocol.md``).
+
+::
+
+    ROOT/tmp/<unique>/     a submitter writes a job here, then renames it to new/
+    ROOT/new/<job_id>/     queued: job.msgpack + attachments
+    ROOT/cur/<job_id>/     running: claimed by rename new->cur; lease.msgpack,
+                           progress.msgpack, config.json, stages/, output/
+    ROOT/done|failed|cancelled/<job_id>/   final, published by rename; result.msgpack
+    ROOT/cancel/<job_id>   a cancel request (any content)
+
+Every state change is one ``rename`` of the job folder, so a job is always in
+exactly one state folder and nothing half-written is ever visible: a submitter
+publishes tmp->new, a worker claims new->cur (exactly one racing worker wins; the
+others see the source vanish), a result is written inside ``cur/<id>`` and the
+folder is renamed to its final state folder.
+
+Requeueing (a worker shutting down, or a reclaimer taking over a job whose lease
+expired) first renames ``cur/<id>`` to a private ``tmp/requeue~<id>~<unique>``
+(exactly one reclaimer wins), marks the lease there as released with a grace
+period, then renames it to ``new/<id>``. The grace period keeps other reclaimers
+off the job while its next claimer writes its own lease. A requeue entry left
+behind by a crash is restored to ``new/`` by the sweeper, never deleted.
+
+Leases carry an ``epoch`` (one more per claim). A worker renews its lease only while
+it is still valid by its own clock and still names it; otherwise it has lost the
+job (:class:`~fsexchange.errors.LeaseLost`) and must stop without publishing.
+
+Time comes from an injectable ``clock`` (POSIX seconds) so tests fake it.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .documents import Lease, Result, load_document, valid_job_id
+from .errors import DocumentError, FaceStitchError, LeaseLost
+from .fsutil import atomic_write_bytes, fsync_dir, unique_name
+
+__all__ = [
+    "FOLDERS",
+    "STATE_FOLDERS",
+    "FINAL_STATES",
+    "JOB_FILE",
+    "LEASE_FILE",
+    "PROGRESS_FILE",
+    "RESULT_FILE",
+    "CONFIG_FILE",
+    "STAGES_DIR",
+    "OUTPUT_DIR",
+    "RESERVED_NAMES",
+    "Claim",
+    "Exchange",
+    "read_result",
+    "utc_now",
+]
+
+log = logging.getLogger(__name__)
+
+#: Every folder directly under the exchange root.
+FOLDERS = ("tmp", "new", "cur", "done", "failed", "cancelled", "cancel")
+#: Job folder -> job state, in the order a job moves through them.
+STATE_FOLDERS = {"new": "queued", "cur": "running", "done": "done",
+                 "failed": "failed", "cancelled": "cancelled"}
+FINAL_STATES = ("done", "failed", "cancelled")
+
+JOB_FILE = "job.msgpack"
+LEASE_FILE = "lease.msgpack"
+PROGRESS_FILE = "progress.msgpack"
+RESULT_FILE = "result.msgpack"
+CONFIG_FILE = "config.json"
+STAGES_DIR = "stages"
+OUTPUT_DIR = "output"
+#: Names inside a job folder that belong to the engine; attachments may not use them.
+RESERVED_NAMES = frozenset({JOB_FILE, LEASE_FILE, PROGRESS_FILE, RESULT_FILE,
+                            CONFIG_FILE, STAGES_DIR, OUTPUT_DIR})
+
+_REQUEUE = "requeue~"  # tmp/requeue~<id>~<unique>: a job between cur/ and new/
+_DEBRIS = "debris~"  # tmp/debris~<id>~<unique>: leftovers, swept like tmp entries
+_HOST = socket.gethostname() or "host"
+
+
+def utc_now(clock: Callable[[], float] = time.time) -> str:
+    """ISO 8601 UTC time of ``clock()`` (second precision)."""
+    return datetime.fromtimestamp(clock(), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Claim:
+    """A worker's hold on one running job (what :meth:`Exchange.claim` returns).
+
+    ``expires`` moves forward with every successful :meth:`Exchange.renew`.
+    """
+
+    job_id: str
+    folder: Path  # ROOT/cur/<job_id>
+    worker: str
+    epoch: int
+    expires: float
+    lease_seconds: float
+    reclaims: int = 0  # how often the job was taken from a dead worker before
+
+
+def _is_gone(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOENT, errno.ESTALE)
+
+
+def _is_taken(exc: OSError) -> bool:
+    # rename onto an existing non-empty folder
+    return exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR)
+
+
+class Exchange:
+    """One exchange folder. Cheap to construct; all state lives on disk.
+
+    Args:
+        root: the exchange folder (shared by the bridge and every engine).
+        clock: POSIX-seconds clock for leases and sweeping (tests fake it).
+    """
+
+    def __init__(self, root: str | os.PathLike[str],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.root = Path(root).absolute()
+        self.clock = clock
+
+    def __repr__(self) -> str:
+        return f"Exchange({str(self.root)!r})"
+
+    # --- layout ------------------------------------------------------------------
+
+    def dir(self, name: str) -> Path:
+        """``ROOT/<name>`` for one of :data:`FOLDERS`."""
+        if name not in FOLDERS:
+            raise ValueError(f"not an exchange folder: {name!r}")
+        return self.root / name
+
+    def ensure(self) -> "Exchange":
+        """Create the layout (idempotent, safe to race)."""
+        for name in FOLDERS:
+            (self.root / name).mkdir(parents=True, exist_ok=True)
+        return self
+
+    def job_folder(self, state_folder: str, job_id: str) -> Path:
+        return self.dir(state_folder) / job_id
+
+    def locate(self, job_id: str, *, tries: int = 3) -> tuple[str, Path] | None:
+        """``(state folder name, path)`` of a job, or None.
+
+        Looks in lifecycle order (new, cur, final folders) and retries, so a job
+        that moves while we look is still found.
+        """
+        if not valid_job_id(job_id):
+            return None
+        for attempt in range(tries):
+            for name in STATE_FOLDERS:
+                p = self.root / name / job_id
+                if os.path.lexists(p):
+                    return name, p
+            if attempt + 1 < tries:
+                # between cur/ and new/ during a requeue, or not there at all
+                time.sleep(0.02)
+        return None
+
+    def _entries(self, name: str) -> list[os.DirEntry[str]]:
+        try:
+            with os.scandir(self.dir(name)) as it:
+                return [e for e in it if not e.name.startswith(".")]
+        except FileNotFoundError:
+            return []
+
+    def ids(self, state_folder: str) -> list[str]:
+        """Job ids in one state folder, oldest first (folder mtime, then name)."""
+        out = []
+        for e in self._entries(state_folder):
+            try:
+                out.append((e.stat(follow_symlinks=False).st_mtime, e.name))
+            except FileNotFoundError:
+                continue
+        return [name for _, name in sorted(out)]
+
+    # --- submitting --------------------------------------------------------------
+
+    def staging_folder(self) -> Path:
+        """A new private folder ``tmp/<unique>/`` to assemble a job in."""
+        self.ensure()
+        p = self.dir("tmp") / unique_name()
+        p.mkdir()
+        return p
+
+    def publish(self, staging: Path, job_id: str) -> Path:
+        """Publish a staged job folder as ``new/<job_id>`` with one rename.
+
+        Refuses an id that exists in any state folder (ids are never reused).
+
+        Raises:
+            JobExists: the id is taken.
+        """
+        from .errors import JobExists  # noqa: PLC0415
+
+        if not valid_job_id(job_id):
+            raise DocumentError(f"job id {job_id!r} is not a valid name", field="id")
+        where = self.locate(job_id, tries=1)
+        if where is not None:
+            raise JobExists(f"job {job_id} already exists (in {where[0]}/); "
+                            "job ids are never reused", field="id")
+        dest = self.dir("new") / job_id
+        fsync_dir(staging)
+        try:
+            os.rename(staging, dest)
+        except OSError as exc:
+            if _is_taken(exc):
+                raise JobExists(f"job {job_id} already exists (in new/)",
+                                field="id") from None
+            raise
+        fsync_dir(dest.parent)
+        fsync_dir(staging.parent)
+        return dest
+
+    # --- leases ------------------------------------------------------------------
+
+    def read_lease(self, folder: Path) -> Lease | None:
+        """The lease in a job folder; None if there is none (or it is unreadable).
+
+        Raises:
+            FileNotFoundError: the folder itself is gone.
+        """
+        try:
+            return load_document(folder / LEASE_FILE, Lease)
+        except FileNotFoundError:
+            if not folder.is_dir():
+                raise
+            return None
+        except (DocumentError, OSError) as exc:
+            log.warning("unreadable lease in %s: %s", folder, exc)
+            return None
+
+    def _write_lease(self, folder: Path, lease: Lease) -> None:
+        atomic_write_bytes(folder / LEASE_FILE, lease.to_bytes())
+
+    def claim(self, job_id: str, worker: str, *, lease_seconds: float
+              ) -> Claim | None:
+        """Claim a queued job by renaming ``new/<id>`` to ``cur/<id>``.
+
+        Exactly one of several racing workers gets a :class:`Claim`; the others
+        get None. The claimer writes a lease with the previous epoch + 1.
+        """
+        src = self.dir("new") / job_id
+        dest = self.dir("cur") / job_id
+        if not src.is_dir() or src.is_symlink():
+            return None  # not a job folder: quarantine_stray() moves it away
+        try:
+            os.rename(src, dest)
+        except OSError as exc:
+            if _is_gone(exc):
+                return None  # another worker won, or the job was cancelled
+            if _is_taken(exc):
+                log.warning("cannot claim %s: cur/%s already exists", job_id, job_id)
+                return None
+            raise
+        try:
+            prev = self.read_lease(dest)
+        except FileNotFoundError:
+            return None
+        now = self.clock()
+        lease = Lease(job_id=job_id, worker=worker,
+                      epoch=(prev.epoch + 1) if prev else 1,
+                      expires=now + lease_seconds, acquired=utc_now(self.clock),
+                      renewed=utc_now(self.clock), host=_HOST, pid=os.getpid(),
+                      reclaims=prev.reclaims if prev else 0)
+        try:
+            self._write_lease(dest, lease)
+        except FileNotFoundError:
+            return None  # requeued under us (only after a stall past the grace)
+        return Claim(job_id, dest, worker, lease.epoch, lease.expires, lease_seconds,
+                     lease.reclaims)
+
+    def check(self, claim: Claim) -> Lease:
+        """Verify ``claim`` still holds its job; returns the current lease.
+
+        Raises:
+            LeaseLost: the lease expired by our clock, the folder moved away, or a
+                later claimer's lease is there.
+        """
+        if self.clock() >= claim.expires:
+            raise LeaseLost(f"the lease on job {claim.job_id} expired before it was "
+                            "renewed (this worker stalled)")
+        try:
+            current = self.read_lease(claim.folder)
+        except FileNotFoundError:
+            raise LeaseLost(f"job {claim.job_id} was moved away from this worker") \
+                from None
+        if current is None:
+            raise LeaseLost(f"job {claim.job_id} has no lease any more")
+        if current.epoch > claim.epoch or (current.epoch == claim.epoch
+                                           and current.worker != claim.worker):
+            raise LeaseLost(f"job {claim.job_id} was taken over by {current.worker}")
+        return current
+
+    def renew(self, claim: Claim) -> None:
+        """Extend the lease (the heartbeat). Raises :class:`LeaseLost`."""
+        current = self.check(claim)
+        # A lower epoch here is a late write by an earlier holder: ours wins.
+        new = Lease(job_id=claim.job_id, worker=claim.worker, epoch=claim.epoch,
+                    expires=self.clock() + claim.lease_seconds,
+                    acquired=current.acquired if current.epoch == claim.epoch else "",
+                    renewed=utc_now(self.clock), host=_HOST, pid=os.getpid(),
+                    reclaims=claim.reclaims)
+        try:
+            self._write_lease(claim.folder, new)
+        except FileNotFoundError:
+            raise LeaseLost(f"job {claim.job_id} was moved away from this worker") \
+                from None
+        claim.expires = new.expires
+
+    def lease_expired(self, folder: Path, grace: float) -> bool:
+        """Whether the job in ``cur/<id>`` may be reclaimed now.
+
+        A folder without a lease (a claimer between its rename and its lease
+        write) counts from its last change: expired ``grace`` seconds after it.
+        """
+        try:
+            lease = self.read_lease(folder)
+            if lease is not None:
+                return lease.expires <= self.clock()
+            st = folder.stat()
+        except FileNotFoundError:
+            return False
+        return max(st.st_mtime, st.st_ctime) + grace <= self.clock()
+
+    def requeue(self, folder: Path, *, reason: str, grace: float) -> bool:
+        """Move a running job back to ``new/`` (see the module docstring).
+
+        Args:
+            folder: ``cur/<id>``.
+            reason: ``"shutdown"`` (its worker let go) or ``"expired"`` (a
+                reclaimer took it from a dead worker; counted in ``reclaims``).
+            grace: seconds the next claimer has to write its own lease.
+
+        Returns:
+            False when another reclaimer (or the job's publication) got there first.
+        """
+        job_id = folder.name
+        private = self.dir("tmp") / f"{_REQUEUE}{job_id}~{unique_name()}"
+        try:
+            os.rename(folder, private)
+        except OSError as exc:
+            if _is_gone(exc):
+                return False
+            raise
+        try:
+            old = self.read_lease(private)
+        except FileNotFoundError:
+            return False
+        lease = Lease(job_id=job_id, worker="", epoch=old.epoch if old else 0,
+                      expires=self.clock() + grace, acquired="",
+                      renewed=utc_now(self.clock), host=_HOST, pid=os.getpid(),
+                      reclaims=(old.reclaims if old else 0) + (reason == "expired"),
+                      released=reason)
+        try:
+            self._write_lease(private, lease)
+        except FileNotFoundError:
+            return True  # the sweeper restored it to new/ already
+        return self._restore(private, job_id)
+
+    def _restore(self, private: Path, job_id: str) -> bool:
+        dest = self.dir("new") / job_id
+        try:
+            os.rename(private, dest)
+        except OSError as exc:
+            if _is_gone(exc):
+                return True
+            if _is_taken(exc):
+                log.error("cannot requeue %s: new/%s exists; left in %s", job_id,
+                          job_id, private)
+                return False
+            raise
+        fsync_dir(dest.parent)
+        log.info("requeued job %s", job_id)
+        return True
+
+    def reclaim_expired(self, *, grace: float) -> list[str]:
+        """Requeue every running job whose lease expired; returns their ids.
+
+        Args:
+            grace: the lease length this engine uses (grace for a fresh claimer
+                and for folders without a lease).
+        """
+        out = []
+        for job_id in self.ids("cur"):
+            folder = self.dir("cur") / job_id
+            if not self.lease_expired(folder, grace):
+                continue
+            if not (folder / JOB_FILE).exists():
+                where = self.locate(job_id, tries=1)
+                if where is not None and where[0] != "cur":
+                    # A stale writer re-created cur/<id> after the job moved on.
+                    self._to_debris(folder, job_id)
+                    continue
+            log.warning("lease of job %s expired; requeueing it", job_id)
+            if self.requeue(folder, reason="expired", grace=grace):
+                out.append(job_id)
+        return out
+
+    def _to_debris(self, path: Path, job_id: str) -> None:
+        try:
+            os.rename(path, self.dir("tmp") / f"{_DEBRIS}{job_id}~{unique_name()}")
+            log.warning("moved stray %s to tmp/ for sweeping", path)
+        except OSError:
+            pass
+
+    def release(self, claim: Claim, *, grace: float | None = None) -> bool:
+        """Give a claimed job back to the queue (shutdown); its checkpoints stay."""
+        try:
+            self.check(claim)
+        except LeaseLost:
+            return False
+        return self.requeue(claim.folder, reason="shutdown",
+                            grace=claim.lease_seconds if grace is None else grace)
+
+    # --- results -----------------------------------------------------------------
+
+    def finish(self, claim: Claim, result: Result) -> Path:
+        """Write ``result.msgpack`` and publish the job folder to its final state
+        folder with one rename. Returns the published folder.
+
+        Raises:
+            LeaseLost: the claim no longer holds the job (nothing is published).
+        """
+        if result.state not in FINAL_STATES:
+            raise ValueError(f"not a final state: {result.state}")
+        self.check(claim)
+        try:
+            atomic_write_bytes(claim.folder / RESULT_FILE, result.to_bytes())
+        except FileNotFoundError:
+            raise LeaseLost(f"job {claim.job_id} was moved away from this worker") \
+                from None
+        dest = self.dir(result.state) / claim.job_id
+        try:
+            os.rename(claim.folder, dest)
+        except OSError as exc:
+            if _is_gone(exc):
+                raise LeaseLost(f"job {claim.job_id} was moved away from this worker"
+                                ) from None
+            if not _is_taken(exc):
+                raise
+            # Never overwrite a published job: keep both.
+            dest = self.dir(result.state) / f"{claim.job_id}.{unique_name('dup')}"
+            log.error("%s/%s already exists; publishing this run as %s",
+                      result.state, claim.job_id, dest.name)
+            os.rename(claim.folder, dest)
+        fsync_dir(dest.parent)
+        self.clear_cancel(claim.job_id)
+        return dest
+
+    # --- cancel ------------------------------------------------------------------
+
+    def cancel_path(self, job_id: str) -> Path:
+        return self.dir("cancel") / job_id
+
+    def request_cancel(self, job_id: str, note: str = "") -> Path:
+        """Drop ``cancel/<job_id>``. Any content is allowed; we write a note."""
+        if not valid_job_id(job_id):
+            raise DocumentError(f"job id {job_id!r} is not a valid name", field="id")
+        self.ensure()
+        p = self.cancel_path(job_id)
+        text = note or f"cancel requested {utc_now(self.clock)} on {_HOST}"
+        atomic_write_bytes(p, (text + "\n").encode("utf-8"))
+        return p
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return os.path.lexists(self.cancel_path(job_id))
+
+    def clear_cancel(self, job_id: str) -> None:
+        try:
+            os.unlink(self.cancel_path(job_id))
+        except FileNotFoundError:
+            pass
+
+    def cancel_queued(self, job_id: str, who: str) -> Path | None:
+        """Cancel a queued job directly: claim it like a worker would, then publish
+        it to ``cancelled/`` with a ``Result/1``. None if a worker claimed it first
+        (the running job then sees the cancel request)."""
+        claim = self.claim(job_id, who, lease_seconds=60.0)
+        if claim is None:
+            return None
+        now = utc_now(self.clock)
+        result = Result(job_id=job_id, state="cancelled",
+                        error={"code": "cancelled", "message": "cancelled before it "
+                               "started", "stage": None, "frame": None, "field": None},
+                        started=now, finished=now)
+        try:
+            return self.finish(claim, result)
+        except LeaseLost:
+            return None
+
+    # --- housekeeping -------------------------------------------------------------
+
+    def _newest_mtime(self, path: Path, limit: int = 10000) -> float:
+        """Newest mtime in a tree (a slow copy keeps a staging folder fresh)."""
+        newest = path.lstat().st_mtime
+        if not path.is_dir() or path.is_symlink():
+            return newest
+        seen = 0
+        for dirpath, dirnames, filenames in os.walk(path):
+            for name in dirnames + filenames:
+                seen += 1
+                try:
+                    newest = max(newest, os.lstat(os.path.join(dirpath, name)).st_mtime)
+                except FileNotFoundError:
+                    pass
+                if seen >= limit:
+                    return newest
+        return newest
+
+    def sweep(self, *, max_age: float = 3600.0, requeue_after: float = 60.0
+              ) -> list[str]:
+        """Remove abandoned ``tmp/`` entries and stale cancel requests.
+
+        Args:
+            max_age: seconds without change after which a ``tmp/`` entry is
+                abandoned (a submitter that died mid-write).
+            requeue_after: seconds after which a ``tmp/requeue~<id>~*`` entry (a
+                requeue interrupted by a crash) is restored to ``new/<id>``.
+
+        Returns:
+            The names acted on (``tmp/<name>``, ``cancel/<id>``).
+        """
+        now = self.clock()
+        out = []
+        for e in self._entries("tmp"):
+            p = Path(e.path)
+            try:
+                age = now - self._newest_mtime(p)
+            except FileNotFoundError:
+                continue
+            if e.name.startswith(_REQUEUE):
+                if age >= requeue_after:
+                    job_id = e.name[len(_REQUEUE):].split("~", 1)[0]
+                    if valid_job_id(job_id) and (p / JOB_FILE).exists():
+                        log.warning("restoring interrupted requeue of %s", job_id)
+                        if self._restore(p, job_id):
+                            out.append(f"tmp/{e.name}")
+                        continue
+                else:
+                    continue
+            if age >= max_age:
+                log.info("sweeping abandoned tmp/%s", e.name)
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+                out.append(f"tmp/{e.name}")
+        for e in self._entries("cancel"):
+            where = self.locate(e.name, tries=1)
+            try:
+                age = now - e.stat(follow_symlinks=False).st_mtime
+            except FileNotFoundError:
+                continue
+            if (where is not None and where[0] in FINAL_STATES) or (
+                    where is None and age >= max_age):
+                Path(e.path).unlink(missing_ok=True)
+                out.append(f"cancel/{e.name}")
+        return out
+
+    def quarantine_stray(self) -> list[str]:
+        """Move entries of ``new/`` that are not folders (a bridge wrote a file
+        there by mistake) to ``tmp/`` where the sweeper removes them."""
+        out = []
+        for e in self._entries("new"):
+            if not e.is_dir(follow_symlinks=False):
+                log.warning("new/%s is not a job folder; moving it to tmp/", e.name)
+                self._to_debris(Path(e.path), e.name)
+                out.append(e.name)
+        return out
+
+    def iter_jobs(self) -> Iterator[tuple[str, str, Path]]:
+        """``(job_id, state folder, path)`` of every job, state by state."""
+        for name in STATE_FOLDERS:
+            for job_id in self.ids(name):
+                yield job_id, name, self.dir(name) / job_id
+
+
+def read_result(folder: Path) -> Result | None:
+    """The ``Result/1`` of a published job folder, or None if unreadable."""
+    try:
+        return load_document(folder / RESULT_FILE, Result)
+    except (OSError, FaceStitchError):
+        return None
