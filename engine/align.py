@@ -1,0 +1,420 @@
+"""FFHQ alignment with STIT's temporal smoothing, and its exact inverse.
+
+Per frame, the FFHQ recipe turns 68 landmarks into a centre ``c`` and two half-axes
+``x``, ``y`` of an oriented square (pipeline.md §1.1). STIT's trick is to smooth
+``c`` (σ 1) and ``x``, ``y`` (σ 3) along time before building the quad, so the crop
+follows the face without jitter. Smoothing runs over runs of consecutive frames
+that have landmarks: it never reaches across a gap where the face is missing.
+
+Coordinates follow OpenCV: pixel ``(i, j)`` has its centre at ``x = j, y = i``. The
+quad's corners map to the crop's outer corners ``(-0.5, -0.5)`` ... ``(R - 0.5,
+R - 0.5)``, which is STIT's PIL mapping (``quad + 0.5`` -> ``(0, 0)`` ... ``(R, R)``)
+written in OpenCV's convention. :func:`align_crop` and :func:`unalign` use the same
+3x3 matrix (one with ``WARP_INVERSE_MAP``), so the round trip is exact up to
+bilinear resampling. Unlike STIT, regions of the quad outside the frame are filled
+by reflection (FFHQ-like), not black.
+
+``AlignStage`` (the ``align`` pipeline stage) writes into ``stages/align/``:
+
+- ``info.json``: resolution, frame size, range, which frames have crops, mask
+  source, the smoothing settings;
+- ``quads.npy``: float64 ``[N, 4, 2]`` (TL, BL, BR, TR) for the N frames of the
+  range, NaN where the face is absent;
+- ``crops/<frame:07d>.png``: 8-bit RGB aligned crops, ``R x R``, for frames with a
+  face (``frame`` = media index);
+- ``masks/<frame:07d>.png``: 8-bit face masks (0/255) at ``R``, the input of
+  :func:`engine.mask.paste_alpha` and :func:`engine.mask.stitch_masks`.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fsexchange.documents import FaceTrack, load_document
+from fsexchange.fsutil import atomic_write_bytes
+
+from .stage import Stage, StageContext
+
+__all__ = [
+    "ffhq_quad_params",
+    "smooth_params",
+    "smooth_params_segments",
+    "quad_from_params",
+    "crop_transform",
+    "align_crop",
+    "unalign",
+    "transform_points",
+    "present_runs",
+    "AlignStage",
+    "AlignedClip",
+    "crop_name",
+    "resolve_resolution",
+    "model_facts",
+]
+
+log = logging.getLogger(__name__)
+
+
+# --- the FFHQ quad ----------------------------------------------------------------
+
+
+def ffhq_quad_params(lm68: np.ndarray, scale: float = 1.0
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """FFHQ centre and half-axes from 68 landmarks (pipeline.md §1.1).
+
+    Args:
+        lm68: ``[68, 2]`` or ``[N, 68, 2]`` landmarks (x, y) in frame pixels.
+        scale: STIT ``--scale`` (1.0).
+
+    Returns:
+        ``(c, x, y)``, each ``[2]`` or ``[N, 2]`` float64: quad centre, half-axis
+        pointing right and half-axis pointing down (``y = R(x)``, R = +90°).
+    """
+    lm = np.asarray(lm68, dtype=np.float64)
+    if lm.shape[-2:] != (68, 2):
+        raise ValueError(f"expected [..., 68, 2] landmarks, got {lm.shape}")
+    eye_left = lm[..., 36:42, :].mean(-2)
+    eye_right = lm[..., 42:48, :].mean(-2)
+    eye_avg = (eye_left + eye_right) / 2
+    eye_to_eye = eye_right - eye_left
+    mouth_avg = (lm[..., 48, :] + lm[..., 54, :]) / 2
+    eye_to_mouth = mouth_avg - eye_avg
+    x = eye_to_eye - _rot90(eye_to_mouth)
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    size = np.maximum(np.linalg.norm(eye_to_eye, axis=-1, keepdims=True) * 2.0,
+                      np.linalg.norm(eye_to_mouth, axis=-1, keepdims=True) * 1.8)
+    x = x / np.maximum(norm, 1e-12) * size * scale
+    y = _rot90(x)
+    c = eye_avg + eye_to_mouth * 0.1
+    return c, x, y
+
+
+def _rot90(v: np.ndarray) -> np.ndarray:
+    """R(vx, vy) = (-vy, vx) (pipeline.md §1.1)."""
+    return np.stack([-v[..., 1], v[..., 0]], axis=-1)
+
+
+def smooth_params(c: np.ndarray, x: np.ndarray, y: np.ndarray, center_sigma: float,
+                  xy_sigma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """STIT temporal smoothing of one run of consecutive frames.
+
+    Gaussian along time (``scipy.ndimage.gaussian_filter1d``, mode ``reflect``,
+    truncate 4): ``c`` with ``center_sigma``, ``x`` and ``y`` with ``xy_sigma``. A
+    sigma of 0 disables that part. Inputs and outputs are ``[N, 2]``.
+    """
+    from scipy.ndimage import gaussian_filter1d  # noqa: PLC0415
+
+    def smooth(a: np.ndarray, sigma: float) -> np.ndarray:
+        a = np.asarray(a, dtype=np.float64)
+        if sigma <= 0 or len(a) < 2:
+            return a.copy()
+        return gaussian_filter1d(a, sigma, axis=0, mode="reflect", truncate=4.0)
+
+    return smooth(c, center_sigma), smooth(x, xy_sigma), smooth(y, xy_sigma)
+
+
+def present_runs(present: np.ndarray) -> list[tuple[int, int]]:
+    """``[(a, b), ...]`` half-open runs of consecutive True values."""
+    p = np.concatenate([[False], np.asarray(present, bool), [False]])
+    edges = np.flatnonzero(np.diff(p.astype(np.int8)))
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
+
+
+def smooth_params_segments(c: np.ndarray, x: np.ndarray, y: np.ndarray,
+                           present: np.ndarray, center_sigma: float, xy_sigma: float
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`smooth_params` applied separately to each run of present frames, so
+    nothing is smoothed across a gap. Absent frames keep their (NaN) values."""
+    c, x, y = (np.array(a, dtype=np.float64) for a in (c, x, y))
+    for a, b in present_runs(present):
+        c[a:b], x[a:b], y[a:b] = smooth_params(c[a:b], x[a:b], y[a:b], center_sigma,
+                                               xy_sigma)
+    return c, x, y
+
+
+def quad_from_params(c: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Quads ``[N, 4, 2]`` (or ``[4, 2]``): top-left, bottom-left, bottom-right,
+    top-right = ``c - x - y, c - x + y, c + x + y, c + x - y``."""
+    return np.stack([c - x - y, c - x + y, c + x + y, c + x - y], axis=-2)
+
+
+# --- the warp ---------------------------------------------------------------------
+
+
+def crop_transform(quad: np.ndarray, size: int) -> np.ndarray:
+    """3x3 matrix taking frame pixel coordinates to crop pixel coordinates.
+
+    The quad's corners (TL, BL, BR, TR) land on the crop's outer corners
+    ``(-0.5, -0.5), (-0.5, R - 0.5), (R - 0.5, R - 0.5), (R - 0.5, -0.5)``.
+    """
+    q = np.asarray(quad, dtype=np.float64).reshape(4, 2)
+    r = float(size) - 0.5
+    dst = np.array([[-0.5, -0.5], [-0.5, r], [r, r], [r, -0.5]], dtype=np.float64)
+    return _perspective(q, dst)
+
+
+def _perspective(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Float64 homography from 4 point pairs (8x8 solve); cv2's version takes
+    float32 points, which costs sub-pixel accuracy on large frames."""
+    a = np.zeros((8, 8))
+    b = np.zeros(8)
+    for i, ((x, y), (u, v)) in enumerate(zip(src, dst)):
+        a[2 * i] = [x, y, 1, 0, 0, 0, -u * x, -u * y]
+        a[2 * i + 1] = [0, 0, 0, x, y, 1, -v * x, -v * y]
+        b[2 * i], b[2 * i + 1] = u, v
+    h = np.linalg.solve(a, b)
+    return np.append(h, 1.0).reshape(3, 3)
+
+
+def transform_points(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Apply a 3x3 homography to ``[..., 2]`` points."""
+    p = np.asarray(pts, dtype=np.float64)
+    h = p @ m[:2, :2].T + m[:2, 2]
+    w = p @ m[2, :2] + m[2, 2]
+    return h / w[..., None]
+
+
+def align_crop(frame: np.ndarray, quad: np.ndarray, size: int,
+               padding: str = "reflect") -> np.ndarray:
+    """Warp the quad's region of ``frame`` to an ``size x size`` crop (bilinear).
+
+    Args:
+        frame: HxWxC image (uint8, uint16 or float32).
+        quad: ``[4, 2]`` TL, BL, BR, TR in frame pixels.
+        size: crop resolution R.
+        padding: ``"reflect"`` (mirror the frame where the quad leaves it) or
+            ``"black"`` (STIT's behaviour).
+
+    Faces much larger than the crop are first reduced with area averaging by an
+    integer factor (STIT's "shrink"), which avoids aliasing from the bilinear warp.
+    """
+    import cv2  # noqa: PLC0415
+
+    q = np.asarray(quad, dtype=np.float64).reshape(4, 2)
+    qsize = np.linalg.norm(q[3] - q[0])
+    shrink = int(np.floor(qsize / size * 0.5))
+    src = frame
+    if shrink > 1:
+        h, w = frame.shape[:2]
+        sw, sh = max(1, round(w / shrink)), max(1, round(h / shrink))
+        src = cv2.resize(frame, (sw, sh), interpolation=cv2.INTER_AREA)
+        # pixel-centre mapping of a resize: u' = (u + 0.5) * sw / w - 0.5
+        q = (q + 0.5) * np.array([sw / w, sh / h]) - 0.5
+    m = crop_transform(q, size)
+    border = {"reflect": cv2.BORDER_REFLECT, "black": cv2.BORDER_CONSTANT}.get(padding)
+    if border is None:
+        raise ValueError(f"padding must be 'reflect' or 'black', got {padding!r}")
+    return cv2.warpPerspective(src, m, (size, size), flags=cv2.INTER_LINEAR,
+                               borderMode=border, borderValue=0)
+
+
+def unalign(crop: np.ndarray, quad: np.ndarray, frame_size: tuple[int, int]
+            ) -> np.ndarray:
+    """Warp a crop back into frame geometry (crop -> frame), bilinear; frame pixels
+    outside the quad get 0.
+
+    Args:
+        crop: ``R x R [x C]`` (uint8, uint16 or float32).
+        quad: the quad the crop was taken with.
+        frame_size: ``(width, height)`` of the frame.
+    """
+    import cv2  # noqa: PLC0415
+
+    size = crop.shape[0]
+    m = crop_transform(quad, size)  # frame -> crop: sample the crop at M @ p
+    return cv2.warpPerspective(crop, m, (int(frame_size[0]), int(frame_size[1])),
+                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+# --- the stage --------------------------------------------------------------------
+
+
+def crop_name(frame: int) -> str:
+    """File name of frame ``frame``'s crop or mask (media index)."""
+    return f"{frame:07d}.png"
+
+
+def resolve_resolution(ctx: StageContext) -> int:
+    """The crop resolution R: ``align.resolution`` when set, else the generator's
+    resolution of the job's model profile (1024 for the official weights)."""
+    r = ctx.config.align.resolution
+    if not r:
+        r = _generator_resolution(ctx)
+    if r < 8 or r & (r - 1):
+        from fsexchange.errors import DocumentFieldError  # noqa: PLC0415
+
+        raise DocumentFieldError(f"options.align.resolution {r} must be a power of two "
+                                 ">= 8", field="options.align.resolution")
+    return int(r)
+
+
+#: Crop size when no model module is installed to say the generator's resolution.
+FALLBACK_RESOLUTION = 256
+
+
+def _generator_resolution(ctx: StageContext) -> int:
+    resolution, _ = model_facts(ctx.config.profile)
+    if resolution is None:
+        log.warning("engine.models is not available; aligning at %d px",
+                    FALLBACK_RESOLUTION)
+        return FALLBACK_RESOLUTION
+    return resolution
+
+
+@functools.lru_cache(maxsize=4)
+def model_facts(profile: str) -> tuple[int | None, Path | None]:
+    """``(generator resolution, face-parser weights path)`` of a model profile,
+    from ``engine.models.load_models``; ``(None, None)`` when that module is not
+    installed. Cached: the networks themselves are not kept."""
+    try:
+        from engine.models import load_models  # noqa: PLC0415
+    except ImportError:
+        return None, None
+    models = load_models(profile, device="cpu")
+    path = getattr(models, "parser_path", None)
+    return int(models.generator.img_resolution), Path(path) if path else None
+
+
+class AlignedClip:
+    """Read access to ``stages/align/`` for later stages.
+
+    Attributes:
+        folder: the stage folder. info: ``info.json``. quads: ``[N, 4, 2]``.
+        resolution: R. start: ``range.start`` (quads[i] is frame start + i).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.info = json.loads((self.folder / "info.json").read_text())
+        self.quads = np.load(self.folder / "quads.npy", allow_pickle=False)
+        self.resolution = int(self.info["resolution"])
+        self.start = int(self.info["range"][0])
+        self.frames = [int(f) for f in self.info["frames"]]  # frames with crops
+
+    def quad(self, frame: int) -> np.ndarray | None:
+        q = self.quads[frame - self.start]
+        return None if np.isnan(q).any() else q
+
+    def crop(self, frame: int) -> np.ndarray:
+        from .video import read_image  # noqa: PLC0415
+
+        return read_image(self.folder / "crops" / crop_name(frame))
+
+    def mask(self, frame: int) -> np.ndarray:
+        """Face mask ``[R, R]`` bool."""
+        from .video import read_image  # noqa: PLC0415
+
+        m = read_image(self.folder / "masks" / crop_name(frame))
+        return (m[..., 0] if m.ndim == 3 else m) > 127
+
+
+def _encode_png(img: np.ndarray) -> bytes:
+    import cv2  # noqa: PLC0415
+
+    if img.ndim == 3:
+        img = img[:, :, ::-1]
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(img))
+    if not ok:
+        raise OSError("PNG encoding failed")
+    return buf.tobytes()
+
+
+class AlignStage(Stage):
+    """Smoothed FFHQ crops at the generator resolution, quads, and face masks."""
+
+    name = "align"
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        from .mask import MaskBuilder  # noqa: PLC0415
+        from .video import probe, read_frames  # noqa: PLC0415
+
+        cfg = ctx.config.align
+        job = ctx.job
+        track = load_document(ctx.job_dir / "stages" / "track" / "facetrack.msgpack",
+                              FaceTrack)
+        size = resolve_resolution(ctx)
+        start, end = job.range.start, job.range.end
+        n = end - start
+        by_frame = {fr.frame: fr for fr in track.frames}
+        lms = np.full((n, 68, 2), np.nan)
+        for i in range(n):
+            fr = by_frame.get(start + i)
+            if fr is not None and fr.present and fr.landmarks is not None:
+                lms[i] = np.asarray(fr.landmarks, dtype=np.float64)
+        present = ~np.isnan(lms).any(axis=(1, 2))
+        c, x, y = ffhq_quad_params(np.nan_to_num(lms), scale=cfg.scale)
+        c[~present] = np.nan
+        x[~present] = np.nan
+        y[~present] = np.nan
+        c, x, y = smooth_params_segments(c, x, y, present, cfg.center_sigma,
+                                         cfg.xy_sigma)
+        quads = quad_from_params(c, x, y)
+
+        out = ctx.stage_dir(self.name)
+        (out / "crops").mkdir(exist_ok=True)
+        (out / "masks").mkdir(exist_ok=True)
+        buf = io.BytesIO()
+        np.save(buf, quads, allow_pickle=False)
+        atomic_write_bytes(out / "quads.npy", buf.getvalue())
+
+        masker = MaskBuilder(ctx.config.mask, size, device=ctx.device,
+                             parser_path=_parser_path(ctx))
+        if masker.source == "hull":
+            ctx.warn("Face masks come from the landmark hull: the BiSeNet face-parser "
+                     "weights (79999_iter.pth) are not installed, so hair and neck are "
+                     "covered only by the dilation. Install them with "
+                     "'facestitch models install' for the reference masks.")
+        info = probe(ctx.source_path(), job.range.rate)
+        frames_done: list[int] = []
+        pending: list[tuple[int, np.ndarray, np.ndarray]] = []
+
+        def flush() -> None:
+            masks = masker.masks([p[1] for p in pending], [p[2] for p in pending])
+            for (frame, crop, _), mask in zip(pending, masks):
+                atomic_write_bytes(out / "crops" / crop_name(frame), _encode_png(crop))
+                atomic_write_bytes(out / "masks" / crop_name(frame),
+                                   _encode_png(mask.astype(np.uint8) * 255))
+                frames_done.append(frame)
+            pending.clear()
+
+        for index, frame in read_frames(ctx.source_path(), start, end):
+            ctx.check_abort()
+            i = index - start
+            if present[i]:
+                crop = align_crop(frame, quads[i], size, cfg.padding)
+                m = crop_transform(quads[i], size)
+                pending.append((index, crop, transform_points(m, lms[i])))
+                if len(pending) >= masker.batch_size:
+                    flush()
+            ctx.report((i + 1) / n, f"aligned frame {index}")
+        flush()
+
+        doc = {
+            "schema": "facestitch.AlignInfo/1",
+            "resolution": size,
+            "frame_size": [info.width, info.height],
+            "range": [start, end],
+            "rate": [job.range.rate.numerator, job.range.rate.denominator],
+            "frames": frames_done,
+            "mask_source": masker.source,
+            "center_sigma": cfg.center_sigma,
+            "xy_sigma": cfg.xy_sigma,
+            "scale": cfg.scale,
+            "padding": cfg.padding,
+        }
+        atomic_write_bytes(out / "info.json", json.dumps(doc, indent=1).encode())
+        ctx.info["mask_source"] = masker.source
+        return {"frames": len(frames_done), "resolution": size,
+                "mask_source": masker.source}
+
+
+def _parser_path(ctx: StageContext) -> Path | None:
+    return model_facts(ctx.config.profile)[1]

@@ -1,0 +1,234 @@
+"""Paste-back: the (edited) aligned crop, warped into the full frame as an RGBA layer.
+
+:func:`paste_back` is the one paste in the tree. It warps the crop's premultiplied
+colour and its alpha into frame geometry with the inverse of the alignment
+transform (bilinear, the same 3x3 matrix the crop was taken with), un-premultiplies,
+and returns a 16-bit straight-alpha RGBA frame at the source resolution. Wherever
+the 16-bit alpha is 0 the RGB is the source pixel itself, bit for bit, so the layer
+can be composited over the plate in any editor: ``a·rgb + (1 - a)·source``.
+
+``PasteStage`` (the ``paste`` pipeline stage) writes every frame of the range into
+``output/`` named per :func:`engine.video.output_name` (``png16`` default, ``exr``,
+``pam16``; ``prores4444`` writes one movie ``output/<name>.mov``), plus the
+composited preview movie ``output/preview.mp4`` and, for ``align-preview`` jobs, a
+contact sheet of the aligned crops ``output/contact_sheet.png``. Frames without the
+face are the source with alpha 0 (``edited`` False).
+
+Crop sources, in order: ``stages/stitch_tune/`` when that stage finished
+(``crops/<frame:07d>.png`` 16-bit RGB and ``alpha/<frame:07d>.png`` 16-bit grey; a
+missing alpha falls back to the align mask), else the align crops pasted back
+unedited (identity paste, for checking a track).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from fsexchange.documents import FrameOutput
+
+from .stage import Stage, StageContext
+
+__all__ = ["paste_back", "composite", "contact_sheet", "PasteStage", "FORMAT_EXT"]
+
+log = logging.getLogger(__name__)
+
+#: OutputSpec.format -> frame file extension (prores4444 is one movie).
+FORMAT_EXT = {"png16": "png", "exr": "exr", "pam16": "pam"}
+
+
+def paste_back(frame_rgb: np.ndarray, crop_rgb: np.ndarray, crop_alpha: np.ndarray,
+               quad: np.ndarray) -> np.ndarray:
+    """RGBA layer at frame size from a crop, its alpha and its quad.
+
+    Args:
+        frame_rgb: source ``H x W x 3`` uint8 or uint16.
+        crop_rgb: ``R x R x 3`` uint8, uint16 or float in 0..1.
+        crop_alpha: ``R x R`` float in 0..1 (or uint8/uint16).
+        quad: ``[4, 2]`` the crop's quad in frame pixels.
+
+    Returns:
+        ``H x W x 4`` uint16, straight alpha. Where alpha is 0 the RGB equals the
+        source (uint8 sources scaled by 257, i.e. exactly the same values).
+    """
+    from .align import unalign  # noqa: PLC0415
+    from .video import to_depth  # noqa: PLC0415
+
+    src16 = to_depth(np.ascontiguousarray(frame_rgb[..., :3]), 16)
+    h, w = src16.shape[:2]
+    crop = to_depth(np.ascontiguousarray(crop_rgb[..., :3]), 16).astype(np.float32)
+    crop /= 65535.0
+    a = np.asarray(crop_alpha)
+    if a.dtype.kind == "u":
+        a = a.astype(np.float32) / np.iinfo(a.dtype).max
+    a = np.clip(a.astype(np.float32), 0, 1)
+    if a.shape != crop.shape[:2]:
+        raise ValueError(f"alpha {a.shape} does not match the crop {crop.shape[:2]}")
+    # Premultiplied warp: bilinear weights at the crop's edge then fade colour and
+    # alpha together instead of darkening the colour.
+    premul = np.concatenate([crop * a[..., None], a[..., None]], axis=2)
+    warped = unalign(premul, quad, (w, h))  # [H, W, 4] float32
+    alpha16 = np.rint(np.clip(warped[..., 3], 0, 1) * 65535).astype(np.uint16)
+    out = np.empty((h, w, 4), np.uint16)
+    out[..., :3] = src16
+    out[..., 3] = alpha16
+    on = alpha16 > 0
+    if on.any():
+        rgb = warped[on, :3] / np.maximum(warped[on, 3:4], 1e-12)
+        out[on, :3] = np.rint(np.clip(rgb, 0, 1) * 65535).astype(np.uint16)
+    return out
+
+
+def composite(rgba: np.ndarray, source_rgb: np.ndarray) -> np.ndarray:
+    """``a·rgb + (1 - a)·source`` as uint8 RGB (for previews)."""
+    from .video import to_depth  # noqa: PLC0415
+
+    layer = to_depth(rgba, 16).astype(np.float32) / 65535.0
+    src = to_depth(np.ascontiguousarray(source_rgb[..., :3]), 16).astype(np.float32)
+    src /= 65535.0
+    a = layer[..., 3:4]
+    out = a * layer[..., :3] + (1 - a) * src
+    return np.rint(np.clip(out, 0, 1) * 255).astype(np.uint8)
+
+
+def contact_sheet(tiles: Iterable[tuple[int, np.ndarray | None]], *, tile: int = 128,
+                  columns: int = 8) -> np.ndarray:
+    """A grid of ``(frame, crop or None)`` tiles as RGB uint8; a crop of None (no
+    face at that frame) is a dark grey tile. The frame number is drawn in a corner."""
+    import cv2  # noqa: PLC0415
+
+    from .video import to_depth  # noqa: PLC0415
+
+    items = list(tiles)
+    rows = max(1, -(-len(items) // columns))
+    cols = min(columns, max(1, len(items)))
+    sheet = np.full((rows * tile, cols * tile, 3), 24, np.uint8)
+    for k, (frame, crop) in enumerate(items):
+        r, c = divmod(k, cols)
+        if crop is None:
+            img = np.full((tile, tile, 3), 64, np.uint8)
+        else:
+            img = cv2.resize(to_depth(crop[..., :3], 8), (tile, tile),
+                             interpolation=cv2.INTER_AREA)
+        img = np.ascontiguousarray(img)
+        cv2.putText(img, str(frame), (3, tile - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
+                    (0, 0, 0), 2, cv2.LINE_AA)
+        cv2.putText(img, str(frame), (3, tile - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
+                    (255, 255, 255), 1, cv2.LINE_AA)
+        sheet[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile] = img
+    return sheet
+
+
+def _sample(frames: list[int], limit: int) -> list[int]:
+    if len(frames) <= limit:
+        return list(frames)
+    idx = np.linspace(0, len(frames) - 1, limit).round().astype(int)
+    return [frames[i] for i in sorted(set(idx.tolist()))]
+
+
+class PasteStage(Stage):
+    """RGBA frames at source resolution, a composited preview and a contact sheet."""
+
+    name = "paste"
+
+    #: Most tiles on a contact sheet (evenly spread over the range).
+    CONTACT_TILES = 48
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        from .align import AlignedClip, crop_name  # noqa: PLC0415
+        from .mask import paste_alpha  # noqa: PLC0415
+        from .video import (  # noqa: PLC0415
+            MovieWriter,
+            encode_rgba,
+            output_name,
+            read_image,
+            read_frames,
+        )
+        from fsexchange.fsutil import atomic_write_bytes  # noqa: PLC0415
+
+        job = ctx.job
+        stages = ctx.job_dir / "stages"
+        aligned = AlignedClip(stages / "align")
+        tuned = stages / "stitch_tune"
+        use_tuned = (tuned / "DONE.msgpack").exists()
+        out_dir = ctx.output_dir()
+        fmt = job.output.format
+        start, end = job.range.start, job.range.end
+        n = end - start
+        width, height = aligned.info["frame_size"]
+        rate = job.range.rate
+        movie = None
+        if fmt == "prores4444":
+            movie = MovieWriter(out_dir / f"{job.output.name}.mov", rate,
+                                (width, height), codec="prores_ks", alpha=True)
+        preview = None
+        outputs: dict[str, str] = {}
+        if job.output.preview:
+            preview = MovieWriter(out_dir / "preview.mp4", rate, (width, height),
+                                  codec=ctx.config.paste.preview_codec)
+            outputs["preview"] = "output/preview.mp4"
+        frames: list[dict[str, Any]] = []
+        have = set(aligned.frames)
+        try:
+            for index, src in read_frames(ctx.source_path(), start, end, depth=16):
+                ctx.check_abort()
+                quad = aligned.quad(index)
+                edited = quad is not None and index in have
+                if edited:
+                    if use_tuned:
+                        crop = read_image(tuned / "crops" / crop_name(index))
+                        alpha_file = tuned / "alpha" / crop_name(index)
+                        alpha = (read_image(alpha_file) if alpha_file.exists()
+                                 else paste_alpha(aligned.mask(index), ctx.config.mask))
+                        if alpha.ndim == 3:
+                            alpha = alpha[..., 0]
+                    else:
+                        crop = aligned.crop(index)
+                        alpha = paste_alpha(aligned.mask(index), ctx.config.mask)
+                    rgba = paste_back(src, crop, alpha, quad)
+                else:
+                    rgba = np.concatenate(
+                        [src, np.zeros(src.shape[:2] + (1,), np.uint16)], axis=2)
+                if movie is not None:
+                    movie.write(rgba)
+                    path = f"output/{movie.path.name}"
+                    digest = ""
+                else:
+                    name = output_name(job, index, FORMAT_EXT[fmt])
+                    data = encode_rgba(FORMAT_EXT[fmt], rgba)
+                    atomic_write_bytes(out_dir / name, data)
+                    path, digest = f"output/{name}", hashlib.sha256(data).hexdigest()
+                frames.append(FrameOutput(index, path, digest, edited).to_dict())
+                if preview is not None:
+                    preview.write(composite(rgba, src))
+                ctx.report((index - start + 1) / n, f"pasted frame {index}")
+        except BaseException:
+            for writer in (movie, preview):
+                if writer is not None:
+                    writer.abort()
+            raise
+        if movie is not None:
+            movie.close()
+            from fsexchange.fsutil import sha256_file  # noqa: PLC0415
+
+            digest = sha256_file(movie.path)
+            frames = [dict(f, sha256=digest) for f in frames]
+            outputs["movie"] = f"output/{movie.path.name}"
+        if preview is not None:
+            preview.close()
+        if job.kind == "align-preview":
+            import cv2  # noqa: PLC0415
+
+            picks = _sample(list(range(start, end)), self.CONTACT_TILES)
+            sheet = contact_sheet((f, aligned.crop(f) if f in have else None)
+                                  for f in picks)
+            ok, buf = cv2.imencode(".png", sheet[:, :, ::-1])
+            if not ok:
+                raise OSError("PNG encoding failed")
+            atomic_write_bytes(out_dir / "contact_sheet.png", buf.tobytes())
+            outputs["contact_sheet"] = "output/contact_sheet.png"
+        return {"frames": frames, "outputs": outputs}
