@@ -1,0 +1,196 @@
+"""Reference ops for the StyleGAN2 family, in plain PyTorch.
+
+Written from the published descriptions (Karras et al. 2020, "Analyzing and Improving
+the Image Quality of StyleGAN"; checkpoints.md §1.5), not from NVIDIA's source. There
+are no fused CUDA kernels here and nothing compiles at import time.
+
+Every function is ``torch.func`` friendly: no in-place updates of inputs or
+parameters, no ``.item()``, no data-dependent Python control flow, so
+``functional_call`` + ``vmap`` over per-frame parameter copies works.
+
+Conventions (the NVIDIA ones, so ``G_ema`` tensors load unchanged):
+
+- FIR filters are stored normalised (sum 1) as 2-D ``[kh, kw]`` buffers; the gain
+  (4 for 2x up-sampling) is applied where the filter is used.
+- ``padding`` for :func:`upfirdn2d` is ``(x0, x1, y0, y1)``; negative values crop.
+- Conv weights are ``[out, in, kh, kw]`` and carry no equalised-LR gain (modulated
+  convs demodulate, which cancels any constant gain); fully connected layers store
+  raw weights and apply ``lr_mul / sqrt(in)`` at run time.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "setup_filter",
+    "upfirdn2d",
+    "upsample2d",
+    "lrelu_agc",
+    "normalize_2nd_moment",
+    "modulated_conv2d",
+    "LRELU_GAIN",
+]
+
+#: leaky-ReLU(0.2) output gain that keeps unit variance (StyleGAN "def_gain").
+LRELU_GAIN = math.sqrt(2.0)
+
+
+def setup_filter(f: Sequence[float] | Tensor, normalize: bool = True) -> Tensor:
+    """A separable 1-D FIR ``f`` as its normalised 2-D outer product ``[k, k]``.
+
+    ``setup_filter([1, 3, 3, 1])`` is the StyleGAN2 resampling filter (sum 1).
+    """
+    t = torch.as_tensor(f, dtype=torch.float32)
+    if t.ndim == 1:
+        t = torch.outer(t, t)
+    if t.ndim != 2:
+        raise ValueError(f"filter must be 1-D or 2-D, got shape {tuple(t.shape)}")
+    if normalize:
+        t = t / t.sum()
+    return t
+
+
+def upfirdn2d(x: Tensor, f: Tensor, up: int = 1, down: int = 1,
+              padding: Sequence[int] = (0, 0, 0, 0), gain: float = 1.0,
+              flip_filter: bool = False) -> Tensor:
+    """Up-sample by zero insertion, pad, FIR filter, down-sample (pure PyTorch).
+
+    Args:
+        x: ``[N, C, H, W]``.
+        f: 2-D filter ``[kh, kw]`` (separable filters are given as their outer
+            product); applied as a true convolution unless ``flip_filter``.
+        up, down: integer factors (same on both axes).
+        padding: ``(x0, x1, y0, y1)`` applied after zero insertion; negative crops.
+        gain: overall signal gain; the filter is multiplied by it (a 2-D filter
+            carries the whole gain, so 2x up-sampling uses ``gain=4``).
+
+    Returns:
+        ``[N, C, (H*up + y0 + y1 - kh) // down + 1, (W*up + x0 + x1 - kw) // down + 1]``.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"upfirdn2d expects [N, C, H, W], got {tuple(x.shape)}")
+    n, c, h, w = x.shape
+    x0, x1, y0, y1 = (int(p) for p in padding)
+    if up > 1:  # zero insertion: [N, C, H, 1, W, 1] -> pad the unit axes -> merge
+        x = x.reshape(n, c, h, 1, w, 1)
+        x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1])
+        x = x.reshape(n, c, h * up, w * up)
+    x = F.pad(x, [max(x0, 0), max(x1, 0), max(y0, 0), max(y1, 0)])
+    if min(x0, x1, y0, y1) < 0:
+        hh, ww = x.shape[2], x.shape[3]
+        x = x[:, :, max(-y0, 0): hh - max(-y1, 0), max(-x0, 0): ww - max(-x1, 0)]
+    f = f.to(dtype=x.dtype, device=x.device) * gain
+    if not flip_filter:  # conv2d correlates; a true convolution flips the filter
+        f = f.flip([0, 1])
+    weight = f[None, None].expand(c, 1, f.shape[0], f.shape[1])
+    x = F.conv2d(x, weight, groups=c)
+    if down > 1:
+        x = x[:, :, ::down, ::down]
+    return x
+
+
+def upsample2d(x: Tensor, f: Tensor, up: int = 2) -> Tensor:
+    """FIR up-sampling by ``up`` keeping the image centred: ``[N,C,H,W] -> [.., H*up, W*up]``."""
+    kw = f.shape[-1]
+    p0 = (kw + up - 1) // 2
+    p1 = (kw - up) // 2
+    return upfirdn2d(x, f, up=up, padding=(p0, p1, p0, p1), gain=up * up)
+
+
+def lrelu_agc(x: Tensor, gain: float = LRELU_GAIN, clamp: float | None = None,
+              slope: float = 0.2) -> Tensor:
+    """``leaky_relu(x, 0.2) * gain``, then optionally clamped to ``[-clamp, clamp]``."""
+    x = F.leaky_relu(x, slope) * gain
+    if clamp is not None:
+        x = x.clamp(-clamp, clamp)
+    return x
+
+
+def normalize_2nd_moment(x: Tensor, dim: int = 1, eps: float = 1e-8) -> Tensor:
+    """``x / sqrt(mean(x^2) + eps)`` along ``dim`` (StyleGAN's pixel norm of z)."""
+    return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
+
+
+def _demod_coefficients(weight: Tensor, styles: Tensor) -> Tensor:
+    # weight [O, I, kh, kw], styles [N, I] -> [N, O]; 1 / ||w * s|| over (I, kh, kw)
+    w = weight.unsqueeze(0) * styles[:, None, :, None, None]
+    return (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()
+
+
+def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, *,
+                     demodulate: bool = True, up: int = 1, padding: int = 0,
+                     resample_filter: Tensor | None = None,
+                     noise: Tensor | None = None,
+                     fused: bool | None = None) -> Tensor:
+    """StyleGAN2 modulated convolution (per-sample weights, optional demodulation).
+
+    ``y[n] = conv(x[n], weight * s[n]) * d[n]`` with ``s[n]`` scaling input channels
+    and ``d[n, o] = 1 / sqrt(sum((weight[o] * s[n])^2) + 1e-8)`` when ``demodulate``.
+
+    Args:
+        x: ``[N, I, H, W]``.
+        weight: ``[O, I, kh, kw]``.
+        styles: ``[N, I]``.
+        up: 1 (plain "same" conv with ``padding``) or 2 (stride-2 transposed conv
+            followed by the FIR ``resample_filter`` with gain 4; output ``2H x 2W``).
+        noise: added after demodulation, broadcast against ``[N, O, H', W']``.
+        fused: True = one grouped convolution with per-sample weights; False =
+            scale activations instead (``conv(x * s) * d``); both are exact. None
+            picks grouped for batch 1, activation scaling otherwise.
+
+    Returns:
+        ``[N, O, H * up, W * up]``.
+    """
+    n = x.shape[0]
+    out_c, in_c, kh, kw = weight.shape
+    if fused is None:
+        fused = n == 1
+    dcoefs = _demod_coefficients(weight, styles) if demodulate else None  # [N, O]
+
+    if fused:
+        w = weight.unsqueeze(0) * styles[:, None, :, None, None]  # [N, O, I, kh, kw]
+        if dcoefs is not None:
+            w = w * dcoefs[:, :, None, None, None]
+        xg = x.reshape(1, n * in_c, x.shape[2], x.shape[3])
+        if up == 1:
+            y = F.conv2d(xg, w.reshape(n * out_c, in_c, kh, kw), padding=padding,
+                         groups=n)
+        else:
+            # conv_transpose2d wants [in, out/groups, kh, kw] per group
+            wt = w.transpose(1, 2).reshape(n * in_c, out_c, kh, kw)
+            y = _upconv(xg, wt, up, padding, resample_filter, groups=n)
+        y = y.reshape(n, out_c, y.shape[2], y.shape[3])
+    else:
+        xs = x * styles[:, :, None, None]
+        if up == 1:
+            y = F.conv2d(xs, weight, padding=padding)
+        else:
+            y = _upconv(xs, weight.transpose(0, 1), up, padding, resample_filter,
+                        groups=1)
+        if dcoefs is not None:
+            y = y * dcoefs[:, :, None, None]
+    if noise is not None:
+        y = y + noise
+    return y
+
+
+def _upconv(x: Tensor, wt: Tensor, up: int, padding: int,
+            resample_filter: Tensor | None, groups: int) -> Tensor:
+    """Stride-``up`` transposed conv (unflipped kernel) + FIR, as in StyleGAN2's
+    up-sampling convs. ``wt`` is in ``conv_transpose2d`` layout."""
+    if resample_filter is None:
+        raise ValueError("up-sampling modulated conv needs a resample_filter")
+    k = wt.shape[-1]
+    fk = resample_filter.shape[-1]
+    y = F.conv_transpose2d(x, wt, stride=up, groups=groups)
+    # Transposed conv output is (H-1)*up + k; the FIR pads bring it to H*up with the
+    # same centring as "zero-insert, FIR, 'same' conv" (checkpoints.md §1.5).
+    p0 = padding + (fk + up - 1) // 2 - (k - 1)
+    p1 = padding + (fk - up) // 2 - (k - up)
+    return upfirdn2d(y, resample_filter, padding=(p0, p1, p0, p1), gain=up * up)
