@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 __all__ = ["face_image", "FACE_CENTRES", "ClipSpec", "render_frames", "write_clip",
-           "write_sequence"]
+           "write_sequence", "stamp_index", "read_stamp"]
 
 # Approximate face centres (x, y) in the original stills (dlib boxes,
 # environment.md §8/§11).
@@ -59,6 +59,8 @@ class ClipSpec:
         second_face: paste a second real face (the other still) in a corner.
         jitter: std-dev in pixels of per-frame random translation (noisy tracks).
         seed: for the jitter.
+        stamp: draw the frame index as a binary code in the top-left corner
+            (:func:`read_stamp` reads it back, even after lossy compression).
     """
 
     frames: int = 12
@@ -73,6 +75,7 @@ class ClipSpec:
     second_face: bool = False
     jitter: float = 0.0
     seed: int = 0
+    stamp: bool = False
 
 
 def _affine(spec: ClipSpec, t: int, rng: np.random.Generator) -> np.ndarray:
@@ -117,8 +120,35 @@ def render_frames(spec: ClipSpec) -> list[np.ndarray]:
             r = int(90 * spec.face_scale)
             x0, y0 = int(pts[0] - r), int(pts[1] - r)
             frame[max(0, y0):y0 + 2 * r, max(0, x0):x0 + 2 * r] = 128
+        if spec.stamp:
+            stamp_index(frame, t)
         out.append(frame)
     return out
+
+
+_STAMP_BITS = 12
+_STAMP_CELL = 8  # px per bit; survives 4:2:0 chroma and H.264 at crf 12
+
+
+def stamp_index(frame: np.ndarray, index: int) -> np.ndarray:
+    """Draw ``index`` (< 4096) as 12 black/white cells along the top-left edge,
+    in place. Cells are 8x8 px, so the clip must be at least 96 px wide."""
+    c = _STAMP_CELL
+    for bit in range(_STAMP_BITS):
+        frame[0:c, bit * c:(bit + 1) * c] = 255 if (index >> bit) & 1 else 0
+    return frame
+
+
+def read_stamp(frame: np.ndarray) -> int:
+    """The index :func:`stamp_index` drew (reads cell centres; uint8 or uint16)."""
+    c = _STAMP_CELL
+    top = 65535 if frame.dtype == np.uint16 else 255
+    value = 0
+    for bit in range(_STAMP_BITS):
+        cell = frame[2:c - 2, bit * c + 2:(bit + 1) * c - 2, :3]
+        if cell.mean() > top / 2:
+            value |= 1 << bit
+    return value
 
 
 def write_clip(

@@ -1,0 +1,202 @@
+"""``facestitch preview MEDIA --out DIR [--range START:END] [--face N]``
+
+Track -> smoothed alignment -> identity paste-back (the aligned crop pasted back
+unedited), in this process, with the same stage code an ``align-preview`` job runs in
+the engine (through a temporary job folder inside DIR, removed afterwards). Delivers
+into DIR:
+
+- ``frames/<name>.<number:07d>.png``: RGBA frames at the source resolution (alpha =
+  the dilated face mask; numbered by source timecode frame, or from
+  ``--start-number``);
+- ``preview.mp4``: the composited movie at the source rate;
+- ``contact_sheet.png``: the aligned crops, to check the track at a glance;
+- ``facetrack.msgpack``: the ``FaceTrack/1`` of the chosen face.
+
+The input media is never written: DIR may not be the media or inside a sequence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+__all__ = ["main", "run_preview"]
+
+
+def _parse_range(text: str) -> tuple[int, int | None]:
+    m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d*)\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(
+            f"--range {text!r} must be START:END (media frame indices, END exclusive; "
+            "END may be empty for the end of the media)")
+    return int(m[1]), int(m[2]) if m[2] else None
+
+
+def _resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    try:
+        import torch  # noqa: PLC0415
+    except ImportError:
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _check_out(media: Path, out: Path) -> None:
+    from fsexchange.errors import DocumentFieldError  # noqa: PLC0415
+    from fsexchange.paths import is_within  # noqa: PLC0415
+
+    if out == media or (media.is_dir() and is_within(out, media)):
+        raise DocumentFieldError(
+            f"--out {out} is the input media or inside it; choose another folder so "
+            "the source is never written", field="out")
+    for sub in ("frames", "preview.mp4", "contact_sheet.png", "facetrack.msgpack"):
+        dest = out / sub
+        if dest == media or is_within(media, dest):
+            raise DocumentFieldError(
+                f"--out {out} would write {dest}, which holds the input media",
+                field="out")
+
+
+def run_preview(media: str | Path, out: str | Path, *, start: int = 0,
+                end: int | None = None, face: int | None = None,
+                options: dict | None = None, output_format: str = "png16",
+                start_number: int | None = None, rate=None, device: str = "auto",
+                progress=None) -> dict:
+    """Run the preview and return ``{"frames": [paths], "preview", "contact_sheet",
+    "facetrack", "warnings", "edited"}`` (paths inside ``out``)."""
+    from fractions import Fraction  # noqa: PLC0415
+
+    from engine.align import AlignStage  # noqa: PLC0415
+    from engine.config import PipelineConfig  # noqa: PLC0415
+    from engine.paste import PasteStage  # noqa: PLC0415
+    from engine.stage import StageContext  # noqa: PLC0415
+    from engine.track import TrackStage  # noqa: PLC0415
+    from engine.video import probe  # noqa: PLC0415
+    from fsexchange.client import new_job_id  # noqa: PLC0415
+    from fsexchange.documents import (  # noqa: PLC0415
+        FrameRange,
+        Job,
+        OutputSpec,
+        Source,
+        Subject,
+    )
+    from fsexchange.errors import RangeInvalid, RangeOutOfBounds  # noqa: PLC0415
+
+    media = Path(media).resolve()
+    out = Path(out).resolve()
+    info = probe(media, Fraction(rate) if rate else None)
+    end = info.frame_count if end is None else end
+    if start < 0 or end <= start:
+        raise RangeInvalid(f"range {start}:{end} is empty or reversed", field="range")
+    if end > info.frame_count:
+        raise RangeOutOfBounds(f"range {start}:{end} reaches past the end of "
+                               f"{media.name} ({info.frame_count} frames)",
+                               field="range.end")
+    _check_out(media, out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = PipelineConfig.from_options(options or {})
+    job = Job(id=new_job_id("preview"), kind="align-preview",
+              source=Source(str(media), info.kind),
+              range=FrameRange(start, end, info.rate, info.start_timecode),
+              subject=Subject(index=face),
+              output=OutputSpec(format=output_format, start_number=start_number))
+    job_dir = Path(tempfile.mkdtemp(prefix=".facestitch-preview-", dir=out))
+    try:
+        ctx = StageContext(job=job, job_dir=job_dir, config=config,
+                           device=_resolve_device(device),
+                           media_roots=(media.parent,),
+                           progress_fn=progress or (lambda f, m: None))
+        facts = {}
+        for stage in (TrackStage(), AlignStage(), PasteStage()):
+            facts[stage.name] = stage.run(ctx) or {}
+        frames_dir = out / "frames"
+        frames_dir.mkdir(exist_ok=True)
+        pattern = re.compile(rf"^{re.escape(job.output.name)}\.\d{{7}}\.\w+$")
+        for old in frames_dir.iterdir():  # a previous preview's frames only
+            if pattern.match(old.name) or old.suffix == ".mov":
+                old.unlink()
+        delivered = []
+        for item in facts["paste"]["frames"]:
+            src = job_dir / item["path"]
+            if src.exists():
+                dest = frames_dir / src.name
+                src.replace(dest)
+                delivered.append(dest)
+            elif delivered and delivered[-1].name == Path(item["path"]).name:
+                continue
+        result = {"frames": delivered, "warnings": list(ctx.warnings),
+                  "edited": sum(1 for f in facts["paste"]["frames"] if f["edited"]),
+                  "count": len(facts["paste"]["frames"])}
+        for key, name in (("preview", "preview.mp4"),
+                          ("contact_sheet", "contact_sheet.png")):
+            src = job_dir / "output" / name
+            if src.exists():
+                src.replace(out / name)
+                result[key] = out / name
+        (job_dir / "stages" / "track" / "facetrack.msgpack").replace(
+            out / "facetrack.msgpack")
+        result["facetrack"] = out / "facetrack.msgpack"
+        return result
+    finally:
+        shutil.rmtree(job_dir, ignore_errors=True)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="facestitch preview",
+        description="Track, align and paste back a clip unedited, to check the face "
+                    "track before a long job.")
+    parser.add_argument("media", help="movie file or image-sequence folder")
+    parser.add_argument("--out", required=True, help="folder for the results")
+    parser.add_argument("--range", type=_parse_range, default=(0, None),
+                        metavar="START:END",
+                        help="media frame indices, END exclusive (default: all)")
+    parser.add_argument("--face", type=int, default=None, metavar="N",
+                        help="the N-th largest face at the first frame with faces "
+                             "(0 = largest, the default)")
+    parser.add_argument("--backend", choices=("auto", "dlib", "face-alignment"),
+                        default="auto", help="landmark backend (default: auto)")
+    parser.add_argument("--resolution", type=int, default=0,
+                        help="crop size (power of two; default: the generator's)")
+    parser.add_argument("--format", choices=("png16", "exr", "pam16", "prores4444"),
+                        default="png16", help="RGBA frame format (default png16)")
+    parser.add_argument("--start-number", type=int, default=None,
+                        help="number the first output frame N (default: its source "
+                             "timecode frame number)")
+    parser.add_argument("--rate", default=None,
+                        help="frame rate of an image sequence (default 24)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    args = parser.parse_args(argv)
+
+    options = {"track": {"backend": args.backend}}
+    if args.resolution:
+        options["align"] = {"resolution": args.resolution}
+
+    def progress(fraction: float, message: str) -> None:
+        if sys.stderr.isatty():
+            print(f"\r{message:<60.60} {fraction * 100:5.1f}%", end="", file=sys.stderr)
+
+    start, end = args.range
+    res = run_preview(args.media, args.out, start=start, end=end, face=args.face,
+                      options=options, output_format=args.format,
+                      start_number=args.start_number, rate=args.rate,
+                      device=args.device, progress=progress)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    frames = res["frames"]
+    if frames:
+        print(f"RGBA frames:    {frames[0].parent}/ ({frames[0].name} .. "
+              f"{frames[-1].name}; the face in {res['edited']} of {res['count']})")
+    if "preview" in res:
+        print(f"preview movie:  {res['preview']}")
+    if "contact_sheet" in res:
+        print(f"contact sheet:  {res['contact_sheet']}")
+    print(f"face track:     {res['facetrack']}")
+    for w in res["warnings"]:
+        print(f"note: {w}")
+    return 0
