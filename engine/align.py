@@ -28,7 +28,6 @@ by reflection (FFHQ-like), not black.
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import logging
@@ -56,7 +55,8 @@ __all__ = [
     "AlignedClip",
     "crop_name",
     "resolve_resolution",
-    "model_facts",
+    "generator_resolution",
+    "parser_weights",
 ]
 
 log = logging.getLogger(__name__)
@@ -242,12 +242,19 @@ def crop_name(frame: int) -> str:
     return f"{frame:07d}.png"
 
 
-def resolve_resolution(ctx: StageContext) -> int:
-    """The crop resolution R: ``align.resolution`` when set, else the generator's
-    resolution of the job's model profile (1024 for the official weights)."""
-    r = ctx.config.align.resolution
-    if not r:
-        r = _generator_resolution(ctx)
+#: Crop size when no model module is installed to say the generator's resolution.
+FALLBACK_RESOLUTION = 256
+
+
+def resolve_resolution(resolution: int, profile: str) -> int:
+    """The crop size R: ``resolution`` (``options.align.resolution``) when set, else
+    the generator resolution of the model ``profile`` (1024 for the official
+    weights, from ``engine.models``). R must be a power of two."""
+    r = resolution or generator_resolution(profile)
+    if r is None:
+        log.warning("engine.models is not available; aligning at %d px",
+                    FALLBACK_RESOLUTION)
+        r = FALLBACK_RESOLUTION
     if r < 8 or r & (r - 1):
         from fsexchange.errors import DocumentFieldError  # noqa: PLC0415
 
@@ -256,31 +263,26 @@ def resolve_resolution(ctx: StageContext) -> int:
     return int(r)
 
 
-#: Crop size when no model module is installed to say the generator's resolution.
-FALLBACK_RESOLUTION = 256
-
-
-def _generator_resolution(ctx: StageContext) -> int:
-    resolution, _ = model_facts(ctx.config.profile)
-    if resolution is None:
-        log.warning("engine.models is not available; aligning at %d px",
-                    FALLBACK_RESOLUTION)
-        return FALLBACK_RESOLUTION
-    return resolution
-
-
-@functools.lru_cache(maxsize=4)
-def model_facts(profile: str) -> tuple[int | None, Path | None]:
-    """``(generator resolution, face-parser weights path)`` of a model profile,
-    from ``engine.models.load_models``; ``(None, None)`` when that module is not
-    installed. Cached: the networks themselves are not kept."""
+def generator_resolution(profile: str) -> int | None:
+    """``img_resolution`` of the profile's generator (None without
+    ``engine.models``). Loads the profile's networks once, on the CPU, and drops
+    them; not cached, since models may be installed while the engine runs."""
     try:
         from engine.models import load_models  # noqa: PLC0415
     except ImportError:
-        return None, None
-    models = load_models(profile, device="cpu")
-    path = getattr(models, "parser_path", None)
-    return int(models.generator.img_resolution), Path(path) if path else None
+        return None
+    return int(load_models(profile, device="cpu").generator.img_resolution)
+
+
+def parser_weights() -> Path | None:
+    """The installed BiSeNet ``79999_iter.pth`` of the model store, if any."""
+    try:
+        from engine.store import Store  # noqa: PLC0415
+    except ImportError:
+        return None
+    from .mask import PARSER_FILE  # noqa: PLC0415
+
+    return Store().installed(PARSER_FILE)
 
 
 class AlignedClip:
@@ -340,7 +342,7 @@ class AlignStage(Stage):
         job = ctx.job
         track = load_document(ctx.job_dir / "stages" / "track" / "facetrack.msgpack",
                               FaceTrack)
-        size = resolve_resolution(ctx)
+        size = resolve_resolution(cfg.resolution, ctx.config.profile)
         start, end = job.range.start, job.range.end
         n = end - start
         by_frame = {fr.frame: fr for fr in track.frames}
@@ -366,7 +368,7 @@ class AlignStage(Stage):
         atomic_write_bytes(out / "quads.npy", buf.getvalue())
 
         masker = MaskBuilder(ctx.config.mask, size, device=ctx.device,
-                             parser_path=_parser_path(ctx))
+                             parser_path=parser_weights())
         if masker.source == "hull":
             ctx.warn("Face masks come from the landmark hull: the BiSeNet face-parser "
                      "weights (79999_iter.pth) are not installed, so hair and neck are "
@@ -414,7 +416,3 @@ class AlignStage(Stage):
         ctx.info["mask_source"] = masker.source
         return {"frames": len(frames_done), "resolution": size,
                 "mask_source": masker.source}
-
-
-def _parser_path(ctx: StageContext) -> Path | None:
-    return model_facts(ctx.config.profile)[1]

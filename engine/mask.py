@@ -30,6 +30,7 @@ from fsexchange.errors import DocumentFieldError, ModelMissing
 from .config import MaskConfig
 
 __all__ = [
+    "PARSER_FILE",
     "BACKGROUND_CLASSES",
     "foreground_from_labels",
     "hull_mask",
@@ -41,6 +42,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: The official BiSeNet face-parser weights (face-parsing.PyTorch, checkpoints.md §4).
+PARSER_FILE = "79999_iter.pth"
 #: BiSeNet classes that are not face: background, cloth, hat (pipeline.md §1.6).
 BACKGROUND_CLASSES = (0, 16, 18)
 _REFERENCE_SIZE = 1024  # the reference's crop size; CLI values are at this size
@@ -213,8 +216,6 @@ class MaskBuilder:
         self.parser: FaceParser | None = None
         have = parser_path is not None and Path(parser_path).is_file()
         if cfg.parser == "bisenet" and not have:
-            from .nets.bisenet import PARSER_FILE  # noqa: PLC0415
-
             raise ModelMissing(
                 f"options.mask.parser is 'bisenet' but the face-parser weights "
                 f"{PARSER_FILE} are not installed; install them with 'facestitch "

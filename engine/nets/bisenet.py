@@ -22,10 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..mask import PARSER_FILE  # the file name lives in the torch-free module
+
 __all__ = ["BiSeNet", "load_bisenet", "PARSER_FILE", "NUM_CLASSES", "IMAGENET_MEAN",
            "IMAGENET_STD", "PARSE_RESOLUTION"]
 
-PARSER_FILE = "79999_iter.pth"
 NUM_CLASSES = 19
 PARSE_RESOLUTION = 512  # the parser's training size; STIT parses at 512 (§1.6)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # face-parsing.PyTorch normalisation
