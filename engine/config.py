@@ -78,6 +78,8 @@ class PTIConfig:
     locality_l2: float = 0.1
     locality_lpips: float = 0.1
     checkpoint_every: int = 10  # passes between resumable checkpoints
+    checkpoint_seconds: float = 300.0  # also checkpoint this often (0 = off)
+    cache_frames: int = 64  # decoded crops kept in memory (the rest re-read per pass)
     gradient_checkpointing: bool = False  # trade compute for memory on small GPUs
 
 
