@@ -1,0 +1,171 @@
+"""``facestitch metrics``: temporal identity (TL-ID, TG-ID) and warping-error metrics
+of an edited clip against its source.
+
+Each side is a movie file or an image-sequence folder. RGBA results (FaceStitch's
+matte layer) are composited over the source first. ``--range START:END`` is in source
+media indices, END exclusive; the edited side is read over the same range when it is
+as long as the source, or whole when it is exactly as long as the range (a FaceStitch
+output covers only the job's range).
+
+Example::
+
+    facestitch metrics --source plate.mov --edited out/ --range 100:148 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from fsexchange.errors import RangeInvalid
+
+__all__ = ["main", "parse_range"]
+
+
+def parse_range(text: str) -> tuple[int, int]:
+    """``"START:END"`` (END exclusive) -> (start, end)."""
+    start, sep, end = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        lo, hi = int(start), int(end)
+    except ValueError:
+        raise RangeInvalid(f"--range must be START:END (END exclusive), got {text!r}",
+                           field="range") from None
+    if lo < 0 or hi <= lo:
+        raise RangeInvalid(f"--range {text}: END must be greater than START >= 0",
+                           field="range")
+    return lo, hi
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="facestitch metrics",
+        description="Temporal consistency of an edited clip against its source: "
+                    "TL-ID and TG-ID (identity similarity between adjacent / all "
+                    "frames, edited divided by source, 1 = as consistent as the "
+                    "source) and the occlusion-masked warping error (flow from the "
+                    "source).")
+    p.add_argument("--source", required=True, type=Path,
+                   help="the original clip: a movie file or an image-sequence folder")
+    p.add_argument("--edited", required=True, type=Path,
+                   help="the edited clip or FaceStitch result (RGBA is composited over "
+                        "the source)")
+    p.add_argument("--range", dest="range_", metavar="START:END",
+                   help="source frames START..END-1 (0-based media indices)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--identity", choices=("dlib", "arcface"), default="dlib",
+                   help="face embedding network (default dlib; arcface needs its "
+                        "weights in the model store)")
+    p.add_argument("--flow", choices=("dis", "farneback", "raft"), default="dis",
+                   help="optical flow (default dis; raft needs raft-things.pth in the "
+                        "model store)")
+    p.add_argument("--device", default="cpu",
+                   help="torch device for arcface/raft (default cpu)")
+    p.add_argument("--subject", metavar="X,Y",
+                   help="a point on the face to measure in the first frame with faces "
+                        "(default: the largest face)")
+    p.add_argument("--svg", type=Path,
+                   help="also write the per-frame plot (SVG) to this file")
+    return p
+
+
+def _is_premultiplied(path: Path) -> bool:
+    """EXR results carry premultiplied colour (the EXR convention, engine/video.py)."""
+    if path.is_dir():
+        return any(p.suffix.lower() == ".exr" for p in path.iterdir())
+    return path.suffix.lower() == ".exr"
+
+
+def _summary(d: dict, src: Path, ed: Path, rng: tuple[int, int]) -> str:
+    def f(v, spec=".4f"):
+        return "n/a" if v is None else format(v, spec)
+
+    ratio = ""
+    if d["warp_error"] is not None and d["warp_error_source"]:
+        ratio = f", x{d['warp_error'] / d['warp_error_source']:.2f} the source's"
+    lines = [
+        f"source {src}  edited {ed}  frames {rng[0]}..{rng[1] - 1} ({d['frames']})",
+        f"  TL-ID          {f(d['tl_id'])}   (edited {f(d['tl_id_raw'])}, "
+        f"source {f(d['tl_id_source_raw'])})",
+        f"  TG-ID          {f(d['tg_id'])}   (edited {f(d['tg_id_raw'])}, "
+        f"source {f(d['tg_id_source_raw'])})",
+        f"  warping error  {f(d['warp_error'], '.5f')}  (source "
+        f"{f(d['warp_error_source'], '.5f')}{ratio})",
+        f"  frames without a face: {d['frames_without_face']} of {d['frames']}"
+        + (f"; edited face not detected in {d['edited_faces_not_detected']} "
+           "(source box used)" if d["edited_faces_not_detected"] else ""),
+        f"  identity {d['backends']['identity']}, flow {d['backends']['flow']}",
+        "  (TL-ID/TG-ID: 1 = as consistent as the source; lower warping error is "
+        "smoother)",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    subject = None
+    if args.subject:
+        try:
+            x, y = (float(v) for v in args.subject.split(","))
+        except ValueError:
+            parser.error(f"--subject must be X,Y in pixels, got {args.subject!r}")
+        subject = (x, y)
+
+    from engine.config import MetricsConfig  # noqa: PLC0415
+    from engine.metrics import (  # noqa: PLC0415
+        MetricsLengthMismatch,
+        MetricsSizeMismatch,
+        metrics_svg,
+        temporal_metrics,
+    )
+    from engine.video import probe, read_frames  # noqa: PLC0415
+
+    src_info, ed_info = probe(args.source), probe(args.edited)
+    if (src_info.width, src_info.height) != (ed_info.width, ed_info.height):
+        raise MetricsSizeMismatch(
+            f"{args.edited.name} is {ed_info.width}x{ed_info.height} but "
+            f"{args.source.name} is {src_info.width}x{src_info.height}; compare clips "
+            "of the same frame size")
+    start, end = parse_range(args.range_) if args.range_ else (0, src_info.frame_count)
+    n = end - start
+    if ed_info.frame_count == src_info.frame_count:
+        ed_start, ed_end = start, end
+    elif ed_info.frame_count == n:
+        ed_start, ed_end = 0, n
+    else:
+        raise MetricsLengthMismatch(
+            f"{args.edited.name} has {ed_info.frame_count} frames; expected "
+            f"{src_info.frame_count} (the whole source) or {n} (the range "
+            f"{start}:{end})")
+
+    source = (rgb for _, rgb in read_frames(args.source, start, end))
+    edited = (img for _, img in read_frames(
+        args.edited, ed_start, ed_end, alpha=ed_info.has_alpha,
+        depth=16 if ed_info.bit_depth > 8 else 8))
+
+    tty = sys.stderr.isatty()
+
+    def progress(done: int) -> None:
+        if tty:
+            print(f"\rframe {done}/{n}", end="", file=sys.stderr, flush=True)
+
+    cfg = MetricsConfig(identity=args.identity, flow=args.flow)
+    m = temporal_metrics(source, edited, cfg=cfg, device=args.device,
+                         premultiplied=_is_premultiplied(args.edited), subject=subject,
+                         on_frame=progress)
+    if tty:
+        print(file=sys.stderr)
+    if args.svg:
+        args.svg.write_text(metrics_svg(m, first_frame=start), encoding="utf-8")
+    d = m.to_dict()
+    if args.json:
+        out = {"source": str(args.source), "edited": str(args.edited),
+               "range": [start, end], **d}
+        print(json.dumps(out, indent=2))
+    else:
+        print(_summary(d, args.source, args.edited, (start, end)))
+    return 0

@@ -1,0 +1,147 @@
+"""Face identity embeddings (engine/identity.py): dlib ResNet, optional ArcFace."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from clips import ClipSpec, render_frames
+from engine.identity import (
+    ARCFACE_TEMPLATE,
+    ArcFaceEmbedder,
+    Box,
+    build_iresnet,
+    DlibEmbedder,
+    FaceFinder,
+    five_points,
+    identity_backend,
+    similarity_transform,
+)
+from engine.metrics import models_root
+from fsexchange.errors import MetricsError, ModelFormatError, ModelMissing
+
+
+@pytest.fixture(scope="module")
+def dlib_embedder():
+    return DlibEmbedder()
+
+
+def test_dlib_embeddings_separate_two_real_faces(dlib_embedder):
+    finder = FaceFinder()
+    astro = render_frames(ClipSpec(frames=3))
+    hopper = render_frames(ClipSpec(frames=1, face="grace_hopper"))[0]
+    embs = []
+    for frame in astro:
+        box = finder.track(frame)
+        assert box is not None
+        embs.append(dlib_embedder.embed(frame, box))
+    other = dlib_embedder.embed(hopper, FaceFinder().track(hopper))
+    for e in embs + [other]:
+        assert e.shape == (128,) and e.dtype == np.float32
+        assert np.linalg.norm(e) == pytest.approx(1.0, abs=1e-5)
+    same = min(float(embs[0] @ e) for e in embs[1:])
+    different = float(embs[0] @ other)
+    assert same > 0.98
+    assert different < same - 0.05
+
+
+def test_finder_picks_largest_face_or_the_subject_then_follows_it():
+    frames = render_frames(ClipSpec(frames=4, second_face=True, drift=(20.0, 6.0)))
+    # Grace Hopper's inset (bottom left) is the larger face; the astronaut is central
+    largest = FaceFinder().track(frames[0])
+    assert largest is not None and largest.centre[0] < 100 and largest.centre[1] > 150
+    finder = FaceFinder(subject=(160, 120))
+    first = finder.track(frames[0])
+    assert first is not None
+    assert abs(first.centre[0] - 160) < 30 and abs(first.centre[1] - 125) < 30
+    for frame in frames[1:]:
+        box = finder.track(frame)
+        assert box is not None and box.iou(first) > 0.3
+        assert box.iou(largest) < 0.1
+    # asked for the face at the inset, near() returns that one instead
+    other = finder.near(frames[0], largest)
+    assert other is not None and other.iou(largest) > 0.5
+
+
+def test_no_face_gives_none():
+    grey = np.full((240, 320, 3), 128, np.uint8)
+    finder = FaceFinder()
+    assert finder.track(grey) is None
+    assert finder.near(grey, Box(100, 60, 200, 160)) is None
+
+
+def test_similarity_transform_recovers_known_similarity():
+    rng = np.random.default_rng(0)
+    src = rng.uniform(0, 100, (5, 2))
+    ang, s, t = math.radians(17), 1.7, np.array([3.0, -8.0])
+    c, si = math.cos(ang), math.sin(ang)
+    rot = s * np.array([[c, -si], [si, c]])
+    dst = src @ rot.T + t
+    m = similarity_transform(src, dst)
+    np.testing.assert_allclose(m[:, :2], rot, atol=1e-9)
+    np.testing.assert_allclose(m[:, 2], t, atol=1e-9)
+
+
+def test_five_points_from_68():
+    lm = np.zeros((68, 2), np.float32)
+    lm[36:42] = (10, 20)
+    lm[42:48] = (30, 20)
+    lm[30] = (20, 30)
+    lm[48], lm[54] = (12, 40), (28, 40)
+    np.testing.assert_allclose(five_points(lm),
+                               [[10, 20], [30, 20], [20, 30], [12, 40], [28, 40]])
+    # same left-to-right order as the ArcFace template
+    assert ARCFACE_TEMPLATE[0, 0] < ARCFACE_TEMPLATE[1, 0]
+
+
+def test_arcface_missing_names_the_folder():
+    with pytest.raises(ModelMissing) as err:
+        identity_backend("arcface")
+    assert str(models_root() / "arcface") in str(err.value)
+    assert err.value.code == "model.missing"
+    with pytest.raises(MetricsError, match="unknown identity backend"):
+        identity_backend("facenet")
+
+
+def _tiny_iresnet_state(features: int = 32) -> dict:
+    """Random weights of an arcface_torch-style IResNet with one block per stage."""
+    import torch
+
+    torch.manual_seed(0)
+    net = build_iresnet([1, 1, 1, 1], features)
+    state = {}
+    for k, v in net.state_dict().items():
+        if v.dtype.is_floating_point and "running" not in k:
+            v = torch.randn_like(v) * 0.05
+        state[k] = v
+    return state
+
+
+def test_arcface_torch_weights_load_and_embed():
+    import torch
+
+    folder = models_root() / "arcface"
+    folder.mkdir(parents=True)
+    torch.save(_tiny_iresnet_state(), folder / "backbone.pth")
+    emb = identity_backend("arcface")
+    assert isinstance(emb, ArcFaceEmbedder)
+    assert emb.name.startswith("arcface-iresnet10:backbone.pth")
+    frame = render_frames(ClipSpec(frames=1))[0]
+    box = FaceFinder().track(frame)
+    face = emb.align(frame, box)
+    assert face.shape == (112, 112, 3)
+    e = emb.embed(frame, box)
+    assert e.shape == (32,) and np.linalg.norm(e) == pytest.approx(1.0, abs=1e-5)
+    assert np.allclose(e, emb.embed(frame, box))
+
+
+def test_arcface_rejects_a_foreign_state_dict():
+    import torch
+
+    folder = models_root() / "arcface"
+    folder.mkdir(parents=True)
+    torch.save({"conv.weight": torch.zeros(3)}, folder / "other.pth")
+    with pytest.raises(ModelFormatError, match="IResNet"):
+        identity_backend("arcface")
