@@ -399,12 +399,12 @@ class Exchange:
             folder = self.dir("cur") / job_id
             if not self.lease_expired(folder, grace):
                 continue
-            if not (folder / JOB_FILE).exists():
-                where = self.locate(job_id, tries=1)
-                if where is not None and where[0] != "cur":
-                    # A stale writer re-created cur/<id> after the job moved on.
-                    self._to_debris(folder, job_id)
-                    continue
+            if not (folder / JOB_FILE).exists() and any(
+                    os.path.lexists(self.root / name / job_id)
+                    for name in STATE_FOLDERS if name != "cur"):
+                # A stale writer re-created cur/<id> after the job moved on.
+                self._to_debris(folder, job_id)
+                continue
             log.warning("lease of job %s expired; requeueing it", job_id)
             if self.requeue(folder, reason="expired", grace=grace):
                 out.append(job_id)

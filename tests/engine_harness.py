@@ -10,7 +10,8 @@ through two stages defined here instead of the GAN pipeline:
   ``FrameOutput`` facts.
 
 Test knobs live in the job document's unknown key ``test`` (kept by the loader):
-``{"delay": 0.05, "fail": "internal" | "face"}``. Every stage start/end and
+``{"delay": 0.05, "deliver_delay": 0.05, "fail": "internal" | "face"}``
+(delays are per frame). Every stage start/end and
 every frame written is appended to ``$FS_HARNESS_LOG/<job_id>.log`` as
 ``<stage> <event> <pid> [frame]``, so tests can prove what ran how often.
 """
@@ -107,9 +108,14 @@ class DeliverStage(Stage):
         log_event(job.id, self.name, "start", os.getpid())
         src = ctx.job_dir / "stages" / "hash" / "frames"
         out = ctx.output_dir()
+        delay = float(knobs(ctx).get("deliver_delay", 0.0))
         frames = []
         for index in range(job.range.start, job.range.end):
             ctx.check_abort()
+            deadline = time.monotonic() + delay
+            while time.monotonic() < deadline:
+                ctx.check_abort()
+                time.sleep(min(0.02, delay))
             data = (src / f"{index}.txt").read_bytes()
             name = f"{job.output.name}.{index:07d}.txt"
             atomic_write_bytes(out / name, data)

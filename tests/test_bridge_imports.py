@@ -1,0 +1,66 @@
+"""The bridge side never needs torch (nor numpy, OpenCV or PyAV): every module of
+``fsexchange`` and ``host_bridge`` imports, and the CLI's help runs, in a process
+where those packages cannot be imported."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from engine_harness_util import ROOT
+
+BLOCKED = ("torch", "torchvision", "numpy", "cv2", "av")
+
+SCRIPT = textwrap.dedent("""
+    import importlib, importlib.abc, pkgutil, sys
+
+    BLOCKED = set(sys.argv[1].split(","))
+
+    class Blocker(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                raise ImportError(f"{name} is blocked in the bridge test")
+            return None
+
+    sys.meta_path.insert(0, Blocker())
+    names = []
+    for pkg_name in ("fsexchange", "host_bridge"):
+        pkg = importlib.import_module(pkg_name)
+        names.append(pkg_name)
+        for info in pkgutil.walk_packages(pkg.__path__, pkg_name + "."):
+            importlib.import_module(info.name)
+            names.append(info.name)
+    leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+    assert not leaked, leaked
+    from host_bridge.cli import main
+    for argv in (["--help"], ["status", "--help"], ["submit", "--help"],
+                 ["cancel", "--help"]):
+        try:
+            rc = main(argv)
+        except SystemExit as exc:
+            rc = exc.code
+        assert rc == 0, (argv, rc)
+    print("IMPORTED", " ".join(names))
+""")
+
+
+def test_bridge_imports_without_torch_numpy_cv2_av():
+    out = subprocess.run([sys.executable, "-c", SCRIPT, ",".join(BLOCKED)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    imported = out.stdout.split("IMPORTED", 1)[1].split()
+    for name in ("fsexchange.client", "fsexchange.exchange", "fsexchange.documents",
+                 "host_bridge.cli", "host_bridge.commands.submit",
+                 "host_bridge.commands.status", "host_bridge.commands.cancel"):
+        assert name in imported
+    assert "usage: facestitch COMMAND" in out.stdout
+    assert "facestitch status" in out.stdout
+
+
+def test_blocker_really_blocks():
+    out = subprocess.run([sys.executable, "-c", SCRIPT.replace(
+        'for pkg_name in ("fsexchange", "host_bridge")', 'import numpy\nfor pkg_name '
+        'in ()'), ",".join(BLOCKED)], capture_output=True, text=True, cwd=ROOT,
+        timeout=120)
+    assert out.returncode != 0 and "blocked in the bridge test" in out.stderr
