@@ -205,12 +205,14 @@ class TemporalMetrics:
 # --- computation ----------------------------------------------------------------------
 
 
-def _check_frame(frame: Any, what: str, t: int) -> np.ndarray:
+def _check_frame(frame: Any, what: str, t: int, floats: bool = False) -> np.ndarray:
     arr = np.asarray(frame)
-    if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.dtype not in (np.uint8,
-                                                                        np.uint16):
+    ok_dtype = arr.dtype in (np.uint8, np.uint16) or (
+        floats and np.issubdtype(arr.dtype, np.floating))
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4) or not ok_dtype:
+        kinds = "uint8/uint16/float" if floats else "uint8/uint16"
         raise MetricsFrameInvalid(
-            f"{what} frame {t} must be an HxWx3 or HxWx4 uint8/uint16 RGB[A] image, "
+            f"{what} frame {t} must be an HxWx3 or HxWx4 {kinds} RGB[A] image, "
             f"got shape {arr.shape} dtype {arr.dtype}", frame=t)
     return arr
 
@@ -253,8 +255,9 @@ def temporal_metrics(source: Iterable[np.ndarray], edited: Iterable[np.ndarray],
 
     Args:
         source: RGB frames, HxWx3 uint8 (or uint16).
-        edited: the same number of frames of the same size; HxWx4 RGBA results are
-            composited over the source frame first (:func:`composite_over`).
+        edited: the same number of frames of the same size, uint8, uint16 or float
+            in [0, 1] (EXR); HxWx4 RGBA results are composited over the source frame
+            first (:func:`composite_over`).
         cfg: ``identity`` (``dlib`` | ``arcface``) and ``flow`` (``dis`` |
             ``farneback`` | ``raft``) backends.
         device: torch device for the torch backends (ArcFace ``.pth``, RAFT).
@@ -298,7 +301,7 @@ def temporal_metrics(source: Iterable[np.ndarray], edited: Iterable[np.ndarray],
                     frame=t)
             break
         s = _check_frame(s, "source", t)[:, :, :3]
-        e = _check_frame(e, "edited", t)
+        e = _check_frame(e, "edited", t, floats=True)
         if size is None:
             size = s.shape[:2]
         for what, arr in (("source", s), ("edited", e)):
@@ -307,7 +310,7 @@ def temporal_metrics(source: Iterable[np.ndarray], edited: Iterable[np.ndarray],
                     f"{what} frame {t} is {arr.shape[1]}x{arr.shape[0]}, expected "
                     f"{size[1]}x{size[0]} (both clips must have the same frame size)",
                     frame=t)
-        if e.shape[2] == 4:
+        if e.shape[2] == 4 or e.dtype != s.dtype:  # also brings e to s's dtype
             e = composite_over(e, s, premultiplied=premultiplied)
         same = e is s or np.array_equal(e, s)
 

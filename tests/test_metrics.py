@@ -161,6 +161,11 @@ def test_rgba_results_are_composited_over_the_source(source, self_metrics):
     m = temporal_metrics(source, transparent)
     assert m.tl_id == pytest.approx(1.0) and m.warp_error == m.warp_error_source
     assert m.warp_error == pytest.approx(self_metrics.warp_error)
+    # premultiplied float RGBA (what EXR results read back as): opaque = the plate
+    exr_like = [np.dstack([f / 255.0, np.ones(f.shape[:2])]).astype(np.float32)
+                for f in source[:3]]
+    m = temporal_metrics(source[:3], exr_like, premultiplied=True)
+    assert m.tl_id == pytest.approx(1.0) and m.warp_error == m.warp_error_source
 
 
 def test_broken_edit_uses_the_source_box():
@@ -194,7 +199,9 @@ def test_size_and_format_mismatch_are_clear_errors():
     with pytest.raises(MetricsFrameInvalid, match="source frame 0"):
         temporal_metrics([np.zeros((32, 48), np.uint8)], a[:1])
     with pytest.raises(MetricsFrameInvalid, match="float32"):
-        temporal_metrics(a[:1], [np.zeros((32, 48, 3), np.float32)])
+        temporal_metrics([np.zeros((32, 48, 3), np.float32)], a[:1])
+    with pytest.raises(MetricsFrameInvalid, match="int32"):
+        temporal_metrics(a[:1], [np.zeros((32, 48, 3), np.int32)])
     for code in ("metrics.length_mismatch", "metrics.size_mismatch",
                  "metrics.frame_invalid", "metrics.no_frames"):
         assert issubclass(ERROR_CODES[code], MetricsError)
