@@ -64,3 +64,19 @@ def test_blocker_really_blocks():
         'in ()'), ",".join(BLOCKED)], capture_output=True, text=True, cwd=ROOT,
         timeout=120)
     assert out.returncode != 0 and "blocked in the bridge test" in out.stderr
+
+
+ENGINE_SCRIPT = SCRIPT.replace(
+    'for pkg_name in ("fsexchange", "host_bridge")',
+    'import engine.worker, engine.runner, engine.watch, engine.commands.engine\n'
+    'for pkg_name in ()').replace(
+    '["status", "--help"]', '["engine", "--help"]')
+
+
+def test_engine_loop_imports_without_torch():
+    """The engine process starts (and runs torch-free stages) without torch; only
+    the stages that need it import it."""
+    out = subprocess.run([sys.executable, "-c", ENGINE_SCRIPT, "torch,torchvision"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "facestitch engine" in out.stdout

@@ -1,0 +1,125 @@
+"""docs/protocol.md must not drift from the code: every document, every field,
+every schema version, every job state, every folder and every error code."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine_harness_util import ROOT
+from fsexchange import documents as d
+from fsexchange.errors import ERROR_CODES
+from fsexchange.exchange import FOLDERS, RESERVED_NAMES
+
+DOC = (ROOT / "docs" / "protocol.md").read_text()
+
+
+def samples() -> dict[str, d._Document]:
+    """One instance of every document with every nested list populated."""
+    rng = d.FrameRange(0, 2, Fraction(24), "01:00:00:00")
+    job = d.Job(id="j", source=d.Source("m.mov"), range=rng,
+                subject=d.Subject(index=0),
+                edits=(d.Edit("age", 1.0, (d.Keyframe(0, 1.0),)),))
+    track = d.FaceTrack(Fraction(24), (4, 4), (d.TrackFrame(0, False),))
+    result = d.Result(job_id="j", state="failed",
+                      stages=(d.StageTiming("track", 1.0),),
+                      frames=(d.FrameOutput(0, "output/a.png", "0" * 64),),
+                      error={"code": "internal", "message": "m", "stage": None,
+                             "frame": None, "field": None})
+    return {"Job": job, "FaceTrack": track, "Progress": d.Progress("j", "running"),
+            "Result": result, "Lease": d.Lease("j", "w", 1, 0.0),
+            "StageDone": d.StageDone("track", 1.0)}
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> set[str]:
+    """Field paths of a document dict; a list of maps contributes its first map's
+    keys (``edits.name``)."""
+    out = set()
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        out.add(path)
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            value = value[0]
+        if isinstance(value, dict) and value:
+            out |= flatten(value, path + ".")
+    return out
+
+
+def doc_sections() -> dict[tuple[str, int], set[str]]:
+    sections = {}
+    parts = re.split(r"^### `facestitch\.(\w+)/(\d+)`\s*$", DOC, flags=re.M)
+    for i in range(1, len(parts), 3):
+        body = parts[i + 2].split("\n## ", 1)[0]
+        sections[(parts[i], int(parts[i + 1]))] = set(
+            re.findall(r"^\| `([^`]+)` \|", body, flags=re.M))
+    return sections
+
+
+def normalise(fields: set[str]) -> set[str]:
+    # "edits[].name" documents "edits" as a list of maps
+    return {f.replace("[]", "") for f in fields}
+
+
+def test_every_document_type_is_documented_at_its_version():
+    sections = doc_sections()
+    assert {name for name, _ in sections} == set(d.DOCUMENT_TYPES)
+    for name, cls in d.DOCUMENT_TYPES.items():
+        assert (name, cls.VERSION) in sections, f"{cls.schema()} not in the doc"
+    for name, major in re.findall(r"facestitch\.(\w+)/(\d+)", DOC):
+        cls = d.DOCUMENT_TYPES.get(name)
+        assert cls is not None and int(major) == cls.VERSION, f"{name}/{major}"
+
+
+@pytest.mark.parametrize("name", sorted(d.DOCUMENT_TYPES))
+def test_every_field_is_documented_and_no_other(name):
+    cls = d.DOCUMENT_TYPES[name]
+    documented = normalise(doc_sections()[(name, cls.VERSION)])
+    in_code = flatten(samples()[name].to_dict())
+    assert documented - in_code == set(), f"{name}: documented but not in the code"
+    assert in_code - documented == set(), f"{name}: in the code but not documented"
+
+
+def all_error_codes() -> set[str]:
+    import engine  # noqa: PLC0415
+    import host_bridge  # noqa: PLC0415
+
+    for pkg in (engine, host_bridge):
+        for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
+            importlib.import_module(info.name)
+    return set(ERROR_CODES)
+
+
+def test_every_error_code_is_documented_and_no_other():
+    section = DOC.split("## Error codes", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `([^`]+)` \|", section, flags=re.M))
+    codes = all_error_codes()
+    assert codes - documented == set(), "error codes missing from docs/protocol.md"
+    assert documented - codes == set(), "documented error codes that do not exist"
+
+
+def test_states_folders_kinds_formats_and_reserved_names_appear():
+    layout = DOC.split("## Folder layout", 1)[1].split("### A job folder", 1)[0]
+    for folder in FOLDERS:
+        assert f"\n  {folder}/" in layout, folder
+    machine = DOC.split("## The state machine", 1)[1].split("\n## ", 1)[0]
+    for state in d.JOB_STATES:
+        assert f"`{state}`" in machine, state
+    for word in (*RESERVED_NAMES, *d.JOB_KINDS, *d.OUTPUT_FORMATS):
+        assert f"`{word}`" in DOC, word
+
+
+def test_engine_and_client_flags_appear():
+    from engine.commands.engine import build_parser as engine_parser  # noqa: PLC0415
+
+    for action in engine_parser()._actions:
+        for flag in action.option_strings:
+            if flag.startswith("--") and flag != "--help":
+                assert flag in DOC, flag
+    for cmd in ("facestitch submit", "facestitch status --json", "facestitch cancel"):
+        assert cmd in DOC
