@@ -1,0 +1,179 @@
+"""Build the FaceStitch OpenFX shim into a standard ``.ofx.bundle`` with the system C
+compiler.
+
+Bundle layout (OpenFX 1.5, hosts.md §2.3)::
+
+    FaceStitch.ofx.bundle/Contents/Info.plist
+    FaceStitch.ofx.bundle/Contents/Resources/org.facestitch.ofxshim.svg
+    FaceStitch.ofx.bundle/Contents/<ARCH>/FaceStitch.ofx
+
+The C sources live in ``plugins/ofx_shim/`` (in a source checkout) or next to this
+package when installed (package data). Torch-free and numpy-free.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from fsexchange.errors import HostError
+
+__all__ = ["PLUGIN_ID", "BUNDLE_NAME", "PARAMS", "OfxBuild", "bundle_arch",
+           "find_compiler", "source_dir", "build_bundle"]
+
+log = logging.getLogger(__name__)
+
+PLUGIN_ID = "org.facestitch.ofxshim"  # must match PLUGIN_ID in facestitch_ofx.c
+BUNDLE_NAME = "FaceStitch"
+#: parameter names the shim defines (facestitch_ofx.c, P_* macros)
+PARAMS = ("mode", "exportFolder", "resultsFolder", "resultName", "frameOffset",
+          "opacity")
+_SOURCES = ("facestitch_ofx.c",)
+_HEADERS = ("ofx_min.h",)
+
+_INFO_PLIST = """<?xml version="1.0" encoding="UTF-8"?>
+<!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" \
+"http://www.apple.com/DTDs/PropertyList-1.0.dtd">
+<plist version="1.0">
+<dict>
+  <key>CFBundleDevelopmentRegion</key><string>English</string>
+  <key>CFBundleExecutable</key><string>{name}.ofx</string>
+  <key>CFBundleIdentifier</key><string>{ident}</string>
+  <key>CFBundleInfoDictionaryVersion</key><string>6.0</string>
+  <key>CFBundleName</key><string>{name}</string>
+  <key>CFBundlePackageType</key><string>BNDL</string>
+  <key>CFBundleShortVersionString</key><string>{version}</string>
+  <key>CFBundleVersion</key><string>{version}</string>
+  <key>CFBundleSignature</key><string>????</string>
+</dict>
+</plist>
+"""
+
+_ICON_SVG = """<svg xmlns="http://www.w3.org/2000/svg" width="128" height="128" \
+viewBox="0 0 128 128"><rect width="128" height="128" rx="16" fill="#1d2733"/>\
+<circle cx="64" cy="58" r="30" fill="none" stroke="#f2b84b" stroke-width="8"/>\
+<path d="M24 112 h80" stroke="#f2b84b" stroke-width="8" stroke-dasharray="10 6"/></svg>
+"""
+
+
+@dataclass(frozen=True)
+class OfxBuild:
+    """What :func:`build_bundle` produced."""
+
+    bundle: Path  # .../FaceStitch.ofx.bundle
+    binary: Path  # .../Contents/<ARCH>/FaceStitch.ofx
+    arch: str
+    compiler: str
+    command: tuple[str, ...]
+
+
+def bundle_arch(system: str | None = None, machine: str | None = None) -> str:
+    """The OpenFX architecture folder name for this machine (hosts.md §2.3)."""
+    system = system or platform.system()
+    machine = (machine or platform.machine()).lower()
+    if system == "Darwin":
+        return "MacOS"  # universal folder; MacOS-x86-64 is deprecated
+    if system == "Windows":
+        if machine in ("arm64", "aarch64"):
+            return "Win-arm64ec"
+        return "Win64" if sys.maxsize > 2**32 else "Win32"
+    if system == "Linux":
+        if machine in ("x86_64", "amd64"):
+            return "Linux-x86-64"
+        if machine in ("i386", "i486", "i586", "i686", "x86"):
+            return "Linux-x86"
+        return f"Linux-{machine}"  # recommended form, e.g. Linux-aarch64
+    raise HostError(f"no OpenFX architecture folder is defined for {system} {machine}")
+
+
+def source_dir() -> Path:
+    """Where the shim's C sources are: the checkout's ``plugins/ofx_shim`` or the
+    installed package data next to this module."""
+    here = Path(__file__).resolve().parent
+    for cand in (here.parent / "plugins" / "ofx_shim", here / "ofx_shim"):
+        if all((cand / f).is_file() for f in _SOURCES + _HEADERS):
+            return cand
+    raise HostError("the OpenFX shim sources (plugins/ofx_shim/facestitch_ofx.c) are not "
+                    "installed; build from a FaceStitch source checkout")
+
+
+def find_compiler(cc: str | None = None) -> str:
+    """The C compiler: ``cc`` argument, ``$CC``, then cc, gcc, clang on ``PATH``."""
+    for cand in ([cc] if cc else []) + [os.environ.get("CC", "")] + ["cc", "gcc", "clang"]:
+        if cand and shutil.which(cand):
+            return shutil.which(cand)  # type: ignore[return-value]
+    if cc:
+        raise HostError(f"C compiler {cc!r} not found")
+    raise HostError("no C compiler found (tried $CC, cc, gcc, clang); install one, e.g. "
+                    "'apt install gcc' or Xcode's command-line tools")
+
+
+def _link_flags(system: str) -> list[str]:
+    if system == "Darwin":
+        return ["-bundle"]
+    if system == "Windows":  # MinGW gcc/clang
+        return ["-shared", "-static-libgcc"]
+    return ["-shared", "-fPIC"]
+
+
+def build_bundle(out_dir: str | os.PathLike[str], *, cc: str | None = None,
+                 extra_flags: tuple[str, ...] = (), version: str = "1.0") -> OfxBuild:
+    """Compile the shim and lay out ``FaceStitch.ofx.bundle`` in ``out_dir``.
+
+    The bundle is assembled in a temporary sibling folder and moved into place, so a
+    host scanning ``out_dir`` never sees a half-built plugin; an existing bundle is
+    replaced.
+
+    Args:
+        out_dir: folder receiving ``FaceStitch.ofx.bundle`` (e.g. ``/usr/OFX/Plugins``).
+        cc: compiler to use (default: ``$CC``, then cc, gcc, clang).
+        extra_flags: appended to the compiler command line.
+        version: written into Info.plist.
+
+    Raises:
+        HostError: no compiler, or compilation failed (its output is in the message).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    src = source_dir()
+    compiler = find_compiler(cc)
+    system = platform.system()
+    arch = bundle_arch(system)
+    stage = Path(tempfile.mkdtemp(prefix=".FaceStitch.build.", dir=out))
+    try:
+        bundle = stage / f"{BUNDLE_NAME}.ofx.bundle"
+        contents = bundle / "Contents"
+        (contents / arch).mkdir(parents=True)
+        (contents / "Resources").mkdir()
+        binary = contents / arch / f"{BUNDLE_NAME}.ofx"
+        cmd = [compiler, "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror",
+               "-fvisibility=hidden", *_link_flags(system),
+               "-o", str(binary), *(str(src / f) for f in _SOURCES), "-lm",
+               *extra_flags]
+        log.info("compiling the OpenFX shim: %s", " ".join(cmd))
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise HostError(f"compiling the OpenFX shim failed ({compiler}, exit "
+                            f"{proc.returncode}):\n{proc.stderr.strip() or proc.stdout}")
+        (contents / "Info.plist").write_text(
+            _INFO_PLIST.format(name=BUNDLE_NAME, ident=PLUGIN_ID, version=version))
+        (contents / "Resources" / f"{PLUGIN_ID}.svg").write_text(_ICON_SVG)
+        final = out / bundle.name
+        if final.exists():
+            old = out / f".{bundle.name}.old.{os.getpid()}"
+            final.rename(old)
+            bundle.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            bundle.rename(final)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return OfxBuild(final, final / "Contents" / arch / binary.name, arch, compiler,
+                    tuple(cmd))
