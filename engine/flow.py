@@ -20,16 +20,17 @@ boundaries, ``E_warp(t) = Σ M·‖V_t − warp(V_{t+1})‖² / Σ M`` per chann
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Protocol
 
 import cv2
 import numpy as np
 
-from fsexchange.errors import MetricsError, ModelMissing
+from fsexchange.errors import MetricsError, ModelFormatError, ModelMissing
 
-__all__ = ["FlowBackend", "OpenCVFlow", "RaftFlow", "flow_backend", "warp",
-           "occlusion_mask", "warping_error", "to_gray", "to_unit"]
+__all__ = ["FlowBackend", "OpenCVFlow", "RaftFlow", "build_raft", "flow_backend",
+           "warp", "occlusion_mask", "warping_error", "to_gray", "to_unit"]
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,174 @@ def warping_error(frame_t: np.ndarray, frame_t1: np.ndarray, fw: np.ndarray,
 # --- RAFT -----------------------------------------------------------------------------
 
 RAFT_FILE = "raft-things.pth"
+RAFT_MIN_SIDE = 128
+
+
+def build_raft():
+    """RAFT-large (Teed & Deng 2020) with princeton-vl/RAFT's parameter names, so
+    ``raft-things.pth`` loads as it is (after dropping DataParallel's ``module.``).
+
+    ``net(image1, image2, iters)``: images ``[N, 3, H, W]`` RGB in [0, 255], H and W
+    multiples of 8 -> flow ``[N, 2, H, W]`` (image1 -> image2, test mode, convex
+    upsampling). The correlation lookup keeps the reference's quirk of adding the
+    (dy, dx) meshgrid to (x, y) coordinates; the weights were trained with it.
+    """
+    import torch  # noqa: PLC0415
+    import torch.nn.functional as F  # noqa: PLC0415
+    from torch import nn  # noqa: PLC0415
+
+    def norm(kind: str, ch: int) -> nn.Module:
+        return nn.BatchNorm2d(ch) if kind == "batch" else nn.InstanceNorm2d(ch)
+
+    class ResidualBlock(nn.Module):
+        def __init__(self, cin: int, cout: int, kind: str, stride: int) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, stride=stride)
+            self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+            self.relu = nn.ReLU(inplace=True)
+            self.norm1, self.norm2 = norm(kind, cout), norm(kind, cout)
+            self.downsample = None
+            if stride != 1:
+                self.norm3 = norm(kind, cout)  # shared with downsample.1, as upstream
+                self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride),
+                                                self.norm3)
+
+        def forward(self, x):
+            y = self.relu(self.norm1(self.conv1(x)))
+            y = self.relu(self.norm2(self.conv2(y)))
+            if self.downsample is not None:
+                x = self.downsample(x)
+            return self.relu(x + y)
+
+    class BasicEncoder(nn.Module):  # [N, 3, H, W] -> [N, out, H/8, W/8]
+        def __init__(self, out: int, kind: str) -> None:
+            super().__init__()
+            self.norm1 = norm(kind, 64)
+            self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3)
+            self.relu1 = nn.ReLU(inplace=True)
+            dims, cin = [], 64
+            for dim, stride in ((64, 1), (96, 2), (128, 2)):
+                dims.append(nn.Sequential(ResidualBlock(cin, dim, kind, stride),
+                                          ResidualBlock(dim, dim, kind, 1)))
+                cin = dim
+            self.layer1, self.layer2, self.layer3 = dims
+            self.conv2 = nn.Conv2d(128, out, 1)
+
+        def forward(self, x):
+            x = self.relu1(self.norm1(self.conv1(x)))
+            return self.conv2(self.layer3(self.layer2(self.layer1(x))))
+
+    class BasicMotionEncoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.convc1 = nn.Conv2d(4 * 81, 256, 1)  # 4 levels x (2 * 4 + 1)^2
+            self.convc2 = nn.Conv2d(256, 192, 3, padding=1)
+            self.convf1 = nn.Conv2d(2, 128, 7, padding=3)
+            self.convf2 = nn.Conv2d(128, 64, 3, padding=1)
+            self.conv = nn.Conv2d(64 + 192, 128 - 2, 3, padding=1)
+
+        def forward(self, flow, corr):
+            cor = F.relu(self.convc2(F.relu(self.convc1(corr))))
+            flo = F.relu(self.convf2(F.relu(self.convf1(flow))))
+            out = F.relu(self.conv(torch.cat([cor, flo], dim=1)))
+            return torch.cat([out, flow], dim=1)
+
+    class SepConvGRU(nn.Module):
+        def __init__(self, hidden: int = 128, inp: int = 128 + 128) -> None:
+            super().__init__()
+            for i, (k, pad) in enumerate((((1, 5), (0, 2)), ((5, 1), (2, 0))), 1):
+                for gate in "zrq":
+                    setattr(self, f"conv{gate}{i}",
+                            nn.Conv2d(hidden + inp, hidden, k, padding=pad))
+
+        def forward(self, h, x):
+            for i in (1, 2):  # horizontal, then vertical
+                hx = torch.cat([h, x], dim=1)
+                z = torch.sigmoid(getattr(self, f"convz{i}")(hx))
+                r = torch.sigmoid(getattr(self, f"convr{i}")(hx))
+                q = torch.tanh(getattr(self, f"convq{i}")(torch.cat([r * h, x], dim=1)))
+                h = (1 - z) * h + z * q
+            return h
+
+    class FlowHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(128, 256, 3, padding=1)
+            self.conv2 = nn.Conv2d(256, 2, 3, padding=1)
+            self.relu = nn.ReLU(inplace=True)
+
+        def forward(self, x):
+            return self.conv2(self.relu(self.conv1(x)))
+
+    class BasicUpdateBlock(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = BasicMotionEncoder()
+            self.gru = SepConvGRU()
+            self.flow_head = FlowHead()
+            self.mask = nn.Sequential(nn.Conv2d(128, 256, 3, padding=1),
+                                      nn.ReLU(inplace=True), nn.Conv2d(256, 64 * 9, 1))
+
+        def forward(self, net, inp, corr, flow):
+            inp = torch.cat([inp, self.encoder(flow, corr)], dim=1)
+            net = self.gru(net, inp)
+            return net, 0.25 * self.mask(net), self.flow_head(net)
+
+    def coords_grid(n: int, h: int, w: int, device) -> torch.Tensor:  # [N, 2 (x, y), h, w]
+        ys, xs = torch.meshgrid(torch.arange(h, device=device),
+                                torch.arange(w, device=device), indexing="ij")
+        return torch.stack([xs, ys]).float()[None].repeat(n, 1, 1, 1)
+
+    def lookup(pyramid: list, coords: torch.Tensor, r: int = 4) -> torch.Tensor:
+        n, _, h, w = coords.shape
+        d = torch.linspace(-r, r, 2 * r + 1, device=coords.device)
+        delta = torch.stack(torch.meshgrid(d, d, indexing="ij"), dim=-1)  # (dy, dx)
+        centre = coords.permute(0, 2, 3, 1).reshape(n * h * w, 1, 1, 2)
+        out = []
+        for i, corr in enumerate(pyramid):
+            pts = centre / 2 ** i + delta.view(1, 2 * r + 1, 2 * r + 1, 2)
+            hh, ww = corr.shape[-2:]
+            grid = torch.cat([2 * pts[..., :1] / (ww - 1) - 1,
+                              2 * pts[..., 1:] / (hh - 1) - 1], dim=-1)
+            out.append(F.grid_sample(corr, grid, align_corners=True).view(n, h, w, -1))
+        return torch.cat(out, dim=-1).permute(0, 3, 1, 2).contiguous().float()
+
+    class RAFT(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fnet = BasicEncoder(256, "instance")
+            self.cnet = BasicEncoder(128 + 128, "batch")  # hidden + context
+            self.update_block = BasicUpdateBlock()
+
+        def forward(self, image1, image2, iters: int = 20):
+            image1 = 2 * (image1 / 255.0) - 1.0
+            image2 = 2 * (image2 / 255.0) - 1.0
+            n, _, h, w = image1.shape
+            fmap1, fmap2 = self.fnet(torch.cat([image1, image2])).float().split(n)
+            # all-pairs correlation [N*h*w, 1, h, w] and its 4-level pyramid
+            c, fh, fw = fmap1.shape[1:]
+            corr = fmap1.view(n, c, fh * fw).transpose(1, 2) @ fmap2.view(n, c, fh * fw)
+            corr = (corr / math.sqrt(c)).reshape(n * fh * fw, 1, fh, fw)
+            pyramid = [corr]
+            for _ in range(3):
+                pyramid.append(F.avg_pool2d(pyramid[-1], 2, stride=2))
+            net, inp = self.cnet(image1).split([128, 128], dim=1)
+            net, inp = torch.tanh(net), torch.relu(inp)
+            coords0 = coords_grid(n, fh, fw, image1.device)
+            coords1 = coords0.clone()
+            for _ in range(iters):
+                flow = coords1 - coords0
+                net, mask, delta = self.update_block(net, inp, lookup(pyramid, coords1),
+                                                     flow)
+                coords1 = coords1 + delta
+            # convex upsampling by 8 with the last mask
+            flow = coords1 - coords0
+            mask = torch.softmax(mask.view(n, 1, 9, 8, 8, fh, fw), dim=2)
+            up = F.unfold(8 * flow, [3, 3], padding=1).view(n, 2, 9, 1, 1, fh, fw)
+            up = torch.sum(mask * up, dim=2).permute(0, 1, 4, 2, 5, 3)
+            return up.reshape(n, 2, 8 * fh, 8 * fw)
+
+    return RAFT()
 
 
 class RaftFlow:
@@ -174,14 +343,23 @@ class RaftFlow:
     FlyingChairs + FlyingThings; pipeline.md §2.2), installed as
     ``models/raft-things.pth`` in the model store.
 
+    Frames larger than ``max_side`` are downscaled for the network and the flow is
+    scaled back (the all-pairs correlation volume grows with the fourth power of the
+    side: ~0.7 GB at 1024 x 576 for a forward + backward pair); frames with a side
+    under 128 px are upscaled (the correlation pyramid needs it). Inputs are padded
+    to a multiple of 8 by edge replication as RAFT's own ``InputPadder`` does.
+
     Args:
         path: the weights; default: the model store's copy.
         device: torch device.
         iters: refinement iterations (20, as VideoEditGAN and RAFT's evaluation).
+        max_side: longest side the network sees.
     """
 
-    def __init__(self, path: str | None = None, device: str = "cpu",
-                 iters: int = 20) -> None:
+    def __init__(self, path: str | Path | None = None, device: str = "cpu",
+                 iters: int = 20, max_side: int = 1024) -> None:
+        import torch  # noqa: PLC0415
+
         from .metrics import models_root  # noqa: PLC0415
 
         p = Path(path) if path else models_root() / RAFT_FILE
@@ -190,5 +368,42 @@ class RaftFlow:
                 f"RAFT weights are not installed: copy the official {RAFT_FILE} "
                 f"(princeton-vl/RAFT, models.zip) to {p}; nothing is downloaded. The "
                 "default flow backend 'dis' needs no weights.", field="metrics.flow")
-        raise MetricsError("the RAFT flow backend is not available in this version; "
-                           "use --flow dis or farneback", field="metrics.flow")
+        state = torch.load(p, map_location="cpu", weights_only=True)
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+        net = build_raft()
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ModelFormatError(
+                f"{p.name} is not a princeton-vl RAFT-large state dict: "
+                f"{str(exc).splitlines()[0][:300]}") from None
+        self._net = net.eval().to(device)
+        self.device, self.iters, self.max_side = device, iters, max_side
+        self.name = f"raft-large:{p.name}"
+
+    def pair(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import torch  # noqa: PLC0415
+        import torch.nn.functional as F  # noqa: PLC0415
+
+        h, w = a.shape[:2]
+        scale = min(1.0, self.max_side / max(h, w))
+        # the 4-level pyramid needs feature maps of >= 16 cells: >= 128 px a side
+        scale = max(scale, RAFT_MIN_SIDE / min(h, w))
+        imgs = [to_unit(x[:, :, :3]) * 255.0 for x in (a, b)]
+        if scale != 1.0:
+            size = (round(w * scale), round(h * scale))
+            interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+            imgs = [cv2.resize(x, size, interpolation=interp) for x in imgs]
+        t = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).to(self.device)
+        sh, sw = t.shape[-2:]
+        ph, pw = (-sh) % 8, (-sw) % 8
+        t = F.pad(t, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2], mode="replicate")
+        with torch.no_grad():  # forward and backward in one batch of two
+            flows = self._net(t[[0, 1]], t[[1, 0]], self.iters)
+        flows = flows[:, :, ph // 2:ph // 2 + sh, pw // 2:pw // 2 + sw]
+        out = flows.permute(0, 2, 3, 1).float().cpu().numpy()
+        if scale != 1.0:  # back to frame pixels: resize the field, scale the vectors
+            sx, sy = w / sw, h / sh
+            out = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_LINEAR)
+                            for f in out]) * np.array([sx, sy], np.float32)
+        return np.ascontiguousarray(out[0]), np.ascontiguousarray(out[1])

@@ -1,0 +1,99 @@
+"""Our RAFT-large (engine/flow.py) against torchvision's port of the same network, and
+the ``raft`` backend's loading of ``raft-things.pth``-style weights."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from engine.flow import RaftFlow, build_raft, flow_backend  # noqa: E402
+from engine.metrics import models_root  # noqa: E402
+from fsexchange.errors import ModelFormatError  # noqa: E402
+
+
+def _torchvision_to_princeton(sd: dict) -> dict:
+    """torchvision ``raft_large`` keys -> princeton-vl/RAFT keys (what
+    ``raft-things.pth`` uses), including the encoder blocks' shared ``norm3``."""
+    out = {}
+    for k, v in sd.items():
+        n = k
+        for enc, short in (("feature_encoder", "fnet"), ("context_encoder", "cnet")):
+            if n.startswith(enc + "."):
+                n = short + n[len(enc):]
+                n = n.replace(".convnormrelu.0.", ".conv1.")
+                n = n.replace(".convnormrelu.1.", ".norm1.")
+                n = re.sub(r"\.convnormrelu([12])\.0\.", r".conv\1.", n)
+                n = re.sub(r"\.convnormrelu([12])\.1\.", r".norm\1.", n)
+                n = re.sub(rf"^{short}\.conv\.", f"{short}.conv2.", n)
+        for a, b in (("convcorr1", "convc1"), ("convcorr2", "convc2"),
+                     ("convflow1", "convf1"), ("convflow2", "convf2"), ("conv", "conv")):
+            n = n.replace(f"update_block.motion_encoder.{a}.0.",
+                          f"update_block.encoder.{b}.")
+        m = re.match(r"update_block\.recurrent_block\.convgru(\d)\.conv([zrq])\.(.*)", n)
+        if m:
+            n = f"update_block.gru.conv{m[2]}{m[1]}.{m[3]}"
+        n = n.replace("mask_predictor.convrelu.0.", "update_block.mask.0.")
+        n = n.replace("mask_predictor.conv.", "update_block.mask.2.")
+        out[n] = v
+        if ".downsample.1." in n:
+            out[n.replace(".downsample.1.", ".norm3.")] = v
+    return out
+
+
+def test_raft_matches_torchvision_port():
+    flow_mod = pytest.importorskip("torchvision.models.optical_flow")
+    torch.manual_seed(0)
+    tv = flow_mod.raft_large(weights=None).eval()
+    sd = tv.state_dict()
+    for k in sd:  # make the batch-norm statistics matter
+        if k.endswith("running_var"):
+            sd[k] = torch.rand_like(sd[k]) + 0.5
+        elif k.endswith("running_mean"):
+            sd[k] = torch.randn_like(sd[k]) * 0.1
+    tv.load_state_dict(sd)
+    ours = build_raft().eval()
+    ours.load_state_dict(_torchvision_to_princeton(sd))  # strict: every key matches
+    a = torch.nn.functional.avg_pool2d(torch.rand(1, 3, 128, 128), 3, 1, 1) * 255
+    b = torch.roll(a, 2, -1)
+    with torch.no_grad():
+        want = tv(2 * a / 255 - 1, 2 * b / 255 - 1, num_flow_updates=2)[-1]
+        got = ours(a, b, 2)
+    assert got.shape == (1, 2, 128, 128)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.fixture
+def installed_raft():
+    torch.manual_seed(0)
+    net = build_raft()
+    path = models_root() / "raft-things.pth"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # saved from DataParallel upstream: every key carries 'module.'
+    torch.save({f"module.{k}": v for k, v in net.state_dict().items()}, path)
+    return path
+
+
+def test_raft_backend_loads_the_official_layout(installed_raft):
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (100, 130, 3), dtype=np.uint8)  # odd size: padded
+    flow = flow_backend("raft")
+    assert isinstance(flow, RaftFlow) and flow.name == "raft-large:raft-things.pth"
+    flow.iters = 2
+    fw, bw = flow.pair(a, a)
+    assert fw.shape == bw.shape == (100, 130, 2) and fw.dtype == np.float32
+    assert np.isfinite(fw).all()
+    small = RaftFlow(installed_raft, iters=1, max_side=64)  # downscaled path
+    fw, bw = small.pair(a, np.roll(a, 1, axis=1))
+    assert fw.shape == (100, 130, 2) and np.isfinite(bw).all()
+
+
+def test_raft_rejects_other_weights():
+    path = models_root() / "raft-things.pth"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"module.conv.weight": torch.zeros(2)}, path)
+    with pytest.raises(ModelFormatError, match="RAFT-large"):
+        flow_backend("raft")
