@@ -29,11 +29,12 @@ def _torchvision_to_princeton(sd: dict) -> dict:
                 n = re.sub(r"\.convnormrelu([12])\.0\.", r".conv\1.", n)
                 n = re.sub(r"\.convnormrelu([12])\.1\.", r".norm\1.", n)
                 n = re.sub(rf"^{short}\.conv\.", f"{short}.conv2.", n)
-        for a, b in (("convcorr1", "convc1"), ("convcorr2", "convc2"),
-                     ("convflow1", "convf1"), ("convflow2", "convf2"), ("conv", "conv")):
+        for a, b in (("convcorr1", "convc1"), ("convcorr2", "convc2"), ("conv", "conv"),
+                     ("convflow1", "convf1"), ("convflow2", "convf2")):
             n = n.replace(f"update_block.motion_encoder.{a}.0.",
                           f"update_block.encoder.{b}.")
-        m = re.match(r"update_block\.recurrent_block\.convgru(\d)\.conv([zrq])\.(.*)", n)
+        m = re.match(r"update_block\.recurrent_block\.convgru(\d)\.conv([zrq])\.(.*)",
+                     n)
         if m:
             n = f"update_block.gru.conv{m[2]}{m[1]}.{m[3]}"
         n = n.replace("mask_predictor.convrelu.0.", "update_block.mask.0.")
