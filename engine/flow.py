@@ -281,7 +281,7 @@ def build_raft():
             net = self.gru(net, inp)
             return net, 0.25 * self.mask(net), self.flow_head(net)
 
-    def coords_grid(n: int, h: int, w: int, device) -> torch.Tensor:  # [N, 2(x,y), h, w]
+    def coords_grid(n: int, h: int, w: int, device) -> torch.Tensor:  # [N, 2, h, w]
         ys, xs = torch.meshgrid(torch.arange(h, device=device),
                                 torch.arange(w, device=device), indexing="ij")
         return torch.stack([xs, ys]).float()[None].repeat(n, 1, 1, 1)
