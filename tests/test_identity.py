@@ -145,3 +145,54 @@ def test_arcface_rejects_a_foreign_state_dict():
     torch.save({"conv.weight": torch.zeros(3)}, folder / "other.pth")
     with pytest.raises(ModelFormatError, match="IResNet"):
         identity_backend("arcface")
+
+
+def _onnx_mean_colour_model() -> bytes:
+    """A hand-encoded ONNX model (no onnx package needed): data [1, 3, 112, 112] ->
+    GlobalAveragePool -> Flatten -> fc1 [1, 3], the face's mean colour."""
+
+    def varint(n: int) -> bytes:
+        out = b""
+        while True:
+            b, n = n & 0x7F, n >> 7
+            out += bytes([b | (0x80 if n else 0)])
+            if not n:
+                return out
+
+    def field(num: int, value) -> bytes:
+        if isinstance(value, int):
+            return varint(num << 3) + varint(value)
+        data = value.encode() if isinstance(value, str) else value
+        return varint(num << 3 | 2) + varint(len(data)) + data
+
+    def value_info(name: str, dims: list[int]) -> bytes:
+        shape = b"".join(field(1, field(1, d)) for d in dims)
+        tensor = field(1, 1) + field(2, shape)  # elem_type FLOAT
+        return field(1, name) + field(2, field(1, tensor))
+
+    def node(inp: str, out: str, op: str) -> bytes:
+        return field(1, inp) + field(2, out) + field(4, op)
+
+    graph = (field(1, node("data", "pool", "GlobalAveragePool"))
+             + field(1, node("pool", "fc1", "Flatten")) + field(2, "g")
+             + field(11, value_info("data", [1, 3, 112, 112]))
+             + field(12, value_info("fc1", [1, 3])))
+    return field(1, 7) + field(7, graph) + field(8, field(1, "") + field(2, 13))
+
+
+def test_arcface_onnx_weights_run_through_opencv():
+    folder = models_root() / "arcface"
+    folder.mkdir(parents=True)
+    (folder / "w600k_r50.onnx").write_bytes(_onnx_mean_colour_model())
+    emb = identity_backend("arcface")
+    assert emb.name == "arcface-onnx:w600k_r50.onnx"
+    frame = render_frames(ClipSpec(frames=1))[0]
+    box = FaceFinder().track(frame)
+    e = emb.embed(frame, box)
+    # the network saw the aligned face as RGB in [-1, 1]
+    face = emb.align(frame, box).astype(np.float64)
+    want = (face.reshape(-1, 3).mean(0) - 127.5) / 127.5
+    np.testing.assert_allclose(e, want / np.linalg.norm(want), atol=1e-4)
+    (folder / "broken.onnx").write_bytes(b"not a model")
+    with pytest.raises(ModelFormatError, match="broken.onnx"):
+        ArcFaceEmbedder(folder / "broken.onnx")
