@@ -40,7 +40,7 @@ from .pipeline import PIPELINES
 from .runner import RunnerSettings, run_job
 from .watch import FolderWatch
 
-__all__ = ["EngineOptions", "serve", "resolve_device", "worker_id"]
+__all__ = ["EngineOptions", "serve", "resolve_device", "valid_device", "worker_id"]
 
 log = logging.getLogger(__name__)
 
@@ -76,18 +76,23 @@ class EngineOptions:
     tmp_max_age: float = 3600.0
 
 
+def valid_device(device: str) -> bool:
+    """Whether ``device`` is ``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+    return bool(re.match(r"^(auto|cpu|cuda(:\d+)?)$", device))
+
+
 def resolve_device(device: str) -> str:
     """``"auto"`` -> ``"cuda"`` if torch sees a GPU, else ``"cpu"``; others pass
     through after a syntax check. Imports torch only for ``"auto"``."""
-    if device == "auto":
-        if importlib.util.find_spec("torch") is None:
-            return "cpu"
-        import torch  # noqa: PLC0415
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if not re.match(r"^(cpu|cuda(:\d+)?)$", device):
+    if not valid_device(device):
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
-    return device
+    if device != "auto":
+        return device
+    if importlib.util.find_spec("torch") is None:
+        return "cpu"
+    import torch  # noqa: PLC0415
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def worker_id() -> str:

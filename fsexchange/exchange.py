@@ -178,13 +178,21 @@ class Exchange:
             return []
 
     def ids(self, state_folder: str) -> list[str]:
-        """Job ids in one state folder, oldest first (folder mtime, then name)."""
+        """Job ids in one state folder, oldest submission first.
+
+        Ordered by the mtime of ``job.msgpack`` (never modified after publication,
+        so a requeued job keeps its place), else of the entry itself, then name.
+        """
         out = []
         for e in self._entries(state_folder):
             try:
-                out.append((e.stat(follow_symlinks=False).st_mtime, e.name))
-            except FileNotFoundError:
-                continue
+                st = os.stat(os.path.join(e.path, JOB_FILE))
+            except OSError:
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+            out.append((st.st_mtime, e.name))
         return [name for _, name in sorted(out)]
 
     # --- submitting --------------------------------------------------------------
@@ -363,7 +371,7 @@ class Exchange:
         lease = Lease(job_id=job_id, worker="", epoch=old.epoch if old else 0,
                       expires=self.clock() + grace, acquired="",
                       renewed=utc_now(self.clock), host=_HOST, pid=os.getpid(),
-                      reclaims=(old.reclaims if old else 0) + (reason == "expired"),
+                      reclaims=(old.reclaims if old else 0) + int(reason == "expired"),
                       released=reason)
         try:
             self._write_lease(private, lease)

@@ -6,10 +6,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable
+
+import pytest
 
 from fsexchange.client import submit_job
 from fsexchange.documents import FrameRange, Job, Source
@@ -105,3 +108,18 @@ def engine_output(logdir: Path, name: str = "engine") -> str:
         return (logdir / f"{name}.out").read_text(errors="replace")
     except FileNotFoundError:
         return ""
+
+
+@pytest.fixture
+def no_leaked_threads():
+    """Fail a test that leaves threads running (watchers, lease monitors)."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 5
+    leaked: list[threading.Thread] = []
+    while time.monotonic() < deadline:
+        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not leaked:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"leaked threads: {leaked}")

@@ -18,10 +18,13 @@ from engine.runner import RunnerSettings, run_job
 from engine.stage import Stage, StageContext
 from engine.worker import EngineOptions, serve
 from engine_harness import PIPELINES
-from engine_harness_util import count, events, make_job, submit, write_test_clip
+from engine_harness_util import (count, events, make_job,  # noqa: F401 (fixture)
+                                 no_leaked_threads, submit, write_test_clip)
 from fsexchange.client import job_status, submit_job
 from fsexchange.documents import Lease, Progress, Result, load_document
 from fsexchange.exchange import Exchange
+
+pytestmark = pytest.mark.usefixtures("no_leaked_threads")
 
 GATE = threading.Event()  # set: the gate stage requests an engine shutdown
 STOP = threading.Event()

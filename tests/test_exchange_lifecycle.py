@@ -283,3 +283,13 @@ def test_status_json_shape(ex):
     assert by_id["f1"]["error"]["code"] == "face.not_found"
     with pytest.raises(JobNotFound):
         job_status(ex.root, "nope")
+
+
+def test_a_requeued_job_keeps_its_place_in_the_queue(ex, clock):
+    for i, name in enumerate(("first", "second")):
+        submit_job(ex.root, job(name))
+        t = clock.t - 100 + i
+        os.utime(ex.dir("new") / name / "job.msgpack", (t, t))
+    a = ex.claim("first", "A", lease_seconds=30)
+    ex.release(a)
+    assert ex.ids("new") == ["first", "second"]

@@ -49,13 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    from engine.worker import EngineOptions, resolve_device, serve  # noqa: PLC0415
+    from engine.worker import EngineOptions, serve, valid_device  # noqa: PLC0415
 
     args = build_parser().parse_args(argv)
-    try:
-        resolve_device(args.device if args.device != "auto" else "cpu")
-    except ValueError as exc:
-        build_parser().error(str(exc))
+    if not valid_device(args.device):
+        build_parser().error(f"--device must be auto, cpu, cuda or cuda:N, got "
+                             f"{args.device!r}")
     for root in args.media_roots:
         if not root.is_dir():
             build_parser().error(f"--media-root {root} is not a folder")
