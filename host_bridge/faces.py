@@ -56,8 +56,11 @@ def local_tracking_available() -> bool:
     """Whether this Python can track faces (engine extra installed)."""
     import importlib.util  # noqa: PLC0415
 
-    return all(importlib.util.find_spec(m) is not None
-               for m in ("numpy", "cv2", "av", "dlib", "engine.track"))
+    try:
+        return all(importlib.util.find_spec(m) is not None
+                   for m in ("numpy", "cv2", "av", "dlib", "engine.track"))
+    except (ImportError, ValueError):  # a broken install refuses even the lookup
+        return False
 
 
 @functools.lru_cache(maxsize=1)

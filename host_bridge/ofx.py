@@ -1,5 +1,5 @@
-"""Build the FaceStitch OpenFX shim into a standard ``.ofx.bundle`` with the system C
-compiler.
+"""The OpenFX shim from Python: build it into a standard ``.ofx.bundle`` with the
+system C compiler, and turn the frames its Export mode wrote into a job.
 
 Bundle layout (OpenFX 1.5, hosts.md §2.3)::
 
@@ -16,17 +16,21 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
-from fsexchange.errors import HostError
+from fsexchange.documents import Edit, FrameRange, Job, OutputSpec, Source, Subject
+from fsexchange.errors import HostError, MediaMissing
 
 __all__ = ["PLUGIN_ID", "BUNDLE_NAME", "PARAMS", "OfxBuild", "bundle_arch",
-           "find_compiler", "source_dir", "build_bundle"]
+           "find_compiler", "source_dir", "build_bundle", "exported_frames",
+           "build_ofx_job"]
 
 log = logging.getLogger(__name__)
 
@@ -177,3 +181,54 @@ def build_bundle(out_dir: str | os.PathLike[str], *, cc: str | None = None,
         shutil.rmtree(stage, ignore_errors=True)
     return OfxBuild(final, final / "Contents" / arch / binary.name, arch, compiler,
                     tuple(cmd))
+
+
+# ---- jobs from the shim's Export mode -------------------------------------------------
+
+_EXPORTED = re.compile(r"^frame\.(\d{7})\.pam$")
+
+
+def exported_frames(folder: str | os.PathLike[str]) -> list[int]:
+    """File numbers of ``frame.NNNNNNN.pam`` written by the shim's Export mode,
+    checked to be one contiguous run.
+
+    Raises:
+        MediaMissing: no exported frames. HostError: gaps (frames the host never
+        rendered).
+    """
+    path = Path(folder)
+    numbers = sorted(int(m[1]) for p in (path.iterdir() if path.is_dir() else ())
+                     if (m := _EXPORTED.match(p.name)))
+    if not numbers:
+        raise MediaMissing(f"no frame.NNNNNNN.pam files in {path}: render the shot with "
+                           "the FaceStitch effect in Export mode first")
+    missing = sorted(set(range(numbers[0], numbers[-1] + 1)) - set(numbers))
+    if missing:
+        shown = ", ".join(map(str, missing[:8])) + (" ..." if len(missing) > 8 else "")
+        raise HostError(f"{len(missing)} frame(s) missing in {path} ({shown}): render the "
+                        "whole range with the effect in Export mode (the host renders "
+                        "only the frames it shows)")
+    return numbers
+
+
+def build_ofx_job(folder: str | os.PathLike[str], job_id: str, rate: Fraction, *,
+                  kind: str = "stitch", edits: tuple[Edit, ...] = (),
+                  subject: Subject = Subject(), source_path: str | None = None,
+                  options: dict | None = None) -> Job:
+    """A job for frames exported by the shim. Results are ``pam16`` numbered like the
+    exported frames (``start_number`` = the first file number), so Composite mode
+    reads them back with the same Frame offset that Export used.
+
+    Args:
+        source_path: what ``Job.source.path`` says (default: the folder, absolute;
+            the engine reads it when it lies under the exchange or a media root).
+    """
+    numbers = exported_frames(folder)
+    return Job(id=job_id, kind=kind,
+               source=Source(source_path or str(Path(folder).resolve()), "sequence"),
+               range=FrameRange(0, len(numbers), rate), subject=subject,
+               edits=tuple(edits), options=dict(options or {}),
+               output=OutputSpec(format="pam16", name="facestitch",
+                                 start_number=numbers[0]),
+               host={"app": "ofx", "plugin": PLUGIN_ID, "first_number": numbers[0],
+                     "frames": len(numbers)})

@@ -28,13 +28,15 @@ from __future__ import annotations
 
 import itertools
 import re
+import struct
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Callable
 
 from fsexchange.timecode import frames_to_timecode, timecode_to_frames
+
+if TYPE_CHECKING:  # numpy, cv2 and av are imported where pixels are made, so the
+    import numpy as np  # fake also runs in a bridge-only Python (no numpy)
 
 __all__ = ["FakeResolve", "FakeProject", "FakeTimeline", "FakeTimelineItem",
            "FakeMediaPoolItem", "FakeFolder", "FakeMediaPool", "FakeFusion",
@@ -146,8 +148,19 @@ def _decode_movie(path: Path) -> list[np.ndarray]:
         return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
 
 
+def _image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from a PNG header (stdlib), else by decoding."""
+    with open(path, "rb") as fh:
+        head = fh.read(24)
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        return struct.unpack(">II", head[16:24])
+    img = _read_image(path)
+    return img.shape[1], img.shape[0]
+
+
 def _read_image(path: Path) -> np.ndarray:
     import cv2  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
 
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
@@ -231,7 +244,7 @@ class FakeMediaPool(_Api):
         files = [Path(pattern % n) for n in range(first, last + 1)]
         if not files or not all(f.is_file() for f in files):
             return None
-        head = _read_image(files[0])
+        width_px, height_px = _image_size(files[0])
         name = Path(pattern).name
         n = _SEQ_PATTERN.search(name)
         assert n is not None, "the number pattern must be in the file name"
@@ -241,7 +254,7 @@ class FakeMediaPool(_Api):
             "File Path": str(Path(pattern).parent / shown), "File Name": shown,
             "Clip Name": shown, "Type": "Still" if first == last else "Video",
             "FPS": float(RATE_NAMES.get(rate, str(float(rate)))),
-            "Frames": str(len(files)), "Resolution": f"{head.shape[1]}x{head.shape[0]}",
+            "Frames": str(len(files)), "Resolution": f"{width_px}x{height_px}",
             # a PNG has no embedded timecode: the frame count becomes the timecode
             "Start TC": frames_to_timecode(first, rate),
             "Alpha mode": "None", "Data Level": "Auto", "Input Color Space": "",
@@ -623,6 +636,8 @@ class FakeTimeline(_Api):
         return sorted(self._tracks[track - 1]["items"], key=lambda it: it._start)
 
     def render_frame(self, frame: int, size: tuple[int, int]) -> np.ndarray:
+        import numpy as np  # noqa: PLC0415
+
         item = self._item_at(frame)
         if item is None:
             return np.zeros((size[1], size[0], 3), np.uint8)
@@ -807,6 +822,7 @@ class FakeProject(_Api):
 
     def _render_job(self, job: dict[str, Any]) -> None:
         import cv2  # noqa: PLC0415
+        import numpy as np  # noqa: PLC0415
 
         snap = job["render"]
         s = snap["settings"]

@@ -1,10 +1,24 @@
-"""``facestitch ofx build --out DIR [--cc CC]``: compile the OpenFX shim bundle."""
+"""``facestitch ofx``: the OpenFX shim.
+
+- ``facestitch ofx build --out DIR [--cc CC]``: compile FaceStitch.ofx.bundle.
+- ``facestitch ofx submit FOLDER --exchange DIR --rate RATE [--edit NAME=STRENGTH]
+  [--kind K] [--face N] [--option KEY.SUB=VALUE] [--copy-media]``: submit the frames
+  the shim's Export mode wrote; prints the Composite-mode settings that read the
+  results back.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
-from host_bridge.ofx import PARAMS, build_bundle
+from fsexchange.client import new_job_id, submit_job
+from fsexchange.documents import JOB_KINDS, Subject
+from fsexchange.errors import HostError
+from fsexchange.timecode import parse_rate
+from host_bridge.ofx import PARAMS, build_bundle, build_ofx_job
+from host_bridge.ui import parse_edit_spec
 
 __all__ = ["main"]
 
@@ -12,19 +26,77 @@ __all__ = ["main"]
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="facestitch ofx",
-        description="Build the FaceStitch OpenFX shim (Export / Composite) with the "
-                    "system C compiler into FaceStitch.ofx.bundle. Install by copying the "
-                    "bundle into an OpenFX plugin folder (see docs/hosts.md).")
+        description="The FaceStitch OpenFX shim (Export / Composite modes). See "
+                    "docs/hosts.md for installing the bundle.")
     sub = p.add_subparsers(dest="action", required=True)
-    b = sub.add_parser("build", help="compile and lay out FaceStitch.ofx.bundle")
+    b = sub.add_parser("build", help="compile and lay out FaceStitch.ofx.bundle with "
+                                     "the system C compiler")
     b.add_argument("--out", required=True,
                    help="folder to receive FaceStitch.ofx.bundle, e.g. /usr/OFX/Plugins")
     b.add_argument("--cc", default=None, help="C compiler (default: $CC, cc, gcc, clang)")
+    s = sub.add_parser("submit", help="submit frames written by the Export mode")
+    s.add_argument("folder", type=Path, help="the Export folder (frame.NNNNNNN.pam)")
+    s.add_argument("--exchange", required=True, type=Path, help="the exchange folder")
+    s.add_argument("--rate", required=True, help="the shot's frame rate (24000/1001, 25)")
+    s.add_argument("--edit", action="append", default=[], metavar="NAME=STRENGTH",
+                   help="an edit (repeatable)")
+    s.add_argument("--kind", choices=JOB_KINDS, default="stitch")
+    s.add_argument("--face", type=int, metavar="N", help="the N-th face by size (0 = "
+                                                         "the largest)")
+    s.add_argument("--option", action="append", default=[], metavar="KEY.SUB=VALUE",
+                   help="a pipeline option, e.g. align.resolution=256 (repeatable)")
+    s.add_argument("--copy-media", action="store_true",
+                   help="copy the frames into the job (else the engine reads them in "
+                        "place: keep the folder under the exchange or a media root)")
     return p
+
+
+def _options(items: list[str]) -> dict:
+    """``["align.resolution=256"]`` -> ``{"align": {"resolution": 256}}`` (values are
+    JSON where they parse, else strings)."""
+    out: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise HostError(f"--option {item!r} must be KEY.SUB=VALUE")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def _submit(args: argparse.Namespace) -> int:
+    edits = ()
+    if args.edit:
+        edits = parse_edit_spec(", ".join(args.edit)).edits
+    elif args.kind == "stitch":
+        raise HostError("a stitch job needs at least one --edit NAME=STRENGTH (or use "
+                        "--kind align-preview)")
+    job_id = new_job_id("ofx")
+    source = "media/export" if args.copy_media else None
+    job = build_ofx_job(args.folder, job_id, parse_rate(args.rate, "--rate"),
+                        kind=args.kind, edits=edits, subject=Subject(index=args.face),
+                        source_path=source, options=_options(args.option))
+    attachments = {"media/export": args.folder} if args.copy_media else {}
+    submit_job(args.exchange, job, attachments=attachments)
+    print(job_id)
+    print("When it is done, set the FaceStitch effect to Composite with:")
+    print(f"  Results folder  {Path(args.exchange).resolve() / 'done' / job_id / 'output'}")
+    print(f"  Result name     {job.output.name}")
+    print("  Frame offset    the same as for Export")
+    return 0
 
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    if args.action == "submit":
+        return _submit(args)
     build = build_bundle(args.out, cc=args.cc)
     print(f"built {build.bundle}")
     print(f"  binary    {build.binary} ({build.arch}, {build.compiler})")

@@ -1,0 +1,109 @@
+"""What the Resolve menu scripts run (``resolve_scripts/``, Workspace > Scripts).
+
+Each script is a thin shim that puts the FaceStitch install on ``sys.path`` and calls
+``run(ACTION, globals())`` with the ``resolve``/``fusion``/``bmd`` globals Resolve
+injects. Actions:
+
+- ``send``: the clip under the playhead (or the flagged/coloured clips, per the
+  ``selection`` setting) goes out as a job; the editor picks the edit and, when a
+  shot holds several faces, the face;
+- ``import``: every finished job of this timeline comes back above its shot
+  (newest per shot; a re-run replaces the earlier layer); failures are explained;
+- ``list``: the jobs of this timeline and where they stand.
+
+Errors never escape as tracebacks: the editor gets a message saying what to do.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+from fsexchange.errors import FaceStitchError
+
+from .config import BridgeConfig
+from .faces import describe_faces
+from .resolve.connect import find_resolve, open_session
+from .resolve.shot import pick_items
+from .roundtrip import Cancelled, SendOptions, import_finished, send_items, timeline_jobs
+from .ui import Prompter, make_prompter
+
+__all__ = ["ACTIONS", "run", "installed_edits"]
+
+log = logging.getLogger(__name__)
+
+ACTIONS = ("send", "import", "list")
+TITLE = "FaceStitch"
+
+
+def installed_edits(cfg: BridgeConfig) -> tuple[str, ...]:
+    """Edit names to offer: the engine's table when importable here (display only:
+    the engine machine decides), else the configured list."""
+    try:
+        from engine.directions import available_edits  # noqa: PLC0415
+
+        return tuple(sorted(available_edits()))
+    except Exception as exc:  # noqa: BLE001 - no engine extra here, or no models
+        log.debug("edit list not available here: %s", exc)
+        return cfg.edits
+
+
+def _send(session: Any, cfg: BridgeConfig, ui: Prompter) -> tuple[str, bool]:
+    exchange = cfg.require_exchange()
+    items = pick_items(session, cfg.selection)
+    default = cfg.edit or ("preview" if cfg.kind == "align-preview" else "")
+    choice = ui.choose_edit(installed_edits(cfg), default)
+    if choice is None:
+        raise Cancelled("Nothing was sent.")
+    opts = SendOptions(kind=choice.kind, edits=choice.edits, handles=cfg.handles,
+                       options=dict(cfg.options), track_locally=cfg.track_locally)
+
+    def choose_face(shot: Any, found: Any) -> int | None:
+        return ui.choose_face(shot.describe(), describe_faces(found))
+
+    sent, problems = send_items(session, exchange, items, opts, choose_face=choose_face)
+    lines = [s.describe() for s in sent]
+    lines += [w for s in sent for w in s.warnings]
+    lines += problems
+    if sent:
+        lines.append("Run 'FaceStitch Import Results' when the engine is done.")
+    return "\n".join(lines), bool(sent)
+
+
+def run(action: str, namespace: Mapping[str, Any] | None = None, *,
+        prompter: Prompter | None = None, config: BridgeConfig | None = None) -> int:
+    """Run one menu action; returns 0 on success, 1 when cancelled, 2 on an error
+    the editor was told about, 3 on an unexpected one (also logged)."""
+    if action not in ACTIONS:
+        raise ValueError(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
+    ui = prompter
+    try:
+        cfg = config or BridgeConfig.load()
+        ui = ui or make_prompter(namespace, prefer=cfg.ui)
+        session = open_session(find_resolve(namespace))
+        if action == "send":
+            text, ok = _send(session, cfg, ui)
+            ui.show(TITLE, text, error=not ok)
+            return 0 if ok else 2
+        if action == "import":
+            report = import_finished(session, cfg.require_exchange(),
+                                     opacity=cfg.opacity)
+            ui.show(TITLE, report.summary(), error=bool(report.failed))
+            return 2 if report.failed and not report.placed else 0
+        jobs = timeline_jobs(session, cfg.require_exchange())
+        ui.show(TITLE, "\n".join(tj.describe() for tj in jobs)
+                or "No FaceStitch jobs for this timeline.")
+        return 0
+    except Cancelled as exc:
+        (ui or make_prompter(namespace)).show(TITLE, exc.message)
+        return 1
+    except FaceStitchError as exc:
+        (ui or make_prompter(namespace)).show(TITLE, exc.message, error=True)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the editor must see something
+        log.exception("FaceStitch %s failed", action)
+        (ui or make_prompter(namespace)).show(
+            TITLE, f"Unexpected error: {exc!r}. Please report it with Resolve's console "
+                   "output (Workspace > Console).", error=True)
+        return 3
+
