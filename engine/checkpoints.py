@@ -190,6 +190,15 @@ _NUMPY_SCALAR = (
 _ARGPARSE = ("argparse.Namespace",)
 
 
+def _numpy_dtype_classes() -> list[Any]:
+    import numpy as np  # noqa: PLC0415
+
+    names = ("Float64DType", "Float32DType", "Float16DType", "Int64DType",
+             "Int32DType", "Int16DType", "Int8DType", "UInt8DType", "BoolDType")
+    return [getattr(np.dtypes, n) for n in names if hasattr(np, "dtypes")
+            and hasattr(np.dtypes, n)]
+
+
 def _resolve_global(qualname: str) -> Any:
     module, _, name = qualname.rpartition(".")
     return getattr(importlib.import_module(module), name)
@@ -211,6 +220,9 @@ def safe_torch_load(src: str | Path | io.BytesIO, *, allow: tuple[str, ...] = ()
             raise ModelUnsafe(f"{what} needs Python globals outside the allow list: "
                               f"{', '.join(blocked)}; refusing to load it")
         extra = [_resolve_global(g) for g in unsafe]
+        if any(g.startswith("numpy.") for g in unsafe):
+            # rebuilding a numpy scalar BUILDs its dtype, whose class torch checks too
+            extra += _numpy_dtype_classes()
     try:
         with torch.serialization.safe_globals(extra):
             kwargs: dict[str, Any] = dict(map_location="cpu", weights_only=True)
@@ -334,6 +346,12 @@ class _AllowListUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         obj = self._allowed.get((module, name))
+        if obj is None:  # protocol 0-2 pickles use Python 2 names (__builtin__.set)
+            import _compat_pickle  # noqa: PLC0415
+
+            mod2, name2 = _compat_pickle.NAME_MAPPING.get(
+                (module, name), (_compat_pickle.IMPORT_MAPPING.get(module, module), name))
+            obj = self._allowed.get((mod2, name2))
         if obj is None:
             raise ModelUnsafe(
                 f"{self._what} refers to ({module!r}, {name!r}), which is not on the "
@@ -612,7 +630,11 @@ def read_rosinality(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
 
 def encoder_kwargs_from_state(sd: Mapping[str, Tensor],
                               input_resolution: int | None = None) -> dict[str, Any]:
-    """Infer ``E4EEncoder`` kwargs from its (unprefixed) state dict."""
+    """Infer ``E4EEncoder`` kwargs from its (unprefixed) state dict.
+
+    Stages are told apart by their widths (IR-SE-50: 64, 128, 256, 512), so two
+    consecutive stages of equal width cannot be inferred; save such encoders in our
+    own format instead."""
     if "input_layer.0.weight" not in sd or "styles.0.linear.weight" not in sd:
         raise ModelFormatError("not an e4e encoder state dict")
     units: list[int] = []

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import http.client
 import json
 import logging
 import os
@@ -200,8 +201,9 @@ MANIFEST: tuple[ModelFile, ...] = (
         f"{n}.npy", "w_direction", f"directions/official/{n}.npy", size=73_856,
         url=f"{_STIT_RAW}/editings/w_directions/{n}.npy",
         page="https://github.com/rotemtzaban/STIT/tree/main/editings/w_directions",
-        licence="cc-by-nc-4.0",
-        notes="Credit: EvgenyKashin/stylegan2-distillation (Yandex), via STIT.")
+        licence="cc-by-nc-4.0", required=False,
+        notes="Edit data, fetched with the official set. Credit: "
+              "EvgenyKashin/stylegan2-distillation (Yandex), via STIT.")
     for n in W_DIRECTION_NAMES)
 
 #: The tiny profile: small networks initialised from a seed (test / demo only).
@@ -511,7 +513,8 @@ class Store:
                 self._download_once(entry, url, part, timeout, progress)
                 last_exc = None
                 break
-            except (urllib.error.URLError, OSError, ConnectionError, ValueError) as exc:
+            except (urllib.error.URLError, OSError, http.client.HTTPException,
+                    ValueError) as exc:
                 last_exc = exc
                 log.warning("download of %s interrupted (%s); %s", entry.name, exc,
                             "retrying" if attempt + 1 < attempts else "giving up")
@@ -626,13 +629,17 @@ class Store:
         if copy:
             dest = self.home / "models" / "user" / f"{name}{src.suffix}"
             dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.{unique_name()}.tmp")
-            try:
-                shutil.copyfile(src, tmp)
-                os.replace(tmp, dest)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
+            pairs = [(src, dest)]
+            if info.get("format") == "facestitch":  # our format: its JSON sidecar too
+                pairs.append((src.with_suffix(".json"), dest.with_suffix(".json")))
+            for s, d in pairs:
+                tmp = d.with_name(f".{d.name}.{unique_name()}.tmp")
+                try:
+                    shutil.copyfile(s, tmp)
+                    os.replace(tmp, d)
+                except BaseException:
+                    tmp.unlink(missing_ok=True)
+                    raise
         else:
             dest = src
         rec = {"path": str(dest), "source": str(src), "sha256": sha256_file(dest),

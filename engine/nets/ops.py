@@ -88,11 +88,27 @@ def upfirdn2d(x: Tensor, f: Tensor, up: int = 1, down: int = 1,
     f = f.to(dtype=x.dtype, device=x.device) * gain
     if not flip_filter:  # conv2d correlates; a true convolution flips the filter
         f = f.flip([0, 1])
-    weight = f[None, None].expand(c, 1, f.shape[0], f.shape[1])
-    x = F.conv2d(x, weight, groups=c)
+    kh, kw = f.shape
+    oh, ow = x.shape[2] - kh + 1, x.shape[3] - kw + 1
+    if x.device.type == "cpu" and oh * ow <= _SMALL_FIR_PIXELS:
+        # oneDNN's depthwise conv costs tens of ms per call on small CPU maps; the
+        # same correlation as kh*kw shifted multiply-adds is microseconds there.
+        y = None
+        for i in range(kh):
+            for j in range(kw):
+                t = x[:, :, i:i + oh, j:j + ow] * f[i, j]
+                y = t if y is None else y + t
+        x = y
+    else:
+        weight = f[None, None].expand(c, 1, kh, kw).contiguous()
+        x = F.conv2d(x, weight, groups=c)
     if down > 1:
         x = x[:, :, ::down, ::down]
     return x
+
+
+#: Output maps up to this many pixels use the shifted-sum FIR on the CPU.
+_SMALL_FIR_PIXELS = 40 * 40
 
 
 def upsample2d(x: Tensor, f: Tensor, up: int = 2) -> Tensor:

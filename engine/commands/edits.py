@@ -1,0 +1,42 @@
+"""``facestitch edits [--profile P] [--json]``: the installed edit directions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+__all__ = ["main"]
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="facestitch edits",
+                                description="List the installed edit directions.")
+    p.add_argument("--profile", default="auto", choices=("auto", "official", "tiny"))
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    from engine.directions import available_edits  # noqa: PLC0415
+    from engine.store import Store, resolve_profile  # noqa: PLC0415
+
+    store = Store()
+    profile = resolve_profile(args.profile, store)
+    edits = available_edits(profile, store=store)
+    if args.json:
+        print(json.dumps({"profile": profile, "edits": [d.to_dict() for d in
+                                                        edits.values()]}, indent=2))
+        return 0
+    if profile == "tiny":
+        print("profile tiny: synthetic TEST directions (not real edits); install the "
+              "official set with 'facestitch models fetch --accept-licence'")
+    else:
+        print("profile official")
+    if not edits:
+        print("  no edits installed")
+    w = max((len(n) for n in edits), default=4)
+    for d in edits.values():
+        lo, hi = d.recommended
+        tag = " [test data]" if d.test_data else ""
+        print(f"  {d.name:<{w}}  {d.space}-space  strength {lo:g} .. {hi:g}{tag}  "
+              f"({d.licence})")
+    if profile == "official" and not any(d.space == "s" for d in edits.values()):
+        print("  (no S-space / StyleCLIP directions installed)")
+    return 0

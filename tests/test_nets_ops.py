@@ -1,0 +1,161 @@
+"""Reference ops against direct, hand-written computations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.nets.ops import (
+    LRELU_GAIN,
+    lrelu_agc,
+    modulated_conv2d,
+    normalize_2nd_moment,
+    setup_filter,
+    upfirdn2d,
+    upsample2d,
+)
+from engine.nets.stylegan2 import FullyConnectedLayer
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny networks: one thread avoids OpenMP barrier stalls on a loaded machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _upfirdn_direct(x: np.ndarray, f: np.ndarray, up: int, down: int,
+                    pad: tuple[int, int, int, int], gain: float) -> np.ndarray:
+    """Textbook loops: zero-stuff, pad, true 2-D convolution ('valid'), decimate."""
+    n, c, h, w = x.shape
+    x0, x1, y0, y1 = pad
+    z = np.zeros((n, c, h * up, w * up))
+    z[:, :, ::up, ::up] = x
+    z = np.pad(z, ((0, 0), (0, 0), (max(y0, 0), max(y1, 0)), (max(x0, 0), max(x1, 0))))
+    z = z[:, :, max(-y0, 0): z.shape[2] - max(-y1, 0),
+          max(-x0, 0): z.shape[3] - max(-x1, 0)]
+    kh, kw = f.shape
+    f = f * gain
+    oh, ow = z.shape[2] - kh + 1, z.shape[3] - kw + 1
+    out = np.zeros((n, c, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            # true convolution: out[i, j] = sum z[i + a, j + b] * f[kh-1-a, kw-1-b]
+            patch = z[:, :, i:i + kh, j:j + kw]
+            out[:, :, i, j] = (patch * f[::-1, ::-1]).sum(axis=(2, 3))
+    return out[:, :, ::down, ::down]
+
+
+def test_setup_filter_is_normalised_outer_product():
+    f = setup_filter([1, 3, 3, 1])
+    assert f.shape == (4, 4)
+    assert torch.allclose(f.sum(), torch.tensor(1.0))
+    assert torch.allclose(f[0], torch.tensor([1, 3, 3, 1]) / 64.0)
+
+
+@pytest.mark.parametrize("up,down,pad,gain,shape", [
+    (1, 1, (1, 2, 2, 1), 1.0, (2, 3, 5, 6)),
+    (2, 1, (2, 1, 2, 1), 4.0, (2, 3, 5, 6)),
+    (1, 2, (1, 1, 1, 1), 1.0, (2, 3, 5, 6)),
+    (2, 1, (-1, 2, 0, -1), 4.0, (2, 3, 5, 6)),
+    (1, 1, (2, 1, 1, 2), 1.0, (1, 2, 44, 46)),  # large map: depthwise-conv path
+])
+def test_upfirdn2d_matches_direct_loops(up, down, pad, gain, shape):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape)
+    f = rng.standard_normal((4, 3))  # asymmetric: catches a missing flip
+    got = upfirdn2d(torch.tensor(x), torch.tensor(f), up=up, down=down, padding=pad,
+                    gain=gain).numpy()
+    want = _upfirdn_direct(x, f, up, down, pad, gain)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_upsample2d_keeps_constant_images_constant():
+    x = torch.full((1, 2, 4, 4), 0.75)
+    y = upsample2d(x, setup_filter([1, 3, 3, 1]))
+    assert y.shape == (1, 2, 8, 8)
+    # away from the zero-padded border the 2x FIR up-sampling has unit DC gain
+    assert torch.allclose(y[:, :, 2:-2, 2:-2], torch.tensor(0.75))
+
+
+def test_lrelu_gain_and_clamp():
+    x = torch.tensor([-2.0, 0.0, 3.0])
+    assert torch.allclose(lrelu_agc(x), torch.tensor([-0.4, 0.0, 3.0]) * math.sqrt(2))
+    assert LRELU_GAIN == pytest.approx(math.sqrt(2))
+    assert lrelu_agc(x * 100, clamp=1.0).abs().max() == 1.0
+
+
+def test_normalize_2nd_moment():
+    z = torch.tensor([[3.0, 4.0]])
+    want = z / math.sqrt((9 + 16) / 2)
+    assert torch.allclose(normalize_2nd_moment(z), want, atol=1e-6)
+
+
+def test_equalised_fc_gain():
+    fc = FullyConnectedLayer(4, 3, lr_mul=0.01, bias_init=2.0)
+    x = torch.randn(5, 4)
+    w_eff = fc.weight * 0.01 / math.sqrt(4)
+    b_eff = fc.bias * 0.01
+    assert torch.allclose(fc(x), x @ w_eff.T + b_eff, atol=1e-6)
+    # raw weights are stored divided by lr_mul (init std 1 / lr_mul)
+    big = FullyConnectedLayer(256, 256, lr_mul=0.01)
+    assert 80 < big.weight.std().item() < 120
+    lrelu = FullyConnectedLayer(4, 3, activation="lrelu")
+    ref = F.leaky_relu(x @ (lrelu.weight / 2).T + lrelu.bias, 0.2) * math.sqrt(2)
+    assert torch.allclose(lrelu(x), ref, atol=1e-6)
+
+
+def _modconv_reference(x, weight, styles, demodulate, up, padding, f):
+    """Explicit per-sample loop: modulate, demodulate, then a plain conv per sample;
+    up-sampling written as zero insertion + flipped 'full' conv + FIR."""
+    outs = []
+    for n in range(x.shape[0]):
+        w = weight * styles[n][None, :, None, None]
+        if demodulate:
+            w = w / torch.sqrt((w ** 2).sum(dim=(1, 2, 3), keepdim=True) + 1e-8)
+        xn = x[n:n + 1]
+        if up == 1:
+            outs.append(F.conv2d(xn, w, padding=padding))
+        else:
+            # transposed conv == zero-stuff by 2, then correlate with the spatially
+            # flipped kernel padded by k-1 ('full')
+            k = w.shape[-1]
+            z = torch.zeros(1, xn.shape[1], xn.shape[2] * 2 - 1, xn.shape[3] * 2 - 1,
+                            dtype=x.dtype)
+            z[:, :, ::2, ::2] = xn
+            y = F.conv2d(F.pad(z, [k - 1] * 4), w.flip([2, 3]))
+            outs.append(upfirdn2d(y, f, padding=(1, 1, 1, 1), gain=4))
+    return torch.cat(outs)
+
+
+@pytest.mark.parametrize("up", [1, 2])
+@pytest.mark.parametrize("demodulate", [True, False])
+@pytest.mark.parametrize("fused", [True, False])
+def test_modulated_conv_matches_per_sample_conv(up, demodulate, fused):
+    torch.manual_seed(1)
+    x = torch.randn(3, 4, 5, 5, dtype=torch.float64)
+    weight = torch.randn(6, 4, 3, 3, dtype=torch.float64)
+    styles = torch.randn(3, 4, dtype=torch.float64)
+    f = setup_filter([1, 3, 3, 1]).double()
+    got = modulated_conv2d(x, weight, styles, demodulate=demodulate, up=up, padding=1,
+                           resample_filter=f, fused=fused)
+    want = _modconv_reference(x, weight, styles, demodulate, up, 1, f)
+    assert got.shape == (3, 6, 5 * up, 5 * up)
+    assert torch.allclose(got, want, atol=1e-10)
+
+
+def test_demodulation_normalises_output_scale():
+    # unit-variance input, any styles: demodulated outputs have ~unit variance
+    torch.manual_seed(2)
+    x = torch.randn(2, 64, 16, 16)
+    w = torch.randn(32, 64, 3, 3)
+    s = torch.rand(2, 64) * 10
+    y = modulated_conv2d(x, w, s, padding=1)
+    assert 0.7 < y.std().item() < 1.3

@@ -1,0 +1,219 @@
+"""StyleGAN2 generator: layout, semantics, determinism, torch.func friendliness."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+
+from engine.nets.ops import normalize_2nd_moment
+from engine.nets.stylegan2 import OFFICIAL_GENERATOR_KWARGS, Generator
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny networks: one thread avoids OpenMP barrier stalls on a loaded machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+SMALL = dict(z_dim=16, w_dim=16, img_resolution=32, channel_base=256, channel_max=16,
+             mapping_layers=2)
+
+
+def _small(seed: int = 0, **kw) -> Generator:
+    torch.manual_seed(seed)
+    g = Generator(**{**SMALL, **kw}).eval()
+    with torch.no_grad():  # non-trivial noise strengths and biases
+        for name, p in g.named_parameters():
+            if name.endswith("noise_strength") or name.endswith(".bias"):
+                p.copy_(torch.randn_like(p) * 0.1 + (1.0 if "affine" in name else 0.0))
+    return g
+
+
+def test_official_layout_matches_nvidia_g_ema_keys():
+    """checkpoints.md §1.4 key patterns and shapes at 1024 px (built on 'meta')."""
+    with torch.device("meta"):
+        g = Generator(**OFFICIAL_GENERATOR_KWARGS)
+    sd = {k: tuple(v.shape) for k, v in g.state_dict().items()}
+    assert g.num_ws == 18 and g.num_styles == 26
+    ch = {r: min(32768 // r, 512) for r in [2 ** i for i in range(2, 11)]}
+    assert ch[128] == 256 and ch[1024] == 32
+    for i in range(8):
+        assert sd[f"mapping.fc{i}.weight"] == (512, 512)
+        assert sd[f"mapping.fc{i}.bias"] == (512,)
+    assert sd["mapping.w_avg"] == (512,)
+    assert sd["synthesis.b4.const"] == (512, 4, 4)
+    assert sd["synthesis.b4.conv1.weight"] == (512, 512, 3, 3)
+    assert sd["synthesis.b4.conv1.noise_strength"] == ()
+    assert sd["synthesis.b4.conv1.noise_const"] == (4, 4)
+    for r in [2 ** i for i in range(3, 11)]:
+        assert sd[f"synthesis.b{r}.resample_filter"] == (4, 4)
+        assert sd[f"synthesis.b{r}.conv0.weight"] == (ch[r], ch[r // 2], 3, 3)
+        assert sd[f"synthesis.b{r}.conv0.affine.weight"] == (ch[r // 2], 512)
+        assert sd[f"synthesis.b{r}.conv0.noise_const"] == (r, r)
+        assert sd[f"synthesis.b{r}.conv1.weight"] == (ch[r], ch[r], 3, 3)
+        assert sd[f"synthesis.b{r}.conv1.affine.weight"] == (ch[r], 512)
+        assert sd[f"synthesis.b{r}.torgb.weight"] == (3, ch[r], 1, 1)
+        assert sd[f"synthesis.b{r}.torgb.bias"] == (3,)
+        assert sd[f"synthesis.b{r}.torgb.affine.weight"] == (ch[r], 512)
+        assert sd[f"synthesis.b{r}.torgb.affine.bias"] == (ch[r],)
+    for k in sd:  # every conv layer has bias, noise_strength, resample_filter
+        m = re.match(r"(synthesis\.b\d+\.conv[01])\.", k)
+        if m:
+            for leaf in ("bias", "noise_strength", "resample_filter", "affine.bias"):
+                assert f"{m.group(1)}.{leaf}" in sd
+    n_params = sum(p.numel() for p in g.parameters())
+    assert 30_000_000 < n_params < 30_500_000  # StyleGAN2 config F G: ~30.0 M
+    assert [c for c in g.style_channels if c] and len(g.style_channels) == 26
+    # conv style channels sum to StyleCLIP's 6048 (pipeline.md §1.5)
+    assert sum(c for c, t in zip(g.style_channels, g.style_is_torgb) if not t) == 6048
+
+
+@pytest.mark.parametrize("res,num_ws", [(4, 2), (8, 4), (32, 8), (64, 10)])
+def test_shapes_at_several_resolutions(res, num_ws):
+    g = _small(img_resolution=res)
+    z = torch.randn(2, 16)
+    ws = g.mapping(z)
+    assert ws.shape == (2, num_ws, 16) == (2, g.num_ws, g.w_dim)
+    img = g.synthesis(ws)
+    assert img.shape == (2, 3, res, res)
+    assert len(g.styles(ws)) == g.num_styles == (num_ws - 1) + num_ws // 2
+
+
+def test_mapping_semantics_and_truncation():
+    g = _small()
+    z = torch.randn(3, 16)
+    x = normalize_2nd_moment(z)
+    for i in range(2):
+        fc = getattr(g.mapping, f"fc{i}")
+        w = fc.weight * (0.01 / math.sqrt(16))
+        x = torch.nn.functional.leaky_relu(x @ w.T + fc.bias * 0.01, 0.2) * math.sqrt(2)
+    ws = g.mapping(z)
+    assert torch.allclose(ws, x[:, None].expand(-1, g.num_ws, -1), atol=1e-5)
+    g.mapping.w_avg.copy_(torch.randn(16))
+    wt = g.mapping(z, truncation_psi=0.5)
+    assert torch.allclose(wt, g.mapping.w_avg + 0.5 * (ws - g.mapping.w_avg), atol=1e-5)
+    wc = g.mapping(z, truncation_psi=0.5, truncation_cutoff=2)
+    assert torch.allclose(wc[:, :2], wt[:, :2]) and torch.allclose(wc[:, 2:], ws[:, 2:])
+
+
+def test_w_indexing_torgb_shares_next_conv0_index():
+    """b4 uses w[0] (conv1), w[1] (torgb); b{r}.torgb uses the index of b{2r}.conv0."""
+    g = _small()
+    layers = g.synthesis.style_layers
+    idx = {(b, n): i for b, n, _, i in layers}
+    assert idx[("b4", "conv1")] == 0 and idx[("b4", "torgb")] == 1
+    assert idx[("b8", "conv0")] == 1 and idx[("b8", "conv1")] == 2
+    for r in (8, 16):
+        assert idx[(f"b{r}", "torgb")] == idx[(f"b{2 * r}", "conv0")]
+    assert idx[("b32", "torgb")] == g.num_ws - 1
+    # changing only w[k] changes exactly the styles that read index k
+    ws = g.mapping(torch.randn(1, 16))
+    base = g.styles(ws)
+    ws2 = ws.clone()
+    ws2[:, 3] += 1.0
+    changed = [not torch.equal(a, b) for a, b in zip(base, g.styles(ws2))]
+    assert changed == [i == 3 for _, _, _, i in layers]
+
+
+def test_styles_path_equals_ws_path_and_torgb_gain():
+    g = _small()
+    ws = g.mapping(torch.randn(2, 16))
+    styles = g.styles(ws)
+    assert torch.equal(g.synthesis(ws), g.synthesis_from_styles(styles))
+    # ToRGB's style is scaled by 1/sqrt(C_in) inside (pipeline.md §1.3)
+    torgb = g.synthesis.b4.torgb
+    assert torgb.weight_gain == pytest.approx(1 / math.sqrt(16))
+    x = torch.randn(2, 16, 4, 4)
+    s = torgb.affine(ws[:, 1])
+    want = torch.einsum("nchw,oc,nc->nohw", x, torgb.weight[:, :, 0, 0],
+                        s / 4.0) + torgb.bias[None, :, None, None]
+    assert torch.allclose(torgb(x, ws[:, 1]), want, atol=1e-5)
+
+
+def test_noise_modes():
+    g = _small()
+    ws = g.mapping(torch.randn(1, 16))
+    a = g.synthesis(ws, noise_mode="const")
+    assert torch.equal(a, g.synthesis(ws, noise_mode="const"))
+    n = g.synthesis(ws, noise_mode="none")
+    assert not torch.allclose(a, n)
+    torch.manual_seed(5)
+    r1 = g.synthesis(ws, noise_mode="random")
+    r2 = g.synthesis(ws, noise_mode="random")
+    assert not torch.allclose(r1, r2)
+    with torch.no_grad():
+        for m in g.modules():
+            if hasattr(m, "noise_strength"):
+                m.noise_strength.zero_()
+    assert torch.allclose(g.synthesis(ws, noise_mode="const"),
+                          g.synthesis(ws, noise_mode="none"))
+    with pytest.raises(ValueError):
+        g.synthesis(ws, noise_mode="bogus")
+
+
+def test_determinism_and_fused_paths_agree():
+    g1, g2 = _small(seed=3), _small(seed=3)
+    z = torch.randn(4, 16)
+    assert torch.equal(g1(z), g2(z))
+    ws = g1.mapping(z)
+    a = g1.synthesis(ws, fused=True)
+    b = g1.synthesis(ws, fused=False)
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_functional_call_and_vmap_over_parameter_sets():
+    """What stitching tuning does: per-frame parameter copies through vmap."""
+    from torch.func import functional_call, vmap
+
+    g = _small()
+    params = {k: v.detach() for k, v in g.named_parameters()}
+    buffers = {k: v for k, v in g.named_buffers()}
+    ws = g.mapping(torch.randn(2, 16)).detach()
+    # 1. functional_call with a modified parameter dict
+    p2 = {k: v + 0.01 * torch.randn_like(v) for k, v in params.items()}
+    out = functional_call(g.synthesis, {**{k[len("synthesis."):]: v for k, v in
+                                            p2.items() if k.startswith("synthesis.")},
+                                        **{k[len("synthesis."):]: v for k, v in
+                                           buffers.items()
+                                           if k.startswith("synthesis.")}},
+                          (ws[:1],))
+    assert out.shape == (1, 3, 32, 32)
+    assert not torch.allclose(out, g.synthesis(ws[:1]))
+    # 2. vmap over two stacked parameter sets == two separate calls
+    syn = {k[len("synthesis."):]: v for k, v in params.items()
+           if k.startswith("synthesis.")}
+    syn_b = {k[len("synthesis."):]: v for k, v in buffers.items()
+             if k.startswith("synthesis.")}
+    sets = [{k: v + 0.05 * torch.randn_like(v) for k, v in syn.items()}
+            for _ in range(2)]
+    stacked = {k: torch.stack([s[k] for s in sets]) for k in syn}
+
+    def one(p, w):
+        return functional_call(g.synthesis, {**p, **syn_b}, (w[None],))[0]
+
+    batched = vmap(one)(stacked, ws)
+    for i in range(2):
+        single = functional_call(g.synthesis, {**sets[i], **syn_b}, (ws[i:i + 1],))[0]
+        assert torch.allclose(batched[i], single, atol=1e-5)
+    # gradients flow through vmap to every per-frame parameter copy
+    leaves = {k: v.clone().requires_grad_(True) for k, v in stacked.items()}
+    vmap(one)(leaves, ws).square().mean().backward()
+    assert leaves["b32.conv1.weight"].grad is not None
+    assert leaves["b32.conv1.weight"].grad.abs().sum() > 0
+
+
+def test_forward_does_not_modify_inputs_or_parameters():
+    g = _small()
+    before = {k: v.clone() for k, v in g.state_dict().items()}
+    z = torch.randn(2, 16)
+    z0 = z.clone()
+    img = g(z, truncation_psi=0.7)
+    img.mean().backward()
+    assert torch.equal(z, z0)
+    for k, v in g.state_dict().items():
+        assert torch.equal(v, before[k]), k
