@@ -179,8 +179,9 @@ def build_bundle(out_dir: str | os.PathLike[str], *, cc: str | None = None,
             bundle.rename(final)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    return OfxBuild(final, final / "Contents" / arch / binary.name, arch, compiler,
-                    tuple(cmd))
+    built = final / "Contents" / arch / binary.name
+    return OfxBuild(final, built, arch, compiler,
+                    tuple(str(built) if c == str(binary) else c for c in cmd))
 
 
 # ---- jobs from the shim's Export mode -------------------------------------------------

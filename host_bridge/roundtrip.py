@@ -254,10 +254,16 @@ class TimelineJob:
         return str(self.job.host.get("item_name", "?"))
 
     def describe(self) -> str:
-        state = self.status.state
-        pct = f" {int(round(self.status.progress * 100))}%" if state == "running" else ""
+        st = self.status
+        state = st.state
+        if state == "running":  # progress as the engine reports it
+            state += f" {int(round(st.progress * 100))}%"
+            if st.stage:
+                state += f" ({st.stage}: {st.message})"
+        elif state == "failed" and st.error:
+            state += f": {st.error.get('message', '')}"
         placed = ", on the timeline" if self.placed else ""
-        return f"{self.job.id}: '{self.shot}' ({self.job.kind}) {state}{pct}{placed}"
+        return f"{self.job.id}: '{self.shot}' ({self.job.kind}) {state}{placed}"
 
 
 def timeline_jobs(session: ResolveSession, exchange: str | Path) -> list[TimelineJob]:

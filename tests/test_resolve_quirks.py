@@ -14,7 +14,7 @@ from clips import ClipSpec, render_frames, write_clip
 from fake_resolve import FakeResolve
 from fsexchange.client import job_status
 from fsexchange.documents import Job, Subject, load_document
-from fsexchange.errors import HostError
+from fsexchange.errors import HostError, MediaMissing
 from host_bridge.resolve import ResultMedia, open_session, pick_items, place_result, \
     read_shot, resolve_rate
 from host_bridge.resolve.connect import Edition, constant, find_resolve, has_api
@@ -307,3 +307,25 @@ def test_a_failed_export_render_still_restores_the_settings(tmp_path):
     assert project.GetTimelineCount() == 1 and project.GetCurrentTimeline() is timeline
     assert not (tmp_path / "ex" / "new").exists() or not any(
         (tmp_path / "ex" / "new").iterdir())
+
+
+def test_media_the_engine_cannot_decode_is_rendered_offline_media_refused(tmp_path):
+    resolve = FakeResolve(rate=RATE)
+    timeline = resolve.project.add_timeline("Edit 1")
+    (tmp_path / "dpx").mkdir()
+    (tmp_path / "clip.braw").write_bytes(b"raw")
+    cases = {"DPX": str(tmp_path / "dpx" / "plate.[1001-1010].dpx"),
+             "BRAW": str(tmp_path / "clip.braw")}
+    session = open_session(resolve)
+    for n, (name, path) in enumerate(cases.items()):
+        mpi = resolve.project.add_virtual_media(name, {
+            "File Path": path, "Type": "Video", "FPS": 25.0, "Frames": "10"})
+        item = timeline.place(mpi, record=90000 + 20 * n, duration=5)
+        shot = read_shot(session, item)
+        assert shot.export == "render", name
+        assert ("dpx sequences" if name == "DPX" else ".braw") in shot.export_reason
+    gone = resolve.project.add_virtual_media("gone", {
+        "File Path": str(tmp_path / "nope" / "clip.braw"), "Type": "Video", "FPS": 25.0})
+    item = timeline.place(gone, record=90100, duration=5)
+    with pytest.raises(MediaMissing, match="offline"):  # never render "Media Offline"
+        read_shot(session, item)

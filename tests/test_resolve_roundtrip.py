@@ -20,7 +20,8 @@ from fsexchange.errors import HostError, MediaMissing
 from fsexchange.timecode import timecode_to_frames
 from host_bridge.resolve import open_session, pick_items, read_shot
 from host_bridge.resolve.place import parse_tag
-from host_bridge.roundtrip import SendOptions, import_finished, import_job, send_shot
+from host_bridge.roundtrip import SendOptions, follow, import_finished, import_job, \
+    send_shot, timeline_jobs
 from host_stages import result_pixel
 
 CHEAP = {"stitch": ("host_stages:SolidPasteStage",),
@@ -151,6 +152,10 @@ def test_engine_failure_reaches_the_editor_with_what_to_do(clips, tmp_path):
     assert "align-preview" in text and "face.not_found" in text
     with pytest.raises(HostError, match="What to do"):
         import_job(session, exchange, sent.job_id)
+    with pytest.raises(HostError, match="no face was found"):
+        follow(exchange, sent.job_id, timeout=5)
+    [listed] = timeline_jobs(session, exchange)
+    assert "failed: no face was found" in listed.describe()
     assert timeline.GetTrackCount("video") == 1  # nothing placed
 
 

@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,9 @@ __all__ = ["Shot", "resolve_rate", "timeline_rate", "read_shot", "pick_items",
 log = logging.getLogger(__name__)
 
 #: Camera-raw formats PyAV cannot decode: such shots are exported by rendering.
-RAW_EXTENSIONS = frozenset({".braw", ".r3d", ".ari", ".arx", ".crm", ".mxf_raw", ".cine",
-                            ".dng"})
+RAW_EXTENSIONS = frozenset({".braw", ".r3d", ".ari", ".arx", ".crm", ".cine", ".dng"})
+#: Image sequences the engine reads (engine.video); others (DPX...) are rendered.
+SEQUENCE_EXTENSIONS = frozenset({".png", ".tif", ".tiff", ".exr", ".pam"})
 #: Media-pool item types without a file of their own.
 _VIRTUAL_TYPES = ("compound", "timeline", "generator", "fusion", "title", "multicam",
                   "adjustment")
@@ -111,9 +112,6 @@ class Shot:
     source_out: int
     handle_in: int = 0
     handle_out: int = 0
-    width: int | None = None
-    height: int | None = None
-    clip_properties: dict[str, Any] = field(default_factory=dict, compare=False)
     warnings: tuple[str, ...] = ()
 
     @property
@@ -154,23 +152,12 @@ class Shot:
         return (f"'{self.item_name}' on V{self.track_index} at {self.record_timecode}, "
                 f"{self.record_duration} frames")
 
-    def to_dict(self) -> dict[str, Any]:  # for logs and --json output
-        out = asdict(self)
-        out["timeline_rate"] = str(self.timeline_rate)
-        out["media_rate"] = str(self.media_rate)
-        return out
-
 
 def _int(value: Any) -> int | None:
     try:
         return int(str(value).strip())
     except (TypeError, ValueError):
         return None
-
-
-def _resolution(props: dict[str, Any]) -> tuple[int | None, int | None]:
-    m = re.match(r"^\s*(\d+)\s*x\s*(\d+)", str(props.get("Resolution", "")))
-    return (int(m[1]), int(m[2])) if m else (None, None)
 
 
 def _classify_media(props: dict[str, Any] | None) -> tuple[str | None, str, str]:
@@ -182,8 +169,11 @@ def _classify_media(props: dict[str, Any] | None) -> tuple[str | None, str, str]
     if any(v in kind for v in _VIRTUAL_TYPES) or not path:
         what = props.get("Type") or "clip without a file"
         return None, "video", f"it is a {what} with no file of its own"
-    m = _SEQUENCE.match(path)
-    if m:  # "/shots/plate.[1001-1100].exr": the folder is the source
+    if _SEQUENCE.match(path):  # "/shots/plate.[1001-1100].exr": the folder is the source
+        suffix = Path(path).suffix.lower()
+        if suffix not in SEQUENCE_EXTENSIONS:
+            return str(Path(path).parent), "sequence", (
+                f"the engine does not read {suffix} sequences")
         return str(Path(path).parent), "sequence", ""
     if Path(path).suffix.lower() in RAW_EXTENSIONS:
         return path, "video", f"the engine cannot decode {Path(path).suffix} camera raw"
@@ -243,7 +233,6 @@ def read_shot(session: ResolveSession, item: Any, *, handles: int = 0) -> Shot:
     props = (mpi.GetClipProperty() or {}) if mpi is not None else None
     path, kind, reason = _classify_media(props)
     warnings: list[str] = []
-    width, height = _resolution(props or {})
     common = dict(
         item_name=str(name), item_id=str(uid),
         media_pool_item_id=str(mpi.GetUniqueId() or "") if mpi is not None else "",
@@ -253,9 +242,9 @@ def read_shot(session: ResolveSession, item: Any, *, handles: int = 0) -> Shot:
         timeline_start_timecode=str(tl_tc), timeline_rate=rate, drop_frame=drop,
         project_id=str(session.project.GetUniqueId() or ""),
         project_name=str(session.project.GetName() or ""),
-        width=width, height=height, clip_properties=dict(props or {}))
+    )
 
-    if path and not reason and not os.path.exists(path):
+    if path and not os.path.exists(path):
         raise MediaMissing(
             f"The media of '{name}' is offline: {path} does not exist on this machine. "
             "Relink the clip in Resolve (or mount its drive), then send it again.")
