@@ -145,8 +145,10 @@ class PasteStage(Stage):
             MovieWriter,
             encode_rgba,
             output_name,
-            read_image,
+            probe,
             read_frames,
+            read_image,
+            to_depth,
         )
         from fsexchange.fsutil import atomic_write_bytes  # noqa: PLC0415
 
@@ -173,8 +175,12 @@ class PasteStage(Stage):
             outputs["preview"] = "output/preview.mp4"
         frames: list[dict[str, Any]] = []
         have = set(aligned.frames)
+        # 8-bit sources are decoded at 8 bits (then scaled by 257), so the layer's
+        # pass-through pixels equal the 8-bit decode bit for bit; deeper sources
+        # keep their precision.
+        depth = 16 if probe(ctx.source_path(), rate).bit_depth > 8 else 8
         try:
-            for index, src in read_frames(ctx.source_path(), start, end, depth=16):
+            for index, src in read_frames(ctx.source_path(), start, end, depth=depth):
                 ctx.check_abort()
                 quad = aligned.quad(index)
                 edited = quad is not None and index in have
@@ -191,8 +197,8 @@ class PasteStage(Stage):
                         alpha = paste_alpha(aligned.mask(index), ctx.config.mask)
                     rgba = paste_back(src, crop, alpha, quad)
                 else:
-                    rgba = np.concatenate(
-                        [src, np.zeros(src.shape[:2] + (1,), np.uint16)], axis=2)
+                    rgba = np.concatenate([to_depth(src, 16), np.zeros(
+                        src.shape[:2] + (1,), np.uint16)], axis=2)
                 if movie is not None:
                     movie.write(rgba)
                     path = f"output/{movie.path.name}"

@@ -29,6 +29,7 @@ import importlib.util
 import logging
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -197,12 +198,15 @@ class FaceAlignmentBackend:
         import face_alignment  # noqa: PLC0415
 
         self._detector = DlibBackend(upsample, min_score)
-        self._fa = face_alignment.FaceAlignment(
-            face_alignment.LandmarksType.TWO_D, device=device, flip_input=True,
-            face_detector="dlib",
-            face_detector_kwargs={"path_to_detector": str(
-                dlib_model_path(CNN_DETECTOR_FILE))},
-            compile=False)
+        with warnings.catch_warnings():
+            # its dlib detector is "deprecated"; it is a placeholder, never called
+            warnings.filterwarnings("ignore", message=".*detector is deprecated.*")
+            self._fa = face_alignment.FaceAlignment(
+                face_alignment.LandmarksType.TWO_D, device=device, flip_input=True,
+                face_detector="dlib",
+                face_detector_kwargs={"path_to_detector": str(
+                    dlib_model_path(CNN_DETECTOR_FILE))},
+                compile=False)  # compiling costs ~65 s, no faster (environment.md §4)
 
     def landmarks(self, rgb: np.ndarray, boxes: Sequence[Sequence[float]]
                   ) -> list[np.ndarray]:
@@ -210,7 +214,8 @@ class FaceAlignmentBackend:
             return []
         out = self._fa.get_landmarks_from_image(
             np.ascontiguousarray(rgb[..., :3]),
-            detected_faces=[np.asarray(b[:4], dtype=np.float32) for b in boxes])
+            # plain floats: face-alignment writes them into torch tensors
+            detected_faces=[[float(v) for v in b[:4]] for b in boxes])
         return [np.asarray(lm, dtype=np.float64)[:, :2] for lm in out or []]
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
