@@ -19,6 +19,7 @@ boundaries, ``E_warp(t) = Σ M·‖V_t − warp(V_{t+1})‖² / Σ M`` per chann
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from pathlib import Path
@@ -109,10 +110,23 @@ def flow_backend(name: str = "dis", *, device: str = "cpu") -> FlowBackend:
 def warp(img: np.ndarray, flow: np.ndarray) -> np.ndarray:
     """Sample ``img`` at ``p + flow(p)`` (bilinear, coordinates clamped to the border
     like FlowNet2's Resample2d that Lai et al. use). ``img`` HxW or HxWxC float32."""
-    h, w = flow.shape[:2]
-    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    return cv2.remap(img, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR,
+    gx, gy = _pixel_grid(*flow.shape[:2])
+    fx, fy = cv2.split(flow)
+    return cv2.remap(img, cv2.add(gx, fx), cv2.add(gy, fy), cv2.INTER_LINEAR,
                      borderMode=cv2.BORDER_REPLICATE)
+
+
+@functools.lru_cache(maxsize=4)
+def _pixel_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    gx.flags.writeable = gy.flags.writeable = False  # shared between calls
+    return gx, gy
+
+
+def _sq_norm(flow: np.ndarray) -> np.ndarray:
+    """|f|² per pixel of an [H, W, 2] field."""
+    x, y = cv2.split(flow)
+    return cv2.add(cv2.multiply(x, x), cv2.multiply(y, y))
 
 
 def occlusion_mask(fw: np.ndarray, bw: np.ndarray) -> np.ndarray:
@@ -126,23 +140,22 @@ def occlusion_mask(fw: np.ndarray, bw: np.ndarray) -> np.ndarray:
     or on a motion boundary, ``|∇u|² + |∇v|² > 0.01·|fw|² + 0.002`` with forward
     differences of ``fw`` (Lai et al.'s ``detect_occlusion(bw, fw)`` call order).
     """
+    # (OpenCV per-channel ops: ~5x faster than the numpy expression at 1080p)
     bw_w = warp(bw, fw)
-    fb = fw + bw_w
-    fb_mag = (fb ** 2).sum(-1)
-    fw_mag = (fw ** 2).sum(-1)
-    bw_w_mag = (bw_w ** 2).sum(-1)
-    occluded = fb_mag > FB_REL * (fw_mag + bw_w_mag) + FB_ABS
-    du = np.zeros_like(fw)
-    dv = np.zeros_like(fw)
-    du[:, :-1] = fw[:, :-1] - fw[:, 1:]
-    dv[:-1, :] = fw[:-1, :] - fw[1:, :]
-    grad_mag = (du ** 2).sum(-1) + (dv ** 2).sum(-1)
+    fw_mag = _sq_norm(fw)
+    occluded = _sq_norm(cv2.add(fw, bw_w)) > FB_REL * (fw_mag + _sq_norm(bw_w)) + FB_ABS
+    grad_mag = np.zeros(fw.shape[:2], np.float32)
+    for c in cv2.split(fw):  # forward differences, last column / row stay 0
+        d = c[:, :-1] - c[:, 1:]
+        grad_mag[:, :-1] += d * d
+        d = c[:-1, :] - c[1:, :]
+        grad_mag[:-1, :] += d * d
     occluded |= grad_mag > MB_REL * fw_mag + MB_ABS
     return (~occluded).astype(np.float32)
 
 
 def to_unit(rgb: np.ndarray) -> np.ndarray:
-    """uint8 / uint16 / float RGB -> float32 in [0, 1]."""
+    """uint8 / uint16 / float RGB -> float32 in [0, 1] (float32 passes unchanged)."""
     if rgb.dtype == np.uint8:
         return rgb.astype(np.float32) * (1.0 / 255.0)
     if rgb.dtype == np.uint16:
@@ -152,17 +165,20 @@ def to_unit(rgb: np.ndarray) -> np.ndarray:
 
 def warping_error(frame_t: np.ndarray, frame_t1: np.ndarray, fw: np.ndarray,
                   mask: np.ndarray) -> float:
-    """``Σ M·‖V_t − warp(V_{t+1}, fw)‖² / (3·Σ M)`` for RGB frames (any dtype, scaled
-    to [0, 1]). Like Lai et al., a fully occluded pair scores 0."""
+    """``Σ M·‖V_t − warp(V_{t+1}, fw)‖² / (3·Σ M)`` for RGB frames (uint8, uint16 or
+    float32 already in [0, 1], which streaming callers convert once per frame with
+    :func:`to_unit`). Like Lai et al., a fully occluded pair scores 0."""
     a = to_unit(frame_t)
     b = warp(to_unit(frame_t1), fw)
-    if a.shape != b.shape:
+    if a.shape != b.shape or a.ndim != 3:
         raise MetricsError(f"frame shapes differ: {a.shape} vs {b.shape}")
-    n = float(mask.sum()) * a.shape[2]
+    c = a.shape[2]
+    n = float(mask.sum()) * c
     if n == 0:
         return 0.0
-    sq = ((a - b) ** 2).sum(-1)
-    return float((sq * mask).sum() / n)
+    d = cv2.subtract(a, b)
+    sums = cv2.sumElems(cv2.multiply(cv2.multiply(d, d), cv2.merge([mask] * c)))
+    return float(sum(sums[:c]) / n)
 
 
 # --- RAFT -----------------------------------------------------------------------------

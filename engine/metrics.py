@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -271,7 +272,7 @@ def temporal_metrics(source: Iterable[np.ndarray], edited: Iterable[np.ndarray],
         MetricsLengthMismatch, MetricsSizeMismatch, MetricsFrameInvalid,
         MetricsNoFrames; ModelMissing for a backend whose weights are not installed.
     """
-    from .flow import flow_backend, occlusion_mask, warping_error  # noqa: PLC0415
+    from .flow import flow_backend, to_unit  # noqa: PLC0415
     from .identity import FaceFinder, identity_backend  # noqa: PLC0415
 
     embedder = identity_backend(cfg.identity, device=device)
@@ -283,72 +284,87 @@ def temporal_metrics(source: Iterable[np.ndarray], edited: Iterable[np.ndarray],
     edited_detected: list[float | None] = []
     warp_ed: list[float | None] = [None]
     warp_src: list[float | None] = [None]
-    prev_s = prev_e = None
-    prev_same = False
+    prev = None  # (source, source in [0, 1], edited in [0, 1]) of frame t-1
     size = None
     src_it, ed_it = iter(source), iter(edited)
     t = 0
-    while True:
-        s = next(src_it, _END)
-        e = next(ed_it, _END)
-        if s is _END or e is _END:
-            if s is not e:
-                longer, shorter = ("source", "edited") if e is _END else ("edited",
-                                                                          "source")
-                raise MetricsLengthMismatch(
-                    f"the {shorter} clip ends after {t} frames but the {longer} clip "
-                    "has more; compare clips of the same length (or the same range)",
-                    frame=t)
-            break
-        s = _check_frame(s, "source", t)[:, :, :3]
-        e = _check_frame(e, "edited", t, floats=True)
-        if size is None:
-            size = s.shape[:2]
-        for what, arr in (("source", s), ("edited", e)):
-            if arr.shape[:2] != size:
-                raise MetricsSizeMismatch(
-                    f"{what} frame {t} is {arr.shape[1]}x{arr.shape[0]}, expected "
-                    f"{size[1]}x{size[0]} (both clips must have the same frame size)",
-                    frame=t)
-        if e.shape[2] == 4 or e.dtype != s.dtype:  # also brings e to s's dtype
-            e = composite_over(e, s, premultiplied=premultiplied)
-        same = e is s or np.array_equal(e, s)
+    # The flow and warping errors of pair (t-1, t) run on a worker thread (OpenCV and
+    # torch release the GIL) while this thread finds and embeds frame t's faces.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics-flow") as pool:
+        while True:
+            s = next(src_it, _END)
+            e = next(ed_it, _END)
+            if s is _END or e is _END:
+                if s is not e:
+                    longer, shorter = (("source", "edited") if e is _END
+                                       else ("edited", "source"))
+                    raise MetricsLengthMismatch(
+                        f"the {shorter} clip ends after {t} frames but the {longer} "
+                        "clip has more; compare clips of the same length (or the same "
+                        "range)", frame=t)
+                break
+            s = _check_frame(s, "source", t)[:, :, :3]
+            e = _check_frame(e, "edited", t, floats=True)
+            if size is None:
+                size = s.shape[:2]
+            for what, arr in (("source", s), ("edited", e)):
+                if arr.shape[:2] != size:
+                    raise MetricsSizeMismatch(
+                        f"{what} frame {t} is {arr.shape[1]}x{arr.shape[0]}, expected "
+                        f"{size[1]}x{size[0]} (both clips must have the same frame "
+                        "size)", frame=t)
+            if e.shape[2] == 4 or e.dtype != s.dtype:  # also brings e to s's dtype
+                e = composite_over(e, s, premultiplied=premultiplied)
+            same = e is s or np.array_equal(e, s)
+            s_unit = to_unit(s)
+            cur = (s, s_unit, s_unit if same else to_unit(e))
+            pair = None if prev is None else pool.submit(_pair_errors, flow, prev, cur)
 
-        # identity
-        box = finder.track(s)
-        if box is None:
-            emb_src.append(None)
-            emb_ed.append(None)
-            edited_detected.append(None)
-        else:
-            es = embedder.embed(s, box)
-            emb_src.append(es)
-            if same:
-                emb_ed.append(es)
-                edited_detected.append(1.0)
+            # identity
+            box = finder.track(s)
+            if box is None:
+                emb_src.append(None)
+                emb_ed.append(None)
+                edited_detected.append(None)
             else:
-                ebox = finder.near(e, box, window=finder.window)
-                edited_detected.append(0.0 if ebox is None else 1.0)
-                emb_ed.append(embedder.embed(e, box if ebox is None else ebox))
+                es = embedder.embed(s, box)
+                emb_src.append(es)
+                if same:
+                    emb_ed.append(es)
+                    edited_detected.append(1.0)
+                else:
+                    ebox = finder.near(e, box, window=finder.window)
+                    edited_detected.append(0.0 if ebox is None else 1.0)
+                    emb_ed.append(embedder.embed(e, box if ebox is None else ebox))
 
-        # warping error on the pair (t-1, t), flow from the source
-        if prev_s is not None:
-            fw, bw = flow.pair(prev_s, s)
-            mask = occlusion_mask(fw, bw)
-            ws = warping_error(prev_s, s, fw, mask)
-            warp_src.append(ws)
-            warp_ed.append(ws if same and prev_same else
-                           warping_error(prev_e, e, fw, mask))
-        prev_s, prev_e, prev_same = s, e, same
-        t += 1
-        if on_frame is not None:
-            on_frame(t)
+            if pair is not None:
+                ws, we = pair.result()
+                warp_src.append(ws)
+                warp_ed.append(we)
+            prev = cur
+            t += 1
+            if on_frame is not None:
+                on_frame(t)
 
     if t == 0:
         raise MetricsNoFrames("no frames to compare")
     return _summarise(emb_src, emb_ed, edited_detected, warp_ed, warp_src,
                       {"identity": embedder.name, "flow": flow.name,
                        "face_detector": "dlib-hog"})
+
+
+def _pair_errors(flow, prev: tuple, cur: tuple) -> tuple[float, float]:
+    """Warping errors of the source and the edited clip over one pair of frames,
+    ``prev``/``cur`` = (source frame, source in [0, 1], edited in [0, 1]), with the
+    flow and the occlusion mask from the source pair."""
+    from .flow import occlusion_mask, warping_error  # noqa: PLC0415
+
+    fw, bw = flow.pair(prev[0], cur[0])
+    mask = occlusion_mask(fw, bw)
+    ws = warping_error(prev[1], cur[1], fw, mask)
+    if prev[2] is prev[1] and cur[2] is cur[1]:  # the edited pair is the source pair
+        return ws, ws
+    return ws, warping_error(prev[2], cur[2], fw, mask)
 
 
 def _summarise(emb_src: list[np.ndarray | None], emb_ed: list[np.ndarray | None],
