@@ -32,13 +32,13 @@ import traceback
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from fsexchange.documents import (FrameOutput, Job, Progress, Result, StageDone,
                                   StageTiming, encode_document, load_document)
-from fsexchange.errors import (DocumentError, DocumentFieldError, FaceStitchError, InternalError,
-                               JobCancelled, JobCrashed, LeaseLost, MediaMissing,
-                               PathEscapeError, PipelineUnavailable)
+from fsexchange.errors import (DocumentError, DocumentFieldError, FaceStitchError,
+                               InternalError, JobCancelled, JobCrashed, LeaseLost,
+                               MediaMissing, PathEscapeError, PipelineUnavailable)
 from fsexchange.exchange import (CONFIG_FILE, JOB_FILE, OUTPUT_DIR, PROGRESS_FILE,
                                  STAGES_DIR, Claim, Exchange, utc_now)
 from fsexchange.fsutil import atomic_write_bytes
@@ -333,10 +333,6 @@ def _load_job(job_dir: Path) -> Job:
                             field=JOB_FILE) from None
 
 
-def _error_dict(exc: FaceStitchError) -> dict[str, Any]:
-    return exc.to_dict()
-
-
 def run_job(exchange: Exchange, claim: Claim, settings: RunnerSettings, *,
             stop_event: threading.Event | None = None) -> str:
     """Run one claimed job to its end.
@@ -390,12 +386,13 @@ def _run(exchange: Exchange, claim: Claim, settings: RunnerSettings,
         progress = _Progress(job_dir, job_id, settings.worker,
                              [float(getattr(s, "weight", 1.0)) for s in stages], names,
                              settings.progress_interval)
-        for doc in (read_stage_done(job_dir, n) for n in names):
+        earlier = {n: read_stage_done(job_dir, n) for n in names}
+        for doc in earlier.values():
             if doc is not None:  # later stages see what earlier attempts learned
                 info.update(doc.info)
         for index, stage in enumerate(stages):
             stage_name = stage.name
-            prev = read_stage_done(job_dir, stage.name)
+            prev = earlier[stage.name]
             if prev is not None:
                 done.append((prev, True))
                 log.info("job %s: stage %s already done, skipping", job_id, stage.name)
@@ -421,7 +418,7 @@ def _run(exchange: Exchange, claim: Claim, settings: RunnerSettings,
                                              and ctl.cancel.is_set()):
             err = exc if isinstance(exc, JobCancelled) else JobCancelled(
                 "cancelled while running", stage=stage_name)
-            state, error = "cancelled", _error_dict(err)
+            state, error = "cancelled", err.to_dict()
             log.info("job %s: cancelled", job_id)
         elif isinstance(exc, (StageAborted, KeyboardInterrupt, SystemExit)):
             # Shutdown: hand the job back; its checkpoints make the rerun cheap.
@@ -434,14 +431,14 @@ def _run(exchange: Exchange, claim: Claim, settings: RunnerSettings,
         elif isinstance(exc, FaceStitchError):
             if exc.stage is None and stage_name is not None:
                 exc.stage = stage_name
-            state, error = "failed", _error_dict(exc)
+            state, error = "failed", exc.to_dict()
             log.info("job %s: failed: %s", job_id, exc)
         else:
             log.error("job %s: internal error in stage %s\n%s", job_id, stage_name,
                       "".join(traceback.format_exception(exc)))
             err = InternalError(f"internal error: {type(exc).__name__}: {exc} "
                                 "(see the engine log)", stage=stage_name)
-            state, error = "failed", _error_dict(err)
+            state, error = "failed", err.to_dict()
         progress.write(state, progress.index, 0.0, error["message"], force=True)
         result = build_result(job_id, state, done, error=error, warnings=warnings,
                               info=info, started=started, finished=utc_now())

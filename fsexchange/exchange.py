@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .documents import Lease, Result, load_document, valid_job_id
-from .errors import DocumentError, FaceStitchError, LeaseLost
+from .errors import DocumentError, FaceStitchError, JobExists, LeaseLost
 from .fsutil import atomic_write_bytes, fsync_dir, unique_name
 
 __all__ = [
@@ -212,8 +212,6 @@ class Exchange:
         Raises:
             JobExists: the id is taken.
         """
-        from .errors import JobExists  # noqa: PLC0415
-
         if not valid_job_id(job_id):
             raise DocumentError(f"job id {job_id!r} is not a valid name", field="id")
         where = self.locate(job_id, tries=1)

@@ -7,7 +7,6 @@ import importlib
 import pkgutil
 import re
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
 import pytest
