@@ -114,7 +114,6 @@ def run(sizes: list[str], devices: list[torch.device], quick: bool,
                           f"{row['images_per_s']:>9.2f} img/s "
                           f"{row['gflop_per_image']:>8.2f} GFLOP/img "
                           f"{row['gflop_per_s']:>8.1f} GFLOP/s", flush=True)
-                del net
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     return rows

@@ -157,8 +157,9 @@ def load_network(path: str | Path, *, device: str | torch.device = "cpu",
     except FileNotFoundError as exc:
         raise ModelMissing(f"checkpoint {path} is missing") from exc
     if verify and hashlib.sha256(data).hexdigest() != meta.get("sha256"):
-        raise ModelFormatError(f"{path}: content hash differs from {_sidecar(path).name}"
-                               f"; the file is damaged or was replaced")
+        raise ModelFormatError(f"{path}: content hash differs from "
+                               f"{_sidecar(path).name}; the file is damaged or was "
+                               f"replaced")
     sd = safe_torch_load(io.BytesIO(data), what=str(path))
     if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
         raise ModelFormatError(f"{path} is not a plain dict of tensors")
@@ -262,8 +263,9 @@ class PersistentRecord:
 
 def _persistent_record(meta: Any) -> PersistentRecord:
     if not isinstance(meta, dict) or meta.get("type") != "class":
-        raise ModelFormatError("persistent object record of an unsupported type "
-                               f"({type(meta).__name__} {getattr(meta, 'get', lambda k: None)('type')!r})")
+        kind = meta.get("type") if isinstance(meta, dict) else type(meta).__name__
+        raise ModelFormatError(f"persistent object record of an unsupported type "
+                               f"({kind!r})")
     src = meta.get("module_src")
     state = meta.get("state")
     if not isinstance(state, dict):
@@ -349,8 +351,8 @@ class _AllowListUnpickler(pickle.Unpickler):
         if obj is None:  # protocol 0-2 pickles use Python 2 names (__builtin__.set)
             import _compat_pickle  # noqa: PLC0415
 
-            mod2, name2 = _compat_pickle.NAME_MAPPING.get(
-                (module, name), (_compat_pickle.IMPORT_MAPPING.get(module, module), name))
+            default = (_compat_pickle.IMPORT_MAPPING.get(module, module), name)
+            mod2, name2 = _compat_pickle.NAME_MAPPING.get((module, name), default)
             obj = self._allowed.get((mod2, name2))
         if obj is None:
             raise ModelUnsafe(
@@ -428,7 +430,8 @@ def nvidia_generator_state(data: Mapping[str, Any], key: str = "G_ema"
 
 
 def generator_kwargs_from_nvidia(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """Our ``Generator`` kwargs from NVIDIA's ``_init_kwargs`` (checkpoints.md §1.3)."""
+    """Our ``Generator`` kwargs from NVIDIA's ``_init_kwargs`` (checkpoints.md
+    §1.3)."""
     cls = str(raw.get("_class_name", "training.networks.Generator"))
     if not cls.endswith("Generator"):
         raise ModelFormatError(f"G_ema is a {cls}, not a StyleGAN2 Generator")
@@ -704,11 +707,11 @@ def read_e4e(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
 def read_bisenet_state(path: str | Path) -> dict[str, Tensor]:
     """``79999_iter.pth`` as a plain state dict (``module.`` prefixes stripped)."""
     sd = safe_torch_load(path)
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
         raise ModelFormatError(f"{path} is not a plain BiSeNet state dict")
-    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+    sd = {k.removeprefix("module."): v for k, v in sd.items()}
     if "cp.resnet.conv1.weight" not in sd or "conv_out.conv_out.weight" not in sd:
         raise ModelFormatError(f"{path} does not look like a BiSeNet face parser "
                                f"(no cp.resnet.conv1 / conv_out)")
@@ -754,7 +757,8 @@ def _build_generator(sd: Mapping[str, Tensor], kwargs: Mapping[str, Any], what: 
     return g.to(device).eval().requires_grad_(False)
 
 
-def load_generator(path: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
+def load_generator(path: str | Path, *,
+                   device: str | torch.device = "cpu") -> nn.Module:
     """A ``Generator`` from an NVIDIA ``.pkl``, a rosinality ``.pt`` or our format."""
     path = Path(path)
     fmt = sniff_format(path)

@@ -42,6 +42,7 @@ __all__ = [
     "save_direction",
     "conv_style_channels",
     "ensure_tiny_directions",
+    "install_direction",
     "OFFICIAL_RANGES",
     "DIRECTION_FORMAT",
 ]
@@ -275,6 +276,56 @@ def write_official_sidecar(store: "Store", entry: "ModelFile") -> None:
                   licence=lic.title if lic else entry.licence, test_data=False,
                   step_scale=0.5, description=f"STIT W-space direction '{name}'")
     _write_meta(npy, d, note)
+
+
+def _profile_dims(profile: str) -> tuple[int, int]:
+    """(w_dim, S-space length) of a profile's generator."""
+    from .store import TINY_GENERATOR_KWARGS  # noqa: PLC0415
+
+    if profile == "tiny":
+        k = TINY_GENERATOR_KWARGS
+        return int(k["w_dim"]), sum(conv_style_channels(k["img_resolution"],
+                                                        k["channel_base"],
+                                                        k["channel_max"]))
+    return 512, sum(conv_style_channels(1024, 32768, 512))
+
+
+def install_direction(store: "Store", name: str, path: str | Path, *,
+                      profile: str = "official", space: str | None = None) -> Direction:
+    """Copy a direction ``.npy`` (and its metadata, when a sidecar is next to it)
+    into ``<store>/directions/<profile>/NAME``. Without a sidecar the space is
+    inferred: a 1-D vector as long as the profile's conv style channels (6048 at
+    1024 px) is an S-space (StyleCLIP global) direction, anything else W.
+    """
+    import dataclasses  # noqa: PLC0415
+
+    if not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise ModelFormatError(f"invalid direction name {name!r}")
+    src = Path(path)
+    d = load_direction(src)
+    has_meta = _sidecar(src).is_file()
+    w_dim, s_len = _profile_dims(profile)
+    vec = np.asarray(d.vector)
+    if space is None:
+        space = d.space if has_meta else (
+            "s" if vec.ndim == 1 and vec.shape[0] == s_len else "w")
+    if space == "s" and (vec.ndim != 1 or vec.shape[0] != s_len):
+        raise ModelFormatError(f"{src}: an S-space direction for the {profile} profile "
+                               f"has {s_len} values, got shape {vec.shape}")
+    if space == "w" and vec.shape[-1] != w_dim:
+        raise ModelFormatError(f"{src}: a W direction for the {profile} profile ends "
+                               f"in {w_dim} values, got shape {vec.shape}")
+    lo, hi, _ = OFFICIAL_RANGES.get(name, _DEFAULT_RANGE)
+    new = dataclasses.replace(
+        d, name=name, space=space,
+        step_scale=d.step_scale if has_meta else (0.5 if space == "w" else 1.0),
+        recommended=d.recommended if has_meta else
+        ((lo, hi) if space == "w" else (-10.0, 10.0)),
+        source=d.source if has_meta else f"user file {src.name}",
+        licence=d.licence if has_meta else "user supplied (terms unknown)",
+        description=d.description or f"user {space.upper()}-space direction")
+    out = save_direction(store.directions_dir(profile), new)
+    return load_direction(out)
 
 
 # --- tiny profile -------------------------------------------------------------------

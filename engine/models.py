@@ -156,8 +156,8 @@ def _load_tiny(store: Store, device: torch.device) -> tuple[Generator, E4EEncode
             g = load_network(gpath, expect="Generator")
             e = load_network(epath, expect="E4EEncoder")
         except (ModelFormatError, ModelMissing) as exc:
-            log.warning("tiny models in %s are damaged (%s); rebuilding", store.tiny_dir,
-                        exc)
+            log.warning("tiny models in %s are damaged (%s); rebuilding",
+                        store.tiny_dir, exc)
             g = e = None
     if g is None or e is None:
         log.info("building the tiny test models (seed %d) into %s", TINY_SEED,
@@ -180,7 +180,7 @@ def _tiny_lpips() -> tuple[LPIPS, str]:
             "lpips v0.1 alex heads (calibrated) on a random seeded backbone - test only"
     except ModelMissing:
         return LPIPS("alex", backbone="random", heads="uniform", seed=TINY_SEED), \
-            "uniform heads on a random seeded backbone (lpips package absent) - test only"
+            "uniform heads on a random seeded backbone (no lpips package) - test only"
 
 
 # --- official -----------------------------------------------------------------------
@@ -188,6 +188,8 @@ def _tiny_lpips() -> tuple[LPIPS, str]:
 
 def _file_info(store: Store, name: str, path: Path) -> dict[str, Any]:
     rec = store.records()["files"].get(name) or {}
+    if not rec.get("sha256") and path.is_file():  # placed by hand: hash once, cached
+        rec = {"sha256": store.cached_sha256(path)}
     try:
         lic = manifest_entry(name, store.manifest).licence
     except ModelError:
@@ -253,6 +255,7 @@ def load_models(profile: str = "auto", device: str | torch.device = "cpu", *,
         assert st["generator"] and st["encoder"] and st["lpips_backbone"]
         g = load_generator(st["generator"], device=dev)  # type: ignore[assignment]
         e = load_encoder(st["encoder"], device=dev)  # type: ignore[assignment]
+        store.check_file("alexnet-owt-7be5be79.pth", st["lpips_backbone"])
         lp = LPIPS("alex", backbone_file=st["lpips_backbone"])
         files = {"generator": _file_info(store, st["generator"].name, st["generator"]),
                  "encoder": _file_info(store, st["encoder"].name, st["encoder"]),
@@ -278,6 +281,7 @@ def load_models(profile: str = "auto", device: str | torch.device = "cpu", *,
     if any(d.test_data for d in directions.values()):
         info["directions_test_data"] = True
     return ModelSet(profile=resolved, generator=g,  # type: ignore[arg-type]
-                    encoder=e, encoder_resolution=int(e.input_resolution),  # type: ignore
+                    encoder=e,
+                    encoder_resolution=int(e.input_resolution),  # type: ignore
                     lpips=lp.to(dev), parser_path=parser, directions=directions,
                     info=info)

@@ -85,12 +85,12 @@ LICENCES: dict[str, Licence] = {lic.id: lic for lic in [
             "https://github.com/NVlabs/stylegan2-ada-pytorch/blob/main/LICENSE.txt",
             True, True),
     Licence("celebamask-nc", "face-parsing.PyTorch (MIT code; CelebAMask-HQ data)",
-            "The BiSeNet face-parsing weights were trained on CelebAMask-HQ, a data set "
-            "licensed for non-commercial research use only.",
+            "The BiSeNet face-parsing weights were trained on CelebAMask-HQ, a data "
+            "set licensed for non-commercial research use only.",
             "https://github.com/zllrunning/face-parsing.PyTorch", True, True),
     Licence("cc-by-nc-4.0", "CC BY-NC 4.0 (stylegan2-distillation directions)",
-            "The W-space directions of EvgenyKashin/stylegan2-distillation (Yandex), as "
-            "shipped with STIT: attribution required, non-commercial use only.",
+            "The W-space directions of EvgenyKashin/stylegan2-distillation (Yandex), "
+            "as shipped with STIT: attribution required, non-commercial use only.",
             "https://creativecommons.org/licenses/by-nc/4.0/", True, True),
     Licence("bsd-3-torchvision", "torchvision model weights (BSD-3-Clause code)",
             "torchvision's ImageNet-trained AlexNet, used as the LPIPS backbone.",
@@ -152,13 +152,15 @@ _STIT_PAGE = "https://github.com/rotemtzaban/STIT#pretrained-models"
 MANIFEST: tuple[ModelFile, ...] = (
     ModelFile(
         "ffhq.pkl", "generator", "models/ffhq.pkl",
-        url="https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/ffhq.pkl",
+        url="https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/"
+            "ffhq.pkl",
         page="https://github.com/NVlabs/stylegan2-ada-pytorch#pretrained-networks",
         notes="NVIDIA FFHQ-1024 StyleGAN2 (G_ema read by the allow-listed unpickler). "
               "The 237,040,112-byte file with sha256 ffe2233f... seen elsewhere is "
               "probably not this file (checkpoints.md §9); hash recorded on install."),
     ModelFile(
-        "stylegan2-ffhq-config-f.pt", "generator_alt", "models/stylegan2-ffhq-config-f.pt",
+        "stylegan2-ffhq-config-f.pt", "generator_alt",
+        "models/stylegan2-ffhq-config-f.pt",
         size=381_462_551,
         sha256="bae494ef77e32a9cd1792a81a3c167692a0e64f6bcd8b06592ff42917e2ed46e",
         page="https://github.com/rosinality/stylegan2-pytorch", required=False,
@@ -373,6 +375,32 @@ class Store:
                          "re-run with --accept-licence to accept them: "
                          + " | ".join(lines))
 
+    # hashes
+    def cached_sha256(self, path: str | Path) -> str:
+        """sha256 of ``path``, cached in the records by (size, mtime)."""
+        path = Path(path)
+        st = path.stat()
+        key = str(path.resolve())
+        c = self.records().get("hash_cache", {}).get(key)
+        if c and c.get("size") == st.st_size and c.get("mtime_ns") == st.st_mtime_ns:
+            return str(c["sha256"])
+        digest = sha256_file(path)
+
+        def upd(d: dict[str, Any]) -> None:
+            d.setdefault("hash_cache", {})[key] = {"size": st.st_size,
+                                                   "mtime_ns": st.st_mtime_ns,
+                                                   "sha256": digest}
+        self._update(upd)
+        return digest
+
+    def check_file(self, entry: ModelFile | str, path: str | Path) -> str:
+        """Check a file found outside the store (e.g. in torch's hub folder) against
+        the manifest (verified hash or name prefix); returns its sha256."""
+        e = manifest_entry(entry, self.manifest) if isinstance(entry, str) else entry
+        digest = self.cached_sha256(path)
+        self._check_hash(e, digest, Path(path).stat().st_size)
+        return digest
+
     # installed files
     def installed(self, name: str) -> Path | None:
         """Path of an installed manifest file (None when absent)."""
@@ -495,9 +523,9 @@ class Store:
         for e, url in todo:
             if self.installed(e.name) and self.file_record(e.name):
                 rec = self.file_record(e.name) or {}
-                reports.append(InstallReport(e.name, self.path_of(e), rec.get("sha256", ""),
-                                             rec.get("size", 0), "already",
-                                             rec.get("hash_check", "recorded")))
+                reports.append(InstallReport(
+                    e.name, self.path_of(e), rec.get("sha256", ""), rec.get("size", 0),
+                    "already", rec.get("hash_check", "recorded")))
                 continue
             reports.append(self._download(e, url, attempts, timeout, progress))
         return reports
@@ -600,7 +628,7 @@ class Store:
                           f"({rec.get('sha256')})")
             if status == "ok" and not rec:
                 status = "unrecorded"
-                detail = "present but not installed through the store; hash recorded now"
+                detail = "present but not installed by the store; hash recorded now"
                 self._record_install(e, digest, p.stat().st_size, str(p), check)
             out.append({"name": e.name, "path": str(p), "sha256": digest,
                         "status": status, "hash_check": check, "detail": detail})
@@ -670,7 +698,8 @@ class Store:
     def official_complete(self) -> bool:
         return not self.official_missing()
 
-    def lpips_backbone_path(self, name: str = "alexnet-owt-7be5be79.pth") -> Path | None:
+    def lpips_backbone_path(self, name: str = "alexnet-owt-7be5be79.pth"
+                            ) -> Path | None:
         """The store copy, else ``$TORCH_HOME/hub/checkpoints`` (torch's hub folder)."""
         p = self.home / "models" / name
         if p.is_file():
@@ -722,7 +751,8 @@ def describe_manifest(store: Store) -> list[dict[str, Any]]:
             p = store.lpips_backbone_path(e.name) or p
         rows.append({
             "name": e.name, "role": e.role, "required": e.required, "state": state,
-            "path": str(p), "size": e.size, "sha256": (rec or {}).get("sha256") or e.sha256,
+            "path": str(p), "size": e.size,
+            "sha256": (rec or {}).get("sha256") or e.sha256,
             "sha256_verified": e.sha256_verified, "url": e.url, "page": e.page,
             "licence": licence_summary(e),
             "licence_accepted": store.licence_accepted(e.licence),

@@ -110,7 +110,8 @@ def nvidia_modules(monkeypatch, tmp_path):
         monkeypatch.setitem(sys.modules, name, mod)
     src = (f"import os\nopen({str(marker)!r}, 'w').write('ran')\n"
            "os.system('echo pwned')\n# training/networks.py would be here\n")
-    return types.SimpleNamespace(EasyDict=EasyDict, reconstruct=_reconstruct_persistent_obj,
+    return types.SimpleNamespace(EasyDict=EasyDict,
+                                 reconstruct=_reconstruct_persistent_obj,
                                  marker=marker, module_src=src)
 
 
@@ -168,7 +169,7 @@ def write_nvidia_pickle(path: Path, g: Generator, nv, protocol: int = 4) -> None
     path.write_bytes(pickle.dumps(data, protocol=protocol))
 
 
-# --- an independent rosinality-semantics renderer --------------------------------------
+# --- an independent rosinality-semantics renderer -----------------------------
 
 
 def _rosinality_render(g: dict, ws: torch.Tensor) -> torch.Tensor:
@@ -221,7 +222,7 @@ def _rosinality_render(g: dict, ws: torch.Tensor) -> torch.Tensor:
     return skip
 
 
-# --- tests -------------------------------------------------------------------------------
+# --- tests --------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("protocol", [2, 4])

@@ -135,3 +135,23 @@ def test_s_space_direction_split_per_layer():
 
 def test_official_profile_without_directions_is_empty(tmp_path):
     assert available_edits("official", store=Store(tmp_path)) == {}
+
+
+def test_models_add_installs_w_and_s_directions(tmp_path, capsys):
+    from host_bridge.cli import main
+
+    s_vec = np.random.default_rng(2).standard_normal(6048)
+    np.save(tmp_path / "lip.npy", s_vec)
+    assert main(["models", "add", "lipstick", str(tmp_path / "lip.npy")]) == 0
+    assert "S-space direction lipstick" in capsys.readouterr().out
+    w_vec = np.random.default_rng(3).standard_normal(512)
+    np.save(tmp_path / "tan.npy", w_vec)
+    assert main(["models", "add", "tan", str(tmp_path / "tan.npy")]) == 0
+    edits = available_edits("official")
+    assert edits["lipstick"].space == "s" and edits["lipstick"].step_scale == 1.0
+    assert edits["tan"].space == "w" and edits["tan"].vector.shape == (512,)
+    assert not edits["tan"].test_data
+    np.save(tmp_path / "bad.npy", np.zeros(100))
+    assert main(["models", "add", "bad", str(tmp_path / "bad.npy"), "--space",
+                 "s"]) == 2
+    assert "6048" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 from pathlib import Path
@@ -15,8 +16,8 @@ from engine.models import TINY_LABEL, build_tiny, load_models
 from engine.nets.e4e import E4EEncoder
 from engine.nets.lpips import LPIPS
 from engine.nets.stylegan2 import Generator
-from engine.store import TINY_GENERATOR_KWARGS, Store
-from fsexchange.errors import ModelFormatError, ModelMissing
+from engine.store import MANIFEST, TINY_GENERATOR_KWARGS, Store
+from fsexchange.errors import ModelFormatError, ModelHashMismatch, ModelMissing
 
 
 @pytest.fixture(autouse=True)
@@ -65,7 +66,8 @@ def test_tiny_profile_end_to_end_on_cpu():
 def test_tiny_models_are_deterministic_across_stores(tmp_path):
     a = load_models("tiny", store=Store(tmp_path / "a"))
     b = load_models("tiny", store=Store(tmp_path / "b"))
-    assert a.info["files"]["generator"]["sha256"] == b.info["files"]["generator"]["sha256"]
+    sha = [m.info["files"]["generator"]["sha256"] for m in (a, b)]
+    assert sha[0] == sha[1]
     z = torch.randn(1, a.generator.z_dim)
     assert torch.equal(a.generator(z), b.generator(z))
     img = torch.rand(1, 3, 64, 64) * 2 - 1
@@ -125,7 +127,12 @@ def _small_official_set(home: Path) -> tuple[Generator, E4EEncoder]:
 
 def test_official_profile_loads_with_the_safe_loaders(tmp_path):
     g, enc = _small_official_set(tmp_path)
-    store = Store(tmp_path)
+    # our stand-in AlexNet cannot match the hash prefix in the official name
+    with pytest.raises(ModelHashMismatch, match="7be5be79"):
+        load_models("official", store=Store(tmp_path))
+    manifest = tuple(dataclasses.replace(m, sha256_prefix=None)
+                     if m.name == "alexnet-owt-7be5be79.pth" else m for m in MANIFEST)
+    store = Store(tmp_path, manifest)
     assert store.official_complete()
     ms = load_models("auto", store=store)
     assert ms.profile == "official" and not ms.tiny
@@ -138,6 +145,7 @@ def test_official_profile_loads_with_the_safe_loaders(tmp_path):
     assert ms.info["files"]["generator"]["licence"] == "NVIDIA Source Code License-NC"
     assert "NVIDIA Source Code License-NC" in ms.info["licences"]
     assert ms.directions == {}  # no official directions installed in this store
+    assert ms.info["files"]["encoder"]["sha256"]  # hashed once (placed by hand)
 
 
 def test_user_generator_add_and_use(tmp_path, capsys):

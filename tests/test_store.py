@@ -139,7 +139,8 @@ def test_fetch_interrupted_then_resumed(tmp_path):
         srv.cut_once.add("net.pkl")
         n = len(srv.requests)
         store2.fetch(["net.pkl"], base_url=srv.url, attempts=3)
-        assert srv.requests[n][1] is None and srv.requests[n + 1][1].startswith("bytes=")
+        assert srv.requests[n][1] is None
+        assert srv.requests[n + 1][1].startswith("bytes=")
     assert store.installed("net.pkl").read_bytes() == PAYLOAD
     assert store2.installed("net.pkl").read_bytes() == PAYLOAD
     assert not part.exists()
@@ -251,7 +252,8 @@ def test_cli_list_fetch_verify(tmp_path, capsys):
     assert main(["models", "list", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["official_complete"] is False
-    assert any(r["name"] == "ffhq.pkl" and r["state"] == "missing" for r in doc["files"])
+    assert any(r["name"] == "ffhq.pkl" and r["state"] == "missing"
+               for r in doc["files"])
     with _Server({"79999_iter.pth": b"parser-bytes"}) as srv:
         assert main(["models", "fetch", "79999_iter.pth", "--base-url", srv.url]) == 2
         assert "accept" in capsys.readouterr().err

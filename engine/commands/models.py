@@ -6,7 +6,8 @@
     facestitch models verify [--json]
     facestitch models install --from DIR [--accept-licence]
     facestitch models fetch [NAME ...] [--accept-licence] [--base-url URL]
-    facestitch models add NAME PATH [--no-copy]
+    facestitch models add NAME PATH [--no-copy]      (a checkpoint)
+    facestitch models add NAME DIR.npy [--space w|s] [--profile official|tiny]
 
 The store lives under ``$FACESTITCH_HOME`` (default: the per-user data folder).
 ``fetch`` resumes interrupted downloads; ``$FACESTITCH_MODEL_BASE_URL`` or
@@ -49,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     ad.add_argument("path")
     ad.add_argument("--no-copy", action="store_true",
                     help="register the file where it is instead of copying it")
+    ad.add_argument("--profile", default="official", choices=("official", "tiny"),
+                    help="directions (.npy): the profile they belong to")
+    ad.add_argument("--space", default=None, choices=("w", "s"),
+                    help="directions (.npy): W or S (StyleCLIP global) space; "
+                         "inferred from the shape by default")
     ad.add_argument("--json", action="store_true")
     return p
 
@@ -133,10 +139,30 @@ def main(argv: list[str]) -> int:
         reps = store.fetch(args.names or None, accept_licence=args.accept,
                            base_url=args.base_url,
                            progress=None if args.json else _progress())
-        return _report(reps, args.json, "nothing to fetch")
-    if args.cmd == "add":
-        from engine.checkpoints import inspect_checkpoint  # noqa: PLC0415
+        rc = _report(reps, args.json, "nothing to fetch")
+        if not args.json and not args.names and store.official_missing():
+            from engine.store import manifest_entry  # noqa: PLC0415
 
+            print("still missing (no direct download; fetch them by hand, then run "
+                  "'facestitch models install --from FOLDER --accept-licence'):")
+            for n in store.official_missing():
+                e = manifest_entry(n.split(" ")[0], store.manifest)
+                print(f"  {n}: {e.page}")
+        return rc
+    if args.cmd == "add":
+        from engine.checkpoints import inspect_checkpoint, sniff_format  # noqa: PLC0415
+
+        if sniff_format(args.path) == "npy":
+            from engine.directions import install_direction  # noqa: PLC0415
+
+            d = install_direction(store, args.name, args.path, profile=args.profile,
+                                  space=args.space)
+            if args.json:
+                print(json.dumps(d.to_dict(), indent=2))
+            else:
+                print(f"added {d.space.upper()}-space direction {d.name} to the "
+                      f"{args.profile} profile -> {d.path}")
+            return 0
         info = inspect_checkpoint(args.path)
         rec = store.add_user_model(args.name, args.path, info, copy=not args.no_copy)
         if args.json:

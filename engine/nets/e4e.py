@@ -86,7 +86,7 @@ class EqualLinear(nn.Module):
 
 
 class GradualStyleBlock(nn.Module):
-    """log2(spatial) stride-2 conv3x3 + LeakyReLU(0.01) down to 1x1, then EqualLinear."""
+    """log2(spatial) stride-2 conv3x3 + LeakyReLU(0.01) to 1x1, then EqualLinear."""
 
     def __init__(self, in_channels: int, out_channels: int, spatial: int) -> None:
         super().__init__()
@@ -179,7 +179,8 @@ class E4EEncoder(nn.Module):
 
     def forward(self, img: Tensor) -> Tensor:
         if img.ndim != 4 or img.shape[1] != 3:
-            raise ValueError(f"encoder input must be [N, 3, H, W], got {tuple(img.shape)}")
+            raise ValueError(f"encoder input must be [N, 3, H, W], got "
+                             f"{tuple(img.shape)}")
         r = self.input_resolution
         if img.shape[2:] != (r, r):
             img = F.interpolate(img, size=(r, r), mode="bilinear", align_corners=False,

@@ -71,7 +71,8 @@ def upfirdn2d(x: Tensor, f: Tensor, up: int = 1, down: int = 1,
             carries the whole gain, so 2x up-sampling uses ``gain=4``).
 
     Returns:
-        ``[N, C, (H*up + y0 + y1 - kh) // down + 1, (W*up + x0 + x1 - kw) // down + 1]``.
+        ``[N, C, (H*up + y0 + y1 - kh) // down + 1,
+        (W*up + x0 + x1 - kw) // down + 1]``.
     """
     if x.ndim != 4:
         raise ValueError(f"upfirdn2d expects [N, C, H, W], got {tuple(x.shape)}")
@@ -112,7 +113,7 @@ _SMALL_FIR_PIXELS = 40 * 40
 
 
 def upsample2d(x: Tensor, f: Tensor, up: int = 2) -> Tensor:
-    """FIR up-sampling by ``up`` keeping the image centred: ``[N,C,H,W] -> [.., H*up, W*up]``."""
+    """FIR up-sampling by ``up``, centred: ``[N, C, H, W] -> [N, C, H*up, W*up]``."""
     kw = f.shape[-1]
     p0 = (kw + up - 1) // 2
     p1 = (kw - up) // 2

@@ -267,7 +267,7 @@ class SynthesisBlock(nn.Module):
 
 
 class SynthesisNetwork(nn.Module):
-    """ws ``[N, num_ws, w_dim]`` -> image ``[N, C, R, R]`` (blocks ``b4`` ... ``bR``)."""
+    """ws ``[N, num_ws, w_dim]`` -> image ``[N, C, R, R]`` (blocks ``b4`` .. ``bR``)."""
 
     def __init__(self, w_dim: int, img_resolution: int, img_channels: int = 3, *,
                  channel_base: int = 32768, channel_max: int = 512,
@@ -309,7 +309,7 @@ class SynthesisNetwork(nn.Module):
         return len(self.style_layers)
 
     def styles(self, ws: Tensor) -> list[Tensor]:
-        """Per-layer affine outputs ``[N, C_l]`` (raw; ToRGB's 1/sqrt(C) comes later)."""
+        """Per-layer affine outputs ``[N, C_l]`` (raw: ToRGB's 1/sqrt(C) is later)."""
         if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
             raise ValueError(f"ws must be [N, {self.num_ws}, {self.w_dim}], got "
                              f"{tuple(ws.shape)}")
