@@ -46,6 +46,7 @@ MIN_SCORE = 0.3  # HOG detections below this only count when nothing else is fou
 # (the astronaut's mission patch scores 0.12 at upsample 1, the face 1.16;
 # environment.md §8)
 FULL_MAX_SIDE = 960  # full-frame search on frames downscaled to this long side
+REACQUIRE_AFTER = 12  # frames without the face before any face may be taken again
 ROI_FACE_SIDE = 120  # window search rescaled so the previous face is ~120 px (HOG
 # finds >= 80 px at upsample 0, so a face may shrink by a third between frames)
 
@@ -118,6 +119,7 @@ class FaceFinder:
         self.subject = subject
         self.previous: Box | None = None  # the last face chosen by :meth:`track`
         self.window: Box | None = None  # where it was found (None = whole frame)
+        self.misses = 0  # consecutive frames without the face
 
     def detect(self, frame: np.ndarray, window: Box | None = None,
                upsample: int | None = None) -> list[tuple[Box, float]]:
@@ -182,24 +184,27 @@ class FaceFinder:
 
     def track(self, frame: np.ndarray) -> Box | None:
         """The clip's face in this frame: near the previous choice when there is one,
-        else the one nearest ``subject``, else the largest confident detection.
+        else the one nearest ``subject``, else the largest confident detection (also
+        after :data:`REACQUIRE_AFTER` frames without the face: a cut or an exit).
         Remembers the choice (``previous``) and the window it was found in
         (``window``; ``None`` = the whole frame)."""
         frame = _as_u8(frame)
         box, window = None, None
-        if self.previous is not None:
+        if self.previous is not None and self.misses < REACQUIRE_AFTER:
             prev = self.previous
             box, window = self._near(frame, prev, [self.window_around(prev), None])
         else:
             boxes = self._confident(self.detect(frame))
-            if boxes and self.subject is not None:
+            if boxes and self.subject is not None and self.previous is None:
                 sx, sy = self.subject
                 box = min(boxes, key=lambda b: math.hypot(b.centre[0] - sx,
                                                           b.centre[1] - sy))
             elif boxes:
                 box = max(boxes, key=lambda b: b.size)
-        if box is not None:
-            self.previous, self.window = box, window
+        if box is None:
+            self.misses += 1
+        else:
+            self.previous, self.window, self.misses = box, window, 0
         return box
 
 
@@ -409,6 +414,7 @@ class ArcFaceEmbedder:
             state = {k.removeprefix("module."): v for k, v in state.items()}
             net, layers = load_iresnet(state)
             self._net = net.to(device)
+            self.dim = int(state["fc.weight"].shape[0])
             self._torch = True
             self.name = f"arcface-iresnet{sum(layers) * 2 + 2}:{self.path.name}"
 

@@ -65,6 +65,23 @@ def test_finder_picks_largest_face_or_the_subject_then_follows_it():
     assert other is not None and other.iou(largest) > 0.5
 
 
+def test_finder_takes_a_new_face_only_after_a_long_gap():
+    from engine.identity import REACQUIRE_AFTER
+
+    left = render_frames(ClipSpec(frames=1, size=(480, 240), drift=(0, 0)))[0]
+    right = np.roll(left, 170, axis=1)  # the face, > 2 face sizes to the right
+    grey = np.full_like(left, 128)
+    finder = FaceFinder()
+    first = finder.track(left)
+    assert first is not None
+    assert finder.track(right) is None  # too far from the face it follows
+    for _ in range(REACQUIRE_AFTER - 1):
+        assert finder.track(grey) is None
+    box = finder.track(right)  # gone long enough: any face may be taken
+    assert box is not None and box.centre[0] > first.centre[0] + 100
+    assert finder.misses == 0
+
+
 def test_no_face_gives_none():
     grey = np.full((240, 320, 3), 128, np.uint8)
     finder = FaceFinder()
