@@ -268,6 +268,10 @@ def _iou(a: Sequence[float], b: Sequence[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def _contains(box: Sequence[float], x: float, y: float) -> bool:
+    return box[0] <= x <= box[2] and box[1] <= y <= box[3]
+
+
 #: Largest centre jump (in face sizes) accepted after a long gap.
 MAX_REACQUIRE_JUMP = 2.0
 
@@ -358,9 +362,7 @@ def choose_subject(identities: Sequence[Identity], subject: Subject = Subject()
     if subject.point is not None:
         frame, px, py = int(subject.point[0]), subject.point[1], subject.point[2]
         here = [i for i in identities if frame in i.detections]
-        inside = [i for i in here
-                  if (lambda b: b[0] <= px <= b[2] and b[1] <= py <= b[3])(
-                      i.detections[frame].box)]
+        inside = [i for i in here if _contains(i.detections[frame].box, px, py)]
         if not inside:
             raise SubjectInvalid(
                 f"no face contains the point ({px:g}, {py:g}) at frame {frame} "

@@ -116,19 +116,18 @@ def run_preview(media: str | Path, out: str | Path, *, start: int = 0,
             facts[stage.name] = stage.run(ctx) or {}
         frames_dir = out / "frames"
         frames_dir.mkdir(exist_ok=True)
-        pattern = re.compile(rf"^{re.escape(job.output.name)}\.\d{{7}}\.\w+$")
+        name = re.escape(job.output.name)
+        ours = re.compile(rf"^{name}(\.\d{{7}}\.\w+|\.mov)$")
         for old in frames_dir.iterdir():  # a previous preview's frames only
-            if pattern.match(old.name) or old.suffix == ".mov":
+            if ours.match(old.name):
                 old.unlink()
         delivered = []
         for item in facts["paste"]["frames"]:
             src = job_dir / item["path"]
-            if src.exists():
+            if src.exists():  # prores4444: one movie listed for every frame
                 dest = frames_dir / src.name
                 src.replace(dest)
                 delivered.append(dest)
-            elif delivered and delivered[-1].name == Path(item["path"]).name:
-                continue
         result = {"frames": delivered, "warnings": list(ctx.warnings),
                   "edited": sum(1 for f in facts["paste"]["frames"] if f["edited"]),
                   "count": len(facts["paste"]["frames"])}
