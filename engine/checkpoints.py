@@ -167,17 +167,34 @@ def load_network(path: str | Path, *, device: str | torch.device = "cpu",
     kwargs = dict(meta.get("init_kwargs") or {})
     if meta["class"] == "LPIPS":  # every tensor comes from the file
         kwargs.update(backbone="random", heads="uniform")
-    net = cls(**kwargs)
-    _load_strict(net, sd, str(path))
+        net = cls(**kwargs)
+        _load_strict(net, sd, str(path))
+    else:
+        net = _materialise(cls, kwargs, sd, str(path))
     return net.to(device).eval()
 
 
-def _load_strict(net: nn.Module, sd: Mapping[str, Tensor], what: str) -> None:
+def _load_strict(net: nn.Module, sd: Mapping[str, Tensor], what: str,
+                 assign: bool = False) -> None:
     try:
-        net.load_state_dict(dict(sd), strict=True)
+        net.load_state_dict(dict(sd), strict=True, assign=assign)
     except RuntimeError as exc:
         raise ModelFormatError(f"{what}: tensors do not fit the network: "
                                f"{str(exc)[:800]}") from exc
+
+
+def _materialise(cls: type[nn.Module], kwargs: Mapping[str, Any],
+                 sd: Mapping[str, Tensor], what: str) -> nn.Module:
+    """Build ``cls`` on the meta device and adopt the loaded tensors (strict): no
+    random initialisation, no second copy of the weights."""
+    with torch.device("meta"):
+        net = cls(**dict(kwargs))
+    _load_strict(net, {k: v.contiguous() for k, v in sd.items()}, what, assign=True)
+    left = [n for n, t in list(net.named_parameters()) + list(net.named_buffers())
+            if t.is_meta]
+    if left:
+        raise ModelFormatError(f"{what}: no tensors for {', '.join(left[:5])}")
+    return net
 
 
 # --- weights_only torch.load with a tiny explicit allowance -----------------------
@@ -752,8 +769,7 @@ def _build_generator(sd: Mapping[str, Tensor], kwargs: Mapping[str, Any], what: 
                      device: str | torch.device) -> nn.Module:
     from .nets.stylegan2 import Generator  # noqa: PLC0415
 
-    g = Generator(**dict(kwargs))
-    _load_strict(g, {k: v.float() for k, v in sd.items()}, what)
+    g = _materialise(Generator, kwargs, {k: v.float() for k, v in sd.items()}, what)
     return g.to(device).eval().requires_grad_(False)
 
 
@@ -786,9 +802,8 @@ def load_encoder(path: str | Path, *, device: str | torch.device = "cpu") -> nn.
     if fmt not in ("torch-zip", "torch-legacy"):
         raise ModelFormatError(f"{path}: not an e4e checkpoint (format {fmt})")
     sd, kwargs = read_e4e(path)
-    enc = E4EEncoder(**kwargs)
-    _load_strict(enc, {k: v.float() if v.is_floating_point() else v
-                       for k, v in sd.items()}, str(path))
+    enc = _materialise(E4EEncoder, kwargs, {k: v.float() if v.is_floating_point()
+                                            else v for k, v in sd.items()}, str(path))
     return enc.to(device).eval().requires_grad_(False)
 
 
