@@ -210,7 +210,8 @@ class MaskBuilder:
                  parser_path: Path | None = None) -> None:
         if cfg.parser not in ("auto", "bisenet", "hull"):
             raise DocumentFieldError(
-                f"options.mask.parser must be auto, bisenet or hull, got {cfg.parser!r}",
+                "options.mask.parser must be auto, bisenet or hull, got "
+                f"{cfg.parser!r}",
                 field="options.mask.parser")
         self.size = size
         self.parser: FaceParser | None = None

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np

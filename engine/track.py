@@ -38,7 +38,8 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 import numpy as np
 
 from fsexchange.documents import FaceTrack, Subject, TrackFrame, load_document
-from fsexchange.errors import DocumentFieldError, ModelMissing, NoFaceFound, SubjectInvalid
+from fsexchange.errors import (DocumentFieldError, ModelMissing, NoFaceFound,
+                               SubjectInvalid)
 from fsexchange.fsutil import atomic_write_bytes
 
 from .config import TrackConfig
@@ -83,7 +84,8 @@ class Detection:
 
     @property
     def centre(self) -> np.ndarray:
-        return np.array([(self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2])
+        x0, y0, x1, y1 = self.box
+        return np.array([(x0 + x1) / 2, (y0 + y1) / 2])
 
     @property
     def size(self) -> float:
@@ -116,8 +118,8 @@ def dlib_model_path(name: str) -> Path:
                            "'pip install face-recognition-models==0.3.0'")
     path = Path(spec.origin).parent / "models" / name
     if not path.is_file():
-        raise ModelMissing(f"dlib model {name} is missing from {path.parent}; reinstall "
-                           "face-recognition-models==0.3.0")
+        raise ModelMissing(f"dlib model {name} is missing from {path.parent}; "
+                           "reinstall face-recognition-models==0.3.0")
     return path
 
 
@@ -366,7 +368,8 @@ def choose_subject(identities: Sequence[Identity], subject: Subject = Subject()
         if not inside:
             raise SubjectInvalid(
                 f"no face contains the point ({px:g}, {py:g}) at frame {frame} "
-                f"({len(here)} face(s) found there)", frame=frame, field="subject.point")
+                f"({len(here)} face(s) found there)", frame=frame,
+                field="subject.point")
         chosen = min(inside, key=lambda i: float(np.linalg.norm(
             i.detections[frame].centre - np.array([px, py]))))
         facts["point"] = list(subject.point)
@@ -376,17 +379,17 @@ def choose_subject(identities: Sequence[Identity], subject: Subject = Subject()
                 if frame in i.detections]
         best = max(here, key=lambda t: t[1], default=(None, 0.0))
         if best[0] is None or best[1] < 0.1:
-            raise SubjectInvalid(f"no face overlaps the box {list(box)} at frame {frame} "
-                                 f"({len(here)} face(s) found there)", frame=frame,
-                                 field="subject.box")
+            raise SubjectInvalid(f"no face overlaps the box {list(box)} at frame "
+                                 f"{frame} ({len(here)} face(s) found there)",
+                                 frame=frame, field="subject.box")
         chosen = best[0]
         facts["box"] = list(subject.box)
     else:
         n = subject.index or 0
         if n >= len(at_first):
             raise SubjectInvalid(
-                f"face {n} was asked for, but only {len(at_first)} face(s) are found at "
-                f"frame {first}, the first frame with faces (faces count from 0, "
+                f"face {n} was asked for, but only {len(at_first)} face(s) are found "
+                f"at frame {first}, the first frame with faces (faces count from 0, "
                 "largest first)", frame=first, field="subject.index")
         chosen = at_first[n]
         facts["index"] = n

@@ -179,8 +179,9 @@ def _index_video(path: Path) -> _Index:
         if tb is None:
             raise MediaUnsupported(f"{path.name}: the video stream has no time base")
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-        if stream.guessed_rate and rate and abs(stream.guessed_rate - rate) < rate / 500:
-            rate = stream.guessed_rate  # FFmpeg snaps this one to 24000/1001 etc.
+        guess = stream.guessed_rate
+        if guess and rate and abs(guess - rate) < rate / 500:
+            rate = guess  # FFmpeg snaps this one to 24000/1001 etc.
         if not rate:
             raise MediaUnsupported(f"{path.name}: the video stream has no frame rate")
         rate = Fraction(rate)
@@ -197,7 +198,8 @@ def _index_video(path: Path) -> _Index:
                         "first, e.g. ffmpeg -i in.h264 -c copy out.mp4")
                 pts.append(int(packet.pts))
         except av.error.FFmpegError as exc:
-            raise MediaCorrupt(f"{path.name}: cannot be read to the end ({exc})") from None
+            raise MediaCorrupt(f"{path.name}: cannot be read to the end ({exc})"
+                               ) from None
         if not pts:
             raise MediaCorrupt(f"{path.name}: the video stream holds no frames")
         pts.sort()
@@ -217,8 +219,8 @@ def _index_video(path: Path) -> _Index:
         rotation = int(round(first.rotation)) % 360
         if rotation % 90:
             raise MediaUnsupported(
-                f"{path.name}: rotation metadata of {rotation} degrees is not a multiple "
-                "of 90; render the clip upright first")
+                f"{path.name}: rotation metadata of {rotation} degrees is not a "
+                "multiple of 90; render the clip upright first")
         width, height = first.width, first.height
         if rotation in (90, 270):
             width, height = height, width

@@ -1,4 +1,4 @@
-"""engine.align: FFHQ quad, temporal smoothing, exact inverse, reflect padding, stage."""
+"""engine.align: FFHQ quad, smoothing, exact inverse, reflect padding, the stage."""
 
 from __future__ import annotations
 
@@ -53,8 +53,8 @@ def test_crop_transform_is_exact_to_sub_pixel():
         m = align.crop_transform(quad, size)
         corners = align.transform_points(m, quad)
         r = size - 0.5
-        np.testing.assert_allclose(corners, [[-0.5, -0.5], [-0.5, r], [r, r], [r, -0.5]],
-                                   atol=1e-9)
+        expect = [[-0.5, -0.5], [-0.5, r], [r, r], [r, -0.5]]
+        np.testing.assert_allclose(corners, expect, atol=1e-9)
         pts = np.random.default_rng(0).uniform(0, 400, (50, 2))
         back = align.transform_points(np.linalg.inv(m), align.transform_points(m, pts))
         np.testing.assert_allclose(back, pts, atol=1e-9)
@@ -114,7 +114,8 @@ def test_smoothing_reduces_jitter_on_a_noisy_landmark_clip(dlib_backend):
     smoothed = align.quad_from_params(*align.smooth_params(c, x, y, 1.0, 3.0))
     j_raw, j_smooth = _jitter(raw), _jitter(smoothed)
     print(f"crop-transform jitter on a shaking clip: raw {j_raw:.2f} px, "
-          f"smoothed (sigma c 1, xy 3) {j_smooth:.2f} px ({j_raw / j_smooth:.1f}x less)")
+          f"smoothed (sigma c 1, xy 3) {j_smooth:.2f} px "
+          f"({j_raw / j_smooth:.1f}x less)")
     assert j_smooth < 0.5 * j_raw
     # sigma 0 disables smoothing
     same = align.smooth_params(c, x, y, 0.0, 0.0)
@@ -137,11 +138,12 @@ def test_smoothing_never_crosses_a_gap():
 
 def test_align_stage_contract(tmp_path, dlib_backend):
     frames = render_frames(ClipSpec(frames=10, size=(256, 192)))
-    clip = write_clip(tmp_path / "clip.mkv", frames, Fraction(25), codec="ffv1")
+    write_clip(tmp_path / "clip.mkv", frames, Fraction(25), codec="ffv1")
     lms = [dlib_backend.detect(f)[0].landmarks for f in frames]
     track = FaceTrack(rate=Fraction(25), image_size=(256, 192), frames=tuple(
         TrackFrame(i, False) if i in (5, 6) else
-        TrackFrame(i, True, None, 1.0, tuple(map(tuple, lms[i]))) for i in range(2, 10)))
+        TrackFrame(i, True, None, 1.0, tuple(map(tuple, lms[i])))
+        for i in range(2, 10)))
     (tmp_path / "stages" / "track").mkdir(parents=True)
     (tmp_path / "stages" / "track" / "facetrack.msgpack").write_bytes(track.to_bytes())
     job = Job(id="a", source=Source("clip.mkv"), range=FrameRange(2, 10, Fraction(25)))

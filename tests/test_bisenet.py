@@ -1,4 +1,4 @@
-"""engine.nets.bisenet: official key names, strict safe loading, shapes, no downloads."""
+"""engine.nets.bisenet: official key names, strict safe loading, shapes, offline."""
 
 from __future__ import annotations
 

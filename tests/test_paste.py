@@ -134,7 +134,8 @@ def test_exr_and_pam_outputs(preview_job, tmp_path):
     first = facts["frames"][0]
     assert first["path"] == "output/facestitch.0001001.exr"
     exr = video.read_image(tmp_path / "exr" / first["path"])
-    png = video.read_image(preview_job[0] / preview_job[3]["paste"]["frames"][0]["path"])
+    png_path = preview_job[0] / preview_job[3]["paste"]["frames"][0]["path"]
+    png = video.read_image(png_path)
     straight = png.astype(np.float64) / 65535
     premul = straight[..., :3] * straight[..., 3:]
     assert np.abs(exr[..., :3] - premul).max() < 2e-3

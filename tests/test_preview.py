@@ -1,11 +1,10 @@
-"""``facestitch preview``: the command end to end, frame numbers, safety of the input."""
+"""``facestitch preview`` end to end: frame numbers, outputs, the input left alone."""
 
 from __future__ import annotations
 
 import hashlib
 from fractions import Fraction
 
-import numpy as np
 import pytest
 
 from clips import ClipSpec, read_stamp, render_frames, write_clip, write_sequence
@@ -66,8 +65,8 @@ def test_preview_refuses_to_write_into_the_source(tmp_path, capsys):
 
 
 def test_preview_reports_bad_ranges_and_missing_faces(tmp_path, capsys):
-    clip = write_clip(tmp_path / "c.mp4", render_frames(ClipSpec(frames=4, hide=(0, 4))),
-                      Fraction(25))
+    hidden = render_frames(ClipSpec(frames=4, hide=(0, 4)))
+    clip = write_clip(tmp_path / "c.mp4", hidden, Fraction(25))
     assert cli(["preview", str(clip), "--out", str(tmp_path / "o"), "--range",
                 "2:9"]) == 2
     assert "range.out_of_bounds" in capsys.readouterr().err

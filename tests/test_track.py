@@ -40,7 +40,8 @@ def test_dlib_finds_real_faces(dlib_backend, name):
     d = dets[0]
     assert d.landmarks.shape == (68, 2)
     x0, y0, x1, y1 = d.box
-    assert np.all((d.landmarks >= [x0 - 10, y0 - 20]) & (d.landmarks <= [x1 + 10, y1 + 15]))
+    assert np.all(d.landmarks >= [x0 - 10, y0 - 20])
+    assert np.all(d.landmarks <= [x1 + 10, y1 + 15])
     assert abs(d.centre[0] - FACE_CENTRES[name][0]) < 30
 
 
@@ -57,11 +58,13 @@ def test_identities_are_followed_and_chosen(two_faces):
     c = astro.detections[7].centre
     by_point, _ = tr.choose_subject(identities, Subject(point=(7.0, c[0], c[1])))
     assert by_point is astro
-    by_box, _ = tr.choose_subject(identities, Subject(box=(3.0, *astro.detections[3].box)))
+    box = (3.0, *astro.detections[3].box)
+    by_box, _ = tr.choose_subject(identities, Subject(box=box))
     assert by_box is astro
     with pytest.raises(SubjectInvalid) as exc:
         tr.choose_subject(identities, Subject(index=2))
-    assert exc.value.code == "face.subject_invalid" and "only 2 face" in exc.value.message
+    assert exc.value.code == "face.subject_invalid"
+    assert "only 2 face" in exc.value.message
     with pytest.raises(SubjectInvalid):
         tr.choose_subject(identities, Subject(point=(7.0, 1.0, 1.0)))
     # identities never swap: the astronaut's box moves smoothly
@@ -124,7 +127,8 @@ def test_stage_uses_a_given_track(tmp_path):
         TrackFrame(10, True, None, 1.0, lm), TrackFrame(12, True, None, 1.0, lm)),
         backend="bridge-dlib")
     (tmp_path / "ft.msgpack").write_bytes(given.to_bytes())
-    ctx = _stage(tmp_path, tmp_path / "unused.mov", 9, 14, subject={"track": "ft.msgpack"})
+    ctx = _stage(tmp_path, tmp_path / "unused.mov", 9, 14,
+                 subject={"track": "ft.msgpack"})
     facts = tr.TrackStage().run(ctx)
     doc = load_document(tmp_path / "stages" / "track" / "facetrack.msgpack", FaceTrack)
     assert [f.frame for f in doc.frames] == [9, 10, 11, 12, 13]

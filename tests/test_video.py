@@ -60,9 +60,10 @@ def test_ranges_match_a_full_decode(clips, frames, kind):
             assert np.array_equal(img, full[i]), (kind, start, end, i)
 
 
-@pytest.mark.parametrize("kind,rate,tc", [("ffv1", Fraction(24000, 1001), "01:00:00:00"),
-                                          ("h264", Fraction(25), "10:00:10:05"),
-                                          ("mov", Fraction(24000, 1001), "00:59:59:12")])
+@pytest.mark.parametrize("kind,rate,tc", [
+    ("ffv1", Fraction(24000, 1001), "01:00:00:00"),
+    ("h264", Fraction(25), "10:00:10:05"),
+    ("mov", Fraction(24000, 1001), "00:59:59:12")])
 def test_timecodes_and_output_numbers_round_trip(clips, kind, rate, tc):
     info = video.probe(clips[kind])
     assert (info.rate, info.start_timecode, info.frame_count) == (rate, tc, 30)
@@ -195,7 +196,8 @@ def test_pam16_sequence_reads_back_exactly(tmp_path):
               b"TUPLTYPE RGB_ALPHA\nENDHDR\n")
     data = (seq / "plate.0001001.pam").read_bytes()
     assert data.startswith(header) and len(data) == len(header) + 21 * 33 * 4 * 2
-    assert data[len(header):len(header) + 2] == np.array(truth[0][0, 0, :1], ">u2").tobytes()
+    first_sample = np.array(truth[0][0, 0, :1], ">u2").tobytes()  # big-endian
+    assert data[len(header):len(header) + 2] == first_sample
 
 
 def test_sequence_gaps_and_mixed_names_are_refused(tmp_path):
@@ -235,11 +237,12 @@ def test_writers(tmp_path):
     video.write_rgba(tmp_path / "x.exr", rgba)
     exr = video.read_image(tmp_path / "x.exr")  # float, premultiplied
     straight = rgba.astype(np.float64) / 65535
-    expect = np.concatenate([straight[..., :3] * straight[..., 3:], straight[..., 3:]], 2)
+    alpha = straight[..., 3:]
+    expect = np.concatenate([straight[..., :3] * alpha, alpha], 2)
     assert exr.dtype == np.float32 and np.abs(exr - expect).max() < 1e-3
     # ProRes 4444 keeps alpha (lossy, 10-bit)
-    with video.MovieWriter(tmp_path / "m.mov", Fraction(24), (23, 19), codec="prores_ks",
-                           alpha=True) as mw:
+    with video.MovieWriter(tmp_path / "m.mov", Fraction(24), (23, 19),
+                           codec="prores_ks", alpha=True) as mw:
         for _ in range(3):
             mw.write(rgba)
     info = video.probe(tmp_path / "m.mov")
@@ -272,5 +275,6 @@ def test_streaming_memory_is_flat(tmp_path):
         if index in (20, 239):
             rss[index] = _rss()
     grew = (rss[239] - rss[20]) / 1e6
-    print(f"RSS growth from frame 20 to 239 (220 frames, 405 MB decoded): {grew:.1f} MB")
+    print(f"RSS growth from frame 20 to 239 (220 frames, 405 MB decoded): "
+          f"{grew:.1f} MB")
     assert grew < 40
