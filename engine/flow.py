@@ -73,11 +73,12 @@ class OpenCVFlow:
         else:  # pragma: no cover - guarded by flow_backend
             raise ValueError(method)
         self.method = method
-        self._cache: tuple[int, np.ndarray] | None = None  # (id(frame), grey)
+        # (frame, its grey): the frame itself is kept, so identity cannot be mistaken
+        self._cache: tuple[np.ndarray, np.ndarray] | None = None
 
     def _gray(self, rgb: np.ndarray) -> np.ndarray:
         # Streaming callers pass frame t+1 now and as frame t next time: reuse its grey.
-        if self._cache is not None and self._cache[0] == id(rgb):
+        if self._cache is not None and self._cache[0] is rgb:
             return self._cache[1]
         return to_gray(rgb)
 
@@ -88,7 +89,7 @@ class OpenCVFlow:
 
     def pair(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ga, gb = self._gray(a), to_gray(b)
-        self._cache = (id(b), gb)
+        self._cache = (b, gb)
         return self._flow(ga, gb), self._flow(gb, ga)
 
 
