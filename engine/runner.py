@@ -168,22 +168,6 @@ class _Progress:
             log.debug("progress write failed: %s", exc)
 
 
-class _RunnerContext(StageContext):
-    """A StageContext that never re-creates a job folder that moved away (a worker
-    that lost its lease must not leave a half job behind in ``cur/``)."""
-
-    def stage_dir(self, name: str) -> Path:
-        d = self.job_dir / STAGES_DIR / name
-        d.parent.mkdir(exist_ok=True)
-        d.mkdir(exist_ok=True)
-        return d
-
-    def output_dir(self) -> Path:
-        d = self.job_dir / OUTPUT_DIR
-        d.mkdir(exist_ok=True)
-        return d
-
-
 def instantiate_stages(kind: str, pipelines: Mapping[str, Sequence[str]]
                        ) -> list[Stage]:
     """Import and construct the stages of a job kind.
@@ -461,7 +445,7 @@ def _run_stage(stage: Stage, index: int, job: Job, job_dir: Path,
         progress.write("running", index, fraction, f"{stage.name}: {message}"
                        if message else stage.name)
 
-    ctx = _RunnerContext(job=job, job_dir=job_dir, config=config,
+    ctx = StageContext(job=job, job_dir=job_dir, config=config,
                          device=settings.device, media_roots=roots,
                          progress_fn=report, abort_fn=ctl.should_abort,
                          warnings=warnings, info=info)

@@ -68,14 +68,17 @@ class StageContext:
     warnings: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
 
+    # No ``parents=True`` below: a worker that lost its lease finds its job folder
+    # moved away, and must fail there rather than re-create a half job in ``cur/``.
     def stage_dir(self, name: str) -> Path:
         d = self.job_dir / "stages" / name
-        d.mkdir(parents=True, exist_ok=True)
+        d.parent.mkdir(exist_ok=True)
+        d.mkdir(exist_ok=True)
         return d
 
     def output_dir(self) -> Path:
         d = self.job_dir / "output"
-        d.mkdir(parents=True, exist_ok=True)
+        d.mkdir(exist_ok=True)
         return d
 
     def report(self, fraction: float, message: str = "") -> None:
