@@ -149,6 +149,8 @@ class InvertStage(Stage):
 
         from .report import preview_frames  # noqa: PLC0415
 
+        from .edit import check_edits  # noqa: PLC0415
+
         cfg = ctx.config.invert
         clip = aligned_clip(ctx)
         frames = clip.frames
@@ -156,6 +158,8 @@ class InvertStage(Stage):
         parts = out / "parts"
         parts.mkdir(exist_ok=True)
         models = stage_models(ctx)
+        # Fail fast (edit.unknown) before any tuning, not after PTI.
+        check_edits(ctx.job.edits, models.directions)
         enc, gen = models.encoder, models.generator
         res = int(models.encoder_resolution)
         done = 0

@@ -51,8 +51,8 @@ if TYPE_CHECKING:
 
     from .nets.stylegan2 import Generator
 
-__all__ = ["PTIStage", "synthesize", "save_generator", "load_generator",
-           "reconstruction_error", "CropCache", "autocast"]
+__all__ = ["PTIStage", "PTITuner", "synthesize", "save_generator", "load_generator",
+           "reconstruction_error", "TargetCache", "autocast"]
 
 log = logging.getLogger(__name__)
 
@@ -104,16 +104,28 @@ def synthesize(G: "Generator", ws: "torch.Tensor", *, noise_mode: str = "const",
     return img
 
 
-class CropCache:
-    """Aligned crops as tensors at the generator resolution, read from disk on
-    demand; at most ``limit`` stay decoded (the first ones asked for), so memory is
-    bounded whatever the clip length."""
+class TargetCache:
+    """Aligned crops at the generator resolution and their LPIPS feature maps,
+    read from disk on demand. Target features never change, so they are computed
+    once per cached frame instead of at every step (a lever the reference leaves
+    unused, pipeline.md §4). At most ``limit`` frames, and at most ``budget`` bytes,
+    stay in memory (the first ones asked for); the rest are re-read and recomputed,
+    so memory is bounded whatever the clip length."""
 
-    def __init__(self, clip: Any, size: int, device: str, limit: int) -> None:
-        self.clip, self.size, self.device, self.limit = clip, size, device, limit
-        self.cache: dict[int, "torch.Tensor"] = {}
+    def __init__(self, clip: Any, size: int, device: str, lpips: Any, limit: int,
+                 budget: int = 1 << 30) -> None:
+        self.clip, self.size, self.device, self.lpips = clip, size, device, lpips
+        self.limit, self.budget = limit, budget
+        self.cache: dict[int, tuple["torch.Tensor", list["torch.Tensor"]]] = {}
 
-    def batch(self, frames: Sequence[int]) -> "torch.Tensor":
+    def _room(self, item: tuple["torch.Tensor", list["torch.Tensor"]]) -> bool:
+        size = sum(t.numel() * t.element_size() for t in [item[0], *item[1]])
+        return (len(self.cache) < self.limit
+                and (len(self.cache) + 1) * size <= self.budget)
+
+    def batch(self, frames: Sequence[int]
+              ) -> tuple["torch.Tensor", list["torch.Tensor"]]:
+        """``(crops [B, 3, R, R] in [-1, 1], LPIPS feature maps of the crops)``."""
         import torch  # noqa: PLC0415
 
         missing = [f for f in frames if f not in self.cache]
@@ -121,18 +133,30 @@ class CropCache:
         if missing:
             x = crops_to_tensor([self.clip.crop(f) for f in missing], self.size,
                                 device=self.device)
-            loaded = dict(zip(missing, x))
-            for f in missing:
-                if len(self.cache) < self.limit:
-                    self.cache[f] = loaded[f]
-        return torch.stack([self.cache[f] if f in self.cache else loaded[f]
-                            for f in frames])
+            with torch.no_grad():
+                feats = self.lpips.feature_maps(x)
+            for j, f in enumerate(missing):
+                item = (x[j], [t[j] for t in feats])
+                loaded[f] = item
+                if self._room(item):
+                    self.cache[f] = (item[0].clone(), [t.clone() for t in item[1]])
+        items = [self.cache.get(f) or loaded[f] for f in frames]
+        return (torch.stack([it[0] for it in items]),
+                [torch.stack([it[1][k] for it in items])
+                 for k in range(len(items[0][1]))])
+
+
+def _lpips(lpips: Any, img: "torch.Tensor", target_feats: list["torch.Tensor"]
+           ) -> "torch.Tensor":
+    """LPIPS of ``img`` against cached target features, ``[B]``."""
+    return lpips.distance_from_features(lpips.feature_maps(img),
+                                        [t.to(img.dtype) for t in target_feats])
 
 
 def reconstruction_error(G: "Generator", lpips: Any, pivots: np.ndarray,
-                         frames: Sequence[int], crops: CropCache, *, device: str,
+                         frames: Sequence[int], crops: TargetCache, *, device: str,
                          batch_size: int, dtype: str = "float32",
-                         ctx: StageContext | None = None) -> dict[str, float]:
+                         abort: Any = None) -> dict[str, float]:
     """Mean MSE (images in [-1, 1]), PSNR (dB, on [0, 1]) and LPIPS of ``G(pivot)``
     against the aligned crops over ``frames``."""
     import torch  # noqa: PLC0415
@@ -140,19 +164,129 @@ def reconstruction_error(G: "Generator", lpips: Any, pivots: np.ndarray,
     mse_sum = lp_sum = 0.0
     with torch.no_grad():
         for rows in chunks(range(len(frames)), batch_size):
-            if ctx is not None:
-                ctx.check_abort()
+            if abort is not None:
+                abort()
             ws = torch.from_numpy(pivots[list(rows)]).to(device)
-            target = crops.batch([frames[i] for i in rows])
+            target, feats = crops.batch([frames[i] for i in rows])
             with autocast(device, dtype):
                 img = G.synthesis(ws).float()
-                lp = lpips(img, target).float().reshape(-1)
+                lp = _lpips(lpips, img, feats).float().reshape(-1)
             mse_sum += float((img - target).square().mean(dim=(1, 2, 3)).sum())
             lp_sum += float(lp.sum())
     n = max(len(frames), 1)
     mse = mse_sum / n
     return {"mse": mse, "psnr": 10 * math.log10(4.0 / max(mse, 1e-12)),
             "lpips": lp_sum / n}
+
+
+# --- the tuning loop ------------------------------------------------------------------
+
+
+class PTITuner:
+    """The PTI loop, independent of job folders (the stage and the benchmark use it).
+
+    Args:
+        G0: the original generator (kept frozen; the locality regulariser's
+            reference).
+        lpips: the LPIPS module (``feature_maps`` / ``distance_from_features``).
+        pivots: ``[N, num_ws, w_dim]`` float32.
+        frames: the N frame numbers (keys of ``targets``).
+        targets: a :class:`TargetCache`.
+        cfg: ``PTIConfig``.
+        seed: ``options.seed``; pass ``p`` visits frames in the order of a
+            permutation seeded by ``(seed, p)``.
+
+    Attributes:
+        G: the generator being tuned. opt: its Adam. state: position and loss
+        record (JSON-able): ``pass``, ``batch``, ``passes`` (per-pass means),
+        ``acc`` (running sums of the current pass), ``before``.
+    """
+
+    def __init__(self, G0: "Generator", lpips: Any, pivots: np.ndarray,
+                 frames: Sequence[int], targets: TargetCache, cfg: Any, *,
+                 seed: int = 0, device: str = "cpu", dtype: str = "float32") -> None:
+        import torch  # noqa: PLC0415
+
+        self.G0 = G0.eval().requires_grad_(False)
+        self.lpips, self.pivots, self.frames = lpips, pivots, list(frames)
+        self.targets, self.cfg, self.seed = targets, cfg, seed
+        self.device, self.dtype = device, dtype
+        self.G = copy.deepcopy(self.G0).train()
+        self.G.synthesis.requires_grad_(True)  # mapping: no gradient (fixed pivots)
+        self.opt = torch.optim.Adam(self.G.synthesis.parameters(), lr=cfg.lr,
+                                    betas=(0.9, 0.999))
+        self.batch = max(1, int(cfg.batch_size))
+        self.n_batches = math.ceil(len(self.frames) / self.batch)
+        self.state: dict[str, Any] = {"pass": 0, "batch": 0, "passes": [],
+                                      "acc": None, "before": None}
+        self.steps_run = 0
+        self.frames_run = 0
+
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.steps * self.n_batches
+
+    @property
+    def done(self) -> bool:
+        return self.state["pass"] >= self.cfg.steps or not self.frames
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.G.state_dict(), "optimizer": self.opt.state_dict(),
+                "state": json.dumps(self.state)}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.G.load_state_dict(saved["generator"])
+        self.opt.load_state_dict(saved["optimizer"])
+        self.state = json.loads(saved["state"])
+
+    def error(self, G: "Generator", abort: Any = None) -> dict[str, float]:
+        return reconstruction_error(G, self.lpips, self.pivots, self.frames,
+                                    self.targets, device=self.device,
+                                    batch_size=self.batch, dtype=self.dtype,
+                                    abort=abort)
+
+    def step(self) -> float:
+        """One optimiser step on the next mini-batch; returns its loss."""
+        st = self.state
+        p, b = st["pass"], st["batch"]
+        order = np.random.default_rng([self.seed, p]).permutation(len(self.frames))
+        rows = [int(i) for i in order[b * self.batch:(b + 1) * self.batch]]
+        if st["acc"] is None:
+            st["acc"] = [0.0, 0.0, 0.0, 0]  # sums of loss, mse, lpips; frames
+        loss, mse, lp = self._step(rows, [self.seed, p, b])
+        acc, k = st["acc"], len(rows)
+        acc[0] += loss * k
+        acc[1] += mse * k
+        acc[2] += lp * k
+        acc[3] += k
+        st["batch"] = b + 1
+        self.steps_run += 1
+        self.frames_run += k
+        if st["batch"] >= self.n_batches:  # end of a pass
+            st["passes"].append({"loss": acc[0] / acc[3], "mse": acc[1] / acc[3],
+                                 "lpips": acc[2] / acc[3]})
+            st["pass"], st["batch"], st["acc"] = p + 1, 0, None
+        return loss
+
+    def _step(self, rows: list[int], seed: list[int]) -> tuple[float, float, float]:
+        import torch  # noqa: PLC0415
+
+        cfg, G = self.cfg, self.G
+        ws = torch.from_numpy(self.pivots[rows]).to(self.device)  # [B, num_ws, w_dim]
+        target, feats = self.targets.batch([self.frames[i] for i in rows])
+        with autocast(self.device, self.dtype):
+            img = synthesize(G, ws, checkpointing=cfg.gradient_checkpointing).float()
+            mse = (img - target).square().mean(dim=(1, 2, 3))  # [B]
+            lp = _lpips(self.lpips, img, feats).float().reshape(-1)  # [B]
+            # mean over the batch: the gradient of the reference's per-frame loss
+            loss = (cfg.l2_weight * mse + cfg.lpips_weight * lp).mean()
+            if cfg.locality_reg:
+                loss = loss + _locality_loss(G, self.G0, self.lpips, ws, cfg, seed)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return (float(loss.detach()), float(mse.detach().mean()),
+                float(lp.detach().mean()))
 
 
 # --- the stage --------------------------------------------------------------------------
@@ -170,95 +304,54 @@ class PTIStage(Stage):
         from .report import preview_frames  # noqa: PLC0415
 
         cfg = ctx.config.pti
-        seed = ctx.config.seed
         dev = ctx.device
         out = ctx.stage_dir(self.name)
         inv = ctx.job_dir / "stages" / "invert"
         pivots = np.load(inv / "pivots.npy").astype(np.float32)
         frames = read_frames_json(inv / "frames.json")
         models = stage_models(ctx)
-        G0 = models.generator.eval().requires_grad_(False)
-        lpips = models.lpips
-        G = copy.deepcopy(G0).train()
-        G.synthesis.requires_grad_(True)
-        params = list(G.synthesis.parameters())
-        opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999))
-        crops = CropCache(aligned_clip(ctx), G.img_resolution, dev, cfg.cache_frames)
-        batch = max(1, cfg.batch_size)
-        n_batches = math.ceil(len(frames) / batch)
-        total = max(cfg.steps * n_batches, 1)
-
+        G0 = models.generator
+        targets = TargetCache(aligned_clip(ctx), G0.img_resolution, dev, models.lpips,
+                              cfg.cache_frames)
+        tuner = PTITuner(G0, models.lpips, pivots, frames, targets, cfg,
+                         seed=ctx.config.seed, device=dev, dtype=ctx.config.dtype)
         ckpt_path = out / "checkpoint.pt"
-        state: dict[str, Any] = {"pass": 0, "batch": 0, "passes": [], "acc": None,
-                                 "before": None}
         if ckpt_path.exists():
-            saved = load_checkpoint(ckpt_path)
-            G.load_state_dict(saved["generator"])
-            opt.load_state_dict(saved["optimizer"])
-            state = json.loads(saved["state"])
-            log.info("pti: resuming at pass %d batch %d", state["pass"], state["batch"])
-            ctx.info["pti_resumed_at_pass"] = state["pass"]
+            tuner.load_state_dict(load_checkpoint(ckpt_path))
+            log.info("pti: resuming at pass %d batch %d", tuner.state["pass"],
+                     tuner.state["batch"])
+            ctx.info["pti_resumed_at_pass"] = tuner.state["pass"]
 
         def checkpoint() -> None:
-            save_checkpoint(ckpt_path, {"generator": G.state_dict(),
-                                        "optimizer": opt.state_dict(),
-                                        "state": json.dumps(state)})
+            save_checkpoint(ckpt_path, tuner.state_dict())
 
-        if state["before"] is None and frames:
+        if tuner.state["before"] is None and frames:
             ctx.report(0.0, "measuring the inversion error")
-            state["before"] = reconstruction_error(
-                G0, lpips, pivots, frames, crops, device=dev, batch_size=batch,
-                dtype=ctx.config.dtype, ctx=ctx)
-        t_last = time.monotonic()
-        t0 = time.monotonic()
-        steps_run = 0
+            tuner.state["before"] = tuner.error(G0, abort=ctx.check_abort)
+        t_last = t0 = time.monotonic()
         try:
-            while state["pass"] < cfg.steps and frames:
-                p = state["pass"]
-                order = np.random.default_rng([seed, p]).permutation(len(frames))
-                groups = list(chunks(order, batch))
-                if state["acc"] is None:
-                    state["acc"] = [0.0, 0.0, 0.0, 0]  # loss, mse, lpips, frames
-                while state["batch"] < len(groups):
-                    ctx.check_abort()
-                    b = state["batch"]
-                    rows = [int(i) for i in groups[b]]
-                    loss, mse, lp = self._step(G, G0, lpips, opt, pivots, frames, rows,
-                                               crops, cfg, ctx, [seed, p, b])
-                    acc = state["acc"]
-                    k = len(rows)
-                    acc[0] += loss * k
-                    acc[1] += mse * k
-                    acc[2] += lp * k
-                    acc[3] += k
-                    state["batch"] = b + 1
-                    steps_run += 1
-                    done = p * n_batches + b + 1
-                    ctx.report(done / total, f"pass {p + 1}/{cfg.steps}, "
-                                             f"loss {loss:.4f}")
-                    if (cfg.checkpoint_seconds
-                            and time.monotonic() - t_last > cfg.checkpoint_seconds):
-                        checkpoint()
-                        t_last = time.monotonic()
-                acc = state["acc"]
-                state["passes"].append({"loss": acc[0] / acc[3], "mse": acc[1] / acc[3],
-                                        "lpips": acc[2] / acc[3]})
-                state["pass"], state["batch"], state["acc"] = p + 1, 0, None
-                if cfg.checkpoint_every and (p + 1) % cfg.checkpoint_every == 0 \
-                        and p + 1 < cfg.steps:
+            while not tuner.done:
+                ctx.check_abort()
+                p = tuner.state["pass"]
+                loss = tuner.step()
+                done = tuner.state["pass"] * tuner.n_batches + tuner.state["batch"]
+                ctx.report(done / max(tuner.total_steps, 1),
+                           f"pass {p + 1}/{cfg.steps}, loss {loss:.4f}")
+                passed = tuner.state["pass"]
+                if (cfg.checkpoint_every and passed > p and not tuner.done
+                        and passed % cfg.checkpoint_every == 0) or (
+                        cfg.checkpoint_seconds
+                        and time.monotonic() - t_last > cfg.checkpoint_seconds):
                     checkpoint()
                     t_last = time.monotonic()
         except StageAborted:
-            if steps_run:  # keep the work done so far for the next attempt
+            if tuner.steps_run:  # keep the work done so far for the next attempt
                 checkpoint()
             raise
         seconds = time.monotonic() - t0
 
-        G.eval().requires_grad_(False)
-        after = (reconstruction_error(G, lpips, pivots, frames, crops, device=dev,
-                                      batch_size=batch, dtype=ctx.config.dtype,
-                                      ctx=ctx)
-                 if frames else None)
+        G = tuner.G.eval().requires_grad_(False)
+        after = tuner.error(G, abort=ctx.check_abort) if frames else None
         save_generator(out / "generator.pt", G, stage="pti", frames=len(frames),
                        passes=cfg.steps, tiny=bool(models.info.get("tiny")))
         show = preview_frames(frames)
@@ -266,9 +359,9 @@ class PTIStage(Stage):
             with torch.no_grad():
                 ws = torch.from_numpy(pivots[[frames.index(f) for f in show]]).to(dev)
                 write_previews(out / "preview", show, G.synthesis(ws))
-        before = state["before"]
-        record = {"passes": state["passes"], "before": before, "after": after,
-                  "frames": len(frames), "batch_size": batch, "lr": cfg.lr,
+        before = tuner.state["before"]
+        record = {"passes": tuner.state["passes"], "before": before, "after": after,
+                  "frames": len(frames), "batch_size": tuner.batch, "lr": cfg.lr,
                   "l2_weight": cfg.l2_weight, "lpips_weight": cfg.lpips_weight,
                   "locality_reg": cfg.locality_reg}
         atomic_write_bytes(out / "loss.json", json.dumps(record, indent=1).encode())
@@ -276,32 +369,9 @@ class PTIStage(Stage):
         if before and after:
             log.info("pti: reconstruction MSE %.5f -> %.5f, LPIPS %.4f -> %.4f",
                      before["mse"], after["mse"], before["lpips"], after["lpips"])
-        fps = (steps_run * batch) / seconds if seconds > 0 and steps_run else None
-        return {"frames": len(frames), "passes": cfg.steps, "batch_size": batch,
-                "before": before, "after": after,
-                "frames_per_second": fps}
-
-    @staticmethod
-    def _step(G: "Generator", G0: "Generator", lpips: Any, opt: Any,
-              pivots: np.ndarray, frames: Sequence[int], rows: list[int],
-              crops: CropCache, cfg: Any, ctx: StageContext,
-              seed: list[int]) -> tuple[float, float, float]:
-        import torch  # noqa: PLC0415
-
-        dev = ctx.device
-        ws = torch.from_numpy(pivots[rows]).to(dev)  # [B, num_ws, w_dim]
-        target = crops.batch([frames[i] for i in rows])
-        with autocast(dev, ctx.config.dtype):
-            img = synthesize(G, ws, checkpointing=cfg.gradient_checkpointing).float()
-            mse = (img - target).square().mean(dim=(1, 2, 3))  # [B]
-            lp = lpips(img, target).float().reshape(-1)  # [B]
-            loss = (cfg.l2_weight * mse + cfg.lpips_weight * lp).mean()
-            if cfg.locality_reg:
-                loss = loss + _locality_loss(G, G0, lpips, ws, cfg, seed)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return float(loss), float(mse.mean()), float(lp.mean())
+        fps = tuner.frames_run / seconds if seconds > 0 and tuner.frames_run else None
+        return {"frames": len(frames), "passes": cfg.steps, "batch_size": tuner.batch,
+                "before": before, "after": after, "frames_per_second": fps}
 
 
 def _locality_loss(G: "Generator", G0: "Generator", lpips: Any, ws: "torch.Tensor",

@@ -343,9 +343,11 @@ class StitchTuneStage(Stage):
         batches = list(chunks(range(len(frames)), cfg.batch_size))
         t0 = time.monotonic()
         tuned = 0
+        resumed = 0
         for bi, rows in enumerate(batches):
             part = parts / f"{bi:05d}.json"
-            if part.exists():
+            if part.exists():  # finished before a crash or a shutdown
+                resumed += 1
                 continue
             ctx.check_abort()
             fr = [frames[i] for i in rows]
@@ -372,6 +374,8 @@ class StitchTuneStage(Stage):
                        f"tuned {sum(len(b) for b in batches[:bi + 1])}/{len(frames)} "
                        "frames")
         seconds = time.monotonic() - t0
+        if resumed:
+            ctx.info["stitch_resumed_batches"] = resumed
         summary = _summarise([json.loads((parts / f"{i:05d}.json").read_text())
                               for i in range(len(batches))])
         summary.update({"steps_max": cfg.steps, "lr": cfg.lr,

@@ -1,0 +1,398 @@
+"""Per-stage throughput of the STIT pipeline, and a side-by-side ratio against the
+reference's loop structure on the same inputs and networks.
+
+What runs:
+
+1. **The pipeline**, stage by stage in this process (track, align, invert, PTI,
+   edit, stitching tuning, paste), on a real-face clip (scikit-image's astronaut,
+   ``engine.commands.demo.astronaut_clip``) with the given profile: seconds and
+   frames/s per stage.
+2. **PTI, side by side**: our loop (:class:`engine.pti.PTITuner`: mini-batches,
+   cached LPIPS target features) against a faithful re-creation of the
+   reference's (pipeline.md §1.4: batch 1, in order, one Adam step per frame per
+   pass, LPIPS on both images every step), same pivots, crops, generator, LPIPS,
+   loss and number of passes.
+3. **Stitching tuning, side by side**: our batched per-frame generators
+   (:class:`engine.stitch_tune.BatchedStitcher`, ``torch.func`` + ``vmap``) against
+   the reference's loop (:func:`engine.stitch_tune.tune_reference`: a deep copy of
+   the generator and its own Adam per frame, pipeline.md §1.6), same edit styles,
+   crops, masks and steps.
+
+Ratios are reference seconds / our seconds for the same work (frames x passes, or
+frames x steps). FLOPs are counted with ``torch.utils.flop_counter`` on one
+reference step (the work per frame-step is the same math in both), so achieved
+TFLOP/s = counted FLOPs x frame-steps / seconds.
+
+With ``--profile official`` and no official weights installed (or ``--synthetic``),
+parts 2 and 3 run at the official size (1024 px generator, LPIPS AlexNet at 1024)
+with random weights and random targets: speed does not depend on the weights. That
+is the GPU measurement (frames per minute, TFLOP/s).
+
+    python bench/pipeline.py --quick               # ~2 minutes on 2 CPU cores
+    python bench/pipeline.py --frames 16 --pti-passes 10 --stitch-steps 30
+    python bench/pipeline.py --profile official --device cuda --frames 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from engine.config import PipelineConfig  # noqa: E402
+from engine.pti import PTITuner, TargetCache  # noqa: E402
+from engine.stitch_tune import BatchedStitcher, masked_loss, tune_reference  # noqa: E402
+
+STAGES = ("engine.track:TrackStage", "engine.align:AlignStage",
+          "engine.invert:InvertStage", "engine.pti:PTIStage", "engine.edit:EditStage",
+          "engine.stitch_tune:StitchTuneStage", "engine.paste:PasteStage")
+
+
+def _sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn: Callable[[], Any], device: str) -> tuple[Any, float]:
+    _sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return out, time.perf_counter() - t0
+
+
+def _flops(fn: Callable[[], Any]) -> float:
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return float(fc.get_total_flops())
+
+
+# --- the reference's loops ---------------------------------------------------------
+
+
+def reference_pti(G0: Any, lpips: Any, pivots: np.ndarray, targets: torch.Tensor,
+                  passes: int, cfg: Any, device: str) -> Any:
+    """STIT's PTI loop structure (pipeline.md §1.4): one in-order pass over all
+    frames per step, batch 1, one Adam step per frame, LPIPS of both images."""
+    G = copy.deepcopy(G0).train()
+    G.synthesis.requires_grad_(True)
+    opt = torch.optim.Adam(G.synthesis.parameters(), lr=cfg.lr)
+    ws = torch.from_numpy(pivots).to(device)
+    for _ in range(passes):
+        for i in range(len(pivots)):
+            img = G.synthesis(ws[i:i + 1])
+            x = targets[i:i + 1]
+            loss = (cfg.l2_weight * (img - x).square().mean()
+                    + cfg.lpips_weight * lpips(img, x).mean())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return G
+
+
+class _ArrayClip:
+    """``crop(frame)`` over in-memory crops (uint8 HxWx3), for TargetCache."""
+
+    def __init__(self, crops: list[np.ndarray]) -> None:
+        self.crops = crops
+
+    def crop(self, frame: int) -> np.ndarray:
+        return self.crops[frame]
+
+
+# --- inputs ------------------------------------------------------------------------
+
+
+def run_pipeline(work: Path, frames: int, options: dict[str, Any], device: str
+                 ) -> tuple[Path, list[dict[str, Any]]]:
+    """All stages on the astronaut clip in a job folder; per-stage timings."""
+    import importlib
+
+    from engine.commands.demo import RATE, astronaut_clip
+    from engine.stage import StageContext
+    from fsexchange.documents import Edit, FrameRange, Job, Source
+
+    clip = astronaut_clip(work / "clip.mp4", frames)
+    job = Job(id="bench", source=Source(str(clip)),
+              range=FrameRange(0, frames, RATE), edits=(Edit("age", -4.0),),
+              options=options)
+    jd = work / "job"
+    jd.mkdir()
+    ctx = StageContext(job=job, job_dir=jd, config=PipelineConfig.from_options(
+        options), device=device, media_roots=(work,))
+    rows = []
+    for ref in STAGES:
+        mod, _, cls = ref.partition(":")
+        stage = getattr(importlib.import_module(mod), cls)()
+        facts, sec = _timed(lambda: stage.run(ctx) or {}, device)
+        rows.append({"stage": stage.name, "seconds": sec,
+                     "frames_per_second": frames / sec if sec else None,
+                     "loop_frames_per_second": facts.get("frames_per_second")})
+    return jd, rows
+
+
+def real_inputs(jd: Path, profile: str, device: str) -> dict[str, Any]:
+    """Pivots, crops, masks, generators and edit styles from a finished job."""
+    from engine.align import AlignedClip
+    from engine.invert import crops_to_tensor, read_frames_json
+    from engine.mask import stitch_masks
+    from engine.models import load_models
+    from engine.pti import load_generator
+    from engine.stitch_tune import load_edit_styles
+
+    st = jd / "stages"
+    models = load_models(profile, device=device)
+    clip = AlignedClip(st / "align")
+    frames = read_frames_json(st / "invert" / "frames.json")
+    pivots = np.load(st / "invert" / "pivots.npy").astype(np.float32)
+    crops = [clip.crop(f) for f in frames]
+    masks = [stitch_masks(clip.mask(f)) for f in frames]
+    G_pti = load_generator(st / "pti" / "generator.pt", device)
+    styles = load_edit_styles(G_pti, st / "edit", range(len(frames)), device)
+    R = models.generator.img_resolution
+    return {"G0": models.generator, "lpips": models.lpips, "pivots": pivots,
+            "crops": crops, "targets": crops_to_tensor(crops, R, device=device),
+            "border": torch.from_numpy(np.stack([m[1] for m in masks])).to(device),
+            "content": torch.from_numpy(np.stack([m[2] for m in masks])).to(device),
+            "G_pti": G_pti, "styles": styles, "profile": models.profile}
+
+
+def synthetic_inputs(frames: int, device: str, seed: int = 0) -> dict[str, Any]:
+    """Official-size networks with random weights and random targets (speed only)."""
+    from engine.nets.lpips import LPIPS
+    from engine.nets.stylegan2 import OFFICIAL_GENERATOR_KWARGS, Generator
+
+    torch.manual_seed(seed)
+    G = Generator(**OFFICIAL_GENERATOR_KWARGS).to(device).eval().requires_grad_(False)
+    lp = LPIPS("alex", backbone="random", heads="uniform", seed=seed).to(device)
+    R = G.img_resolution
+    with torch.no_grad():
+        ws = G.mapping(torch.randn(frames, G.z_dim, device=device), truncation_psi=0.7)
+        imgs = G.synthesis(ws).clamp(-1, 1)
+    crops = [((im.permute(1, 2, 0).cpu().numpy() + 1) * 127.5).round().astype(np.uint8)
+             for im in imgs]
+    yy, xx = np.mgrid[:R, :R]
+    face = ((xx - R / 2) ** 2 / (0.3 * R) ** 2 + (yy - R / 2) ** 2 / (0.38 * R) ** 2) < 1
+    from engine.mask import stitch_masks
+
+    _, border, content = stitch_masks(face)
+    with torch.no_grad():
+        styles = [s.detach() for s in G.styles(ws + 0.3 * torch.randn_like(ws))]
+    return {"G0": G, "lpips": lp, "pivots": ws.cpu().numpy().astype(np.float32),
+            "crops": crops, "targets": imgs,
+            "border": torch.from_numpy(np.stack([border] * frames)).to(device),
+            "content": torch.from_numpy(np.stack([content] * frames)).to(device),
+            "G_pti": G, "styles": styles, "profile": "official-size random"}
+
+
+# --- side by side ------------------------------------------------------------------
+
+
+def bench_pti(inp: dict[str, Any], cfg: Any, passes: int, device: str
+              ) -> dict[str, Any]:
+    n = len(inp["pivots"])
+    cfg = replace(cfg, steps=passes)
+    ref_cfg = replace(cfg, batch_size=1)
+
+    def ours() -> PTITuner:
+        targets = TargetCache(_ArrayClip(inp["crops"]), inp["G0"].img_resolution,
+                              device, inp["lpips"], limit=cfg.cache_frames)
+        tuner = PTITuner(inp["G0"], inp["lpips"], inp["pivots"], range(n), targets,
+                         cfg, device=device)
+        while not tuner.done:
+            tuner.step()
+        return tuner
+
+    def ref() -> Any:
+        return reference_pti(inp["G0"], inp["lpips"], inp["pivots"], inp["targets"],
+                             passes, ref_cfg, device)
+
+    # one warm-up pass of each (allocator, kernels), then interleaved timings
+    reference_pti(inp["G0"], inp["lpips"], inp["pivots"][:2], inp["targets"][:2], 1,
+                  ref_cfg, device)
+    _, t_ref = _timed(ref, device)
+    _, t_ours = _timed(ours, device)
+    G = copy.deepcopy(inp["G0"]).train()
+    G.synthesis.requires_grad_(True)
+    x = inp["targets"][:1]
+    w = torch.from_numpy(inp["pivots"][:1]).to(device)
+
+    def one_ref_step() -> None:
+        img = G.synthesis(w)
+        loss = (10 * (img - x).square().mean() + inp["lpips"](img, x).mean())
+        loss.backward()
+
+    flops = _flops(one_ref_step)
+    work = n * passes
+    return {"frames": n, "passes": passes, "batch": cfg.batch_size,
+            "ref_seconds": t_ref, "ours_seconds": t_ours, "ratio": t_ref / t_ours,
+            "ours_frames_per_minute": 60 * work / t_ours,
+            "ref_frames_per_minute": 60 * work / t_ref,
+            "flops_per_frame_step": flops,
+            "ours_tflops": flops * work / t_ours / 1e12,
+            "ref_tflops": flops * work / t_ref / 1e12}
+
+
+def bench_stitch(inp: dict[str, Any], cfg: Any, steps: int, device: str
+                 ) -> dict[str, Any]:
+    cfg = replace(cfg, steps=steps)
+    n = inp["targets"].shape[0]
+    G = inp["G_pti"]
+    styles, target = inp["styles"], inp["targets"]
+    border, content = inp["border"], inp["content"]
+
+    def ours() -> list[float]:
+        stitcher = BatchedStitcher(G, cfg)
+        after: list[float] = []
+        for i in range(0, n, cfg.batch_size):
+            sl = slice(i, i + cfg.batch_size)
+            r = stitcher.tune([s[sl] for s in styles], target[sl], border[sl],
+                              content[sl])
+            after += r.after
+        return after
+
+    def ref() -> list[float]:
+        return tune_reference(G, styles, target, border, content, cfg).after
+
+    tune_reference(G, [s[:1] for s in styles], target[:1], border[:1], content[:1],
+                   replace(cfg, steps=2))
+    ref_after, t_ref = _timed(ref, device)
+    ours_after, t_ours = _timed(ours, device)
+    Gi = copy.deepcopy(G).train()
+    Gi.synthesis.requires_grad_(True)
+    st = [s[:1] for s in styles]
+
+    def one_ref_step() -> None:
+        img = Gi.synthesis_from_styles(st)
+        (masked_loss(img, target[:1], border[:1])
+         + 0.01 * masked_loss(img, target[:1], content[:1])).sum().backward()
+
+    flops = _flops(one_ref_step)
+    work = n * steps
+    return {"frames": n, "steps": steps, "batch": cfg.batch_size,
+            "ref_seconds": t_ref, "ours_seconds": t_ours, "ratio": t_ref / t_ours,
+            "ours_frames_per_minute": 60 * n / t_ours,
+            "ref_frames_per_minute": 60 * n / t_ref,
+            "flops_per_frame_step": flops,
+            "ours_tflops": flops * work / t_ours / 1e12,
+            "ref_tflops": flops * work / t_ref / 1e12,
+            "max_abs_diff_border_after": float(np.max(np.abs(
+                np.array(ref_after) - np.array(ours_after))))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--profile", choices=("tiny", "official", "auto"), default="tiny")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--pti-passes", type=int, default=10,
+                   help="passes over all frames, both loops (reference default 80)")
+    p.add_argument("--stitch-steps", type=int, default=30,
+                   help="steps per frame, both loops (reference default 100)")
+    p.add_argument("--pti-batch", type=int, help="our PTI mini-batch (default: "
+                   "options default)")
+    p.add_argument("--stitch-batch", type=int, help="our stitching batch (default: "
+                   "options default)")
+    p.add_argument("--synthetic", action="store_true",
+                   help="official-size random networks for the side-by-side parts")
+    p.add_argument("--skip-pipeline", action="store_true",
+                   help="only the side-by-side loops")
+    p.add_argument("--quick", action="store_true",
+                   help="8 frames, 4 PTI passes, 12 stitching steps (~2 min on CPU)")
+    p.add_argument("--json", type=Path, help="also write the figures here")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.frames, args.pti_passes, args.stitch_steps = 8, 4, 12
+    dev = args.device
+    if dev == "auto":
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+    os.environ.setdefault("FACESTITCH_HOME", str(Path(tempfile.gettempdir())
+                                                 / "facestitch-bench-home"))
+    from engine.store import resolve_profile
+
+    profile = resolve_profile(args.profile)
+    synthetic = args.synthetic or (args.profile == "official"
+                                   and resolve_profile("auto") != "official")
+    cfg = PipelineConfig.from_options({})
+    pti_cfg, st_cfg = cfg.pti, cfg.stitch
+    if args.pti_batch:
+        pti_cfg = replace(pti_cfg, batch_size=args.pti_batch)
+    if args.stitch_batch:
+        st_cfg = replace(st_cfg, batch_size=args.stitch_batch)
+    options = {"profile": profile, "pti": {"steps": args.pti_passes,
+                                           "batch_size": pti_cfg.batch_size},
+               "stitch": {"steps": args.stitch_steps,
+                          "batch_size": st_cfg.batch_size}}
+    print(f"device {dev}, torch {torch.__version__}, threads "
+          f"{torch.get_num_threads()}, profile {profile}"
+          f"{' (official-size random networks)' if synthetic else ''}")
+    out: dict[str, Any] = {"device": dev, "profile": profile, "frames": args.frames}
+    work = Path(tempfile.mkdtemp(prefix="fs-bench-"))
+    try:
+        if synthetic:
+            inp = synthetic_inputs(args.frames, dev)
+        else:
+            jd, rows = run_pipeline(work, args.frames, options, dev)
+            if not args.skip_pipeline:
+                print(f"\nPipeline, {args.frames} frames, PTI {args.pti_passes} passes "
+                      f"(batch {pti_cfg.batch_size}), stitching {args.stitch_steps} "
+                      f"steps (batch {st_cfg.batch_size}):")
+                print(f"  {'stage':<12} {'seconds':>8} {'frames/s':>9} "
+                      f"{'loop frames/s':>14}")
+                for r in rows:
+                    lf = r["loop_frames_per_second"]
+                    print(f"  {r['stage']:<12} {r['seconds']:8.2f} "
+                          f"{r['frames_per_second']:9.2f} "
+                          f"{(f'{lf:.1f}' if lf else ''):>14}")
+                out["stages"] = rows
+            inp = real_inputs(jd, profile, dev)
+        print(f"\nPTI, {args.frames} frames x {args.pti_passes} passes, same pivots, "
+              "crops, networks:")
+        pr = bench_pti(inp, pti_cfg, args.pti_passes, dev)
+        print(f"  reference loop (batch 1)      {pr['ref_seconds']:8.2f} s  "
+              f"{pr['ref_frames_per_minute']:9.1f} frame-passes/min  "
+              f"{pr['ref_tflops']:.4f} TFLOP/s")
+        print(f"  ours (batch {pr['batch']}, cached LPIPS) {pr['ours_seconds']:8.2f} s  "
+              f"{pr['ours_frames_per_minute']:9.1f} frame-passes/min  "
+              f"{pr['ours_tflops']:.4f} TFLOP/s")
+        print(f"  ratio {pr['ratio']:.2f}x")
+        print(f"\nStitching tuning, {args.frames} frames x {args.stitch_steps} steps:")
+        sr = bench_stitch(inp, st_cfg, args.stitch_steps, dev)
+        print(f"  reference loop (deep copy + Adam per frame) {sr['ref_seconds']:8.2f} s"
+              f"  {sr['ref_frames_per_minute']:8.1f} frames/min  "
+              f"{sr['ref_tflops']:.4f} TFLOP/s")
+        print(f"  ours (vmap, batch {sr['batch']})"
+              f"{'':>17}{sr['ours_seconds']:8.2f} s  "
+              f"{sr['ours_frames_per_minute']:8.1f} frames/min  "
+              f"{sr['ours_tflops']:.4f} TFLOP/s")
+        print(f"  ratio {sr['ratio']:.2f}x   (max |border loss difference| "
+              f"{sr['max_abs_diff_border_after']:.2e})")
+        both = (pr["ref_seconds"] + sr["ref_seconds"]) / (pr["ours_seconds"]
+                                                         + sr["ours_seconds"])
+        print(f"\nPTI + stitching together: ratio {both:.2f}x")
+        out.update(pti=pr, stitch=sr, combined_ratio=both)
+        if args.json:
+            args.json.write_text(json.dumps(out, indent=2))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
