@@ -30,6 +30,8 @@ import numpy as np
 
 from fsexchange.errors import MetricsError, ModelFormatError, ModelMissing
 
+from .video import to_depth
+
 __all__ = ["FlowBackend", "OpenCVFlow", "RaftFlow", "build_raft", "flow_backend",
            "warp", "occlusion_mask", "warping_error", "to_gray", "to_unit"]
 
@@ -52,12 +54,8 @@ class FlowBackend(Protocol):
 
 
 def to_gray(rgb: np.ndarray) -> np.ndarray:
-    """HxWx3 RGB (uint8 or uint16) -> HxW uint8 grey levels."""
-    if rgb.dtype == np.uint16:
-        rgb = (rgb >> 8).astype(np.uint8)
-    elif rgb.dtype != np.uint8:
-        rgb = np.clip(np.asarray(rgb, np.float32) * 255 + 0.5, 0, 255).astype(np.uint8)
-    return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
+    """HxWx3 RGB (uint8, uint16 or float in [0, 1]) -> HxW uint8 grey levels."""
+    return cv2.cvtColor(np.ascontiguousarray(to_depth(rgb, 8)), cv2.COLOR_RGB2GRAY)
 
 
 class OpenCVFlow:

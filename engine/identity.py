@@ -22,7 +22,6 @@ on large frames.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
 from dataclasses import dataclass
@@ -35,9 +34,11 @@ import numpy as np
 from fsexchange.errors import ModelFormatError, ModelMissing
 
 from .metrics import MetricsError, models_root, store_files
+from .track import dlib_model_path
+from .video import to_depth
 
 __all__ = ["Box", "FaceFinder", "Embedder", "DlibEmbedder", "ArcFaceEmbedder",
-           "identity_backend", "dlib_model_file", "build_iresnet", "load_iresnet",
+           "identity_backend", "build_iresnet", "load_iresnet",
            "similarity_transform", "five_points"]
 
 log = logging.getLogger(__name__)
@@ -93,11 +94,8 @@ class Box:
 
 
 def _as_u8(frame: np.ndarray) -> np.ndarray:
-    if frame.dtype == np.uint16:
-        frame = ((frame.astype(np.uint32) + 128) // 257).astype(np.uint8)
-    elif frame.dtype != np.uint8:
-        raise MetricsError(f"frames must be uint8 or uint16 RGB, got {frame.dtype}")
-    return np.ascontiguousarray(frame[:, :, :3])
+    """HxWx3 uint8 RGB, contiguous (dlib's input)."""
+    return np.ascontiguousarray(to_depth(frame[:, :, :3], 8))
 
 
 class FaceFinder:
@@ -217,22 +215,6 @@ class Embedder(Protocol):
     def embed(self, frame: np.ndarray, box: Box) -> np.ndarray: ...
 
 
-def dlib_model_file(name: str) -> Path:
-    """Path of a ``face-recognition-models`` data file, located without importing the
-    package (its import fails on current setuptools; environment.md §8)."""
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or spec.origin is None:
-        raise ModelMissing(
-            f"the dlib model file {name} comes with the face-recognition-models "
-            "package, which is not installed: "
-            "pip install face-recognition-models==0.3.0")
-    path = Path(spec.origin).parent / "models" / name
-    if not path.is_file():
-        raise ModelMissing(f"{name} is missing from {path.parent}; reinstall "
-                           "face-recognition-models==0.3.0")
-    return path
-
-
 def _normalise(v: np.ndarray) -> np.ndarray:
     v = np.asarray(v, np.float32).reshape(-1)
     n = float(np.linalg.norm(v))
@@ -249,9 +231,9 @@ class DlibEmbedder:
         import dlib  # noqa: PLC0415
 
         self._shape = dlib.shape_predictor(
-            str(dlib_model_file("shape_predictor_5_face_landmarks.dat")))
+            str(dlib_model_path("shape_predictor_5_face_landmarks.dat")))
         self._net = dlib.face_recognition_model_v1(
-            str(dlib_model_file("dlib_face_recognition_resnet_model_v1.dat")))
+            str(dlib_model_path("dlib_face_recognition_resnet_model_v1.dat")))
 
     def embed(self, frame: np.ndarray, box: Box) -> np.ndarray:
         frame = _as_u8(frame)
@@ -394,7 +376,7 @@ class ArcFaceEmbedder:
             path = found[0]
         self.path = Path(path)
         self._shape = dlib.shape_predictor(
-            str(dlib_model_file("shape_predictor_68_face_landmarks.dat")))
+            str(dlib_model_path("shape_predictor_68_face_landmarks.dat")))
         self.device = device
         if self.path.suffix == ".onnx":
             try:
