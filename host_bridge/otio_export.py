@@ -30,12 +30,9 @@ from fsexchange.timecode import parse_rate, rate_to_list
 
 from .resolve.place import ResultMedia
 
-__all__ = ["SHAPES", "ALPHA_MODES", "build_timeline", "write_timeline"]
+__all__ = ["SHAPES", "build_timeline", "write_timeline"]
 
 SHAPES = ("external", "sequence", "both")
-#: how each output format stores alpha (documents.OUTPUT_FORMATS)
-ALPHA_MODES = {"png16": "straight", "pam16": "straight", "exr": "premultiplied",
-               "prores4444": "straight"}
 _SEQUENCE_KEY = "image_sequence"
 
 
@@ -55,8 +52,7 @@ def _url(path: Path) -> str:
 def _result_references(media: ResultMedia, tc_first: int, rate: Fraction,
                        shape: str) -> dict[str, otio.core.MediaReference]:
     available = _range(tc_first, len(media.frames), rate)
-    first_file = (Path(str(media.path) % media.first_number)
-                  if media.kind == "sequence" else media.path)
+    first_file = media.file(media.first_number or 0)
     refs: dict[str, otio.core.MediaReference] = {}
     if shape in ("external", "both") or media.kind == "movie":
         refs[otio.schema.Clip.DEFAULT_MEDIA_KEY] = otio.schema.ExternalReference(
@@ -119,7 +115,7 @@ def build_timeline(job: Job, result: Result, job_folder: str | Path, *,
         metadata={"facestitch": {"role": "source", "job_id": job.id,
                                  "rate": rate_to_list(rate)}})
 
-    alpha = ALPHA_MODES.get(job.output.format, "straight")
+    alpha = media.alpha
     layer = otio.schema.Clip(
         name=f"{name} FaceStitch",
         source_range=_range(origin + s_in, count, rate),

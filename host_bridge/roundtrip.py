@@ -96,12 +96,10 @@ def build_job(shot: Shot, job_id: str, opts: SendOptions, *, source: Source,
               subject: Subject, product: str = "", version: tuple[int, ...] = ()) -> Job:
     """The ``Job/1`` for a shot. Output files are numbered by source timecode frame
     (``start_number`` None), which import reads back from ``Result/1``."""
-    if shot.export == "render":  # the rendered record range: frames 0..N-1
-        rng = FrameRange(0, shot.record_duration, shot.timeline_rate,
-                         shot.media_start_timecode)
-    else:
-        rng = FrameRange(shot.range_start, shot.range_end, shot.media_rate,
-                         shot.media_start_timecode)
+    # a rendered shot's "media" is its record range: frames 0..N-1 at the timeline
+    # rate from the record timecode (read_shot sets it up so)
+    rng = FrameRange(shot.range_start, shot.range_end, shot.media_rate,
+                     shot.media_start_timecode)
     return Job(id=job_id, source=source, range=rng, kind=opts.kind, subject=subject,
                edits=tuple(opts.edits), options=dict(opts.options),
                output=OutputSpec(format=opts.output_format, name=output_name(shot),
@@ -116,8 +114,7 @@ def _choose_subject(shot: Shot, media: Path | str, opts: SendOptions,
                     ) -> tuple[Subject, int | None]:
     if opts.subject is not None:
         return opts.subject, None
-    rate = shot.timeline_rate if shot.export == "render" else shot.media_rate
-    found = list_faces(media, shot.source_in, rate=rate)
+    found = list_faces(media, shot.source_in, rate=shot.media_rate)
     if found is None:
         return Subject(), None  # the engine chooses (largest face)
     if not found.faces:
@@ -167,10 +164,8 @@ def send_shot(session: ResolveSession, exchange: str | Path, item: Any,
         subject, faces = _choose_subject(shot, media, opts, choose_face, warnings)
         track = None
         if opts.track_locally and faces:
-            start, end = ((0, shot.record_duration) if shot.export == "render"
-                          else (shot.range_start, shot.range_end))
-            rate = shot.timeline_rate if shot.export == "render" else shot.media_rate
-            track = compute_track(media, start, end, subject, rate=rate)
+            track = compute_track(media, shot.range_start, shot.range_end, subject,
+                                  rate=shot.media_rate)
         if track is not None:
             attachments["facetrack.msgpack"] = track.to_bytes()
             subject = replace(subject, track="facetrack.msgpack")

@@ -23,21 +23,23 @@ from typing import Any, Mapping
 
 from fsexchange.documents import Result
 from fsexchange.errors import HostError, MediaMissing
-from fsexchange.timecode import frames_to_timecode, parse_rate
+from fsexchange.timecode import frames_to_timecode, parse_rate, rate_to_list
 
 from .connect import ResolveSession, constant, has_api
 from .shot import RESULT_TAG, resolve_rate
 
 __all__ = ["ResultMedia", "Placement", "place_result", "find_results", "result_tag",
-           "parse_tag", "BIN_NAME"]
+           "parse_tag", "BIN_NAME", "ALPHA_MODES"]
 
 log = logging.getLogger(__name__)
 
 BIN_NAME = "FaceStitch"
 MARKER_COLOR = "Purple"
 _NUMBERED = re.compile(r"^(?P<head>.*\.)(?P<number>\d+)(?P<tail>\.[A-Za-z0-9]+)$")
-#: how each delivered format stores alpha (documents.OUTPUT_FORMATS)
-_ALPHA_MODE = {".png": "Straight", ".pam": "Straight", ".exr": "Premultiplied"}
+#: how the engine's outputs store alpha, by extension (documents.OUTPUT_FORMATS:
+#: png16, pam16 and prores4444 straight, exr premultiplied per the EXR convention)
+ALPHA_MODES = {".png": "straight", ".pam": "straight", ".mov": "straight",
+               ".exr": "premultiplied"}
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,17 @@ class ResultMedia:
     @property
     def end_frame(self) -> int:
         return self.frames[-1] + 1
+
+    @property
+    def alpha(self) -> str:
+        """"straight" or "premultiplied"."""
+        return ALPHA_MODES.get(self.path.suffix.lower(), "straight")
+
+    def file(self, number: int) -> Path:
+        """The file of one frame number (a movie: the movie)."""
+        if self.kind == "movie":
+            return self.path
+        return self.path.parent / (self.path.name % number)
 
     @classmethod
     def from_result(cls, job_folder: str | Path, result: Result) -> "ResultMedia":
@@ -215,9 +228,9 @@ def _delete(session: ResolveSession, items: list[Any]) -> None:
                  if i.GetUniqueId() in ids]
         if not items:
             return
-    raise HostError("Resolve would not delete the earlier FaceStitch result on this "
-                    "shot. Delete it by hand (it carries a purple FaceStitch marker) and "
-                    "import again.")
+    raise HostError("Resolve would not delete a FaceStitch layer on this shot. Delete "
+                    "it by hand (it carries a purple FaceStitch marker) and import "
+                    "again.")
 
 
 def _ensure_bin(session: ResolveSession, name: str) -> Any:
@@ -262,19 +275,19 @@ def _import(session: ResolveSession, media: ResultMedia, job_id: str, bin_name: 
 
 
 def _copy_clip_properties(clip: Any, source: Mapping[str, Any], media: ResultMedia,
-                          media_rate: Fraction | None, warnings: list[str]) -> None:
+                          media_rate: Fraction, warnings: list[str]) -> None:
     """Levels, colour space and rate of the source (hosts.md §4); alpha by format."""
     for key in ("Data Level", "Input Color Space"):
         value = source.get(key)
         if value and clip.GetClipProperty(key) != value and \
                 not clip.SetClipProperty(key, value):
             warnings.append(f"could not copy the clip's {key} ({value}); set it by hand")
-    mode = _ALPHA_MODE.get(media.path.suffix.lower())
-    if mode and clip.GetClipProperty("Alpha mode") not in (None, "", mode) and \
+    mode = media.alpha.capitalize()  # Resolve's "Straight" / "Premultiplied"
+    if clip.GetClipProperty("Alpha mode") not in (None, "", mode) and \
             not clip.SetClipProperty("Alpha mode", mode):
         warnings.append(f"set the result clip's Alpha mode to {mode} by hand")
     fps = clip.GetClipProperty("FPS")
-    if media_rate is not None and fps and resolve_rate(fps) != media_rate:
+    if fps and resolve_rate(fps) != media_rate:
         text = f"{float(media_rate):.3f}".rstrip("0").rstrip(".")
         if not clip.SetClipProperty("FPS", text):
             warnings.append(f"the result clip runs at {fps} fps, the source at {text}")
@@ -345,24 +358,22 @@ def _append(session: ResolveSession, clip: Any, clip_start: int, count: int, tra
                     "again.")
 
 
-def _plan(session: ResolveSession, host: Mapping[str, Any], media: ResultMedia,
-          timeline: Any, warnings: list[str]) -> tuple[int, int, int, int | None]:
-    """(record frame, first clip frame, frames to use, expected timeline duration)."""
-    tl_rate = parse_rate(host.get("timeline_rate") or [24, 1], "host.timeline_rate")
-    media_rate = parse_rate(host.get("media_rate") or host.get("timeline_rate") or [24, 1],
-                            "host.media_rate")
+def _plan(host: Mapping[str, Any], media: ResultMedia, item: Any, same_rate: bool,
+          warnings: list[str]) -> tuple[int, int, int, int | None]:
+    """(record frame, first clip frame, frames to use, expected timeline duration).
+
+    ``item``: the shot on the timeline now (None: gone). With equal rates the result
+    follows it where it is now (moved or trimmed within the processed frames);
+    otherwise, and for rendered exports, it goes where the shot was when sent."""
     first, end = media.first_frame, media.end_frame
-    record, s_in, s_out = int(host["record_start"]), int(host["source_in"]), int(
-        host["source_out"])
-    item = None
-    if host.get("export") != "render" and media_rate == tl_rate:
-        item = _find_item(timeline, str(host.get("item_id", "")),
-                          int(host.get("track_index", 1)))
-    if item is not None:  # follow the shot where it is now (moved or trimmed)
+    record, s_in, s_out = (int(host["record_start"]), int(host["source_in"]),
+                           int(host["source_out"]))
+    rendered = host.get("export") == "render"
+    if item is not None and same_rate and not rendered:
         span, left = _span(item), item.GetLeftOffset()
         if span is not None and left is not None:
             record, s_in, s_out = span[0], int(left), int(left) + span[1] - span[0]
-    elif host.get("export") != "render":
+    elif item is None and not rendered:
         warnings.append("the original clip was not found on the timeline; the result "
                         "was placed where the clip was when it was sent")
     use_in, use_out = max(s_in, first), min(s_out, end)
@@ -372,10 +383,8 @@ def _plan(session: ResolveSession, host: Mapping[str, Any], media: ResultMedia,
     if (use_in, use_out) != (s_in, s_out):
         warnings.append(f"the shot now shows source frames {s_in}-{s_out - 1}, the result "
                         f"covers {use_in}-{use_out - 1}; send it again to cover the rest")
-    record += use_in - s_in
     count = use_out - use_in
-    expect = count if media_rate == tl_rate else None
-    return record, use_in - first, count, expect
+    return record + use_in - s_in, use_in - first, count, count if same_rate else None
 
 
 def place_result(session: ResolveSession, host: Mapping[str, Any], media: ResultMedia,
@@ -401,22 +410,22 @@ def place_result(session: ResolveSession, host: Mapping[str, Any], media: Result
         raise HostError(f"could not open the timeline '{host.get('timeline_name')}'")
     session.timeline = timeline
     try:
-        record, clip_start, count, expect = _plan(session, host, media, timeline, warnings)
+        tl_rate = parse_rate(host.get("timeline_rate") or [24, 1], "host.timeline_rate")
+        media_rate = parse_rate(host.get("media_rate") or rate_to_list(tl_rate),
+                                "host.media_rate")
+        shot_item = _find_item(timeline, str(host.get("item_id", "")),
+                               int(host.get("track_index", 1)))
+        record, clip_start, count, expect = _plan(host, media, shot_item,
+                                                  media_rate == tl_rate, warnings)
         previous = [item for _, item, tag in find_results(timeline)
                     if tag.get("item") == host.get("item_id")]
         if previous:
             _delete(session, previous)
         clip = _import(session, media, job_id, bin_name)
-        source = {}
-        src_item = _find_item(timeline, str(host.get("item_id", "")),
-                              int(host.get("track_index", 1)))
-        src_mpi = src_item.GetMediaPoolItem() if src_item is not None else None
-        if src_mpi is not None:
-            source = src_mpi.GetClipProperty() or {}
-        media_rate = parse_rate(host["media_rate"]) if host.get("media_rate") else None
+        shot_clip = shot_item.GetMediaPoolItem() if shot_item is not None else None
+        source = (shot_clip.GetClipProperty() or {}) if shot_clip is not None else {}
         _copy_clip_properties(clip, source, media, media_rate, warnings)
-        rate = parse_rate(host.get("timeline_rate") or [24, 1])
-        timecode = frames_to_timecode(record, rate, bool(host.get("drop_frame")))
+        timecode = frames_to_timecode(record, tl_rate, bool(host.get("drop_frame")))
         track = _target_track(session, int(host.get("track_index", 1)), record,
                               record + (expect or count))
         item = _append(session, clip, clip_start, count, track, record, expect, timecode)

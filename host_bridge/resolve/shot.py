@@ -85,6 +85,8 @@ class Shot:
     ``source_in``/``source_out`` (exclusive) are the visible frames as indices into
     the job's source (the media file, or the rendered export); ``range_start`` /
     ``range_end`` add the handles, clamped to the media. Record frames are absolute.
+    A rendered export (``export == "render"``) is its own media: frames 0..N-1 of
+    the record range at the timeline rate, from the record timecode, no handles.
     """
 
     item_name: str
