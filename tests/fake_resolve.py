@@ -76,6 +76,37 @@ class _Api:
         return sorted(n for n in dir(type(self)) if n[:1].isupper())
 
 
+class _Markers:
+    """Markers of a timeline or a timeline item: ``frameId`` relative to its start."""
+
+    _markers: dict[int, dict[str, Any]]
+
+    def _marker_frame_ok(self, frame_id: int) -> bool:  # pragma: no cover
+        raise NotImplementedError
+
+    def AddMarker(self, frame_id: int, color: str, name: str, note: str, duration: int,
+                  custom_data: str = "") -> bool:
+        if not self._marker_frame_ok(frame_id) or frame_id in self._markers:
+            return False
+        self._markers[int(frame_id)] = {"color": color, "duration": duration,
+                                        "note": note, "name": name,
+                                        "customData": custom_data}
+        return True
+
+    def GetMarkers(self) -> dict[int, dict[str, Any]]:
+        return {k: dict(v) for k, v in self._markers.items()}
+
+    def GetMarkerByCustomData(self, custom_data: str) -> dict[int, dict[str, Any]]:
+        return {k: dict(v) for k, v in self._markers.items()
+                if v["customData"] == custom_data}
+
+    def DeleteMarkerByCustomData(self, custom_data: str) -> bool:
+        keys = [k for k, v in self._markers.items() if v["customData"] == custom_data]
+        for k in keys:
+            del self._markers[k]
+        return bool(keys)
+
+
 # ---- media ---------------------------------------------------------------------------
 
 
@@ -293,7 +324,7 @@ class FakeMediaPool(_Api):
 # ---- timeline items -------------------------------------------------------------------------
 
 
-class FakeTimelineItem(_Api):
+class FakeTimelineItem(_Markers, _Api):
     def __init__(self, timeline: "FakeTimeline", mpi: FakeMediaPoolItem | None, *,
                  track: int, start: int, duration: int, left_offset: int = 0,
                  name: str | None = None, broken: bool = False,
@@ -365,28 +396,9 @@ class FakeTimelineItem(_Api):
         self._props[key] = value
         return True
 
-    def AddMarker(self, frame_id: int, color: str, name: str, note: str, duration: int,
-                  custom_data: str = "") -> bool:
+    def _marker_frame_ok(self, frame_id: int) -> bool:
         # clip markers are relative to the clip start; beyond the clip: refused
-        if self._broken or not 0 <= frame_id < self._duration or frame_id in self._markers:
-            return False
-        self._markers[int(frame_id)] = {"color": color, "duration": duration,
-                                        "note": note, "name": name,
-                                        "customData": custom_data}
-        return True
-
-    def GetMarkers(self) -> dict[int, dict[str, Any]]:
-        return {k: dict(v) for k, v in self._markers.items()}
-
-    def GetMarkerByCustomData(self, custom_data: str) -> dict[int, dict[str, Any]]:
-        return {k: dict(v) for k, v in self._markers.items()
-                if v["customData"] == custom_data}
-
-    def DeleteMarkerByCustomData(self, custom_data: str) -> bool:
-        keys = [k for k, v in self._markers.items() if v["customData"] == custom_data]
-        for k in keys:
-            del self._markers[k]
-        return bool(keys)
+        return not self._broken and 0 <= frame_id < self._duration
 
     def GetFlagList(self) -> list[str]:
         return list(self._flags)
@@ -419,7 +431,7 @@ class FakeTimelineItem(_Api):
 # ---- timelines ---------------------------------------------------------------------------------
 
 
-class FakeTimeline(_Api):
+class FakeTimeline(_Markers, _Api):
     def __init__(self, project: "FakeProject", name: str, *,
                  start_timecode: str = "01:00:00:00") -> None:
         self._project = project
@@ -566,26 +578,8 @@ class FakeTimeline(_Api):
         self._project._timelines.append(dup)
         return dup
 
-    def AddMarker(self, frame_id: int, color: str, name: str, note: str, duration: int,
-                  custom_data: str = "") -> bool:
-        if frame_id < 0 or frame_id in self._markers:
-            return False
-        self._markers[int(frame_id)] = {"color": color, "duration": duration, "note": note,
-                                        "name": name, "customData": custom_data}
-        return True
-
-    def GetMarkers(self) -> dict[int, dict[str, Any]]:
-        return {k: dict(v) for k, v in self._markers.items()}
-
-    def GetMarkerByCustomData(self, custom_data: str) -> dict[int, dict[str, Any]]:
-        return {k: dict(v) for k, v in self._markers.items()
-                if v["customData"] == custom_data}
-
-    def DeleteMarkerByCustomData(self, custom_data: str) -> bool:
-        keys = [k for k, v in self._markers.items() if v["customData"] == custom_data]
-        for k in keys:
-            del self._markers[k]
-        return bool(keys)
+    def _marker_frame_ok(self, frame_id: int) -> bool:
+        return frame_id >= 0  # relative to the timeline start
 
     # -- appends (AppendToTimeline lands here) --
     def _append(self, info: Any) -> FakeTimelineItem:
