@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "metrics": ("engine.commands.metrics", "temporal identity and warping-error metrics"),
     "ofx": ("host_bridge.commands.ofx", "build the OpenFX shim bundle"),
     "otio": ("host_bridge.commands.otio", "write an OpenTimelineIO round trip of a job"),
+    "resolve-install": ("host_bridge.resolve_install",
+                        "install the DaVinci Resolve menu scripts and settings"),
 }
 
 

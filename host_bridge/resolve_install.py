@@ -146,7 +146,7 @@ def install(*, all_users: bool = False, exchange: str | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m host_bridge.resolve_install",
+    p = argparse.ArgumentParser(prog="facestitch resolve-install",
                                 description="Install the FaceStitch Resolve menu scripts.")
     p.add_argument("--all-users", action="store_true",
                    help="the all-users script folder (needs administrator rights)")
