@@ -104,7 +104,7 @@ def check_edits(edits: Sequence[Edit], installed: Mapping[str, "Direction"]) -> 
                 f"{', '.join(names) or 'none'}"
                 + (" (S-space edits need their data installed: facestitch models)"
                    if e.space == "s" and not names else ""),
-                stage="edit", field=f"edits[{i}].name")
+                field=f"edits[{i}].name")
 
 
 def edit_offsets(edits: Sequence[Edit], installed: Mapping[str, "Direction"],

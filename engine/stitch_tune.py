@@ -279,8 +279,8 @@ def tune_reference(G: "Generator", styles: Sequence["torch.Tensor"],
             img = Gi.synthesis_from_styles(st)
             bl = masked_loss(img, target[i:i + 1], border[i:i + 1], cfg.l1)
             cl = masked_loss(img, edited, content[i:i + 1], cfg.l1)
-            curve.append(float(bl))
-            if cfg.border_loss_threshold > 0 and float(bl) < cfg.border_loss_threshold:
+            curve.append(float(bl.detach()))
+            if cfg.border_loss_threshold > 0 and curve[-1] < cfg.border_loss_threshold:
                 break
             opt.zero_grad(set_to_none=True)
             (bl + cfg.content_weight * cl).sum().backward()

@@ -136,17 +136,19 @@ def run_demo(out: Path, *, frames: int = 14, profile: str = "auto",
 
     stop_watch = threading.Event()
 
-    def watch() -> None:  # progress line while the engine runs in this thread
-        last_msg = ""
-        while not stop_watch.wait(1.0):
+    def watch() -> None:  # progress while the engine runs in this thread
+        last_stage, last_time = None, 0.0
+        while not stop_watch.wait(0.5):
             try:
                 st = job_status(exchange, job_id)
             except Exception:  # noqa: BLE001 - the folder is moving between states
                 continue
-            msg = f"  {st.progress * 100:5.1f}%  {st.message}"
-            if msg != last_msg and not quiet:
-                print(msg[:100], flush=True)
-                last_msg = msg
+            now = time.monotonic()
+            if st.stage != last_stage or now - last_time >= 10:
+                if not quiet and st.stage:
+                    print(f"  {st.progress * 100:5.1f}%  {st.message}"[:100],
+                          flush=True)
+                last_stage, last_time = st.stage, now
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
