@@ -69,7 +69,10 @@ class InvertConfig:
 @dataclass(frozen=True)
 class PTIConfig:
     steps: int = 80  # passes over all frames; STIT README uses 80 (pipeline.md §1.4)
-    lr: float = 3e-5  # STIT PTI lr (pipeline.md §1.4)
+    lr: float = 3e-5  # STIT PTI lr (pipeline.md §1.4), for one frame per step
+    # Adam lr x batch_size (linear scaling): the reference steps once per frame; with
+    # B frames per step this keeps the progress per pass (bench/pipeline.py).
+    lr_batch_scaling: bool = True
     l2_weight: float = 10.0  # STIT CLI override of L2 λ (pipeline.md §1.4)
     lpips_weight: float = 1.0
     batch_size: int = 4  # frames per optimiser step (reference: 1)

@@ -25,8 +25,8 @@ for tests and ``bench/pipeline.py``.
 ``StitchTuneStage`` writes into ``stages/stitch_tune/``:
 
 - ``crops/<frame:07d>.png``: the tuned edited crop, 16-bit RGB, ``R x R``;
-- ``alpha/<frame:07d>.png``: 16-bit grey paste alpha (:func:`engine.mask.paste_alpha`;
-  16 bits keep its soft upsampled edge);
+- ``alpha/<frame:07d>.png``: 8-bit grey paste alpha (:func:`engine.mask.paste_alpha`;
+  the job-folder contract in COMMON.md);
 - ``summary.json``: per-frame border error of the naive paste (the PTI generator at
   the edit, before tuning) and after tuning, steps used, border-loss curves;
 - ``parts/<batch:05d>.json``: the checkpoint, one per finished batch (a killed job
@@ -201,7 +201,6 @@ class BatchedStitcher:
         curves: list[list[float]] = [[] for _ in range(B)]
         steps = [0] * B
         active = list(range(B))
-        b1, b2 = self.betas
         t = 0
         while t < cfg.steps and active:
             if abort is not None:
@@ -228,24 +227,24 @@ class BatchedStitcher:
             loss = ((border_l + cfg.content_weight * content_l) * w).sum()
             grads = torch.autograd.grad(loss, list(p.values()))
             t += 1
+            kept = [f for f, k in zip(active, keep) if k]
             with torch.no_grad():
-                kept = [f for f, k in zip(active, keep) if k]
-                kidx = torch.tensor(kept, device=target.device)
-                sub = torch.tensor([j for j, k in enumerate(keep) if k],
-                                   device=target.device)
-                bc1 = 1 - b1 ** t
-                bc2 = 1 - b2 ** t
-                for (k, v), g in zip(p.items(), grads):
-                    g = g.index_select(0, sub)
-                    m = m1[k].index_select(0, kidx).lerp_(g, 1 - b1)
-                    s2 = m2[k].index_select(0, kidx).mul_(b2).addcmul_(
-                        g, g, value=1 - b2)
-                    denom = (s2.sqrt() / math.sqrt(bc2)).add_(self.eps)
-                    new = params[k].index_select(0, kidx).addcdiv_(
-                        m, denom, value=-cfg.lr / bc1)
-                    params[k].index_copy_(0, kidx, new)
-                    m1[k].index_copy_(0, kidx, m)
-                    m2[k].index_copy_(0, kidx, s2)
+                names = list(p)
+                if len(kept) == B:  # everyone tunes: update the stacks in place
+                    _adam_step([params[k] for k in names], list(grads),
+                               [m1[k] for k in names], [m2[k] for k in names], t,
+                               cfg.lr, self.betas, self.eps)
+                else:  # some frames stopped: update the others' rows only
+                    kidx = torch.tensor(kept, device=target.device)
+                    sub = torch.tensor([j for j, k in enumerate(keep) if k],
+                                       device=target.device)
+                    rows = [[d[k].index_select(0, kidx) for k in names]
+                            for d in (params, m1, m2)]
+                    _adam_step(rows[0], [g.index_select(0, sub) for g in grads],
+                               rows[1], rows[2], t, cfg.lr, self.betas, self.eps)
+                    for d, new in zip((params, m1, m2), rows):
+                        for k, v in zip(names, new):
+                            d[k].index_copy_(0, kidx, v)
             for f in kept:
                 steps[f] += 1
             active = kept
@@ -254,6 +253,23 @@ class BatchedStitcher:
             after = masked_loss(out, target, border, cfg.l1).cpu().tolist()
         before = [c[0] if c else a for c, a in zip(curves, after)]
         return TuneResult(out, before, after, steps, curves)
+
+
+def _adam_step(params: list, grads: list, m1: list, m2: list, t: int, lr: float,
+               betas: tuple[float, float], eps: float) -> None:
+    """In-place Adam step ``t`` (1-based) over lists of tensors; the update of
+    ``torch.optim.Adam`` (no weight decay, no amsgrad), written with ``_foreach``
+    ops so a stack of per-frame parameters costs a few kernel calls."""
+    import torch  # noqa: PLC0415
+
+    b1, b2 = betas
+    torch._foreach_lerp_(m1, grads, 1 - b1)
+    torch._foreach_mul_(m2, b2)
+    torch._foreach_addcmul_(m2, grads, grads, value=1 - b2)
+    denom = torch._foreach_sqrt(m2)
+    torch._foreach_div_(denom, math.sqrt(1 - b2 ** t))
+    torch._foreach_add_(denom, eps)
+    torch._foreach_addcdiv_(params, m1, denom, value=-lr / (1 - b1 ** t))
 
 
 def tune_reference(G: "Generator", styles: Sequence["torch.Tensor"],
@@ -365,7 +381,7 @@ class StitchTuneStage(Stage):
                           tensor_to_image(res.images[j], depth=16))
                 alpha = paste_alpha(masks[j], mcfg)
                 write_png(out / "alpha" / crop_name(f),
-                          np.round(np.clip(alpha, 0, 1) * 65535).astype(np.uint16))
+                          np.round(np.clip(alpha, 0, 1) * 255).astype(np.uint8))
             atomic_write_bytes(part, json.dumps({
                 "frames": fr, "before": res.before, "after": res.after,
                 "steps": res.steps, "curves": res.curves}).encode())

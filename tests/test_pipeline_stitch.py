@@ -101,7 +101,7 @@ def test_stitch_contract_and_border(job):
         crop = read_rgba(st / "crops" / crop_name(f))
         alpha = read_rgba(st / "alpha" / crop_name(f))
         assert crop.shape == (64, 64, 3) and crop.dtype == np.uint16
-        assert alpha.shape == (64, 64) and alpha.dtype == np.uint16
+        assert alpha.shape == (64, 64) and alpha.dtype == np.uint8
         assert alpha.max() > 0 and alpha.min() == 0
     s = json.loads((st / "summary.json").read_text())
     print(f"\nBorder error, mean over {N} frames: naive paste {s['border_before']:.4f} "
