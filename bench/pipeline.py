@@ -302,6 +302,74 @@ def bench_stitch(inp: dict[str, Any], cfg: Any, steps: int, device: str
                 np.array(ref_after) - np.array(ours_after))))}
 
 
+# --- memory at the official size ------------------------------------------------------
+
+
+def memory_probe(kind: str, batch: int, checkpointing: bool, device: str) -> float:
+    """Peak memory (GiB) of one PTI or stitching step at the official size, batch
+    ``batch``, above what the networks themselves take: CUDA's peak allocation on a
+    GPU; on a CPU the growth of the peak resident set, an estimate of the same.
+    Runs in a fresh process (see ``--memory``)."""
+    import resource
+
+    from engine.nets.lpips import LPIPS
+    from engine.nets.stylegan2 import OFFICIAL_GENERATOR_KWARGS, Generator
+    from engine.pti import synthesize
+
+    torch.manual_seed(0)
+    cuda = torch.device(device).type == "cuda"
+    G = Generator(**OFFICIAL_GENERATOR_KWARGS).to(device).requires_grad_(False)
+    lp = LPIPS("alex", backbone="random", heads="uniform").to(device)
+    R = G.img_resolution
+    x = torch.rand(batch, 3, R, R, device=device) * 2 - 1
+    ws = torch.randn(batch, G.num_ws, G.w_dim, device=device)
+    with torch.no_grad():
+        feats = [t.detach() for t in lp.feature_maps(x)]
+        styles = [s.detach() for s in G.styles(ws)]
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if kind == "pti":
+        G.synthesis.requires_grad_(True)
+        img = synthesize(G, ws, checkpointing=checkpointing)
+        loss = (10 * (img - x).square().mean(dim=(1, 2, 3))
+                + lp.distance_from_features(lp.feature_maps(img), feats)).mean()
+        loss.backward()
+    else:
+        stitcher = BatchedStitcher(G, replace(PipelineConfig().stitch, steps=1))
+        m = torch.ones(batch, R, R, device=device)
+        stitcher.tune(styles, x, m, m)
+    if cuda:
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2 ** 30
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base) / 2 ** 30
+
+
+def memory_table(device: str, batches: list[int]) -> list[dict[str, Any]]:
+    import subprocess
+
+    rows = []
+    for kind, ckpt in (("pti", False), ("pti", True), ("stitch", False)):
+        for b in batches:
+            out = subprocess.run(
+                [sys.executable, __file__, "--memory-probe", kind, str(b),
+                 str(int(ckpt)), device], capture_output=True, text=True,
+                check=False)
+            try:
+                gib = float(out.stdout.strip().splitlines()[-1])
+            except (ValueError, IndexError):
+                gib = float("nan")
+                print(out.stderr[-2000:], file=sys.stderr)
+            rows.append({"kind": kind, "batch": b, "checkpointing": ckpt,
+                         "gib": gib})
+            print(f"  {kind:<7} batch {b}  gradient checkpointing "
+                  f"{'on ' if ckpt else 'off'}  {gib:6.2f} GiB")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--frames", type=int, default=16)
@@ -322,8 +390,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true",
                    help="12 frames, 10 PTI passes, 30 stitching steps (about a "
                    "minute on 2 idle CPU cores)")
+    p.add_argument("--memory", action="store_true",
+                   help="also measure the memory of one PTI / stitching step at the "
+                   "official size (batch 1 and 2; a few minutes on a CPU)")
+    p.add_argument("--memory-probe", nargs=4, metavar=("KIND", "BATCH", "CKPT",
+                                                       "DEVICE"),
+                   help=argparse.SUPPRESS)
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args(argv)
+    if args.memory_probe:
+        kind, b, ck, d = args.memory_probe
+        print(memory_probe(kind, int(b), bool(int(ck)), d))
+        return 0
     if args.quick:
         args.frames, args.pti_passes, args.stitch_steps = 12, 10, 30
     dev = args.device
@@ -404,6 +482,12 @@ def main(argv: list[str] | None = None) -> int:
                                                          + sr["ours_seconds"])
         print(f"\nPTI + stitching together: ratio {both:.2f}x")
         out.update(pti=pr, stitch=sr, combined_ratio=both)
+        if args.memory:
+            print("\nMemory of one step at the official size (1024 px), above the "
+                  "networks' own weights"
+                  + (" (CPU: peak resident-set growth, an estimate of GPU memory)"
+                     if dev == "cpu" else "") + ":")
+            out["memory"] = memory_table(dev, [1, 2])
         if args.json:
             args.json.write_text(json.dumps(out, indent=2))
     finally:

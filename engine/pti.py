@@ -132,18 +132,19 @@ class TargetCache:
         """``(crops [B, 3, R, R] in [-1, 1], LPIPS feature maps of the crops)``."""
         import torch  # noqa: PLC0415
 
-        missing = [f for f in frames if f not in self.cache]
         loaded = {}
-        if missing:
-            x = crops_to_tensor([self.clip.crop(f) for f in missing], self.size,
-                                device=self.device)
+        for f in frames:
+            if f in self.cache:
+                continue
+            # One frame at a time: a frame's features must not depend on which
+            # batch first asked for it (bit-identical resumes).
+            x = crops_to_tensor([self.clip.crop(f)], self.size, device=self.device)
             with torch.no_grad():
                 feats = self.lpips.feature_maps(x)
-            for j, f in enumerate(missing):
-                item = (x[j], [t[j] for t in feats])
-                loaded[f] = item
-                if self._room(item):
-                    self.cache[f] = (item[0].clone(), [t.clone() for t in item[1]])
+            item = (x[0], [t[0] for t in feats])
+            loaded[f] = item
+            if self._room(item):
+                self.cache[f] = item
         items = [self.cache.get(f) or loaded[f] for f in frames]
         return (torch.stack([it[0] for it in items]),
                 [torch.stack([it[1][k] for it in items])

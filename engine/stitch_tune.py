@@ -170,7 +170,7 @@ class BatchedStitcher:
 
     def tune(self, styles: Sequence["torch.Tensor"], target: "torch.Tensor",
              border: "torch.Tensor", content: "torch.Tensor",
-             abort: Any = None) -> TuneResult:
+             abort: Any = None, progress: Any = None) -> TuneResult:
         """Tune one batch.
 
         Args:
@@ -178,6 +178,7 @@ class BatchedStitcher:
             target: the real aligned crops ``[B, 3, R, R]`` in [-1, 1].
             border, content: masks ``[B, R, R]`` (:func:`engine.mask.stitch_masks`).
             abort: called once per step (e.g. ``ctx.check_abort``).
+            progress: called with the fraction of steps done after each step.
         """
         import torch  # noqa: PLC0415
 
@@ -248,6 +249,8 @@ class BatchedStitcher:
             for f in kept:
                 steps[f] += 1
             active = kept
+            if progress is not None:
+                progress(t / cfg.steps)
         with torch.no_grad():
             out = self.render(params, styles)
             after = masked_loss(out, target, border, cfg.l1).cpu().tolist()
@@ -374,8 +377,12 @@ class StitchTuneStage(Stage):
             target = crops_to_tensor([clip.crop(f) for f in fr], R, device=dev)
             border, content = _fit(border, R), _fit(content, R)
             styles = load_edit_styles(G, edit_dir, rows, dev)
+            def progress(f: float, bi: int = bi) -> None:
+                ctx.report((bi + f) / len(batches), f"batch {bi + 1}/{len(batches)}, "
+                           f"step {round(f * cfg.steps)}/{cfg.steps}")
+
             res = stitcher.tune(styles, target, border, content,
-                                abort=ctx.check_abort)
+                                abort=ctx.check_abort, progress=progress)
             for j, f in enumerate(fr):
                 write_png(out / "crops" / crop_name(f),
                           tensor_to_image(res.images[j], depth=16))

@@ -137,18 +137,20 @@ def run_demo(out: Path, *, frames: int = 14, profile: str = "auto",
     stop_watch = threading.Event()
 
     def watch() -> None:  # progress while the engine runs in this thread
-        last_stage, last_time = None, 0.0
+        last_stage, last_msg, last_time = None, "", 0.0
         while not stop_watch.wait(0.5):
             try:
                 st = job_status(exchange, job_id)
             except Exception:  # noqa: BLE001 - the folder is moving between states
                 continue
             now = time.monotonic()
-            if st.stage != last_stage or now - last_time >= 10:
-                if not quiet and st.stage:
+            new_stage = st.stage != last_stage
+            if st.stage and (new_stage or (now - last_time >= 10
+                                           and st.message != last_msg)):
+                if not quiet:
                     print(f"  {st.progress * 100:5.1f}%  {st.message}"[:100],
                           flush=True)
-                last_stage, last_time = st.stage, now
+                last_stage, last_msg, last_time = st.stage, st.message, now
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
