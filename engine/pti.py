@@ -10,9 +10,10 @@ several times faster (bench/pipeline.py). With B frames per step there are B tim
 fewer steps per pass, so the learning rate is scaled by B (``lr_batch_scaling``,
 the linear scaling rule): on the tiny profile, 20 passes at batch 4 and lr 1.2e-4
 reach the reconstruction of 20 batch-1 passes at 3e-5 (MSE 0.2821 vs 0.2827), while
-batch 4 at 3e-5 stops at 0.4699. Crops are read from disk batch by
-batch (a bounded number stays decoded in memory), so memory does not grow with the
-clip length.
+batch 4 at 3e-5 stops at 0.4699.
+
+Crops are read from disk batch by batch (a bounded number stays decoded in memory,
+with their LPIPS features), so memory does not grow with the clip length.
 
 Mapping gets no gradient (fixed pivots); all synthesis parameters train (convs,
 biases, affines, noise strengths, the constant input, ToRGB).
@@ -59,6 +60,10 @@ __all__ = ["PTIStage", "PTITuner", "synthesize", "save_generator", "load_generat
            "reconstruction_error", "TargetCache", "autocast"]
 
 log = logging.getLogger(__name__)
+
+
+# --- generator I/O --------------------------------------------------------------------
+
 
 def save_generator(path: Path, G: "Generator", **info: Any) -> None:
     """The tuned generator in our own format (state dict + constructor JSON + hash,
@@ -316,10 +321,11 @@ class PTIStage(Stage):
         pivots = np.load(inv / "pivots.npy").astype(np.float32)
         frames = read_frames_json(inv / "frames.json")
         models = stage_models(ctx)
-        G0 = models.generator
-        targets = TargetCache(aligned_clip(ctx), G0.img_resolution, dev, models.lpips,
+        G0, lpips, tiny = models.generator, models.lpips, bool(models.info.get("tiny"))
+        del models  # the encoder is not needed here: free its memory
+        targets = TargetCache(aligned_clip(ctx), G0.img_resolution, dev, lpips,
                               cfg.cache_frames)
-        tuner = PTITuner(G0, models.lpips, pivots, frames, targets, cfg,
+        tuner = PTITuner(G0, lpips, pivots, frames, targets, cfg,
                          seed=ctx.config.seed, device=dev, dtype=ctx.config.dtype)
         ckpt_path = out / "checkpoint.pt"
         if ckpt_path.exists():
@@ -359,7 +365,7 @@ class PTIStage(Stage):
         G = tuner.G.eval().requires_grad_(False)
         after = tuner.error(G, abort=ctx.check_abort) if frames else None
         save_generator(out / "generator.pt", G, stage="pti", frames=len(frames),
-                       passes=cfg.steps, tiny=bool(models.info.get("tiny")))
+                       passes=cfg.steps, tiny=tiny)
         show = preview_frames(frames)
         if show:
             with torch.no_grad():

@@ -228,18 +228,15 @@ class ReportStage(Stage):
     weight = 1.0
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        from .pipeline import PIPELINES  # noqa: PLC0415
         from .runner import read_stage_done  # noqa: PLC0415
 
         job = ctx.job
         jd = ctx.job_dir
         st = jd / "stages"
-        done = {}
-        for ref in PIPELINES.get(job.kind, ()):
-            mod = ref.split(":")[0].rsplit(".", 1)[-1]
-            doc = read_stage_done(jd, mod)
-            if doc is not None:
-                done[doc.stage] = doc
+        docs = [read_stage_done(jd, d.name) for d in sorted(st.iterdir())
+                if d.is_dir()] if st.is_dir() else []
+        done = {d.stage: d for d in sorted((d for d in docs if d is not None),
+                                           key=lambda d: d.finished)}
         paste = done.get("paste")
         outputs = [f for f in (paste.facts.get("frames") if paste else None) or []
                    if isinstance(f, dict)]

@@ -149,7 +149,16 @@ class BatchedStitcher:
         self.cfg = cfg
         self.dtype = dtype
         self.module = _styles_module(G)
-        self.names: list[str] | None = None
+        self.names: list[str] = []  # the stacked (trainable) parameters
+        self.fixed: dict[str, "torch.Tensor"] = {}  # shared: affines, buffers
+
+    def _setup(self, styles: Sequence["torch.Tensor"]) -> None:
+        if self.names:
+            return
+        self.names = _trainable_names(self.module, styles)
+        named = dict(self.module.named_parameters())
+        self.fixed = {k: v.detach() for k, v in named.items() if k not in self.names}
+        self.fixed.update(dict(self.module.named_buffers()))
 
     def render(self, params: dict[str, "torch.Tensor"],
                styles: Sequence["torch.Tensor"]) -> "torch.Tensor":
@@ -185,12 +194,7 @@ class BatchedStitcher:
         cfg = self.cfg
         B = target.shape[0]
         styles = [s.detach() for s in styles]
-        if self.names is None:
-            self.names = _trainable_names(self.module, styles)
-            named = dict(self.module.named_parameters())
-            self.fixed = {k: v.detach() for k, v in named.items()
-                          if k not in self.names}
-            self.fixed.update(dict(self.module.named_buffers()))
+        self._setup(styles)
         named = dict(self.module.named_parameters())
         params = {k: named[k].detach().unsqueeze(0).repeat(
             B, *([1] * named[k].ndim)).contiguous() for k in self.names}
