@@ -240,15 +240,25 @@ def test_writers(tmp_path):
     alpha = straight[..., 3:]
     expect = np.concatenate([straight[..., :3] * alpha, alpha], 2)
     assert exr.dtype == np.float32 and np.abs(exr - expect).max() < 1e-3
-    # ProRes 4444 keeps alpha (lossy, 10-bit)
+    # ProRes 4444 keeps alpha (lossy). Mattes are smooth, so test a smooth matte:
+    # white noise is the codec's worst case and made this check depend on encoder
+    # rounding details.
+    yy, xx = np.mgrid[0:19, 0:23]
+    matte = np.zeros((19, 23, 4), np.uint16)
+    matte[..., 0] = xx * 65535 // 22
+    matte[..., 1] = yy * 65535 // 18
+    matte[..., 2] = 30000
+    matte[..., 3] = (xx + yy) * 65535 // 40
     with video.MovieWriter(tmp_path / "m.mov", Fraction(24), (23, 19),
                            codec="prores_ks", alpha=True) as mw:
         for _ in range(3):
-            mw.write(rgba)
+            mw.write(matte)
     info = video.probe(tmp_path / "m.mov")
     assert info.has_alpha and info.frame_count == 3
     (_, back), = video.read_frames(tmp_path / "m.mov", 2, 3, alpha=True, depth=16)
-    assert np.abs(back[..., 3].astype(int) - rgba[..., 3]).mean() < 300
+    err = np.abs(back.astype(int) - matte)
+    assert err[..., 3].max() < 256  # within 1/256 of full range (measured: 75)
+    assert err[..., :3].max() < 512  # measured: 133
     # H.264 preview of an odd size, at the source rate
     with video.MovieWriter(tmp_path / "p.mp4", Fraction(24000, 1001), (23, 19)) as mw:
         for i in range(4):
