@@ -47,12 +47,7 @@ GEN_KW = dict(z_dim=16, w_dim=16, img_resolution=32, channel_base=256, channel_m
               mapping_layers=3)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gen(seed: int = 0) -> Generator:

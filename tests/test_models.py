@@ -20,12 +20,7 @@ from engine.store import MANIFEST, TINY_GENERATOR_KWARGS, Store
 from fsexchange.errors import ModelFormatError, ModelHashMismatch, ModelMissing
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_tiny_profile_end_to_end_on_cpu():

@@ -10,13 +10,7 @@ from engine.nets.e4e import OFFICIAL_ENCODER_KWARGS, E4EEncoder
 from engine.store import TINY_ENCODER_KWARGS
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks: one thread avoids OpenMP barrier stalls on a loaded machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny(seed: int = 0) -> E4EEncoder:

@@ -13,12 +13,7 @@ from engine.nets.lpips import BACKBONE_FILES, LPIPS, backbone_path, heads_path
 from fsexchange.errors import ModelMissing
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_engine_modules_do_not_import_torchvision_or_lpips():

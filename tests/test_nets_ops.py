@@ -21,13 +21,7 @@ from engine.nets.ops import (
 from engine.nets.stylegan2 import FullyConnectedLayer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks: one thread avoids OpenMP barrier stalls on a loaded machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _upfirdn_direct(x: np.ndarray, f: np.ndarray, up: int, down: int,

@@ -11,13 +11,7 @@ import torch
 from engine.nets.ops import normalize_2nd_moment
 from engine.nets.stylegan2 import OFFICIAL_GENERATOR_KWARGS, Generator
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks: one thread avoids OpenMP barrier stalls on a loaded machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SMALL = dict(z_dim=16, w_dim=16, img_resolution=32, channel_base=256, channel_max=16,
