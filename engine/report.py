@@ -57,11 +57,13 @@ def preview_frames(frames: Sequence[int], count: int = PREVIEW_COUNT) -> list[in
 
 
 def png_data_uri(img: np.ndarray, height: int | None = THUMB) -> str:
-    """An image (HxW[x3|4], uint8/uint16/float 0..1) as a ``data:image/png`` URI,
-    resized to ``height`` (area interpolation) when given."""
+    """An image (HxW or HxWx3, uint8/uint16/float 0..1; alpha is dropped) as a
+    ``data:image/png`` URI, resized to ``height`` when given."""
     import cv2  # noqa: PLC0415
 
     a = np.asarray(img)
+    if a.ndim == 3:
+        a = a[:, :, :3]
     if a.dtype == np.uint16:
         a = (a.astype(np.float32) / 257.0).round().astype(np.uint8)
     elif a.dtype != np.uint8:
@@ -70,12 +72,9 @@ def png_data_uri(img: np.ndarray, height: int | None = THUMB) -> str:
         w = max(1, round(a.shape[1] * height / a.shape[0]))
         interp = cv2.INTER_AREA if a.shape[0] > height else cv2.INTER_NEAREST
         a = cv2.resize(a, (w, height), interpolation=interp)
-    if a.ndim == 3:
-        a = a[:, :, [2, 1, 0, 3][: a.shape[2]]]
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(a))
-    if not ok:
-        raise OSError("PNG encoding failed")
-    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode()
+    from .align import _encode_png  # noqa: PLC0415 (the tree's one PNG writer)
+
+    return "data:image/png;base64," + base64.b64encode(_encode_png(a)).decode()
 
 
 _COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
