@@ -57,7 +57,8 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from engine.config import PipelineConfig  # noqa: E402
 from engine.pti import PTITuner, TargetCache, reconstruction_error  # noqa: E402
-from engine.stitch_tune import BatchedStitcher, masked_loss, tune_reference  # noqa: E402
+from engine.stitch_tune import (BatchedStitcher, masked_loss,  # noqa: E402
+                                tune_reference)
 
 STAGES = ("engine.track:TrackStage", "engine.align:AlignStage",
           "engine.invert:InvertStage", "engine.pti:PTIStage", "engine.edit:EditStage",
@@ -188,7 +189,8 @@ def synthetic_inputs(frames: int, device: str, seed: int = 0) -> dict[str, Any]:
     crops = [((im.permute(1, 2, 0).cpu().numpy() + 1) * 127.5).round().astype(np.uint8)
              for im in imgs]
     yy, xx = np.mgrid[:R, :R]
-    face = ((xx - R / 2) ** 2 / (0.3 * R) ** 2 + (yy - R / 2) ** 2 / (0.38 * R) ** 2) < 1
+    face = ((xx - R / 2) ** 2 / (0.3 * R) ** 2
+            + (yy - R / 2) ** 2 / (0.38 * R) ** 2) < 1  # an oval "face" mask
     from engine.mask import stitch_masks
 
     _, border, content = stitch_masks(face)
@@ -458,7 +460,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  reference loop (batch 1)      {pr['ref_seconds']:8.2f} s  "
               f"{pr['ref_frames_per_minute']:9.1f} frame-passes/min  "
               f"{pr['ref_tflops']:.4f} TFLOP/s")
-        print(f"  ours (batch {pr['batch']}, cached LPIPS) {pr['ours_seconds']:8.2f} s  "
+        print(f"  ours (batch {pr['batch']}, cached LPIPS) "
+              f"{pr['ours_seconds']:8.2f} s  "
               f"{pr['ours_frames_per_minute']:9.1f} frame-passes/min  "
               f"{pr['ours_tflops']:.4f} TFLOP/s")
         e = pr["error"]
@@ -469,7 +472,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  ratio {pr['ratio']:.2f}x")
         print(f"\nStitching tuning, {args.frames} frames x {args.stitch_steps} steps:")
         sr = bench_stitch(inp, st_cfg, args.stitch_steps, dev)
-        print(f"  reference loop (deep copy + Adam per frame) {sr['ref_seconds']:8.2f} s"
+        print("  reference loop (deep copy + Adam per frame) "
+              f"{sr['ref_seconds']:8.2f} s"
               f"  {sr['ref_frames_per_minute']:8.1f} frames/min  "
               f"{sr['ref_tflops']:.4f} TFLOP/s")
         print(f"  ours (vmap, batch {sr['batch']})"

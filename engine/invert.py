@@ -147,9 +147,8 @@ class InvertStage(Stage):
     def run(self, ctx: StageContext) -> dict[str, Any]:
         import torch  # noqa: PLC0415
 
-        from .report import preview_frames  # noqa: PLC0415
-
         from .edit import check_edits  # noqa: PLC0415
+        from .report import preview_frames  # noqa: PLC0415
 
         cfg = ctx.config.invert
         clip = aligned_clip(ctx)

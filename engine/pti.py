@@ -62,7 +62,7 @@ __all__ = ["PTIStage", "PTITuner", "synthesize", "save_generator", "load_generat
 log = logging.getLogger(__name__)
 
 
-# --- generator I/O --------------------------------------------------------------------
+# --- generator I/O ------------------------------------------------------------------
 
 
 def save_generator(path: Path, G: "Generator", **info: Any) -> None:
@@ -80,7 +80,7 @@ def load_generator(path: Path, device: str = "cpu") -> "Generator":
     return load_network(path, device=device, expect="Generator").requires_grad_(False)
 
 
-# --- forward helpers --------------------------------------------------------------------
+# --- forward helpers ----------------------------------------------------------------
 
 
 def autocast(device: str, dtype: str):
@@ -189,7 +189,7 @@ def reconstruction_error(G: "Generator", lpips: Any, pivots: np.ndarray,
             "lpips": lp_sum / n}
 
 
-# --- the tuning loop ------------------------------------------------------------------
+# --- the tuning loop ----------------------------------------------------------------
 
 
 class PTITuner:
@@ -300,7 +300,7 @@ class PTITuner:
                 float(lp.detach().mean()))
 
 
-# --- the stage --------------------------------------------------------------------------
+# --- the stage ----------------------------------------------------------------------
 
 
 class PTIStage(Stage):

@@ -213,6 +213,13 @@ def render_report(*, title: str, banner: str | None, warnings: Sequence[str],
     return "".join(parts)
 
 
+def _strength_text(e: Any) -> str:
+    """``-4`` or ``0@10,-4@20`` (STRENGTH@FRAME, the CLI's keyframe syntax)."""
+    if not e.keyframes:
+        return f"{e.strength:g}"
+    return ",".join(f"{k.strength:g}@{k.frame}" for k in e.keyframes)
+
+
 def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     h = "".join(f"<th>{html.escape(str(c))}</th>" for c in header)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>"
@@ -309,10 +316,9 @@ class ReportStage(Stage):
 
     def _job_table(self, ctx: StageContext, models: dict) -> str:
         job = ctx.job
-        edits = ", ".join(
-            f"{e.name}={'keyframes ' + ' '.join(f'{k.strength:g}@{k.frame}' for k in e.keyframes) if e.keyframes else f'{e.strength:g}'}"  # noqa: E501
-            f" ({e.space}{', ' + e.ease if e.keyframes else ''})"
-            for e in job.edits) or "none"
+        edits = ", ".join(f"{e.name}={_strength_text(e)} ({e.space}"
+                          f"{', ' + e.ease if e.keyframes else ''})"
+                          for e in job.edits) or "none"
         rows = [["kind", html.escape(job.kind)],
                 ["source", html.escape(job.source.path)],
                 ["range", f"{job.range.start}–{job.range.end - 1} "

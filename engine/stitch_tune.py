@@ -212,8 +212,8 @@ class BatchedStitcher:
                 abort()
             idx = torch.tensor(active, device=target.device)
             full = len(active) == B
-            p = {k: (v if full else v.index_select(0, idx)).detach().requires_grad_(True)
-                 for k, v in params.items()}
+            p = {k: (v if full else v.index_select(0, idx)).detach()
+                 .requires_grad_(True) for k, v in params.items()}
             st = [s if full else s.index_select(0, idx) for s in styles]
             img = self.render(p, st)
             sel = (lambda x: x) if full else (lambda x: x.index_select(0, idx))
