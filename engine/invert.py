@@ -55,22 +55,12 @@ def stage_models(ctx: StageContext) -> "ModelSet":
     from .models import load_models  # noqa: PLC0415
 
     models = load_models(ctx.config.profile, device=ctx.device)
-    ctx.info["models"] = _jsonable(models.info)
+    ctx.info["models"] = dict(models.info)  # the runner stores it msgpack-safe
     if models.profile == "tiny" or models.info.get("tiny"):
         ctx.warn("tiny test networks — not a real edit: the official models are not "
                  "installed (facestitch models install), so this job ran on small "
                  "randomly initialised networks.")
     return models
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (str, int, float, bool)) or x is None:
-        return x
-    return str(x)
 
 
 def aligned_clip(ctx: StageContext) -> "AlignedClip":
