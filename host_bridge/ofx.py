@@ -98,10 +98,12 @@ def bundle_arch(system: str | None = None, machine: str | None = None) -> str:
 
 
 def source_dir() -> Path:
-    """Where the shim's C sources are: the checkout's ``plugins/ofx_shim`` or the
-    installed package data next to this module."""
+    """Where the shim's C sources are: the checkout's ``plugins/ofx_shim``, or the
+    copy a wheel installs as data files under ``<prefix>/share/facestitch/ofx_shim``
+    (``[tool.setuptools.data-files]`` in pyproject.toml)."""
     here = Path(__file__).resolve().parent
-    for cand in (here.parent / "plugins" / "ofx_shim", here / "ofx_shim"):
+    shared = Path(sys.prefix) / "share" / "facestitch" / "ofx_shim"
+    for cand in (here.parent / "plugins" / "ofx_shim", shared):
         if all((cand / f).is_file() for f in _SOURCES + _HEADERS):
             return cand
     raise HostError("the OpenFX shim sources (plugins/ofx_shim/facestitch_ofx.c) are not "
