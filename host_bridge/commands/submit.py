@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import socket
 import sys
 from fractions import Fraction
@@ -30,13 +31,13 @@ from fsexchange.documents import (JOB_KINDS, Edit, FrameRange, Job, Keyframe,
                                   OutputSpec, Source, Subject)
 from fsexchange.errors import (DocumentFieldError, EditInvalid, EditUnknown,
                                FaceStitchError, MediaMissing, ModelError, RangeInvalid,
-                               RangeOutOfBounds)
+                               RangeOutOfBounds, SubjectInvalid)
 from fsexchange.exchange import utc_now
 from fsexchange.paths import is_within
-from fsexchange.timecode import parse_rate
+from fsexchange.timecode import parse_rate, timecode_to_frames
 
-__all__ = ["main", "build_parser", "parse_range", "parse_edit", "parse_option",
-           "build_job"]
+__all__ = ["main", "build_parser", "parse_range", "timecode_range", "parse_subject",
+           "parse_edit", "parse_option", "build_job"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exchange", required=True, type=Path, metavar="DIR",
                    help="the exchange folder the engine watches")
     p.add_argument("--range", metavar="START:END",
-                   help="frames START (inclusive) to END (exclusive); default all")
+                   help="frames START (inclusive) to END (exclusive); default all. "
+                   "Or source timecodes TC-TC, e.g. 01:00:00:10-01:00:04:00 (END "
+                   "exclusive), converted with the media's start timecode and rate")
     p.add_argument("--rate", metavar="RATE",
                    help="frame rate (24000/1001, 25...) for image sequences, or when "
                    "the media cannot be probed here")
@@ -59,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "STRENGTH@FRAME,STRENGTH@FRAME,... (repeatable)")
     p.add_argument("--face", type=int, metavar="N",
                    help="follow the N-th face by size (0 = the largest)")
+    p.add_argument("--face-point", metavar="FRAME:X,Y",
+                   help="follow the face containing pixel (X, Y) at media frame FRAME")
+    p.add_argument("--face-box", metavar="FRAME:X0,Y0,X1,Y1",
+                   help="follow the face best matching this box at media frame FRAME")
     p.add_argument("--kind", choices=JOB_KINDS, default="stitch",
                    help="stitch (the full edit) or align-preview (check the track)")
     p.add_argument("--profile", choices=("auto", "official", "tiny"),
@@ -117,6 +124,69 @@ def parse_range(text: str | None, frame_count: int | None) -> tuple[int, int]:
                                f"{frame_count} frames (0:{frame_count})",
                                field="range.end")
     return start, end
+
+
+_TC_RANGE = re.compile(r"^\s*(\d{1,2}[:;.]\d{2}[:;.]\d{2}[:;.]\d{2,3})\s*-\s*"
+                       r"(\d{1,2}[:;.]\d{2}[:;.]\d{2}[:;.]\d{2,3})\s*$")
+
+
+def timecode_range(text: str, rate: Fraction, start_timecode: str | None
+                   ) -> str | None:
+    """``"01:00:00:10-01:00:04:00"`` -> ``"10:96"`` (media indices, END exclusive)
+    for media starting at ``start_timecode``; None when ``text`` is not a timecode
+    range.
+
+    Raises:
+        RangeInvalid: a timecode before the media's start.
+    """
+    m = _TC_RANGE.match(text)
+    if not m:
+        return None
+    origin = timecode_to_frames(start_timecode, rate) if start_timecode else 0
+    try:
+        start, end = (timecode_to_frames(tc, rate) - origin for tc in m.groups())
+    except DocumentFieldError as exc:
+        raise RangeInvalid(f"--range {text}: {exc.message}", field="range") from None
+    if start < 0:
+        raise RangeInvalid(f"--range {text}: {m[1]} is before the media's start "
+                           f"timecode {start_timecode or '00:00:00:00'}",
+                           field="range.start")
+    return f"{start}:{end}"
+
+
+def parse_subject(face: int | None, point: str | None, box: str | None) -> Subject:
+    """``--face N`` / ``--face-point FRAME:X,Y`` / ``--face-box FRAME:X0,Y0,X1,Y1``.
+
+    Raises:
+        SubjectInvalid: more than one given, or bad syntax.
+    """
+    given = [a for a in (face, point, box) if a is not None]
+    if len(given) > 1:
+        raise SubjectInvalid("give only one of --face, --face-point, --face-box",
+                             field="subject")
+    if face is not None:
+        if face < 0:
+            raise SubjectInvalid("--face must be >= 0", field="subject.index")
+        return Subject(index=face)
+    for text, n, flag in ((point, 2, "--face-point"), (box, 4, "--face-box")):
+        if text is None:
+            continue
+        frame_s, sep, coords = text.partition(":")
+        try:
+            values = [float(v) for v in coords.split(",")]
+            frame = int(frame_s)
+            if not sep or len(values) != n or frame < 0:
+                raise ValueError
+        except ValueError:
+            shape = "X,Y" if n == 2 else "X0,Y0,X1,Y1"
+            raise SubjectInvalid(f"{flag} {text!r} must be FRAME:{shape} (media frame "
+                                 "index, pixel coordinates)", field="subject") from None
+        if n == 4 and not (values[0] < values[2] and values[1] < values[3]):
+            raise SubjectInvalid(f"{flag} {text!r}: need X0 < X1 and Y0 < Y1",
+                                 field="subject.box")
+        coords_t = (float(frame), *values)
+        return Subject(point=coords_t) if n == 2 else Subject(box=coords_t)
+    return Subject()
 
 
 def parse_edit(text: str) -> Edit:
@@ -217,7 +287,14 @@ def build_job(args: argparse.Namespace, notes: list[str]
             raise DocumentFieldError("give --rate: the movie cannot be probed here",
                                      field="range.rate")
         rate = Fraction(24)
-    start, end = parse_range(args.range, info.frame_count if info else None)
+    range_text = args.range
+    if range_text and _TC_RANGE.match(range_text):
+        if info is None:
+            raise RangeInvalid("a timecode --range needs the media's start timecode: "
+                               "it cannot be probed here, give frame numbers",
+                               field="range")
+        range_text = timecode_range(range_text, info.rate, info.start_timecode)
+    start, end = parse_range(range_text, info.frame_count if info else None)
     frange = FrameRange(start, end, info.rate if info else rate,
                         info.start_timecode if info else None)
     edits = [parse_edit(t) for t in args.edit]
@@ -243,9 +320,7 @@ def build_job(args: argparse.Namespace, notes: list[str]
         notes.append(f"the job reads {source.path} in place: start the engine with "
                      f"--media-root {Path(source.path).parent} (or submit with "
                      "--copy-media)")
-    if args.face is not None and args.face < 0:
-        raise DocumentFieldError("--face must be >= 0", field="subject.index")
-    subject = Subject(index=args.face) if args.face is not None else Subject()
+    subject = parse_subject(args.face, args.face_point, args.face_box)
     output = OutputSpec(format=args.format) if args.format else OutputSpec()
     job = Job(id=args.id or new_job_id(), source=source, range=frange, kind=args.kind,
               subject=subject, edits=tuple(edits), options=options, output=output,
