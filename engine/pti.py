@@ -225,8 +225,12 @@ class PTITuner:
         self.G.synthesis.requires_grad_(True)  # mapping: no gradient (fixed pivots)
         self.batch = max(1, int(cfg.batch_size))
         self.lr = cfg.lr * (self.batch if cfg.lr_batch_scaling else 1)
+        # fused: one kernel per parameter group instead of a dozen small ops per
+        # tensor (about 10 % of a batch-4 step of the tiny profile on a CPU); the
+        # same update as the for-loop Adam up to float rounding.
         self.opt = torch.optim.Adam(self.G.synthesis.parameters(), lr=self.lr,
-                                    betas=(0.9, 0.999))
+                                    betas=(0.9, 0.999),
+                                    fused=_fused_adam_ok(self.device))
         self.n_batches = math.ceil(len(self.frames) / self.batch)
         self.state: dict[str, Any] = {"pass": 0, "batch": 0, "passes": [],
                                       "acc": None, "before": None}
@@ -298,6 +302,13 @@ class PTITuner:
         self.opt.step()
         return (float(loss.detach()), float(mse.detach().mean()),
                 float(lp.detach().mean()))
+
+
+def _fused_adam_ok(device: str) -> bool:
+    """Whether ``torch.optim.Adam(fused=True)`` runs on ``device``."""
+    import torch  # noqa: PLC0415
+
+    return torch.device(device).type in ("cpu", "cuda")
 
 
 # --- the stage ----------------------------------------------------------------------
