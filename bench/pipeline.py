@@ -316,7 +316,6 @@ def memory_probe(kind: str, batch: int, checkpointing: bool, device: str) -> flo
 
     from engine.nets.lpips import LPIPS
     from engine.nets.stylegan2 import OFFICIAL_GENERATOR_KWARGS, Generator
-    from engine.pti import synthesize
 
     torch.manual_seed(0)
     cuda = torch.device(device).type == "cuda"
@@ -336,7 +335,7 @@ def memory_probe(kind: str, batch: int, checkpointing: bool, device: str) -> flo
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if kind == "pti":
         G.synthesis.requires_grad_(True)
-        img = synthesize(G, ws, checkpointing=checkpointing)
+        img = G.synthesis(ws, checkpointing=checkpointing)
         loss = (10 * (img - x).square().mean(dim=(1, 2, 3))
                 + lp.distance_from_features(lp.feature_maps(img), feats)).mean()
         loss.backward()

@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 
     from .nets.stylegan2 import Generator
 
-__all__ = ["PTIStage", "PTITuner", "synthesize", "save_generator", "load_generator",
+__all__ = ["PTIStage", "PTITuner", "save_generator", "load_generator",
            "reconstruction_error", "TargetCache", "autocast"]
 
 log = logging.getLogger(__name__)
@@ -89,28 +89,6 @@ def autocast(device: str, dtype: str):
 
     dev = torch.device(device).type
     return torch.autocast(dev, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
-
-
-def synthesize(G: "Generator", ws: "torch.Tensor", *, noise_mode: str = "const",
-               checkpointing: bool = False) -> "torch.Tensor":
-    """``G.synthesis(ws)``; with ``checkpointing`` each synthesis block runs under
-    ``torch.utils.checkpoint`` (activations recomputed in backward: about a third
-    more compute for a fraction of the activation memory, for 6–8 GB GPUs)."""
-    if not checkpointing:
-        return G.synthesis(ws, noise_mode=noise_mode)
-    from torch.utils.checkpoint import checkpoint  # noqa: PLC0415
-
-    syn = G.synthesis
-    styles = syn.styles(ws)
-    x = img = None
-    k = 0
-    for r in syn.block_resolutions:  # the block loop of synthesis_from_styles
-        block = getattr(syn, f"b{r}")
-        n = block.num_conv + block.num_torgb
-        x, img = checkpoint(block.forward_styles, x, img, styles[k:k + n],
-                            ws.shape[0], noise_mode, use_reentrant=False)
-        k += n
-    return img
 
 
 class TargetCache:
@@ -290,7 +268,7 @@ class PTITuner:
         ws = torch.from_numpy(self.pivots[rows]).to(self.device)  # [B, num_ws, w_dim]
         target, feats = self.targets.batch([self.frames[i] for i in rows])
         with autocast(self.device, self.dtype):
-            img = synthesize(G, ws, checkpointing=cfg.gradient_checkpointing).float()
+            img = G.synthesis(ws, checkpointing=cfg.gradient_checkpointing).float()
             mse = (img - target).square().mean(dim=(1, 2, 3))  # [B]
             lp = _lpips(self.lpips, img, feats).float().reshape(-1)  # [B]
             # mean over the batch: the gradient of the reference's per-frame loss
