@@ -318,17 +318,6 @@ class AlignedClip:
         return (m[..., 0] if m.ndim == 3 else m) > 127
 
 
-def _encode_png(img: np.ndarray) -> bytes:
-    import cv2  # noqa: PLC0415
-
-    if img.ndim == 3:
-        img = img[:, :, ::-1]
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(img))
-    if not ok:
-        raise OSError("PNG encoding failed")
-    return buf.tobytes()
-
-
 class AlignStage(Stage):
     """Smoothed FFHQ crops at the generator resolution, quads, and face masks."""
 
@@ -336,7 +325,7 @@ class AlignStage(Stage):
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         from .mask import MaskBuilder  # noqa: PLC0415
-        from .video import probe, read_frames  # noqa: PLC0415
+        from .video import encode_png, probe, read_frames  # noqa: PLC0415
 
         cfg = ctx.config.align
         job = ctx.job
@@ -381,9 +370,9 @@ class AlignStage(Stage):
         def flush() -> None:
             masks = masker.masks([p[1] for p in pending], [p[2] for p in pending])
             for (frame, crop, _), mask in zip(pending, masks):
-                atomic_write_bytes(out / "crops" / crop_name(frame), _encode_png(crop))
+                atomic_write_bytes(out / "crops" / crop_name(frame), encode_png(crop))
                 atomic_write_bytes(out / "masks" / crop_name(frame),
-                                   _encode_png(mask.astype(np.uint8) * 255))
+                                   encode_png(mask.astype(np.uint8) * 255))
                 frames_done.append(frame)
             pending.clear()
 

@@ -102,10 +102,10 @@ def tensor_to_image(x: "torch.Tensor", depth: int = 8) -> np.ndarray:
 
 def write_png(path: Path, img: np.ndarray) -> None:
     """Atomically write an RGB or grey PNG (8 or 16 bit)."""
-    from .align import _encode_png  # noqa: PLC0415
+    from .video import encode_png  # noqa: PLC0415
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, _encode_png(img))
+    atomic_write_bytes(path, encode_png(img))
 
 
 def save_npy(path: Path, arr: np.ndarray) -> None:

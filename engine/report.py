@@ -72,9 +72,9 @@ def png_data_uri(img: np.ndarray, height: int | None = THUMB) -> str:
         w = max(1, round(a.shape[1] * height / a.shape[0]))
         interp = cv2.INTER_AREA if a.shape[0] > height else cv2.INTER_NEAREST
         a = cv2.resize(a, (w, height), interpolation=interp)
-    from .align import _encode_png  # noqa: PLC0415 (the tree's one PNG writer)
+    from .video import encode_png  # noqa: PLC0415
 
-    return "data:image/png;base64," + base64.b64encode(_encode_png(a)).decode()
+    return "data:image/png;base64," + base64.b64encode(encode_png(a)).decode()
 
 
 _COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",

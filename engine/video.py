@@ -54,6 +54,7 @@ __all__ = [
     "read_frames",
     "read_image",
     "write_rgba",
+    "encode_png",
     "encode_rgba",
     "MovieWriter",
     "output_name",
@@ -599,6 +600,19 @@ def _as_rgba16(rgba: np.ndarray) -> np.ndarray:
     if rgba.ndim != 3 or rgba.shape[2] not in (3, 4):
         raise ValueError(f"expected HxWx3 or HxWx4, got {rgba.shape}")
     return _channels(to_depth(rgba, 16), alpha=True)
+
+
+def encode_png(img: np.ndarray) -> bytes:
+    """Encode an RGB ``[H, W, 3]`` or grey ``[H, W]`` uint8/uint16 image as PNG at its
+    own bit depth (stage crops, masks, report thumbnails)."""
+    import cv2  # noqa: PLC0415
+
+    if img.ndim == 3:
+        img = img[:, :, ::-1]  # OpenCV writes BGR
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(img))
+    if not ok:
+        raise OSError("PNG encoding failed")
+    return buf.tobytes()
 
 
 def encode_rgba(ext: str, rgba: np.ndarray) -> bytes:
