@@ -34,7 +34,7 @@ import numpy as np
 from fsexchange.errors import ModelFormatError, ModelMissing
 
 from .metrics import MetricsError, models_root, store_files
-from .track import dlib_model_path
+from .track import dlib_model_path, iou
 from .video import to_depth
 
 __all__ = ["Box", "FaceFinder", "Embedder", "DlibEmbedder", "ArcFaceEmbedder",
@@ -71,12 +71,8 @@ class Box:
         return (self.left + self.right) / 2, (self.top + self.bottom) / 2
 
     def iou(self, other: "Box") -> float:
-        w = min(self.right, other.right) - max(self.left, other.left)
-        h = min(self.bottom, other.bottom) - max(self.top, other.top)
-        if w <= 0 or h <= 0:
-            return 0.0
-        inter = w * h
-        return inter / (self.size ** 2 + other.size ** 2 - inter)
+        return iou((self.left, self.top, self.right, self.bottom),
+                   (other.left, other.top, other.right, other.bottom))
 
     def distance(self, other: "Box") -> float:
         """Centre distance in units of this box's size."""

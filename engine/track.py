@@ -47,6 +47,7 @@ from .stage import Stage, StageContext
 
 __all__ = [
     "Detection",
+    "iou",
     "LandmarkBackend",
     "DlibBackend",
     "FaceAlignmentBackend",
@@ -262,7 +263,8 @@ class Identity:
         return self.detections[self.last_frame]
 
 
-def _iou(a: Sequence[float], b: Sequence[float]) -> float:
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two ``(x0, y0, x1, y1)`` boxes (0 when disjoint)."""
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = ix * iy
@@ -294,7 +296,7 @@ def _associate(identities: list[Identity], dets: list[Detection], frame: int,
             if not 0.5 <= ratio <= 2.0:
                 continue
             dist = float(np.linalg.norm(det.centre - last.centre)) / last.size
-            if dist <= limit or _iou(det.box, last.box) >= 0.5:
+            if dist <= limit or iou(det.box, last.box) >= 0.5:
                 pairs.append((dist, ident.id, j))
     pairs.sort()
     used_ids: set[int] = set()
@@ -375,7 +377,7 @@ def choose_subject(identities: Sequence[Identity], subject: Subject = Subject()
         facts["point"] = list(subject.point)
     elif subject.box is not None:
         frame, box = int(subject.box[0]), subject.box[1:]
-        here = [(i, _iou(i.detections[frame].box, box)) for i in identities
+        here = [(i, iou(i.detections[frame].box, box)) for i in identities
                 if frame in i.detections]
         best = max(here, key=lambda t: t[1], default=(None, 0.0))
         if best[0] is None or best[1] < 0.1:
