@@ -55,6 +55,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from engine.batching import auto_batch  # noqa: E402
 from engine.config import PipelineConfig  # noqa: E402
 from engine.pti import PTITuner, TargetCache, reconstruction_error  # noqa: E402
 from engine.stitch_tune import (BatchedStitcher, masked_loss,  # noqa: E402
@@ -206,17 +207,17 @@ def synthetic_inputs(frames: int, device: str, seed: int = 0) -> dict[str, Any]:
 # --- side by side ------------------------------------------------------------------
 
 
-def bench_pti(inp: dict[str, Any], cfg: Any, passes: int, device: str
+def bench_pti(inp: dict[str, Any], cfg: Any, passes: int, device: str, dtype: str
               ) -> dict[str, Any]:
     n = len(inp["pivots"])
     cfg = replace(cfg, steps=passes)
     ref_cfg = replace(cfg, batch_size=1)
 
-    def ours() -> PTITuner:
+    def ours(dt: str = dtype) -> PTITuner:
         targets = TargetCache(_ArrayClip(inp["crops"]), inp["G0"].img_resolution,
                               device, inp["lpips"], limit=cfg.cache_frames)
         tuner = PTITuner(inp["G0"], inp["lpips"], inp["pivots"], range(n), targets,
-                         cfg, device=device)
+                         cfg, device=device, dtype=dt)
         while not tuner.done:
             tuner.step()
         return tuner
@@ -230,11 +231,15 @@ def bench_pti(inp: dict[str, Any], cfg: Any, passes: int, device: str
                   ref_cfg, device)
     G_ref, t_ref = _timed(ref, device)
     tuner, t_ours = _timed(ours, device)
+    # the share of mixed precision: our loop once more in float32
+    tuner32, t_ours32 = (_timed(lambda: ours("float32"), device)
+                         if dtype != "float32" else (tuner, t_ours))
     # the same reconstruction after the same passes: the speed-up is not bought with
-    # a worse fit (lr scaled with the batch, engine/pti.py)
+    # a worse fit (lr scaled with the batch, engine/pti.py); measured in float32
     err = {name: reconstruction_error(g, inp["lpips"], inp["pivots"], range(n),
                                       tuner.targets, device=device, batch_size=8)
-           for name, g in (("before", inp["G0"]), ("ref", G_ref), ("ours", tuner.G))}
+           for name, g in (("before", inp["G0"]), ("ref", G_ref), ("ours", tuner.G),
+                           ("ours_float32", tuner32.G))}
     G = copy.deepcopy(inp["G0"]).train()
     G.synthesis.requires_grad_(True)
     x = inp["targets"][:1]
@@ -247,9 +252,10 @@ def bench_pti(inp: dict[str, Any], cfg: Any, passes: int, device: str
 
     flops = _flops(one_ref_step)
     work = n * passes
-    return {"frames": n, "passes": passes, "batch": cfg.batch_size,
+    return {"frames": n, "passes": passes, "batch": tuner.batch, "dtype": dtype,
             "lr_ref": ref_cfg.lr, "lr_ours": tuner.lr, "error": err,
             "ref_seconds": t_ref, "ours_seconds": t_ours, "ratio": t_ref / t_ours,
+            "ours_float32_seconds": t_ours32, "ratio_float32": t_ref / t_ours32,
             "ours_frames_per_minute": 60 * work / t_ours,
             "ref_frames_per_minute": 60 * work / t_ref,
             "flops_per_frame_step": flops,
@@ -257,16 +263,17 @@ def bench_pti(inp: dict[str, Any], cfg: Any, passes: int, device: str
             "ref_tflops": flops * work / t_ref / 1e12}
 
 
-def bench_stitch(inp: dict[str, Any], cfg: Any, steps: int, device: str
-                 ) -> dict[str, Any]:
-    cfg = replace(cfg, steps=steps)
+def bench_stitch(inp: dict[str, Any], cfg: Any, steps: int, device: str,
+                 dtype: str) -> dict[str, Any]:
     n = inp["targets"].shape[0]
     G = inp["G_pti"]
+    cfg = replace(cfg, steps=steps, batch_size=cfg.batch_size or auto_batch(
+        "stitch", G.img_resolution, device, n))
     styles, target = inp["styles"], inp["targets"]
     border, content = inp["border"], inp["content"]
 
-    def ours() -> list[float]:
-        stitcher = BatchedStitcher(G, cfg)
+    def ours(dt: str = dtype) -> list[float]:
+        stitcher = BatchedStitcher(G, cfg, dt)
         after: list[float] = []
         for i in range(0, n, cfg.batch_size):
             sl = slice(i, i + cfg.batch_size)
@@ -282,6 +289,8 @@ def bench_stitch(inp: dict[str, Any], cfg: Any, steps: int, device: str
                    replace(cfg, steps=2))
     ref_after, t_ref = _timed(ref, device)
     ours_after, t_ours = _timed(ours, device)
+    ours32_after, t_ours32 = (_timed(lambda: ours("float32"), device)
+                              if dtype != "float32" else (ours_after, t_ours))
     Gi = copy.deepcopy(G).train()
     Gi.synthesis.requires_grad_(True)
     st = [s[:1] for s in styles]
@@ -293,15 +302,19 @@ def bench_stitch(inp: dict[str, Any], cfg: Any, steps: int, device: str
 
     flops = _flops(one_ref_step)
     work = n * steps
-    return {"frames": n, "steps": steps, "batch": cfg.batch_size,
+    return {"frames": n, "steps": steps, "batch": cfg.batch_size, "dtype": dtype,
             "ref_seconds": t_ref, "ours_seconds": t_ours, "ratio": t_ref / t_ours,
+            "ours_float32_seconds": t_ours32, "ratio_float32": t_ref / t_ours32,
+            "border_after": {"ref": float(np.mean(ref_after)),
+                             "ours": float(np.mean(ours_after)),
+                             "ours_float32": float(np.mean(ours32_after))},
+            "max_abs_diff_border_after_float32": float(np.max(np.abs(
+                np.array(ref_after) - np.array(ours32_after)))),
             "ours_frames_per_minute": 60 * n / t_ours,
             "ref_frames_per_minute": 60 * n / t_ref,
             "flops_per_frame_step": flops,
             "ours_tflops": flops * work / t_ours / 1e12,
-            "ref_tflops": flops * work / t_ref / 1e12,
-            "max_abs_diff_border_after": float(np.max(np.abs(
-                np.array(ref_after) - np.array(ours_after))))}
+            "ref_tflops": flops * work / t_ref / 1e12}
 
 
 # --- memory at the official size ------------------------------------------------------
@@ -384,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
                    "options default)")
     p.add_argument("--stitch-batch", type=int, help="our stitching batch (default: "
                    "options default)")
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"),
+                   default="auto", help="our loops' precision (options.dtype; the "
+                   "reference loops run float32)")
     p.add_argument("--synthetic", action="store_true",
                    help="official-size random networks for the side-by-side parts")
     p.add_argument("--skip-pipeline", action="store_true",
@@ -442,8 +458,9 @@ def main(argv: list[str] | None = None) -> int:
             jd, rows = run_pipeline(work, args.frames, options, dev)
             if not args.skip_pipeline:
                 print(f"\nPipeline, {args.frames} frames, PTI {args.pti_passes} passes "
-                      f"(batch {pti_cfg.batch_size}), stitching {args.stitch_steps} "
-                      f"steps (batch {st_cfg.batch_size}):")
+                      f"(batch {pti_cfg.batch_size or 'auto'}), stitching "
+                      f"{args.stitch_steps} steps (batch "
+                      f"{st_cfg.batch_size or 'auto'}):")
                 print(f"  {'stage':<12} {'seconds':>8} {'frames/s':>9} "
                       f"{'loop frames/s':>14}")
                 for r in rows:
@@ -453,38 +470,53 @@ def main(argv: list[str] | None = None) -> int:
                           f"{(f'{lf:.1f}' if lf else ''):>14}")
                 out["stages"] = rows
             inp = real_inputs(jd, profile, dev)
+        from engine.models import resolve_dtype
+
+        dtype = resolve_dtype(args.dtype, dev)
         print(f"\nPTI, {args.frames} frames x {args.pti_passes} passes, same pivots, "
               "crops, networks:")
-        pr = bench_pti(inp, pti_cfg, args.pti_passes, dev)
-        print(f"  reference loop (batch 1)      {pr['ref_seconds']:8.2f} s  "
-              f"{pr['ref_frames_per_minute']:9.1f} frame-passes/min  "
-              f"{pr['ref_tflops']:.4f} TFLOP/s")
-        print(f"  ours (batch {pr['batch']}, cached LPIPS) "
-              f"{pr['ours_seconds']:8.2f} s  "
-              f"{pr['ours_frames_per_minute']:9.1f} frame-passes/min  "
-              f"{pr['ours_tflops']:.4f} TFLOP/s")
+        pr = bench_pti(inp, pti_cfg, args.pti_passes, dev, dtype)
+        rows = [(f"reference loop (batch 1, float32)", pr["ref_seconds"]),
+                (f"ours (batch {pr['batch']}, cached LPIPS, {dtype})",
+                 pr["ours_seconds"])]
+        if dtype != "float32":
+            rows.append((f"ours (batch {pr['batch']}, cached LPIPS, float32)",
+                         pr["ours_float32_seconds"]))
+        work_pti = args.frames * args.pti_passes
+        for name, sec in rows:
+            print(f"  {name:<44} {sec:7.2f} s  {60 * work_pti / sec:8.1f} "
+                  f"frame-passes/min  {pr['flops_per_frame_step'] * work_pti / sec / 1e12:.4f}"
+                  f" TFLOP/s  ratio {pr['ref_seconds'] / sec:.2f}x")
         e = pr["error"]
-        print(f"  reconstruction MSE / LPIPS: before {e['before']['mse']:.4f} / "
-              f"{e['before']['lpips']:.4f}; reference (lr {pr['lr_ref']:.1e}) "
-              f"{e['ref']['mse']:.4f} / {e['ref']['lpips']:.4f}; ours (lr "
-              f"{pr['lr_ours']:.1e}) {e['ours']['mse']:.4f} / {e['ours']['lpips']:.4f}")
-        print(f"  ratio {pr['ratio']:.2f}x")
+        print("  reconstruction MSE / LPIPS (float32): "
+              + "; ".join(f"{k} {v['mse']:.4f} / {v['lpips']:.4f}" for k, v in e.items())
+              + f"  (lr: reference {pr['lr_ref']:.1e}, ours {pr['lr_ours']:.1e})")
         print(f"\nStitching tuning, {args.frames} frames x {args.stitch_steps} steps:")
-        sr = bench_stitch(inp, st_cfg, args.stitch_steps, dev)
-        print("  reference loop (deep copy + Adam per frame) "
-              f"{sr['ref_seconds']:8.2f} s"
-              f"  {sr['ref_frames_per_minute']:8.1f} frames/min  "
-              f"{sr['ref_tflops']:.4f} TFLOP/s")
-        print(f"  ours (vmap, batch {sr['batch']})"
-              f"{'':>17}{sr['ours_seconds']:8.2f} s  "
-              f"{sr['ours_frames_per_minute']:8.1f} frames/min  "
-              f"{sr['ours_tflops']:.4f} TFLOP/s")
-        print(f"  ratio {sr['ratio']:.2f}x   (max |border loss difference| "
-              f"{sr['max_abs_diff_border_after']:.2e})")
+        sr = bench_stitch(inp, st_cfg, args.stitch_steps, dev, dtype)
+        rows = [("reference loop (deep copy + Adam per frame)", sr["ref_seconds"]),
+                (f"ours (stacked copies, batch {sr['batch']}, {dtype})",
+                 sr["ours_seconds"])]
+        if dtype != "float32":
+            rows.append((f"ours (stacked copies, batch {sr['batch']}, float32)",
+                         sr["ours_float32_seconds"]))
+        work_st = args.frames * args.stitch_steps
+        for name, sec in rows:
+            print(f"  {name:<44} {sec:7.2f} s  {60 * args.frames / sec:8.1f} frames/min"
+                  f"  {sr['flops_per_frame_step'] * work_st / sec / 1e12:.4f} TFLOP/s"
+                  f"  ratio {sr['ref_seconds'] / sec:.2f}x")
+        b = sr["border_after"]
+        print(f"  border loss after tuning (mean): reference {b['ref']:.5f}, ours "
+              f"{b['ours']:.5f}, ours float32 {b['ours_float32']:.5f} (max |ours "
+              f"float32 - reference| per frame "
+              f"{sr['max_abs_diff_border_after_float32']:.1e})")
         both = (pr["ref_seconds"] + sr["ref_seconds"]) / (pr["ours_seconds"]
                                                          + sr["ours_seconds"])
-        print(f"\nPTI + stitching together: ratio {both:.2f}x")
-        out.update(pti=pr, stitch=sr, combined_ratio=both)
+        both32 = (pr["ref_seconds"] + sr["ref_seconds"]) / (
+            pr["ours_float32_seconds"] + sr["ours_float32_seconds"])
+        print(f"\nPTI + stitching together: ratio {both:.2f}x ({dtype})"
+              + (f", {both32:.2f}x in float32" if dtype != "float32" else ""))
+        out.update(pti=pr, stitch=sr, combined_ratio=both,
+                   combined_ratio_float32=both32, dtype=dtype)
         if args.memory:
             print("\nMemory of one step at the official size (1024 px), above the "
                   "networks' own weights"

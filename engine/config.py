@@ -75,7 +75,8 @@ class PTIConfig:
     lr_batch_scaling: bool = True
     l2_weight: float = 10.0  # STIT CLI override of L2 λ (pipeline.md §1.4)
     lpips_weight: float = 1.0
-    batch_size: int = 4  # frames per optimiser step (reference: 1)
+    batch_size: int = 0  # frames per optimiser step (reference: 1); 0 = auto
+    # (as many as the device's memory holds, up to 16: engine/batching.py)
     locality_reg: bool = False  # off in STIT's effective defaults
     locality_alpha: float = 30.0
     locality_l2: float = 0.1
@@ -97,7 +98,8 @@ class StitchConfig:
     lr: float = 3e-4  # STIT stitching lr (pipeline.md §1.6)
     content_weight: float = 0.01  # interior loss λ (pipeline.md §1.6)
     border_loss_threshold: float = 0.0  # early stop; 0 = off (pipeline.md §1.6)
-    batch_size: int = 4  # frames tuned at once with batched per-frame weights
+    batch_size: int = 0  # frames tuned at once with stacked per-frame weights;
+    # 0 = auto (engine/batching.py)
     l1: bool = False
 
 
@@ -165,7 +167,12 @@ def _build_section(cls: type, data: Any, where: str) -> Any:
 class PipelineConfig:
     profile: str = "auto"  # "auto" (official if installed, else tiny) | "official" | "tiny"
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
-    dtype: str = "float32"  # "float32" | "bfloat16" (mixed precision on GPUs)
+    # "auto" | "float32" | "bfloat16": the precision PTI and stitching tuning train
+    # in (bfloat16 = autocast with float32 weights and optimiser state). auto =
+    # bfloat16 where the device computes it natively (CUDA with bf16, CPUs with
+    # AVX512-BF16 or AMX), else float32; resolved per stage by
+    # engine.models.resolve_dtype and recorded in the stage's facts.
+    dtype: str = "auto"
     seed: int = 0
     track: TrackConfig = field(default_factory=TrackConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
@@ -202,8 +209,8 @@ class PipelineConfig:
         if cfg.profile not in ("auto", "official", "tiny"):
             raise DocumentFieldError("options.profile must be auto, official or tiny",
                                      field="options.profile")
-        if cfg.dtype not in ("float32", "bfloat16"):
-            raise DocumentFieldError("options.dtype must be float32 or bfloat16",
+        if cfg.dtype not in ("auto", "float32", "bfloat16"):
+            raise DocumentFieldError("options.dtype must be auto, float32 or bfloat16",
                                      field="options.dtype")
         return cfg
 

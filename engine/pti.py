@@ -40,6 +40,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -201,7 +202,12 @@ class PTITuner:
         self.device, self.dtype = device, dtype
         self.G = copy.deepcopy(self.G0).train()
         self.G.synthesis.requires_grad_(True)  # mapping: no gradient (fixed pivots)
-        self.batch = max(1, int(cfg.batch_size))
+        if cfg.batch_size:
+            self.batch = max(1, int(cfg.batch_size))
+        else:  # 0 = auto: what the device's memory holds (engine/batching.py)
+            from .batching import auto_batch  # noqa: PLC0415
+
+            self.batch = auto_batch("pti", G0.img_resolution, device, len(self.frames))
         self.lr = cfg.lr * (self.batch if cfg.lr_batch_scaling else 1)
         # fused: one kernel per parameter group instead of a dozen small ops per
         # tensor (about 10 % of a batch-4 step of the tiny profile on a CPU); the
@@ -233,10 +239,11 @@ class PTITuner:
         self.state = json.loads(saved["state"])
 
     def error(self, G: "Generator", abort: Any = None) -> dict[str, float]:
+        """The reported reconstruction error: measured in float32 whatever the
+        tuning precision."""
         return reconstruction_error(G, self.lpips, self.pivots, self.frames,
                                     self.targets, device=self.device,
-                                    batch_size=self.batch, dtype=self.dtype,
-                                    abort=abort)
+                                    batch_size=self.batch, abort=abort)
 
     def step(self) -> float:
         """One optimiser step on the next mini-batch; returns its loss."""
@@ -301,6 +308,8 @@ class PTIStage(Stage):
     def run(self, ctx: StageContext) -> dict[str, Any]:
         import torch  # noqa: PLC0415
 
+        from .batching import auto_batch, stage_settings  # noqa: PLC0415
+        from .models import resolve_dtype  # noqa: PLC0415
         from .report import preview_frames  # noqa: PLC0415
 
         cfg = ctx.config.pti
@@ -314,8 +323,15 @@ class PTIStage(Stage):
         del models  # the encoder is not needed here: free its memory
         targets = TargetCache(aligned_clip(ctx), G0.img_resolution, dev, lpips,
                               cfg.cache_frames)
+        # resolved once and kept for a resumed attempt (engine/batching.py)
+        settings = stage_settings(out, lambda: {
+            "batch_size": cfg.batch_size or auto_batch("pti", G0.img_resolution, dev,
+                                                       len(frames)),
+            "dtype": resolve_dtype(ctx.config.dtype, dev)})
+        cfg = replace(cfg, batch_size=int(settings["batch_size"]))
+        dtype = str(settings["dtype"])
         tuner = PTITuner(G0, lpips, pivots, frames, targets, cfg,
-                         seed=ctx.config.seed, device=dev, dtype=ctx.config.dtype)
+                         seed=ctx.config.seed, device=dev, dtype=dtype)
         ckpt_path = out / "checkpoint.pt"
         if ckpt_path.exists():
             tuner.load_state_dict(load_checkpoint(ckpt_path))
@@ -363,6 +379,7 @@ class PTIStage(Stage):
         before = tuner.state["before"]
         record = {"passes": tuner.state["passes"], "before": before, "after": after,
                   "frames": len(frames), "batch_size": tuner.batch, "lr": tuner.lr,
+                  "dtype": dtype,
                   "l2_weight": cfg.l2_weight, "lpips_weight": cfg.lpips_weight,
                   "locality_reg": cfg.locality_reg}
         atomic_write_bytes(out / "loss.json", json.dumps(record, indent=1).encode())
@@ -372,7 +389,8 @@ class PTIStage(Stage):
                      before["mse"], after["mse"], before["lpips"], after["lpips"])
         fps = tuner.frames_run / seconds if seconds > 0 and tuner.frames_run else None
         return {"frames": len(frames), "passes": cfg.steps, "batch_size": tuner.batch,
-                "before": before, "after": after, "frames_per_second": fps}
+                "dtype": dtype, "before": before, "after": after,
+                "frames_per_second": fps}
 
 
 def _locality_loss(G: "Generator", G0: "Generator", lpips: Any, ws: "torch.Tensor",

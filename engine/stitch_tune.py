@@ -14,8 +14,9 @@ re-synthesised at the edit.
 
 Here a batch of B frames tunes B independent generators in one forward/backward:
 the trainable synthesis parameters are stacked per frame (``[B, ...]``), the network
-is evaluated with ``torch.func.functional_call`` under ``torch.vmap`` (the modulated
-convolutions become grouped convolutions), the per-frame losses are summed (so each
+is evaluated with ``torch.func.functional_call`` on the stacks (per-sample
+parameters: the modulated convolutions run as grouped convolutions on a
+channels-last layout, engine/nets/ops.py), the per-frame losses are summed (so each
 frame's gradient is its own), and Adam runs over the stacked tensors (the same
 update as ``torch.optim.Adam``). Frames that stop early keep their weights and drop
 out of the batch; the rest go on. :func:`tune_reference` is the reference's loop
@@ -41,7 +42,7 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -131,8 +132,8 @@ def _trainable_names(module: Any, styles: Sequence["torch.Tensor"]) -> list[str]
 
 
 class BatchedStitcher:
-    """Tunes B independent copies of a generator at once (vmap over stacked
-    per-frame parameters) with per-frame Adam and early stop.
+    """Tunes B independent copies of a generator at once (stacked per-frame
+    parameters through one grouped forward) with per-frame Adam and early stop.
 
     Args:
         G: the PTI-tuned generator (not modified).
@@ -161,21 +162,19 @@ class BatchedStitcher:
         self.fixed.update(dict(self.module.named_buffers()))
 
     def render(self, params: dict[str, "torch.Tensor"],
-               styles: Sequence["torch.Tensor"]) -> "torch.Tensor":
-        """Images ``[B, 3, R, R]`` of B per-frame parameter sets (stacked)."""
-        import torch  # noqa: PLC0415
+               styles: Sequence["torch.Tensor"], dtype: str | None = None
+               ) -> "torch.Tensor":
+        """Images ``[B, 3, R, R]`` of B per-frame parameter sets (stacked along a
+        leading axis; the network takes them as per-sample parameters and runs
+        grouped convolutions, engine/nets/stylegan2.py), under ``dtype``
+        (default: the stitcher's)."""
         from torch.func import functional_call  # noqa: PLC0415
-
-        fixed = self.fixed
-
-        def one(p: dict, st: list) -> torch.Tensor:
-            return functional_call(self.module, {**fixed, **p},
-                                   ([s.unsqueeze(0) for s in st],))[0]
 
         from .pti import autocast  # noqa: PLC0415
 
-        with autocast(str(styles[0].device), self.dtype):
-            return torch.vmap(one)(params, list(styles)).float()
+        with autocast(str(styles[0].device), dtype or self.dtype):
+            return functional_call(self.module, {**self.fixed, **params},
+                                   (list(styles),)).float()
 
     def tune(self, styles: Sequence["torch.Tensor"], target: "torch.Tensor",
              border: "torch.Tensor", content: "torch.Tensor",
@@ -196,13 +195,12 @@ class BatchedStitcher:
         styles = [s.detach() for s in styles]
         self._setup(styles)
         named = dict(self.module.named_parameters())
-        params = {k: named[k].detach().unsqueeze(0).repeat(
-            B, *([1] * named[k].ndim)).contiguous() for k in self.names}
-        m1 = {k: torch.zeros_like(v) for k, v in params.items()}
+        params = {k: _stack(named[k].detach(), B) for k in self.names}
+        m1 = {k: torch.zeros_like(v) for k, v in params.items()}  # same layouts
         m2 = {k: torch.zeros_like(v) for k, v in params.items()}
 
         with torch.no_grad():
-            edited = self.render(params, styles)  # fixed interior target
+            edited = self.render(params, styles, "float32")  # fixed interior target
         curves: list[list[float]] = [[] for _ in range(B)]
         steps = [0] * B
         active = list(range(B))
@@ -255,28 +253,50 @@ class BatchedStitcher:
             active = kept
             if progress is not None:
                 progress(t / cfg.steps)
-        with torch.no_grad():
-            out = self.render(params, styles)
+        with torch.no_grad():  # the delivered crops: rendered in float32
+            out = self.render(params, styles, "float32")
             after = masked_loss(out, target, border, cfg.l1).cpu().tolist()
         before = [c[0] if c else a for c, a in zip(curves, after)]
         return TuneResult(out, before, after, steps, curves)
 
 
-def _adam_step(params: list, grads: list, m1: list, m2: list, t: int, lr: float,
-               betas: tuple[float, float], eps: float) -> None:
-    """In-place Adam step ``t`` (1-based) over lists of tensors; the update of
-    ``torch.optim.Adam`` (no weight decay, no amsgrad), written with ``_foreach``
-    ops so a stack of per-frame parameters costs a few kernel calls."""
+def _stack(t: "torch.Tensor", n: int) -> "torch.Tensor":
+    """``n`` copies of a parameter along a new leading axis; conv weights in the
+    layout the grouped convolutions read (no copy per step)."""
+    from .nets.ops import grouped_weight_layout  # noqa: PLC0415
+
+    out = t.unsqueeze(0).repeat(n, *([1] * t.ndim))
+    return grouped_weight_layout(out) if out.ndim == 5 else out.contiguous()
+
+
+def _like(t: "torch.Tensor", p: "torch.Tensor") -> "torch.Tensor":
+    """``t`` with ``p``'s strides (``t`` itself when it has them)."""
     import torch  # noqa: PLC0415
 
-    b1, b2 = betas
-    torch._foreach_lerp_(m1, grads, 1 - b1)
-    torch._foreach_mul_(m2, b2)
-    torch._foreach_addcmul_(m2, grads, grads, value=1 - b2)
-    denom = torch._foreach_sqrt(m2)
-    torch._foreach_div_(denom, math.sqrt(1 - b2 ** t))
-    torch._foreach_add_(denom, eps)
-    torch._foreach_addcdiv_(params, m1, denom, value=-lr / (1 - b1 ** t))
+    return t if t.stride() == p.stride() else torch.empty_like(p).copy_(t)
+
+
+def _adam_step(params: list, grads: list, m1: list, m2: list, t: int, lr: float,
+               betas: tuple[float, float], eps: float) -> None:
+    """In-place Adam step ``t`` (1-based) over lists of tensors: the update of
+    ``torch.optim.Adam`` (no weight decay, no amsgrad) through its functional form,
+    fused (one kernel per tensor instead of seven passes) on the CPU and CUDA."""
+    import torch  # noqa: PLC0415
+    from torch.optim.adam import adam  # noqa: PLC0415
+
+    dev = params[0].device
+    # The fused kernel reads every tensor as if it were laid out like its
+    # parameter: a gradient in another layout gives a silently wrong update (torch
+    # 2.13, CPU), so gradients are brought to the parameter's layout. The moments
+    # are updated in place and must already match.
+    grads = [_like(g, p) for g, p in zip(grads, params)]
+    if any(m.stride() != p.stride() for ms in (m1, m2) for m, p in zip(ms, params)):
+        raise ValueError("Adam moments must have their parameters' layout")
+    steps = [torch.tensor(float(t - 1), device=dev if dev.type == "cuda" else "cpu")
+             for _ in params]  # the functional form counts the step itself
+    adam(params, grads, m1, m2, [], steps, fused=dev.type in ("cpu", "cuda"),
+         amsgrad=False, beta1=betas[0], beta2=betas[1], lr=lr, weight_decay=0.0,
+         eps=eps, maximize=False)
 
 
 def tune_reference(G: "Generator", styles: Sequence["torch.Tensor"],
@@ -349,6 +369,8 @@ class StitchTuneStage(Stage):
 
         from .align import crop_name  # noqa: PLC0415
         from .mask import paste_alpha, stitch_masks  # noqa: PLC0415
+        from .batching import auto_batch, stage_settings  # noqa: PLC0415
+        from .models import resolve_dtype  # noqa: PLC0415
         from .pti import load_generator  # noqa: PLC0415
 
         cfg = ctx.config.stitch
@@ -362,7 +384,13 @@ class StitchTuneStage(Stage):
         clip = aligned_clip(ctx)
         G = load_generator(ctx.job_dir / "stages" / "pti" / "generator.pt", dev)
         R = G.img_resolution
-        stitcher = BatchedStitcher(G, cfg, ctx.config.dtype)
+        # resolved once and kept for a resumed attempt (engine/batching.py)
+        settings = stage_settings(out, lambda: {
+            "batch_size": cfg.batch_size or auto_batch("stitch", R, dev, len(frames)),
+            "dtype": resolve_dtype(ctx.config.dtype, dev)})
+        cfg = replace(cfg, batch_size=int(settings["batch_size"]))
+        dtype = str(settings["dtype"])
+        stitcher = BatchedStitcher(G, cfg, dtype)
         batches = list(chunks(range(len(frames)), cfg.batch_size))
         t0 = time.monotonic()
         tuned = 0
@@ -408,12 +436,12 @@ class StitchTuneStage(Stage):
         summary.update({"steps_max": cfg.steps, "lr": cfg.lr,
                         "content_weight": cfg.content_weight,
                         "border_loss_threshold": cfg.border_loss_threshold,
-                        "batch_size": cfg.batch_size})
+                        "batch_size": cfg.batch_size, "dtype": dtype})
         atomic_write_bytes(out / "summary.json", json.dumps(summary).encode())
         shutil.rmtree(parts, ignore_errors=True)
         return {"frames": len(frames), "border_before": summary["border_before"],
                 "border_after": summary["border_after"],
-                "mean_steps": summary["mean_steps"],
+                "mean_steps": summary["mean_steps"], "dtype": dtype,
                 "frames_per_second": tuned / seconds if tuned and seconds > 0
                 else None}
 

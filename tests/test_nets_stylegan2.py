@@ -160,14 +160,15 @@ def test_determinism_and_fused_paths_agree():
     assert torch.allclose(a, b, atol=1e-5)
 
 
-def test_functional_call_and_vmap_over_parameter_sets():
-    """What stitching tuning does: per-frame parameter copies through vmap."""
-    from torch.func import functional_call, vmap
+def test_functional_call_over_stacked_parameter_sets():
+    """What stitching tuning does: per-frame parameter copies, stacked along a
+    leading axis, rendered in one call (grouped convolutions)."""
+    from torch.func import functional_call
 
     g = _small()
     params = {k: v.detach() for k, v in g.named_parameters()}
     buffers = {k: v for k, v in g.named_buffers()}
-    ws = g.mapping(torch.randn(2, 16)).detach()
+    ws = g.mapping(torch.randn(3, 16)).detach()
     # 1. functional_call with a modified parameter dict
     p2 = {k: v + 0.01 * torch.randn_like(v) for k, v in params.items()}
     out = functional_call(g.synthesis, {**{k[len("synthesis."):]: v for k, v in
@@ -178,27 +179,36 @@ def test_functional_call_and_vmap_over_parameter_sets():
                           (ws[:1],))
     assert out.shape == (1, 3, 32, 32)
     assert not torch.allclose(out, g.synthesis(ws[:1]))
-    # 2. vmap over two stacked parameter sets == two separate calls
+    # 2. three stacked parameter sets (affines shared) == three separate calls
     syn = {k[len("synthesis."):]: v for k, v in params.items()
            if k.startswith("synthesis.")}
     syn_b = {k[len("synthesis."):]: v for k, v in buffers.items()
              if k.startswith("synthesis.")}
+    per_frame = [k for k in syn if ".affine." not in k]
+    assert any(k.endswith(".const") for k in per_frame)
+    assert any(k.endswith(".noise_strength") for k in per_frame)
     sets = [{k: v + 0.05 * torch.randn_like(v) for k, v in syn.items()}
-            for _ in range(2)]
-    stacked = {k: torch.stack([s[k] for s in sets]) for k in syn}
-
-    def one(p, w):
-        return functional_call(g.synthesis, {**p, **syn_b}, (w[None],))[0]
-
-    batched = vmap(one)(stacked, ws)
-    for i in range(2):
-        single = functional_call(g.synthesis, {**sets[i], **syn_b}, (ws[i:i + 1],))[0]
-        assert torch.allclose(batched[i], single, atol=1e-5)
-    # gradients flow through vmap to every per-frame parameter copy
-    leaves = {k: v.clone().requires_grad_(True) for k, v in stacked.items()}
-    vmap(one)(leaves, ws).square().mean().backward()
-    assert leaves["b32.conv1.weight"].grad is not None
-    assert leaves["b32.conv1.weight"].grad.abs().sum() > 0
+            for _ in range(3)]
+    for s in sets[1:]:  # the affines are shared (not stacked)
+        s.update({k: sets[0][k] for k in syn if k not in per_frame})
+    stacked = {k: torch.stack([s[k] for s in sets]) if k in per_frame else sets[0][k]
+               for k in syn}
+    for noise_mode in ("const", "none"):
+        batched = functional_call(g.synthesis, {**stacked, **syn_b}, (ws,),
+                                  {"noise_mode": noise_mode})
+        assert batched.shape == (3, 3, 32, 32)
+        for i in range(3):
+            single = functional_call(g.synthesis, {**sets[i], **syn_b},
+                                     (ws[i:i + 1],), {"noise_mode": noise_mode})[0]
+            assert torch.allclose(batched[i], single, atol=1e-5)
+    # gradients reach every frame's copy, and only from that frame's image
+    leaves = {k: (v.clone().requires_grad_(True) if k in per_frame else v)
+              for k, v in stacked.items()}
+    img = functional_call(g.synthesis, {**leaves, **syn_b}, (ws,))
+    img[1].square().mean().backward()
+    grad = leaves["b32.conv1.weight"].grad
+    assert grad is not None and grad[1].abs().sum() > 0
+    assert grad[0].abs().sum() == 0 and grad[2].abs().sum() == 0
 
 
 def test_forward_does_not_modify_inputs_or_parameters():

@@ -34,6 +34,8 @@ __all__ = [
     "lrelu_agc",
     "normalize_2nd_moment",
     "modulated_conv2d",
+    "grouped_layout",
+    "grouped_weight_layout",
     "LRELU_GAIN",
 ]
 
@@ -130,6 +132,24 @@ def _demod_coefficients(weight: Tensor, styles: Tensor) -> Tensor:
     return (styles.square() @ w2.t() + 1e-8).rsqrt()
 
 
+def grouped_layout(x: Tensor) -> Tensor:
+    """``x [N, C, H, W]`` laid out so that ``x.reshape(1, N*C, H, W)`` is a
+    channels-last view: the layout grouped convolutions read and write, so a stack
+    of per-sample layers passes activations on without copies."""
+    n, c, h, w = x.shape
+    return x.reshape(1, n * c, h, w).contiguous(
+        memory_format=torch.channels_last).view(n, c, h, w)
+
+
+def grouped_weight_layout(weight: Tensor) -> Tensor:
+    """Per-sample weights ``[N, O, I, kh, kw]`` laid out so that
+    ``weight.reshape(N*O, I, kh, kw)`` is a channels-last view (what the grouped
+    convolution of :func:`modulated_conv2d` reads); values unchanged."""
+    n, o, i, kh, kw = weight.shape
+    return weight.reshape(n * o, i, kh, kw).contiguous(
+        memory_format=torch.channels_last).view(n, o, i, kh, kw)
+
+
 def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, *,
                      demodulate: bool = True, up: int = 1, padding: int = 0,
                      resample_filter: Tensor | None = None,
@@ -142,7 +162,9 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, *,
 
     Args:
         x: ``[N, I, H, W]``.
-        weight: ``[O, I, kh, kw]``.
+        weight: ``[O, I, kh, kw]`` shared, or ``[N, O, I, kh, kw]`` per sample (the
+            stitching stage tunes one copy of the network per frame; per-sample
+            weights always take the grouped path).
         styles: ``[N, I]``.
         up: 1 (plain "same" conv with ``padding``) or 2 (stride-2 transposed conv
             followed by the FIR ``resample_filter`` with gain 4; output ``2H x 2W``).
@@ -155,36 +177,60 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, *,
         ``[N, O, H * up, W * up]``.
     """
     n = x.shape[0]
-    out_c, in_c, kh, kw = weight.shape
-    if fused is None:
-        fused = n == 1
+    out_c, in_c, kh, kw = weight.shape[-4:]
+    per_sample = weight.ndim == 5
+    if fused is None or per_sample:
+        fused = n == 1 or per_sample
 
-    if fused:
-        w = weight.unsqueeze(0) * styles[:, None, :, None, None]  # [N, O, I, kh, kw]
+    if fused and per_sample:
+        # styles and demodulation folded into one [N, O, I] factor, so the weights
+        # are read and written once (they are as large as the activations in the
+        # low-resolution blocks); in weight's layout, so weights stored with
+        # grouped_weight_layout reach the convolution without a copy
+        if demodulate:
+            d = (torch.einsum("ni,noi->no", styles.square(),
+                              weight.square().sum(dim=[3, 4])) + 1e-8).rsqrt()
+            factor = styles[:, None, :] * d[:, :, None]
+        else:
+            factor = styles[:, None, :].expand(n, out_c, in_c)
+        w = weight * factor[:, :, :, None, None]  # [N, O, I, kh, kw]
+    elif fused:
+        # [N, O, I, kh, kw]: the modulated (and demodulated) weights of each sample
+        w = weight.unsqueeze(0) * styles[:, None, :, None, None]
         if demodulate:  # 1 / ||w * s|| over (I, kh, kw), from the modulated w
             w = w * (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()[:, :, None, None,
                                                                     None]
-        xg = x.reshape(1, n * in_c, x.shape[2], x.shape[3])
+    if fused:
+        # [1, N*I, H, W] channels-last: a view when x comes from a grouped conv
+        # (see grouped_layout); oneDNN's grouped convs are 1.5-2x faster on it
+        # than on NCHW in float32 and 2-3x in bfloat16 (2 cores, issue 5).
+        # The weights too: with a contiguous weight the output comes back NCHW.
+        cl = torch.channels_last
+        xg = x.reshape(1, n * in_c, x.shape[2], x.shape[3]).contiguous(memory_format=cl)
         if up == 1:
-            y = F.conv2d(xg, w.reshape(n * out_c, in_c, kh, kw), padding=padding,
-                         groups=n)
+            y = F.conv2d(xg, w.reshape(n * out_c, in_c, kh, kw).contiguous(
+                memory_format=cl), padding=padding, groups=n)
         else:
             # conv_transpose2d wants [in, out/groups, kh, kw] per group
-            wt = w.transpose(1, 2).reshape(n * in_c, out_c, kh, kw)
+            wt = w.transpose(1, 2).reshape(n * in_c, out_c, kh, kw).contiguous(
+                memory_format=cl)
             y = _upconv(xg, wt, up, padding, resample_filter, groups=n)
         y = y.reshape(n, out_c, y.shape[2], y.shape[3])
     else:
         dcoefs = _demod_coefficients(weight, styles) if demodulate else None  # [N, O]
-        xs = x * styles[:, :, None, None]
+        # styles and coefficients follow x's dtype: under bfloat16 autocast a float32
+        # factor would promote the whole activation to float32 (and the next conv
+        # would cast it back): two extra passes over the largest tensors
+        xs = x * styles[:, :, None, None].to(x.dtype)
         if up == 1:
             y = F.conv2d(xs, weight, padding=padding)
         else:
             y = _upconv(xs, weight.transpose(0, 1), up, padding, resample_filter,
                         groups=1)
         if dcoefs is not None:
-            y = y * dcoefs[:, :, None, None]
+            y = y * dcoefs[:, :, None, None].to(y.dtype)
     if noise is not None:
-        y = y + noise
+        y = y + noise.to(y.dtype)
     return y
 
 

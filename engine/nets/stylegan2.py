@@ -19,8 +19,12 @@ Style space: ``G.styles(ws)`` returns the per-layer affine outputs (26 at 1024 p
 b8.torgb, ...``); ``G.synthesis_from_styles(styles)`` renders them. ToRGB layers
 still multiply their style by ``1/sqrt(C_in)`` inside (pipeline.md §1.3).
 
-All forward code is ``torch.func`` friendly (no in-place ops on parameters or
-inputs, no ``.item()``): ``functional_call`` + ``vmap`` over per-frame copies works.
+Per-frame copies: every synthesis parameter but the affines may carry a leading
+batch axis (``weight [N, O, I, k, k]``, ``bias [N, O]``, ``noise_strength [N]``,
+``const [N, C, 4, 4]``); ``torch.func.functional_call`` with such stacks renders N
+frames through N different networks in one pass of grouped convolutions (the
+stitching stage tunes one copy per frame this way). All forward code is
+``torch.func`` friendly (no in-place ops on parameters or inputs, no ``.item()``).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from torch import Tensor, nn
 
 from .ops import (
     LRELU_GAIN,
+    grouped_layout,
     lrelu_agc,
     modulated_conv2d,
     normalize_2nd_moment,
@@ -133,6 +138,17 @@ class MappingNetwork(nn.Module):
         return torch.cat([xt[:, :truncation_cutoff], x[:, truncation_cutoff:]], dim=1)
 
 
+def _per_channel(bias: Tensor) -> Tensor:
+    """A bias ``[C]`` (shared) or ``[N, C]`` (per sample) shaped to add to
+    ``[N, C, H, W]``."""
+    return bias[:, :, None, None] if bias.ndim == 2 else bias[None, :, None, None]
+
+
+def _add_bias(x: Tensor, bias: Tensor) -> Tensor:
+    # in x's dtype: a float32 bias would promote bfloat16 activations (autocast)
+    return x + _per_channel(bias).to(x.dtype)
+
+
 class SynthesisLayer(nn.Module):
     """Modulated 3x3 conv (+ optional 2x up-sampling), noise, bias, lrelu."""
 
@@ -164,16 +180,21 @@ class SynthesisLayer(nn.Module):
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}")
         noise = None
+        # per-sample parameters (a stack of per-frame copies, see Generator): a
+        # leading batch axis on weight [N, O, I, k, k], noise_strength [N], bias [N, O]
+        strength = self.noise_strength
+        if self.use_noise and strength.ndim == 1:
+            strength = strength[:, None, None, None]
         if self.use_noise and noise_mode == "const":
-            noise = self.noise_const * self.noise_strength
+            noise = self.noise_const * strength
         elif self.use_noise and noise_mode == "random":
             noise = torch.randn([x.shape[0], 1, self.resolution, self.resolution],
-                                device=x.device, dtype=x.dtype) * self.noise_strength
+                                device=x.device, dtype=x.dtype) * strength
         x = modulated_conv2d(x, self.weight, styles, demodulate=True, up=self.up,
                              padding=self.padding,
                              resample_filter=self.resample_filter, noise=noise,
                              fused=fused)
-        x = x + self.bias[None, :, None, None]
+        x = _add_bias(x, self.bias)
         clamp = self.conv_clamp * LRELU_GAIN if self.conv_clamp is not None else None
         return lrelu_agc(x, clamp=clamp)
 
@@ -203,7 +224,7 @@ class ToRGBLayer(nn.Module):
                       fused: bool | None = None) -> Tensor:
         x = modulated_conv2d(x, self.weight, styles * self.weight_gain,
                              demodulate=False, fused=fused)
-        x = x + self.bias[None, :, None, None]
+        x = _add_bias(x, self.bias)
         if self.conv_clamp is not None:
             x = x.clamp(-self.conv_clamp, self.conv_clamp)
         return x
@@ -246,7 +267,12 @@ class SynthesisBlock(nn.Module):
         """``styles`` are this block's affine outputs in :meth:`layer_names` order."""
         r = self.resolution
         if self.in_channels == 0:
-            x = self.const.unsqueeze(0).expand(batch, -1, -1, -1)
+            if self.const.ndim == 4:  # per-sample copies: [N, C, r, r]
+                x = grouped_layout(self.const)
+            else:  # channels-last from here on: oneDNN's convs (fwd and bwd) are
+                # faster on it, most of all in bfloat16 (issue 5)
+                x = self.const.unsqueeze(0).expand(batch, -1, -1, -1).contiguous(
+                    memory_format=torch.channels_last)
             x = self.conv1.forward_style(x, styles[0], noise_mode, fused)
         else:
             assert x is not None and x.shape[1:] == (self.in_channels, r // 2, r // 2)
