@@ -145,6 +145,34 @@ def test_modulated_conv_matches_per_sample_conv(up, demodulate, fused):
     assert torch.allclose(got, want, atol=1e-10)
 
 
+@pytest.mark.parametrize("up", [1, 2])
+@pytest.mark.parametrize("demodulate", [True, False])
+@pytest.mark.parametrize("mode", ["fused", "activations", "per_sample"])
+def test_modulated_conv_bias_noise_gain_and_per_sample_weights(up, demodulate, mode):
+    """gain * (conv + bias + noise), with the bias and gain folded into the
+    convolution; per-sample weights equal separate calls with each sample's."""
+    torch.manual_seed(3)
+    x = torch.randn(3, 4, 5, 5, dtype=torch.float64)
+    weight = torch.randn(3, 6, 4, 3, 3, dtype=torch.float64)  # one per sample
+    styles = torch.randn(3, 4, dtype=torch.float64)
+    bias = torch.randn(3, 6, dtype=torch.float64)
+    noise = torch.randn(3, 1, 5 * up, 5 * up, dtype=torch.float64)
+    f = setup_filter([1, 3, 3, 1]).double()
+    gain = 2 ** 0.5
+    want = torch.cat([
+        gain * (_modconv_reference(x[i:i + 1], weight[i], styles[i:i + 1], demodulate,
+                                   up, 1, f) + bias[i, None, :, None, None]
+                + noise[i:i + 1]) for i in range(3)])
+    kw = dict(demodulate=demodulate, up=up, padding=1, resample_filter=f, gain=gain)
+    if mode == "per_sample":
+        got = modulated_conv2d(x, weight, styles, noise=noise, bias=bias, **kw)
+    else:  # shared weights: one sample at a time
+        got = torch.cat([modulated_conv2d(
+            x[i:i + 1], weight[i], styles[i:i + 1], noise=noise[i:i + 1],
+            bias=bias[i], fused=mode == "fused", **kw) for i in range(3)])
+    assert torch.allclose(got, want, atol=1e-10)
+
+
 def test_demodulation_normalises_output_scale():
     # unit-variance input, any styles: demodulated outputs have ~unit variance
     torch.manual_seed(2)

@@ -154,11 +154,19 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, *,
                      demodulate: bool = True, up: int = 1, padding: int = 0,
                      resample_filter: Tensor | None = None,
                      noise: Tensor | None = None,
-                     fused: bool | None = None) -> Tensor:
-    """StyleGAN2 modulated convolution (per-sample weights, optional demodulation).
+                     fused: bool | None = None, bias: Tensor | None = None,
+                     gain: float = 1.0) -> Tensor:
+    """StyleGAN2 modulated convolution (per-sample weights, optional demodulation),
+    with the layer's bias and noise.
 
-    ``y[n] = conv(x[n], weight * s[n]) * d[n]`` with ``s[n]`` scaling input channels
-    and ``d[n, o] = 1 / sqrt(sum((weight[o] * s[n])^2) + 1e-8)`` when ``demodulate``.
+    ``y[n] = gain * (conv(x[n], weight * s[n]) * d[n] + bias + noise)`` with
+    ``s[n]`` scaling input channels and ``d[n, o] = 1 / sqrt(sum((weight[o] *
+    s[n])^2) + 1e-8)`` when ``demodulate``.
+
+    ``gain`` and ``bias`` are folded into the convolution where they can be (the
+    weight factor; oneDNN's fused bias), which saves passes over the activations:
+    a StyleGAN layer's ``lrelu(z) * sqrt(2)`` is computed as ``lrelu(sqrt(2) * z)``
+    (the leaky ReLU is positively homogeneous).
 
     Args:
         x: ``[N, I, H, W]``.
@@ -172,6 +180,8 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, *,
         fused: True = one grouped convolution with per-sample weights; False =
             scale activations instead (``conv(x * s) * d``); both are exact. None
             picks grouped for batch 1, activation scaling otherwise.
+        bias: ``[O]`` shared or ``[N, O]`` per sample.
+        gain: a positive output scale.
 
     Returns:
         ``[N, O, H * up, W * up]``.
@@ -183,23 +193,26 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, *,
         fused = n == 1 or per_sample
 
     if fused and per_sample:
-        # styles and demodulation folded into one [N, O, I] factor, so the weights
-        # are read and written once (they are as large as the activations in the
-        # low-resolution blocks); in weight's layout, so weights stored with
+        # styles, demodulation and gain folded into one [N, O, I] factor, so the
+        # weights are read and written once (they are as large as the activations
+        # in the low-resolution blocks); in weight's layout, so weights stored with
         # grouped_weight_layout reach the convolution without a copy
         if demodulate:
             d = (torch.einsum("ni,noi->no", styles.square(),
                               weight.square().sum(dim=[3, 4])) + 1e-8).rsqrt()
-            factor = styles[:, None, :] * d[:, :, None]
+            factor = styles[:, None, :] * (d * gain)[:, :, None]
         else:
-            factor = styles[:, None, :].expand(n, out_c, in_c)
+            factor = (styles * gain)[:, None, :].expand(n, out_c, in_c)
         w = weight * factor[:, :, :, None, None]  # [N, O, I, kh, kw]
     elif fused:
         # [N, O, I, kh, kw]: the modulated (and demodulated) weights of each sample
         w = weight.unsqueeze(0) * styles[:, None, :, None, None]
         if demodulate:  # 1 / ||w * s|| over (I, kh, kw), from the modulated w
-            w = w * (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()[:, :, None, None,
-                                                                    None]
+            scale = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt() * gain
+        else:
+            scale = torch.full((n, out_c), gain, device=w.device, dtype=w.dtype)
+        if demodulate or gain != 1.0:
+            w = w * scale[:, :, None, None, None]
     if fused:
         # [1, N*I, H, W] channels-last: a view when x comes from a grouped conv
         # (see grouped_layout); oneDNN's grouped convs are 1.5-2x faster on it
@@ -208,16 +221,22 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, *,
         cl = torch.channels_last
         xg = x.reshape(1, n * in_c, x.shape[2], x.shape[3]).contiguous(memory_format=cl)
         if up == 1:
+            b = None
+            if bias is not None:  # the convolution adds it (no extra pass)
+                b = (bias * gain).reshape(n * out_c) if bias.ndim == 2 \
+                    else (bias * gain).repeat(n)
+                bias = None
             y = F.conv2d(xg, w.reshape(n * out_c, in_c, kh, kw).contiguous(
-                memory_format=cl), padding=padding, groups=n)
+                memory_format=cl), b, padding=padding, groups=n)
         else:
             # conv_transpose2d wants [in, out/groups, kh, kw] per group
             wt = w.transpose(1, 2).reshape(n * in_c, out_c, kh, kw).contiguous(
                 memory_format=cl)
             y = _upconv(xg, wt, up, padding, resample_filter, groups=n)
         y = y.reshape(n, out_c, y.shape[2], y.shape[3])
+        if bias is not None:
+            y = y + _per_channel(bias * gain).to(y.dtype)
     else:
-        dcoefs = _demod_coefficients(weight, styles) if demodulate else None  # [N, O]
         # styles and coefficients follow x's dtype: under bfloat16 autocast a float32
         # factor would promote the whole activation to float32 (and the next conv
         # would cast it back): two extra passes over the largest tensors
@@ -227,11 +246,24 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, *,
         else:
             y = _upconv(xs, weight.transpose(0, 1), up, padding, resample_filter,
                         groups=1)
+        dcoefs = _demod_coefficients(weight, styles) if demodulate else None  # [N, O]
+        if dcoefs is None and gain != 1.0:
+            dcoefs = torch.full((n, out_c), 1.0, device=y.device)
         if dcoefs is not None:
-            y = y * dcoefs[:, :, None, None].to(y.dtype)
+            scale = (dcoefs * gain)[:, :, None, None].to(y.dtype)
+            y = y * scale if bias is None else torch.addcmul(
+                _per_channel(bias * gain).to(y.dtype), y, scale)  # one pass
+        elif bias is not None:
+            y = y + _per_channel(bias).to(y.dtype)
     if noise is not None:
-        y = y + noise.to(y.dtype)
+        y = y + (noise * gain).to(y.dtype)
     return y
+
+
+def _per_channel(bias: Tensor) -> Tensor:
+    """A bias ``[C]`` (shared) or ``[N, C]`` (per sample) shaped to add to
+    ``[N, C, H, W]``."""
+    return bias[:, :, None, None] if bias.ndim == 2 else bias[None, :, None, None]
 
 
 def _upconv(x: Tensor, wt: Tensor, up: int, padding: int,

@@ -138,17 +138,6 @@ class MappingNetwork(nn.Module):
         return torch.cat([xt[:, :truncation_cutoff], x[:, truncation_cutoff:]], dim=1)
 
 
-def _per_channel(bias: Tensor) -> Tensor:
-    """A bias ``[C]`` (shared) or ``[N, C]`` (per sample) shaped to add to
-    ``[N, C, H, W]``."""
-    return bias[:, :, None, None] if bias.ndim == 2 else bias[None, :, None, None]
-
-
-def _add_bias(x: Tensor, bias: Tensor) -> Tensor:
-    # in x's dtype: a float32 bias would promote bfloat16 activations (autocast)
-    return x + _per_channel(bias).to(x.dtype)
-
-
 class SynthesisLayer(nn.Module):
     """Modulated 3x3 conv (+ optional 2x up-sampling), noise, bias, lrelu."""
 
@@ -190,13 +179,14 @@ class SynthesisLayer(nn.Module):
         elif self.use_noise and noise_mode == "random":
             noise = torch.randn([x.shape[0], 1, self.resolution, self.resolution],
                                 device=x.device, dtype=x.dtype) * strength
+        # lrelu(z) * sqrt(2) computed as lrelu(sqrt(2) * z): the gain rides on the
+        # convolution's weights, the bias on the convolution (engine/nets/ops.py)
         x = modulated_conv2d(x, self.weight, styles, demodulate=True, up=self.up,
                              padding=self.padding,
                              resample_filter=self.resample_filter, noise=noise,
-                             fused=fused)
-        x = _add_bias(x, self.bias)
+                             fused=fused, bias=self.bias, gain=LRELU_GAIN)
         clamp = self.conv_clamp * LRELU_GAIN if self.conv_clamp is not None else None
-        return lrelu_agc(x, clamp=clamp)
+        return lrelu_agc(x, gain=1.0, clamp=clamp)
 
     def extra_repr(self) -> str:
         return (f"in={self.in_channels}, out={self.out_channels}, "
@@ -223,8 +213,7 @@ class ToRGBLayer(nn.Module):
     def forward_style(self, x: Tensor, styles: Tensor,
                       fused: bool | None = None) -> Tensor:
         x = modulated_conv2d(x, self.weight, styles * self.weight_gain,
-                             demodulate=False, fused=fused)
-        x = _add_bias(x, self.bias)
+                             demodulate=False, fused=fused, bias=self.bias)
         if self.conv_clamp is not None:
             x = x.clamp(-self.conv_clamp, self.conv_clamp)
         return x
