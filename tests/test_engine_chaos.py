@@ -67,12 +67,16 @@ def test_random_kill_9_loses_and_duplicates_nothing(tmp_path):
         status = job_status(ex, job_id)
         assert status.state == "done", status
         rows = events(logdir, job_id)
-        # Delivered exactly once, with every frame once, by one finished attempt.
+        # Delivered exactly once, every frame in the result once.
         assert count(rows, "deliver", "end") == 1, rows
-        assert count(rows, "hash", "end") == 1, rows
         assert [f.frame for f in status.result.frames] == list(range(FRAMES))
-        assert sorted({int(r[3]) for r in rows if r[:2] == ["hash", "frame"]}) == \
-            list(range(FRAMES))
+        # No frame hashed twice: an attempt resumes from the frames the dead one
+        # checkpointed. (The stage itself may finish twice: a kill between its end
+        # and its DONE record re-runs it, and it finds every frame done. A kill
+        # between a frame's checkpoint and its log line leaves the line out.)
+        hashed = [int(r[3]) for r in rows if r[:2] == ["hash", "frame"]]
+        assert len(hashed) == len(set(hashed)) and set(hashed) <= set(range(FRAMES))
+        assert count(rows, "hash", "end") >= 1, rows
     for state in ("new", "cur", "failed", "cancelled"):
         assert list((ex / state).iterdir()) == [], state
     assert sorted(p.name for p in (ex / "done").iterdir()) == sorted(ids)

@@ -70,6 +70,12 @@ def test_pti_contract_and_effect(job):
     G = load_generator(_stage(job, "pti") / "generator.pt")
     assert G.img_resolution == 64
     assert not (_stage(job, "pti") / "checkpoint.pt").exists()
+    # batch and precision resolved once (auto) and recorded with the stage
+    from engine.models import resolve_dtype
+
+    settings = json.loads((_stage(job, "pti") / "settings.json").read_text())
+    assert settings == {"batch_size": loss["batch_size"], "dtype": loss["dtype"]}
+    assert loss["dtype"] == resolve_dtype("auto", "cpu") and loss["batch_size"] >= 1
 
 
 def test_edit_contract(job):
@@ -110,6 +116,8 @@ def test_stitch_contract_and_border(job):
     assert all(a < b for a, b in zip(s["after"], s["before"]))
     assert s["steps"] == [16] * N
     assert not (st / "parts").exists()
+    settings = json.loads((st / "settings.json").read_text())
+    assert settings == {"batch_size": s["batch_size"], "dtype": s["dtype"]}
 
 
 def test_outside_alpha_is_source(job):
