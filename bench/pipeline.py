@@ -13,7 +13,8 @@ What runs:
    pass, LPIPS on both images every step), same pivots, crops, generator, LPIPS,
    loss and number of passes.
 3. **Stitching tuning, side by side**: our batched per-frame generators
-   (:class:`engine.stitch_tune.BatchedStitcher`, ``torch.func`` + ``vmap``) against
+   (:class:`engine.stitch_tune.BatchedStitcher`: stacked per-frame copies through
+   one grouped forward) against
    the reference's loop (:func:`engine.stitch_tune.tune_reference`: a deep copy of
    the generator and its own Adam per frame, pipeline.md §1.6), same edit styles,
    crops, masks and steps.

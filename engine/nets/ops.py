@@ -6,7 +6,10 @@ are no fused CUDA kernels here and nothing compiles at import time.
 
 Every function is ``torch.func`` friendly: no in-place updates of inputs or
 parameters, no ``.item()``, no data-dependent Python control flow, so
-``functional_call`` + ``vmap`` over per-frame parameter copies works.
+``functional_call`` with substituted (or stacked per-sample) parameters works.
+Not ``vmap``: the convolutions ask for channels-last layouts, which vmap cannot
+query; per-frame copies go in as per-sample parameters instead
+(:func:`modulated_conv2d`).
 
 Conventions (the NVIDIA ones, so ``G_ema`` tensors load unchanged):
 
