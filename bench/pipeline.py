@@ -56,7 +56,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from engine.batching import auto_batch  # noqa: E402
+from engine.batching import resolve_batch  # noqa: E402
 from engine.config import PipelineConfig  # noqa: E402
 from engine.pti import PTITuner, TargetCache, reconstruction_error  # noqa: E402
 from engine.stitch_tune import (BatchedStitcher, masked_loss,  # noqa: E402
@@ -268,8 +268,8 @@ def bench_stitch(inp: dict[str, Any], cfg: Any, steps: int, device: str,
                  dtype: str) -> dict[str, Any]:
     n = inp["targets"].shape[0]
     G = inp["G_pti"]
-    cfg = replace(cfg, steps=steps, batch_size=cfg.batch_size or auto_batch(
-        "stitch", G.img_resolution, device, n))
+    cfg = replace(cfg, steps=steps, batch_size=resolve_batch(
+        cfg.batch_size, "stitch", G.img_resolution, device, n))
     styles, target = inp["styles"], inp["targets"]
     border, content = inp["border"], inp["content"]
 

@@ -22,14 +22,13 @@ started with and delivers the same frames.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable
 
 from fsexchange.fsutil import atomic_write_bytes
 
-__all__ = ["MAX_AUTO_BATCH", "PER_FRAME_GIB_1024", "auto_batch", "free_memory",
-           "stage_settings"]
+__all__ = ["MAX_AUTO_BATCH", "PER_FRAME_GIB_1024", "auto_batch", "resolve_batch",
+           "free_memory", "stage_settings", "training_settings"]
 
 #: the largest automatic batch (past it a step gains little; bench/pipeline.py)
 MAX_AUTO_BATCH = 16
@@ -65,6 +64,26 @@ def auto_batch(kind: str, resolution: int, device: Any, frames: int) -> int:
     per_frame = PER_FRAME_GIB_1024[kind] * _GIB * (resolution / 1024) ** 2
     fit = int(0.5 * free_memory(device) // max(per_frame, 1))
     return max(1, min(fit, MAX_AUTO_BATCH, max(frames, 1)))
+
+
+def resolve_batch(batch_size: int, kind: str, resolution: int, device: Any,
+                  frames: int) -> int:
+    """``batch_size`` when set, else (0) :func:`auto_batch`."""
+    return int(batch_size) if batch_size else auto_batch(kind, resolution, device,
+                                                         frames)
+
+
+def training_settings(stage_dir: Path, kind: str, batch_size: int, dtype: str,
+                      resolution: int, device: Any, frames: int) -> tuple[int, str]:
+    """``(batch size, dtype)`` of a training stage (PTI, stitching): resolved from
+    the options on the first attempt, read back from ``settings.json`` on a resumed
+    one."""
+    from .models import resolve_dtype  # noqa: PLC0415
+
+    settings = stage_settings(stage_dir, lambda: {
+        "batch_size": resolve_batch(batch_size, kind, resolution, device, frames),
+        "dtype": resolve_dtype(dtype, device)})
+    return int(settings["batch_size"]), str(settings["dtype"])
 
 
 def stage_settings(stage_dir: Path, resolve: Callable[[], dict[str, Any]]

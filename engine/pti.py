@@ -48,6 +48,7 @@ import numpy as np
 
 from fsexchange.fsutil import atomic_write_bytes
 
+from .batching import resolve_batch
 from .invert import (aligned_clip, chunks, crops_to_tensor, read_frames_json,
                      stage_models, write_previews)
 from .stage import Stage, StageAborted, StageContext, load_checkpoint, save_checkpoint
@@ -202,12 +203,9 @@ class PTITuner:
         self.device, self.dtype = device, dtype
         self.G = copy.deepcopy(self.G0).train()
         self.G.synthesis.requires_grad_(True)  # mapping: no gradient (fixed pivots)
-        if cfg.batch_size:
-            self.batch = max(1, int(cfg.batch_size))
-        else:  # 0 = auto: what the device's memory holds (engine/batching.py)
-            from .batching import auto_batch  # noqa: PLC0415
-
-            self.batch = auto_batch("pti", G0.img_resolution, device, len(self.frames))
+        # 0 = auto: what the device's memory holds (engine/batching.py)
+        self.batch = max(1, resolve_batch(cfg.batch_size, "pti", G0.img_resolution,
+                                          device, len(self.frames)))
         self.lr = cfg.lr * (self.batch if cfg.lr_batch_scaling else 1)
         # fused: one kernel per parameter group instead of a dozen small ops per
         # tensor (about 10 % of a batch-4 step of the tiny profile on a CPU); the
@@ -308,8 +306,7 @@ class PTIStage(Stage):
     def run(self, ctx: StageContext) -> dict[str, Any]:
         import torch  # noqa: PLC0415
 
-        from .batching import auto_batch, stage_settings  # noqa: PLC0415
-        from .models import resolve_dtype  # noqa: PLC0415
+        from .batching import training_settings  # noqa: PLC0415
         from .report import preview_frames  # noqa: PLC0415
 
         cfg = ctx.config.pti
@@ -324,12 +321,9 @@ class PTIStage(Stage):
         targets = TargetCache(aligned_clip(ctx), G0.img_resolution, dev, lpips,
                               cfg.cache_frames)
         # resolved once and kept for a resumed attempt (engine/batching.py)
-        settings = stage_settings(out, lambda: {
-            "batch_size": cfg.batch_size or auto_batch("pti", G0.img_resolution, dev,
-                                                       len(frames)),
-            "dtype": resolve_dtype(ctx.config.dtype, dev)})
-        cfg = replace(cfg, batch_size=int(settings["batch_size"]))
-        dtype = str(settings["dtype"])
+        batch, dtype = training_settings(out, "pti", cfg.batch_size, ctx.config.dtype,
+                                         G0.img_resolution, dev, len(frames))
+        cfg = replace(cfg, batch_size=batch)
         tuner = PTITuner(G0, lpips, pivots, frames, targets, cfg,
                          seed=ctx.config.seed, device=dev, dtype=dtype)
         ckpt_path = out / "checkpoint.pt"

@@ -369,8 +369,7 @@ class StitchTuneStage(Stage):
 
         from .align import crop_name  # noqa: PLC0415
         from .mask import paste_alpha, stitch_masks  # noqa: PLC0415
-        from .batching import auto_batch, stage_settings  # noqa: PLC0415
-        from .models import resolve_dtype  # noqa: PLC0415
+        from .batching import training_settings  # noqa: PLC0415
         from .pti import load_generator  # noqa: PLC0415
 
         cfg = ctx.config.stitch
@@ -385,11 +384,9 @@ class StitchTuneStage(Stage):
         G = load_generator(ctx.job_dir / "stages" / "pti" / "generator.pt", dev)
         R = G.img_resolution
         # resolved once and kept for a resumed attempt (engine/batching.py)
-        settings = stage_settings(out, lambda: {
-            "batch_size": cfg.batch_size or auto_batch("stitch", R, dev, len(frames)),
-            "dtype": resolve_dtype(ctx.config.dtype, dev)})
-        cfg = replace(cfg, batch_size=int(settings["batch_size"]))
-        dtype = str(settings["dtype"])
+        batch, dtype = training_settings(out, "stitch", cfg.batch_size,
+                                         ctx.config.dtype, R, dev, len(frames))
+        cfg = replace(cfg, batch_size=batch)
         stitcher = BatchedStitcher(G, cfg, dtype)
         batches = list(chunks(range(len(frames)), cfg.batch_size))
         t0 = time.monotonic()
