@@ -385,6 +385,18 @@ def memory_table(device: str, batches: list[int]) -> list[dict[str, Any]]:
     return rows
 
 
+def _print_rows(rows: list[tuple[str, float]], fig: dict[str, Any], work: int,
+                unit: str, per_minute: int | None = None) -> None:
+    """One line per loop: seconds, ``unit`` per minute (``per_minute`` of them in
+    the run, default ``work``), achieved TFLOP/s over ``work`` frame-steps, and the
+    ratio to the reference loop of ``fig``."""
+    count = work if per_minute is None else per_minute
+    for name, sec in rows:
+        print(f"  {name:<44} {sec:7.2f} s  {60 * count / sec:8.1f} {unit}/min  "
+              f"{fig['flops_per_frame_step'] * work / sec / 1e12:.4f} TFLOP/s  "
+              f"ratio {fig['ref_seconds'] / sec:.2f}x")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--frames", type=int, default=16)
@@ -477,17 +489,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nPTI, {args.frames} frames x {args.pti_passes} passes, same pivots, "
               "crops, networks:")
         pr = bench_pti(inp, pti_cfg, args.pti_passes, dev, dtype)
-        rows = [(f"reference loop (batch 1, float32)", pr["ref_seconds"]),
+        rows = [("reference loop (batch 1, float32)", pr["ref_seconds"]),
                 (f"ours (batch {pr['batch']}, cached LPIPS, {dtype})",
                  pr["ours_seconds"])]
         if dtype != "float32":
             rows.append((f"ours (batch {pr['batch']}, cached LPIPS, float32)",
                          pr["ours_float32_seconds"]))
-        work_pti = args.frames * args.pti_passes
-        for name, sec in rows:
-            print(f"  {name:<44} {sec:7.2f} s  {60 * work_pti / sec:8.1f} "
-                  f"frame-passes/min  {pr['flops_per_frame_step'] * work_pti / sec / 1e12:.4f}"
-                  f" TFLOP/s  ratio {pr['ref_seconds'] / sec:.2f}x")
+        _print_rows(rows, pr, args.frames * args.pti_passes, "frame-passes")
         e = pr["error"]
         print("  reconstruction MSE / LPIPS (float32): "
               + "; ".join(f"{k} {v['mse']:.4f} / {v['lpips']:.4f}" for k, v in e.items())
@@ -500,11 +508,8 @@ def main(argv: list[str] | None = None) -> int:
         if dtype != "float32":
             rows.append((f"ours (stacked copies, batch {sr['batch']}, float32)",
                          sr["ours_float32_seconds"]))
-        work_st = args.frames * args.stitch_steps
-        for name, sec in rows:
-            print(f"  {name:<44} {sec:7.2f} s  {60 * args.frames / sec:8.1f} frames/min"
-                  f"  {sr['flops_per_frame_step'] * work_st / sec / 1e12:.4f} TFLOP/s"
-                  f"  ratio {sr['ref_seconds'] / sec:.2f}x")
+        _print_rows(rows, sr, args.frames * args.stitch_steps, "frames",
+                    per_minute=args.frames)
         b = sr["border_after"]
         print(f"  border loss after tuning (mean): reference {b['ref']:.5f}, ours "
               f"{b['ours']:.5f}, ours float32 {b['ours_float32']:.5f} (max |ours "
