@@ -57,6 +57,9 @@ def test_dtype_option_and_resolution():
         assert PipelineConfig.from_options({"dtype": v}).dtype == v
     with pytest.raises(DocumentFieldError):
         PipelineConfig.from_options({"dtype": "float16"})
+    for bad in ({"pti": {"batch_size": -1}}, {"stitch": {"batch_size": "auto"}}):
+        with pytest.raises(DocumentFieldError, match="batch_size"):
+            PipelineConfig.from_options(bad)
     assert resolve_dtype("float32", "cpu") == "float32"
     assert resolve_dtype("bfloat16", "cpu") == "bfloat16"
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
