@@ -705,6 +705,12 @@ class MovieWriter:
         if codec in ("prores_ks", "prores"):
             self._stream.pix_fmt = "yuva444p10le" if alpha else "yuv422p10le"
             self._stream.options = {"profile": "4" if alpha else "3"}  # 4444 / HQ
+            # One encoder thread: with several, prores_ks (FFmpeg in PyAV's wheel)
+            # now and then writes a wrong alpha value under CPU load (one pixel off
+            # by 9863 of 65535 in 1 of ~20 encodes of the same frame; two distinct
+            # bitstreams from identical input, tests/test_video.py). Deterministic
+            # output matters more than speed for a delivery format.
+            self._stream.thread_count = 1
             self._pad = (0, 0)
         elif codec in ("libx264", "h264"):
             if alpha:
