@@ -80,6 +80,26 @@ def _timed(fn: Callable[[], Any], device: str) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
+def _alternate(fns: dict[str, Callable[[], Any]], repeat: int, device: str
+               ) -> tuple[dict[str, Any], dict[str, float], dict[str, float]]:
+    """Run each loop in turn (A B C A B C ...), ``repeat`` rounds: the last result
+    of each, its median seconds, and the median over rounds of the reference's
+    seconds over its own in the same round (``fns`` starts with the reference).
+    Rounds side by side keep a ratio honest when the machine's speed drifts
+    (shared CPUs do, by 10-20 % between minutes)."""
+    secs: dict[str, list[float]] = {k: [] for k in fns}
+    last: dict[str, Any] = {}
+    for _ in range(max(1, repeat)):
+        for name, fn in fns.items():
+            last[name], t = _timed(fn, device)
+            secs[name].append(t)
+    ref = next(iter(fns))
+    med = {k: float(np.median(v)) for k, v in secs.items()}
+    ratio = {k: float(np.median([a / b for a, b in zip(secs[ref], v)]))
+             for k, v in secs.items()}
+    return last, med, ratio
+
+
 def _flops(fn: Callable[[], Any]) -> float:
     with FlopCounterMode(display=False) as fc:
         fn()
@@ -208,8 +228,8 @@ def synthetic_inputs(frames: int, device: str, seed: int = 0) -> dict[str, Any]:
 # --- side by side ------------------------------------------------------------------
 
 
-def bench_pti(inp: dict[str, Any], cfg: Any, passes: int, device: str, dtype: str
-              ) -> dict[str, Any]:
+def bench_pti(inp: dict[str, Any], cfg: Any, passes: int, device: str, dtype: str,
+              repeat: int = 1) -> dict[str, Any]:
     n = len(inp["pivots"])
     cfg = replace(cfg, steps=passes)
     ref_cfg = replace(cfg, batch_size=1)
@@ -227,14 +247,20 @@ def bench_pti(inp: dict[str, Any], cfg: Any, passes: int, device: str, dtype: st
         return reference_pti(inp["G0"], inp["lpips"], inp["pivots"], inp["targets"],
                              passes, ref_cfg, device)
 
-    # a warm-up step of each (allocator, kernels), then one timed run of each
+    # a short warm-up of each (allocator, kernels), then the timed rounds; our loop
+    # also in float32: the share of mixed precision
     reference_pti(inp["G0"], inp["lpips"], inp["pivots"][:2], inp["targets"][:2], 1,
                   ref_cfg, device)
-    G_ref, t_ref = _timed(ref, device)
-    tuner, t_ours = _timed(ours, device)
-    # the share of mixed precision: our loop once more in float32
-    tuner32, t_ours32 = (_timed(lambda: ours("float32"), device)
-                         if dtype != "float32" else (tuner, t_ours))
+    fns = {"ref": ref, "ours": ours}
+    if dtype != "float32":
+        fns["ours32"] = lambda: ours("float32")
+    for name in list(fns)[1:]:
+        _warm_pti(inp, cfg, device, dtype if name == "ours" else "float32")
+    last, t, ratio = _alternate(fns, repeat, device)
+    G_ref, tuner = last["ref"], last["ours"]
+    tuner32 = last.get("ours32", tuner)
+    t_ref, t_ours = t["ref"], t["ours"]
+    t_ours32 = t.get("ours32", t_ours)
     # the same reconstruction after the same passes: the speed-up is not bought with
     # a worse fit (lr scaled with the batch, engine/pti.py); measured in float32
     err = {name: reconstruction_error(g, inp["lpips"], inp["pivots"], range(n),
@@ -254,9 +280,10 @@ def bench_pti(inp: dict[str, Any], cfg: Any, passes: int, device: str, dtype: st
     flops = _flops(one_ref_step)
     work = n * passes
     return {"frames": n, "passes": passes, "batch": tuner.batch, "dtype": dtype,
-            "lr_ref": ref_cfg.lr, "lr_ours": tuner.lr, "error": err,
-            "ref_seconds": t_ref, "ours_seconds": t_ours, "ratio": t_ref / t_ours,
-            "ours_float32_seconds": t_ours32, "ratio_float32": t_ref / t_ours32,
+            "lr_ref": ref_cfg.lr, "lr_ours": tuner.lr, "error": err, "rounds": repeat,
+            "ref_seconds": t_ref, "ours_seconds": t_ours, "ratio": ratio["ours"],
+            "ours_float32_seconds": t_ours32,
+            "ratio_float32": ratio.get("ours32", ratio["ours"]),
             "ours_frames_per_minute": 60 * work / t_ours,
             "ref_frames_per_minute": 60 * work / t_ref,
             "flops_per_frame_step": flops,
@@ -264,8 +291,19 @@ def bench_pti(inp: dict[str, Any], cfg: Any, passes: int, device: str, dtype: st
             "ref_tflops": flops * work / t_ref / 1e12}
 
 
+def _warm_pti(inp: dict[str, Any], cfg: Any, device: str, dtype: str) -> None:
+    """One short pass of our PTI loop over one batch (allocator, kernels)."""
+    b = min(len(inp["pivots"]), cfg.batch_size or 16)
+    targets = TargetCache(_ArrayClip(inp["crops"][:b]), inp["G0"].img_resolution,
+                          device, inp["lpips"], limit=cfg.cache_frames)
+    tuner = PTITuner(inp["G0"], inp["lpips"], inp["pivots"][:b], range(b), targets,
+                     replace(cfg, steps=1), device=device, dtype=dtype)
+    while not tuner.done:
+        tuner.step()
+
+
 def bench_stitch(inp: dict[str, Any], cfg: Any, steps: int, device: str,
-                 dtype: str) -> dict[str, Any]:
+                 dtype: str, repeat: int = 1) -> dict[str, Any]:
     n = inp["targets"].shape[0]
     G = inp["G_pti"]
     cfg = replace(cfg, steps=steps, batch_size=resolve_batch(
@@ -286,12 +324,22 @@ def bench_stitch(inp: dict[str, Any], cfg: Any, steps: int, device: str,
     def ref() -> list[float]:
         return tune_reference(G, styles, target, border, content, cfg).after
 
+    # a 2-step warm-up of each on one batch, then the timed rounds
     tune_reference(G, [s[:1] for s in styles], target[:1], border[:1], content[:1],
                    replace(cfg, steps=2))
-    ref_after, t_ref = _timed(ref, device)
-    ours_after, t_ours = _timed(ours, device)
-    ours32_after, t_ours32 = (_timed(lambda: ours("float32"), device)
-                              if dtype != "float32" else (ours_after, t_ours))
+    fns = {"ref": ref, "ours": ours}
+    if dtype != "float32":
+        fns["ours32"] = lambda: ours("float32")
+    b = slice(0, cfg.batch_size)
+    for name in list(fns)[1:]:
+        BatchedStitcher(G, replace(cfg, steps=2), dtype if name == "ours"
+                        else "float32").tune([s[b] for s in styles], target[b],
+                                             border[b], content[b])
+    last, t, ratio = _alternate(fns, repeat, device)
+    ref_after, ours_after = last["ref"], last["ours"]
+    ours32_after = last.get("ours32", ours_after)
+    t_ref, t_ours = t["ref"], t["ours"]
+    t_ours32 = t.get("ours32", t_ours)
     Gi = copy.deepcopy(G).train()
     Gi.synthesis.requires_grad_(True)
     st = [s[:1] for s in styles]
@@ -304,8 +352,10 @@ def bench_stitch(inp: dict[str, Any], cfg: Any, steps: int, device: str,
     flops = _flops(one_ref_step)
     work = n * steps
     return {"frames": n, "steps": steps, "batch": cfg.batch_size, "dtype": dtype,
-            "ref_seconds": t_ref, "ours_seconds": t_ours, "ratio": t_ref / t_ours,
-            "ours_float32_seconds": t_ours32, "ratio_float32": t_ref / t_ours32,
+            "rounds": repeat,
+            "ref_seconds": t_ref, "ours_seconds": t_ours, "ratio": ratio["ours"],
+            "ours_float32_seconds": t_ours32,
+            "ratio_float32": ratio.get("ours32", ratio["ours"]),
             "border_after": {"ref": float(np.mean(ref_after)),
                              "ours": float(np.mean(ours_after)),
                              "ours_float32": float(np.mean(ours32_after))},
@@ -385,16 +435,17 @@ def memory_table(device: str, batches: list[int]) -> list[dict[str, Any]]:
     return rows
 
 
-def _print_rows(rows: list[tuple[str, float]], fig: dict[str, Any], work: int,
-                unit: str, per_minute: int | None = None) -> None:
-    """One line per loop: seconds, ``unit`` per minute (``per_minute`` of them in
-    the run, default ``work``), achieved TFLOP/s over ``work`` frame-steps, and the
-    ratio to the reference loop of ``fig``."""
+def _print_rows(rows: list[tuple[str, float, float]], fig: dict[str, Any],
+                work: int, unit: str, per_minute: int | None = None) -> None:
+    """One line per loop ``(name, median seconds, ratio)``: seconds, ``unit`` per
+    minute (``per_minute`` of them in the run, default ``work``), achieved TFLOP/s
+    over ``work`` frame-steps, and the ratio to the reference loop (the median of
+    the rounds' ratios)."""
     count = work if per_minute is None else per_minute
-    for name, sec in rows:
+    for name, sec, ratio in rows:
         print(f"  {name:<44} {sec:7.2f} s  {60 * count / sec:8.1f} {unit}/min  "
               f"{fig['flops_per_frame_step'] * work / sec / 1e12:.4f} TFLOP/s  "
-              f"ratio {fig['ref_seconds'] / sec:.2f}x")
+              f"ratio {ratio:.2f}x")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -426,6 +477,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory-probe", nargs=4, metavar=("KIND", "BATCH", "CKPT",
                                                        "DEVICE"),
                    help=argparse.SUPPRESS)
+    p.add_argument("--repeat", type=int, default=3,
+                   help="timed rounds of the side-by-side loops, run in turn; "
+                   "medians are printed (default 3)")
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args(argv)
     if args.memory_probe:
@@ -487,27 +541,28 @@ def main(argv: list[str] | None = None) -> int:
 
         dtype = resolve_dtype(args.dtype, dev)
         print(f"\nPTI, {args.frames} frames x {args.pti_passes} passes, same pivots, "
-              "crops, networks:")
-        pr = bench_pti(inp, pti_cfg, args.pti_passes, dev, dtype)
-        rows = [("reference loop (batch 1, float32)", pr["ref_seconds"]),
+              f"crops, networks (medians of {args.repeat} rounds, loops in turn):")
+        pr = bench_pti(inp, pti_cfg, args.pti_passes, dev, dtype, args.repeat)
+        rows = [("reference loop (batch 1, float32)", pr["ref_seconds"], 1.0),
                 (f"ours (batch {pr['batch']}, cached LPIPS, {dtype})",
-                 pr["ours_seconds"])]
+                 pr["ours_seconds"], pr["ratio"])]
         if dtype != "float32":
             rows.append((f"ours (batch {pr['batch']}, cached LPIPS, float32)",
-                         pr["ours_float32_seconds"]))
+                         pr["ours_float32_seconds"], pr["ratio_float32"]))
         _print_rows(rows, pr, args.frames * args.pti_passes, "frame-passes")
         e = pr["error"]
         print("  reconstruction MSE / LPIPS (float32): "
               + "; ".join(f"{k} {v['mse']:.4f} / {v['lpips']:.4f}" for k, v in e.items())
               + f"  (lr: reference {pr['lr_ref']:.1e}, ours {pr['lr_ours']:.1e})")
-        print(f"\nStitching tuning, {args.frames} frames x {args.stitch_steps} steps:")
-        sr = bench_stitch(inp, st_cfg, args.stitch_steps, dev, dtype)
-        rows = [("reference loop (deep copy + Adam per frame)", sr["ref_seconds"]),
+        print(f"\nStitching tuning, {args.frames} frames x {args.stitch_steps} steps "
+              f"(medians of {args.repeat} rounds):")
+        sr = bench_stitch(inp, st_cfg, args.stitch_steps, dev, dtype, args.repeat)
+        rows = [("reference loop (deep copy + Adam per frame)", sr["ref_seconds"], 1.0),
                 (f"ours (stacked copies, batch {sr['batch']}, {dtype})",
-                 sr["ours_seconds"])]
+                 sr["ours_seconds"], sr["ratio"])]
         if dtype != "float32":
             rows.append((f"ours (stacked copies, batch {sr['batch']}, float32)",
-                         sr["ours_float32_seconds"]))
+                         sr["ours_float32_seconds"], sr["ratio_float32"]))
         _print_rows(rows, sr, args.frames * args.stitch_steps, "frames",
                     per_minute=args.frames)
         b = sr["border_after"]

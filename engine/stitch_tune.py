@@ -151,12 +151,16 @@ class BatchedStitcher:
         self.dtype = dtype
         self.module = _styles_module(G)
         self.names: list[str] = []  # the stacked (trainable) parameters
+        self.transposed: set[str] = set()  # weights stored for a transposed conv
         self.fixed: dict[str, "torch.Tensor"] = {}  # shared: affines, buffers
 
     def _setup(self, styles: Sequence["torch.Tensor"]) -> None:
         if self.names:
             return
         self.names = _trainable_names(self.module, styles)
+        # the up-sampling convs read their weights in the transposed layout
+        self.transposed = {k for k in self.names if k.endswith(".weight") and getattr(
+            self.module.get_submodule(k.rsplit(".", 1)[0]), "up", 1) != 1}
         named = dict(self.module.named_parameters())
         self.fixed = {k: v.detach() for k, v in named.items() if k not in self.names}
         self.fixed.update(dict(self.module.named_buffers()))
@@ -173,8 +177,17 @@ class BatchedStitcher:
         from .pti import autocast  # noqa: PLC0415
 
         with autocast(str(styles[0].device), dtype or self.dtype):
-            return functional_call(self.module, {**self.fixed, **params},
+            return functional_call(self.module, {**self.fixed, **self.views(params)},
                                    (list(styles),)).float()
+
+    def views(self, params: dict[str, "torch.Tensor"]) -> dict[str, "torch.Tensor"]:
+        """The network's views of stacked parameters: conv weights are stored
+        contiguous in the convolutions' memory order (so the fused Adam updates
+        them without copies) and seen as ``[B, O, I, kh, kw]``."""
+        from .nets.ops import weight_from_storage  # noqa: PLC0415
+
+        return {k: weight_from_storage(v, k in self.transposed) if v.ndim == 5 else v
+                for k, v in params.items()}
 
     def tune(self, styles: Sequence["torch.Tensor"], target: "torch.Tensor",
              border: "torch.Tensor", content: "torch.Tensor",
@@ -195,7 +208,8 @@ class BatchedStitcher:
         styles = [s.detach() for s in styles]
         self._setup(styles)
         named = dict(self.module.named_parameters())
-        params = {k: _stack(named[k].detach(), B) for k in self.names}
+        params = {k: _stack(named[k].detach(), B, k in self.transposed)
+                  for k in self.names}
         m1 = {k: torch.zeros_like(v) for k, v in params.items()}  # same layouts
         m2 = {k: torch.zeros_like(v) for k, v in params.items()}
 
@@ -260,13 +274,15 @@ class BatchedStitcher:
         return TuneResult(out, before, after, steps, curves)
 
 
-def _stack(t: "torch.Tensor", n: int) -> "torch.Tensor":
-    """``n`` copies of a parameter along a new leading axis; conv weights in the
-    layout the grouped convolutions read (no copy per step)."""
-    from .nets.ops import grouped_weight_layout  # noqa: PLC0415
+def _stack(t: "torch.Tensor", n: int, transposed: bool = False) -> "torch.Tensor":
+    """``n`` copies of a parameter along a new leading axis, contiguous; conv
+    weights in the memory order the grouped convolutions read
+    (:func:`engine.nets.ops.stored_weight`; :meth:`BatchedStitcher.views` gives the
+    network its ``[n, O, I, kh, kw]`` view without a copy)."""
+    from .nets.ops import stored_weight  # noqa: PLC0415
 
     out = t.unsqueeze(0).repeat(n, *([1] * t.ndim))
-    return grouped_weight_layout(out) if out.ndim == 5 else out.contiguous()
+    return stored_weight(out, transposed) if out.ndim == 5 else out.contiguous()
 
 
 def _like(t: "torch.Tensor", p: "torch.Tensor") -> "torch.Tensor":

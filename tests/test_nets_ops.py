@@ -13,10 +13,13 @@ from engine.nets.ops import (
     LRELU_GAIN,
     lrelu_agc,
     modulated_conv2d,
+    modulated_weight,
     normalize_2nd_moment,
     setup_filter,
+    stored_weight,
     upfirdn2d,
     upsample2d,
+    weight_from_storage,
 )
 from engine.nets.stylegan2 import FullyConnectedLayer
 
@@ -171,6 +174,80 @@ def test_modulated_conv_bias_noise_gain_and_per_sample_weights(up, demodulate, m
             x[i:i + 1], weight[i], styles[i:i + 1], noise=noise[i:i + 1],
             bias=bias[i], fused=mode == "fused", **kw) for i in range(3)])
     assert torch.allclose(got, want, atol=1e-10)
+
+
+def _modulated_weight_formula(W, s, demodulate, gain):
+    """The textbook per-sample formula, through plain autograd: [N, O, I, kh, kw]."""
+    w = W * s[:, None, :, None, None]
+    if demodulate:
+        w = w * (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()[:, :, None, None, None]
+    return w * gain
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("demodulate", [True, False])
+@pytest.mark.parametrize("k", [3, 1])
+def test_modulated_weight_values_and_closed_form_gradients(transposed, demodulate, k):
+    """The custom backward (closed form) equals autograd through the formula, for
+    the weights and the styles, in the stored layout the stitcher uses."""
+    torch.manual_seed(4)
+    n, o, i = 3, 5, 4
+    W0 = torch.randn(n, o, i, k, k, dtype=torch.float64)
+    W = weight_from_storage(stored_weight(W0, transposed), transposed)
+    W = W.detach().requires_grad_(True)
+    s = (torch.rand(n, i, dtype=torch.float64) + 0.5).requires_grad_(True)
+    gain = 1.7
+    got = modulated_weight(W, s, demodulate=demodulate, gain=gain,
+                           transposed=transposed)
+    # the convolution's weight: [N*O, I, k, k] (transposed: [N*I, O, k, k]),
+    # channels-last
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    got5 = (got.view(n, i, o, k, k).transpose(1, 2) if transposed
+            else got.view(n, o, i, k, k))
+    want = _modulated_weight_formula(W, s, demodulate, gain)
+    assert torch.allclose(got5, want, atol=1e-12)
+    g = torch.randn_like(want)
+    gW, gs = torch.autograd.grad((got5 * g).sum(), [W, s])
+    wW, ws = torch.autograd.grad((want * g).sum(), [W, s])
+    assert torch.allclose(gW, wW, atol=1e-10)
+    assert torch.allclose(gs, ws, atol=1e-10)
+    # and gradcheck's finite differences agree
+    assert torch.autograd.gradcheck(
+        lambda a, b: modulated_weight(a, b, demodulate=demodulate, gain=gain,
+                                      transposed=transposed), (W, s))
+
+
+def test_modulated_weight_under_autocast_is_bfloat16_in_conv_layout():
+    torch.manual_seed(5)
+    W = torch.randn(2, 6, 4, 3, 3)
+    s = torch.rand(2, 4) + 0.5
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = modulated_weight(W, s)
+    assert got.dtype == torch.bfloat16 and got.shape == (12, 4, 3, 3)
+    want = _modulated_weight_formula(W, s, True, 1.0).reshape(12, 4, 3, 3)
+    assert torch.allclose(got.float(), want, rtol=1e-2, atol=1e-3)
+
+
+def test_per_sample_modulated_conv_gradients_match_separate_samples():
+    """Gradients of the grouped per-sample path (custom weight backward, channels-
+    last gradient hand-off) equal those of one shared-weight call per sample."""
+    torch.manual_seed(6)
+    f = setup_filter([1, 3, 3, 1]).double()
+    for up, k in ((1, 3), (2, 3), (1, 1)):
+        x = torch.randn(3, 4, 5, 5, dtype=torch.float64, requires_grad=True)
+        W = torch.randn(3, 6, 4, k, k, dtype=torch.float64, requires_grad=True)
+        b = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+        s = torch.rand(3, 4, dtype=torch.float64) + 0.5
+        kw = dict(up=up, padding=k // 2, resample_filter=f, gain=1.3,
+                  demodulate=k == 3)
+        y = modulated_conv2d(x, W, s, bias=b, **kw)
+        g = torch.randn_like(y)
+        got = torch.autograd.grad((y * g).sum(), [x, W, b])
+        ys = torch.cat([modulated_conv2d(x[j:j + 1], W[j], s[j:j + 1], bias=b[j],
+                                         fused=True, **kw) for j in range(3)])
+        want = torch.autograd.grad((ys * g).sum(), [x, W, b])
+        for a, c in zip(got, want):
+            assert torch.allclose(a, c, atol=1e-10)
 
 
 def test_demodulation_normalises_output_scale():

@@ -24,7 +24,7 @@ Conventions (the NVIDIA ones, so ``G_ema`` tensors load unchanged):
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,9 @@ __all__ = [
     "modulated_conv2d",
     "grouped_layout",
     "grouped_weight_layout",
+    "stored_weight",
+    "weight_from_storage",
+    "modulated_weight",
     "LRELU_GAIN",
 ]
 
@@ -116,7 +119,9 @@ def upsample2d(x: Tensor, f: Tensor, up: int = 2) -> Tensor:
 def lrelu_agc(x: Tensor, gain: float = LRELU_GAIN, clamp: float | None = None,
               slope: float = 0.2) -> Tensor:
     """``leaky_relu(x, 0.2) * gain``, then optionally clamped to ``[-clamp, clamp]``."""
-    x = F.leaky_relu(x, slope) * gain
+    x = F.leaky_relu(x, slope)
+    if gain != 1.0:  # the synthesis layers fold their gain into the conv: no pass
+        x = x * gain
     if clamp is not None:
         x = x.clamp(-clamp, clamp)
     return x
@@ -135,6 +140,102 @@ def _demod_coefficients(weight: Tensor, styles: Tensor) -> Tensor:
     return (styles.square() @ w2.t() + 1e-8).rsqrt()
 
 
+class _ModulatedWeight(torch.autograd.Function):
+    """Per-sample modulated (and demodulated) conv weights in one pass each way.
+
+    ``w[n, o, i, k] = W[n, o, i, k] * s[n, i] * d[n, o] * gain`` with
+    ``d[n, o] = (sum_{i, k} (W[n, o, i, k] s[n, i])^2 + 1e-8)^-1/2`` (1 when not
+    demodulating), written straight into the layout and dtype of the grouped
+    convolution (``[N*O, I, kh, kw]`` channels-last, or ``[N*I, O, kh, kw]`` for the
+    transposed one; bfloat16 under autocast). Autograd through the elementwise
+    formula took ~15 passes over the weights each step plus layout copies and casts;
+    the backward here is the closed form (derivation in the comments), 3 passes.
+    """
+
+    @staticmethod
+    def forward(W: Tensor, s: Tensor, demodulate: bool, gain: float,
+                transposed: bool, out_dtype: torch.dtype
+                ) -> tuple[Tensor, Tensor, Tensor]:
+        n, o, i, kh, kw = W.shape
+        # sum_k W^2 per (n, o, i) (linalg.vector_norm is 60x slower on these
+        # strided weights than square + sum, torch 2.13 CPU)
+        n2 = W.square().sum(dim=(3, 4))  # [N, O, I]
+        if demodulate:
+            d = (torch.einsum("ni,noi->no", s.square(), n2) + 1e-8).rsqrt()
+        else:
+            d = torch.ones((n, o), dtype=W.dtype, device=W.device)
+        factor = s[:, None, :] * (d * gain)[:, :, None]  # [N, O, I]
+        w = W * factor[:, :, :, None, None]  # in W's layout
+        # conv_transpose2d reads [in, out/groups, kh, kw] per group
+        shape = (n * i, o, kh, kw) if transposed else (n * o, i, kh, kw)
+        out = torch.empty(shape, dtype=out_dtype, device=W.device,
+                          memory_format=torch.channels_last)
+        view = (out.view(n, i, o, kh, kw).transpose(1, 2) if transposed
+                else out.view(n, o, i, kh, kw))
+        if view.stride() == w.stride() and out_dtype == w.dtype:
+            # already the convolution's layout (W is stored so): a view
+            out = (w.transpose(1, 2) if transposed else w).reshape(shape)
+        else:
+            # a cast (bfloat16) and/or a layout change; torch.mul(..., out=bfloat16)
+            # directly is 6x slower than multiply-then-copy (torch 2.13 CPU)
+            view.copy_(w)
+        return out, n2, d  # n2, d: small, kept for the backward
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        W, s, demodulate, gain, transposed, _ = inputs
+        _, n2, d = output
+        ctx.demodulate, ctx.gain, ctx.transposed = demodulate, gain, transposed
+        ctx.mark_non_differentiable(n2, d)
+        ctx.save_for_backward(W, s, n2, d)
+
+    @staticmethod
+    def backward(ctx: Any, g_out: Tensor, *_: Any) -> tuple:
+        W, s, n2, d = ctx.saved_tensors
+        n, o, i, kh, kw = W.shape
+        g = (g_out.view(n, i, o, kh, kw).transpose(1, 2) if ctx.transposed
+             else g_out.view(n, o, i, kh, kw))
+        gain = ctx.gain
+        # A[n,o,i] = sum_k g W: the one reduction the closed form needs
+        A = (g * W).sum(dim=(3, 4), dtype=W.dtype)
+        factor = s[:, None, :] * (d * gain)[:, :, None]
+        gW = gs = None
+        if ctx.demodulate:
+            # dL/dd[n,o] = gain sum_i s_i A[n,o,i];  dd/dW = -d^3 s_i^2 W;
+            # dd/ds_i = -d^3 s_i n2[n,o,i]
+            B = gain * torch.einsum("ni,noi->no", s, A)  # [N, O]
+            Bd3 = B * d.pow(3)
+            if ctx.needs_input_grad[0]:
+                c2 = -Bd3[:, :, None] * s.square()[:, None, :]  # [N, O, I]
+                gW = torch.addcmul(W * c2[..., None, None], g,
+                                   factor[..., None, None])
+            if ctx.needs_input_grad[1]:
+                gs = (gain * torch.einsum("no,noi->ni", d, A)
+                      - s * torch.einsum("no,noi->ni", Bd3, n2))
+        else:
+            if ctx.needs_input_grad[0]:
+                gW = g * factor[..., None, None]
+            if ctx.needs_input_grad[1]:
+                gs = gain * A.sum(dim=1)
+        return gW, gs, None, None, None, None
+
+
+def modulated_weight(weight: Tensor, styles: Tensor, *, demodulate: bool = True,
+                     gain: float = 1.0, transposed: bool = False) -> Tensor:
+    """Per-sample weights ``[N, O, I, kh, kw]`` modulated by ``styles [N, I]``,
+    demodulated and scaled by ``gain``, as the grouped convolution's weight:
+    ``[N*O, I, kh, kw]`` (``[N*I, O, kh, kw]`` when ``transposed``) channels-last,
+    in the autocast dtype when autocast is on. Exact; see :class:`_ModulatedWeight`.
+    """
+    dev = weight.device.type
+    out_dtype = (torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev)
+                 else weight.dtype)
+    styles = styles.to(weight.dtype)
+    with torch.autocast(dev, enabled=False):
+        return _ModulatedWeight.apply(weight, styles, demodulate, float(gain),
+                                      transposed, out_dtype)[0]
+
+
 def grouped_layout(x: Tensor) -> Tensor:
     """``x [N, C, H, W]`` laid out so that ``x.reshape(1, N*C, H, W)`` is a
     channels-last view: the layout grouped convolutions read and write, so a stack
@@ -144,13 +245,27 @@ def grouped_layout(x: Tensor) -> Tensor:
         memory_format=torch.channels_last).view(n, c, h, w)
 
 
-def grouped_weight_layout(weight: Tensor) -> Tensor:
-    """Per-sample weights ``[N, O, I, kh, kw]`` laid out so that
-    ``weight.reshape(N*O, I, kh, kw)`` is a channels-last view (what the grouped
-    convolution of :func:`modulated_conv2d` reads); values unchanged."""
-    n, o, i, kh, kw = weight.shape
-    return weight.reshape(n * o, i, kh, kw).contiguous(
-        memory_format=torch.channels_last).view(n, o, i, kh, kw)
+def stored_weight(weight: Tensor, transposed: bool = False) -> Tensor:
+    """Per-sample weights ``[N, O, I, kh, kw]`` as a contiguous tensor in the
+    memory order the grouped convolution reads: ``[N, O, kh, kw, I]``, or
+    ``[N, I, kh, kw, O]`` for the transposed (up-sampling) one. Optimisers update
+    it as a plain contiguous tensor; :func:`weight_from_storage` is the view the
+    network takes."""
+    order = (0, 2, 3, 4, 1) if transposed else (0, 1, 3, 4, 2)
+    return weight.permute(*order).contiguous()
+
+
+def weight_from_storage(storage: Tensor, transposed: bool = False) -> Tensor:
+    """The ``[N, O, I, kh, kw]`` view of :func:`stored_weight`'s tensor."""
+    return storage.permute(0, 4, 1, 2, 3) if transposed \
+        else storage.permute(0, 1, 4, 2, 3)
+
+
+def grouped_weight_layout(weight: Tensor, transposed: bool = False) -> Tensor:
+    """Per-sample weights ``[N, O, I, kh, kw]`` laid out so that the grouped
+    convolution of :func:`modulated_conv2d` (``transposed``: its up-sampling one)
+    reads them without a copy; values unchanged."""
+    return weight_from_storage(stored_weight(weight, transposed), transposed)
 
 
 def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, *,
@@ -196,19 +311,15 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, *,
         fused = n == 1 or per_sample
 
     if fused and per_sample:
-        # styles, demodulation and gain folded into one [N, O, I] factor, so the
-        # weights are read and written once (they are as large as the activations
-        # in the low-resolution blocks); in weight's layout, so weights stored with
-        # grouped_weight_layout reach the convolution without a copy
-        if demodulate:
-            d = (torch.einsum("ni,noi->no", styles.square(),
-                              weight.square().sum(dim=[3, 4])) + 1e-8).rsqrt()
-            factor = styles[:, None, :] * (d * gain)[:, :, None]
-        else:
-            factor = (styles * gain)[:, None, :].expand(n, out_c, in_c)
-        w = weight * factor[:, :, :, None, None]  # [N, O, I, kh, kw]
+        # styles, demodulation and gain folded into the per-sample weights in one
+        # pass, written in the dtype and layout the grouped convolution reads
+        w = modulated_weight(weight, styles, demodulate=demodulate, gain=gain,
+                             transposed=up != 1)
     elif fused:
-        # [N, O, I, kh, kw]: the modulated (and demodulated) weights of each sample
+        # [N, O, I, kh, kw]: the modulated (and demodulated) weights of each sample.
+        # Plain autograd ops: at batch 1 (the reference loops) they beat
+        # modulated_weight's custom backward, whose fixed cost per call outweighs
+        # the passes it saves on weights this small (14 % slower per step).
         w = weight.unsqueeze(0) * styles[:, None, :, None, None]
         if demodulate:  # 1 / ||w * s|| over (I, kh, kw), from the modulated w
             scale = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt() * gain
@@ -216,11 +327,14 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, *,
             scale = torch.full((n, out_c), gain, device=w.device, dtype=w.dtype)
         if demodulate or gain != 1.0:
             w = w * scale[:, :, None, None, None]
+        w = _channels_last(w.transpose(1, 2).reshape(n * in_c, out_c, kh, kw)
+                           if up != 1 else w.reshape(n * out_c, in_c, kh, kw))
     if fused:
         # [1, N*I, H, W] channels-last: a view when x comes from a grouped conv
         # (see grouped_layout); oneDNN's grouped convs are 1.5-2x faster on it
         # than on NCHW in float32 and 2-3x in bfloat16 (2 cores, issue 5).
-        # The weights too: with a contiguous weight the output comes back NCHW.
+        # The weights too (modulated_weight writes them so): from a weight with
+        # NCHW strides oneDNN returns an NCHW output.
         cl = torch.channels_last
         xg = x.reshape(1, n * in_c, x.shape[2], x.shape[3]).contiguous(memory_format=cl)
         if up == 1:
@@ -229,13 +343,9 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, *,
                 b = (bias * gain).reshape(n * out_c) if bias.ndim == 2 \
                     else (bias * gain).repeat(n)
                 bias = None
-            y = F.conv2d(xg, w.reshape(n * out_c, in_c, kh, kw).contiguous(
-                memory_format=cl), b, padding=padding, groups=n)
+            y = F.conv2d(xg, w, b, padding=padding, groups=n)
         else:
-            # conv_transpose2d wants [in, out/groups, kh, kw] per group
-            wt = w.transpose(1, 2).reshape(n * in_c, out_c, kh, kw).contiguous(
-                memory_format=cl)
-            y = _upconv(xg, wt, up, padding, resample_filter, groups=n)
+            y = _upconv(xg, w, up, padding, resample_filter, groups=n)
         y = y.reshape(n, out_c, y.shape[2], y.shape[3])
         if bias is not None:
             y = y + _per_channel(bias * gain).to(y.dtype)
@@ -261,6 +371,18 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, *,
     if noise is not None:
         y = y + (noise * gain).to(y.dtype)
     return y
+
+
+def _channels_last(w: Tensor) -> Tensor:
+    """A conv weight ``[O, I, kh, kw]`` with channels-last strides, 1x1 kernels
+    included: ``contiguous(memory_format=channels_last)`` leaves a contiguous 1x1
+    weight at strides ``(I, 1, 1, 1)``, from which oneDNN returns an NCHW output
+    (and the backward converts the gradients: the ToRGB layers ran fwd+bwd 5x
+    slower at 64 px, torch 2.13 CPU)."""
+    if w.shape[-2:] == (1, 1) and w.stride()[-2:] != (w.shape[1], w.shape[1]):
+        return torch.empty(w.shape, dtype=w.dtype, device=w.device,
+                           memory_format=torch.channels_last).copy_(w)
+    return w.contiguous(memory_format=torch.channels_last)
 
 
 def _per_channel(bias: Tensor) -> Tensor:
