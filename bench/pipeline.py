@@ -20,7 +20,9 @@ What runs:
    crops, masks and steps.
 
 Ratios are reference seconds / our seconds for the same work (frames x passes, or
-frames x steps). FLOPs are counted with ``torch.utils.flop_counter`` on one
+frames x steps). The loops run in turn, ``--repeat`` rounds (default 3) after a
+short warm-up of each; printed are median seconds and the median of the rounds'
+ratios, so a drift in the machine's speed between minutes does not decide them. FLOPs are counted with ``torch.utils.flop_counter`` on one
 reference step (the work per frame-step is the same math in both), so achieved
 TFLOP/s = counted FLOPs x frame-steps / seconds.
 
@@ -29,7 +31,7 @@ parts 2 and 3 run at the official size (1024 px generator, LPIPS AlexNet at 1024
 with random weights and random targets: speed does not depend on the weights. That
 is the GPU measurement (frames per minute, TFLOP/s).
 
-    python bench/pipeline.py --quick               # ~1 minute on 2 idle CPU cores
+    python bench/pipeline.py --quick               # ~1.5 minutes on 2 idle CPU cores
     python bench/pipeline.py --frames 16 --pti-passes 10 --stitch-steps 30
     python bench/pipeline.py --profile official --device cuda --frames 16
 """
@@ -469,8 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-pipeline", action="store_true",
                    help="only the side-by-side loops")
     p.add_argument("--quick", action="store_true",
-                   help="12 frames, 10 PTI passes, 30 stitching steps (about a "
-                   "minute on 2 idle CPU cores)")
+                   help="12 frames, 10 PTI passes, 30 stitching steps (about 1.5 "
+                   "minutes on 2 idle CPU cores)")
     p.add_argument("--memory", action="store_true",
                    help="also measure the memory of one PTI / stitching step at the "
                    "official size (batch 1 and 2; a few minutes on a CPU)")
