@@ -141,15 +141,17 @@ def _demod_coefficients(weight: Tensor, styles: Tensor) -> Tensor:
 
 
 class _ModulatedWeight(torch.autograd.Function):
-    """Per-sample modulated (and demodulated) conv weights in one pass each way.
+    """Per-sample modulated (and demodulated) conv weights with few passes.
 
     ``w[n, o, i, k] = W[n, o, i, k] * s[n, i] * d[n, o] * gain`` with
     ``d[n, o] = (sum_{i, k} (W[n, o, i, k] s[n, i])^2 + 1e-8)^-1/2`` (1 when not
     demodulating), written straight into the layout and dtype of the grouped
     convolution (``[N*O, I, kh, kw]`` channels-last, or ``[N*I, O, kh, kw]`` for the
     transposed one; bfloat16 under autocast). Autograd through the elementwise
-    formula took ~15 passes over the weights each step plus layout copies and casts;
-    the backward here is the closed form (derivation in the comments), 3 passes.
+    formula took ~15 passes over the weights per step plus layout copies and casts;
+    here the forward reads the weights twice and writes once, and the backward is
+    the closed form (derivation in its comments): three passes. Only the small
+    ``[N, O, I]`` sums and ``[N, O]`` coefficients are kept beside the weights.
     """
 
     @staticmethod
