@@ -22,9 +22,10 @@ What runs:
 Ratios are reference seconds / our seconds for the same work (frames x passes, or
 frames x steps). The loops run in turn, ``--repeat`` rounds (default 3) after a
 short warm-up of each; printed are median seconds and the median of the rounds'
-ratios, so a drift in the machine's speed between minutes does not decide them. FLOPs are counted with ``torch.utils.flop_counter`` on one
-reference step (the work per frame-step is the same math in both), so achieved
-TFLOP/s = counted FLOPs x frame-steps / seconds.
+ratios, so a drift in the machine's speed between minutes does not decide them.
+FLOPs are counted with ``torch.utils.flop_counter`` on one reference step (the work
+per frame-step is the same math in both), so achieved TFLOP/s = counted FLOPs x
+frame-steps / seconds.
 
 With ``--profile official`` and no official weights installed (or ``--synthetic``),
 parts 2 and 3 run at the official size (1024 px generator, LPIPS AlexNet at 1024)
