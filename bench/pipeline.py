@@ -83,24 +83,38 @@ def _timed(fn: Callable[[], Any], device: str) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
-def _alternate(fns: dict[str, Callable[[], Any]], repeat: int, device: str
-               ) -> tuple[dict[str, Any], dict[str, float], dict[str, float]]:
-    """Run each loop in turn (A B C A B C ...), ``repeat`` rounds: the last result
-    of each, its median seconds, and the median over rounds of the reference's
-    seconds over its own in the same round (``fns`` starts with the reference).
-    Rounds side by side keep a ratio honest when the machine's speed drifts
-    (shared CPUs do, by 10-20 % between minutes)."""
+def _side_by_side(ref: Callable[[], Any], ours: Callable[[str], Any],
+                  warm: Callable[[str], Any], dtype: str, repeat: int, device: str
+                  ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The reference loop, ours in ``dtype`` and (when that is not float32) ours in
+    float32 (the share of mixed precision), run in turn (A B C A B C ...) for
+    ``repeat`` rounds after ``warm(dtype)`` of each of ours.
+
+    Returns the last result of each (keys ``ref``, ``ours``, ``ours32``; ``ours32``
+    is ``ours`` in a float32 run) and the timing figures: median seconds of each,
+    and as ratios the median over rounds of the reference's seconds over ours in
+    the same round. Rounds side by side keep a ratio honest when the machine's
+    speed drifts (shared CPUs do, by 10-20 % between minutes)."""
+    fns: dict[str, Callable[[], Any]] = {"ref": ref, "ours": lambda: ours(dtype)}
+    if dtype != "float32":
+        fns["ours32"] = lambda: ours("float32")
+    for dt in ({dtype, "float32"} if "ours32" in fns else {dtype}):
+        warm(dt)
     secs: dict[str, list[float]] = {k: [] for k in fns}
     last: dict[str, Any] = {}
     for _ in range(max(1, repeat)):
         for name, fn in fns.items():
             last[name], t = _timed(fn, device)
             secs[name].append(t)
-    ref = next(iter(fns))
+    secs.setdefault("ours32", secs["ours"])
+    last.setdefault("ours32", last["ours"])
     med = {k: float(np.median(v)) for k, v in secs.items()}
-    ratio = {k: float(np.median([a / b for a, b in zip(secs[ref], v)]))
+    ratio = {k: float(np.median([a / b for a, b in zip(secs["ref"], v)]))
              for k, v in secs.items()}
-    return last, med, ratio
+    return last, {"rounds": repeat, "ref_seconds": med["ref"],
+                  "ours_seconds": med["ours"], "ratio": ratio["ours"],
+                  "ours_float32_seconds": med["ours32"],
+                  "ratio_float32": ratio["ours32"]}
 
 
 def _flops(fn: Callable[[], Any]) -> float:
@@ -237,7 +251,7 @@ def bench_pti(inp: dict[str, Any], cfg: Any, passes: int, device: str, dtype: st
     cfg = replace(cfg, steps=passes)
     ref_cfg = replace(cfg, batch_size=1)
 
-    def ours(dt: str = dtype) -> PTITuner:
+    def ours(dt: str) -> PTITuner:
         targets = TargetCache(_ArrayClip(inp["crops"]), inp["G0"].img_resolution,
                               device, inp["lpips"], limit=cfg.cache_frames)
         tuner = PTITuner(inp["G0"], inp["lpips"], inp["pivots"], range(n), targets,
@@ -250,20 +264,13 @@ def bench_pti(inp: dict[str, Any], cfg: Any, passes: int, device: str, dtype: st
         return reference_pti(inp["G0"], inp["lpips"], inp["pivots"], inp["targets"],
                              passes, ref_cfg, device)
 
-    # a short warm-up of each (allocator, kernels), then the timed rounds; our loop
-    # also in float32: the share of mixed precision
+    # a short warm-up of each (allocator, kernels), then the timed rounds
     reference_pti(inp["G0"], inp["lpips"], inp["pivots"][:2], inp["targets"][:2], 1,
                   ref_cfg, device)
-    fns = {"ref": ref, "ours": ours}
-    if dtype != "float32":
-        fns["ours32"] = lambda: ours("float32")
-    for name in list(fns)[1:]:
-        _warm_pti(inp, cfg, device, dtype if name == "ours" else "float32")
-    last, t, ratio = _alternate(fns, repeat, device)
-    G_ref, tuner = last["ref"], last["ours"]
-    tuner32 = last.get("ours32", tuner)
-    t_ref, t_ours = t["ref"], t["ours"]
-    t_ours32 = t.get("ours32", t_ours)
+    last, timing = _side_by_side(ref, ours, lambda dt: _warm_pti(inp, cfg, device, dt),
+                                 dtype, repeat, device)
+    G_ref, tuner, tuner32 = last["ref"], last["ours"], last["ours32"]
+    t_ref, t_ours = timing["ref_seconds"], timing["ours_seconds"]
     # the same reconstruction after the same passes: the speed-up is not bought with
     # a worse fit (lr scaled with the batch, engine/pti.py); measured in float32
     err = {name: reconstruction_error(g, inp["lpips"], inp["pivots"], range(n),
@@ -283,10 +290,7 @@ def bench_pti(inp: dict[str, Any], cfg: Any, passes: int, device: str, dtype: st
     flops = _flops(one_ref_step)
     work = n * passes
     return {"frames": n, "passes": passes, "batch": tuner.batch, "dtype": dtype,
-            "lr_ref": ref_cfg.lr, "lr_ours": tuner.lr, "error": err, "rounds": repeat,
-            "ref_seconds": t_ref, "ours_seconds": t_ours, "ratio": ratio["ours"],
-            "ours_float32_seconds": t_ours32,
-            "ratio_float32": ratio.get("ours32", ratio["ours"]),
+            "lr_ref": ref_cfg.lr, "lr_ours": tuner.lr, "error": err, **timing,
             "ours_frames_per_minute": 60 * work / t_ours,
             "ref_frames_per_minute": 60 * work / t_ref,
             "flops_per_frame_step": flops,
@@ -314,7 +318,7 @@ def bench_stitch(inp: dict[str, Any], cfg: Any, steps: int, device: str,
     styles, target = inp["styles"], inp["targets"]
     border, content = inp["border"], inp["content"]
 
-    def ours(dt: str = dtype) -> list[float]:
+    def ours(dt: str) -> list[float]:
         stitcher = BatchedStitcher(G, cfg, dt)
         after: list[float] = []
         for i in range(0, n, cfg.batch_size):
@@ -330,19 +334,15 @@ def bench_stitch(inp: dict[str, Any], cfg: Any, steps: int, device: str,
     # a 2-step warm-up of each on one batch, then the timed rounds
     tune_reference(G, [s[:1] for s in styles], target[:1], border[:1], content[:1],
                    replace(cfg, steps=2))
-    fns = {"ref": ref, "ours": ours}
-    if dtype != "float32":
-        fns["ours32"] = lambda: ours("float32")
     b = slice(0, cfg.batch_size)
-    for name in list(fns)[1:]:
-        BatchedStitcher(G, replace(cfg, steps=2), dtype if name == "ours"
-                        else "float32").tune([s[b] for s in styles], target[b],
-                                             border[b], content[b])
-    last, t, ratio = _alternate(fns, repeat, device)
-    ref_after, ours_after = last["ref"], last["ours"]
-    ours32_after = last.get("ours32", ours_after)
-    t_ref, t_ours = t["ref"], t["ours"]
-    t_ours32 = t.get("ours32", t_ours)
+
+    def warm(dt: str) -> None:
+        BatchedStitcher(G, replace(cfg, steps=2), dt).tune(
+            [s[b] for s in styles], target[b], border[b], content[b])
+
+    last, timing = _side_by_side(ref, ours, warm, dtype, repeat, device)
+    ref_after, ours_after, ours32_after = last["ref"], last["ours"], last["ours32"]
+    t_ref, t_ours = timing["ref_seconds"], timing["ours_seconds"]
     Gi = copy.deepcopy(G).train()
     Gi.synthesis.requires_grad_(True)
     st = [s[:1] for s in styles]
@@ -355,10 +355,7 @@ def bench_stitch(inp: dict[str, Any], cfg: Any, steps: int, device: str,
     flops = _flops(one_ref_step)
     work = n * steps
     return {"frames": n, "steps": steps, "batch": cfg.batch_size, "dtype": dtype,
-            "rounds": repeat,
-            "ref_seconds": t_ref, "ours_seconds": t_ours, "ratio": ratio["ours"],
-            "ours_float32_seconds": t_ours32,
-            "ratio_float32": ratio.get("ours32", ratio["ours"]),
+            **timing,
             "border_after": {"ref": float(np.mean(ref_after)),
                              "ours": float(np.mean(ours_after)),
                              "ours_float32": float(np.mean(ours32_after))},
@@ -435,6 +432,18 @@ def memory_table(device: str, batches: list[int]) -> list[dict[str, Any]]:
                          "gib": gib})
             print(f"  {kind:<7} batch {b}  gradient checkpointing "
                   f"{'on ' if ckpt else 'off'}  {gib:6.2f} GiB")
+    return rows
+
+
+def _loop_rows(fig: dict[str, Any], ref: str, ours: str, dtype: str
+               ) -> list[tuple[str, float, float]]:
+    """``(name, median seconds, ratio)`` of the reference loop, ours in ``dtype``
+    and ours in float32 (when ``dtype`` is not)."""
+    rows = [(ref, fig["ref_seconds"], 1.0),
+            (f"ours ({ours}, {dtype})", fig["ours_seconds"], fig["ratio"])]
+    if dtype != "float32":
+        rows.append((f"ours ({ours}, float32)", fig["ours_float32_seconds"],
+                     fig["ratio_float32"]))
     return rows
 
 
@@ -546,12 +555,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nPTI, {args.frames} frames x {args.pti_passes} passes, same pivots, "
               f"crops, networks (medians of {args.repeat} rounds, loops in turn):")
         pr = bench_pti(inp, pti_cfg, args.pti_passes, dev, dtype, args.repeat)
-        rows = [("reference loop (batch 1, float32)", pr["ref_seconds"], 1.0),
-                (f"ours (batch {pr['batch']}, cached LPIPS, {dtype})",
-                 pr["ours_seconds"], pr["ratio"])]
-        if dtype != "float32":
-            rows.append((f"ours (batch {pr['batch']}, cached LPIPS, float32)",
-                         pr["ours_float32_seconds"], pr["ratio_float32"]))
+        rows = _loop_rows(pr, "reference loop (batch 1, float32)",
+                          f"batch {pr['batch']}, cached LPIPS", dtype)
         _print_rows(rows, pr, args.frames * args.pti_passes, "frame-passes")
         e = pr["error"]
         print("  reconstruction MSE / LPIPS (float32): "
@@ -560,12 +565,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nStitching tuning, {args.frames} frames x {args.stitch_steps} steps "
               f"(medians of {args.repeat} rounds):")
         sr = bench_stitch(inp, st_cfg, args.stitch_steps, dev, dtype, args.repeat)
-        rows = [("reference loop (deep copy + Adam per frame)", sr["ref_seconds"], 1.0),
-                (f"ours (stacked copies, batch {sr['batch']}, {dtype})",
-                 sr["ours_seconds"], sr["ratio"])]
-        if dtype != "float32":
-            rows.append((f"ours (stacked copies, batch {sr['batch']}, float32)",
-                         sr["ours_float32_seconds"], sr["ratio_float32"]))
+        rows = _loop_rows(sr, "reference loop (deep copy + Adam per frame)",
+                          f"stacked copies, batch {sr['batch']}", dtype)
         _print_rows(rows, sr, args.frames * args.stitch_steps, "frames",
                     per_minute=args.frames)
         b = sr["border_after"]
