@@ -62,6 +62,9 @@ def test_setup_filter_is_normalised_outer_product():
     (1, 2, (1, 1, 1, 1), 1.0, (2, 3, 5, 6)),
     (2, 1, (-1, 2, 0, -1), 4.0, (2, 3, 5, 6)),
     (1, 1, (2, 1, 1, 2), 1.0, (1, 2, 44, 46)),  # large map: depthwise-conv path
+    # symmetric pads ride on the convolution's own padding (x and y may differ)
+    (1, 1, (2, 2, 1, 1), 1.0, (2, 3, 9, 7)),
+    (2, 1, (1, 1, 2, 2), 4.0, (2, 3, 5, 6)),
 ])
 def test_upfirdn2d_matches_direct_loops(up, down, pad, gain, shape):
     rng = np.random.default_rng(0)

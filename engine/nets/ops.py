@@ -90,10 +90,17 @@ def upfirdn2d(x: Tensor, f: Tensor, up: int = 1, down: int = 1,
         x = x.reshape(n, c, h, 1, w, 1)
         x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1])
         x = x.reshape(n, c, h * up, w * up)
-    x = F.pad(x, [max(x0, 0), max(x1, 0), max(y0, 0), max(y1, 0)])
-    if min(x0, x1, y0, y1) < 0:
-        hh, ww = x.shape[2], x.shape[3]
-        x = x[:, :, max(-y0, 0): hh - max(-y1, 0), max(-x0, 0): ww - max(-x1, 0)]
+    conv_pad = (0, 0)
+    if x0 == x1 >= 0 and y0 == y1 >= 0:
+        # symmetric zero padding rides on the convolution: F.pad wrote a padded copy
+        # (a fill and a copy, and a slice + copy in the backward) of the up-sampling
+        # convs' largest maps
+        conv_pad = (y0, x0)
+    else:
+        x = F.pad(x, [max(x0, 0), max(x1, 0), max(y0, 0), max(y1, 0)])
+        if min(x0, x1, y0, y1) < 0:
+            hh, ww = x.shape[2], x.shape[3]
+            x = x[:, :, max(-y0, 0): hh - max(-y1, 0), max(-x0, 0): ww - max(-x1, 0)]
     f = f.to(dtype=x.dtype, device=x.device) * gain
     if not flip_filter:  # conv2d correlates; a true convolution flips the filter
         f = f.flip([0, 1])
@@ -102,7 +109,7 @@ def upfirdn2d(x: Tensor, f: Tensor, up: int = 1, down: int = 1,
     # at every size we run, batch 1 included: 2-5x on fwd+bwd for 8-64 px maps
     # with 3-512 channels (torch 2.13, 2 cores; measured for issue 5).
     weight = f[None, None].expand(c, 1, kh, kw).contiguous()
-    x = F.conv2d(x, weight, groups=c)
+    x = F.conv2d(x, weight, padding=conv_pad, groups=c)
     if down > 1:
         x = x[:, :, ::down, ::down]
     return x
