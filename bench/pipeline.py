@@ -33,6 +33,7 @@ with random weights and random targets: speed does not depend on the weights. Th
 is the GPU measurement (frames per minute, TFLOP/s).
 
     python bench/pipeline.py --quick               # ~1.5 minutes on 2 idle CPU cores
+    python bench/pipeline.py --quick --skip-pipeline --conv-time   # + the ceiling
     python bench/pipeline.py --frames 16 --pti-passes 10 --stitch-steps 30
     python bench/pipeline.py --profile official --device cuda --frames 16
 """
@@ -121,6 +122,93 @@ def _flops(fn: Callable[[], Any]) -> float:
     with FlopCounterMode(display=False) as fc:
         fn()
     return float(fc.get_total_flops())
+
+
+class _ClockedConv(torch.autograd.Function):
+    """One convolution (``conv2d`` or ``conv_transpose2d``) whose forward and
+    backward add their seconds to ``clock``. Inputs arrive already in the autocast
+    dtype (see :func:`timed_convolutions`)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
+                stride: list[int], padding: list[int], groups: int,
+                transposed: bool, clock: dict[str, float]) -> torch.Tensor:
+        ctx.save_for_backward(x, w)
+        ctx.conf = (stride, padding, groups, transposed, clock,
+                    None if b is None else [b.shape[0]])
+        _sync(x.device.type)
+        t0 = time.perf_counter()
+        conv = torch.nn.functional.conv_transpose2d if transposed else \
+            torch.nn.functional.conv2d
+        y = conv(x, w, b, stride=stride, padding=padding, groups=groups)
+        _sync(x.device.type)
+        clock["seconds"] += time.perf_counter() - t0
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple:
+        x, w = ctx.saved_tensors
+        stride, padding, groups, transposed, clock, bias_sizes = ctx.conf
+        need = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+                bias_sizes is not None and ctx.needs_input_grad[2]]
+        _sync(x.device.type)
+        t0 = time.perf_counter()
+        gx, gw, gb = torch.ops.aten.convolution_backward(
+            g, x, w, bias_sizes, stride, padding, [1, 1], transposed, [0, 0], groups,
+            need)
+        _sync(x.device.type)
+        clock["seconds"] += time.perf_counter() - t0
+        return gx, gw, gb, None, None, None, None, None
+
+
+class timed_convolutions:
+    """Context: every convolution of the generator's layers (``engine.nets.ops``'s
+    ``conv2d`` / ``conv_transpose2d`` calls: modulated convs, ToRGB, FIR filters)
+    goes through :class:`_ClockedConv`, so ``self.seconds`` is the time spent in
+    convolutions, forward and backward, measured inside the loop (a profiler's own
+    per-op cost would inflate it). The rest of a step's time is what batching and
+    fusion can still remove; this bounds the ratio any loop structure can reach."""
+
+    def __init__(self) -> None:
+        self.clock = {"seconds": 0.0}
+
+    @property
+    def seconds(self) -> float:
+        return self.clock["seconds"]
+
+    def _conv(self, transposed: bool) -> Callable[..., torch.Tensor]:
+        def conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None,
+                 stride: Any = 1, padding: Any = 0, *rest: Any,
+                 groups: int = 1, **kw: Any) -> torch.Tensor:
+            if rest or kw.get("dilation", 1) != 1 or kw.get("output_padding", 0):
+                raise ValueError("timed_convolutions: unsupported convolution args")
+            dev = x.device.type
+            if torch.is_autocast_enabled(dev):  # convolutions run in autocast dtype
+                dt = torch.get_autocast_dtype(dev)
+                x, w = x.to(dt), w.to(dt)
+                b = None if b is None else b.to(dt)
+            pair = (lambda v: [int(v)] * 2 if isinstance(v, int)
+                    else [int(a) for a in v])
+            with torch.autocast(dev, enabled=False):
+                return _ClockedConv.apply(x, w, b, pair(stride), pair(padding), groups,
+                                          transposed, self.clock)
+        return conv
+
+    def __enter__(self) -> "timed_convolutions":
+        import types
+
+        import engine.nets.ops as ops
+
+        # ops calls F.conv2d / F.conv_transpose2d through its module attribute F
+        self._ops, self._F = ops, ops.F
+        shim = types.SimpleNamespace(**{k: getattr(ops.F, k) for k in dir(ops.F)
+                                        if not k.startswith("__")})
+        shim.conv2d, shim.conv_transpose2d = self._conv(False), self._conv(True)
+        ops.F = shim
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._ops.F = self._F
 
 
 # --- the reference's loops ---------------------------------------------------------
@@ -310,7 +398,8 @@ def _warm_pti(inp: dict[str, Any], cfg: Any, device: str, dtype: str) -> None:
 
 
 def bench_stitch(inp: dict[str, Any], cfg: Any, steps: int, device: str,
-                 dtype: str, repeat: int = 1) -> dict[str, Any]:
+                 dtype: str, repeat: int = 1, conv_time: bool = False
+                 ) -> dict[str, Any]:
     n = inp["targets"].shape[0]
     G = inp["G_pti"]
     cfg = replace(cfg, steps=steps, batch_size=resolve_batch(
@@ -354,8 +443,22 @@ def bench_stitch(inp: dict[str, Any], cfg: Any, steps: int, device: str,
 
     flops = _flops(one_ref_step)
     work = n * steps
+    conv: dict[str, Any] = {}
+    if conv_time:
+        # one more run of each with its convolutions clocked: ms per frame-step
+        for name, fn in (("ref", ref), ("ours", lambda: ours(dtype))):
+            with timed_convolutions() as tc:
+                after, total = _timed(fn, device)
+            conv[f"{name}_conv_ms"] = 1e3 * tc.seconds / work
+            conv[f"{name}_clocked_ms"] = 1e3 * total / work
+            # the clock must not change the arithmetic
+            conv[f"{name}_max_abs_diff_border_after"] = float(np.max(np.abs(
+                np.array(after) - np.array(last[name]))))
+        # the reference's step time (unclocked median) over our convolutions alone:
+        # the ratio with every non-convolution cost of our step gone
+        conv["ceiling_ratio"] = 1e3 * t_ref / work / conv["ours_conv_ms"]
     return {"frames": n, "steps": steps, "batch": cfg.batch_size, "dtype": dtype,
-            **timing,
+            **timing, **({"convolutions": conv} if conv else {}),
             "border_after": {"ref": float(np.mean(ref_after)),
                              "ours": float(np.mean(ours_after)),
                              "ours_float32": float(np.mean(ours32_after))},
@@ -492,6 +595,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3,
                    help="timed rounds of the side-by-side loops, run in turn; "
                    "medians are printed (default 3)")
+    p.add_argument("--conv-time", action="store_true",
+                   help="also run each stitching loop once with its convolutions "
+                   "clocked: their share of a step, and the ratio no loop "
+                   "structure can pass (the reference's step over our convolutions)")
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args(argv)
     if args.memory_probe:
@@ -560,11 +667,13 @@ def main(argv: list[str] | None = None) -> int:
         _print_rows(rows, pr, args.frames * args.pti_passes, "frame-passes")
         e = pr["error"]
         print("  reconstruction MSE / LPIPS (float32): "
-              + "; ".join(f"{k} {v['mse']:.4f} / {v['lpips']:.4f}" for k, v in e.items())
+              + "; ".join(f"{k} {v['mse']:.4f} / {v['lpips']:.4f}"
+                          for k, v in e.items())
               + f"  (lr: reference {pr['lr_ref']:.1e}, ours {pr['lr_ours']:.1e})")
         print(f"\nStitching tuning, {args.frames} frames x {args.stitch_steps} steps "
               f"(medians of {args.repeat} rounds):")
-        sr = bench_stitch(inp, st_cfg, args.stitch_steps, dev, dtype, args.repeat)
+        sr = bench_stitch(inp, st_cfg, args.stitch_steps, dev, dtype, args.repeat,
+                          conv_time=args.conv_time)
         rows = _loop_rows(sr, "reference loop (deep copy + Adam per frame)",
                           f"stacked copies, batch {sr['batch']}", dtype)
         _print_rows(rows, sr, args.frames * args.stitch_steps, "frames",
@@ -574,6 +683,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{b['ours']:.5f}, ours float32 {b['ours_float32']:.5f} (max |ours "
               f"float32 - reference| per frame "
               f"{sr['max_abs_diff_border_after_float32']:.1e})")
+        if "convolutions" in sr:
+            c = sr["convolutions"]
+            print(f"  convolutions, clocked inside the loops (ms per frame-step): "
+                  f"reference {c['ref_conv_ms']:.2f} of {c['ref_clocked_ms']:.2f}, "
+                  f"ours {c['ours_conv_ms']:.2f} of {c['ours_clocked_ms']:.2f}; with "
+                  f"nothing but our convolutions left: {c['ceiling_ratio']:.2f}x")
         both = (pr["ref_seconds"] + sr["ref_seconds"]) / (pr["ours_seconds"]
                                                          + sr["ours_seconds"])
         both32 = (pr["ref_seconds"] + sr["ref_seconds"]) / (

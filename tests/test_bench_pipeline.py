@@ -21,7 +21,7 @@ def test_bench_pipeline_side_by_side_small(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "pipeline.py"), "--frames", "3",
          "--pti-passes", "1", "--stitch-steps", "2", "--repeat", "2",
-         "--device", "cpu", "--json", str(out)],
+         "--device", "cpu", "--conv-time", "--json", str(out)],
         capture_output=True, text=True, timeout=600, cwd=ROOT,
         env={**os.environ, "FACESTITCH_HOME": str(env_home)})
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -35,7 +35,15 @@ def test_bench_pipeline_side_by_side_small(tmp_path):
     st = fig["stitch"]
     # float32 batched stitching is the reference's arithmetic, frame by frame
     assert st["max_abs_diff_border_after_float32"] < 1e-5
+    conv = st["convolutions"]
+    for loop in ("ref", "ours"):
+        # the clocked convolutions are part of the same run's step, and the clock
+        # leaves the arithmetic alone
+        assert 0 < conv[f"{loop}_conv_ms"] < conv[f"{loop}_clocked_ms"]
+        assert conv[f"{loop}_max_abs_diff_border_after"] < 1e-6
+    assert conv["ceiling_ratio"] > 0
     err = fig["pti"]["error"]
     assert err["ref"]["mse"] < err["before"]["mse"]
     assert err["ours_float32"]["mse"] < err["before"]["mse"]
     assert "ratio" in proc.stdout and "medians of 2 rounds" in proc.stdout
+    assert "nothing but our convolutions left" in proc.stdout
