@@ -16,8 +16,8 @@ The full round trip on a real face, in this process:
 It uses the official models when they are installed, otherwise the tiny test
 profile, and says which, plainly: tiny networks are random, so their "edit" only
 shows that every stage runs. The pipeline settings are the reference's (80 PTI
-passes, 100 stitching steps); with the tiny profile the demo takes about a minute
-on 2 CPU cores.
+passes, 100 stitching steps); with the tiny profile the demo takes about half a
+minute on 2 CPU cores.
 """
 
 from __future__ import annotations
