@@ -126,23 +126,21 @@ def _flops(fn: Callable[[], Any]) -> float:
 
 class _ClockedConv(torch.autograd.Function):
     """One convolution (``conv2d`` or ``conv_transpose2d``) whose forward and
-    backward add their seconds to ``clock``. Inputs arrive already in the autocast
-    dtype (see :func:`timed_convolutions`)."""
+    backward add their seconds to ``clock.seconds``. Inputs arrive already in the
+    autocast dtype (see :class:`timed_convolutions`)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
                 stride: list[int], padding: list[int], groups: int,
-                transposed: bool, clock: dict[str, float]) -> torch.Tensor:
+                transposed: bool, clock: "timed_convolutions") -> torch.Tensor:
         ctx.save_for_backward(x, w)
         ctx.conf = (stride, padding, groups, transposed, clock,
                     None if b is None else [b.shape[0]])
-        _sync(x.device.type)
-        t0 = time.perf_counter()
         conv = torch.nn.functional.conv_transpose2d if transposed else \
             torch.nn.functional.conv2d
-        y = conv(x, w, b, stride=stride, padding=padding, groups=groups)
-        _sync(x.device.type)
-        clock["seconds"] += time.perf_counter() - t0
+        y, sec = _timed(lambda: conv(x, w, b, stride=stride, padding=padding,
+                                     groups=groups), x.device.type)
+        clock.seconds += sec
         return y
 
     @staticmethod
@@ -151,14 +149,15 @@ class _ClockedConv(torch.autograd.Function):
         stride, padding, groups, transposed, clock, bias_sizes = ctx.conf
         need = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
                 bias_sizes is not None and ctx.needs_input_grad[2]]
-        _sync(x.device.type)
-        t0 = time.perf_counter()
-        gx, gw, gb = torch.ops.aten.convolution_backward(
+        (gx, gw, gb), sec = _timed(lambda: torch.ops.aten.convolution_backward(
             g, x, w, bias_sizes, stride, padding, [1, 1], transposed, [0, 0], groups,
-            need)
-        _sync(x.device.type)
-        clock["seconds"] += time.perf_counter() - t0
+            need), x.device.type)
+        clock.seconds += sec
         return gx, gw, gb, None, None, None, None, None
+
+
+def _pair(v: int | tuple[int, ...] | list[int]) -> list[int]:
+    return [int(v)] * 2 if isinstance(v, int) else [int(a) for a in v]
 
 
 class timed_convolutions:
@@ -170,11 +169,7 @@ class timed_convolutions:
     fusion can still remove; this bounds the ratio any loop structure can reach."""
 
     def __init__(self) -> None:
-        self.clock = {"seconds": 0.0}
-
-    @property
-    def seconds(self) -> float:
-        return self.clock["seconds"]
+        self.seconds = 0.0
 
     def _conv(self, transposed: bool) -> Callable[..., torch.Tensor]:
         def conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None,
@@ -187,11 +182,9 @@ class timed_convolutions:
                 dt = torch.get_autocast_dtype(dev)
                 x, w = x.to(dt), w.to(dt)
                 b = None if b is None else b.to(dt)
-            pair = (lambda v: [int(v)] * 2 if isinstance(v, int)
-                    else [int(a) for a in v])
             with torch.autocast(dev, enabled=False):
-                return _ClockedConv.apply(x, w, b, pair(stride), pair(padding), groups,
-                                          transposed, self.clock)
+                return _ClockedConv.apply(x, w, b, _pair(stride), _pair(padding),
+                                          groups, transposed, self)
         return conv
 
     def __enter__(self) -> "timed_convolutions":
