@@ -39,7 +39,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import shutil
 import time
 from dataclasses import dataclass, replace
