@@ -285,7 +285,8 @@ class PTITuner:
 
 
 def _fused_adam_ok(device: str) -> bool:
-    """Whether ``torch.optim.Adam(fused=True)`` runs on ``device``."""
+    """Whether ``torch.optim.Adam(fused=True)`` runs on ``device`` (also asked by
+    the stitcher's functional Adam, engine/stitch_tune.py)."""
     import torch  # noqa: PLC0415
 
     return torch.device(device).type in ("cpu", "cuda")

@@ -299,6 +299,8 @@ def _adam_step(params: list, grads: list, m1: list, m2: list, t: int, lr: float,
     import torch  # noqa: PLC0415
     from torch.optim.adam import adam  # noqa: PLC0415
 
+    from .pti import _fused_adam_ok  # noqa: PLC0415
+
     dev = params[0].device
     # The fused kernel reads every tensor as if it were laid out like its
     # parameter: a gradient in another layout gives a silently wrong update (torch
@@ -309,7 +311,7 @@ def _adam_step(params: list, grads: list, m1: list, m2: list, t: int, lr: float,
         raise ValueError("Adam moments must have their parameters' layout")
     steps = [torch.tensor(float(t - 1), device=dev if dev.type == "cuda" else "cpu")
              for _ in params]  # the functional form counts the step itself
-    adam(params, grads, m1, m2, [], steps, fused=dev.type in ("cpu", "cuda"),
+    adam(params, grads, m1, m2, [], steps, fused=_fused_adam_ok(str(dev)),
          amsgrad=False, beta1=betas[0], beta2=betas[1], lr=lr, weight_decay=0.0,
          eps=eps, maximize=False)
 
