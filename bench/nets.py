@@ -32,7 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from engine.nets.e4e import OFFICIAL_ENCODER_KWARGS, E4EEncoder  # noqa: E402
 from engine.nets.stylegan2 import OFFICIAL_GENERATOR_KWARGS, Generator  # noqa: E402
-from engine.store import TINY_ENCODER_KWARGS, TINY_GENERATOR_KWARGS  # noqa: E402
+from engine.models.store import TINY_ENCODER_KWARGS, TINY_GENERATOR_KWARGS  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

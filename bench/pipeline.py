@@ -7,15 +7,15 @@ What runs:
    edit, stitching tuning, paste), on a real-face clip (scikit-image's astronaut,
    ``engine.commands.demo.astronaut_clip``) with the given profile: seconds and
    frames/s per stage.
-2. **PTI, side by side**: our loop (:class:`engine.pti.PTITuner`: mini-batches,
+2. **PTI, side by side**: our loop (:class:`engine.stages.pti.PTITuner`: mini-batches,
    cached LPIPS target features) against a faithful re-creation of the
    reference's (pipeline.md §1.4: batch 1, in order, one Adam step per frame per
    pass, LPIPS on both images every step), same pivots, crops, generator, LPIPS,
    loss and number of passes.
 3. **Stitching tuning, side by side**: our batched per-frame generators
-   (:class:`engine.stitch_tune.BatchedStitcher`: stacked per-frame copies through
+   (:class:`engine.stages.stitch_tune.BatchedStitcher`: stacked per-frame copies through
    one grouped forward) against
-   the reference's loop (:func:`engine.stitch_tune.tune_reference`: a deep copy of
+   the reference's loop (:func:`engine.stages.stitch_tune.tune_reference`: a deep copy of
    the generator and its own Adam per frame, pipeline.md §1.6), same edit styles,
    crops, masks and steps.
 
@@ -60,15 +60,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from engine.batching import resolve_batch  # noqa: E402
-from engine.config import PipelineConfig  # noqa: E402
-from engine.pti import PTITuner, TargetCache, reconstruction_error  # noqa: E402
-from engine.stitch_tune import (BatchedStitcher, masked_loss,  # noqa: E402
+from engine.stages.batching import resolve_batch  # noqa: E402
+from fsexchange.options import PipelineConfig  # noqa: E402
+from engine.stages.pti import PTITuner, TargetCache, reconstruction_error  # noqa: E402
+from engine.stages.stitch_tune import (BatchedStitcher, masked_loss,  # noqa: E402
                                 tune_reference)
 
-STAGES = ("engine.track:TrackStage", "engine.align:AlignStage",
-          "engine.invert:InvertStage", "engine.pti:PTIStage", "engine.edit:EditStage",
-          "engine.stitch_tune:StitchTuneStage", "engine.paste:PasteStage")
+STAGES = ("engine.stages.track:TrackStage", "engine.stages.align:AlignStage",
+          "engine.stages.invert:InvertStage", "engine.stages.pti:PTIStage", "engine.stages.edit:EditStage",
+          "engine.stages.stitch_tune:StitchTuneStage", "engine.stages.paste:PasteStage")
 
 
 def _sync(device: str) -> None:
@@ -246,7 +246,7 @@ def run_pipeline(work: Path, frames: int, options: dict[str, Any], device: str
     import importlib
 
     from engine.commands.demo import RATE, astronaut_clip
-    from engine.stage import StageContext
+    from engine.stages.contract import StageContext
     from fsexchange.documents import Edit, FrameRange, Job, Source
 
     clip = astronaut_clip(work / "clip.mp4", frames)
@@ -270,12 +270,12 @@ def run_pipeline(work: Path, frames: int, options: dict[str, Any], device: str
 
 def real_inputs(jd: Path, profile: str, device: str) -> dict[str, Any]:
     """Pivots, crops, masks, generators and edit styles from a finished job."""
-    from engine.align import AlignedClip
-    from engine.invert import crops_to_tensor, read_frames_json
-    from engine.mask import stitch_masks
-    from engine.models import load_models
-    from engine.pti import load_generator
-    from engine.stitch_tune import load_edit_styles
+    from engine.stages.align import AlignedClip
+    from engine.stages.invert import crops_to_tensor, read_frames_json
+    from engine.stages.mask import stitch_masks
+    from engine.models.modelset import load_models
+    from engine.stages.pti import load_generator
+    from engine.stages.stitch_tune import load_edit_styles
 
     st = jd / "stages"
     models = load_models(profile, device=device)
@@ -311,7 +311,7 @@ def synthetic_inputs(frames: int, device: str, seed: int = 0) -> dict[str, Any]:
     yy, xx = np.mgrid[:R, :R]
     face = ((xx - R / 2) ** 2 / (0.3 * R) ** 2
             + (yy - R / 2) ** 2 / (0.38 * R) ** 2) < 1  # an oval "face" mask
-    from engine.mask import stitch_masks
+    from engine.stages.mask import stitch_masks
 
     _, border, content = stitch_masks(face)
     with torch.no_grad():
@@ -353,7 +353,7 @@ def bench_pti(inp: dict[str, Any], cfg: Any, passes: int, device: str, dtype: st
     G_ref, tuner, tuner32 = last["ref"], last["ours"], last["ours32"]
     t_ref, t_ours = timing["ref_seconds"], timing["ours_seconds"]
     # the same reconstruction after the same passes: the speed-up is not bought with
-    # a worse fit (lr scaled with the batch, engine/pti.py); measured in float32
+    # a worse fit (lr scaled with the batch, engine/stages/pti.py); measured in float32
     err = {name: reconstruction_error(g, inp["lpips"], inp["pivots"], range(n),
                                       tuner.targets, device=device, batch_size=8)
            for name, g in (("before", inp["G0"]), ("ref", G_ref), ("ours", tuner.G),
@@ -605,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
         dev = "cuda" if torch.cuda.is_available() else "cpu"
     os.environ.setdefault("FACESTITCH_HOME", str(Path(tempfile.gettempdir())
                                                  / "facestitch-bench-home"))
-    from engine.store import resolve_profile
+    from engine.models.store import resolve_profile
 
     profile = resolve_profile(args.profile)
     synthetic = args.synthetic or (args.profile == "official"
@@ -649,7 +649,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"{(f'{lf:.1f}' if lf else ''):>14}")
                 out["stages"] = rows
             inp = real_inputs(jd, profile, dev)
-        from engine.models import resolve_dtype
+        from engine.models.modelset import resolve_dtype
 
         dtype = resolve_dtype(args.dtype, dev)
         print(f"\nPTI, {args.frames} frames x {args.pti_passes} passes, same pivots, "

@@ -4,4 +4,4 @@ workstation without torch can use it."""
 
 __version__ = "0.1.0"
 
-from .errors import ERROR_CODES, FaceStitchError  # noqa: F401
+from fsexchange.errors import ERROR_CODES, FaceStitchError  # noqa: F401

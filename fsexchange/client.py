@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Mapping
 
-from .documents import Job, Progress, Result, decode_document, load_document
-from .errors import DocumentError, FaceStitchError, JobExists, JobNotFound
-from .exchange import (FINAL_STATES, JOB_FILE, PROGRESS_FILE, RESERVED_NAMES,
+from fsexchange.documents import Job, Progress, Result, decode_document, load_document
+from fsexchange.errors import DocumentError, FaceStitchError, JobExists, JobNotFound
+from fsexchange.exchange import (FINAL_STATES, JOB_FILE, PROGRESS_FILE, RESERVED_NAMES,
                        STATE_FOLDERS, Exchange, read_result)
-from .fsutil import fsync_dir
+from fsexchange.fsutil import fsync_dir
 
 __all__ = [
     "new_job_id",

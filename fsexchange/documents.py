@@ -25,14 +25,14 @@ from typing import Any, Callable, ClassVar, Mapping, TypeVar
 
 import msgpack
 
-from .errors import (
+from fsexchange.errors import (
     DocumentError,
     DocumentFieldError,
     DocumentNotMsgpack,
     DocumentTooLarge,
     DocumentVersionError,
 )
-from .timecode import parse_rate, rate_to_list, timecode_to_frames
+from fsexchange.timecode import parse_rate, rate_to_list, timecode_to_frames
 
 __all__ = [
     "SCHEMA_PREFIX",

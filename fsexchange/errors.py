@@ -2,7 +2,7 @@
 
 Every error has a stable ``code`` (documented in ``docs/protocol.md``), a message in
 the user's terms, and optionally the ``stage`` and source ``frame`` it concerns.
-Subclasses may be defined next to the code that raises them (``engine/video.py``
+Subclasses may be defined next to the code that raises them (``engine/media/video.py``
 defines its media errors); each subclass registers its code here on definition, so
 ``ERROR_CODES`` is the complete table once the defining modules are imported.
 

@@ -42,9 +42,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .documents import Lease, Result, load_document, valid_job_id
-from .errors import DocumentError, FaceStitchError, JobExists, LeaseLost
-from .fsutil import atomic_write_bytes, fsync_dir, unique_name
+from fsexchange.documents import Lease, Result, load_document, valid_job_id
+from fsexchange.errors import DocumentError, FaceStitchError, JobExists, LeaseLost
+from fsexchange.fsutil import atomic_write_bytes, fsync_dir, unique_name
 
 __all__ = [
     "FOLDERS",

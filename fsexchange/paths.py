@@ -12,7 +12,7 @@ import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Iterable
 
-from .errors import PathEscapeError
+from fsexchange.errors import PathEscapeError
 
 __all__ = ["confine", "is_within"]
 

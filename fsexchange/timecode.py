@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-from .errors import DocumentFieldError
+from fsexchange.errors import DocumentFieldError
 
 __all__ = [
     "parse_rate",

@@ -1,7 +1,7 @@
 """Faces on the editor's workstation: list the faces at a shot's first frame so the
 editor can choose the subject, and compute the subject's ``FaceTrack/1`` on the CPU.
 
-Both use ``engine.track`` (dlib backend) and ``engine.video`` when this Python has
+Both use ``engine.stages.track`` (dlib backend) and ``engine.media.video`` when this Python has
 them (numpy, OpenCV, PyAV, dlib: the ``engine`` extra); otherwise they return None and
 the engine tracks, choosing the subject from ``Job.subject``. Nothing here is imported
 at module level, so the bridge stays importable without numpy.
@@ -58,7 +58,7 @@ def local_tracking_available() -> bool:
 
     try:
         return all(importlib.util.find_spec(m) is not None
-                   for m in ("numpy", "cv2", "av", "dlib", "engine.track"))
+                   for m in ("numpy", "cv2", "av", "dlib", "engine.stages.track"))
     except (ImportError, ValueError):  # a broken install refuses even the lookup
         return False
 
@@ -66,8 +66,8 @@ def local_tracking_available() -> bool:
 @functools.lru_cache(maxsize=1)
 def _backend() -> Any:
     """One dlib backend per process: loading the 68-point predictor takes ~1 s."""
-    from engine.config import TrackConfig  # noqa: PLC0415
-    from engine.track import DlibBackend  # noqa: PLC0415
+    from fsexchange.options import TrackConfig  # noqa: PLC0415
+    from engine.stages.track import DlibBackend  # noqa: PLC0415
 
     cfg = TrackConfig()
     return DlibBackend(cfg.detect_upsample, cfg.min_score)
@@ -90,7 +90,7 @@ def list_faces(media: str | os.PathLike[str], frame: int, *, search: int = 12,
     """
     if not local_tracking_available():
         return None
-    from engine.video import probe, read_frames  # noqa: PLC0415
+    from engine.media.video import probe, read_frames  # noqa: PLC0415
 
     try:
         backend = _backend()
@@ -103,7 +103,7 @@ def list_faces(media: str | os.PathLike[str], frame: int, *, search: int = 12,
         found = backend.boxes(rgb)
         if found:
             found.sort(key=lambda bs: (-(bs[0][2] - bs[0][0]) * (bs[0][3] - bs[0][1]),
-                                       bs[0][0]))  # Subject.index order (engine.track)
+                                       bs[0][0]))  # Subject.index order (engine.stages.track)
             faces = tuple(DetectedFace(i, tuple(float(v) for v in box), float(score))
                           for i, (box, score) in enumerate(found))
             return FacesAt(index, faces, info.width, info.height)  # type: ignore[arg-type]
@@ -130,8 +130,8 @@ def compute_track(media: str | os.PathLike[str], start: int, end: int, subject: 
     """
     if not local_tracking_available():
         return None
-    from engine.config import TrackConfig  # noqa: PLC0415
-    from engine.track import track_media  # noqa: PLC0415
+    from fsexchange.options import TrackConfig  # noqa: PLC0415
+    from engine.stages.track import track_media  # noqa: PLC0415
 
     try:
         return track_media(media, start, end, cfg=TrackConfig(backend="dlib"),

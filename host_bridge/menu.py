@@ -21,12 +21,12 @@ from typing import Any, Mapping
 
 from fsexchange.errors import FaceStitchError
 
-from .config import BridgeConfig
-from .faces import describe_faces
-from .resolve.connect import find_resolve, open_session
-from .resolve.shot import pick_items
-from .roundtrip import Cancelled, SendOptions, import_finished, send_items, timeline_jobs
-from .ui import Prompter, make_prompter
+from host_bridge.config import BridgeConfig
+from host_bridge.faces import describe_faces
+from host_bridge.resolve.connect import find_resolve, open_session
+from host_bridge.resolve.shot import pick_items
+from host_bridge.roundtrip import Cancelled, SendOptions, import_finished, send_items, timeline_jobs
+from host_bridge.ui import Prompter, make_prompter
 
 __all__ = ["ACTIONS", "run", "installed_edits"]
 
@@ -40,7 +40,7 @@ def installed_edits(cfg: BridgeConfig) -> tuple[str, ...]:
     """Edit names to offer: the engine's table when importable here (display only:
     the engine machine decides), else the configured list."""
     try:
-        from engine.directions import available_edits  # noqa: PLC0415
+        from engine.models.directions import available_edits  # noqa: PLC0415
 
         return tuple(sorted(available_edits()))
     except Exception as exc:  # noqa: BLE001 - no engine extra here, or no models

@@ -28,7 +28,7 @@ from fsexchange.documents import Job, Result
 from fsexchange.errors import HostError
 from fsexchange.timecode import parse_rate, rate_to_list
 
-from .resolve.place import ResultMedia
+from host_bridge.resolve.place import ResultMedia
 
 __all__ = ["SHAPES", "build_timeline", "write_timeline"]
 

@@ -20,7 +20,7 @@ import site
 import sys
 from pathlib import Path
 
-from .config import config_path
+from host_bridge.config import config_path
 
 __all__ = ["SCRIPTS", "shim_source", "script_folder", "install", "main"]
 

@@ -30,12 +30,12 @@ from fsexchange.documents import Edit, FrameRange, Job, OutputSpec, Source, Subj
 from fsexchange.errors import FaceStitchError, HostError
 from fsexchange.exchange import JOB_FILE
 
-from .advice import explain_status
-from .faces import FacesAt, compute_track, list_faces
-from .resolve.connect import ResolveSession
-from .resolve.place import Placement, ResultMedia, find_results, place_result
-from .resolve.render import render_range
-from .resolve.shot import Shot, read_shot
+from host_bridge.advice import explain_status
+from host_bridge.faces import FacesAt, compute_track, list_faces
+from host_bridge.resolve.connect import ResolveSession
+from host_bridge.resolve.place import Placement, ResultMedia, find_results, place_result
+from host_bridge.resolve.render import render_range
+from host_bridge.resolve.shot import Shot, read_shot
 
 __all__ = ["SendOptions", "SentJob", "Cancelled", "FaceChooser", "output_name",
            "build_job", "send_shot", "send_items", "import_job", "TimelineJob",

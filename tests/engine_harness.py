@@ -33,7 +33,7 @@ for p in (str(HERE.parent), str(HERE)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from engine.stage import Stage, StageContext  # noqa: E402
+from engine.stages.contract import Stage, StageContext  # noqa: E402
 from fsexchange.errors import NoFaceFound  # noqa: E402
 from fsexchange.fsutil import atomic_write_bytes  # noqa: E402
 
@@ -137,7 +137,7 @@ class OffsetClock:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engine.worker import EngineOptions, serve  # noqa: PLC0415
+    from engine.service.worker import EngineOptions, serve  # noqa: PLC0415
 
     p = argparse.ArgumentParser(prog="engine_harness")
     p.add_argument("--exchange", type=Path, required=True)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.stage import Stage, StageContext
+from engine.stages.contract import Stage, StageContext
 from fsexchange.documents import FrameOutput
 from fsexchange.errors import NoFaceFound
 from fsexchange.fsutil import atomic_write_bytes
@@ -32,7 +32,7 @@ class SolidPasteStage(Stage):
     name = "paste"
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        from engine.video import encode_rgba, output_name, probe  # noqa: PLC0415
+        from engine.media.video import encode_rgba, output_name, probe  # noqa: PLC0415
 
         job = ctx.job
         info = probe(ctx.source_path(), job.range.rate)

@@ -1,4 +1,4 @@
-"""engine.align: FFHQ quad, smoothing, exact inverse, reflect padding, the stage."""
+"""engine.stages.align: FFHQ quad, smoothing, exact inverse, reflect padding, the stage."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from clips import ClipSpec, face_image, render_frames, write_clip
-from engine import align
-from engine.config import PipelineConfig
-from engine.stage import StageContext
-from engine.track import DlibBackend, follow_identities
+from engine.stages import align
+from fsexchange.options import PipelineConfig
+from engine.stages.contract import StageContext
+from engine.stages.track import DlibBackend, follow_identities
 from fsexchange.documents import FaceTrack, FrameRange, Job, Source, TrackFrame
 
 

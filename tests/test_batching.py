@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.batching import (MAX_AUTO_BATCH, PER_FRAME_GIB_1024, auto_batch,
+from engine.stages.batching import (MAX_AUTO_BATCH, PER_FRAME_GIB_1024, auto_batch,
                              free_memory, stage_settings)
-from engine.config import PipelineConfig
-from engine.models import native_bf16, resolve_dtype
+from fsexchange.options import PipelineConfig
+from engine.models.modelset import native_bf16, resolve_dtype
 from fsexchange.errors import DocumentFieldError
 
 

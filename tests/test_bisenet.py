@@ -13,8 +13,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from engine.config import MaskConfig  # noqa: E402
-from engine.mask import MaskBuilder  # noqa: E402
+from fsexchange.options import MaskConfig  # noqa: E402
+from engine.stages.mask import MaskBuilder  # noqa: E402
 from engine.nets.bisenet import BiSeNet, load_bisenet  # noqa: E402
 from fsexchange.errors import ModelFormatError, ModelMissing  # noqa: E402
 

@@ -24,7 +24,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.checkpoints import (
+from engine.models.checkpoints import (
     inspect_checkpoint,
     load_encoder,
     load_generator,
@@ -40,7 +40,7 @@ from engine.nets.e4e import E4EEncoder
 from engine.nets.lpips import LPIPS
 from engine.nets.ops import upfirdn2d
 from engine.nets.stylegan2 import Generator
-from engine.store import TINY_ENCODER_KWARGS
+from engine.models.store import TINY_ENCODER_KWARGS
 from fsexchange.errors import ModelFormatError, ModelUnsafe
 
 GEN_KW = dict(z_dim=16, w_dim=16, img_resolution=32, channel_base=256, channel_max=16,

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.directions import (
+from engine.models.directions import (
     Direction,
     available_edits,
     conv_style_channels,
@@ -19,7 +19,7 @@ from engine.directions import (
     load_direction,
     save_direction,
 )
-from engine.store import TINY_NUM_WS, W_DIRECTION_NAMES, Store
+from engine.models.store import TINY_NUM_WS, W_DIRECTION_NAMES, Store
 from fsexchange.errors import ModelFormatError
 
 
@@ -32,8 +32,8 @@ def _d(vec, **kw) -> Direction:
 
 
 def test_directions_module_is_torch_free():
-    code = ("import sys, engine.directions, engine.store; "
-            "engine.directions.available_edits('tiny'); print('torch' in sys.modules)")
+    code = ("import sys, engine.models.directions, engine.models.store; "
+            "engine.models.directions.available_edits('tiny'); print('torch' in sys.modules)")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[1], check=True, env=env)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.directions import Direction
-from engine.edit import (apply_s_edits, apply_w_edits, check_edits, freeze_fine,
+from engine.models.directions import Direction
+from engine.stages.edit import (apply_s_edits, apply_w_edits, check_edits, freeze_fine,
                          strength_curve)
 from fsexchange.documents import Edit, Keyframe
 from fsexchange.errors import EditUnknown

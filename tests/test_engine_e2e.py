@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from engine.pipeline import PIPELINES
+from engine.stages.pipeline import PIPELINES
 from engine_harness_util import ROOT
 from fsexchange.documents import Result, load_document
 from fsexchange.fsutil import sha256_file

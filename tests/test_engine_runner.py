@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import PipelineConfig
-from engine.runner import RunnerSettings, run_job
-from engine.stage import Stage, StageContext
-from engine.worker import EngineOptions, serve
+from fsexchange.options import PipelineConfig
+from engine.service.runner import RunnerSettings, run_job
+from engine.stages.contract import Stage, StageContext
+from engine.service.worker import EngineOptions, serve
 from engine_harness import PIPELINES
 from engine_harness_util import (count, events, make_job,  # noqa: F401 (fixture)
                                  no_leaked_threads, submit, write_test_clip)

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from engine.watch import FolderWatch
+from engine.service.watch import FolderWatch
 from engine_harness_util import no_leaked_threads  # noqa: F401 (fixture)
 from fsexchange.exchange import Exchange
 

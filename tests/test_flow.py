@@ -1,4 +1,4 @@
-"""Optical flow, occlusion mask and warping error (engine/flow.py, pipeline.md §2.6)."""
+"""Optical flow, occlusion mask and warping error (engine/quality/flow.py, pipeline.md §2.6)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from clips import ClipSpec, render_frames
-from engine.flow import (
+from engine.quality.flow import (
     OpenCVFlow,
     flow_backend,
     occlusion_mask,

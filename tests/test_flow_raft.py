@@ -1,4 +1,4 @@
-"""Our RAFT-large (engine/flow.py) against torchvision's port of the same network, and
+"""Our RAFT-large (engine/quality/flow.py) against torchvision's port of the same network, and
 the ``raft`` backend's loading of ``raft-things.pth``-style weights."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from engine.flow import RaftFlow, build_raft, flow_backend  # noqa: E402
-from engine.metrics import models_root  # noqa: E402
+from engine.quality.flow import RaftFlow, build_raft, flow_backend  # noqa: E402
+from engine.quality.metrics import models_root  # noqa: E402
 from fsexchange.errors import ModelFormatError  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""Face identity embeddings (engine/identity.py): dlib ResNet, optional ArcFace."""
+"""Face identity embeddings (engine/quality/identity.py): dlib ResNet, optional ArcFace."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from clips import ClipSpec, render_frames
-from engine.identity import (
+from engine.quality.identity import (
     ARCFACE_TEMPLATE,
     ArcFaceEmbedder,
     Box,
@@ -19,7 +19,7 @@ from engine.identity import (
     identity_backend,
     similarity_transform,
 )
-from engine.metrics import models_root
+from engine.quality.metrics import models_root
 from fsexchange.errors import MetricsError, ModelFormatError, ModelMissing
 
 
@@ -66,7 +66,7 @@ def test_finder_picks_largest_face_or_the_subject_then_follows_it():
 
 
 def test_finder_takes_a_new_face_only_after_a_long_gap():
-    from engine.identity import REACQUIRE_AFTER
+    from engine.quality.identity import REACQUIRE_AFTER
 
     left = render_frames(ClipSpec(frames=1, size=(480, 240), drift=(0, 0)))[0]
     right = np.roll(left, 170, axis=1)  # the face, > 2 face sizes to the right

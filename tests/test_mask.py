@@ -1,12 +1,12 @@
-"""engine.mask: reference morphology (pipeline.md §1.6), scaling, hull fallback."""
+"""engine.stages.mask: reference morphology (pipeline.md §1.6), scaling, hull fallback."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from engine import mask
-from engine.config import MaskConfig
+from engine.stages import mask
+from fsexchange.options import MaskConfig
 from fsexchange.errors import DocumentFieldError, ModelMissing
 
 

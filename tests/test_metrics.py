@@ -1,4 +1,4 @@
-"""TL-ID, TG-ID and warping error (engine/metrics.py; pipeline.md §2.6, §3)."""
+"""TL-ID, TG-ID and warping error (engine/quality/metrics.py; pipeline.md §2.6, §3)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from clips import ClipSpec, render_frames
-from engine.config import MetricsConfig
-from engine.metrics import (
+from fsexchange.options import MetricsConfig
+from engine.quality.metrics import (
     MetricsFrameInvalid,
     MetricsLengthMismatch,
     MetricsNoFrames,

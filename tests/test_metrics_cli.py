@@ -64,7 +64,7 @@ def test_readable_summary_and_ranges(media, capsys):
 
 
 def test_rgba_result_sequence_is_composited(media, capsys):
-    from engine.video import write_rgba
+    from engine.media.video import write_rgba
 
     folder = media["dir"] / "rgba"
     folder.mkdir()

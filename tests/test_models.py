@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from engine.checkpoints import nvidia_to_rosinality, save_network
-from engine.models import TINY_LABEL, build_tiny, load_models
+from engine.models.checkpoints import nvidia_to_rosinality, save_network
+from engine.models.modelset import TINY_LABEL, build_tiny, load_models
 from engine.nets.e4e import E4EEncoder
 from engine.nets.lpips import LPIPS
 from engine.nets.stylegan2 import Generator
-from engine.store import MANIFEST, TINY_GENERATOR_KWARGS, Store
+from engine.models.store import MANIFEST, TINY_GENERATOR_KWARGS, Store
 from fsexchange.errors import ModelFormatError, ModelHashMismatch, ModelMissing
 
 

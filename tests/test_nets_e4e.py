@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.nets.e4e import OFFICIAL_ENCODER_KWARGS, E4EEncoder
-from engine.store import TINY_ENCODER_KWARGS
+from engine.models.store import TINY_ENCODER_KWARGS
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -19,8 +19,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_engine_modules_do_not_import_torchvision_or_lpips():
     import subprocess
 
-    code = ("import sys; import engine.nets.lpips, engine.models; "
-            "m = engine.models.load_models('tiny'); "
+    code = ("import sys; import engine.nets.lpips, engine.models.modelset; "
+            "m = engine.models.modelset.load_models('tiny'); "
             "print('torchvision' in sys.modules, 'lpips' in sys.modules)")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

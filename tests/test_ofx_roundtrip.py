@@ -22,8 +22,8 @@ pytestmark = pytest.mark.skipif(
     not (shutil.which("cc") or shutil.which("gcc")) or platform.machine() not in (
         "x86_64", "AMD64"), reason="needs a C compiler and an x86-64 machine")
 
-REAL = {"align-preview": ("engine.track:TrackStage", "engine.align:AlignStage",
-                          "engine.paste:PasteStage")}
+REAL = {"align-preview": ("engine.stages.track:TrackStage", "engine.stages.align:AlignStage",
+                          "engine.stages.paste:PasteStage")}
 
 
 def test_export_submit_engine_composite(tmp_path, capsys):

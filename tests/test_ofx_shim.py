@@ -158,7 +158,7 @@ def test_export_writes_exact_source_frames_named_by_time(host, tmp_path, depth):
 
 
 def test_export_frames_read_back_through_the_engine(host, tmp_path):
-    video = pytest.importorskip("engine.video")
+    video = pytest.importorskip("engine.media.video")
     inst = host.create_instance({"mode": EXPORT, "exportFolder": str(tmp_path)},
                                 depth="OfxBitDepthShort")
     sources = [random_source("OfxBitDepthShort", seed=s)[0] for s in range(3)]
@@ -270,7 +270,7 @@ def test_composite_passes_the_source_through_where_no_valid_result_exists(host, 
 
 
 def test_composite_reads_the_engines_pam16(host, tmp_path):
-    video = pytest.importorskip("engine.video")
+    video = pytest.importorskip("engine.media.video")
     res = result_frame(3)
     video.write_rgba(tmp_path / "facestitch.0000009.pam", res)
     np.testing.assert_array_equal(read_pam16(tmp_path / "facestitch.0000009.pam"), res)

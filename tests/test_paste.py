@@ -1,4 +1,4 @@
-"""engine.paste: exact pass-through outside alpha, compositing, formats, stage."""
+"""engine.stages.paste: exact pass-through outside alpha, compositing, formats, stage."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from clips import ClipSpec, render_frames, write_clip
-from engine import video
-from engine.align import AlignStage
-from engine.config import PipelineConfig
-from engine.mask import paste_alpha
-from engine.paste import PasteStage, composite, paste_back
-from engine.stage import StageContext
-from engine.track import TrackStage
+from engine.media import video
+from engine.stages.align import AlignStage
+from fsexchange.options import PipelineConfig
+from engine.stages.mask import paste_alpha
+from engine.stages.paste import PasteStage, composite, paste_back
+from engine.stages.contract import StageContext
+from engine.stages.track import TrackStage
 from fsexchange.documents import FrameRange, Job, OutputSpec, Source
 
 RATE = Fraction(24000, 1001)

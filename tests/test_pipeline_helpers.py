@@ -58,7 +58,7 @@ def submit(exchange: Path, job, clip: Path) -> str:
 
 
 def run_engine_inprocess(exchange: Path) -> int:
-    from engine.worker import EngineOptions, serve
+    from engine.service.worker import EngineOptions, serve
 
     return serve(EngineOptions(exchange=exchange, once=True, device="cpu",
                                use_watchdog=False, poll_interval=0.1))
@@ -89,7 +89,7 @@ def wait_for(pred, timeout: float, what: str, proc: subprocess.Popen | None = No
 
 
 def read_rgba(path: Path) -> np.ndarray:
-    from engine.video import read_image
+    from engine.media.video import read_image
 
     return read_image(path)
 
@@ -97,6 +97,6 @@ def read_rgba(path: Path) -> np.ndarray:
 def source_frames(clip: Path, n: int) -> list[np.ndarray]:
     """The source frames as 16-bit RGB, the way the paste stage reads an 8-bit
     source (8-bit decode scaled by 257)."""
-    from engine.video import read_frames, to_depth
+    from engine.media.video import read_frames, to_depth
 
     return [to_depth(f, 16) for _, f in read_frames(clip, 0, n, depth=8)]

@@ -8,7 +8,7 @@ from fractions import Fraction
 import pytest
 
 from clips import ClipSpec, read_stamp, render_frames, write_clip, write_sequence
-from engine import video
+from engine.media import video
 from fsexchange.documents import FaceTrack, load_document
 from host_bridge.cli import main as cli
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine.config import PTIConfig
-from engine.models import build_tiny
+from fsexchange.options import PTIConfig
+from engine.models.modelset import build_tiny
 from engine.nets.lpips import LPIPS
-from engine.pti import PTITuner, TargetCache
+from engine.stages.pti import PTITuner, TargetCache
 
 
 class _Clip:

@@ -33,7 +33,7 @@ FAST = SendOptions(kind="align-preview", handles=2, subject=Subject(),
 
 
 def run_engine(exchange: Path, media_root: Path, pipelines=CHEAP) -> int:
-    from engine.worker import EngineOptions, serve
+    from engine.service.worker import EngineOptions, serve
 
     return serve(EngineOptions(exchange, once=True, media_roots=(media_root,),
                                device="cpu", use_watchdog=False, poll_interval=0.05),
@@ -218,8 +218,8 @@ def test_shot_with_two_faces_uses_the_editors_choice(clips, tmp_path):
         assert fr.present and 110 < (fr.box[0] + fr.box[2]) / 2 < 210
 
     # the real engine (align-preview: track from the attachment, align, paste)
-    pipelines = {"align-preview": ("engine.track:TrackStage", "engine.align:AlignStage",
-                                   "engine.paste:PasteStage")}
+    pipelines = {"align-preview": ("engine.stages.track:TrackStage", "engine.stages.align:AlignStage",
+                                   "engine.stages.paste:PasteStage")}
     assert run_engine(exchange, tmp_path, pipelines) == 1
     status = job_status(exchange, sent.job_id)
     assert status.state == "done", status.error

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from engine.config import StitchConfig
-from engine.mask import stitch_masks
+from fsexchange.options import StitchConfig
+from engine.stages.mask import stitch_masks
 from engine.nets.stylegan2 import Generator
-from engine.stitch_tune import BatchedStitcher, masked_loss, tune_reference
-from engine.store import TINY_GENERATOR_KWARGS
+from engine.stages.stitch_tune import BatchedStitcher, masked_loss, tune_reference
+from engine.models.store import TINY_GENERATOR_KWARGS
 
 # Independence within float tolerance: the stacked copies run as one grouped
 # convolution, which sums in a different order than per-frame calls.
@@ -113,7 +113,7 @@ def test_fused_adam_step_with_gradients_in_another_layout():
     _adam_step brings gradients to the parameter layout, so the update equals
     torch.optim.Adam whatever layout autograd returned."""
     from engine.nets.ops import grouped_weight_layout
-    from engine.stitch_tune import _adam_step
+    from engine.stages.stitch_tune import _adam_step
 
     torch.manual_seed(4)
     p0 = grouped_weight_layout(torch.randn(3, 8, 8, 3, 3))

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.store import (
+from engine.models.store import (
     MANIFEST,
     ModelFile,
     Store,

@@ -1,4 +1,4 @@
-"""engine.track: backends, identities across frames, subject choice, gaps, no face."""
+"""engine.stages.track: backends, identities across frames, subject choice, gaps, no face."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from clips import FACE_CENTRES, ClipSpec, face_image, render_frames, write_clip
-from engine import track as tr
-from engine.config import PipelineConfig, TrackConfig
-from engine.stage import StageContext
+from engine.stages import track as tr
+from fsexchange.options import PipelineConfig, TrackConfig
+from engine.stages.contract import StageContext
 from fsexchange.documents import (FaceTrack, FrameRange, Job, Source, Subject,
                                   TrackFrame, load_document)
 from fsexchange.errors import ModelMissing, NoFaceFound, SubjectInvalid

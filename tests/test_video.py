@@ -1,4 +1,4 @@
-"""engine.video: frame-accurate reading, sequences, writers, naming, media errors."""
+"""engine.media.video: frame-accurate reading, sequences, writers, naming, media errors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from clips import ClipSpec, read_stamp, render_frames, write_clip
-from engine import video
+from engine.media import video
 from fsexchange.documents import FrameRange, Job, OutputSpec, Source
 from fsexchange.errors import (
     MediaCorrupt,

@@ -8,7 +8,7 @@ The full round trip on a real face, in this process:
 2. creates a local exchange folder (``DIR/exchange``) and submits a ``stitch`` job
    with an "age" edit that fades in over the clip (a keyframed strength curve),
    through :mod:`fsexchange.client` like any bridge would;
-3. runs the engine on it (``engine.worker.serve(once=True)``): track, align, e4e
+3. runs the engine on it (``engine.service.worker.serve(once=True)``): track, align, e4e
    inversion, PTI, edit, stitching tuning, paste-back, report;
 4. prints where the results are, the per-stage timings, the reconstruction and
    border errors, and the temporal metrics.
@@ -45,7 +45,7 @@ def astronaut_clip(path: Path, frames: int = 14, size: tuple[int, int] = (320, 2
     import numpy as np  # noqa: PLC0415
     from skimage import data  # noqa: PLC0415
 
-    from engine.video import MovieWriter  # noqa: PLC0415
+    from engine.media.video import MovieWriter  # noqa: PLC0415
 
     img = np.ascontiguousarray(data.astronaut())
     cx, cy = 222.0, 125.0  # the face centre in the still (dlib box)
@@ -63,7 +63,7 @@ def astronaut_clip(path: Path, frames: int = 14, size: tuple[int, int] = (320, 2
 
 
 def _profile(requested: str) -> str:
-    from engine.store import Store, resolve_profile  # noqa: PLC0415
+    from engine.models.store import Store, resolve_profile  # noqa: PLC0415
 
     return resolve_profile(requested, Store())
 
@@ -92,7 +92,7 @@ def run_demo(out: Path, *, frames: int = 14, profile: str = "auto",
 
     ``pti_steps`` / ``stitch_steps`` override the passes and steps (and are
     printed as changed from the reference settings)."""
-    from engine.worker import EngineOptions, resolve_device, serve  # noqa: PLC0415
+    from engine.service.worker import EngineOptions, resolve_device, serve  # noqa: PLC0415
     from fsexchange.client import job_status, new_job_id, submit_job  # noqa: PLC0415
     from fsexchange.documents import (Edit, FrameRange, Job,  # noqa: PLC0415
                                       Keyframe, Source)
@@ -214,7 +214,7 @@ def run_demo(out: Path, *, frames: int = 14, profile: str = "auto",
 
 
 def _stage_facts(folder: Path) -> dict[str, dict]:
-    from engine.runner import read_stage_done  # noqa: PLC0415
+    from engine.service.runner import read_stage_done  # noqa: PLC0415
 
     out = {}
     for name in ("pti", "stitch_tune"):

@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    from engine.worker import EngineOptions, serve, valid_device  # noqa: PLC0415
+    from engine.service.worker import EngineOptions, serve, valid_device  # noqa: PLC0415
 
     args = build_parser().parse_args(argv)
     if not valid_device(args.device):

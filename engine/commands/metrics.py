@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _is_premultiplied(path: Path) -> bool:
-    """EXR results carry premultiplied colour (the EXR convention, engine/video.py)."""
+    """EXR results carry premultiplied colour (the EXR convention, engine/media/video.py)."""
     if path.is_dir():
         return any(p.suffix.lower() == ".exr" for p in path.iterdir())
     return path.suffix.lower() == ".exr"
@@ -115,14 +115,14 @@ def main(argv: list[str]) -> int:
             parser.error(f"--subject must be X,Y in pixels, got {args.subject!r}")
         subject = (x, y)
 
-    from engine.config import MetricsConfig  # noqa: PLC0415
-    from engine.metrics import (  # noqa: PLC0415
+    from fsexchange.options import MetricsConfig  # noqa: PLC0415
+    from engine.quality.metrics import (  # noqa: PLC0415
         MetricsLengthMismatch,
         MetricsSizeMismatch,
         metrics_svg,
         temporal_metrics,
     )
-    from engine.video import probe, read_frames  # noqa: PLC0415
+    from engine.media.video import probe, read_frames  # noqa: PLC0415
 
     src_info, ed_info = probe(args.source), probe(args.edited)
     if (src_info.width, src_info.height) != (ed_info.width, ed_info.height):

@@ -71,12 +71,12 @@ def run_preview(media: str | Path, out: str | Path, *, start: int = 0,
     "facetrack", "warnings", "edited"}`` (paths inside ``out``)."""
     from fractions import Fraction  # noqa: PLC0415
 
-    from engine.align import AlignStage  # noqa: PLC0415
-    from engine.config import PipelineConfig  # noqa: PLC0415
-    from engine.paste import PasteStage  # noqa: PLC0415
-    from engine.stage import StageContext  # noqa: PLC0415
-    from engine.track import TrackStage  # noqa: PLC0415
-    from engine.video import probe  # noqa: PLC0415
+    from engine.stages.align import AlignStage  # noqa: PLC0415
+    from fsexchange.options import PipelineConfig  # noqa: PLC0415
+    from engine.stages.paste import PasteStage  # noqa: PLC0415
+    from engine.stages.contract import StageContext  # noqa: PLC0415
+    from engine.stages.track import TrackStage  # noqa: PLC0415
+    from engine.media.video import probe  # noqa: PLC0415
     from fsexchange.client import new_job_id  # noqa: PLC0415
     from fsexchange.documents import (  # noqa: PLC0415
         FrameRange,

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..mask import PARSER_FILE  # the file name lives in the torch-free module
+from engine.stages.mask import PARSER_FILE  # the file name lives in the torch-free module
 
 __all__ = ["BiSeNet", "load_bisenet", "PARSER_FILE", "NUM_CLASSES", "IMAGENET_MEAN",
            "IMAGENET_STD", "PARSE_RESOLUTION"]

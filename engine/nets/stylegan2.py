@@ -4,7 +4,7 @@ Written from the paper (Karras et al. 2020) and the behaviour described in
 checkpoints.md §1.4–1.5; no NVIDIA or rosinality source is reproduced. Parameter and
 buffer names follow NVIDIA's ``G_ema`` layout, so the tensors read from ``ffhq.pkl``
 load with ``strict=True`` unchanged (rosinality keys are converted in
-``engine.checkpoints``).
+``engine.models.checkpoints``).
 
 The network is parameterised by resolution and channel widths, so a 32–64 px
 instance builds in milliseconds::
@@ -35,7 +35,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from .ops import (
+from engine.nets.ops import (
     LRELU_GAIN,
     grouped_layout,
     lrelu_agc,
@@ -384,7 +384,7 @@ class Generator(nn.Module):
         w_avg_beta: recorded only (training statistic of NVIDIA's code).
 
     ``init_kwargs`` holds these arguments, JSON-serialisable, for our own
-    checkpoint format (``engine.checkpoints.save_network``).
+    checkpoint format (``engine.models.checkpoints.save_network``).
     """
 
     def __init__(self, z_dim: int = 512, w_dim: int = 512, img_resolution: int = 1024,

@@ -9,8 +9,8 @@ Frame numbers (``--range``, keyframes) are 0-based indices into the media, and
 ``--range START:END`` excludes END (``0:48`` is the first 48 frames). Keyframed
 edits: ``--edit age=0@10,-4@20,-4@30,0@40`` gives strength@frame pairs.
 
-Torch-free: probing the media and checking edit names use ``engine.video`` and
-``engine.directions`` when they are installed here; without them only the syntax
+Torch-free: probing the media and checking edit names use ``engine.media.video`` and
+``engine.models.directions`` when they are installed here; without them only the syntax
 is checked (then ``--range`` and, for movies, ``--rate`` are required).
 """
 
@@ -245,7 +245,7 @@ def parse_option(options: dict[str, Any], text: str) -> None:
 
 def _probe(media: Path, rate: Fraction | None, notes: list[str]):
     try:
-        from engine.video import probe  # noqa: PLC0415
+        from engine.media.video import probe  # noqa: PLC0415
     except ImportError as exc:
         notes.append(f"cannot probe media here ({exc.name} is not installed); "
                      "only the syntax of --range is checked")
@@ -257,7 +257,7 @@ def _check_edits(edits: list[Edit], profile: str, notes: list[str]) -> None:
     if not edits:
         return
     try:
-        from engine.directions import available_edits  # noqa: PLC0415
+        from engine.models.directions import available_edits  # noqa: PLC0415
     except ImportError as exc:
         notes.append(f"cannot check edit names here ({exc.name} is not installed)")
         return
@@ -303,7 +303,7 @@ def build_job(args: argparse.Namespace, notes: list[str]
         parse_option(options, text)
     if args.profile:
         options["profile"] = args.profile
-    from engine.config import PipelineConfig  # noqa: PLC0415 (torch-free)
+    from fsexchange.options import PipelineConfig  # noqa: PLC0415 (torch-free)
 
     cfg = PipelineConfig.from_options(options)
     _check_edits(edits, cfg.profile, notes)

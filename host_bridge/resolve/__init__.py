@@ -7,10 +7,10 @@ absolute timeline frames, silently dropped appends (placements are read back).
 Torch- and numpy-free.
 """
 
-from .connect import Edition, ResolveSession, find_resolve, open_session
-from .place import Placement, ResultMedia, place_result
-from .render import render_range
-from .shot import Shot, pick_items, read_shot, resolve_rate
+from host_bridge.resolve.connect import Edition, ResolveSession, find_resolve, open_session
+from host_bridge.resolve.place import Placement, ResultMedia, place_result
+from host_bridge.resolve.render import render_range
+from host_bridge.resolve.shot import Shot, pick_items, read_shot, resolve_rate
 
 __all__ = ["Edition", "ResolveSession", "find_resolve", "open_session", "Shot",
            "pick_items", "read_shot", "resolve_rate", "ResultMedia", "Placement",

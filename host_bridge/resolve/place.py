@@ -25,8 +25,8 @@ from fsexchange.documents import Result
 from fsexchange.errors import HostError, MediaMissing
 from fsexchange.timecode import frames_to_timecode, parse_rate, rate_to_list
 
-from .connect import ResolveSession, constant, has_api
-from .shot import RESULT_TAG, resolve_rate
+from host_bridge.resolve.connect import ResolveSession, constant, has_api
+from host_bridge.resolve.shot import RESULT_TAG, resolve_rate
 
 __all__ = ["ResultMedia", "Placement", "place_result", "find_results", "result_tag",
            "parse_tag", "BIN_NAME", "ALPHA_MODES"]

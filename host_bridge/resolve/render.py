@@ -20,8 +20,8 @@ from typing import Callable
 from fsexchange.errors import HostError
 from fsexchange.fsutil import unique_name
 
-from .connect import ResolveSession
-from .shot import Shot
+from host_bridge.resolve.connect import ResolveSession
+from host_bridge.resolve.shot import Shot
 
 __all__ = ["render_range", "RenderedRange", "RENDER_NAME"]
 

@@ -21,7 +21,7 @@ from typing import Any
 from fsexchange.errors import DocumentFieldError, HostError, MediaMissing
 from fsexchange.timecode import frames_to_timecode, rate_to_list, timecode_to_frames
 
-from .connect import ResolveSession, has_api
+from host_bridge.resolve.connect import ResolveSession, has_api
 
 __all__ = ["Shot", "resolve_rate", "timeline_rate", "read_shot", "pick_items",
            "is_result_item", "RAW_EXTENSIONS", "RESULT_TAG"]
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 #: Camera-raw formats PyAV cannot decode: such shots are exported by rendering.
 RAW_EXTENSIONS = frozenset({".braw", ".r3d", ".ari", ".arx", ".crm", ".cine", ".dng"})
-#: Image sequences the engine reads (engine.video); others (DPX...) are rendered.
+#: Image sequences the engine reads (engine.media.video); others (DPX...) are rendered.
 SEQUENCE_EXTENSIONS = frozenset({".png", ".tif", ".tiff", ".exr", ".pam"})
 #: Media-pool item types without a file of their own.
 _VIRTUAL_TYPES = ("compound", "timeline", "generator", "fusion", "title", "multicam",

@@ -42,8 +42,8 @@ from fsexchange.errors import (DocumentFieldError, ModelMissing, NoFaceFound,
                                SubjectInvalid)
 from fsexchange.fsutil import atomic_write_bytes
 
-from .config import TrackConfig
-from .stage import Stage, StageContext
+from fsexchange.options import TrackConfig
+from engine.stages.contract import Stage, StageContext
 
 __all__ = [
     "Detection",
@@ -456,7 +456,7 @@ def track_media(
         SubjectInvalid: the requested subject does not exist.
         ModelMissing: the backend's weights are not installed.
     """
-    from .video import probe, read_frames  # noqa: PLC0415
+    from engine.media.video import probe, read_frames  # noqa: PLC0415
 
     info = probe(path, rate)
     end = info.frame_count if end is None else end

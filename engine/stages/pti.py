@@ -48,15 +48,15 @@ import numpy as np
 
 from fsexchange.fsutil import atomic_write_bytes
 
-from .batching import resolve_batch
-from .invert import (aligned_clip, chunks, crops_to_tensor, read_frames_json,
+from engine.stages.batching import resolve_batch
+from engine.stages.invert import (aligned_clip, chunks, crops_to_tensor, read_frames_json,
                      stage_models, write_previews)
-from .stage import Stage, StageAborted, StageContext, load_checkpoint, save_checkpoint
+from engine.stages.contract import Stage, StageAborted, StageContext, load_checkpoint, save_checkpoint
 
 if TYPE_CHECKING:
     import torch
 
-    from .nets.stylegan2 import Generator
+    from engine.nets.stylegan2 import Generator
 
 __all__ = ["PTIStage", "PTITuner", "save_generator", "load_generator",
            "reconstruction_error", "TargetCache", "autocast"]
@@ -69,15 +69,15 @@ log = logging.getLogger(__name__)
 
 def save_generator(path: Path, G: "Generator", **info: Any) -> None:
     """The tuned generator in our own format (state dict + constructor JSON + hash,
-    ``engine.checkpoints.save_network``); no code is pickled."""
-    from .checkpoints import save_network  # noqa: PLC0415
+    ``engine.models.checkpoints.save_network``); no code is pickled."""
+    from engine.models.checkpoints import save_network  # noqa: PLC0415
 
     save_network(G, path, info=info)
 
 
 def load_generator(path: Path, device: str = "cpu") -> "Generator":
     """A generator written by :func:`save_generator` (eval, no gradients)."""
-    from .checkpoints import load_network  # noqa: PLC0415
+    from engine.models.checkpoints import load_network  # noqa: PLC0415
 
     return load_network(path, device=device, expect="Generator").requires_grad_(False)
 
@@ -202,7 +202,7 @@ class PTITuner:
         self.device, self.dtype = device, dtype
         self.G = copy.deepcopy(self.G0).train()
         self.G.synthesis.requires_grad_(True)  # mapping: no gradient (fixed pivots)
-        # 0 = auto: what the device's memory holds (engine/batching.py)
+        # 0 = auto: what the device's memory holds (engine/stages/batching.py)
         self.batch = max(1, resolve_batch(cfg.batch_size, "pti", G0.img_resolution,
                                           device, len(self.frames)))
         self.lr = cfg.lr * (self.batch if cfg.lr_batch_scaling else 1)
@@ -286,7 +286,7 @@ class PTITuner:
 
 def _fused_adam_ok(device: str) -> bool:
     """Whether ``torch.optim.Adam(fused=True)`` runs on ``device`` (also asked by
-    the stitcher's functional Adam, engine/stitch_tune.py)."""
+    the stitcher's functional Adam, engine/stages/stitch_tune.py)."""
     import torch  # noqa: PLC0415
 
     return torch.device(device).type in ("cpu", "cuda")
@@ -304,8 +304,8 @@ class PTIStage(Stage):
     def run(self, ctx: StageContext) -> dict[str, Any]:
         import torch  # noqa: PLC0415
 
-        from .batching import training_settings  # noqa: PLC0415
-        from .report import preview_frames  # noqa: PLC0415
+        from engine.stages.batching import training_settings  # noqa: PLC0415
+        from engine.stages.report import preview_frames  # noqa: PLC0415
 
         cfg = ctx.config.pti
         dev = ctx.device
@@ -318,7 +318,7 @@ class PTIStage(Stage):
         del models  # the encoder is not needed here: free its memory
         targets = TargetCache(aligned_clip(ctx), G0.img_resolution, dev, lpips,
                               cfg.cache_frames)
-        # resolved once and kept for a resumed attempt (engine/batching.py)
+        # resolved once and kept for a resumed attempt (engine/stages/batching.py)
         batch, dtype = training_settings(out, "pti", cfg.batch_size, ctx.config.dtype,
                                          G0.img_resolution, dev, len(frames))
         cfg = replace(cfg, batch_size=batch)

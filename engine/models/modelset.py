@@ -4,7 +4,7 @@ Profiles:
 
 - ``official``: the FFHQ-1024 set (``ffhq.pkl`` or the rosinality ``.pt``,
   ``e4e_ffhq_encode.pt``, ``79999_iter.pth``, the LPIPS AlexNet backbone, the STIT
-  W directions), read with the safe loaders of ``engine.checkpoints``.
+  W directions), read with the safe loaders of ``engine.models.checkpoints``.
 - ``tiny``: small networks initialised deterministically from a seed on first use
   and saved into the store in our own format (``<store>/tiny/``). They are random:
   every output made with them must say so (``ModelSet.info["label"]``).
@@ -31,18 +31,18 @@ from torch import nn
 
 from fsexchange.errors import ModelError, ModelFormatError, ModelMissing
 
-from .checkpoints import (
+from engine.models.checkpoints import (
     load_encoder,
     load_generator,
     load_network,
     read_network_meta,
     save_network,
 )
-from .directions import Direction, available_edits
-from .nets.e4e import E4EEncoder
-from .nets.lpips import LPIPS
-from .nets.stylegan2 import Generator
-from .store import (
+from engine.models.directions import Direction, available_edits
+from engine.nets.e4e import E4EEncoder
+from engine.nets.lpips import LPIPS
+from engine.nets.stylegan2 import Generator
+from engine.models.store import (
     LICENCES,
     TINY_ENCODER_KWARGS,
     TINY_GENERATOR_KWARGS,
@@ -74,7 +74,7 @@ class ModelSet:
         encoder_resolution: Re (256 official, 64 tiny).
         lpips: ``lpips(a, b) -> [N]`` for images in [-1, 1].
         parser_path: BiSeNet ``79999_iter.pth`` when installed.
-        directions: edit directions by name (``engine.directions.Direction``).
+        directions: edit directions by name (``engine.models.directions.Direction``).
         info: JSON-able facts: ``files`` (role -> path, sha256), ``licences``,
             ``tiny`` (bool), ``label`` (say it in every output), ``profile``,
             ``auto_fallback``, ``missing``.

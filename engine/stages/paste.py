@@ -8,7 +8,7 @@ the 16-bit alpha is 0 the RGB is the source pixel itself, bit for bit, so the la
 can be composited over the plate in any editor: ``a·rgb + (1 - a)·source``.
 
 ``PasteStage`` (the ``paste`` pipeline stage) writes every frame of the range into
-``output/`` named per :func:`engine.video.output_name` (``png16`` default, ``exr``,
+``output/`` named per :func:`engine.media.video.output_name` (``png16`` default, ``exr``,
 ``pam16``; ``prores4444`` writes one movie ``output/<name>.mov``), plus the
 composited preview movie ``output/preview.mp4`` and, for ``align-preview`` jobs, a
 contact sheet of the aligned crops ``output/contact_sheet.png``. Frames without the
@@ -30,7 +30,7 @@ import numpy as np
 
 from fsexchange.documents import FrameOutput
 
-from .stage import Stage, StageContext
+from engine.stages.contract import Stage, StageContext
 
 __all__ = ["paste_back", "composite", "contact_sheet", "PasteStage", "FORMAT_EXT"]
 
@@ -54,8 +54,8 @@ def paste_back(frame_rgb: np.ndarray, crop_rgb: np.ndarray, crop_alpha: np.ndarr
         ``H x W x 4`` uint16, straight alpha. Where alpha is 0 the RGB equals the
         source (uint8 sources scaled by 257, i.e. exactly the same values).
     """
-    from .align import unalign  # noqa: PLC0415
-    from .video import to_depth  # noqa: PLC0415
+    from engine.stages.align import unalign  # noqa: PLC0415
+    from engine.media.video import to_depth  # noqa: PLC0415
 
     src16 = to_depth(np.ascontiguousarray(frame_rgb[..., :3]), 16)
     h, w = src16.shape[:2]
@@ -84,7 +84,7 @@ def paste_back(frame_rgb: np.ndarray, crop_rgb: np.ndarray, crop_alpha: np.ndarr
 
 def composite(rgba: np.ndarray, source_rgb: np.ndarray) -> np.ndarray:
     """``a·rgb + (1 - a)·source`` as uint8 RGB (for previews)."""
-    from .video import to_depth  # noqa: PLC0415
+    from engine.media.video import to_depth  # noqa: PLC0415
 
     layer = to_depth(rgba, 16).astype(np.float32) / 65535.0
     src = to_depth(np.ascontiguousarray(source_rgb[..., :3]), 16).astype(np.float32)
@@ -100,7 +100,7 @@ def contact_sheet(tiles: Iterable[tuple[int, np.ndarray | None]], *, tile: int =
     face at that frame) is a dark grey tile. The frame number is drawn in a corner."""
     import cv2  # noqa: PLC0415
 
-    from .video import to_depth  # noqa: PLC0415
+    from engine.media.video import to_depth  # noqa: PLC0415
 
     items = list(tiles)
     rows = max(1, -(-len(items) // columns))
@@ -138,9 +138,9 @@ class PasteStage(Stage):
     CONTACT_TILES = 48
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        from .align import AlignedClip, crop_name  # noqa: PLC0415
-        from .mask import paste_alpha  # noqa: PLC0415
-        from .video import (  # noqa: PLC0415
+        from engine.stages.align import AlignedClip, crop_name  # noqa: PLC0415
+        from engine.stages.mask import paste_alpha  # noqa: PLC0415
+        from engine.media.video import (  # noqa: PLC0415
             MovieWriter,
             encode_rgba,
             output_name,

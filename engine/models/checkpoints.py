@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from fsexchange.errors import ModelFormatError, ModelMissing, ModelUnsafe
 from fsexchange.fsutil import atomic_write_bytes
 
-from .nets.ops import setup_filter
+from engine.nets.ops import setup_filter
 
 __all__ = [
     "NETWORK_FORMAT",
@@ -76,9 +76,9 @@ NETWORK_FORMAT = "facestitch.Network/1"
 
 
 def _network_classes() -> dict[str, type[nn.Module]]:
-    from .nets.e4e import E4EEncoder  # noqa: PLC0415
-    from .nets.lpips import LPIPS  # noqa: PLC0415
-    from .nets.stylegan2 import Generator  # noqa: PLC0415
+    from engine.nets.e4e import E4EEncoder  # noqa: PLC0415
+    from engine.nets.lpips import LPIPS  # noqa: PLC0415
+    from engine.nets.stylegan2 import Generator  # noqa: PLC0415
 
     return {"Generator": Generator, "E4EEncoder": E4EEncoder, "LPIPS": LPIPS}
 
@@ -767,7 +767,7 @@ def sniff_format(path: str | Path) -> str:
 
 def _build_generator(sd: Mapping[str, Tensor], kwargs: Mapping[str, Any], what: str,
                      device: str | torch.device) -> nn.Module:
-    from .nets.stylegan2 import Generator  # noqa: PLC0415
+    from engine.nets.stylegan2 import Generator  # noqa: PLC0415
 
     g = _materialise(Generator, kwargs, {k: v.float() for k, v in sd.items()}, what)
     return g.to(device).eval().requires_grad_(False)
@@ -793,7 +793,7 @@ def load_generator(path: str | Path, *,
 
 def load_encoder(path: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
     """An ``E4EEncoder`` from an e4e ``.pt`` or our format."""
-    from .nets.e4e import E4EEncoder  # noqa: PLC0415
+    from engine.nets.e4e import E4EEncoder  # noqa: PLC0415
 
     path = Path(path)
     fmt = sniff_format(path)
@@ -824,7 +824,7 @@ def inspect_checkpoint(path: str | Path) -> dict[str, Any]:
                 "LPIPS": "lpips"}[meta["class"]]
         return _describe(kind, "facestitch", net, meta.get("init_kwargs", {}))
     if fmt == "npy":
-        from .directions import load_direction  # noqa: PLC0415
+        from engine.models.directions import load_direction  # noqa: PLC0415
 
         d = load_direction(path)
         return {"kind": "direction", "format": "npy", "config": d.to_dict()}

@@ -439,7 +439,7 @@ class Store:
                                       "dest": entry.dest}
         self._update(upd)
         if entry.role == "w_direction":
-            from .directions import write_official_sidecar  # noqa: PLC0415
+            from engine.models.directions import write_official_sidecar  # noqa: PLC0415
             write_official_sidecar(self, entry)
 
     def install_file(self, entry: ModelFile, src: Path, *, accept_licence: bool = False,
@@ -650,7 +650,7 @@ class Store:
 
     def add_user_model(self, name: str, path: str | Path, info: Mapping[str, Any], *,
                        copy: bool = True) -> dict[str, Any]:
-        """Register an inspected checkpoint (see ``engine.checkpoints.inspect``)."""
+        """Register an inspected checkpoint (see ``engine.models.checkpoints.inspect``)."""
         if not name or any(c in name for c in "/\\:") or name.startswith("."):
             raise ModelError(f"invalid model name {name!r}")
         src = Path(path).resolve()

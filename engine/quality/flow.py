@@ -30,7 +30,7 @@ import numpy as np
 
 from fsexchange.errors import MetricsError, ModelFormatError, ModelMissing
 
-from .video import to_depth
+from engine.media.video import to_depth
 
 __all__ = ["FlowBackend", "OpenCVFlow", "RaftFlow", "build_raft", "flow_backend",
            "warp", "occlusion_mask", "warping_error", "to_gray", "to_unit"]
@@ -375,7 +375,7 @@ class RaftFlow:
                  iters: int = 20, max_side: int = 1024) -> None:
         import torch  # noqa: PLC0415
 
-        from .metrics import models_root  # noqa: PLC0415
+        from engine.quality.metrics import models_root  # noqa: PLC0415
 
         p = Path(path) if path else models_root() / RAFT_FILE
         if not p.is_file():

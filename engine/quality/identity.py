@@ -33,9 +33,9 @@ import numpy as np
 
 from fsexchange.errors import ModelFormatError, ModelMissing
 
-from .metrics import MetricsError, models_root, store_files
-from .track import dlib_model_path, iou
-from .video import to_depth
+from engine.quality.metrics import MetricsError, models_root, store_files
+from engine.stages.track import dlib_model_path, iou
+from engine.media.video import to_depth
 
 __all__ = ["Box", "FaceFinder", "Embedder", "DlibEmbedder", "ArcFaceEmbedder",
            "identity_backend", "build_iresnet", "load_iresnet",

@@ -3,7 +3,7 @@ occlusion-masked warping error, with per-frame series and an inline SVG plot.
 
 Definitions (pipeline.md §2.6 and §3):
 
-- Identity: L2-normalised face embeddings ``E`` per frame (``engine.identity``);
+- Identity: L2-normalised face embeddings ``E`` per frame (``engine.quality.identity``);
   ``S = E·Eᵀ`` (cosine similarities) for the source and for the edited clip, and the
   elementwise ratio ``R = S_edit / S_src``. **TL-ID** = mean of ``R`` over adjacent
   frame pairs (t, t+1), **TG-ID** = mean of ``R`` over all pairs of distinct frames.
@@ -11,7 +11,7 @@ Definitions (pipeline.md §2.6 and §3):
   source shows a face count, and only pairs of such frames; the raw means of
   ``S_edit`` and ``S_src`` over the same pairs are reported too.
 - Warping error (Lai et al. 2018): flows on consecutive **source** frames, occlusion
-  mask from the forward-backward check and motion boundaries (``engine.flow``),
+  mask from the forward-backward check and motion boundaries (``engine.quality.flow``),
   ``E_warp(t) = Σ M·‖V_t − warp(V_{t+1})‖² / Σ M`` per channel, RGB in [0, 1]; the
   score is the mean over pairs, for the edited clip and for the source itself.
 
@@ -40,7 +40,7 @@ import numpy as np
 
 from fsexchange.errors import MetricsError
 
-from .config import MetricsConfig
+from fsexchange.options import MetricsConfig
 
 __all__ = [
     "MetricsError",
@@ -85,9 +85,9 @@ class MetricsNoFrames(MetricsError):
 
 
 def models_root() -> Path:
-    """The model store's ``models/`` folder (``engine.store``: ``$FACESTITCH_HOME``,
+    """The model store's ``models/`` folder (``engine.models.store``: ``$FACESTITCH_HOME``,
     default the per-user data folder)."""
-    from .store import store_home  # noqa: PLC0415
+    from engine.models.store import store_home  # noqa: PLC0415
 
     return store_home() / "models"
 
@@ -272,8 +272,8 @@ def temporal_metrics(source: Iterable[np.ndarray], edited: Iterable[np.ndarray],
         MetricsLengthMismatch, MetricsSizeMismatch, MetricsFrameInvalid,
         MetricsNoFrames; ModelMissing for a backend whose weights are not installed.
     """
-    from .flow import flow_backend, to_unit  # noqa: PLC0415
-    from .identity import FaceFinder, identity_backend  # noqa: PLC0415
+    from engine.quality.flow import flow_backend, to_unit  # noqa: PLC0415
+    from engine.quality.identity import FaceFinder, identity_backend  # noqa: PLC0415
 
     embedder = identity_backend(cfg.identity, device=device)
     flow = flow_backend(cfg.flow, device=device)
@@ -357,7 +357,7 @@ def _pair_errors(flow, prev: tuple, cur: tuple) -> tuple[float, float]:
     """Warping errors of the source and the edited clip over one pair of frames,
     ``prev``/``cur`` = (source frame, source in [0, 1], edited in [0, 1]), with the
     flow and the occlusion mask from the source pair."""
-    from .flow import occlusion_mask, warping_error  # noqa: PLC0415
+    from engine.quality.flow import occlusion_mask, warping_error  # noqa: PLC0415
 
     fw, bw = flow.pair(prev[0], cur[0])
     mask = occlusion_mask(fw, bw)

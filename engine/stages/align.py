@@ -23,7 +23,7 @@ by reflection (FFHQ-like), not black.
 - ``crops/<frame:07d>.png``: 8-bit RGB aligned crops, ``R x R``, for frames with a
   face (``frame`` = media index);
 - ``masks/<frame:07d>.png``: 8-bit face masks (0/255) at ``R``, the input of
-  :func:`engine.mask.paste_alpha` and :func:`engine.mask.stitch_masks`.
+  :func:`engine.stages.mask.paste_alpha` and :func:`engine.stages.mask.stitch_masks`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import numpy as np
 from fsexchange.documents import FaceTrack, load_document
 from fsexchange.fsutil import atomic_write_bytes
 
-from .stage import Stage, StageContext
+from engine.stages.contract import Stage, StageContext
 
 __all__ = [
     "ffhq_quad_params",
@@ -249,10 +249,10 @@ FALLBACK_RESOLUTION = 256
 def resolve_resolution(resolution: int, profile: str) -> int:
     """The crop size R: ``resolution`` (``options.align.resolution``) when set, else
     the generator resolution of the model ``profile`` (1024 for the official
-    weights, from ``engine.models``). R must be a power of two."""
+    weights, from ``engine.models.modelset``). R must be a power of two."""
     r = resolution or generator_resolution(profile)
     if r is None:
-        log.warning("engine.models is not available; aligning at %d px",
+        log.warning("engine.models.modelset is not available; aligning at %d px",
                     FALLBACK_RESOLUTION)
         r = FALLBACK_RESOLUTION
     if r < 8 or r & (r - 1):
@@ -265,10 +265,10 @@ def resolve_resolution(resolution: int, profile: str) -> int:
 
 def generator_resolution(profile: str) -> int | None:
     """``img_resolution`` of the profile's generator (None without
-    ``engine.models``). Loads the profile's networks once, on the CPU, and drops
+    ``engine.models.modelset``). Loads the profile's networks once, on the CPU, and drops
     them; not cached, since models may be installed while the engine runs."""
     try:
-        from engine.models import load_models  # noqa: PLC0415
+        from engine.models.modelset import load_models  # noqa: PLC0415
     except ImportError:
         return None
     return int(load_models(profile, device="cpu").generator.img_resolution)
@@ -277,10 +277,10 @@ def generator_resolution(profile: str) -> int | None:
 def parser_weights() -> Path | None:
     """The installed BiSeNet ``79999_iter.pth`` of the model store, if any."""
     try:
-        from engine.store import Store  # noqa: PLC0415
+        from engine.models.store import Store  # noqa: PLC0415
     except ImportError:
         return None
-    from .mask import PARSER_FILE  # noqa: PLC0415
+    from engine.stages.mask import PARSER_FILE  # noqa: PLC0415
 
     return Store().installed(PARSER_FILE)
 
@@ -306,13 +306,13 @@ class AlignedClip:
         return None if np.isnan(q).any() else q
 
     def crop(self, frame: int) -> np.ndarray:
-        from .video import read_image  # noqa: PLC0415
+        from engine.media.video import read_image  # noqa: PLC0415
 
         return read_image(self.folder / "crops" / crop_name(frame))
 
     def mask(self, frame: int) -> np.ndarray:
         """Face mask ``[R, R]`` bool."""
-        from .video import read_image  # noqa: PLC0415
+        from engine.media.video import read_image  # noqa: PLC0415
 
         m = read_image(self.folder / "masks" / crop_name(frame))
         return (m[..., 0] if m.ndim == 3 else m) > 127
@@ -324,8 +324,8 @@ class AlignStage(Stage):
     name = "align"
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        from .mask import MaskBuilder  # noqa: PLC0415
-        from .video import encode_png, probe, read_frames  # noqa: PLC0415
+        from engine.stages.mask import MaskBuilder  # noqa: PLC0415
+        from engine.media.video import encode_png, probe, read_frames  # noqa: PLC0415
 
         cfg = ctx.config.align
         job = ctx.job

@@ -9,7 +9,7 @@ never need to talk to each other). Each loop:
 - requeues running jobs whose lease expired (their worker died) so they resume from
   their checkpoints, moves stray files out of ``new/``, sweeps abandoned ``tmp/``
   entries;
-- claims the oldest queued job and runs it (:func:`engine.runner.run_job`).
+- claims the oldest queued job and runs it (:func:`engine.service.runner.run_job`).
 
 SIGTERM/SIGINT: the running job is aborted at its next abort check and released to
 the queue with its checkpoints; a second signal stops the process at once (the job
@@ -36,9 +36,9 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 from fsexchange.exchange import FINAL_STATES, Exchange
 
-from .pipeline import PIPELINES
-from .runner import RunnerSettings, run_job
-from .watch import FolderWatch
+from engine.stages.pipeline import PIPELINES
+from engine.service.runner import RunnerSettings, run_job
+from engine.service.watch import FolderWatch
 
 __all__ = ["EngineOptions", "serve", "resolve_device", "valid_device", "worker_id"]
 

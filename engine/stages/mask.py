@@ -27,7 +27,7 @@ import numpy as np
 
 from fsexchange.errors import DocumentFieldError, ModelMissing
 
-from .config import MaskConfig
+from fsexchange.options import MaskConfig
 
 __all__ = [
     "PARSER_FILE",
@@ -173,7 +173,7 @@ class FaceParser:
     R with nearest. Loads ``79999_iter.pth`` strictly; downloads nothing."""
 
     def __init__(self, path: str | os.PathLike[str], device: str = "cpu") -> None:
-        from .nets.bisenet import load_bisenet  # noqa: PLC0415
+        from engine.nets.bisenet import load_bisenet  # noqa: PLC0415
 
         self.device = device
         self.net = load_bisenet(path, device)
@@ -183,7 +183,7 @@ class FaceParser:
         import cv2  # noqa: PLC0415
         import torch  # noqa: PLC0415
 
-        from .nets.bisenet import PARSE_RESOLUTION as P  # noqa: PLC0415
+        from engine.nets.bisenet import PARSE_RESOLUTION as P  # noqa: PLC0415
 
         if not crops:
             return []

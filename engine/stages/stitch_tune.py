@@ -26,7 +26,7 @@ for tests and ``bench/pipeline.py``.
 ``StitchTuneStage`` writes into ``stages/stitch_tune/``:
 
 - ``crops/<frame:07d>.png``: the tuned edited crop, 16-bit RGB, ``R x R``;
-- ``alpha/<frame:07d>.png``: 8-bit grey paste alpha (:func:`engine.mask.paste_alpha`;
+- ``alpha/<frame:07d>.png``: 8-bit grey paste alpha (:func:`engine.stages.mask.paste_alpha`;
   the job-folder contract in COMMON.md);
 - ``summary.json``: per-frame border error of the naive paste (the PTI generator at
   the edit, before tuning) and after tuning, steps used, border-loss curves;
@@ -49,15 +49,15 @@ import numpy as np
 
 from fsexchange.fsutil import atomic_write_bytes
 
-from .config import StitchConfig
-from .invert import (aligned_clip, chunks, crops_to_tensor, read_frames_json,
+from fsexchange.options import StitchConfig
+from engine.stages.invert import (aligned_clip, chunks, crops_to_tensor, read_frames_json,
                      tensor_to_image, write_png)
-from .stage import Stage, StageContext
+from engine.stages.contract import Stage, StageContext
 
 if TYPE_CHECKING:
     import torch
 
-    from .nets.stylegan2 import Generator
+    from engine.nets.stylegan2 import Generator
 
 __all__ = ["StitchTuneStage", "masked_loss", "BatchedStitcher", "tune_reference",
            "TuneResult", "load_edit_styles"]
@@ -173,7 +173,7 @@ class BatchedStitcher:
         (default: the stitcher's)."""
         from torch.func import functional_call  # noqa: PLC0415
 
-        from .pti import autocast  # noqa: PLC0415
+        from engine.stages.pti import autocast  # noqa: PLC0415
 
         with autocast(str(styles[0].device), dtype or self.dtype):
             return functional_call(self.module, {**self.fixed, **self.views(params)},
@@ -183,7 +183,7 @@ class BatchedStitcher:
         """The network's views of stacked parameters: conv weights are stored
         contiguous in the convolutions' memory order (so the fused Adam updates
         them without copies) and seen as ``[B, O, I, kh, kw]``."""
-        from .nets.ops import weight_from_storage  # noqa: PLC0415
+        from engine.nets.ops import weight_from_storage  # noqa: PLC0415
 
         return {k: weight_from_storage(v, k in self.transposed) if v.ndim == 5 else v
                 for k, v in params.items()}
@@ -196,7 +196,7 @@ class BatchedStitcher:
         Args:
             styles: per layer ``[B, C_l]`` (the edit, from the PTI generator).
             target: the real aligned crops ``[B, 3, R, R]`` in [-1, 1].
-            border, content: masks ``[B, R, R]`` (:func:`engine.mask.stitch_masks`).
+            border, content: masks ``[B, R, R]`` (:func:`engine.stages.mask.stitch_masks`).
             abort: called once per step (e.g. ``ctx.check_abort``).
             progress: called with the fraction of steps done after each step.
         """
@@ -278,7 +278,7 @@ def _stack(t: "torch.Tensor", n: int, transposed: bool = False) -> "torch.Tensor
     weights in the memory order the grouped convolutions read
     (:func:`engine.nets.ops.stored_weight`; :meth:`BatchedStitcher.views` gives the
     network its ``[n, O, I, kh, kw]`` view without a copy)."""
-    from .nets.ops import stored_weight  # noqa: PLC0415
+    from engine.nets.ops import stored_weight  # noqa: PLC0415
 
     out = t.unsqueeze(0).repeat(n, *([1] * t.ndim))
     return stored_weight(out, transposed) if out.ndim == 5 else out.contiguous()
@@ -299,7 +299,7 @@ def _adam_step(params: list, grads: list, m1: list, m2: list, t: int, lr: float,
     import torch  # noqa: PLC0415
     from torch.optim.adam import adam  # noqa: PLC0415
 
-    from .pti import _fused_adam_ok  # noqa: PLC0415
+    from engine.stages.pti import _fused_adam_ok  # noqa: PLC0415
 
     dev = params[0].device
     # The fused kernel reads every tensor as if it were laid out like its
@@ -384,10 +384,10 @@ class StitchTuneStage(Stage):
     def run(self, ctx: StageContext) -> dict[str, Any]:
         import torch  # noqa: PLC0415
 
-        from .align import crop_name  # noqa: PLC0415
-        from .mask import paste_alpha, stitch_masks  # noqa: PLC0415
-        from .batching import training_settings  # noqa: PLC0415
-        from .pti import load_generator  # noqa: PLC0415
+        from engine.stages.align import crop_name  # noqa: PLC0415
+        from engine.stages.mask import paste_alpha, stitch_masks  # noqa: PLC0415
+        from engine.stages.batching import training_settings  # noqa: PLC0415
+        from engine.stages.pti import load_generator  # noqa: PLC0415
 
         cfg = ctx.config.stitch
         mcfg = ctx.config.mask
@@ -400,7 +400,7 @@ class StitchTuneStage(Stage):
         clip = aligned_clip(ctx)
         G = load_generator(ctx.job_dir / "stages" / "pti" / "generator.pt", dev)
         R = G.img_resolution
-        # resolved once and kept for a resumed attempt (engine/batching.py)
+        # resolved once and kept for a resumed attempt (engine/stages/batching.py)
         batch, dtype = training_settings(out, "stitch", cfg.batch_size,
                                          ctx.config.dtype, R, dev, len(frames))
         cfg = replace(cfg, batch_size=batch)

@@ -76,7 +76,7 @@ class PTIConfig:
     l2_weight: float = 10.0  # STIT CLI override of L2 λ (pipeline.md §1.4)
     lpips_weight: float = 1.0
     batch_size: int = 0  # frames per optimiser step (reference: 1); 0 = auto
-    # (as many as the device's memory holds, up to 16: engine/batching.py)
+    # (as many as the device's memory holds, up to 16: engine/stages/batching.py)
     locality_reg: bool = False  # off in STIT's effective defaults
     locality_alpha: float = 30.0
     locality_l2: float = 0.1
@@ -99,7 +99,7 @@ class StitchConfig:
     content_weight: float = 0.01  # interior loss λ (pipeline.md §1.6)
     border_loss_threshold: float = 0.0  # early stop; 0 = off (pipeline.md §1.6)
     batch_size: int = 0  # frames tuned at once with stacked per-frame weights;
-    # 0 = auto (engine/batching.py)
+    # 0 = auto (engine/stages/batching.py)
     l1: bool = False
 
 
@@ -171,7 +171,7 @@ class PipelineConfig:
     # in (bfloat16 = autocast with float32 weights and optimiser state). auto =
     # bfloat16 where the device computes it natively (CUDA with bf16, CPUs with
     # AVX512-BF16 or AMX), else float32; resolved per stage by
-    # engine.models.resolve_dtype and recorded in the stage's facts.
+    # engine.models.modelset.resolve_dtype and recorded in the stage's facts.
     dtype: str = "auto"
     seed: int = 0
     track: TrackConfig = field(default_factory=TrackConfig)

@@ -10,7 +10,7 @@ the clip but the pivots themselves, ``[N, num_ws, w_dim]`` floats).
 - ``frames.json``: ``{"frames": [...]}`` the source frame index of each row (the
   ``align`` stage's frames with crops, in order);
 - ``preview/<frame:07d>.png``: the inversion ``G(pivot)`` of a few frames for the
-  report (:func:`engine.report.preview_frames`);
+  report (:func:`engine.stages.report.preview_frames`);
 - ``parts/<row:07d>.npy``: the resumable checkpoint, one file per finished batch,
   removed when the stage completes.
 
@@ -31,13 +31,13 @@ import numpy as np
 
 from fsexchange.fsutil import atomic_write_bytes
 
-from .stage import Stage, StageContext
+from engine.stages.contract import Stage, StageContext
 
 if TYPE_CHECKING:
     import torch
 
-    from .align import AlignedClip
-    from .models import ModelSet
+    from engine.stages.align import AlignedClip
+    from engine.models.modelset import ModelSet
 
 __all__ = ["InvertStage", "stage_models", "aligned_clip", "crops_to_tensor",
            "tensor_to_image", "write_png", "save_npy", "chunks", "read_frames_json",
@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 def stage_models(ctx: StageContext) -> "ModelSet":
     """The job's model set on the job's device; records what was used in the
     result (``Result/1.models``) and warns loudly for the tiny profile."""
-    from .models import load_models  # noqa: PLC0415
+    from engine.models.modelset import load_models  # noqa: PLC0415
 
     models = load_models(ctx.config.profile, device=ctx.device)
     ctx.info["models"] = dict(models.info)  # the runner stores it msgpack-safe
@@ -64,7 +64,7 @@ def stage_models(ctx: StageContext) -> "ModelSet":
 
 
 def aligned_clip(ctx: StageContext) -> "AlignedClip":
-    from .align import AlignedClip  # noqa: PLC0415
+    from engine.stages.align import AlignedClip  # noqa: PLC0415
 
     return AlignedClip(ctx.job_dir / "stages" / "align")
 
@@ -102,7 +102,7 @@ def tensor_to_image(x: "torch.Tensor", depth: int = 8) -> np.ndarray:
 
 def write_png(path: Path, img: np.ndarray) -> None:
     """Atomically write an RGB or grey PNG (8 or 16 bit)."""
-    from .video import encode_png  # noqa: PLC0415
+    from engine.media.video import encode_png  # noqa: PLC0415
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, encode_png(img))
@@ -120,7 +120,7 @@ def read_frames_json(path: Path) -> list[int]:
 
 def write_previews(folder: Path, frames: Sequence[int], images: "torch.Tensor") -> None:
     """Write ``[K, 3, R, R]`` images as ``folder/<frame:07d>.png`` (8-bit)."""
-    from .align import crop_name  # noqa: PLC0415
+    from engine.stages.align import crop_name  # noqa: PLC0415
 
     for f, img in zip(frames, images):
         write_png(folder / crop_name(f), tensor_to_image(img))
@@ -137,8 +137,8 @@ class InvertStage(Stage):
     def run(self, ctx: StageContext) -> dict[str, Any]:
         import torch  # noqa: PLC0415
 
-        from .edit import check_edits  # noqa: PLC0415
-        from .report import preview_frames  # noqa: PLC0415
+        from engine.stages.edit import check_edits  # noqa: PLC0415
+        from engine.stages.report import preview_frames  # noqa: PLC0415
 
         cfg = ctx.config.invert
         clip = aligned_clip(ctx)

@@ -32,7 +32,7 @@ from fsexchange.errors import EditUnknown, ModelFormatError
 from fsexchange.fsutil import atomic_write_bytes
 
 if TYPE_CHECKING:
-    from .store import ModelFile, Store
+    from engine.models.store import ModelFile, Store
 
 __all__ = [
     "Direction",
@@ -263,7 +263,7 @@ def load_directions(folder: str | Path) -> dict[str, Direction]:
 
 def write_official_sidecar(store: "Store", entry: "ModelFile") -> None:
     """Sidecar for an installed official W direction (from the manifest)."""
-    from .store import LICENCES  # noqa: PLC0415
+    from engine.models.store import LICENCES  # noqa: PLC0415
 
     npy = store.path_of(entry)
     name = Path(entry.name).stem
@@ -280,7 +280,7 @@ def write_official_sidecar(store: "Store", entry: "ModelFile") -> None:
 
 def _profile_dims(profile: str) -> tuple[int, int]:
     """(w_dim, S-space length) of a profile's generator."""
-    from .store import TINY_GENERATOR_KWARGS  # noqa: PLC0415
+    from engine.models.store import TINY_GENERATOR_KWARGS  # noqa: PLC0415
 
     if profile == "tiny":
         k = TINY_GENERATOR_KWARGS
@@ -340,7 +340,7 @@ def _name_seed(seed: int, name: str) -> int:
 
 def ensure_tiny_directions(store: "Store | None" = None) -> Path:
     """Create the tiny profile's synthetic directions once; returns their folder."""
-    from .store import (  # noqa: PLC0415
+    from engine.models.store import (  # noqa: PLC0415
         TINY_GENERATOR_KWARGS,
         TINY_NUM_WS,
         TINY_SEED,
@@ -390,7 +390,7 @@ def available_edits(profile: str = "auto", *, store: "Store | None" = None
     S-space directions appear when their files are installed and are skipped
     otherwise.
     """
-    from .store import Store, resolve_profile  # noqa: PLC0415
+    from engine.models.store import Store, resolve_profile  # noqa: PLC0415
 
     store = store or Store()
     profile = resolve_profile(profile, store)

@@ -44,9 +44,9 @@ from fsexchange.exchange import (CONFIG_FILE, JOB_FILE, OUTPUT_DIR, PROGRESS_FIL
 from fsexchange.fsutil import atomic_write_bytes
 from fsexchange.paths import confine
 
-from .config import PipelineConfig
-from .pipeline import PIPELINES
-from .stage import Stage, StageAborted, StageContext
+from fsexchange.options import PipelineConfig
+from engine.stages.pipeline import PIPELINES
+from engine.stages.contract import Stage, StageAborted, StageContext
 
 __all__ = ["DONE_FILE", "RunnerSettings", "JobControl", "run_job",
            "instantiate_stages", "read_stage_done", "build_result"]

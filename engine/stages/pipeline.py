@@ -9,28 +9,28 @@ from __future__ import annotations
 
 import importlib
 
-from .stage import Stage
+from engine.stages.contract import Stage
 
 __all__ = ["PIPELINES", "stages_for"]
 
 PIPELINES: dict[str, tuple[str, ...]] = {
     # Track -> smoothed alignment -> identity paste-back, for checking a track.
     "align-preview": (
-        "engine.track:TrackStage",
-        "engine.align:AlignStage",
-        "engine.paste:PasteStage",
-        "engine.report:ReportStage",
+        "engine.stages.track:TrackStage",
+        "engine.stages.align:AlignStage",
+        "engine.stages.paste:PasteStage",
+        "engine.stages.report:ReportStage",
     ),
     # The full STIT pipeline (pipeline.md §1).
     "stitch": (
-        "engine.track:TrackStage",
-        "engine.align:AlignStage",
-        "engine.invert:InvertStage",
-        "engine.pti:PTIStage",
-        "engine.edit:EditStage",
-        "engine.stitch_tune:StitchTuneStage",
-        "engine.paste:PasteStage",
-        "engine.report:ReportStage",
+        "engine.stages.track:TrackStage",
+        "engine.stages.align:AlignStage",
+        "engine.stages.invert:InvertStage",
+        "engine.stages.pti:PTIStage",
+        "engine.stages.edit:EditStage",
+        "engine.stages.stitch_tune:StitchTuneStage",
+        "engine.stages.paste:PasteStage",
+        "engine.stages.report:ReportStage",
     ),
 }
 

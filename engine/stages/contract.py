@@ -29,7 +29,7 @@ from fsexchange.documents import Job
 from fsexchange.fsutil import atomic_write_bytes
 
 if TYPE_CHECKING:
-    from .config import PipelineConfig
+    from fsexchange.options import PipelineConfig
 
 __all__ = ["Stage", "StageContext", "StageAborted", "save_checkpoint",
            "load_checkpoint"]

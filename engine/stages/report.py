@@ -12,7 +12,7 @@ job folder:
 - PTI loss per pass, stitching border loss per step, edit strength curves (SVG);
 - reconstruction error before/after PTI, border error naive/tuned;
 - per-stage timings (from each stage's ``DONE.msgpack``), the models used, warnings;
-- the temporal metrics of :mod:`engine.metrics` (TL-ID, TG-ID, warping error) of
+- the temporal metrics of :mod:`engine.quality.metrics` (TL-ID, TG-ID, warping error) of
   the composited result against the source, with their per-frame plot.
 
 ``align-preview`` jobs get the subset that exists (source, crop, alpha, final,
@@ -33,7 +33,7 @@ import numpy as np
 
 from fsexchange.fsutil import atomic_write_bytes
 
-from .stage import Stage, StageContext
+from engine.stages.contract import Stage, StageContext
 
 __all__ = ["ReportStage", "preview_frames", "line_chart_svg", "png_data_uri",
            "TINY_BANNER", "render_report"]
@@ -72,7 +72,7 @@ def png_data_uri(img: np.ndarray, height: int | None = THUMB) -> str:
         w = max(1, round(a.shape[1] * height / a.shape[0]))
         interp = cv2.INTER_AREA if a.shape[0] > height else cv2.INTER_NEAREST
         a = cv2.resize(a, (w, height), interpolation=interp)
-    from .video import encode_png  # noqa: PLC0415
+    from engine.media.video import encode_png  # noqa: PLC0415
 
     return "data:image/png;base64," + base64.b64encode(encode_png(a)).decode()
 
@@ -234,7 +234,7 @@ class ReportStage(Stage):
     weight = 1.0
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        from .runner import read_stage_done  # noqa: PLC0415
+        from engine.service.runner import read_stage_done  # noqa: PLC0415
 
         job = ctx.job
         jd = ctx.job_dir
@@ -281,8 +281,8 @@ class ReportStage(Stage):
     # --- sections ----------------------------------------------------------------
 
     def _metrics(self, ctx: StageContext, outputs: list[dict]) -> tuple[Any, str]:
-        from .metrics import metrics_svg, temporal_metrics  # noqa: PLC0415
-        from .video import read_frames, read_image  # noqa: PLC0415
+        from engine.quality.metrics import metrics_svg, temporal_metrics  # noqa: PLC0415
+        from engine.media.video import read_frames, read_image  # noqa: PLC0415
 
         job = ctx.job
         start, end = job.range.start, job.range.end
@@ -330,10 +330,10 @@ class ReportStage(Stage):
         return _table(rows, ["", ""])
 
     def _filmstrip(self, ctx: StageContext, outputs: list[dict]) -> str:
-        from .align import AlignedClip, crop_name  # noqa: PLC0415
-        from .mask import paste_alpha  # noqa: PLC0415
-        from .metrics import composite_over  # noqa: PLC0415
-        from .video import read_frames, read_image  # noqa: PLC0415
+        from engine.stages.align import AlignedClip, crop_name  # noqa: PLC0415
+        from engine.stages.mask import paste_alpha  # noqa: PLC0415
+        from engine.quality.metrics import composite_over  # noqa: PLC0415
+        from engine.media.video import read_frames, read_image  # noqa: PLC0415
 
         st = ctx.job_dir / "stages"
         try:

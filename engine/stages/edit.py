@@ -36,10 +36,10 @@ import numpy as np
 from fsexchange.documents import Edit
 from fsexchange.errors import EditInvalid, EditUnknown
 
-from .stage import Stage, StageContext
+from engine.stages.contract import Stage, StageContext
 
 if TYPE_CHECKING:
-    from .directions import Direction
+    from engine.models.directions import Direction
 
 __all__ = ["strength_curve", "edit_offsets", "apply_w_edits", "apply_s_edits",
            "freeze_fine", "check_edits", "EditStage"]
@@ -201,10 +201,10 @@ class EditStage(Stage):
 
         from fsexchange.fsutil import atomic_write_bytes  # noqa: PLC0415
 
-        from .invert import (chunks, read_frames_json, save_npy,  # noqa: PLC0415
+        from engine.stages.invert import (chunks, read_frames_json, save_npy,  # noqa: PLC0415
                              write_previews)
-        from .pti import load_generator  # noqa: PLC0415
-        from .report import preview_frames  # noqa: PLC0415
+        from engine.stages.pti import load_generator  # noqa: PLC0415
+        from engine.stages.report import preview_frames  # noqa: PLC0415
 
         cfg = ctx.config.edit
         edits = ctx.job.edits
@@ -259,7 +259,7 @@ class EditStage(Stage):
 def _installed(ctx: StageContext) -> dict[str, "Direction"]:
     """The edits installed for the job's model profile (the profile the earlier
     stages resolved, so "auto" cannot change its mind mid-job)."""
-    from .directions import available_edits  # noqa: PLC0415
+    from engine.models.directions import available_edits  # noqa: PLC0415
 
     profile = (ctx.info.get("models") or {}).get("profile") or ctx.config.profile
     return available_edits(profile)
