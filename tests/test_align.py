@@ -13,7 +13,8 @@ from clips import ClipSpec, face_image, render_frames, write_clip
 from engine.stages import align
 from fsexchange.options import PipelineConfig
 from engine.stages.contract import StageContext
-from engine.stages.track import DlibBackend, follow_identities
+from engine.faces import DlibBackend
+from engine.stages.track import follow_identities
 from fsexchange.documents import FaceTrack, FrameRange, Job, Source, TrackFrame
 
 

@@ -24,18 +24,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.models.checkpoints import (
-    inspect_checkpoint,
-    load_encoder,
-    load_generator,
-    load_network,
-    nvidia_to_rosinality,
-    read_bisenet_state,
-    read_nvidia_pickle,
-    rosinality_to_nvidia,
-    save_network,
-    sniff_format,
-)
+from engine.models.checkpoints import (inspect_checkpoint, load_encoder,
+                                       load_generator, sniff_format)
+from engine.models.formats.bisenet import read_bisenet_state
+from engine.models.formats.native import load_network, save_network
+from engine.models.formats.nvidia import read_nvidia_pickle
+from engine.models.formats.rosinality import nvidia_to_rosinality, rosinality_to_nvidia
 from engine.nets.e4e import E4EEncoder
 from engine.nets.lpips import LPIPS
 from engine.nets.ops import upfirdn2d

@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from engine.quality.flow import RaftFlow, build_raft, flow_backend  # noqa: E402
-from engine.quality.metrics import models_root  # noqa: E402
+from engine.models.store import models_root  # noqa: E402
 from fsexchange.errors import ModelFormatError  # noqa: E402
 
 

@@ -19,7 +19,7 @@ from engine.quality.identity import (
     identity_backend,
     similarity_transform,
 )
-from engine.quality.metrics import models_root
+from engine.models.store import models_root
 from fsexchange.errors import MetricsError, ModelFormatError, ModelMissing
 
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.models.checkpoints import nvidia_to_rosinality, save_network
+from engine.models.formats.native import save_network
+from engine.models.formats.rosinality import nvidia_to_rosinality
 from engine.models.modelset import TINY_LABEL, build_tiny, load_models
 from engine.nets.e4e import E4EEncoder
 from engine.nets.lpips import LPIPS

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from clips import FACE_CENTRES, ClipSpec, face_image, render_frames, write_clip
+from engine import faces
 from engine.stages import track as tr
 from fsexchange.options import PipelineConfig, TrackConfig
 from engine.stages.contract import StageContext
@@ -18,7 +19,7 @@ from fsexchange.errors import ModelMissing, NoFaceFound, SubjectInvalid
 
 @pytest.fixture(scope="module")
 def dlib_backend():
-    return tr.DlibBackend(upsample=1, min_score=0.0)
+    return faces.DlibBackend(upsample=1, min_score=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -143,12 +144,12 @@ def test_stage_uses_a_given_track(tmp_path):
 def test_face_alignment_weights_missing_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     with pytest.raises(ModelMissing) as exc:
-        tr.make_backend(TrackConfig(backend="face-alignment"))
+        faces.make_backend(TrackConfig(backend="face-alignment"))
     msg = exc.value.message
-    assert tr.FAN_FILE in msg and str(tmp_path / "torch" / "hub" / "checkpoints") in msg
+    assert faces.FAN_FILE in msg and str(tmp_path / "torch" / "hub" / "checkpoints") in msg
     assert exc.value.code == "model.missing"
-    assert not (tmp_path / "torch" / "hub" / "checkpoints" / tr.FAN_FILE).exists()
-    assert tr.make_backend(TrackConfig(backend="auto")).name == "dlib"
+    assert not (tmp_path / "torch" / "hub" / "checkpoints" / faces.FAN_FILE).exists()
+    assert faces.make_backend(TrackConfig(backend="auto")).name == "dlib"
 
 
 @pytest.fixture
@@ -169,7 +170,7 @@ def test_built_fan(tmp_path, monkeypatch):
     monkeypatch.setattr(fa_utils, "download_url_to_file", refuse)
     monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    dest = tmp_path / "torch" / "hub" / "checkpoints" / tr.FAN_FILE
+    dest = tmp_path / "torch" / "hub" / "checkpoints" / faces.FAN_FILE
     dest.parent.mkdir(parents=True)
     torch.manual_seed(0)
     torch.save(FAN(1).state_dict(), dest)
@@ -185,7 +186,7 @@ def test_face_alignment_runs_with_test_built_weights(test_built_fan, dlib_backen
     """The face-alignment path end to end (weights check, FaceAlignment built with
     compile=False and flip_input=True, dlib boxes in, 68 points out). Random
     weights give meaningless points: only the contract is checked here."""
-    backend = tr.make_backend(TrackConfig(backend="auto", min_score=0.5), "cpu")
+    backend = faces.make_backend(TrackConfig(backend="auto", min_score=0.5), "cpu")
     assert backend.name == "face-alignment"
     img = face_image("astronaut")
     dets = backend.detect(img)
@@ -211,11 +212,11 @@ AGREEMENT_NME = 0.08
 
 
 def test_backends_agree_on_real_faces(dlib_backend, monkeypatch):
-    if not tr.fan_weights_path().is_file():
+    if not faces.fan_weights_path().is_file():
         pytest.skip(f"real face-alignment weights are not installed "
-                    f"({tr.fan_weights_path()}); its code path is covered by "
+                    f"({faces.fan_weights_path()}); its code path is covered by "
                     "test_face_alignment_runs_with_test_built_weights")
-    fa = tr.FaceAlignmentBackend("cpu")
+    fa = faces.FaceAlignmentBackend("cpu")
     for name in ("astronaut", "grace_hopper"):
         img = face_image(name)
         a = max(dlib_backend.detect(img), key=lambda d: d.score)

@@ -396,6 +396,19 @@ def available_edits(profile: str = "auto", *, store: "Store | None" = None
     profile = resolve_profile(profile, store)
     if profile == "tiny":
         ensure_tiny_directions(store)
-    elif profile != "official":
+    elif profile == "official":
+        ensure_official_sidecars(store)
+    else:
         raise EditUnknown(f"unknown model profile {profile!r}")
     return load_directions(store.directions_dir(profile))
+
+
+def ensure_official_sidecars(store: "Store") -> None:
+    """Write the metadata sidecar of every installed official W direction that
+    has none yet (the store installs the ``.npy`` files only)."""
+    for entry in store.manifest:
+        if entry.role != "w_direction":
+            continue
+        npy = store.installed(entry.name)
+        if npy is not None and not _sidecar(npy).is_file():
+            write_official_sidecar(store, entry)

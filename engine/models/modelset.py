@@ -31,13 +31,8 @@ from torch import nn
 
 from fsexchange.errors import ModelError, ModelFormatError, ModelMissing
 
-from engine.models.checkpoints import (
-    load_encoder,
-    load_generator,
-    load_network,
-    read_network_meta,
-    save_network,
-)
+from engine.models.checkpoints import load_encoder, load_generator
+from engine.models.formats.native import load_network, read_network_meta, save_network
 from engine.models.directions import Direction, available_edits
 from engine.nets.e4e import E4EEncoder
 from engine.nets.lpips import LPIPS

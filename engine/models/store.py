@@ -51,6 +51,9 @@ __all__ = [
     "TINY_SEED",
     "Store",
     "store_home",
+    "PARSER_FILE",
+    "models_root",
+    "store_files",
     "manifest_entry",
     "official_files",
     "base_url_override",
@@ -59,6 +62,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 STORE_FORMAT = "facestitch.ModelStore/1"
+#: The BiSeNet face-parser weights (face-parsing.PyTorch), by their official name.
+PARSER_FILE = "79999_iter.pth"
 BASE_URL_ENV = "FACESTITCH_MODEL_BASE_URL"
 
 
@@ -256,6 +261,20 @@ def store_home() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "facestitch"
 
 
+def models_root() -> Path:
+    """The store's ``models/`` folder, where official and extra networks live."""
+    return store_home() / "models"
+
+
+def store_files(subdir: str, patterns: Sequence[str]) -> list[Path]:
+    """Installed files matching ``patterns`` in ``models/<subdir>/``, sorted."""
+    folder = models_root() / subdir
+    if not folder.is_dir():
+        return []
+    found = {p for pat in patterns for p in folder.glob(pat) if p.is_file()}
+    return sorted(found)
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -437,10 +456,10 @@ class Store:
             d["files"][entry.name] = {"sha256": digest, "size": size, "source": source,
                                       "installed_at": _now(), "hash_check": check,
                                       "dest": entry.dest}
+        # The sidecar of an official W direction is written by
+        # engine.models.directions when edits are listed (the store stays below
+        # the directions in the import graph).
         self._update(upd)
-        if entry.role == "w_direction":
-            from engine.models.directions import write_official_sidecar  # noqa: PLC0415
-            write_official_sidecar(self, entry)
 
     def install_file(self, entry: ModelFile, src: Path, *, accept_licence: bool = False,
                      source: str | None = None) -> InstallReport:
@@ -685,13 +704,13 @@ class Store:
         gen = self.installed("ffhq.pkl") or self.installed("stylegan2-ffhq-config-f.pt")
         out["generator"] = gen
         out["encoder"] = self.installed("e4e_ffhq_encode.pt")
-        out["parser"] = self.installed("79999_iter.pth")
+        out["parser"] = self.installed(PARSER_FILE)
         out["lpips_backbone"] = self.lpips_backbone_path()
         return out
 
     def official_missing(self) -> list[str]:
         names = {"generator": "ffhq.pkl (or stylegan2-ffhq-config-f.pt)",
-                 "encoder": "e4e_ffhq_encode.pt", "parser": "79999_iter.pth",
+                 "encoder": "e4e_ffhq_encode.pt", "parser": PARSER_FILE,
                  "lpips_backbone": "alexnet-owt-7be5be79.pth"}
         return [names[k] for k, v in self.official_status().items() if v is None]
 

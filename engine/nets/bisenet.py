@@ -22,9 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.stages.mask import PARSER_FILE  # the file name lives in the torch-free module
 
-__all__ = ["BiSeNet", "load_bisenet", "PARSER_FILE", "NUM_CLASSES", "IMAGENET_MEAN",
+__all__ = ["BiSeNet", "load_bisenet", "NUM_CLASSES", "IMAGENET_MEAN",
            "IMAGENET_STD", "PARSE_RESOLUTION"]
 
 NUM_CLASSES = 19

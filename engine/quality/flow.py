@@ -375,7 +375,7 @@ class RaftFlow:
                  iters: int = 20, max_side: int = 1024) -> None:
         import torch  # noqa: PLC0415
 
-        from engine.quality.metrics import models_root  # noqa: PLC0415
+        from engine.models.store import models_root  # noqa: PLC0415
 
         p = Path(path) if path else models_root() / RAFT_FILE
         if not p.is_file():

@@ -31,10 +31,10 @@ from typing import Protocol, Sequence
 import cv2
 import numpy as np
 
-from fsexchange.errors import ModelFormatError, ModelMissing
+from fsexchange.errors import MetricsError, ModelFormatError, ModelMissing
 
-from engine.quality.metrics import MetricsError, models_root, store_files
-from engine.stages.track import dlib_model_path, iou
+from engine.models.store import models_root, store_files
+from engine.faces import dlib_model_path, iou
 from engine.media.video import to_depth
 
 __all__ = ["Box", "FaceFinder", "Embedder", "DlibEmbedder", "ArcFaceEmbedder",

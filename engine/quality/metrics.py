@@ -33,7 +33,6 @@ import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -52,8 +51,6 @@ __all__ = [
     "composite_over",
     "temporal_metrics",
     "metrics_svg",
-    "models_root",
-    "store_files",
 ]
 
 log = logging.getLogger(__name__)
@@ -79,26 +76,6 @@ class MetricsFrameInvalid(MetricsError):
 
 class MetricsNoFrames(MetricsError):
     code = "metrics.no_frames"
-
-
-# --- model store ----------------------------------------------------------------------
-
-
-def models_root() -> Path:
-    """The model store's ``models/`` folder (``engine.models.store``: ``$FACESTITCH_HOME``,
-    default the per-user data folder)."""
-    from engine.models.store import store_home  # noqa: PLC0415
-
-    return store_home() / "models"
-
-
-def store_files(subdir: str, patterns: Sequence[str]) -> list[Path]:
-    """Installed files matching ``patterns`` in ``models/<subdir>/``, sorted."""
-    folder = models_root() / subdir
-    if not folder.is_dir():
-        return []
-    found = {p for pat in patterns for p in folder.glob(pat) if p.is_file()}
-    return sorted(found)
 
 
 # --- compositing ----------------------------------------------------------------------

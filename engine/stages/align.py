@@ -280,7 +280,7 @@ def parser_weights() -> Path | None:
         from engine.models.store import Store  # noqa: PLC0415
     except ImportError:
         return None
-    from engine.stages.mask import PARSER_FILE  # noqa: PLC0415
+    from engine.models.store import PARSER_FILE  # noqa: PLC0415
 
     return Store().installed(PARSER_FILE)
 

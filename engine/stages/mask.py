@@ -29,8 +29,9 @@ from fsexchange.errors import DocumentFieldError, ModelMissing
 
 from fsexchange.options import MaskConfig
 
+from engine.models.store import PARSER_FILE
+
 __all__ = [
-    "PARSER_FILE",
     "BACKGROUND_CLASSES",
     "foreground_from_labels",
     "hull_mask",
@@ -42,8 +43,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The official BiSeNet face-parser weights (face-parsing.PyTorch, checkpoints.md §4).
-PARSER_FILE = "79999_iter.pth"
 #: BiSeNet classes that are not face: background, cloth, hat (pipeline.md §1.6).
 BACKGROUND_CLASSES = (0, 16, 18)
 _REFERENCE_SIZE = 1024  # the reference's crop size; CLI values are at this size
