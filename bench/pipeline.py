@@ -66,9 +66,6 @@ from engine.stages.pti import PTITuner, TargetCache, reconstruction_error  # noq
 from engine.stages.stitch_tune import (BatchedStitcher, masked_loss,  # noqa: E402
                                 tune_reference)
 
-STAGES = ("engine.stages.track:TrackStage", "engine.stages.align:AlignStage",
-          "engine.stages.invert:InvertStage", "engine.stages.pti:PTIStage", "engine.stages.edit:EditStage",
-          "engine.stages.stitch_tune:StitchTuneStage", "engine.stages.paste:PasteStage")
 
 
 def _sync(device: str) -> None:
@@ -240,13 +237,13 @@ class _ArrayClip:
 # --- inputs ------------------------------------------------------------------------
 
 
-def run_pipeline(work: Path, frames: int, options: dict[str, Any], device: str
-                 ) -> tuple[Path, list[dict[str, Any]]]:
-    """All stages on the astronaut clip in a job folder; per-stage timings."""
-    import importlib
-
+def run_stages(work: Path, frames: int, options: dict[str, Any], device: str
+               ) -> tuple[Path, list[dict[str, Any]]]:
+    """The ``stitch`` pipeline up to paste-back on the astronaut clip, in a job
+    folder, through the engine's own pipeline loop; per-stage timings."""
     from engine.commands.demo import RATE, astronaut_clip
     from engine.stages.contract import StageContext
+    from engine.stages.pipeline import run_pipeline, stages_for
     from fsexchange.documents import Edit, FrameRange, Job, Source
 
     clip = astronaut_clip(work / "clip.mp4", frames)
@@ -257,35 +254,31 @@ def run_pipeline(work: Path, frames: int, options: dict[str, Any], device: str
     jd.mkdir()
     ctx = StageContext(job=job, job_dir=jd, config=PipelineConfig.from_options(
         options), device=device, media_roots=(work,))
-    rows = []
-    for ref in STAGES:
-        mod, _, cls = ref.partition(":")
-        stage = getattr(importlib.import_module(mod), cls)()
-        facts, sec = _timed(lambda: stage.run(ctx) or {}, device)
-        rows.append({"stage": stage.name, "seconds": sec,
-                     "frames_per_second": frames / sec if sec else None,
-                     "loop_frames_per_second": facts.get("frames_per_second")})
+    done = run_pipeline(stages_for("stitch", until="paste"), ctx)
+    rows = [{"stage": doc.stage, "seconds": doc.seconds,
+             "frames_per_second": frames / doc.seconds if doc.seconds else None,
+             "loop_frames_per_second": doc.facts.get("frames_per_second")}
+            for doc, _ in done]
     return jd, rows
 
 
 def real_inputs(jd: Path, profile: str, device: str) -> dict[str, Any]:
     """Pivots, crops, masks, generators and edit styles from a finished job."""
-    from engine.stages.align import AlignedClip
-    from engine.stages.invert import crops_to_tensor, read_frames_json
-    from engine.stages.mask import stitch_masks
     from engine.models.modelset import load_models
-    from engine.stages.pti import load_generator
+    from engine.stages.crops import crops_to_tensor
+    from engine.stages.mask import stitch_masks
+    from engine.stages.outputs import JobFiles
     from engine.stages.stitch_tune import load_edit_styles
 
-    st = jd / "stages"
+    files = JobFiles(jd)
     models = load_models(profile, device=device)
-    clip = AlignedClip(st / "align")
-    frames = read_frames_json(st / "invert" / "frames.json")
-    pivots = np.load(st / "invert" / "pivots.npy").astype(np.float32)
+    clip = files.align.clip()
+    frames = files.invert.frames()
+    pivots = files.invert.pivots()
     crops = [clip.crop(f) for f in frames]
     masks = [stitch_masks(clip.mask(f)) for f in frames]
-    G_pti = load_generator(st / "pti" / "generator.pt", device)
-    styles = load_edit_styles(G_pti, st / "edit", range(len(frames)), device)
+    G_pti = files.pti.generator(device)
+    styles = load_edit_styles(G_pti, files.edit, range(len(frames)), device)
     R = models.generator.img_resolution
     return {"G0": models.generator, "lpips": models.lpips, "pivots": pivots,
             "crops": crops, "targets": crops_to_tensor(crops, R, device=device),
@@ -634,7 +627,7 @@ def main(argv: list[str] | None = None) -> int:
         if synthetic:
             inp = synthetic_inputs(args.frames, dev)
         else:
-            jd, rows = run_pipeline(work, args.frames, options, dev)
+            jd, rows = run_stages(work, args.frames, options, dev)
             if not args.skip_pipeline:
                 print(f"\nPipeline, {args.frames} frames, PTI {args.pti_passes} passes "
                       f"(batch {pti_cfg.batch_size or 'auto'}), stitching "
@@ -649,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"{(f'{lf:.1f}' if lf else ''):>14}")
                 out["stages"] = rows
             inp = real_inputs(jd, profile, dev)
-        from engine.models.modelset import resolve_dtype
+        from engine.devices import resolve_dtype
 
         dtype = resolve_dtype(args.dtype, dev)
         print(f"\nPTI, {args.frames} frames x {args.pti_passes} passes, same pivots, "

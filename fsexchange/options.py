@@ -171,7 +171,7 @@ class PipelineConfig:
     # in (bfloat16 = autocast with float32 weights and optimiser state). auto =
     # bfloat16 where the device computes it natively (CUDA with bf16, CPUs with
     # AVX512-BF16 or AMX), else float32; resolved per stage by
-    # engine.models.modelset.resolve_dtype and recorded in the stage's facts.
+    # engine.devices.resolve_dtype and recorded in the stage's facts.
     dtype: str = "auto"
     seed: int = 0
     track: TrackConfig = field(default_factory=TrackConfig)

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("engine.commands.demo", "run the full round trip on a real-face clip"),
     "preview": ("engine.commands.preview", "track + align + identity paste-back of a clip"),
     "edits": ("engine.commands.edits", "list the installed edits"),
+    "faces": ("engine.commands.faces", "list or track the faces of a clip (JSON)"),
     "models": ("engine.commands.models", "list, verify, install, fetch and add models"),
     "metrics": ("engine.commands.metrics", "temporal identity and warping-error metrics"),
     "ofx": ("host_bridge.commands.ofx", "build the OpenFX shim bundle"),

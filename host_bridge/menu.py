@@ -22,6 +22,7 @@ from typing import Any, Mapping
 from fsexchange.errors import FaceStitchError
 
 from host_bridge.config import BridgeConfig
+from host_bridge.engine_cli import installed_edit_names
 from host_bridge.faces import describe_faces
 from host_bridge.resolve.connect import find_resolve, open_session
 from host_bridge.resolve.shot import pick_items
@@ -37,15 +38,14 @@ TITLE = "FaceStitch"
 
 
 def installed_edits(cfg: BridgeConfig) -> tuple[str, ...]:
-    """Edit names to offer: the engine's table when importable here (display only:
-    the engine machine decides), else the configured list."""
+    """Edit names to offer: those of the engine installed on this machine (display
+    only: the engine machine decides), else the configured list."""
     try:
-        from engine.models.directions import available_edits  # noqa: PLC0415
-
-        return tuple(sorted(available_edits()))
-    except Exception as exc:  # noqa: BLE001 - no engine extra here, or no models
+        names = installed_edit_names()
+    except FaceStitchError as exc:  # an engine here without its models
         log.debug("edit list not available here: %s", exc)
-        return cfg.edits
+        names = None
+    return names if names is not None else cfg.edits
 
 
 def _send(session: Any, cfg: BridgeConfig, ui: Prompter) -> tuple[str, bool]:

@@ -16,60 +16,15 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
-from fsexchange.documents import Edit
-from fsexchange.errors import DocumentFieldError, HostError
+from fsexchange.errors import EditInvalid, EditUnknown, HostError
+from fsexchange.grammar import EditChoice, parse_edit_spec
 
-__all__ = ["EditChoice", "parse_edit_spec", "Prompter", "ConsolePrompter",
+__all__ = ["Prompter", "ConsolePrompter",
            "TkPrompter", "FusionPrompter", "make_prompter"]
 
 log = logging.getLogger(__name__)
-
-_PREVIEW_WORDS = ("preview", "align-preview")
-
-
-@dataclass(frozen=True)
-class EditChoice:
-    """What to run: ``kind`` and its edits; ``spec`` is the text form
-    (``"age=-4, smile=2"`` or ``"preview"``)."""
-
-    kind: str
-    edits: tuple[Edit, ...]
-    spec: str
-
-
-def parse_edit_spec(text: str, *, known: Sequence[str] = ()) -> EditChoice:
-    """``"age=-4, smile=2"`` -> two edits (the STIT strength convention); ``"preview"``
-    -> an align-preview job (track, align, paste back; no edit).
-
-    Raises:
-        HostError: malformed text, or a name missing from ``known`` (when given).
-    """
-    spec = text.strip()
-    if spec.lower() in _PREVIEW_WORDS:
-        return EditChoice("align-preview", (), "preview")
-    edits = []
-    for part in (p.strip() for p in spec.replace(";", ",").split(",")):
-        if not part:
-            continue
-        name, sep, value = part.partition("=")
-        try:
-            strength = float(value) if sep else 0.0
-            edit = Edit.from_dict({"name": name.strip(), "strength": strength})
-        except (ValueError, DocumentFieldError):
-            raise HostError(f"'{part}' is not an edit: write NAME=STRENGTH, e.g. "
-                            "age=-4 (several separated by commas), or 'preview'") from None
-        if known and edit.name not in known:
-            raise HostError(f"unknown edit '{edit.name}'; installed: {', '.join(known)}")
-        if not sep:
-            raise HostError(f"'{part}' needs a strength: {edit.name}=STRENGTH")
-        edits.append(edit)
-    if not edits:
-        raise HostError("no edit given: write NAME=STRENGTH (e.g. age=-4) or 'preview'")
-    return EditChoice("stitch", tuple(edits), spec)
-
 
 class Prompter(Protocol):
     def choose_edit(self, names: Sequence[str], default: str) -> EditChoice | None:
@@ -115,7 +70,7 @@ class ConsolePrompter:
                 return None
             try:
                 return parse_edit_spec(answer, known=names)
-            except HostError as exc:
+            except (EditInvalid, EditUnknown) as exc:
                 self.print(exc.message)
 
     def choose_face(self, shot: str, faces: Sequence[str]) -> int | None:
@@ -163,7 +118,7 @@ class TkPrompter:
                     return None
                 try:
                     return parse_edit_spec(answer, known=names)
-                except HostError as exc:
+                except (EditInvalid, EditUnknown) as exc:
                     self.messagebox.showerror("FaceStitch", exc.message, parent=root)
         finally:
             root.destroy()
@@ -242,7 +197,7 @@ class FusionPrompter:
                 return None
             try:
                 return parse_edit_spec(answer["text"], known=names)
-            except HostError as exc:
+            except (EditInvalid, EditUnknown) as exc:
                 label = f"{exc.message}\n\n{_edit_prompt(names)}"
                 default = answer["text"]
 

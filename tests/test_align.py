@@ -11,6 +11,7 @@ import pytest
 
 from clips import ClipSpec, face_image, render_frames, write_clip
 from engine.stages import align
+from engine.stages.outputs import AlignedClip
 from fsexchange.options import PipelineConfig
 from engine.stages.contract import StageContext
 from engine.faces import DlibBackend
@@ -159,7 +160,7 @@ def test_align_stage_contract(tmp_path, dlib_backend):
     quads = np.load(out / "quads.npy")
     assert quads.shape == (8, 4, 2)
     assert np.isnan(quads[3:5]).all() and not np.isnan(quads[[0, 1, 2, 5, 6, 7]]).any()
-    clip_view = align.AlignedClip(out)
+    clip_view = AlignedClip(out)
     assert clip_view.quad(5) is None and clip_view.crop(7).shape == (64, 64, 3)
     assert clip_view.mask(7).dtype == bool and clip_view.mask(7).mean() > 0.2
     assert any("landmark hull" in w for w in ctx.warnings)

@@ -12,7 +12,7 @@ import torch
 from engine.stages.batching import (MAX_AUTO_BATCH, PER_FRAME_GIB_1024, auto_batch,
                              free_memory, stage_settings)
 from fsexchange.options import PipelineConfig
-from engine.models.modelset import native_bf16, resolve_dtype
+from engine.devices import native_bf16, resolve_dtype
 from fsexchange.errors import DocumentFieldError
 
 

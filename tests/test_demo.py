@@ -6,7 +6,7 @@ from engine.commands.demo import astronaut_clip, run_demo
 
 
 def test_astronaut_clip_has_a_face(tmp_path):
-    from engine.media.video import probe
+    from fsexchange.media import probe
 
     clip = astronaut_clip(tmp_path / "c.mp4", frames=3)
     info = probe(clip)

@@ -13,12 +13,12 @@ import pytest
 from clips import ClipSpec, render_frames, write_clip
 from fake_resolve import FakeResolve
 from fsexchange.client import list_jobs
-from fsexchange.errors import HostError
+from fsexchange.errors import EditInvalid, EditUnknown, HostError
 from host_bridge import menu
 from host_bridge.config import BridgeConfig, config_path
 from host_bridge.resolve_install import SCRIPTS, install, script_folder, shim_source
-from host_bridge.ui import ConsolePrompter, FusionPrompter, make_prompter, \
-    parse_edit_spec
+from fsexchange.grammar import parse_edit_spec
+from host_bridge.ui import ConsolePrompter, FusionPrompter, make_prompter
 from test_resolve_roundtrip import run_engine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,11 +169,16 @@ def test_parse_edit_spec():
     assert parse_edit_spec(" preview ").kind == "align-preview"
     c = parse_edit_spec("age=-8; pose=1.5")
     assert [(e.name, e.strength) for e in c.edits] == [("age", -8.0), ("pose", 1.5)]
-    with pytest.raises(HostError, match="unknown edit 'gender'"):
+    with pytest.raises(EditUnknown, match="unknown edit 'gender'"):
         parse_edit_spec("gender=2", known=["age"])
-    for bad in ("", "age=x", "a b=1"):
-        with pytest.raises(HostError):
+    for bad in ("", "age=x", "a b=1", "age"):
+        with pytest.raises(EditInvalid):
             parse_edit_spec(bad)
+    # the same grammar as 'facestitch submit --edit': keyframes, several edits
+    c = parse_edit_spec("age=0@10,-4@20, smile=2")
+    assert [e.name for e in c.edits] == ["age", "smile"]
+    assert [(k.frame, k.strength) for k in c.edits[0].keyframes] == [(10, 0.0),
+                                                                      (20, -4.0)]
 
 
 class FakeUI:

@@ -4,12 +4,15 @@ process runs it, and places the result."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
 import time
 from fractions import Fraction
 from pathlib import Path
+
+import pytest
 
 from clips import ClipSpec, render_frames, write_clip
 from test_resolve_roundtrip import run_engine
@@ -53,13 +56,18 @@ BRIDGE = textwrap.dedent("""
 """)
 
 
-def test_send_follow_and_import_without_numpy(tmp_path):
+@pytest.mark.parametrize("local_engine", [False, True])
+def test_send_follow_and_import_without_numpy(tmp_path, local_engine):
+    """Without an engine on this machine the engine picks the face; with one, the
+    bridge lists and tracks faces through it in a child process, and still never
+    imports numpy itself."""
     clip = write_clip(tmp_path / "plate.mov", render_frames(ClipSpec(frames=8)),
                       Fraction(25))
     exchange = tmp_path / "exchange"
+    env = dict(os.environ, FACESTITCH_ENGINE_PYTHON="" if local_engine else "off")
     bridge = subprocess.Popen([sys.executable, "-c", BRIDGE, str(clip), str(exchange),
                                str(ROOT)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+                              stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 60
         while not (exchange / "new").is_dir() or not any((exchange / "new").iterdir()):
@@ -74,6 +82,7 @@ def test_send_follow_and_import_without_numpy(tmp_path):
             bridge.wait()
     assert bridge.returncode == 0, err
     sent = out.split("SENT", 1)[1].split("\n", 1)[0].split()
-    assert sent[1:] == ["None", "False"]  # no faces listed, no local track: no numpy
+    # no engine here: no faces listed, no local track; else one face, tracked here
+    assert sent[1:] == (["1", "True"] if local_engine else ["None", "False"])
     placed = out.split("PLACED", 1)[1].split()
     assert placed == ["90100", "5", "2", "1"]  # record frame, frames, V2, handle skipped

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from clips import ClipSpec, render_frames, write_clip, write_sequence
-from engine.commands.metrics import parse_range
+from fsexchange.grammar import parse_range
 from fsexchange.errors import RangeInvalid
 from host_bridge.cli import main as cli
 

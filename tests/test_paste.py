@@ -13,6 +13,7 @@ import pytest
 
 from clips import ClipSpec, render_frames, write_clip
 from engine.media import video
+from fsexchange import media
 from engine.stages.align import AlignStage
 from fsexchange.options import PipelineConfig
 from engine.stages.mask import paste_alpha
@@ -113,7 +114,7 @@ def test_preview_movie_and_contact_sheet(preview_job):
     outputs = facts["paste"]["outputs"]
     assert outputs == {"preview": "output/preview.mp4",
                        "contact_sheet": "output/contact_sheet.png"}
-    info = video.probe(d / outputs["preview"])
+    info = media.probe(d / outputs["preview"])
     assert info.frame_count == 24 and info.rate == RATE
     sheet = cv2.imread(str(d / outputs["contact_sheet"]))
     assert sheet.shape == (3 * 128, 8 * 128, 3)
@@ -154,7 +155,7 @@ def test_prores4444_is_one_movie(preview_job, tmp_path):
     movie = tmp_path / "output" / "facestitch.mov"
     assert facts["outputs"] == {"movie": "output/facestitch.mov"}
     assert {f["path"] for f in facts["frames"]} == {"output/facestitch.mov"}
-    info = video.probe(movie)
+    info = media.probe(movie)
     assert info.has_alpha and info.frame_count == 24 and info.rate == RATE
 
 

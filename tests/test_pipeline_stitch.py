@@ -43,7 +43,7 @@ def _stage(job, name: str) -> Path:
 
 
 def test_invert_contract(job):
-    from engine.stages.align import AlignedClip
+    from engine.stages.outputs import AlignedClip
 
     clip = AlignedClip(_stage(job, "align"))
     pivots = np.load(_stage(job, "invert") / "pivots.npy")
@@ -56,7 +56,7 @@ def test_invert_contract(job):
 
 
 def test_pti_contract_and_effect(job):
-    from engine.stages.pti import load_generator
+    from engine.models.checkpoints import load_generator
 
     loss = json.loads((_stage(job, "pti") / "loss.json").read_text())
     assert len(loss["passes"]) == 12
@@ -71,7 +71,7 @@ def test_pti_contract_and_effect(job):
     assert G.img_resolution == 64
     assert not (_stage(job, "pti") / "checkpoint.pt").exists()
     # batch and precision resolved once (auto) and recorded with the stage
-    from engine.models.modelset import resolve_dtype
+    from engine.devices import resolve_dtype
 
     settings = json.loads((_stage(job, "pti") / "settings.json").read_text())
     assert settings == {"batch_size": loss["batch_size"], "dtype": loss["dtype"]}
@@ -100,7 +100,7 @@ def test_edit_contract(job):
 
 
 def test_stitch_contract_and_border(job):
-    from engine.stages.align import crop_name
+    from engine.stages.outputs import crop_name
 
     st = _stage(job, "stitch_tune")
     for f in range(N):

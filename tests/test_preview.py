@@ -9,6 +9,7 @@ import pytest
 
 from clips import ClipSpec, read_stamp, render_frames, write_clip, write_sequence
 from engine.media import video
+from fsexchange import media
 from fsexchange.documents import FaceTrack, load_document
 from host_bridge.cli import main as cli
 
@@ -41,7 +42,7 @@ def test_preview_command(tmp_path, capsys, rate, tc, args, first):
         # the stamp corner lies outside the alpha: it is the source frame, exactly
         assert rgba[0, 0, 3] == 0 and read_stamp(rgba) == n
         assert (rgba[..., 3] > 0).any()
-    info = video.probe(out / "preview.mp4")
+    info = media.probe(out / "preview.mp4")
     assert info.frame_count == 12 and info.rate == rate
     assert [read_stamp(img) for _, img in video.read_frames(out / "preview.mp4")] == \
         list(range(3, 15))
@@ -50,7 +51,9 @@ def test_preview_command(tmp_path, capsys, rate, tc, args, first):
     assert [f.frame for f in track.frames] == list(range(3, 15))
     assert track.subject["index"] == 1 and track.subject["faces_at_first"] == 2
     assert sorted(p.name for p in out.iterdir()) == [
-        "contact_sheet.png", "facetrack.msgpack", "frames", "preview.mp4"]
+        "contact_sheet.png", "facetrack.msgpack", "frames", "preview.mp4",
+        "report.html"]
+    assert "report.html" in printed
     assert _sha(clip) == before
 
 

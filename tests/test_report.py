@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import re
 
-from engine.stages.report import line_chart_svg, png_data_uri, preview_frames
+from engine.stages.crops import preview_frames
+from engine.stages.report import line_chart_svg, png_data_uri
 from test_pipeline_helpers import make_clip, make_job, run_engine_inprocess, submit
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from clips import ClipSpec, read_stamp, render_frames, write_clip
 from engine.media import video
+from fsexchange import media
 from fsexchange.documents import FrameRange, Job, OutputSpec, Source
 from fsexchange.errors import (
     MediaCorrupt,
@@ -65,7 +66,7 @@ def test_ranges_match_a_full_decode(clips, frames, kind):
     ("h264", Fraction(25), "10:00:10:05"),
     ("mov", Fraction(24000, 1001), "00:59:59:12")])
 def test_timecodes_and_output_numbers_round_trip(clips, kind, rate, tc):
-    info = video.probe(clips[kind])
+    info = media.probe(clips[kind])
     assert (info.rate, info.start_timecode, info.frame_count) == (rate, tc, 30)
     job = Job(id="j", source=Source(str(clips[kind])),
               range=FrameRange(4, 20, info.rate, info.start_timecode))
@@ -74,8 +75,8 @@ def test_timecodes_and_output_numbers_round_trip(clips, kind, rate, tc):
         number = int(name.split(".")[1])
         # output number -> timecode -> media index -> the decoded frame's stamp
         frame_tc = frames_to_timecode(number, rate)
-        assert frame_tc == video.index_to_timecode(info, index)
-        back = video.timecode_to_index(info, frame_tc)
+        assert frame_tc == media.index_to_timecode(info, index)
+        back = media.timecode_to_index(info, frame_tc)
         assert back == index
         (i, img), = video.read_frames(clips[kind], back, back + 1)
         assert read_stamp(img) == index
@@ -88,9 +89,9 @@ def test_timecodes_and_output_numbers_round_trip(clips, kind, rate, tc):
 
 
 def test_timecode_before_the_media_is_out_of_bounds(clips):
-    info = video.probe(clips["ffv1"])
+    info = media.probe(clips["ffv1"])
     with pytest.raises(RangeOutOfBounds):
-        video.timecode_to_index(info, "00:59:59:23")
+        media.timecode_to_index(info, "00:59:59:23")
 
 
 def test_media_errors_have_their_own_codes(tmp_path, clips):
@@ -102,7 +103,7 @@ def test_media_errors_have_their_own_codes(tmp_path, clips):
             list(video.read_frames(tmp_path / name))
         assert exc.value.code == "media.corrupt"
     with pytest.raises(MediaMissing) as exc:
-        video.probe(tmp_path / "nothing.mov")
+        media.probe(tmp_path / "nothing.mov")
     assert exc.value.code == "media.missing"
     with pytest.raises(RangeInvalid) as exc:
         video.read_frames(clips["h264"], 7, 7)
@@ -142,7 +143,7 @@ def test_variable_frame_rate_is_refused(tmp_path):
     path = _write_raw(tmp_path / "vfr.mkv", imgs, 25, codec="ffv1", pix_fmt="bgr0",
                       pts=pts, time_base=Fraction(1, 1000))
     with pytest.raises(MediaUnsupported) as exc:
-        video.probe(path)
+        media.probe(path)
     assert exc.value.code == "media.unsupported"
     assert "variable frame rate" in exc.value.message and "conform" in exc.value.message
 
@@ -151,7 +152,7 @@ def test_rotation_metadata_is_applied_and_odd_sizes_work(tmp_path):
     img = np.zeros((47, 65, 3), np.uint8)
     img[:8, :8] = 255  # a marker in the stored top-left corner
     path = _write_raw(tmp_path / "rot.mp4", [img] * 3, 25, rotation=90)
-    info = video.probe(path)
+    info = media.probe(path)
     assert (info.width, info.height) == (47, 65)
     (_, out), = video.read_frames(path, 1, 2)
     assert out.shape == (65, 47, 3)
@@ -165,7 +166,7 @@ def test_ten_bit_source_decodes_to_sixteen_bits(tmp_path):
         np.uint16)
     path = _write_raw(tmp_path / "ten.mkv", [ramp] * 2, 25, pix_fmt="yuv444p10le",
                       options={"qp": "0"})  # lossless 10-bit H.264
-    info = video.probe(path)
+    info = media.probe(path)
     assert info.bit_depth == 10
     (_, img16), = video.read_frames(path, 0, 1, depth=16)
     (_, img8), = video.read_frames(path, 0, 1)
@@ -184,7 +185,7 @@ def test_pam16_sequence_reads_back_exactly(tmp_path):
     for i, img in enumerate(truth):
         video.write_rgba(seq / f"plate.{1001 + i:07d}.pam", img)
     (seq / "notes.txt").write_text("sidecars are ignored")
-    info = video.probe(seq, Fraction(25))
+    info = media.probe(seq, Fraction(25))
     assert (info.kind, info.frame_count, info.first_number, info.rate) == (
         "sequence", 5, 1001, Fraction(25))
     assert info.bit_depth == 16 and info.has_alpha
@@ -207,12 +208,12 @@ def test_sequence_gaps_and_mixed_names_are_refused(tmp_path):
     for n in (1, 2, 4):
         video.write_rgba(seq / f"a.{n:04d}.png", img)
     with pytest.raises(MediaUnsupported, match="gaps.*3"):
-        video.probe(seq)
+        media.probe(seq)
     video.write_rgba(seq / "a.0003.png", img)
-    assert video.probe(seq).frame_count == 4
+    assert media.probe(seq).frame_count == 4
     video.write_rgba(seq / "b.0005.png", img)
     with pytest.raises(MediaUnsupported, match="mixed"):
-        video.probe(seq)
+        media.probe(seq)
 
 
 def test_png_sequence_numeric_order(tmp_path):
@@ -253,7 +254,7 @@ def test_writers(tmp_path):
                            codec="prores_ks", alpha=True) as mw:
         for _ in range(3):
             mw.write(matte)
-    info = video.probe(tmp_path / "m.mov")
+    info = media.probe(tmp_path / "m.mov")
     assert info.has_alpha and info.frame_count == 3
     (_, back), = video.read_frames(tmp_path / "m.mov", 2, 3, alpha=True, depth=16)
     err = np.abs(back.astype(int) - matte)
@@ -263,7 +264,7 @@ def test_writers(tmp_path):
     with video.MovieWriter(tmp_path / "p.mp4", Fraction(24000, 1001), (23, 19)) as mw:
         for i in range(4):
             mw.write(np.full((19, 23, 3), 40 * i, np.uint8))
-    info = video.probe(tmp_path / "p.mp4")
+    info = media.probe(tmp_path / "p.mp4")
     assert info.frame_count == 4 and info.rate == Fraction(24000, 1001)
     assert not list(tmp_path.glob(".*"))  # temporary files were published or removed
 

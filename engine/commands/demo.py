@@ -92,7 +92,8 @@ def run_demo(out: Path, *, frames: int = 14, profile: str = "auto",
 
     ``pti_steps`` / ``stitch_steps`` override the passes and steps (and are
     printed as changed from the reference settings)."""
-    from engine.service.worker import EngineOptions, resolve_device, serve  # noqa: PLC0415
+    from engine.devices import resolve_device  # noqa: PLC0415
+    from engine.service.worker import EngineOptions, serve  # noqa: PLC0415
     from fsexchange.client import job_status, new_job_id, submit_job  # noqa: PLC0415
     from fsexchange.documents import (Edit, FrameRange, Job,  # noqa: PLC0415
                                       Keyframe, Source)
@@ -214,11 +215,11 @@ def run_demo(out: Path, *, frames: int = 14, profile: str = "auto",
 
 
 def _stage_facts(folder: Path) -> dict[str, dict]:
-    from engine.service.runner import read_stage_done  # noqa: PLC0415
+    from engine.stages.outputs import JobFiles  # noqa: PLC0415
 
     out = {}
     for name in ("pti", "stitch_tune"):
-        doc = read_stage_done(folder, name)
+        doc = JobFiles(folder).done(name)
         if doc is not None:
             out[name] = doc.facts
     return out

@@ -19,25 +19,9 @@ import json
 import sys
 from pathlib import Path
 
-from fsexchange.errors import RangeInvalid
+from fsexchange.grammar import parse_range
 
-__all__ = ["main", "parse_range"]
-
-
-def parse_range(text: str) -> tuple[int, int]:
-    """``"START:END"`` (END exclusive) -> (start, end)."""
-    start, sep, end = text.partition(":")
-    try:
-        if not sep:
-            raise ValueError
-        lo, hi = int(start), int(end)
-    except ValueError:
-        raise RangeInvalid(f"--range must be START:END (END exclusive), got {text!r}",
-                           field="range") from None
-    if lo < 0 or hi <= lo:
-        raise RangeInvalid(f"--range {text}: END must be greater than START >= 0",
-                           field="range")
-    return lo, hi
+__all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -122,7 +106,8 @@ def main(argv: list[str]) -> int:
         metrics_svg,
         temporal_metrics,
     )
-    from engine.media.video import probe, read_frames  # noqa: PLC0415
+    from engine.media.video import read_frames  # noqa: PLC0415
+    from fsexchange.media import probe  # noqa: PLC0415
 
     src_info, ed_info = probe(args.source), probe(args.edited)
     if (src_info.width, src_info.height) != (ed_info.width, ed_info.height):
@@ -130,7 +115,7 @@ def main(argv: list[str]) -> int:
             f"{args.edited.name} is {ed_info.width}x{ed_info.height} but "
             f"{args.source.name} is {src_info.width}x{src_info.height}; compare clips "
             "of the same frame size")
-    start, end = parse_range(args.range_) if args.range_ else (0, src_info.frame_count)
+    start, end = parse_range(args.range_, src_info.frame_count)
     n = end - start
     if ed_info.frame_count == src_info.frame_count:
         ed_start, ed_end = start, end

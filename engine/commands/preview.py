@@ -1,16 +1,17 @@
 """``facestitch preview MEDIA --out DIR [--range START:END] [--face N]``
 
 Track -> smoothed alignment -> identity paste-back (the aligned crop pasted back
-unedited), in this process, with the same stage code an ``align-preview`` job runs in
-the engine (through a temporary job folder inside DIR, removed afterwards). Delivers
-into DIR:
+unedited) -> report, in this process: the ``align-preview`` pipeline an engine runs
+(:mod:`engine.stages.pipeline`), in a temporary job folder inside DIR that is removed
+afterwards. Delivers into DIR:
 
 - ``frames/<name>.<number:07d>.png``: RGBA frames at the source resolution (alpha =
   the dilated face mask; numbered by source timecode frame, or from
   ``--start-number``);
 - ``preview.mp4``: the composited movie at the source rate;
 - ``contact_sheet.png``: the aligned crops, to check the track at a glance;
-- ``facetrack.msgpack``: the ``FaceTrack/1`` of the chosen face.
+- ``facetrack.msgpack``: the ``FaceTrack/1`` of the chosen face;
+- ``report.html``: the job report (temporal metrics off unless asked for).
 
 The input media is never written: DIR may not be the media or inside a sequence.
 """
@@ -22,28 +23,14 @@ import re
 import shutil
 import sys
 import tempfile
+from fractions import Fraction
 from pathlib import Path
 
+from engine.devices import resolve_device
+from fsexchange.grammar import is_timecode_range, parse_range, timecode_range
+from fsexchange.media import probe
+
 __all__ = ["main", "run_preview"]
-
-
-def _parse_range(text: str) -> tuple[int, int | None]:
-    m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d*)\s*", text)
-    if not m:
-        raise argparse.ArgumentTypeError(
-            f"--range {text!r} must be START:END (media frame indices, END exclusive; "
-            "END may be empty for the end of the media)")
-    return int(m[1]), int(m[2]) if m[2] else None
-
-
-def _resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    try:
-        import torch  # noqa: PLC0415
-    except ImportError:
-        return "cpu"
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _check_out(media: Path, out: Path) -> None:
@@ -54,7 +41,8 @@ def _check_out(media: Path, out: Path) -> None:
         raise DocumentFieldError(
             f"--out {out} is the input media or inside it; choose another folder so "
             "the source is never written", field="out")
-    for sub in ("frames", "preview.mp4", "contact_sheet.png", "facetrack.msgpack"):
+    for sub in ("frames", "preview.mp4", "contact_sheet.png", "facetrack.msgpack",
+                "report.html"):
         dest = out / sub
         if dest == media or is_within(media, dest):
             raise DocumentFieldError(
@@ -69,14 +57,9 @@ def run_preview(media: str | Path, out: str | Path, *, start: int = 0,
                 progress=None) -> dict:
     """Run the preview and return ``{"frames": [paths], "preview", "contact_sheet",
     "facetrack", "warnings", "edited"}`` (paths inside ``out``)."""
-    from fractions import Fraction  # noqa: PLC0415
-
-    from engine.stages.align import AlignStage  # noqa: PLC0415
-    from fsexchange.options import PipelineConfig  # noqa: PLC0415
-    from engine.stages.paste import PasteStage  # noqa: PLC0415
     from engine.stages.contract import StageContext  # noqa: PLC0415
-    from engine.stages.track import TrackStage  # noqa: PLC0415
-    from engine.media.video import probe  # noqa: PLC0415
+    from engine.stages.pipeline import run_pipeline, stages_for  # noqa: PLC0415
+    from fsexchange.options import PipelineConfig  # noqa: PLC0415
     from fsexchange.client import new_job_id  # noqa: PLC0415
     from fsexchange.documents import (  # noqa: PLC0415
         FrameRange,
@@ -99,7 +82,11 @@ def run_preview(media: str | Path, out: str | Path, *, start: int = 0,
                                field="range.end")
     _check_out(media, out)
     out.mkdir(parents=True, exist_ok=True)
-    config = PipelineConfig.from_options(options or {})
+    options = dict(options or {})
+    # Temporal metrics take longer than the preview itself; ask for them with
+    # options {"metrics": {"enabled": true}}.
+    options.setdefault("metrics", {"enabled": False})
+    config = PipelineConfig.from_options(options)
     job = Job(id=new_job_id("preview"), kind="align-preview",
               source=Source(str(media), info.kind),
               range=FrameRange(start, end, info.rate, info.start_timecode),
@@ -108,12 +95,13 @@ def run_preview(media: str | Path, out: str | Path, *, start: int = 0,
     job_dir = Path(tempfile.mkdtemp(prefix=".facestitch-preview-", dir=out))
     try:
         ctx = StageContext(job=job, job_dir=job_dir, config=config,
-                           device=_resolve_device(device),
+                           device=resolve_device(device),
                            media_roots=(media.parent,),
                            progress_fn=progress or (lambda f, m: None))
-        facts = {}
-        for stage in (TrackStage(), AlignStage(), PasteStage()):
-            facts[stage.name] = stage.run(ctx) or {}
+        stages = stages_for(job.kind)
+        done = run_pipeline(stages, ctx, progress=lambda i, f, m: ctx.report(
+            (i + f) / len(stages), m))
+        facts = {doc.stage: doc.facts for doc, _ in done}
         frames_dir = out / "frames"
         frames_dir.mkdir(exist_ok=True)
         name = re.escape(job.output.name)
@@ -132,13 +120,13 @@ def run_preview(media: str | Path, out: str | Path, *, start: int = 0,
                   "edited": sum(1 for f in facts["paste"]["frames"] if f["edited"]),
                   "count": len(facts["paste"]["frames"])}
         for key, name in (("preview", "preview.mp4"),
-                          ("contact_sheet", "contact_sheet.png")):
+                          ("contact_sheet", "contact_sheet.png"),
+                          ("report", "report.html")):
             src = job_dir / "output" / name
             if src.exists():
                 src.replace(out / name)
                 result[key] = out / name
-        (job_dir / "stages" / "track" / "facetrack.msgpack").replace(
-            out / "facetrack.msgpack")
+        ctx.files.track.facetrack_path.replace(out / "facetrack.msgpack")
         result["facetrack"] = out / "facetrack.msgpack"
         return result
     finally:
@@ -152,9 +140,9 @@ def main(argv: list[str]) -> int:
                     "track before a long job.")
     parser.add_argument("media", help="movie file or image-sequence folder")
     parser.add_argument("--out", required=True, help="folder for the results")
-    parser.add_argument("--range", type=_parse_range, default=(0, None),
-                        metavar="START:END",
-                        help="media frame indices, END exclusive (default: all)")
+    parser.add_argument("--range", metavar="START:END",
+                        help="media frame indices, END exclusive (default: all), or "
+                        "source timecodes TC-TC")
     parser.add_argument("--face", type=int, default=None, metavar="N",
                         help="the N-th largest face at the first frame with faces "
                              "(0 = largest, the default)")
@@ -180,7 +168,11 @@ def main(argv: list[str]) -> int:
         if sys.stderr.isatty():
             print(f"\r{message:<60.60} {fraction * 100:5.1f}%", end="", file=sys.stderr)
 
-    start, end = args.range
+    info = probe(Path(args.media), Fraction(args.rate) if args.rate else None)
+    range_text = args.range
+    if is_timecode_range(range_text):
+        range_text = timecode_range(range_text, info.rate, info.start_timecode)
+    start, end = parse_range(range_text, info.frame_count)
     res = run_preview(args.media, args.out, start=start, end=end, face=args.face,
                       options=options, output_format=args.format,
                       start_number=args.start_number, rate=args.rate,
@@ -195,6 +187,8 @@ def main(argv: list[str]) -> int:
         print(f"preview movie:  {res['preview']}")
     if "contact_sheet" in res:
         print(f"contact sheet:  {res['contact_sheet']}")
+    if "report" in res:
+        print(f"report:         {res['report']}")
     print(f"face track:     {res['facetrack']}")
     for w in res["warnings"]:
         print(f"note: {w}")

@@ -1,17 +1,13 @@
-"""Frame-accurate media I/O: probe, stream an exact frame range, write RGBA frames.
+"""Frame-accurate media I/O: stream an exact frame range, read and write images
+and RGBA frames, write movies.
 
 Sources are movie files (anything FFmpeg decodes, through PyAV) or folders of
 numbered images (``.png .tif .tiff .exr .pam``). Frames are addressed by 0-based
-**media index**; :func:`timecode_to_index` converts a source timecode. Decoding
-streams: memory stays flat however long the clip.
-
-How a frame index is found in a movie: :func:`probe` demuxes the video stream once
-(packets only, no decoding) and keeps the sorted presentation timestamps, so index
-``i`` is the ``i``-th pts in the stream's rational time base. :func:`read_frames`
-seeks to the keyframe at or before the first wanted pts and decodes forward,
-identifying each decoded frame by its pts, never by counting from the seek point.
-The same pts list exposes variable frame rate, which is refused (``media.unsupported``)
-with an explanation: conform the clip to a constant rate first.
+**media index**; probing (frame list, rate, timecode) is
+:mod:`fsexchange.media`, shared with the bridge. Decoding streams: memory stays
+flat however long the clip. :func:`read_frames` seeks to the keyframe at or before
+the first wanted pts and decodes forward, identifying each decoded frame by its
+pts, never by counting from the seek point.
 
 Handled: odd sizes, rotation metadata (the display matrix is applied, so frames come
 out as a player shows them), 10/12-bit sources (decoded to uint16 when ``depth=16``),
@@ -24,11 +20,8 @@ numpy + av + cv2 (+ OpenEXR for ``.exr``); no torch.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
-import re
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
@@ -37,7 +30,6 @@ import numpy as np
 
 from fsexchange.documents import Job
 from fsexchange.errors import (
-    DocumentFieldError,
     MediaCorrupt,
     MediaMissing,
     MediaUnsupported,
@@ -45,12 +37,9 @@ from fsexchange.errors import (
     RangeOutOfBounds,
 )
 from fsexchange.fsutil import atomic_write_bytes, unique_name
-from fsexchange.timecode import frames_to_timecode, timecode_to_frames
+from fsexchange.media import MediaIndex, MediaInfo, media_index, open_container
 
 __all__ = [
-    "SEQUENCE_EXTENSIONS",
-    "MediaInfo",
-    "probe",
     "read_frames",
     "read_image",
     "write_rgba",
@@ -58,290 +47,10 @@ __all__ = [
     "encode_rgba",
     "MovieWriter",
     "output_name",
-    "timecode_to_index",
-    "index_to_timecode",
     "to_depth",
 ]
 
 log = logging.getLogger(__name__)
-
-SEQUENCE_EXTENSIONS = (".png", ".tif", ".tiff", ".exr", ".pam")
-DEFAULT_SEQUENCE_RATE = Fraction(24)  # sequences carry no rate (APIS.md)
-
-# A frame whose pts is this far (in frames) from its neighbours' spacing makes a clip
-# variable-rate. Half a frame tolerates millisecond time bases (Matroska 23.976).
-_VFR_TOLERANCE = 0.5
-
-
-@dataclass(frozen=True)
-class MediaInfo:
-    """What :func:`probe` found.
-
-    Attributes:
-        path: the resolved media path.
-        kind: ``"video"`` or ``"sequence"``.
-        width, height: display size (after rotation metadata is applied).
-        frame_count: number of frames (exact: counted, not estimated).
-        rate: constant frame rate; for sequences the one given (default 24).
-        start_timecode: source timecode of index 0, if the media carries one.
-        bit_depth: bits per component of the source (8, 10, 12, 16).
-        has_alpha: the source has an alpha channel.
-        first_number: sequences: the file number of index 0 (else None).
-    """
-
-    path: Path
-    kind: str
-    width: int
-    height: int
-    frame_count: int
-    rate: Fraction
-    start_timecode: str | None
-    bit_depth: int
-    has_alpha: bool
-    first_number: int | None = None
-
-
-@dataclass(frozen=True)
-class _Index:
-    """Internal per-media facts :func:`read_frames` needs besides :class:`MediaInfo`."""
-
-    info: MediaInfo
-    pts: tuple[int, ...] = ()  # video: sorted presentation timestamps, one per frame
-    rotation: int = 0  # video: counter-clockwise degrees to apply (0/90/180/270)
-    files: tuple[Path, ...] = ()  # sequence: files in frame order
-
-
-# --- probing ----------------------------------------------------------------------
-
-
-def probe(path: str | os.PathLike[str], rate: Fraction | None = None) -> MediaInfo:
-    """Describe a movie file or an image-sequence folder.
-
-    Args:
-        path: a movie file or a folder of numbered images.
-        rate: sequences: the frame rate to report (default 24); movies: ignored.
-
-    Raises:
-        MediaMissing: nothing at ``path``.
-        MediaCorrupt: the file cannot be opened or its first frame not decoded.
-        MediaUnsupported: no video stream, variable frame rate, an unusual rotation,
-            a sequence with gaps or mixed names.
-    """
-    return _index(path, rate).info
-
-
-def _index(path: str | os.PathLike[str], rate: Fraction | None = None) -> _Index:
-    p = Path(path)
-    try:
-        st = p.stat()
-    except FileNotFoundError:
-        raise MediaMissing(f"media {str(p)!r} does not exist") from None
-    except OSError as exc:
-        raise MediaMissing(f"media {str(p)!r} cannot be read: {exc}") from None
-    # Cached per file version: the engine probes once per stage, not per frame.
-    return _index_cached(str(p.resolve()), st.st_mtime_ns, st.st_size, rate)
-
-
-@functools.lru_cache(maxsize=16)
-def _index_cached(path: str, mtime_ns: int, size: int, rate: Fraction | None) -> _Index:
-    p = Path(path)
-    if p.is_dir():
-        return _index_sequence(p, Fraction(rate) if rate else DEFAULT_SEQUENCE_RATE)
-    return _index_video(p)
-
-
-def _open(path: Path):
-    import av  # noqa: PLC0415
-
-    try:
-        return av.open(str(path), "r")
-    except FileNotFoundError:
-        raise MediaMissing(f"media {path.name!r} does not exist") from None
-    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
-        raise MediaCorrupt(f"{path.name}: not a readable media file ({exc})") from None
-
-
-def _metadata_get(md: dict, key: str) -> str | None:
-    for k, v in md.items():
-        if k.lower() == key:
-            return v
-    return None
-
-
-def _index_video(path: Path) -> _Index:
-    import av  # noqa: PLC0415
-
-    container = _open(path)
-    try:
-        if not container.streams.video:
-            raise MediaUnsupported(f"{path.name}: has no video stream")
-        stream = container.streams.video[0]
-        tb = stream.time_base
-        if tb is None:
-            raise MediaUnsupported(f"{path.name}: the video stream has no time base")
-        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-        guess = stream.guessed_rate
-        if guess and rate and abs(guess - rate) < rate / 500:
-            rate = guess  # FFmpeg snaps this one to 24000/1001 etc.
-        if not rate:
-            raise MediaUnsupported(f"{path.name}: the video stream has no frame rate")
-        rate = Fraction(rate)
-        # Packet pts, demuxed without decoding: the exact frame list.
-        pts: list[int] = []
-        try:
-            for packet in container.demux(stream):
-                if packet.size == 0 or packet.is_discard:
-                    continue
-                if packet.pts is None:
-                    raise MediaUnsupported(
-                        f"{path.name}: the video stream has packets without "
-                        "timestamps (a raw elementary stream?); wrap it in a container "
-                        "first, e.g. ffmpeg -i in.h264 -c copy out.mp4")
-                pts.append(int(packet.pts))
-        except av.error.FFmpegError as exc:
-            raise MediaCorrupt(f"{path.name}: cannot be read to the end ({exc})"
-                               ) from None
-        if not pts:
-            raise MediaCorrupt(f"{path.name}: the video stream holds no frames")
-        pts.sort()
-        _check_constant_rate(path, pts, rate, tb)
-        # Decode the first frame: proves the stream decodes and gives the rotation.
-        container.seek(pts[0], stream=stream, backward=True)
-        first = None
-        try:
-            for frame in container.decode(stream):
-                first = frame
-                break
-        except av.error.FFmpegError as exc:
-            raise MediaCorrupt(f"{path.name}: the first frame does not decode ({exc})"
-                               ) from None
-        if first is None:
-            raise MediaCorrupt(f"{path.name}: no frame could be decoded")
-        rotation = int(round(first.rotation)) % 360
-        if rotation % 90:
-            raise MediaUnsupported(
-                f"{path.name}: rotation metadata of {rotation} degrees is not a "
-                "multiple of 90; render the clip upright first")
-        width, height = first.width, first.height
-        if rotation in (90, 270):
-            width, height = height, width
-        fmt = av.VideoFormat(first.format.name)
-        bit_depth = max(c.bits for c in fmt.components)
-        has_alpha = any(c.is_alpha for c in fmt.components)
-        tc = _metadata_get(stream.metadata, "timecode") or _metadata_get(
-            container.metadata, "timecode")
-        if tc is None:
-            for other in container.streams:
-                tc = _metadata_get(other.metadata, "timecode")
-                if tc:
-                    break
-        if tc is not None:
-            try:
-                timecode_to_frames(tc, rate)
-            except DocumentFieldError:
-                log.warning("%s: ignoring unreadable timecode %r", path.name, tc)
-                tc = None
-        info = MediaInfo(path, "video", width, height, len(pts), rate, tc, bit_depth,
-                         has_alpha, None)
-        return _Index(info, tuple(pts), rotation)
-    finally:
-        container.close()
-
-
-def _check_constant_rate(path: Path, pts: list[int], rate: Fraction,
-                         tb: Fraction) -> None:
-    step = 1 / (rate * tb)  # ticks per frame, a Fraction
-    if len(pts) < 2:
-        return
-    deltas = np.diff(np.asarray(pts, dtype=np.int64)).astype(np.float64)
-    bad = np.flatnonzero(np.abs(deltas - float(step)) > _VFR_TOLERANCE * float(step))
-    if bad.size:
-        i = int(bad[0])
-        raise MediaUnsupported(
-            f"{path.name}: variable frame rate (frame {i + 1} comes "
-            f"{float(deltas[i] / step):.2f} frames after frame {i} at the nominal "
-            f"{rate} fps). FaceStitch addresses frames by index and needs a constant "
-            f"rate: conform the clip first, e.g. ffmpeg -i {path.name} -vf "
-            f"fps={rate} -c:v prores_ks -profile:v 3 conformed.mov")
-
-
-_SEQ_NAME = re.compile(r"^(?P<prefix>.*?)(?P<number>\d+)(?P<ext>\.[A-Za-z]+)$")
-
-
-def _index_sequence(folder: Path, rate: Fraction) -> _Index:
-    numbered: dict[int, Path] = {}
-    patterns: set[tuple[str, str]] = set()
-    for entry in folder.iterdir():
-        if entry.name.startswith(".") or not entry.is_file():
-            continue
-        if entry.suffix.lower() not in SEQUENCE_EXTENSIONS:
-            continue  # sidecars (.txt, Thumbs.db...) are not frames
-        m = _SEQ_NAME.match(entry.name)
-        if not m:
-            raise MediaUnsupported(
-                f"{folder.name}: {entry.name!r} has no frame number; an image sequence "
-                "needs names like plate.0001001.png")
-        number = int(m["number"])
-        if number in numbered:
-            raise MediaUnsupported(
-                f"{folder.name}: frame number {number} appears twice "
-                f"({numbered[number].name}, {entry.name})")
-        numbered[number] = entry
-        patterns.add((m["prefix"], m["ext"].lower()))
-    if not numbered:
-        raise MediaMissing(f"{folder.name}: no image frames "
-                           f"({', '.join(SEQUENCE_EXTENSIONS)}) in the folder")
-    if len(patterns) > 1:
-        shown = ", ".join(sorted(f"{p}####{e}" for p, e in patterns)[:4])
-        raise MediaUnsupported(
-            f"{folder.name}: mixed file names ({shown}); put one sequence per folder")
-    numbers = sorted(numbered)
-    first, last = numbers[0], numbers[-1]
-    if last - first + 1 != len(numbers):
-        missing = sorted(set(range(first, last + 1)) - set(numbers))
-        shown = ", ".join(str(n) for n in missing[:8])
-        more = f" and {len(missing) - 8} more" if len(missing) > 8 else ""
-        raise MediaUnsupported(
-            f"{folder.name}: the sequence has gaps: frame number(s) {shown}{more} are "
-            "missing between "
-            f"{first} and {last}; render the missing frames or split the sequence")
-    files = tuple(numbered[n] for n in numbers)
-    img = read_image(files[0])
-    h, w = img.shape[:2]
-    depth = 8 if img.dtype == np.uint8 else 16
-    info = MediaInfo(folder, "sequence", w, h, len(files), rate, None, depth,
-                     img.shape[2] == 4, first)
-    return _Index(info, files=files)
-
-
-# --- timecode ---------------------------------------------------------------------
-
-
-def timecode_to_index(info: MediaInfo, timecode: str) -> int:
-    """The media index of the frame shown at source ``timecode``.
-
-    Raises:
-        MediaUnsupported: the media carries no start timecode.
-        RangeOutOfBounds: the timecode lies before the media's first frame.
-    """
-    if not info.start_timecode:
-        raise MediaUnsupported(f"{info.path.name}: carries no start timecode; "
-                               "address frames by index")
-    index = (timecode_to_frames(timecode, info.rate)
-             - timecode_to_frames(info.start_timecode, info.rate))
-    if index < 0:
-        raise RangeOutOfBounds(f"timecode {timecode} lies before the first frame of "
-                               f"{info.path.name} ({info.start_timecode})")
-    return index
-
-
-def index_to_timecode(info: MediaInfo, index: int) -> str:
-    """Source timecode of media index ``index`` (non-drop-frame unless the start
-    timecode uses ``;``)."""
-    start = info.start_timecode or "00:00:00:00"
-    drop = ";" in start
-    return frames_to_timecode(timecode_to_frames(start, info.rate) + index, info.rate,
-                              drop_frame=drop)
 
 
 # --- reading ------------------------------------------------------------------------
@@ -419,14 +128,14 @@ def read_frames(
     """
     if depth not in (8, 16):
         raise ValueError(f"depth must be 8 or 16, got {depth}")
-    idx = _index(path)
+    idx = media_index(path)
     end = _check_range(idx.info, start, end)
     if idx.info.kind == "sequence":
         return _read_sequence(idx, start, end, alpha, depth)
     return _read_video(idx, start, end, alpha, depth)
 
 
-def _read_sequence(idx: _Index, start: int, end: int, alpha: bool,
+def _read_sequence(idx: MediaIndex, start: int, end: int, alpha: bool,
                    depth: int) -> Iterator[tuple[int, np.ndarray]]:
     for i in range(start, end):
         try:
@@ -455,14 +164,14 @@ def _frame_to_array(frame, alpha: bool, depth: int, rotation: int) -> np.ndarray
     return _channels(arr, alpha)
 
 
-def _read_video(idx: _Index, start: int, end: int, alpha: bool,
+def _read_video(idx: MediaIndex, start: int, end: int, alpha: bool,
                 depth: int) -> Iterator[tuple[int, np.ndarray]]:
     import av  # noqa: PLC0415
 
     path = idx.info.path
     want = {p: i for i, p in enumerate(idx.pts[start:end], start)}
     first_pts, last_pts = idx.pts[start], idx.pts[end - 1]
-    container = _open(path)
+    container = open_container(path)
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"

@@ -31,6 +31,7 @@ from torch import nn
 
 from fsexchange.errors import ModelError, ModelFormatError, ModelMissing
 
+from engine.devices import resolve_device
 from engine.models.checkpoints import load_encoder, load_generator
 from engine.models.formats.native import load_network, read_network_meta, save_network
 from engine.models.directions import Direction, available_edits
@@ -47,7 +48,7 @@ from engine.models.store import (
     resolve_profile,
 )
 
-__all__ = ["ModelSet", "load_models", "resolve_device", "resolve_dtype", "native_bf16",
+__all__ = ["ModelSet", "load_models", 
            "build_tiny", "TINY_LABEL"]
 
 log = logging.getLogger(__name__)
@@ -91,40 +92,6 @@ class ModelSet:
     @property
     def label(self) -> str:
         return str(self.info.get("label", self.profile))
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" -> cuda when available, else cpu."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def native_bf16(device: str | torch.device) -> bool:
-    """Whether ``device`` computes bfloat16 natively (not by float32 emulation):
-    CUDA devices that report bf16 support; CPUs with AVX512-BF16 or AMX-BF16 (read
-    from /proc/cpuinfo; other systems: False)."""
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    if dev.type != "cpu":
-        return False
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return False
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines()
-                  if ln.startswith("flags")), [])
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_dtype(dtype: str, device: str | torch.device) -> str:
-    """``options.dtype`` -> ``"float32"`` or ``"bfloat16"`` for ``device``. On this
-    project's 2-core AVX512-BF16 CPUs bfloat16 makes a PTI step of the tiny profile
-    about 1.6x faster for the same reconstruction (bench/pipeline.py)."""
-    if dtype == "auto":
-        return "bfloat16" if native_bf16(device) else "float32"
-    return dtype
 
 
 # --- tiny ---------------------------------------------------------------------------
@@ -252,7 +219,7 @@ def load_models(profile: str = "auto", device: str | torch.device = "cpu", *,
             the files and the commands that install them).
     """
     store = store or Store()
-    dev = resolve_device(device)
+    dev = torch.device(resolve_device(device))
     requested = profile
     resolved = resolve_profile(profile, store)
     missing = store.official_missing() if requested == "auto" else []

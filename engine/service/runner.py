@@ -8,9 +8,9 @@ The runner owns a job from its claim to its publication:
    symlinked attachment) to the job folder, the exchange root and the media roots;
 3. resolve ``PipelineConfig.from_options(job.options, device=...)`` and write it to
    ``config.json``;
-4. run the stages of the job kind in order, skipping those with a
-   ``stages/<name>/DONE.msgpack`` (completed in an earlier attempt), replacing
-   ``progress.msgpack`` as they report, and writing ``DONE.msgpack`` after each;
+4. run the stages of the job kind through :func:`engine.stages.pipeline.run_pipeline`
+   (which skips stages completed in an earlier attempt and writes each stage's
+   ``DONE.msgpack``), replacing ``progress.msgpack`` as they report;
 5. publish: ``done``, ``failed`` (any :class:`FaceStitchError` keeps its code,
    anything else is ``internal`` and its traceback is logged) or ``cancelled``.
 
@@ -21,39 +21,34 @@ its checkpoints; a lost lease stops the job without publishing anything.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
-import math
 import os
 import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from fsexchange.documents import (FrameOutput, Job, Progress, Result, StageDone,
-                                  StageTiming, encode_document, load_document)
+                                  StageTiming, load_document)
 from fsexchange.errors import (DocumentError, DocumentFieldError, FaceStitchError,
                                InternalError, JobCancelled, JobCrashed, LeaseLost,
-                               MediaMissing, PathEscapeError, PipelineUnavailable)
+                               MediaMissing, PathEscapeError)
 from fsexchange.exchange import (CONFIG_FILE, JOB_FILE, OUTPUT_DIR, PROGRESS_FILE,
                                  STAGES_DIR, Claim, Exchange, utc_now)
 from fsexchange.fsutil import atomic_write_bytes
 from fsexchange.paths import confine
 
 from fsexchange.options import PipelineConfig
-from engine.stages.pipeline import PIPELINES
-from engine.stages.contract import Stage, StageAborted, StageContext
+from engine.stages.contract import StageAborted, StageContext
+from engine.stages.pipeline import PIPELINES, plain, run_pipeline, stages_for
 
-__all__ = ["DONE_FILE", "RunnerSettings", "JobControl", "run_job",
-           "instantiate_stages", "read_stage_done", "build_result"]
+__all__ = ["RunnerSettings", "JobControl", "run_job", "build_result"]
 
 log = logging.getLogger(__name__)
 
-DONE_FILE = "DONE.msgpack"
 _MAX_ATTACHMENT_ENTRIES = 100_000
 
 
@@ -168,62 +163,6 @@ class _Progress:
             log.debug("progress write failed: %s", exc)
 
 
-def instantiate_stages(kind: str, pipelines: Mapping[str, Sequence[str]]
-                       ) -> list[Stage]:
-    """Import and construct the stages of a job kind.
-
-    Raises:
-        PipelineUnavailable: unknown kind, or a stage module that is not installed.
-    """
-    refs = pipelines.get(kind)
-    if refs is None:
-        raise PipelineUnavailable(f"this engine cannot run {kind!r} jobs "
-                                  f"(it knows {', '.join(sorted(pipelines))})",
-                                  field="kind")
-    out = []
-    for ref in refs:
-        module, _, cls = ref.partition(":")
-        try:
-            obj = getattr(importlib.import_module(module), cls)
-        except (ImportError, AttributeError) as exc:
-            raise PipelineUnavailable(
-                f"stage {ref} of {kind!r} jobs is not available in this engine "
-                f"({exc}); update or reinstall FaceStitch") from exc
-        out.append(obj())
-    return out
-
-
-def read_stage_done(job_dir: Path, name: str) -> StageDone | None:
-    """The DONE document of a stage, or None if the stage has not completed."""
-    p = job_dir / STAGES_DIR / name / DONE_FILE
-    try:
-        return load_document(p, StageDone)
-    except FileNotFoundError:
-        return None
-    except FaceStitchError as exc:  # a torn checkpoint: run the stage again
-        log.warning("ignoring unreadable %s: %s", p, exc)
-        return None
-
-
-def _plain(obj: Any) -> Any:
-    """msgpack-able copy of stage facts (numpy scalars, paths, fractions)."""
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, Fraction):
-        return [obj.numerator, obj.denominator]
-    if obj is None or isinstance(obj, (bool, int, str, bytes)):
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if hasattr(obj, "tolist"):  # numpy scalars and arrays
-        return _plain(obj.tolist())
-    return str(obj)
-
-
 def _frame_outputs(value: Any) -> list[FrameOutput] | None:
     if not isinstance(value, list) or not value or not isinstance(value[0], Mapping):
         return None
@@ -269,10 +208,10 @@ def build_result(job_id: str, state: str, done: Sequence[tuple[StageDone, bool]]
     all_info.update(dict(info or {}))
     all_warnings += [w for w in warnings if w not in all_warnings]
     models = dict(all_info.pop("models", {}) or {})
-    extra = {"info": _plain(all_info)} if all_info else {}
+    extra = {"info": plain(all_info)} if all_info else {}
     return Result(job_id=job_id, state=state, stages=tuple(stages),
                   frames=tuple(frames), outputs=outputs, error=error,
-                  metrics=_plain(metrics), models=_plain(models),
+                  metrics=plain(metrics), models=plain(models),
                   warnings=tuple(all_warnings), started=started, finished=finished,
                   extra=extra)
 
@@ -365,28 +304,23 @@ def _run(exchange: Exchange, claim: Claim, settings: RunnerSettings,
         config = PipelineConfig.from_options(job.options, device=settings.device)
         atomic_write_bytes(job_dir / CONFIG_FILE, (json.dumps(
             config.to_dict(), indent=2, sort_keys=True) + "\n").encode())
-        stages = instantiate_stages(job.kind, settings.pipelines)
+        stages = stages_for(job.kind, settings.pipelines)
         names = [s.name for s in stages]
         progress = _Progress(job_dir, job_id, settings.worker,
                              [float(getattr(s, "weight", 1.0)) for s in stages], names,
                              settings.progress_interval)
-        earlier = {n: read_stage_done(job_dir, n) for n in names}
-        for doc in earlier.values():
-            if doc is not None:  # later stages see what earlier attempts learned
-                info.update(doc.info)
-        for index, stage in enumerate(stages):
-            stage_name = stage.name
-            prev = earlier[stage.name]
-            if prev is not None:
-                done.append((prev, True))
-                log.info("job %s: stage %s already done, skipping", job_id, stage.name)
-                continue
-            if ctl.should_abort():
-                raise StageAborted()
-            progress.write("running", index, 0.0, f"{stage.name}: starting",
-                           force=True)
-            done.append((_run_stage(stage, index, job, job_dir, config, roots,
-                                    settings, ctl, progress, warnings, info), False))
+
+        def report(index: int, fraction: float, message: str) -> None:
+            nonlocal stage_name
+            stage_name = names[index]
+            # a stage's start and end are always written; in between, throttled
+            progress.write("running", index, fraction, message,
+                           force=fraction in (0.0, 1.0))
+
+        ctx = StageContext(job=job, job_dir=job_dir, config=config,
+                           device=settings.device, media_roots=roots,
+                           abort_fn=ctl.should_abort, warnings=warnings, info=info)
+        run_pipeline(stages, ctx, progress=report, worker=settings.worker, done=done)
         stage_name = None
         if ctl.lost.is_set():
             raise StageAborted()
@@ -433,39 +367,3 @@ def _run(exchange: Exchange, claim: Claim, settings: RunnerSettings,
         return "lost"
     log.info("job %s: %s", job_id, result.state)
     return result.state
-
-
-def _run_stage(stage: Stage, index: int, job: Job, job_dir: Path,
-               config: PipelineConfig, roots: tuple[Path, ...],
-               settings: RunnerSettings, ctl: JobControl, progress: _Progress,
-               warnings: list[str], info: dict[str, Any]) -> StageDone:
-    before = len(warnings)
-
-    def report(fraction: float, message: str) -> None:
-        progress.write("running", index, fraction, f"{stage.name}: {message}"
-                       if message else stage.name)
-
-    ctx = StageContext(job=job, job_dir=job_dir, config=config,
-                         device=settings.device, media_roots=roots,
-                         progress_fn=report, abort_fn=ctl.should_abort,
-                         warnings=warnings, info=info)
-    t0 = time.monotonic()
-    log.info("job %s: stage %s", job.id, stage.name)
-    try:
-        facts = stage.run(ctx) or {}
-    except FaceStitchError as exc:
-        if exc.stage is None:
-            exc.stage = stage.name
-        raise
-    seconds = time.monotonic() - t0
-    doc = StageDone(stage=stage.name, seconds=round(seconds, 3), facts=_plain(facts),
-                    warnings=tuple(warnings[before:]), info=_plain(info),
-                    worker=settings.worker, finished=utc_now())
-    try:
-        encode_document(doc.to_dict())
-    except (TypeError, ValueError) as exc:
-        raise InternalError(f"stage {stage.name} returned facts that cannot be "
-                            f"stored: {exc}", stage=stage.name) from exc
-    atomic_write_bytes(ctx.stage_dir(stage.name) / DONE_FILE, doc.to_bytes())
-    progress.write("running", index, 1.0, f"{stage.name}: done", force=True)
-    return doc

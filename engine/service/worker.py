@@ -20,11 +20,9 @@ resolving ``--device auto``.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import multiprocessing
 import os
-import re
 import secrets
 import signal
 import socket
@@ -36,11 +34,12 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 from fsexchange.exchange import FINAL_STATES, Exchange
 
+from engine.devices import resolve_device
 from engine.stages.pipeline import PIPELINES
 from engine.service.runner import RunnerSettings, run_job
 from engine.service.watch import FolderWatch
 
-__all__ = ["EngineOptions", "serve", "resolve_device", "valid_device", "worker_id"]
+__all__ = ["EngineOptions", "serve", "worker_id"]
 
 log = logging.getLogger(__name__)
 
@@ -74,25 +73,6 @@ class EngineOptions:
     lease_seconds: float = 30.0
     use_watchdog: bool = True
     tmp_max_age: float = 3600.0
-
-
-def valid_device(device: str) -> bool:
-    """Whether ``device`` is ``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
-    return bool(re.match(r"^(auto|cpu|cuda(:\d+)?)$", device))
-
-
-def resolve_device(device: str) -> str:
-    """``"auto"`` -> ``"cuda"`` if torch sees a GPU, else ``"cpu"``; others pass
-    through after a syntax check. Imports torch only for ``"auto"``."""
-    if not valid_device(device):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
-    if device != "auto":
-        return device
-    if importlib.util.find_spec("torch") is None:
-        return "cpu"
-    import torch  # noqa: PLC0415
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def worker_id() -> str:

@@ -36,10 +36,10 @@ from typing import Any
 
 import numpy as np
 
-from fsexchange.documents import FaceTrack, load_document
 from fsexchange.fsutil import atomic_write_bytes
 
 from engine.stages.contract import Stage, StageContext
+from engine.stages.outputs import crop_name
 
 __all__ = [
     "ffhq_quad_params",
@@ -52,8 +52,6 @@ __all__ = [
     "transform_points",
     "present_runs",
     "AlignStage",
-    "AlignedClip",
-    "crop_name",
     "resolve_resolution",
     "generator_resolution",
     "parser_weights",
@@ -237,11 +235,6 @@ def unalign(crop: np.ndarray, quad: np.ndarray, frame_size: tuple[int, int]
 # --- the stage --------------------------------------------------------------------
 
 
-def crop_name(frame: int) -> str:
-    """File name of frame ``frame``'s crop or mask (media index)."""
-    return f"{frame:07d}.png"
-
-
 #: Crop size when no model module is installed to say the generator's resolution.
 FALLBACK_RESOLUTION = 256
 
@@ -285,39 +278,6 @@ def parser_weights() -> Path | None:
     return Store().installed(PARSER_FILE)
 
 
-class AlignedClip:
-    """Read access to ``stages/align/`` for later stages.
-
-    Attributes:
-        folder: the stage folder. info: ``info.json``. quads: ``[N, 4, 2]``.
-        resolution: R. start: ``range.start`` (quads[i] is frame start + i).
-    """
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = Path(folder)
-        self.info = json.loads((self.folder / "info.json").read_text())
-        self.quads = np.load(self.folder / "quads.npy", allow_pickle=False)
-        self.resolution = int(self.info["resolution"])
-        self.start = int(self.info["range"][0])
-        self.frames = [int(f) for f in self.info["frames"]]  # frames with crops
-
-    def quad(self, frame: int) -> np.ndarray | None:
-        q = self.quads[frame - self.start]
-        return None if np.isnan(q).any() else q
-
-    def crop(self, frame: int) -> np.ndarray:
-        from engine.media.video import read_image  # noqa: PLC0415
-
-        return read_image(self.folder / "crops" / crop_name(frame))
-
-    def mask(self, frame: int) -> np.ndarray:
-        """Face mask ``[R, R]`` bool."""
-        from engine.media.video import read_image  # noqa: PLC0415
-
-        m = read_image(self.folder / "masks" / crop_name(frame))
-        return (m[..., 0] if m.ndim == 3 else m) > 127
-
-
 class AlignStage(Stage):
     """Smoothed FFHQ crops at the generator resolution, quads, and face masks."""
 
@@ -325,12 +285,12 @@ class AlignStage(Stage):
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         from engine.stages.mask import MaskBuilder  # noqa: PLC0415
-        from engine.media.video import encode_png, probe, read_frames  # noqa: PLC0415
+        from engine.media.video import encode_png, read_frames  # noqa: PLC0415
+        from fsexchange.media import probe  # noqa: PLC0415
 
         cfg = ctx.config.align
         job = ctx.job
-        track = load_document(ctx.job_dir / "stages" / "track" / "facetrack.msgpack",
-                              FaceTrack)
+        track = ctx.files.track.facetrack()
         size = resolve_resolution(cfg.resolution, ctx.config.profile)
         start, end = job.range.start, job.range.end
         n = end - start
@@ -349,12 +309,13 @@ class AlignStage(Stage):
                                          cfg.xy_sigma)
         quads = quad_from_params(c, x, y)
 
-        out = ctx.stage_dir(self.name)
-        (out / "crops").mkdir(exist_ok=True)
-        (out / "masks").mkdir(exist_ok=True)
+        ctx.stage_dir(self.name)
+        files = ctx.files.align
+        files.crops_dir.mkdir(exist_ok=True)
+        files.masks_dir.mkdir(exist_ok=True)
         buf = io.BytesIO()
         np.save(buf, quads, allow_pickle=False)
-        atomic_write_bytes(out / "quads.npy", buf.getvalue())
+        atomic_write_bytes(files.quads_path, buf.getvalue())
 
         masker = MaskBuilder(ctx.config.mask, size, device=ctx.device,
                              parser_path=parser_weights())
@@ -370,8 +331,8 @@ class AlignStage(Stage):
         def flush() -> None:
             masks = masker.masks([p[1] for p in pending], [p[2] for p in pending])
             for (frame, crop, _), mask in zip(pending, masks):
-                atomic_write_bytes(out / "crops" / crop_name(frame), encode_png(crop))
-                atomic_write_bytes(out / "masks" / crop_name(frame),
+                atomic_write_bytes(files.crops_dir / crop_name(frame), encode_png(crop))
+                atomic_write_bytes(files.masks_dir / crop_name(frame),
                                    encode_png(mask.astype(np.uint8) * 255))
                 frames_done.append(frame)
             pending.clear()
@@ -401,7 +362,7 @@ class AlignStage(Stage):
             "scale": cfg.scale,
             "padding": cfg.padding,
         }
-        atomic_write_bytes(out / "info.json", json.dumps(doc, indent=1).encode())
+        atomic_write_bytes(files.info_path, json.dumps(doc, indent=1).encode())
         ctx.info["mask_source"] = masker.source
         return {"frames": len(frames_done), "resolution": size,
                 "mask_source": masker.source}

@@ -78,7 +78,7 @@ def training_settings(stage_dir: Path, kind: str, batch_size: int, dtype: str,
     """``(batch size, dtype)`` of a training stage (PTI, stitching): resolved from
     the options on the first attempt, read back from ``settings.json`` on a resumed
     one."""
-    from engine.models.modelset import resolve_dtype  # noqa: PLC0415
+    from engine.devices import resolve_dtype  # noqa: PLC0415
 
     settings = stage_settings(stage_dir, lambda: {
         "batch_size": resolve_batch(batch_size, kind, resolution, device, frames),

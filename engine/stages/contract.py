@@ -1,15 +1,16 @@
 """The stage contract: what every pipeline stage receives and must honour.
 
 A stage is one pipeline noun (``track``, ``align``, ``invert``, ``pti``, ``edit``,
-``stitch_tune``, ``paste``) living in its own module with its own frozen config. It
-reads the outputs of earlier stages from their folders, writes its own outputs into
+``stitch_tune``, ``paste``, ``report``) living in its own module with its own frozen
+config. It reads the outputs of earlier stages through ``ctx.files`` (typed
+accessors, :mod:`engine.stages.outputs`), writes its own outputs into
 ``ctx.stage_dir(self.name)``, reports progress through ``ctx.report`` and polls
 ``ctx.check_abort()`` often (at least once a second of work). Inputs and outputs are
 files and small documents, never process state, so a stage can run in another
-process or on another machine (Ray) and can resume after a crash:
+process or on another machine and can resume after a crash:
 
-- The runner marks a stage complete by writing ``stages/<name>/DONE.msgpack`` after
-  ``run`` returns; a completed stage is never run again for that job.
+- The pipeline marks a stage complete by writing ``stages/<name>/DONE.msgpack``
+  after ``run`` returns; a completed stage is never run again for that job.
 - Inside a long stage, save a resumable checkpoint with :func:`save_checkpoint`
   (atomic) and, at the start of ``run``, continue from it if it exists.
 - ``run`` must be deterministic given its inputs and config (seeded), so a resumed
@@ -27,9 +28,13 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from fsexchange.documents import Job
 from fsexchange.fsutil import atomic_write_bytes
+from fsexchange.options import PipelineConfig
+from fsexchange.paths import confine
+
+from engine.stages.outputs import STAGES_DIR, JobFiles
 
 if TYPE_CHECKING:
-    from fsexchange.options import PipelineConfig
+    from engine.models.modelset import ModelSet
 
 __all__ = ["Stage", "StageContext", "StageAborted", "save_checkpoint",
            "load_checkpoint"]
@@ -60,7 +65,7 @@ class StageContext:
 
     job: Job
     job_dir: Path
-    config: "PipelineConfig"
+    config: PipelineConfig
     device: str = "cpu"
     media_roots: tuple[Path, ...] = ()
     progress_fn: Callable[[float, str], None] = lambda f, m: None
@@ -70,8 +75,13 @@ class StageContext:
 
     # No ``parents=True`` below: a worker that lost its lease finds its job folder
     # moved away, and must fail there rather than re-create a half job in ``cur/``.
+    @property
+    def files(self) -> JobFiles:
+        """Typed access to every stage's files in this job folder."""
+        return JobFiles(self.job_dir)
+
     def stage_dir(self, name: str) -> Path:
-        d = self.job_dir / "stages" / name
+        d = self.job_dir / STAGES_DIR / name
         d.parent.mkdir(exist_ok=True)
         d.mkdir(exist_ok=True)
         return d
@@ -94,10 +104,22 @@ class StageContext:
 
     def source_path(self) -> Path:
         """The job's media path, confined to the job folder or the media roots."""
-        from fsexchange.paths import confine  # noqa: PLC0415 (avoid import cycle)
-
         return confine(self.job.source.path, self.job_dir, self.media_roots,
                        field="source.path")
+
+
+    def load_models(self) -> "ModelSet":
+        """The job's networks on the job's device. Records what was used in the
+        result (``Result/1.models``) and warns loudly for the tiny profile."""
+        from engine.models.modelset import load_models  # noqa: PLC0415
+
+        models = load_models(self.config.profile, device=self.device)
+        self.info["models"] = dict(models.info)  # the runner stores it msgpack-safe
+        if models.profile == "tiny" or models.info.get("tiny"):
+            self.warn("tiny test networks — not a real edit: the official models are "
+                      "not installed (facestitch models install), so this job ran on "
+                      "small randomly initialised networks.")
+        return models
 
 
 class Stage(ABC):

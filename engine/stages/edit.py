@@ -35,8 +35,10 @@ import numpy as np
 
 from fsexchange.documents import Edit
 from fsexchange.errors import EditInvalid, EditUnknown
+from fsexchange.fsutil import atomic_write_bytes
 
 from engine.stages.contract import Stage, StageContext
+from engine.stages.crops import chunks, preview_frames, save_npy, write_previews
 
 if TYPE_CHECKING:
     from engine.models.directions import Direction
@@ -199,24 +201,17 @@ class EditStage(Stage):
     def run(self, ctx: StageContext) -> dict[str, Any]:
         import torch  # noqa: PLC0415
 
-        from fsexchange.fsutil import atomic_write_bytes  # noqa: PLC0415
-
-        from engine.stages.invert import (chunks, read_frames_json, save_npy,  # noqa: PLC0415
-                             write_previews)
-        from engine.stages.pti import load_generator  # noqa: PLC0415
-        from engine.stages.report import preview_frames  # noqa: PLC0415
-
         cfg = ctx.config.edit
         edits = ctx.job.edits
-        inv = ctx.job_dir / "stages" / "invert"
-        out = ctx.stage_dir(self.name)
-        pivots = np.load(inv / "pivots.npy").astype(np.float32)
-        frames = read_frames_json(inv / "frames.json")
+        ctx.stage_dir(self.name)
+        files = ctx.files.edit
+        pivots = ctx.files.invert.pivots()
+        frames = ctx.files.invert.frames()
         installed = _installed(ctx)
         check_edits(edits, installed)
         pivots = freeze_fine(pivots, cfg.freeze_fine_layers)
         latents = apply_w_edits(pivots, edits, installed, frames)
-        G = load_generator(ctx.job_dir / "stages" / "pti" / "generator.pt", ctx.device)
+        G = ctx.files.pti.generator(ctx.device)
         s_edits = [e for e in edits if e.space == "s"]
         styles: list[np.ndarray] | None = None
         if s_edits and frames:
@@ -231,15 +226,15 @@ class EditStage(Stage):
                                    installed, frames, G.style_is_torgb)
             buf = io.BytesIO()
             np.savez(buf, **{f"s{i:02d}": s for i, s in enumerate(styles)})
-            atomic_write_bytes(out / "styles.npz", buf.getvalue())
-        save_npy(out / "latents.npy", latents)
-        atomic_write_bytes(out / "frames.json", json.dumps({"frames": frames}).encode())
+            atomic_write_bytes(files.styles_path, buf.getvalue())
+        save_npy(files.latents_path, latents)
+        atomic_write_bytes(files.frames_path, json.dumps({"frames": frames}).encode())
         rng = range(ctx.job.range.start, ctx.job.range.end)
         curves = {"frames": [rng.start, rng.stop], "edits": [
             {"name": e.name, "space": e.space, "ease": e.ease,
              "keyframes": [[k.frame, k.strength] for k in e.keyframes],
              "strength": strength_curve(e, rng).tolist()} for e in edits]}
-        atomic_write_bytes(out / "curves.json", json.dumps(curves).encode())
+        atomic_write_bytes(files.curves_path, json.dumps(curves).encode())
         show = preview_frames(frames)
         if show:
             rows = [frames.index(f) for f in show]
@@ -249,7 +244,7 @@ class EditStage(Stage):
                         [torch.from_numpy(s[rows]).to(ctx.device) for s in styles])
                 else:
                     img = G.synthesis(torch.from_numpy(latents[rows]).to(ctx.device))
-            write_previews(out / "preview", show, img)
+            write_previews(files.preview_dir, show, img)
         ctx.report(1.0, f"{len(edits)} edit(s) on {len(frames)} frames")
         return {"frames": len(frames),
                 "edits": [{"name": e.name, "space": e.space,

@@ -138,24 +138,22 @@ class PasteStage(Stage):
     CONTACT_TILES = 48
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        from engine.stages.align import AlignedClip, crop_name  # noqa: PLC0415
         from engine.stages.mask import paste_alpha  # noqa: PLC0415
         from engine.media.video import (  # noqa: PLC0415
             MovieWriter,
             encode_rgba,
             output_name,
-            probe,
             read_frames,
             read_image,
             to_depth,
         )
         from fsexchange.fsutil import atomic_write_bytes  # noqa: PLC0415
+        from fsexchange.media import probe  # noqa: PLC0415
 
         job = ctx.job
-        stages = ctx.job_dir / "stages"
-        aligned = AlignedClip(stages / "align")
-        tuned = stages / "stitch_tune"
-        use_tuned = (tuned / "DONE.msgpack").exists()
+        aligned = ctx.files.align.clip()
+        tuned = ctx.files.stitch_tune
+        use_tuned = tuned.done_path.exists()
         out_dir = ctx.output_dir()
         fmt = job.output.format
         start, end = job.range.start, job.range.end
@@ -185,8 +183,8 @@ class PasteStage(Stage):
                 edited = quad is not None and index in have
                 if edited:
                     if use_tuned:
-                        crop = read_image(tuned / "crops" / crop_name(index))
-                        alpha_file = tuned / "alpha" / crop_name(index)
+                        crop = read_image(tuned.crop(index))
+                        alpha_file = tuned.alpha(index)
                         alpha = (read_image(alpha_file) if alpha_file.exists()
                                  else paste_alpha(aligned.mask(index), ctx.config.mask))
                         if alpha.ndim == 3:

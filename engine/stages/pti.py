@@ -20,7 +20,9 @@ biases, affines, noise strengths, the constant input, ToRGB).
 
 ``PTIStage`` writes into ``stages/pti/``:
 
-- ``generator.pt`` + ``generator.json``: the tuned generator (:func:`save_generator`);
+- ``generator.pt`` + ``generator.json``: the tuned generator in our own format
+  (:func:`engine.models.formats.native.save_network`; read it back with
+  ``ctx.files.pti.generator()``);
 - ``loss.json``: per-pass mean losses and the reconstruction error over all frames
   before (the original generator at the pivots) and after tuning;
 - ``preview/<frame:07d>.png``: the tuned reconstruction of a few frames (report);
@@ -41,45 +43,25 @@ import logging
 import math
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from fsexchange.fsutil import atomic_write_bytes
 
-from engine.stages.batching import resolve_batch
-from engine.stages.invert import (aligned_clip, chunks, crops_to_tensor, read_frames_json,
-                     stage_models, write_previews)
-from engine.stages.contract import Stage, StageAborted, StageContext, load_checkpoint, save_checkpoint
+from engine.stages.batching import resolve_batch, training_settings
+from engine.stages.contract import (Stage, StageAborted, StageContext, load_checkpoint,
+                                    save_checkpoint)
+from engine.stages.crops import chunks, crops_to_tensor, preview_frames, write_previews
 
 if TYPE_CHECKING:
     import torch
 
     from engine.nets.stylegan2 import Generator
 
-__all__ = ["PTIStage", "PTITuner", "save_generator", "load_generator",
-           "reconstruction_error", "TargetCache", "autocast"]
+__all__ = ["PTIStage", "PTITuner", "reconstruction_error", "TargetCache", "autocast"]
 
 log = logging.getLogger(__name__)
-
-
-# --- generator I/O ------------------------------------------------------------------
-
-
-def save_generator(path: Path, G: "Generator", **info: Any) -> None:
-    """The tuned generator in our own format (state dict + constructor JSON + hash,
-    ``engine.models.checkpoints.save_network``); no code is pickled."""
-    from engine.models.checkpoints import save_network  # noqa: PLC0415
-
-    save_network(G, path, info=info)
-
-
-def load_generator(path: Path, device: str = "cpu") -> "Generator":
-    """A generator written by :func:`save_generator` (eval, no gradients)."""
-    from engine.models.checkpoints import load_network  # noqa: PLC0415
-
-    return load_network(path, device=device, expect="Generator").requires_grad_(False)
 
 
 # --- forward helpers ----------------------------------------------------------------
@@ -304,19 +286,18 @@ class PTIStage(Stage):
     def run(self, ctx: StageContext) -> dict[str, Any]:
         import torch  # noqa: PLC0415
 
-        from engine.stages.batching import training_settings  # noqa: PLC0415
-        from engine.stages.report import preview_frames  # noqa: PLC0415
+        from engine.models.formats.native import save_network  # noqa: PLC0415
 
         cfg = ctx.config.pti
         dev = ctx.device
         out = ctx.stage_dir(self.name)
-        inv = ctx.job_dir / "stages" / "invert"
-        pivots = np.load(inv / "pivots.npy").astype(np.float32)
-        frames = read_frames_json(inv / "frames.json")
-        models = stage_models(ctx)
+        files = ctx.files.pti
+        pivots = ctx.files.invert.pivots()
+        frames = ctx.files.invert.frames()
+        models = ctx.load_models()
         G0, lpips, tiny = models.generator, models.lpips, bool(models.info.get("tiny"))
         del models  # the encoder is not needed here: free its memory
-        targets = TargetCache(aligned_clip(ctx), G0.img_resolution, dev, lpips,
+        targets = TargetCache(ctx.files.align.clip(), G0.img_resolution, dev, lpips,
                               cfg.cache_frames)
         # resolved once and kept for a resumed attempt (engine/stages/batching.py)
         batch, dtype = training_settings(out, "pti", cfg.batch_size, ctx.config.dtype,
@@ -324,7 +305,7 @@ class PTIStage(Stage):
         cfg = replace(cfg, batch_size=batch)
         tuner = PTITuner(G0, lpips, pivots, frames, targets, cfg,
                          seed=ctx.config.seed, device=dev, dtype=dtype)
-        ckpt_path = out / "checkpoint.pt"
+        ckpt_path = files.checkpoint_path
         if ckpt_path.exists():
             tuner.load_state_dict(load_checkpoint(ckpt_path))
             log.info("pti: resuming at pass %d batch %d", tuner.state["pass"],
@@ -361,20 +342,20 @@ class PTIStage(Stage):
 
         G = tuner.G.eval().requires_grad_(False)
         after = tuner.error(G, abort=ctx.check_abort) if frames else None
-        save_generator(out / "generator.pt", G, stage="pti", frames=len(frames),
-                       passes=cfg.steps, tiny=tiny)
+        save_network(G, files.generator_path, info={
+            "stage": "pti", "frames": len(frames), "passes": cfg.steps, "tiny": tiny})
         show = preview_frames(frames)
         if show:
             with torch.no_grad():
                 ws = torch.from_numpy(pivots[[frames.index(f) for f in show]]).to(dev)
-                write_previews(out / "preview", show, G.synthesis(ws))
+                write_previews(files.preview_dir, show, G.synthesis(ws))
         before = tuner.state["before"]
         record = {"passes": tuner.state["passes"], "before": before, "after": after,
                   "frames": len(frames), "batch_size": tuner.batch, "lr": tuner.lr,
                   "dtype": dtype,
                   "l2_weight": cfg.l2_weight, "lpips_weight": cfg.lpips_weight,
                   "locality_reg": cfg.locality_reg}
-        atomic_write_bytes(out / "loss.json", json.dumps(record, indent=1).encode())
+        atomic_write_bytes(files.loss_path, json.dumps(record, indent=1).encode())
         ckpt_path.unlink(missing_ok=True)
         if before and after:
             log.info("pti: reconstruction MSE %.5f -> %.5f, LPIPS %.4f -> %.4f",

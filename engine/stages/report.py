@@ -26,7 +26,6 @@ import html
 import json
 import logging
 import math
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -34,26 +33,17 @@ import numpy as np
 from fsexchange.fsutil import atomic_write_bytes
 
 from engine.stages.contract import Stage, StageContext
+from engine.stages.crops import preview_frames
+from engine.stages.outputs import JobFiles, crop_name
 
-__all__ = ["ReportStage", "preview_frames", "line_chart_svg", "png_data_uri",
+__all__ = ["ReportStage", "line_chart_svg", "png_data_uri",
            "TINY_BANNER", "render_report"]
 
 log = logging.getLogger(__name__)
 
 TINY_BANNER = "tiny test networks — not a real edit"
 #: Frames shown in the filmstrip.
-PREVIEW_COUNT = 4
 THUMB = 160  # filmstrip thumbnail height in pixels
-
-
-def preview_frames(frames: Sequence[int], count: int = PREVIEW_COUNT) -> list[int]:
-    """Up to ``count`` frames evenly spread over ``frames`` (first and last
-    included); the stages write previews of exactly these for the report."""
-    frames = list(frames)
-    if len(frames) <= count:
-        return frames
-    idx = np.linspace(0, len(frames) - 1, count).round().astype(int)
-    return [frames[i] for i in sorted(set(idx.tolist()))]
 
 
 def png_data_uri(img: np.ndarray, height: int | None = THUMB) -> str:
@@ -168,13 +158,6 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}"
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _num(v: Any, digits: int = 4) -> str:
     if v is None:
         return "n/a"
@@ -234,15 +217,8 @@ class ReportStage(Stage):
     weight = 1.0
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        from engine.service.runner import read_stage_done  # noqa: PLC0415
-
         job = ctx.job
-        jd = ctx.job_dir
-        st = jd / "stages"
-        docs = [read_stage_done(jd, d.name) for d in sorted(st.iterdir())
-                if d.is_dir()] if st.is_dir() else []
-        done = {d.stage: d for d in sorted((d for d in docs if d is not None),
-                                           key=lambda d: d.finished)}
+        done = ctx.files.completed()
         paste = done.get("paste")
         outputs = [f for f in (paste.facts.get("frames") if paste else None) or []
                    if isinstance(f, dict)]
@@ -261,7 +237,7 @@ class ReportStage(Stage):
                                                for w in ctx.warnings)
         sections = [("Job", self._job_table(ctx, models))]
         sections.append(("Filmstrip", self._filmstrip(ctx, outputs)))
-        sections += self._tuning_sections(st)
+        sections += self._tuning_sections(ctx.files)
         sections.append(("Temporal metrics", metrics_html))
         sections.append(("Stage timings", self._timings(done)))
         sections.append(("Models", self._models(models)))
@@ -330,26 +306,25 @@ class ReportStage(Stage):
         return _table(rows, ["", ""])
 
     def _filmstrip(self, ctx: StageContext, outputs: list[dict]) -> str:
-        from engine.stages.align import AlignedClip, crop_name  # noqa: PLC0415
         from engine.stages.mask import paste_alpha  # noqa: PLC0415
         from engine.quality.metrics import composite_over  # noqa: PLC0415
         from engine.media.video import read_frames, read_image  # noqa: PLC0415
 
-        st = ctx.job_dir / "stages"
+        files = ctx.files
         try:
-            clip = AlignedClip(st / "align")
+            clip = files.align.clip()
         except (OSError, ValueError):
             return "<p>no aligned frames</p>"
         show = preview_frames(clip.frames)
         if not show:
             return "<p>the face was not found in any frame</p>"
         by_frame = {int(o["frame"]): ctx.job_dir / o["path"] for o in outputs}
-        columns = [("source", None), ("aligned crop", st / "align" / "crops"),
-                   ("inversion (e4e)", st / "invert" / "preview"),
-                   ("PTI reconstruction", st / "pti" / "preview"),
-                   ("edit", st / "edit" / "preview"),
-                   ("stitched", st / "stitch_tune" / "crops"),
-                   ("alpha", st / "stitch_tune" / "alpha"), ("final", None)]
+        columns = [("source", None), ("aligned crop", files.align.crops_dir),
+                   ("inversion (e4e)", files.invert.preview_dir),
+                   ("PTI reconstruction", files.pti.preview_dir),
+                   ("edit", files.edit.preview_dir),
+                   ("stitched", files.stitch_tune.crops_dir),
+                   ("alpha", files.stitch_tune.alpha_dir), ("final", None)]
         columns = [(n, p) for n, p in columns
                    if p is None or any((p / crop_name(f)).exists() for f in show)]
         if not any(n == "alpha" for n, _ in columns):
@@ -387,9 +362,9 @@ class ReportStage(Stage):
         return (f"<table class='strip'><tr><th></th>{head}</tr>{''.join(rows)}"
                 "</table>")
 
-    def _tuning_sections(self, st: Path) -> list[tuple[str, str]]:
+    def _tuning_sections(self, files: JobFiles) -> list[tuple[str, str]]:
         out = []
-        pti = _read_json(st / "pti" / "loss.json")
+        pti = files.pti.loss()
         if pti:
             passes = pti.get("passes") or []
             chart = line_chart_svg(
@@ -407,7 +382,7 @@ class ReportStage(Stage):
             out.append(("PTI", chart + table + f"<p class='small'>{pti.get('frames')} "
                         f"frames, batch {pti.get('batch_size')}, lr {pti.get('lr')}"
                         "</p>"))
-        sm = _read_json(st / "stitch_tune" / "summary.json")
+        sm = files.stitch_tune.summary()
         if sm:
             series = {"mean border loss": sm.get("mean_curve") or []}
             for f, c in list(zip(sm.get("frames", []), sm.get("curves", [])))[:4]:
@@ -419,7 +394,7 @@ class ReportStage(Stage):
                             ["steps (mean)", "", _num(sm.get("mean_steps"))]],
                            ["", "naive paste", "stitching-tuned"])
             out.append(("Stitching tuning", chart + table))
-        curves = _read_json(st / "edit" / "curves.json")
+        curves = files.edit.curves()
         if curves and curves.get("edits"):
             series = {f"{e['name']} ({e['space']})": e["strength"]
                       for e in curves["edits"]}

@@ -42,7 +42,6 @@ import logging
 import shutil
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
@@ -50,9 +49,11 @@ import numpy as np
 from fsexchange.fsutil import atomic_write_bytes
 
 from fsexchange.options import StitchConfig
-from engine.stages.invert import (aligned_clip, chunks, crops_to_tensor, read_frames_json,
-                     tensor_to_image, write_png)
+from engine.stages.crops import chunks, crops_to_tensor, tensor_to_image, write_png
+from engine.stages.batching import training_settings
 from engine.stages.contract import Stage, StageContext
+from engine.stages.mask import paste_alpha, stitch_masks
+from engine.stages.outputs import EditFiles
 
 if TYPE_CHECKING:
     import torch
@@ -357,19 +358,19 @@ def tune_reference(G: "Generator", styles: Sequence["torch.Tensor"],
     return TuneResult(torch.stack(images), before, after, steps, curves)
 
 
-def load_edit_styles(G: "Generator", edit_dir: Path, rows: Sequence[int],
+def load_edit_styles(G: "Generator", edit: EditFiles, rows: Sequence[int],
                      device: str) -> list["torch.Tensor"]:
     """Styles of the edited frames ``rows``: stored S-space edits when the edit stage
     wrote ``styles.npz``, else ``G.styles(latents)``."""
     import torch  # noqa: PLC0415
 
-    styles_path = edit_dir / "styles.npz"
+    styles_path = edit.styles_path
     if styles_path.exists():
         with np.load(styles_path) as z:
             n = len(z.files)
             return [torch.from_numpy(z[f"s{i:02d}"][list(rows)]).to(device)
                     for i in range(n)]
-    lat = np.load(edit_dir / "latents.npy", mmap_mode="r")
+    lat = np.load(edit.latents_path, mmap_mode="r")
     ws = torch.from_numpy(np.ascontiguousarray(lat[list(rows)])).to(device)
     with torch.no_grad():
         return [s.detach() for s in G.styles(ws)]
@@ -384,21 +385,17 @@ class StitchTuneStage(Stage):
     def run(self, ctx: StageContext) -> dict[str, Any]:
         import torch  # noqa: PLC0415
 
-        from engine.stages.align import crop_name  # noqa: PLC0415
-        from engine.stages.mask import paste_alpha, stitch_masks  # noqa: PLC0415
-        from engine.stages.batching import training_settings  # noqa: PLC0415
-        from engine.stages.pti import load_generator  # noqa: PLC0415
-
         cfg = ctx.config.stitch
         mcfg = ctx.config.mask
         dev = ctx.device
         out = ctx.stage_dir(self.name)
-        parts = out / "parts"
+        files = ctx.files.stitch_tune
+        parts = files.parts_dir
         parts.mkdir(exist_ok=True)
-        edit_dir = ctx.job_dir / "stages" / "edit"
-        frames = read_frames_json(edit_dir / "frames.json")
-        clip = aligned_clip(ctx)
-        G = load_generator(ctx.job_dir / "stages" / "pti" / "generator.pt", dev)
+        edit = ctx.files.edit
+        frames = edit.frames()
+        clip = ctx.files.align.clip()
+        G = ctx.files.pti.generator(dev)
         R = G.img_resolution
         # resolved once and kept for a resumed attempt (engine/stages/batching.py)
         batch, dtype = training_settings(out, "stitch", cfg.batch_size,
@@ -422,7 +419,7 @@ class StitchTuneStage(Stage):
             content = torch.from_numpy(np.stack([s[2] for s in stm])).to(dev)
             target = crops_to_tensor([clip.crop(f) for f in fr], R, device=dev)
             border, content = _fit(border, R), _fit(content, R)
-            styles = load_edit_styles(G, edit_dir, rows, dev)
+            styles = load_edit_styles(G, edit, rows, dev)
             def progress(f: float, bi: int = bi) -> None:
                 ctx.report((bi + f) / len(batches), f"batch {bi + 1}/{len(batches)}, "
                            f"step {round(f * cfg.steps)}/{cfg.steps}")
@@ -430,10 +427,9 @@ class StitchTuneStage(Stage):
             res = stitcher.tune(styles, target, border, content,
                                 abort=ctx.check_abort, progress=progress)
             for j, f in enumerate(fr):
-                write_png(out / "crops" / crop_name(f),
-                          tensor_to_image(res.images[j], depth=16))
+                write_png(files.crop(f), tensor_to_image(res.images[j], depth=16))
                 alpha = paste_alpha(masks[j], mcfg)
-                write_png(out / "alpha" / crop_name(f),
+                write_png(files.alpha(f),
                           np.round(np.clip(alpha, 0, 1) * 255).astype(np.uint8))
             atomic_write_bytes(part, json.dumps({
                 "frames": fr, "before": res.before, "after": res.after,
@@ -451,7 +447,7 @@ class StitchTuneStage(Stage):
                         "content_weight": cfg.content_weight,
                         "border_loss_threshold": cfg.border_loss_threshold,
                         "batch_size": cfg.batch_size, "dtype": dtype})
-        atomic_write_bytes(out / "summary.json", json.dumps(summary).encode())
+        atomic_write_bytes(files.summary_path, json.dumps(summary).encode())
         shutil.rmtree(parts, ignore_errors=True)
         return {"frames": len(frames), "border_before": summary["border_before"],
                 "border_after": summary["border_after"],

@@ -28,6 +28,7 @@ import numpy as np
 from fsexchange.documents import FaceTrack, Subject, TrackFrame, load_document
 from fsexchange.errors import NoFaceFound, SubjectInvalid
 from fsexchange.fsutil import atomic_write_bytes
+from fsexchange.paths import confine
 
 from fsexchange.options import TrackConfig
 
@@ -249,7 +250,8 @@ def track_media(
         SubjectInvalid: the requested subject does not exist.
         ModelMissing: the backend's weights are not installed.
     """
-    from engine.media.video import probe, read_frames  # noqa: PLC0415
+    from engine.media.video import read_frames  # noqa: PLC0415
+    from fsexchange.media import probe  # noqa: PLC0415
 
     info = probe(path, rate)
     end = info.frame_count if end is None else end
@@ -289,10 +291,9 @@ class TrackStage(Stage):
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         job = ctx.job
-        out = ctx.stage_dir(self.name) / "facetrack.msgpack"
+        ctx.stage_dir(self.name)
+        out = ctx.files.track.facetrack_path
         if job.subject.track:
-            from fsexchange.paths import confine  # noqa: PLC0415
-
             given = confine(job.subject.track, ctx.job_dir, (), field="subject.track")
             track = load_document(given, FaceTrack)
             wanted = range(job.range.start, job.range.end)

@@ -10,15 +10,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from fsexchange.client import new_job_id, submit_job
 from fsexchange.documents import JOB_KINDS, Subject
 from fsexchange.errors import HostError
+from fsexchange.grammar import parse_edit_spec, parse_option
 from fsexchange.timecode import parse_rate
 from host_bridge.ofx import PARAMS, build_bundle, build_ofx_job
-from host_bridge.ui import parse_edit_spec
 
 __all__ = ["main"]
 
@@ -52,29 +51,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _options(items: list[str]) -> dict:
-    """``["align.resolution=256"]`` -> ``{"align": {"resolution": 256}}`` (values are
-    JSON where they parse, else strings)."""
+    """``["align.resolution=256"]`` -> ``{"align": {"resolution": 256}}``
+    (:func:`fsexchange.grammar.parse_option`)."""
     out: dict = {}
     for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise HostError(f"--option {item!r} must be KEY.SUB=VALUE")
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw
-        *parents, leaf = key.split(".")
-        node = out
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+        parse_option(out, item)
     return out
 
 
 def _submit(args: argparse.Namespace) -> int:
     edits = ()
     if args.edit:
-        edits = parse_edit_spec(", ".join(args.edit)).edits
+        edits = parse_edit_spec(args.edit).edits
     elif args.kind == "stitch":
         raise HostError("a stitch job needs at least one --edit NAME=STRENGTH (or use "
                         "--kind align-preview)")

@@ -9,9 +9,10 @@ Frame numbers (``--range``, keyframes) are 0-based indices into the media, and
 ``--range START:END`` excludes END (``0:48`` is the first 48 frames). Keyframed
 edits: ``--edit age=0@10,-4@20,-4@30,0@40`` gives strength@frame pairs.
 
-Torch-free: probing the media and checking edit names use ``engine.media.video`` and
-``engine.models.directions`` when they are installed here; without them only the syntax
-is checked (then ``--range`` and, for movies, ``--rate`` are required).
+Torch-free: the media is probed with :mod:`fsexchange.media` when PyAV is installed
+here, and edit names are checked against the engine installed on this machine (in a
+child process, :mod:`host_bridge.engine_cli`); without them only the syntax is
+checked (then ``--range`` and, for movies, ``--rate`` are required).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import socket
 import sys
 from fractions import Fraction
@@ -27,17 +27,20 @@ from pathlib import Path
 from typing import Any
 
 from fsexchange.client import new_job_id, submit_job, wait_job
-from fsexchange.documents import (JOB_KINDS, Edit, FrameRange, Job, Keyframe,
-                                  OutputSpec, Source, Subject)
-from fsexchange.errors import (DocumentFieldError, EditInvalid, EditUnknown,
-                               FaceStitchError, MediaMissing, ModelError, RangeInvalid,
-                               RangeOutOfBounds, SubjectInvalid)
+from fsexchange.documents import (JOB_KINDS, Edit, FrameRange, Job, OutputSpec, Source)
+from fsexchange.errors import (DocumentFieldError, EditUnknown,
+                               MediaMissing, ModelError, RangeInvalid)
 from fsexchange.exchange import utc_now
 from fsexchange.paths import is_within
-from fsexchange.timecode import parse_rate, timecode_to_frames
+from fsexchange.grammar import (is_timecode_range, parse_edit, parse_option,
+                                parse_range, parse_subject, timecode_range)
+from fsexchange.media import probe, probe_available
+from fsexchange.options import PipelineConfig
+from fsexchange.timecode import parse_rate
 
-__all__ = ["main", "build_parser", "parse_range", "timecode_range", "parse_subject",
-           "parse_edit", "parse_option", "build_job"]
+from host_bridge.engine_cli import installed_edit_names
+
+__all__ = ["main", "build_parser", "build_job"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,168 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_range(text: str | None, frame_count: int | None) -> tuple[int, int]:
-    """``"START:END"`` (either side may be empty) -> ``(start, end)``.
-
-    Raises:
-        RangeInvalid: bad syntax, negative, empty or reversed.
-        RangeOutOfBounds: END past the media's ``frame_count``.
-    """
-    if text is None:
-        if frame_count is None:
-            raise RangeInvalid("give --range START:END (the media cannot be probed "
-                               "here to find its length)", field="range")
-        return 0, frame_count
-    start_s, sep, end_s = text.partition(":")
-    try:
-        if not sep:
-            raise ValueError
-        start = int(start_s) if start_s.strip() else 0
-        if end_s.strip():
-            end = int(end_s)
-        elif frame_count is not None:
-            end = frame_count
-        else:
-            raise RangeInvalid(f"--range {text}: give END (the media cannot be "
-                               "probed here)", field="range.end")
-    except ValueError:
-        raise RangeInvalid(f"--range {text!r} is not START:END with frame numbers",
-                           field="range") from None
-    if start < 0:
-        raise RangeInvalid(f"--range {text}: START must be >= 0", field="range.start")
-    if end <= start:
-        raise RangeInvalid(f"--range {text} is empty: END is exclusive and must be "
-                           f"greater than START", field="range.end")
-    if frame_count is not None and end > frame_count:
-        raise RangeOutOfBounds(f"--range {text} reaches past the media, which has "
-                               f"{frame_count} frames (0:{frame_count})",
-                               field="range.end")
-    return start, end
-
-
-_TC_RANGE = re.compile(r"^\s*(\d{1,2}[:;.]\d{2}[:;.]\d{2}[:;.]\d{2,3})\s*-\s*"
-                       r"(\d{1,2}[:;.]\d{2}[:;.]\d{2}[:;.]\d{2,3})\s*$")
-
-
-def timecode_range(text: str, rate: Fraction, start_timecode: str | None
-                   ) -> str | None:
-    """``"01:00:00:10-01:00:04:00"`` -> ``"10:96"`` (media indices, END exclusive)
-    for media starting at ``start_timecode``; None when ``text`` is not a timecode
-    range.
-
-    Raises:
-        RangeInvalid: a timecode before the media's start.
-    """
-    m = _TC_RANGE.match(text)
-    if not m:
-        return None
-    origin = timecode_to_frames(start_timecode, rate) if start_timecode else 0
-    try:
-        start, end = (timecode_to_frames(tc, rate) - origin for tc in m.groups())
-    except DocumentFieldError as exc:
-        raise RangeInvalid(f"--range {text}: {exc.message}", field="range") from None
-    if start < 0:
-        raise RangeInvalid(f"--range {text}: {m[1]} is before the media's start "
-                           f"timecode {start_timecode or '00:00:00:00'}",
-                           field="range.start")
-    return f"{start}:{end}"
-
-
-def parse_subject(face: int | None, point: str | None, box: str | None) -> Subject:
-    """``--face N`` / ``--face-point FRAME:X,Y`` / ``--face-box FRAME:X0,Y0,X1,Y1``.
-
-    Raises:
-        SubjectInvalid: more than one given, or bad syntax.
-    """
-    given = [a for a in (face, point, box) if a is not None]
-    if len(given) > 1:
-        raise SubjectInvalid("give only one of --face, --face-point, --face-box",
-                             field="subject")
-    if face is not None:
-        if face < 0:
-            raise SubjectInvalid("--face must be >= 0", field="subject.index")
-        return Subject(index=face)
-    for text, n, flag in ((point, 2, "--face-point"), (box, 4, "--face-box")):
-        if text is None:
-            continue
-        frame_s, sep, coords = text.partition(":")
-        try:
-            values = [float(v) for v in coords.split(",")]
-            frame = int(frame_s)
-            if not sep or len(values) != n or frame < 0:
-                raise ValueError
-        except ValueError:
-            shape = "X,Y" if n == 2 else "X0,Y0,X1,Y1"
-            raise SubjectInvalid(f"{flag} {text!r} must be FRAME:{shape} (media frame "
-                                 "index, pixel coordinates)", field="subject") from None
-        if n == 4 and not (values[0] < values[2] and values[1] < values[3]):
-            raise SubjectInvalid(f"{flag} {text!r}: need X0 < X1 and Y0 < Y1",
-                                 field="subject.box")
-        coords_t = (float(frame), *values)
-        return Subject(point=coords_t) if n == 2 else Subject(box=coords_t)
-    return Subject()
-
-
-def parse_edit(text: str) -> Edit:
-    """``"age=-4"`` or ``"age=0@1001,-4@1024"`` (strength@frame) -> :class:`Edit`.
-
-    Raises:
-        EditInvalid: bad syntax.
-    """
-    name, sep, value = text.partition("=")
-    name = name.strip()
-    if not sep or not name or not value.strip():
-        raise EditInvalid(f"--edit {text!r} must be NAME=STRENGTH or "
-                          "NAME=STRENGTH@FRAME,...", field="edits")
-    try:
-        if "@" not in value:
-            return Edit.from_dict({"name": name, "strength": float(value)})
-        keyframes = []
-        for pair in value.split(","):
-            strength, at, frame = pair.partition("@")
-            if not at:
-                raise ValueError
-            keyframes.append(Keyframe(int(frame), float(strength)))
-    except ValueError:
-        raise EditInvalid(f"--edit {text!r}: keyframes must be STRENGTH@FRAME pairs "
-                          "separated by commas, e.g. age=0@10,-4@20", field="edits"
-                          ) from None
-    except FaceStitchError as exc:
-        raise EditInvalid(f"--edit {text!r}: {exc.message}", field="edits") from None
-    frames = [k.frame for k in keyframes]
-    if frames != sorted(set(frames)):
-        raise EditInvalid(f"--edit {text!r}: keyframe frames must increase",
-                          field="edits")
-    return Edit.from_dict({"name": name, "strength": keyframes[0].strength,
-                           "keyframes": [[k.frame, k.strength] for k in keyframes]})
-
-
-def parse_option(options: dict[str, Any], text: str) -> None:
-    """Apply ``"pti.steps=40"`` to a nested options map (values: JSON or text)."""
-    key, sep, raw = text.partition("=")
-    parts = [k.strip() for k in key.split(".")]
-    if not sep or not all(parts):
-        raise DocumentFieldError(f"--option {text!r} must be KEY.SUB=VALUE",
-                                 field="options")
-    try:
-        value: Any = json.loads(raw)
-    except ValueError:
-        value = raw
-    node = options
-    for k in parts[:-1]:
-        node = node.setdefault(k, {})
-        if not isinstance(node, dict):
-            raise DocumentFieldError(f"--option {text!r} conflicts with another "
-                                     "option", field=f"options.{key}")
-    node[parts[-1]] = value
-
-
 def _probe(media: Path, rate: Fraction | None, notes: list[str]):
-    try:
-        from engine.media.video import probe  # noqa: PLC0415
-    except ImportError as exc:
-        notes.append(f"cannot probe media here ({exc.name} is not installed); "
-                     "only the syntax of --range is checked")
+    if not probe_available():
+        notes.append("cannot probe media here (PyAV is not installed); only the "
+                     "syntax of --range is checked")
         return None
     return probe(media, rate)
 
@@ -257,19 +102,18 @@ def _check_edits(edits: list[Edit], profile: str, notes: list[str]) -> None:
     if not edits:
         return
     try:
-        from engine.models.directions import available_edits  # noqa: PLC0415
-    except ImportError as exc:
-        notes.append(f"cannot check edit names here ({exc.name} is not installed)")
-        return
-    try:
-        known = available_edits(profile)
+        known = installed_edit_names(profile)
     except ModelError as exc:
         notes.append(f"cannot check edit names here: {exc.message}")
+        return
+    if known is None:
+        notes.append("cannot check edit names here (the engine is not installed on "
+                     "this machine); the engine checks them when it starts the job")
         return
     for e in edits:
         if e.name not in known:
             raise EditUnknown(f"unknown edit {e.name!r} for the {profile} profile; "
-                              f"installed: {', '.join(sorted(known)) or 'none'} "
+                              f"installed: {', '.join(known) or 'none'} "
                               "(see 'facestitch edits')", field="edits")
 
 
@@ -288,7 +132,7 @@ def build_job(args: argparse.Namespace, notes: list[str]
                                      field="range.rate")
         rate = Fraction(24)
     range_text = args.range
-    if range_text and _TC_RANGE.match(range_text):
+    if is_timecode_range(range_text):
         if info is None:
             raise RangeInvalid("a timecode --range needs the media's start timecode: "
                                "it cannot be probed here, give frame numbers",
@@ -303,8 +147,6 @@ def build_job(args: argparse.Namespace, notes: list[str]
         parse_option(options, text)
     if args.profile:
         options["profile"] = args.profile
-    from fsexchange.options import PipelineConfig  # noqa: PLC0415 (torch-free)
-
     cfg = PipelineConfig.from_options(options)
     _check_edits(edits, cfg.profile, notes)
     exchange = args.exchange.absolute()
