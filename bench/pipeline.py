@@ -241,15 +241,16 @@ def run_stages(work: Path, frames: int, options: dict[str, Any], device: str
                ) -> tuple[Path, list[dict[str, Any]]]:
     """The ``stitch`` pipeline up to paste-back on the astronaut clip, in a job
     folder, through the engine's own pipeline loop; per-stage timings."""
-    from engine.commands.demo import RATE, astronaut_clip
+    from engine.media.samples import RATE, astronaut_clip
     from engine.stages.contract import StageContext
     from engine.stages.pipeline import run_pipeline, stages_for
-    from fsexchange.documents import Edit, FrameRange, Job, Source
+    from fsexchange.client import build_job
+    from fsexchange.documents import Edit, FrameRange, Source
 
     clip = astronaut_clip(work / "clip.mp4", frames)
-    job = Job(id="bench", source=Source(str(clip)),
-              range=FrameRange(0, frames, RATE), edits=(Edit("age", -4.0),),
-              options=options)
+    job = build_job(job_id="bench", source=Source(str(clip)),
+                    range=FrameRange(0, frames, RATE), edits=(Edit("age", -4.0),),
+                    options=options, host={"app": "bench/pipeline.py"})
     jd = work / "job"
     jd.mkdir()
     ctx = StageContext(job=job, job_dir=jd, config=PipelineConfig.from_options(

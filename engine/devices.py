@@ -38,7 +38,7 @@ def resolve_device(device: Any = "auto") -> str:
         return device
     if importlib.util.find_spec("torch") is None:
         return "cpu"
-    import torch  # noqa: PLC0415
+    import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -47,7 +47,7 @@ def native_bf16(device: Any) -> bool:
     """Whether ``device`` computes bfloat16 natively (not by float32 emulation):
     CUDA devices that report bf16 support; CPUs with AVX512-BF16 or AMX-BF16 (read
     from /proc/cpuinfo; other systems: False)."""
-    import torch  # noqa: PLC0415
+    import torch
 
     dev = torch.device(device)
     if dev.type == "cuda":

@@ -106,7 +106,7 @@ class DlibBackend:
     name = "dlib"
 
     def __init__(self, upsample: int = 1, min_score: float = 0.0) -> None:
-        import dlib  # noqa: PLC0415
+        import dlib
 
         self.upsample = int(upsample)
         self.min_score = float(min_score)
@@ -115,7 +115,7 @@ class DlibBackend:
 
     def boxes(self, rgb: np.ndarray) -> list[tuple[tuple[float, ...], float]]:
         """``[(box, score)]`` in frame pixels."""
-        import cv2  # noqa: PLC0415
+        import cv2
 
         img = np.ascontiguousarray(rgb[..., :3])
         h, w = img.shape[:2]
@@ -128,7 +128,7 @@ class DlibBackend:
                 for r, sc in zip(rects, scores)]
 
     def landmarks(self, rgb: np.ndarray, box: Sequence[float]) -> np.ndarray:
-        import dlib  # noqa: PLC0415
+        import dlib
 
         rect = dlib.rectangle(*(int(round(v)) for v in box[:4]))
         shape = self._predictor(np.ascontiguousarray(rgb[..., :3]), rect)
@@ -174,7 +174,7 @@ class FaceAlignmentBackend:
             raise ModelMissing(
                 f"face-alignment weights {FAN_FILE} are not installed: put the file "
                 f"in {weights.parent} (from {FAN_URL}), or use track.backend 'dlib'")
-        import face_alignment  # noqa: PLC0415
+        import face_alignment
 
         self._detector = DlibBackend(upsample, min_score)
         with warnings.catch_warnings():

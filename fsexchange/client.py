@@ -19,17 +19,23 @@ import shutil
 import socket
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
-from fsexchange.documents import Job, Progress, Result, decode_document, load_document
-from fsexchange.errors import DocumentError, FaceStitchError, JobExists, JobNotFound
+from fsexchange.documents import (JOB_KINDS, Edit, FrameRange, Job, OutputSpec,
+                                  Progress, Result, Source, Subject, decode_document,
+                                  load_document)
+from fsexchange.errors import (DocumentError, DocumentFieldError, FaceStitchError,
+                               JobExists, JobNotFound)
 from fsexchange.exchange import (FINAL_STATES, JOB_FILE, PROGRESS_FILE, RESERVED_NAMES,
                        STATE_FOLDERS, Exchange, read_result)
 from fsexchange.fsutil import fsync_dir
+from fsexchange.options import PipelineConfig
 
 __all__ = [
     "new_job_id",
+    "build_job",
     "submit_job",
     "JobStatus",
     "job_status",
@@ -48,6 +54,33 @@ def new_job_id(prefix: str = "job") -> str:
         raise ValueError(f"job id prefix {prefix!r} must be letters, digits, '._-'")
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     return f"{prefix}-{stamp}-{secrets.token_hex(4)}"
+
+
+def build_job(*, source: Source, range: FrameRange, kind: str = "stitch",
+              edits: Sequence[Edit] = (), subject: Subject | None = None,
+              options: Mapping[str, Any] | None = None,
+              output: OutputSpec | None = None, host: Mapping[str, Any] | None = None,
+              job_id: str | None = None, id_prefix: str = "job") -> Job:
+    """The one way every client (CLI, OpenFX, Resolve, preview, demo) makes a job.
+
+    Fills the id (:func:`new_job_id`) and the creation time (microseconds, so the
+    newest of several sends of one shot sorts last), checks the kind, that a
+    stitch job has an edit, and validates ``options`` the way the engine will
+    (:meth:`fsexchange.options.PipelineConfig.from_options`), so a bad value is
+    refused before anything is queued.
+
+    Raises:
+        DocumentFieldError: a bad kind or option.
+    """
+    if kind not in JOB_KINDS:
+        raise DocumentFieldError(f"unknown job kind {kind!r}; known: "
+                                 f"{', '.join(JOB_KINDS)}", field="kind")
+    PipelineConfig.from_options(dict(options or {}))
+    created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return Job(id=job_id or new_job_id(id_prefix), source=source, range=range,
+               kind=kind, subject=subject or Subject(), edits=tuple(edits),
+               options=dict(options or {}), output=output or OutputSpec(),
+               host=dict(host or {}), created=created)
 
 
 def _attachment_path(rel: str) -> PurePosixPath:

@@ -287,6 +287,28 @@ class MetricsError(FaceStitchError, ValueError):
     code = "metrics.error"
 
 
+class MetricsLengthMismatch(MetricsError):
+    """The source and the edited clip have different numbers of frames."""
+
+    code = "metrics.length_mismatch"
+
+
+class MetricsSizeMismatch(MetricsError):
+    """The source and the edited frames differ in width or height."""
+
+    code = "metrics.size_mismatch"
+
+
+class MetricsFrameInvalid(MetricsError):
+    """A frame is not an HxWx3 / HxWx4 uint8 or uint16 image."""
+
+    code = "metrics.frame_invalid"
+
+
+class MetricsNoFrames(MetricsError):
+    code = "metrics.no_frames"
+
+
 def error_from_dict(data: dict[str, Any]) -> FaceStitchError:
     """Rebuild an error from a ``Result/1`` ``error`` object (unknown codes -> base)."""
     cls = ERROR_CODES.get(str(data.get("code")), FaceStitchError)

@@ -133,7 +133,7 @@ def _index_cached(path: str, mtime_ns: int, size: int, rate: Fraction | None) ->
 
 def open_container(path: Path):
     """``av.open`` for reading, its errors as ``media.*`` errors."""
-    import av  # noqa: PLC0415
+    import av
 
     try:
         return av.open(str(path), "r")
@@ -151,7 +151,7 @@ def _metadata_get(md: dict, key: str) -> str | None:
 
 
 def _index_video(path: Path) -> MediaIndex:
-    import av  # noqa: PLC0415
+    import av
 
     container = open_container(path)
     try:
@@ -295,7 +295,7 @@ def _index_sequence(folder: Path, rate: Fraction) -> MediaIndex:
 def _image_facts(path: Path) -> tuple[int, int, int, bool]:
     """(width, height, bits per component, has alpha) of one image file, decoded
     by FFmpeg (PNG, TIFF, EXR, PAM)."""
-    import av  # noqa: PLC0415
+    import av
 
     container = open_container(path)
     try:

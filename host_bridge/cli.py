@@ -43,14 +43,14 @@ def _usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fsexchange.errors import FaceStitchError  # noqa: PLC0415
+    from fsexchange.errors import FaceStitchError
 
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0 if args else 2
     if args[0] == "--version":
-        from fsexchange import __version__  # noqa: PLC0415
+        from fsexchange import __version__
 
         print(f"facestitch {__version__}")
         return 0

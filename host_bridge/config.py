@@ -104,7 +104,7 @@ class BridgeConfig:
                 raise HostError(f"{p} must hold a JSON object")
         cfg = cls.from_dict(data, str(p))
         if os.environ.get("FACESTITCH_EXCHANGE"):
-            from dataclasses import replace  # noqa: PLC0415
+            from dataclasses import replace
 
             cfg = replace(cfg, exchange=Path(os.environ["FACESTITCH_EXCHANGE"]))
         return cfg

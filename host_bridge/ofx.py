@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+from fsexchange.client import build_job
 from fsexchange.documents import Edit, FrameRange, Job, OutputSpec, Source, Subject
 from fsexchange.errors import HostError, MediaMissing
 
@@ -227,11 +228,11 @@ def build_ofx_job(folder: str | os.PathLike[str], job_id: str, rate: Fraction, *
             the engine reads it when it lies under the exchange or a media root).
     """
     numbers = exported_frames(folder)
-    return Job(id=job_id, kind=kind,
-               source=Source(source_path or str(Path(folder).resolve()), "sequence"),
-               range=FrameRange(0, len(numbers), rate), subject=subject,
-               edits=tuple(edits), options=dict(options or {}),
-               output=OutputSpec(format="pam16", name="facestitch",
-                                 start_number=numbers[0]),
-               host={"app": "ofx", "plugin": PLUGIN_ID, "first_number": numbers[0],
-                     "frames": len(numbers)})
+    return build_job(
+        job_id=job_id, kind=kind,
+        source=Source(source_path or str(Path(folder).resolve()), "sequence"),
+        range=FrameRange(0, len(numbers), rate), subject=subject, edits=edits,
+        options=options, output=OutputSpec(format="pam16", name="facestitch",
+                                           start_number=numbers[0]),
+        host={"app": "ofx", "plugin": PLUGIN_ID, "first_number": numbers[0],
+              "frames": len(numbers)})

@@ -19,12 +19,11 @@ import logging
 import re
 import tempfile
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from fsexchange.client import JobStatus, job_status, list_jobs, new_job_id, submit_job, \
-    wait_job
+from fsexchange.client import (JobStatus, build_job, job_status, list_jobs, new_job_id,
+                               submit_job, wait_job)
 from fsexchange.documents import Edit, FrameRange, Job, OutputSpec, Source, Subject, \
     load_document
 from fsexchange.errors import FaceStitchError, HostError
@@ -38,7 +37,7 @@ from host_bridge.resolve.render import render_range
 from host_bridge.resolve.shot import Shot, read_shot
 
 __all__ = ["SendOptions", "SentJob", "Cancelled", "FaceChooser", "output_name",
-           "build_job", "send_shot", "send_items", "import_job", "TimelineJob",
+           "shot_job", "send_shot", "send_items", "import_job", "TimelineJob",
            "timeline_jobs", "ImportReport", "import_finished", "follow"]
 
 log = logging.getLogger(__name__)
@@ -92,7 +91,7 @@ def output_name(shot: Shot) -> str:
     return f"{name}_fs"
 
 
-def build_job(shot: Shot, job_id: str, opts: SendOptions, *, source: Source,
+def shot_job(shot: Shot, job_id: str, opts: SendOptions, *, source: Source,
               subject: Subject, product: str = "", version: tuple[int, ...] = ()) -> Job:
     """The ``Job/1`` for a shot. Output files are numbered by source timecode frame
     (``start_number`` None), which import reads back from ``Result/1``."""
@@ -100,13 +99,11 @@ def build_job(shot: Shot, job_id: str, opts: SendOptions, *, source: Source,
     # rate from the record timecode (read_shot sets it up so)
     rng = FrameRange(shot.range_start, shot.range_end, shot.media_rate,
                      shot.media_start_timecode)
-    return Job(id=job_id, source=source, range=rng, kind=opts.kind, subject=subject,
-               edits=tuple(opts.edits), options=dict(opts.options),
-               output=OutputSpec(format=opts.output_format, name=output_name(shot),
-                                 start_number=None),
-               host=shot.host_dict(product, version),
-               # microseconds: the newest of several sends of one shot must sort last
-               created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+    return build_job(job_id=job_id, source=source, range=rng, kind=opts.kind,
+                     subject=subject, edits=opts.edits, options=opts.options,
+                     output=OutputSpec(format=opts.output_format,
+                                       name=output_name(shot), start_number=None),
+                     host=shot.host_dict(product, version))
 
 
 def _choose_subject(shot: Shot, media: Path | str, opts: SendOptions,
@@ -169,7 +166,7 @@ def send_shot(session: ResolveSession, exchange: str | Path, item: Any,
         if track is not None:
             attachments["facetrack.msgpack"] = track.to_bytes()
             subject = replace(subject, track="facetrack.msgpack")
-        job = build_job(shot, job_id, opts, source=source, subject=subject,
+        job = shot_job(shot, job_id, opts, source=source, subject=subject,
                         product=session.edition.product, version=session.edition.version)
         submit_job(exchange, job, attachments=attachments)
     sent = SentJob(job_id, shot, subject, faces, track is not None, tuple(warnings))

@@ -97,8 +97,8 @@ class TkPrompter:
     """tkinter dialogs (a hidden root per dialog, on top of Resolve)."""
 
     def __init__(self) -> None:
-        import tkinter  # noqa: PLC0415
-        from tkinter import messagebox, simpledialog  # noqa: PLC0415
+        import tkinter
+        from tkinter import messagebox, simpledialog
 
         self.tk, self.messagebox, self.simpledialog = tkinter, messagebox, simpledialog
 

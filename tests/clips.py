@@ -17,29 +17,11 @@ import av
 import cv2
 import numpy as np
 
+from engine.media.samples import FACE_CENTRES, face_image
+
 __all__ = ["face_image", "FACE_CENTRES", "ClipSpec", "render_frames", "write_clip",
            "write_sequence", "stamp_index", "read_stamp"]
 
-# Approximate face centres (x, y) in the original stills (dlib boxes,
-# environment.md §8/§11).
-FACE_CENTRES = {"astronaut": (222.0, 125.0), "grace_hopper": (273.0, 232.0)}
-
-
-def face_image(name: str = "astronaut") -> np.ndarray:
-    """HxWx3 uint8 RGB still with a real face."""
-    if name == "astronaut":
-        from skimage import data  # noqa: PLC0415
-
-        return np.ascontiguousarray(data.astronaut())
-    if name == "grace_hopper":
-        import matplotlib  # noqa: PLC0415
-
-        path = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if img is None:
-            raise FileNotFoundError(path)
-        return np.ascontiguousarray(img[:, :, ::-1])
-    raise ValueError(name)
 
 
 @dataclass(frozen=True)

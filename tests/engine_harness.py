@@ -64,7 +64,7 @@ class HashStage(Stage):
     name = "hash"
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        import av  # noqa: PLC0415
+        import av
 
         job, k = ctx.job, knobs(ctx)
         log_event(job.id, self.name, "start", os.getpid())
@@ -137,7 +137,7 @@ class OffsetClock:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engine.service.worker import EngineOptions, serve  # noqa: PLC0415
+    from engine.service.worker import EngineOptions, serve
 
     p = argparse.ArgumentParser(prog="engine_harness")
     p.add_argument("--exchange", type=Path, required=True)
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(levelname)s %(processName)s %(name)s: %(message)s")
-    from engine_harness import OffsetClock as Clock  # noqa: PLC0415 (picklable name)
+    from engine_harness import OffsetClock as Clock
 
     opts = EngineOptions(exchange=args.exchange, workers=args.workers, once=args.once,
                          device="cpu", media_roots=tuple(args.media_root),

@@ -24,7 +24,7 @@ HARNESS = HERE / "engine_harness.py"
 
 def write_test_clip(path: Path, frames: int = 12) -> Path:
     """A small real-face clip (astronaut) written with PyAV."""
-    from clips import ClipSpec, render_frames, write_clip  # noqa: PLC0415
+    from clips import ClipSpec, render_frames, write_clip
 
     return write_clip(path, render_frames(ClipSpec(frames=frames, size=(64, 48))))
 

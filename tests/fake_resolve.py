@@ -173,7 +173,7 @@ class FakeMediaPoolItem(_Api):
 
 
 def _decode_movie(path: Path) -> list[np.ndarray]:
-    import av  # noqa: PLC0415
+    import av
 
     with av.open(str(path)) as container:
         return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
@@ -190,8 +190,8 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 
 def _read_image(path: Path) -> np.ndarray:
-    import cv2  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
+    import cv2
+    import numpy as np
 
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
@@ -630,7 +630,7 @@ class FakeTimeline(_Markers, _Api):
         return sorted(self._tracks[track - 1]["items"], key=lambda it: it._start)
 
     def render_frame(self, frame: int, size: tuple[int, int]) -> np.ndarray:
-        import numpy as np  # noqa: PLC0415
+        import numpy as np
 
         item = self._item_at(frame)
         if item is None:
@@ -815,8 +815,8 @@ class FakeProject(_Api):
                 "CompletionPercentage": 100 if job["status"] == "Complete" else 0}
 
     def _render_job(self, job: dict[str, Any]) -> None:
-        import cv2  # noqa: PLC0415
-        import numpy as np  # noqa: PLC0415
+        import cv2
+        import numpy as np
 
         snap = job["render"]
         s = snap["settings"]

@@ -32,8 +32,8 @@ class SolidPasteStage(Stage):
     name = "paste"
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        from engine.media.video import encode_rgba, output_name  # noqa: PLC0415
-        from fsexchange.media import probe  # noqa: PLC0415
+        from engine.media.video import encode_rgba, output_name
+        from fsexchange.media import probe
 
         job = ctx.job
         info = probe(ctx.source_path(), job.range.rate)

@@ -1,6 +1,6 @@
-"""The bridge side never needs torch (nor numpy, OpenCV or PyAV): every module of
-``fsexchange`` and ``host_bridge`` imports, and the CLI's help runs, in a process
-where those packages cannot be imported."""
+"""The bridge side never needs the engine, torch, numpy, OpenCV or PyAV: every
+module of ``fsexchange`` and ``host_bridge`` imports, and the CLI's help runs, in a
+process where those packages cannot be imported."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import textwrap
 
 from engine_harness_util import ROOT
 
-BLOCKED = ("torch", "torchvision", "numpy", "cv2", "av")
+BLOCKED = ("engine", "torch", "torchvision", "numpy", "cv2", "av")
 
 SCRIPT = textwrap.dedent("""
     import importlib, importlib.abc, pkgutil, sys
@@ -45,12 +45,14 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_bridge_imports_without_torch_numpy_cv2_av():
+def test_bridge_imports_without_engine_torch_numpy_cv2_av():
     out = subprocess.run([sys.executable, "-c", SCRIPT, ",".join(BLOCKED)],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     imported = out.stdout.split("IMPORTED", 1)[1].split()
     for name in ("fsexchange.client", "fsexchange.exchange", "fsexchange.documents",
+                 "fsexchange.grammar", "fsexchange.media", "fsexchange.options",
+                 "host_bridge.faces", "host_bridge.menu", "host_bridge.roundtrip",
                  "host_bridge.cli", "host_bridge.commands.submit",
                  "host_bridge.commands.status", "host_bridge.commands.cancel"):
         assert name in imported

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from engine.commands.demo import astronaut_clip, run_demo
+from engine.commands.demo import run_demo
+from engine.media.samples import astronaut_clip
 
 
 def test_astronaut_clip_has_a_face(tmp_path):

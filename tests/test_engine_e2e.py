@@ -21,7 +21,7 @@ def facestitch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 def test_align_preview_job_through_the_real_engine(tmp_path):
-    from clips import ClipSpec, render_frames, write_clip  # noqa: PLC0415
+    from clips import ClipSpec, render_frames, write_clip
 
     clip = write_clip(tmp_path / "plate.mp4", render_frames(ClipSpec(frames=5)))
     ex = tmp_path / "exchange"

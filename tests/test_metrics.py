@@ -12,15 +12,13 @@ import pytest
 
 from clips import ClipSpec, render_frames
 from fsexchange.options import MetricsConfig
+from engine.media.composite import composite_over
+from engine.quality.charts import metrics_svg
+from fsexchange.errors import (MetricsFrameInvalid, MetricsLengthMismatch,
+                               MetricsNoFrames, MetricsSizeMismatch)
 from engine.quality.metrics import (
-    MetricsFrameInvalid,
-    MetricsLengthMismatch,
-    MetricsNoFrames,
-    MetricsSizeMismatch,
     TemporalMetrics,
     _global_means,
-    composite_over,
-    metrics_svg,
     temporal_metrics,
 )
 from fsexchange.errors import ERROR_CODES, MetricsError, ModelMissing

@@ -17,7 +17,8 @@ from fsexchange import media
 from engine.stages.align import AlignStage
 from fsexchange.options import PipelineConfig
 from engine.stages.mask import paste_alpha
-from engine.stages.paste import PasteStage, composite, paste_back
+from engine.media.composite import composite_over
+from engine.stages.paste import PasteStage, paste_back
 from engine.stages.contract import StageContext
 from engine.stages.track import TrackStage
 from fsexchange.documents import FrameRange, Job, OutputSpec, Source
@@ -47,7 +48,7 @@ def test_paste_back_passes_the_source_through_exactly():
     # premultiplied warp: a flat colour stays that colour even where alpha fades
     assert np.abs(rgba[on, :3].astype(int) - crop[0, 0].astype(int) * 257).max() <= 257
     # compositing reproduces a·layer + (1 - a)·source
-    comp = composite(rgba, frame)
+    comp = composite_over(rgba, frame)
     a = rgba[..., 3:4] / 65535.0
     expect = a * rgba[..., :3] / 65535.0 * 255 + (1 - a) * frame
     assert np.abs(comp.astype(float) - expect).max() <= 0.51
@@ -101,7 +102,7 @@ def test_outside_alpha_the_output_is_the_source_exactly(preview_job):
             on = rgba[..., 3] > 0
             assert 0.02 < on.mean() < 0.5
             # identity paste: compositing the layer gives back the source
-            diff = np.abs(composite(rgba, src).astype(float) - src)[on].mean()
+            diff = np.abs(composite_over(rgba, src).astype(float) - src)[on].mean()
             worst_inside = max(worst_inside, diff)
     print(f"identity paste, worst mean |composite - source| inside alpha: "
           f"{worst_inside:.2f} levels")

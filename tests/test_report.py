@@ -6,7 +6,8 @@ from __future__ import annotations
 import re
 
 from engine.stages.crops import preview_frames
-from engine.stages.report import line_chart_svg, png_data_uri
+from engine.quality.charts import line_chart_svg
+from engine.stages.report import png_data_uri
 from test_pipeline_helpers import make_clip, make_job, run_engine_inprocess, submit
 
 

@@ -52,7 +52,7 @@ class _Server:
             def log_message(self, *a):  # quiet
                 pass
 
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 name = self.path.rsplit("/", 1)[-1]
                 rng = self.headers.get("Range")
                 outer.requests.append((name, rng))

@@ -24,46 +24,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import threading
 import time
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "astronaut_clip", "run_demo"]
+__all__ = ["main", "run_demo"]
 
-RATE = Fraction(25)
-
-
-def astronaut_clip(path: Path, frames: int = 14, size: tuple[int, int] = (320, 240),
-                   face_scale: float = 0.6) -> Path:
-    """Write a short H.264 clip of the astronaut still with smooth motion (a slow
-    drift, a small zoom and an in-plane turn), like a handheld close-up."""
-    import cv2  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
-    from skimage import data  # noqa: PLC0415
-
-    from engine.media.video import MovieWriter  # noqa: PLC0415
-
-    img = np.ascontiguousarray(data.astronaut())
-    cx, cy = 222.0, 125.0  # the face centre in the still (dlib box)
-    w, h = size
-    with MovieWriter(path, RATE, size) as mw:
-        for t in range(frames):
-            phase = 2 * math.pi * t / max(frames, 1)
-            m = cv2.getRotationMatrix2D((cx, cy), 4.0 * math.sin(phase),
-                                        face_scale * (1 + 0.05 * math.sin(phase)))
-            m[0, 2] += w / 2 + 10 * math.sin(phase) - cx
-            m[1, 2] += h / 2 + 5 * math.cos(phase) - cy
-            mw.write(cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR,
-                                    borderMode=cv2.BORDER_REFLECT))
-    return path
 
 
 def _profile(requested: str) -> str:
-    from engine.models.store import Store, resolve_profile  # noqa: PLC0415
+    from engine.models.store import Store, resolve_profile
 
     return resolve_profile(requested, Store())
 
@@ -92,11 +64,12 @@ def run_demo(out: Path, *, frames: int = 14, profile: str = "auto",
 
     ``pti_steps`` / ``stitch_steps`` override the passes and steps (and are
     printed as changed from the reference settings)."""
-    from engine.devices import resolve_device  # noqa: PLC0415
-    from engine.service.worker import EngineOptions, serve  # noqa: PLC0415
-    from fsexchange.client import job_status, new_job_id, submit_job  # noqa: PLC0415
-    from fsexchange.documents import (Edit, FrameRange, Job,  # noqa: PLC0415
-                                      Keyframe, Source)
+    from engine.devices import resolve_device
+    from engine.media.samples import RATE, astronaut_clip
+    from engine.service.worker import EngineOptions, serve
+    from fsexchange.client import build_job, job_status, submit_job
+    from fsexchange.documents import (Edit, FrameRange, Keyframe,
+                                      Source)
 
     def say(text: str = "") -> None:
         if not quiet:
@@ -128,8 +101,9 @@ def run_demo(out: Path, *, frames: int = 14, profile: str = "auto",
     mid, last = frames // 2, frames - 1
     edit = Edit("age", keyframes=(Keyframe(0, 0.0), Keyframe(max(mid, 1), -6.0),
                                   Keyframe(max(last, 2), -6.0)), ease="smooth")
-    job = Job(id=new_job_id("demo"), source=Source("media/clip.mp4"),
-              range=FrameRange(0, frames, RATE), edits=(edit,), options=options)
+    job = build_job(id_prefix="demo", source=Source("media/clip.mp4"),
+                    range=FrameRange(0, frames, RATE), edits=(edit,), options=options,
+                    host={"app": "facestitch demo"})
     job_id = submit_job(exchange, job, attachments={"media/clip.mp4": clip})
     say(f"Submitted job {job_id} to {exchange} with edit age: 0 -> -6 "
         f"(smooth fade over frames 0-{max(mid, 1)}, held to {max(last, 2)})")
@@ -215,7 +189,7 @@ def run_demo(out: Path, *, frames: int = 14, profile: str = "auto",
 
 
 def _stage_facts(folder: Path) -> dict[str, dict]:
-    from engine.stages.outputs import JobFiles  # noqa: PLC0415
+    from engine.stages.outputs import JobFiles
 
     out = {}
     for name in ("pti", "stitch_tune"):

@@ -14,8 +14,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--profile", default="auto", choices=("auto", "official", "tiny"))
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    from engine.models.directions import available_edits  # noqa: PLC0415
-    from engine.models.store import Store, resolve_profile  # noqa: PLC0415
+    from engine.models.directions import available_edits
+    from engine.models.store import Store, resolve_profile
 
     store = Store()
     profile = resolve_profile(args.profile, store)

@@ -49,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    from engine.devices import valid_device  # noqa: PLC0415
-    from engine.service.worker import EngineOptions, serve  # noqa: PLC0415
+    from engine.devices import valid_device
+    from engine.service.worker import EngineOptions, serve
 
     args = build_parser().parse_args(argv)
     if not valid_device(args.device):

@@ -54,10 +54,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _list(args: argparse.Namespace) -> dict:
-    from engine.faces import DlibBackend  # noqa: PLC0415
-    from engine.media.video import read_frames  # noqa: PLC0415
-    from fsexchange.media import probe  # noqa: PLC0415
-    from fsexchange.options import TrackConfig  # noqa: PLC0415
+    from engine.faces import DlibBackend
+    from engine.media.video import read_frames
+    from fsexchange.media import probe
+    from fsexchange.options import TrackConfig
 
     rate = parse_rate(args.rate, "--rate") if args.rate else None
     cfg = TrackConfig()
@@ -79,10 +79,10 @@ def _list(args: argparse.Namespace) -> dict:
 
 
 def _track(args: argparse.Namespace) -> dict:
-    from engine.faces import DlibBackend  # noqa: PLC0415
-    from engine.stages.track import track_media  # noqa: PLC0415
-    from fsexchange.media import probe  # noqa: PLC0415
-    from fsexchange.options import TrackConfig  # noqa: PLC0415
+    from engine.faces import DlibBackend
+    from engine.stages.track import track_media
+    from fsexchange.media import probe
+    from fsexchange.options import TrackConfig
 
     rate = parse_rate(args.rate, "--rate") if args.rate else None
     info = probe(args.media, rate)

@@ -99,15 +99,13 @@ def main(argv: list[str]) -> int:
             parser.error(f"--subject must be X,Y in pixels, got {args.subject!r}")
         subject = (x, y)
 
-    from fsexchange.options import MetricsConfig  # noqa: PLC0415
-    from engine.quality.metrics import (  # noqa: PLC0415
-        MetricsLengthMismatch,
-        MetricsSizeMismatch,
-        metrics_svg,
-        temporal_metrics,
-    )
-    from engine.media.video import read_frames  # noqa: PLC0415
-    from fsexchange.media import probe  # noqa: PLC0415
+    from fsexchange.options import MetricsConfig
+    from engine.quality.charts import metrics_svg
+    from engine.quality.metrics import temporal_metrics
+    from fsexchange.errors import (MetricsLengthMismatch,
+                                   MetricsSizeMismatch)
+    from engine.media.video import read_frames
+    from fsexchange.media import probe
 
     src_info, ed_info = probe(args.source), probe(args.edited)
     if (src_info.width, src_info.height) != (ed_info.width, ed_info.height):

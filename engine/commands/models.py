@@ -86,13 +86,13 @@ def _progress() -> Any:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    from engine.models.store import Store, describe_manifest  # noqa: PLC0415
+    from engine.models.store import Store, describe_manifest
 
     store = Store()
     if args.cmd == "list":
         rows = describe_manifest(store)
         users = store.user_models()
-        from engine.models.modelset import _tiny_paths  # noqa: PLC0415
+        from engine.models.modelset import _tiny_paths
 
         tiny = all(p.is_file() for p in _tiny_paths(store))
         doc = {"home": str(store.home), "files": rows, "user_models": users,
@@ -141,7 +141,7 @@ def main(argv: list[str]) -> int:
                            progress=None if args.json else _progress())
         rc = _report(reps, args.json, "nothing to fetch")
         if not args.json and not args.names and store.official_missing():
-            from engine.models.store import manifest_entry  # noqa: PLC0415
+            from engine.models.store import manifest_entry
 
             print("still missing (no direct download; fetch them by hand, then run "
                   "'facestitch models install --from FOLDER --accept-licence'):")
@@ -150,10 +150,10 @@ def main(argv: list[str]) -> int:
                 print(f"  {n}: {e.page}")
         return rc
     if args.cmd == "add":
-        from engine.models.checkpoints import inspect_checkpoint, sniff_format  # noqa: PLC0415
+        from engine.models.checkpoints import inspect_checkpoint, sniff_format
 
         if sniff_format(args.path) == "npy":
-            from engine.models.directions import install_direction  # noqa: PLC0415
+            from engine.models.directions import install_direction
 
             d = install_direction(store, args.name, args.path, profile=args.profile,
                                   space=args.space)

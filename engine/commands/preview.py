@@ -34,8 +34,8 @@ __all__ = ["main", "run_preview"]
 
 
 def _check_out(media: Path, out: Path) -> None:
-    from fsexchange.errors import DocumentFieldError  # noqa: PLC0415
-    from fsexchange.paths import is_within  # noqa: PLC0415
+    from fsexchange.errors import DocumentFieldError
+    from fsexchange.paths import is_within
 
     if out == media or (media.is_dir() and is_within(out, media)):
         raise DocumentFieldError(
@@ -57,18 +57,17 @@ def run_preview(media: str | Path, out: str | Path, *, start: int = 0,
                 progress=None) -> dict:
     """Run the preview and return ``{"frames": [paths], "preview", "contact_sheet",
     "facetrack", "warnings", "edited"}`` (paths inside ``out``)."""
-    from engine.stages.contract import StageContext  # noqa: PLC0415
-    from engine.stages.pipeline import run_pipeline, stages_for  # noqa: PLC0415
-    from fsexchange.options import PipelineConfig  # noqa: PLC0415
-    from fsexchange.client import new_job_id  # noqa: PLC0415
-    from fsexchange.documents import (  # noqa: PLC0415
+    from engine.stages.contract import StageContext
+    from engine.stages.pipeline import run_pipeline, stages_for
+    from fsexchange.options import PipelineConfig
+    from fsexchange.client import build_job
+    from fsexchange.documents import (
         FrameRange,
-        Job,
         OutputSpec,
         Source,
         Subject,
     )
-    from fsexchange.errors import RangeInvalid, RangeOutOfBounds  # noqa: PLC0415
+    from fsexchange.errors import RangeInvalid, RangeOutOfBounds
 
     media = Path(media).resolve()
     out = Path(out).resolve()
@@ -87,11 +86,12 @@ def run_preview(media: str | Path, out: str | Path, *, start: int = 0,
     # options {"metrics": {"enabled": true}}.
     options.setdefault("metrics", {"enabled": False})
     config = PipelineConfig.from_options(options)
-    job = Job(id=new_job_id("preview"), kind="align-preview",
-              source=Source(str(media), info.kind),
-              range=FrameRange(start, end, info.rate, info.start_timecode),
-              subject=Subject(index=face),
-              output=OutputSpec(format=output_format, start_number=start_number))
+    job = build_job(id_prefix="preview", kind="align-preview",
+                    source=Source(str(media), info.kind),
+                    range=FrameRange(start, end, info.rate, info.start_timecode),
+                    subject=Subject(index=face), options=options,
+                    output=OutputSpec(format=output_format, start_number=start_number),
+                    host={"app": "facestitch preview"})
     job_dir = Path(tempfile.mkdtemp(prefix=".facestitch-preview-", dir=out))
     try:
         ctx = StageContext(job=job, job_dir=job_dir, config=config,

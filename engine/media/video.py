@@ -166,7 +166,7 @@ def _frame_to_array(frame, alpha: bool, depth: int, rotation: int) -> np.ndarray
 
 def _read_video(idx: MediaIndex, start: int, end: int, alpha: bool,
                 depth: int) -> Iterator[tuple[int, np.ndarray]]:
-    import av  # noqa: PLC0415
+    import av
 
     path = idx.info.path
     want = {p: i for i, p in enumerate(idx.pts[start:end], start)}
@@ -233,7 +233,7 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         return _read_pam(p)
     if ext == ".exr":
         return _read_exr(p)
-    import cv2  # noqa: PLC0415
+    import cv2
 
     img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
     if img is None:
@@ -281,7 +281,7 @@ def _read_pam(p: Path) -> np.ndarray:
 
 
 def _read_exr(p: Path) -> np.ndarray:
-    import OpenEXR  # noqa: PLC0415
+    import OpenEXR
 
     try:
         with OpenEXR.File(str(p)) as f:
@@ -314,7 +314,7 @@ def _as_rgba16(rgba: np.ndarray) -> np.ndarray:
 def encode_png(img: np.ndarray) -> bytes:
     """Encode an RGB ``[H, W, 3]`` or grey ``[H, W]`` uint8/uint16 image as PNG at its
     own bit depth (stage crops, masks, report thumbnails)."""
-    import cv2  # noqa: PLC0415
+    import cv2
 
     if img.ndim == 3:
         img = img[:, :, ::-1]  # OpenCV writes BGR
@@ -330,7 +330,7 @@ def encode_rgba(ext: str, rgba: np.ndarray) -> bytes:
     ``.pam`` (16-bit ``RGB_ALPHA``, straight, big-endian, rows top to bottom)."""
     ext = ext.lower() if ext.startswith(".") else f".{ext.lower()}"
     if ext == ".png":
-        import cv2  # noqa: PLC0415
+        import cv2
 
         img = _as_rgba16(rgba)
         ok, buf = cv2.imencode(".png", img[:, :, [2, 1, 0, 3]])
@@ -349,9 +349,9 @@ def encode_rgba(ext: str, rgba: np.ndarray) -> bytes:
 
 
 def _encode_exr(rgba: np.ndarray) -> bytes:
-    import tempfile  # noqa: PLC0415
+    import tempfile
 
-    import OpenEXR  # noqa: PLC0415
+    import OpenEXR
 
     if np.issubdtype(rgba.dtype, np.floating):
         img = _channels(rgba.astype(np.float32), alpha=True)
@@ -396,7 +396,7 @@ class MovieWriter:
     def __init__(self, path: str | os.PathLike[str], rate: Fraction,
                  size: tuple[int, int], *, codec: str = "libx264",
                  alpha: bool = False) -> None:
-        import av  # noqa: PLC0415
+        import av
 
         self.path = Path(path)
         self.size = (int(size[0]), int(size[1]))
@@ -434,7 +434,7 @@ class MovieWriter:
         self._closed = False
 
     def write(self, frame: np.ndarray) -> None:
-        import av  # noqa: PLC0415
+        import av
 
         w, h = self.size
         if frame.shape[:2] != (h, w):

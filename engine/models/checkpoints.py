@@ -72,7 +72,7 @@ def sniff_format(path: str | Path) -> str:
 
 def _build_generator(sd: Mapping[str, Tensor], kwargs: Mapping[str, Any], what: str,
                      device: str | torch.device) -> nn.Module:
-    from engine.nets.stylegan2 import Generator  # noqa: PLC0415
+    from engine.nets.stylegan2 import Generator
 
     g = _materialise(Generator, kwargs, {k: v.float() for k, v in sd.items()}, what)
     return g.to(device).eval().requires_grad_(False)
@@ -99,7 +99,7 @@ def load_generator(path: str | Path, *,
 
 def load_encoder(path: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
     """An ``E4EEncoder`` from an e4e ``.pt`` or our format."""
-    from engine.nets.e4e import E4EEncoder  # noqa: PLC0415
+    from engine.nets.e4e import E4EEncoder
 
     path = Path(path)
     fmt = sniff_format(path)
@@ -130,7 +130,7 @@ def inspect_checkpoint(path: str | Path) -> dict[str, Any]:
                 "LPIPS": "lpips"}[meta["class"]]
         return _describe(kind, "facestitch", net, meta.get("init_kwargs", {}))
     if fmt == "npy":
-        from engine.models.directions import load_direction  # noqa: PLC0415
+        from engine.models.directions import load_direction
 
         d = load_direction(path)
         return {"kind": "direction", "format": "npy", "config": d.to_dict()}

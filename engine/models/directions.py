@@ -184,7 +184,7 @@ def save_direction(folder: str | Path, d: Direction, *,
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     npy = folder / f"{d.name}.npy"
-    import io  # noqa: PLC0415
+    import io
 
     buf = io.BytesIO()
     np.save(buf, np.asarray(d.vector), allow_pickle=False)
@@ -263,7 +263,7 @@ def load_directions(folder: str | Path) -> dict[str, Direction]:
 
 def write_official_sidecar(store: "Store", entry: "ModelFile") -> None:
     """Sidecar for an installed official W direction (from the manifest)."""
-    from engine.models.store import LICENCES  # noqa: PLC0415
+    from engine.models.store import LICENCES
 
     npy = store.path_of(entry)
     name = Path(entry.name).stem
@@ -280,7 +280,7 @@ def write_official_sidecar(store: "Store", entry: "ModelFile") -> None:
 
 def _profile_dims(profile: str) -> tuple[int, int]:
     """(w_dim, S-space length) of a profile's generator."""
-    from engine.models.store import TINY_GENERATOR_KWARGS  # noqa: PLC0415
+    from engine.models.store import TINY_GENERATOR_KWARGS
 
     if profile == "tiny":
         k = TINY_GENERATOR_KWARGS
@@ -297,7 +297,7 @@ def install_direction(store: "Store", name: str, path: str | Path, *,
     inferred: a 1-D vector as long as the profile's conv style channels (6048 at
     1024 px) is an S-space (StyleCLIP global) direction, anything else W.
     """
-    import dataclasses  # noqa: PLC0415
+    import dataclasses
 
     if not name or not name.replace("_", "").replace("-", "").isalnum():
         raise ModelFormatError(f"invalid direction name {name!r}")
@@ -340,7 +340,7 @@ def _name_seed(seed: int, name: str) -> int:
 
 def ensure_tiny_directions(store: "Store | None" = None) -> Path:
     """Create the tiny profile's synthetic directions once; returns their folder."""
-    from engine.models.store import (  # noqa: PLC0415
+    from engine.models.store import (
         TINY_GENERATOR_KWARGS,
         TINY_NUM_WS,
         TINY_SEED,
@@ -390,7 +390,7 @@ def available_edits(profile: str = "auto", *, store: "Store | None" = None
     S-space directions appear when their files are installed and are skipped
     otherwise.
     """
-    from engine.models.store import Store, resolve_profile  # noqa: PLC0415
+    from engine.models.store import Store, resolve_profile
 
     store = store or Store()
     profile = resolve_profile(profile, store)

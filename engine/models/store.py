@@ -597,7 +597,7 @@ class Store:
         if have:
             req.add_header("Range", f"bytes={have}-")
         try:
-            resp = urllib.request.urlopen(req, timeout=timeout)  # noqa: S310
+            resp = urllib.request.urlopen(req, timeout=timeout)
         except urllib.error.HTTPError as exc:
             if exc.code == 416 and have:  # nothing left to fetch
                 return

@@ -192,7 +192,7 @@ def load_bisenet(path: str | os.PathLike[str], device: str = "cpu") -> BiSeNet:
         ModelMissing: no file at ``path``.
         ModelFormatError: the file is not a BiSeNet state dict.
     """
-    from fsexchange.errors import ModelFormatError, ModelMissing  # noqa: PLC0415
+    from fsexchange.errors import ModelFormatError, ModelMissing
 
     p = Path(path)
     if not p.is_file():

@@ -353,7 +353,7 @@ class SynthesisNetwork(nn.Module):
             n = block.num_conv + block.num_torgb
             args = (x, img, styles[k:k + n], batch, noise_mode, fused)
             if checkpointing:
-                from torch.utils.checkpoint import checkpoint  # noqa: PLC0415
+                from torch.utils.checkpoint import checkpoint
 
                 x, img = checkpoint(block.forward_styles, *args, use_reentrant=False)
             else:

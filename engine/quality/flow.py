@@ -195,9 +195,9 @@ def build_raft():
     upsampling). The correlation lookup keeps the reference's quirk of adding the
     (dy, dx) meshgrid to (x, y) coordinates; the weights were trained with it.
     """
-    import torch  # noqa: PLC0415
-    import torch.nn.functional as F  # noqa: PLC0415
-    from torch import nn  # noqa: PLC0415
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
 
     def norm(kind: str, ch: int) -> nn.Module:
         return nn.BatchNorm2d(ch) if kind == "batch" else nn.InstanceNorm2d(ch)
@@ -373,9 +373,9 @@ class RaftFlow:
 
     def __init__(self, path: str | Path | None = None, device: str = "cpu",
                  iters: int = 20, max_side: int = 1024) -> None:
-        import torch  # noqa: PLC0415
+        import torch
 
-        from engine.models.store import models_root  # noqa: PLC0415
+        from engine.models.store import models_root
 
         p = Path(path) if path else models_root() / RAFT_FILE
         if not p.is_file():
@@ -397,8 +397,8 @@ class RaftFlow:
         self.name = f"raft-large:{p.name}"
 
     def pair(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        import torch  # noqa: PLC0415
-        import torch.nn.functional as F  # noqa: PLC0415
+        import torch
+        import torch.nn.functional as F
 
         h, w = a.shape[:2]
         scale = min(1.0, self.max_side / max(h, w))

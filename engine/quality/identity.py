@@ -80,7 +80,7 @@ class Box:
         return math.hypot(ax - bx, ay - by) / max(self.size, 1.0)
 
     def to_dlib(self):
-        import dlib  # noqa: PLC0415
+        import dlib
 
         return dlib.rectangle(int(round(self.left)), int(round(self.top)),
                               int(round(self.right)), int(round(self.bottom)))
@@ -106,7 +106,7 @@ class FaceFinder:
 
     def __init__(self, upsample: int = 1,
                  subject: tuple[float, float] | None = None) -> None:
-        import dlib  # noqa: PLC0415
+        import dlib
 
         self._hog = dlib.get_frontal_face_detector()
         self.upsample = upsample
@@ -224,7 +224,7 @@ class DlibEmbedder:
     dim = 128
 
     def __init__(self) -> None:
-        import dlib  # noqa: PLC0415
+        import dlib
 
         self._shape = dlib.shape_predictor(
             str(dlib_model_path("shape_predictor_5_face_landmarks.dat")))
@@ -277,8 +277,8 @@ def build_iresnet(layers: Sequence[int], features: int = 512):
     """An ``arcface_torch`` IResNet (Deng et al. 2019) for 112 px faces, with
     ``layers`` blocks per stage ([3, 4, 14, 3] = r50, [3, 13, 30, 3] = r100) and a
     ``features``-d output; same parameter names as arcface_torch's ``iresnet.py``."""
-    import torch  # noqa: PLC0415
-    from torch import nn  # noqa: PLC0415
+    import torch
+    from torch import nn
 
     class Block(nn.Module):
         def __init__(self, cin: int, cout: int, stride: int) -> None:
@@ -355,7 +355,7 @@ class ArcFaceEmbedder:
     dim = 512
 
     def __init__(self, path: str | Path | None = None, device: str = "cpu") -> None:
-        import dlib  # noqa: PLC0415
+        import dlib
 
         if path is None:
             found = store_files(ARCFACE_DIR, ("*.onnx", "*.pth", "*.pt"))
@@ -384,7 +384,7 @@ class ArcFaceEmbedder:
             self._torch = False
             self.name = f"arcface-onnx:{self.path.name}"
         else:
-            import torch  # noqa: PLC0415
+            import torch
 
             state = torch.load(self.path, map_location="cpu", weights_only=True)
             if isinstance(state, dict) and "state_dict" in state:
@@ -410,7 +410,7 @@ class ArcFaceEmbedder:
         x = (face.astype(np.float32) - 127.5) / 127.5
         x = np.ascontiguousarray(x.transpose(2, 0, 1)[None])
         if self._torch:
-            import torch  # noqa: PLC0415
+            import torch
 
             with torch.no_grad():
                 out = self._net(torch.from_numpy(x).to(self.device)).cpu().numpy()

@@ -24,7 +24,7 @@ Example::
 
     m = temporal_metrics(source_frames, edited_frames)
     print(m.tl_id, m.tg_id, m.warp_error, m.warp_error_source)
-    html_fragment = metrics_svg(m)
+    html_fragment = metrics_svg(m)  # engine.quality.charts
 """
 
 from __future__ import annotations
@@ -33,99 +33,24 @@ import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from fsexchange.errors import MetricsError
+from fsexchange.errors import (MetricsError, MetricsFrameInvalid, MetricsLengthMismatch,
+                               MetricsNoFrames, MetricsSizeMismatch)
 
 from fsexchange.options import MetricsConfig
 
+from engine.media.composite import composite_over
+
 __all__ = [
     "MetricsError",
-    "MetricsLengthMismatch",
-    "MetricsSizeMismatch",
-    "MetricsFrameInvalid",
-    "MetricsNoFrames",
     "TemporalMetrics",
-    "composite_over",
     "temporal_metrics",
-    "metrics_svg",
 ]
 
 log = logging.getLogger(__name__)
-
-
-class MetricsLengthMismatch(MetricsError):
-    """The source and the edited clip have different numbers of frames."""
-
-    code = "metrics.length_mismatch"
-
-
-class MetricsSizeMismatch(MetricsError):
-    """The source and the edited frames differ in width or height."""
-
-    code = "metrics.size_mismatch"
-
-
-class MetricsFrameInvalid(MetricsError):
-    """A frame is not an HxWx3 / HxWx4 uint8 or uint16 image."""
-
-    code = "metrics.frame_invalid"
-
-
-class MetricsNoFrames(MetricsError):
-    code = "metrics.no_frames"
-
-
-# --- compositing ----------------------------------------------------------------------
-
-
-def _top(dtype: np.dtype) -> float:
-    if dtype == np.uint8:
-        return 255.0
-    if dtype == np.uint16:
-        return 65535.0
-    if np.issubdtype(dtype, np.floating):
-        return 1.0
-    raise MetricsFrameInvalid(f"unsupported image dtype {dtype}")
-
-
-def composite_over(rgba: np.ndarray, source_rgb: np.ndarray, *,
-                   premultiplied: bool = False) -> np.ndarray:
-    """``rgba`` over ``source_rgb``: the frame a viewer sees when the result layer
-    sits on the plate. Returns HxWx3 in ``source_rgb``'s dtype.
-
-    Args:
-        rgba: HxWx4 (straight alpha unless ``premultiplied``; EXR results are
-            premultiplied); uint8, uint16 or float in [0, 1]. HxWx3 is taken as opaque.
-        source_rgb: HxWx3 (or HxWx4, alpha ignored) uint8, uint16 or float.
-
-    Raises:
-        MetricsSizeMismatch: the two differ in width or height.
-    """
-    if rgba.ndim != 3 or source_rgb.ndim != 3 or rgba.shape[2] not in (3, 4) \
-            or source_rgb.shape[2] not in (3, 4):
-        raise MetricsFrameInvalid(
-            f"expected HxWx4 over HxWx3 images, got {rgba.shape} over "
-            f"{source_rgb.shape}")
-    if rgba.shape[:2] != source_rgb.shape[:2]:
-        raise MetricsSizeMismatch(
-            f"result is {rgba.shape[1]}x{rgba.shape[0]} but the source is "
-            f"{source_rgb.shape[1]}x{source_rgb.shape[0]}")
-    out_dtype = source_rgb.dtype
-    top_out = _top(out_dtype)
-    src = source_rgb[:, :, :3].astype(np.float32) / top_out
-    top_in = _top(rgba.dtype)
-    fg = rgba[:, :, :3].astype(np.float32) / top_in
-    if rgba.shape[2] == 3:
-        out = fg
-    else:
-        a = rgba[:, :, 3:].astype(np.float32) / top_in
-        out = (fg if premultiplied else fg * a) + src * (1.0 - a)
-    if np.issubdtype(out_dtype, np.floating):
-        return out.astype(out_dtype)
-    return np.rint(np.clip(out, 0.0, 1.0) * top_out).astype(out_dtype)
 
 
 # --- the result -----------------------------------------------------------------------
@@ -249,8 +174,8 @@ def temporal_metrics(source: Iterable[np.ndarray], edited: Iterable[np.ndarray],
         MetricsLengthMismatch, MetricsSizeMismatch, MetricsFrameInvalid,
         MetricsNoFrames; ModelMissing for a backend whose weights are not installed.
     """
-    from engine.quality.flow import flow_backend, to_unit  # noqa: PLC0415
-    from engine.quality.identity import FaceFinder, identity_backend  # noqa: PLC0415
+    from engine.quality.flow import flow_backend, to_unit
+    from engine.quality.identity import FaceFinder, identity_backend
 
     embedder = identity_backend(cfg.identity, device=device)
     flow = flow_backend(cfg.flow, device=device)
@@ -334,7 +259,7 @@ def _pair_errors(flow, prev: tuple, cur: tuple) -> tuple[float, float]:
     """Warping errors of the source and the edited clip over one pair of frames,
     ``prev``/``cur`` = (source frame, source in [0, 1], edited in [0, 1]), with the
     flow and the occlusion mask from the source pair."""
-    from engine.quality.flow import occlusion_mask, warping_error  # noqa: PLC0415
+    from engine.quality.flow import occlusion_mask, warping_error
 
     fw, bw = flow.pair(prev[0], cur[0])
     mask = occlusion_mask(fw, bw)
@@ -399,147 +324,3 @@ def _summarise(emb_src: list[np.ndarray | None], emb_ed: list[np.ndarray | None]
 
 
 # --- the plot -------------------------------------------------------------------------
-
-_SVG_W, _PANEL_H, _LEFT, _RIGHT, _TOP, _GAP = 640, 120, 58, 12, 40, 44
-
-
-def _fmt(v: float) -> str:
-    if v == 0:
-        return "0"
-    if abs(v) >= 0.01:
-        return f"{v:.3f}".rstrip("0").rstrip(".")
-    return f"{v:.1e}"
-
-
-def _esc(text: str) -> str:
-    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-            .replace('"', "&quot;"))
-
-
-def _polylines(values: Sequence[float | None], x_of: Callable[[int], float],
-               y_of: Callable[[float], float], colour: str,
-               dash: str = "") -> list[str]:
-    """One <polyline> per run of defined values (gaps stay gaps); lone points get a
-    dot so that an isolated value is still visible."""
-    out, run = [], []
-    style = f' stroke-dasharray="{dash}"' if dash else ""
-    for i, v in enumerate(list(values) + [None]):
-        if v is not None and not (isinstance(v, float) and math.isnan(v)):
-            run.append((x_of(i), y_of(float(v))))
-            continue
-        if len(run) == 1:
-            out.append(f'<circle cx="{run[0][0]:.1f}" cy="{run[0][1]:.1f}" r="2" '
-                       f'fill="{colour}"/>')
-        elif run:
-            pts = " ".join(f"{x:.1f},{y:.1f}" for x, y in run)
-            out.append(f'<polyline points="{pts}" fill="none" stroke="{colour}" '
-                       f'stroke-width="1.5"{style}/>')
-        run = []
-    return out
-
-
-def metrics_svg(m: TemporalMetrics, *, first_frame: int = 0) -> str:
-    """A small self-contained inline SVG (no scripts, no external fonts) of the
-    per-frame series: identity similarity edited/source (to the previous frame and to
-    the clip's mean face; 1 = as consistent as the source) and the warping error of
-    the edited clip against the source's own. Frames without a face are marked grey.
-
-    Args:
-        first_frame: source frame number of the first frame, for the x axis labels.
-    """
-    n = max(m.frames, 1)
-    plot_w = _SVG_W - _LEFT - _RIGHT
-    height = _TOP + 2 * _PANEL_H + _GAP + 28
-
-    def x_of(i: int) -> float:
-        return _LEFT + (plot_w * i / (n - 1) if n > 1 else plot_w / 2)
-
-    d = m.to_dict()
-    title = (f"TL-ID {_fmt(d['tl_id']) if d['tl_id'] is not None else 'n/a'} · "
-             f"TG-ID {_fmt(d['tg_id']) if d['tg_id'] is not None else 'n/a'} · "
-             "warping error "
-             + (f"{_fmt(d['warp_error'])} (source {_fmt(d['warp_error_source'])})"
-                if d["warp_error"] is not None else "n/a"))
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{_SVG_W}" '
-             f'height="{height}" viewBox="0 0 {_SVG_W} {height}" role="img" '
-             f'aria-label="{_esc(title)}" font-family="sans-serif" font-size="11">',
-             f'<rect width="{_SVG_W}" height="{height}" fill="white"/>',
-             f'<text x="{_LEFT}" y="16" font-size="12" font-weight="bold">'
-             f'{_esc(title)}</text>']
-
-    panels = [
-        ("identity, edited / source", [
-            ("identity_to_prev", "#1f77b4", "", "to previous frame"),
-            ("identity_to_mean", "#ff7f0e", "", "to clip mean")], True),
-        ("warping error", [
-            ("warp_error", "#d62728", "", "edited"),
-            ("warp_error_source", "#7f7f7f", "4 3", "source")], False),
-    ]
-    for p, (label, series, ratio) in enumerate(panels):
-        top = _TOP + p * (_PANEL_H + _GAP)
-        vals = [float(v) for key, *_ in series for v in m.per_frame.get(key, [])
-                if v is not None and not math.isnan(float(v))]
-        if ratio:
-            lo, hi = min(vals + [1.0]), max(vals + [1.0])
-        else:
-            lo, hi = 0.0, max(vals + [0.0])
-        if hi - lo < 1e-9:
-            hi = lo + (1e-3 if not ratio else 0.01)
-            lo = lo - (0.01 if ratio else 0.0)
-        pad = (hi - lo) * 0.08
-        lo, hi = (lo - pad if ratio else lo), hi + pad
-
-        def y_of(v: float, top: int = top, lo: float = lo, hi: float = hi) -> float:
-            return top + _PANEL_H - (v - lo) / (hi - lo) * _PANEL_H
-
-        parts.append(f'<rect x="{_LEFT}" y="{top}" width="{plot_w}" '
-                     f'height="{_PANEL_H}" fill="#fafafa" stroke="#bbb"/>')
-        if ratio:  # runs of frames without a face, one grey band each
-            step = plot_w / max(n - 1, 1)
-            faces = list(m.per_frame.get("face", [])) + [1.0]
-            start = None
-            for i, f in enumerate(faces):
-                if f == 0 and start is None:
-                    start = i
-                elif f != 0 and start is not None:
-                    x0 = max(x_of(start) - step / 2, _LEFT)
-                    x1 = min(x_of(i - 1) + step / 2, _LEFT + plot_w)
-                    first, last = first_frame + start, first_frame + i - 1
-                    parts.append(
-                        f'<rect x="{x0:.1f}" y="{top}" width="{max(x1 - x0, 2.0):.1f}" '
-                        f'height="{_PANEL_H}" fill="#ddd">'
-                        f'<title>frames {first}-{last}: no face</title></rect>')
-                    start = None
-            y1 = y_of(1.0)
-            parts.append(f'<line x1="{_LEFT}" x2="{_LEFT + plot_w}" y1="{y1:.1f}" '
-                         f'y2="{y1:.1f}" stroke="#999" stroke-dasharray="2 2"/>')
-        for v in (lo, hi):
-            parts.append(f'<text x="{_LEFT - 4}" y="{y_of(v) + 4:.1f}" '
-                         f'text-anchor="end">{_fmt(v)}</text>')
-        parts.append(f'<text x="{_LEFT}" y="{top - 5}" font-weight="bold">'
-                     f'{_esc(label)}</text>')
-        legend = [(colour, dash, name) for _, colour, dash, name in series]
-        if ratio and m.frames_without_face:
-            legend.append(("#ddd", "box", f"no face ({m.frames_without_face})"))
-        lx = _LEFT + plot_w - sum(28 + 6 * len(name) for *_, name in legend)
-        for key, colour, dash, _ in series:
-            parts += _polylines(m.per_frame.get(key, []), x_of, y_of, colour, dash)
-        for colour, dash, name in legend:  # right-aligned legend above the panel
-            if dash == "box":
-                parts.append(f'<rect x="{lx + 4:.1f}" y="{top - 14}" width="10" '
-                             f'height="10" fill="{colour}"/>')
-            else:
-                style = f' stroke-dasharray="{dash}"' if dash else ""
-                parts.append(f'<line x1="{lx:.1f}" x2="{lx + 18:.1f}" '
-                             f'y1="{top - 9}" y2="{top - 9}" stroke="{colour}" '
-                             f'stroke-width="2"{style}/>')
-            parts.append(f'<text x="{lx + 22:.1f}" y="{top - 5}">{_esc(name)}</text>')
-            lx += 28 + 6 * len(name)
-    base = _TOP + 2 * _PANEL_H + _GAP
-    for i in sorted({0, (n - 1) // 2, n - 1}):
-        parts.append(f'<text x="{x_of(i):.1f}" y="{base + 14}" text-anchor="middle">'
-                     f'{first_frame + i}</text>')
-    parts.append(f'<text x="{_LEFT + plot_w / 2:.1f}" y="{base + 26}" '
-                 'text-anchor="middle" fill="#555">frame</text>')
-    parts.append("</svg>")
-    return "\n".join(parts)

@@ -52,8 +52,8 @@ class FolderWatch:
         """Start watching; False (and the engine just polls) if watchdog is missing
         or the platform refuses (inotify limits)."""
         try:
-            from watchdog.events import FileSystemEventHandler  # noqa: PLC0415
-            from watchdog.observers import Observer  # noqa: PLC0415
+            from watchdog.events import FileSystemEventHandler
+            from watchdog.observers import Observer
         except ImportError:
             log.info("watchdog is not installed; polling only")
             return False
@@ -62,7 +62,7 @@ class FolderWatch:
         roots = {os.path.normpath(str(f)) for f in self.folders}
 
         class _Handler(FileSystemEventHandler):
-            def on_any_event(self, event) -> None:  # noqa: ANN001
+            def on_any_event(self, event) -> None:
                 kind = event.event_type
                 if kind in ("moved", "closed") or (
                         kind == "modified" and event.is_directory

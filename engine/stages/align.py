@@ -107,7 +107,7 @@ def smooth_params(c: np.ndarray, x: np.ndarray, y: np.ndarray, center_sigma: flo
     truncate 4): ``c`` with ``center_sigma``, ``x`` and ``y`` with ``xy_sigma``. A
     sigma of 0 disables that part. Inputs and outputs are ``[N, 2]``.
     """
-    from scipy.ndimage import gaussian_filter1d  # noqa: PLC0415
+    from scipy.ndimage import gaussian_filter1d
 
     def smooth(a: np.ndarray, sigma: float) -> np.ndarray:
         a = np.asarray(a, dtype=np.float64)
@@ -193,7 +193,7 @@ def align_crop(frame: np.ndarray, quad: np.ndarray, size: int,
     Faces much larger than the crop are first reduced with area averaging by an
     integer factor (STIT's "shrink"), which avoids aliasing from the bilinear warp.
     """
-    import cv2  # noqa: PLC0415
+    import cv2
 
     q = np.asarray(quad, dtype=np.float64).reshape(4, 2)
     qsize = np.linalg.norm(q[3] - q[0])
@@ -223,7 +223,7 @@ def unalign(crop: np.ndarray, quad: np.ndarray, frame_size: tuple[int, int]
         quad: the quad the crop was taken with.
         frame_size: ``(width, height)`` of the frame.
     """
-    import cv2  # noqa: PLC0415
+    import cv2
 
     size = crop.shape[0]
     m = crop_transform(quad, size)  # frame -> crop: sample the crop at M @ p
@@ -249,7 +249,7 @@ def resolve_resolution(resolution: int, profile: str) -> int:
                     FALLBACK_RESOLUTION)
         r = FALLBACK_RESOLUTION
     if r < 8 or r & (r - 1):
-        from fsexchange.errors import DocumentFieldError  # noqa: PLC0415
+        from fsexchange.errors import DocumentFieldError
 
         raise DocumentFieldError(f"options.align.resolution {r} must be a power of two "
                                  ">= 8", field="options.align.resolution")
@@ -261,7 +261,7 @@ def generator_resolution(profile: str) -> int | None:
     ``engine.models.modelset``). Loads the profile's networks once, on the CPU, and drops
     them; not cached, since models may be installed while the engine runs."""
     try:
-        from engine.models.modelset import load_models  # noqa: PLC0415
+        from engine.models.modelset import load_models
     except ImportError:
         return None
     return int(load_models(profile, device="cpu").generator.img_resolution)
@@ -270,10 +270,10 @@ def generator_resolution(profile: str) -> int | None:
 def parser_weights() -> Path | None:
     """The installed BiSeNet ``79999_iter.pth`` of the model store, if any."""
     try:
-        from engine.models.store import Store  # noqa: PLC0415
+        from engine.models.store import Store
     except ImportError:
         return None
-    from engine.models.store import PARSER_FILE  # noqa: PLC0415
+    from engine.models.store import PARSER_FILE
 
     return Store().installed(PARSER_FILE)
 
@@ -284,9 +284,9 @@ class AlignStage(Stage):
     name = "align"
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        from engine.stages.mask import MaskBuilder  # noqa: PLC0415
-        from engine.media.video import encode_png, read_frames  # noqa: PLC0415
-        from fsexchange.media import probe  # noqa: PLC0415
+        from engine.stages.mask import MaskBuilder
+        from engine.media.video import encode_png, read_frames
+        from fsexchange.media import probe
 
         cfg = ctx.config.align
         job = ctx.job

@@ -42,7 +42,7 @@ _GIB = 1 << 30
 def free_memory(device: Any) -> int:
     """Free bytes on ``device``: CUDA's free memory, or the system's available RAM
     (Linux ``MemAvailable``; elsewhere 8 GiB is assumed)."""
-    import torch  # noqa: PLC0415
+    import torch
 
     dev = torch.device(device)
     if dev.type == "cuda":
@@ -78,7 +78,7 @@ def training_settings(stage_dir: Path, kind: str, batch_size: int, dtype: str,
     """``(batch size, dtype)`` of a training stage (PTI, stitching): resolved from
     the options on the first attempt, read back from ``settings.json`` on a resumed
     one."""
-    from engine.devices import resolve_dtype  # noqa: PLC0415
+    from engine.devices import resolve_dtype
 
     settings = stage_settings(stage_dir, lambda: {
         "batch_size": resolve_batch(batch_size, kind, resolution, device, frames),

@@ -111,7 +111,7 @@ class StageContext:
     def load_models(self) -> "ModelSet":
         """The job's networks on the job's device. Records what was used in the
         result (``Result/1.models``) and warns loudly for the tiny profile."""
-        from engine.models.modelset import load_models  # noqa: PLC0415
+        from engine.models.modelset import load_models
 
         models = load_models(self.config.profile, device=self.device)
         self.info["models"] = dict(models.info)  # the runner stores it msgpack-safe
@@ -134,7 +134,7 @@ class Stage(ABC):
 
 def save_checkpoint(path: str | os.PathLike[str], obj: Any) -> None:
     """Atomically ``torch.save`` ``obj`` (state dicts, tensors, plain data)."""
-    import torch  # noqa: PLC0415
+    import torch
 
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -143,6 +143,6 @@ def save_checkpoint(path: str | os.PathLike[str], obj: Any) -> None:
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str = "cpu") -> Any:
     """Load a checkpoint written by :func:`save_checkpoint` without running code."""
-    import torch  # noqa: PLC0415
+    import torch
 
     return torch.load(path, map_location=map_location, weights_only=True)

@@ -47,8 +47,8 @@ def crops_to_tensor(images: Sequence[np.ndarray], size: int | None = None, *,
                     device: str | "torch.device" = "cpu") -> "torch.Tensor":
     """HxWx3 uint8/uint16 RGB images -> ``[N, 3, size, size]`` float32 in [-1, 1]
     (bilinear with antialiasing when resized, pipeline.md §1.2)."""
-    import torch  # noqa: PLC0415
-    import torch.nn.functional as F  # noqa: PLC0415
+    import torch
+    import torch.nn.functional as F
 
     arr = np.stack([np.asarray(im)[..., :3] for im in images])
     scale = 65535.0 if arr.dtype == np.uint16 else 255.0
@@ -70,7 +70,7 @@ def tensor_to_image(x: "torch.Tensor", depth: int = 8) -> np.ndarray:
 
 def write_png(path: Path, img: np.ndarray) -> None:
     """Atomically write an RGB or grey PNG (8 or 16 bit)."""
-    from engine.media.video import encode_png  # noqa: PLC0415
+    from engine.media.video import encode_png
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, encode_png(img))

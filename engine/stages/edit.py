@@ -199,7 +199,7 @@ class EditStage(Stage):
     weight = 0.5
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        import torch  # noqa: PLC0415
+        import torch
 
         cfg = ctx.config.edit
         edits = ctx.job.edits
@@ -254,7 +254,7 @@ class EditStage(Stage):
 def _installed(ctx: StageContext) -> dict[str, "Direction"]:
     """The edits installed for the job's model profile (the profile the earlier
     stages resolved, so "auto" cannot change its mind mid-job)."""
-    from engine.models.directions import available_edits  # noqa: PLC0415
+    from engine.models.directions import available_edits
 
     profile = (ctx.info.get("models") or {}).get("profile") or ctx.config.profile
     return available_edits(profile)

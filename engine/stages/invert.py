@@ -44,7 +44,7 @@ class InvertStage(Stage):
     name = "invert"
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        import torch  # noqa: PLC0415
+        import torch
 
         cfg = ctx.config.invert
         clip = ctx.files.align.clip()

@@ -59,7 +59,7 @@ def hull_mask(landmarks: np.ndarray, size: int) -> np.ndarray:
     The 68 points stop at the brows, so the brows are raised by half the
     eye-to-chin distance along the face's up direction to cover the forehead.
     """
-    import cv2  # noqa: PLC0415
+    import cv2
 
     lm = np.asarray(landmarks, dtype=np.float64).reshape(68, 2)
     eyes = lm[36:48].mean(0)
@@ -81,7 +81,7 @@ def _radius(value_at_1024: int, size: int) -> int:
 
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     """Grey dilation with a flat square of side 2r+1; outside pixels are ignored."""
-    import cv2  # noqa: PLC0415
+    import cv2
 
     if radius <= 0:
         return mask.copy()
@@ -110,7 +110,7 @@ def _upsample_align_corners(img: np.ndarray, size: int) -> np.ndarray:
 
 def _work_mask(face_mask: np.ndarray) -> tuple[np.ndarray, int]:
     """Nearest-downsample the R mask to the R/2 work size (512 at 1024)."""
-    import cv2  # noqa: PLC0415
+    import cv2
 
     size = face_mask.shape[0]
     if face_mask.shape != (size, size):
@@ -125,7 +125,7 @@ def paste_alpha(face_mask: np.ndarray, cfg: MaskConfig = MaskConfig()) -> np.nda
     """Alpha for paste-back: the dilated face mask (STIT's main output, no blur),
     float32 ``[R, R]`` in 0..1. With ``cfg.feather``: STIT's feathering variant,
     erode 51x51 then Gaussian ksize 51 (σ 8 px), sizes scaled from 1024 to R."""
-    import cv2  # noqa: PLC0415
+    import cv2
 
     m, size = _work_mask(face_mask)
     work = m.shape[0]
@@ -172,17 +172,17 @@ class FaceParser:
     R with nearest. Loads ``79999_iter.pth`` strictly; downloads nothing."""
 
     def __init__(self, path: str | os.PathLike[str], device: str = "cpu") -> None:
-        from engine.nets.bisenet import load_bisenet  # noqa: PLC0415
+        from engine.nets.bisenet import load_bisenet
 
         self.device = device
         self.net = load_bisenet(path, device)
 
     def labels(self, crops: Sequence[np.ndarray]) -> list[np.ndarray]:
         """uint8 labels ``[R, R]`` for RGB uint8 crops ``[R, R, 3]``."""
-        import cv2  # noqa: PLC0415
-        import torch  # noqa: PLC0415
+        import cv2
+        import torch
 
-        from engine.nets.bisenet import PARSE_RESOLUTION as P  # noqa: PLC0415
+        from engine.nets.bisenet import PARSE_RESOLUTION as P
 
         if not crops:
             return []

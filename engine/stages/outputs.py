@@ -142,13 +142,13 @@ class AlignedClip:
         return None if np.isnan(q).any() else q
 
     def crop(self, frame: int) -> np.ndarray:
-        from engine.media.video import read_image  # noqa: PLC0415
+        from engine.media.video import read_image
 
         return read_image(self.files.crops_dir / crop_name(frame))
 
     def mask(self, frame: int) -> np.ndarray:
         """Face mask ``[R, R]`` bool."""
-        from engine.media.video import read_image  # noqa: PLC0415
+        from engine.media.video import read_image
 
         m = read_image(self.files.masks_dir / crop_name(frame))
         return (m[..., 0] if m.ndim == 3 else m) > 127
@@ -192,7 +192,7 @@ class PTIFiles(_StageFiles):
 
     def generator(self, device: str = "cpu") -> "Generator":
         """The tuned generator (eval mode, no gradients)."""
-        from engine.models.checkpoints import load_generator  # noqa: PLC0415
+        from engine.models.checkpoints import load_generator
 
         return load_generator(self.generator_path, device=device)
 

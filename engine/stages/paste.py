@@ -32,7 +32,7 @@ from fsexchange.documents import FrameOutput
 
 from engine.stages.contract import Stage, StageContext
 
-__all__ = ["paste_back", "composite", "contact_sheet", "PasteStage", "FORMAT_EXT"]
+__all__ = ["paste_back", "contact_sheet", "PasteStage", "FORMAT_EXT"]
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,8 @@ def paste_back(frame_rgb: np.ndarray, crop_rgb: np.ndarray, crop_alpha: np.ndarr
         ``H x W x 4`` uint16, straight alpha. Where alpha is 0 the RGB equals the
         source (uint8 sources scaled by 257, i.e. exactly the same values).
     """
-    from engine.stages.align import unalign  # noqa: PLC0415
-    from engine.media.video import to_depth  # noqa: PLC0415
+    from engine.stages.align import unalign
+    from engine.media.video import to_depth
 
     src16 = to_depth(np.ascontiguousarray(frame_rgb[..., :3]), 16)
     h, w = src16.shape[:2]
@@ -82,25 +82,13 @@ def paste_back(frame_rgb: np.ndarray, crop_rgb: np.ndarray, crop_alpha: np.ndarr
     return out
 
 
-def composite(rgba: np.ndarray, source_rgb: np.ndarray) -> np.ndarray:
-    """``a·rgb + (1 - a)·source`` as uint8 RGB (for previews)."""
-    from engine.media.video import to_depth  # noqa: PLC0415
-
-    layer = to_depth(rgba, 16).astype(np.float32) / 65535.0
-    src = to_depth(np.ascontiguousarray(source_rgb[..., :3]), 16).astype(np.float32)
-    src /= 65535.0
-    a = layer[..., 3:4]
-    out = a * layer[..., :3] + (1 - a) * src
-    return np.rint(np.clip(out, 0, 1) * 255).astype(np.uint8)
-
-
 def contact_sheet(tiles: Iterable[tuple[int, np.ndarray | None]], *, tile: int = 128,
                   columns: int = 8) -> np.ndarray:
     """A grid of ``(frame, crop or None)`` tiles as RGB uint8; a crop of None (no
     face at that frame) is a dark grey tile. The frame number is drawn in a corner."""
-    import cv2  # noqa: PLC0415
+    import cv2
 
-    from engine.media.video import to_depth  # noqa: PLC0415
+    from engine.media.video import to_depth
 
     items = list(tiles)
     rows = max(1, -(-len(items) // columns))
@@ -138,8 +126,9 @@ class PasteStage(Stage):
     CONTACT_TILES = 48
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        from engine.stages.mask import paste_alpha  # noqa: PLC0415
-        from engine.media.video import (  # noqa: PLC0415
+        from engine.media.composite import composite_over
+        from engine.stages.mask import paste_alpha
+        from engine.media.video import (
             MovieWriter,
             encode_rgba,
             output_name,
@@ -147,8 +136,8 @@ class PasteStage(Stage):
             read_image,
             to_depth,
         )
-        from fsexchange.fsutil import atomic_write_bytes  # noqa: PLC0415
-        from fsexchange.media import probe  # noqa: PLC0415
+        from fsexchange.fsutil import atomic_write_bytes
+        from fsexchange.media import probe
 
         job = ctx.job
         aligned = ctx.files.align.clip()
@@ -207,7 +196,7 @@ class PasteStage(Stage):
                     path, digest = f"output/{name}", hashlib.sha256(data).hexdigest()
                 frames.append(FrameOutput(index, path, digest, edited).to_dict())
                 if preview is not None:
-                    preview.write(composite(rgba, src))
+                    preview.write(to_depth(composite_over(rgba, src), 8))
                 ctx.report((index - start + 1) / n, f"pasted frame {index}")
         except BaseException:
             for writer in (movie, preview):
@@ -216,7 +205,7 @@ class PasteStage(Stage):
             raise
         if movie is not None:
             movie.close()
-            from fsexchange.fsutil import sha256_file  # noqa: PLC0415
+            from fsexchange.fsutil import sha256_file
 
             digest = sha256_file(movie.path)
             frames = [dict(f, sha256=digest) for f in frames]
@@ -224,7 +213,7 @@ class PasteStage(Stage):
         if preview is not None:
             preview.close()
         if job.kind == "align-preview":
-            import cv2  # noqa: PLC0415
+            import cv2
 
             picks = _sample(list(range(start, end)), self.CONTACT_TILES)
             sheet = contact_sheet((f, aligned.crop(f) if f in have else None)

@@ -69,7 +69,7 @@ log = logging.getLogger(__name__)
 
 def autocast(device: str, dtype: str):
     """bfloat16 autocast when ``options.dtype`` asks for it, else a no-op."""
-    import torch  # noqa: PLC0415
+    import torch
 
     dev = torch.device(device).type
     return torch.autocast(dev, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
@@ -97,7 +97,7 @@ class TargetCache:
     def batch(self, frames: Sequence[int]
               ) -> tuple["torch.Tensor", list["torch.Tensor"]]:
         """``(crops [B, 3, R, R] in [-1, 1], LPIPS feature maps of the crops)``."""
-        import torch  # noqa: PLC0415
+        import torch
 
         loaded = {}
         for f in frames:
@@ -131,7 +131,7 @@ def reconstruction_error(G: "Generator", lpips: Any, pivots: np.ndarray,
     """Mean MSE (images in [-1, 1]), PSNR (dB, on [0, 1]) and LPIPS of ``G(pivot)``
     against the aligned crops over ``frames``, in float32 (whatever precision the
     tuning ran in: these are the figures reported)."""
-    import torch  # noqa: PLC0415
+    import torch
 
     mse_sum = lp_sum = 0.0
     with torch.no_grad():
@@ -176,7 +176,7 @@ class PTITuner:
     def __init__(self, G0: "Generator", lpips: Any, pivots: np.ndarray,
                  frames: Sequence[int], targets: TargetCache, cfg: Any, *,
                  seed: int = 0, device: str = "cpu", dtype: str = "float32") -> None:
-        import torch  # noqa: PLC0415
+        import torch
 
         self.G0 = G0.eval().requires_grad_(False)
         self.lpips, self.pivots, self.frames = lpips, pivots, list(frames)
@@ -246,7 +246,7 @@ class PTITuner:
         return loss
 
     def _step(self, rows: list[int], seed: list[int]) -> tuple[float, float, float]:
-        import torch  # noqa: PLC0415
+        import torch
 
         cfg, G = self.cfg, self.G
         ws = torch.from_numpy(self.pivots[rows]).to(self.device)  # [B, num_ws, w_dim]
@@ -269,7 +269,7 @@ class PTITuner:
 def _fused_adam_ok(device: str) -> bool:
     """Whether ``torch.optim.Adam(fused=True)`` runs on ``device`` (also asked by
     the stitcher's functional Adam, engine/stages/stitch_tune.py)."""
-    import torch  # noqa: PLC0415
+    import torch
 
     return torch.device(device).type in ("cpu", "cuda")
 
@@ -284,9 +284,9 @@ class PTIStage(Stage):
     weight = 10.0  # share of the job's progress bar
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        import torch  # noqa: PLC0415
+        import torch
 
-        from engine.models.formats.native import save_network  # noqa: PLC0415
+        from engine.models.formats.native import save_network
 
         cfg = ctx.config.pti
         dev = ctx.device
@@ -371,7 +371,7 @@ def _locality_loss(G: "Generator", G0: "Generator", lpips: Any, ws: "torch.Tenso
     """PTI's locality regulariser (pipeline.md §1.4), one sample per frame: w_r =
     pivot + α·(w_z − pivot)/‖w_z − pivot‖ with w_z = mapping(z, ψ 0.5); the tuned G
     must render w_r as the original G does (``noise_mode='none'``)."""
-    import torch  # noqa: PLC0415
+    import torch
 
     gen = torch.Generator().manual_seed(int(np.random.default_rng(seed).integers(
         2 ** 62)))

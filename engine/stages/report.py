@@ -25,18 +25,18 @@ import base64
 import html
 import json
 import logging
-import math
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from fsexchange.fsutil import atomic_write_bytes
 
+from engine.quality.charts import line_chart_svg
 from engine.stages.contract import Stage, StageContext
 from engine.stages.crops import preview_frames
 from engine.stages.outputs import JobFiles, crop_name
 
-__all__ = ["ReportStage", "line_chart_svg", "png_data_uri",
+__all__ = ["ReportStage", "png_data_uri",
            "TINY_BANNER", "render_report"]
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ THUMB = 160  # filmstrip thumbnail height in pixels
 def png_data_uri(img: np.ndarray, height: int | None = THUMB) -> str:
     """An image (HxW or HxWx3, uint8/uint16/float 0..1; alpha is dropped) as a
     ``data:image/png`` URI, resized to ``height`` when given."""
-    import cv2  # noqa: PLC0415
+    import cv2
 
     a = np.asarray(img)
     if a.ndim == 3:
@@ -62,100 +62,9 @@ def png_data_uri(img: np.ndarray, height: int | None = THUMB) -> str:
         w = max(1, round(a.shape[1] * height / a.shape[0]))
         interp = cv2.INTER_AREA if a.shape[0] > height else cv2.INTER_NEAREST
         a = cv2.resize(a, (w, height), interpolation=interp)
-    from engine.media.video import encode_png  # noqa: PLC0415
+    from engine.media.video import encode_png
 
     return "data:image/png;base64," + base64.b64encode(encode_png(a)).decode()
-
-
-_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
-            "#e377c2", "#7f7f7f"]
-
-
-def line_chart_svg(series: dict[str, Sequence[float]], *, title: str,
-                   xlabel: str = "", x0: float = 0.0, log_y: bool = False,
-                   width: int = 640, height: int = 220) -> str:
-    """A small inline SVG line chart (no scripts, no fonts to fetch).
-
-    Args:
-        series: label -> y values (x = ``x0 + index``). Non-finite values break a
-            line.
-        log_y: logarithmic y axis (losses spanning decades).
-    """
-    left, right, top, bottom = 62, 12, 28, 34
-    pw, ph = width - left - right, height - top - bottom
-    vals = [float(v) for ys in series.values() for v in ys
-            if v is not None and math.isfinite(float(v)) and (not log_y or v > 0)]
-    n = max((len(ys) for ys in series.values()), default=0)
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" '
-           f'height="{height}" viewBox="0 0 {width} {height}" role="img" '
-           f'aria-label="{html.escape(title)}" font-family="sans-serif" '
-           'font-size="11">',
-           f'<rect width="{width}" height="{height}" fill="white"/>',
-           f'<text x="{left}" y="16" font-size="12" font-weight="bold">'
-           f'{html.escape(title)}</text>',
-           f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fafafa" '
-           'stroke="#bbb"/>']
-    if not vals or n == 0:
-        out.append(f'<text x="{left + 8}" y="{top + 20}">no data</text></svg>')
-        return "".join(out)
-    f = (lambda v: math.log10(v)) if log_y else (lambda v: v)
-    lo, hi = f(min(vals)), f(max(vals))
-    if hi - lo < 1e-12:
-        lo, hi = lo - 0.5 if log_y else lo - abs(lo) * 0.1 - 1e-6, hi + (
-            0.5 if log_y else abs(hi) * 0.1 + 1e-6)
-    pad = (hi - lo) * 0.06
-    lo, hi = lo - pad, hi + pad
-
-    def xy(i: int, v: float) -> tuple[float, float]:
-        x = left + (pw * i / (n - 1) if n > 1 else pw / 2)
-        return x, top + ph - (f(v) - lo) / (hi - lo) * ph
-
-    for k in range(5):  # y ticks
-        t = lo + (hi - lo) * k / 4
-        y = top + ph - ph * k / 4
-        label = 10 ** t if log_y else t
-        out.append(f'<line x1="{left - 3}" x2="{left}" y1="{y:.1f}" y2="{y:.1f}" '
-                   'stroke="#888"/>'
-                   f'<text x="{left - 5}" y="{y + 4:.1f}" text-anchor="end">'
-                   f'{_fmt(label)}</text>')
-    for i in sorted({0, n - 1, (n - 1) // 2}):
-        x, _ = xy(i, vals[0])
-        out.append(f'<text x="{x:.1f}" y="{top + ph + 14}" text-anchor="middle">'
-                   f'{_fmt(x0 + i)}</text>')
-    if xlabel:
-        out.append(f'<text x="{left + pw / 2:.1f}" y="{height - 4}" '
-                   f'text-anchor="middle">{html.escape(xlabel)}</text>')
-    for c, (label, ys) in enumerate(series.items()):
-        colour = _COLOURS[c % len(_COLOURS)]
-        run: list[str] = []
-        for i, v in enumerate(list(ys) + [None]):
-            ok = v is not None and math.isfinite(float(v)) and (not log_y or v > 0)
-            if ok:
-                x, y = xy(i, float(v))
-                run.append(f"{x:.1f},{y:.1f}")
-                continue
-            if len(run) == 1:
-                cx, cy = run[0].split(",")
-                out.append(f'<circle cx="{cx}" cy="{cy}" r="2" fill="{colour}"/>')
-            elif run:
-                out.append(f'<polyline points="{" ".join(run)}" fill="none" '
-                           f'stroke="{colour}" stroke-width="1.5"/>')
-            run = []
-        lx = left + 8 + 150 * (c % 4)
-        ly = top + 14 + 14 * (c // 4)
-        out.append(f'<rect x="{lx}" y="{ly - 8}" width="10" height="3" '
-                   f'fill="{colour}"/><text x="{lx + 14}" y="{ly - 4}">'
-                   f'{html.escape(label)}</text>')
-    out.append("</svg>")
-    return "".join(out)
-
-
-def _fmt(v: float) -> str:
-    if v == 0:
-        return "0"
-    if abs(v) >= 1000 or abs(v) < 0.01:
-        return f"{v:.2g}"
-    return f"{v:.3g}"
 
 
 def _num(v: Any, digits: int = 4) -> str:
@@ -257,8 +166,9 @@ class ReportStage(Stage):
     # --- sections ----------------------------------------------------------------
 
     def _metrics(self, ctx: StageContext, outputs: list[dict]) -> tuple[Any, str]:
-        from engine.quality.metrics import metrics_svg, temporal_metrics  # noqa: PLC0415
-        from engine.media.video import read_frames, read_image  # noqa: PLC0415
+        from engine.quality.charts import metrics_svg
+        from engine.quality.metrics import temporal_metrics
+        from engine.media.video import read_frames, read_image
 
         job = ctx.job
         start, end = job.range.start, job.range.end
@@ -306,9 +216,9 @@ class ReportStage(Stage):
         return _table(rows, ["", ""])
 
     def _filmstrip(self, ctx: StageContext, outputs: list[dict]) -> str:
-        from engine.stages.mask import paste_alpha  # noqa: PLC0415
-        from engine.quality.metrics import composite_over  # noqa: PLC0415
-        from engine.media.video import read_frames, read_image  # noqa: PLC0415
+        from engine.stages.mask import paste_alpha
+        from engine.media.composite import composite_over
+        from engine.media.video import read_frames, read_image
 
         files = ctx.files
         try:

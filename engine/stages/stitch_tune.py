@@ -106,7 +106,7 @@ class TuneResult:
 def _styles_module(G: "Generator") -> "torch.nn.Module":
     """A module whose forward is ``G.synthesis.synthesis_from_styles`` (what
     ``functional_call`` needs); it shares G's parameters."""
-    import torch  # noqa: PLC0415
+    import torch
 
     class FromStyles(torch.nn.Module):
         def __init__(self, syn: torch.nn.Module) -> None:
@@ -122,7 +122,7 @@ def _styles_module(G: "Generator") -> "torch.nn.Module":
 def _trainable_names(module: Any, styles: Sequence["torch.Tensor"]) -> list[str]:
     """Parameters that receive a gradient when rendering from styles (all synthesis
     parameters but the affines), found with one probe backward."""
-    import torch  # noqa: PLC0415
+    import torch
 
     named = dict(module.named_parameters())
     leaves = {k: v.detach().clone().requires_grad_(True) for k, v in named.items()}
@@ -172,9 +172,9 @@ class BatchedStitcher:
         leading axis; the network takes them as per-sample parameters and runs
         grouped convolutions, engine/nets/stylegan2.py), under ``dtype``
         (default: the stitcher's)."""
-        from torch.func import functional_call  # noqa: PLC0415
+        from torch.func import functional_call
 
-        from engine.stages.pti import autocast  # noqa: PLC0415
+        from engine.stages.pti import autocast
 
         with autocast(str(styles[0].device), dtype or self.dtype):
             return functional_call(self.module, {**self.fixed, **self.views(params)},
@@ -184,7 +184,7 @@ class BatchedStitcher:
         """The network's views of stacked parameters: conv weights are stored
         contiguous in the convolutions' memory order (so the fused Adam updates
         them without copies) and seen as ``[B, O, I, kh, kw]``."""
-        from engine.nets.ops import weight_from_storage  # noqa: PLC0415
+        from engine.nets.ops import weight_from_storage
 
         return {k: weight_from_storage(v, k in self.transposed) if v.ndim == 5 else v
                 for k, v in params.items()}
@@ -201,7 +201,7 @@ class BatchedStitcher:
             abort: called once per step (e.g. ``ctx.check_abort``).
             progress: called with the fraction of steps done after each step.
         """
-        import torch  # noqa: PLC0415
+        import torch
 
         cfg = self.cfg
         B = target.shape[0]
@@ -279,7 +279,7 @@ def _stack(t: "torch.Tensor", n: int, transposed: bool = False) -> "torch.Tensor
     weights in the memory order the grouped convolutions read
     (:func:`engine.nets.ops.stored_weight`; :meth:`BatchedStitcher.views` gives the
     network its ``[n, O, I, kh, kw]`` view without a copy)."""
-    from engine.nets.ops import stored_weight  # noqa: PLC0415
+    from engine.nets.ops import stored_weight
 
     out = t.unsqueeze(0).repeat(n, *([1] * t.ndim))
     return stored_weight(out, transposed) if out.ndim == 5 else out.contiguous()
@@ -287,7 +287,7 @@ def _stack(t: "torch.Tensor", n: int, transposed: bool = False) -> "torch.Tensor
 
 def _like(t: "torch.Tensor", p: "torch.Tensor") -> "torch.Tensor":
     """``t`` with ``p``'s strides (``t`` itself when it has them)."""
-    import torch  # noqa: PLC0415
+    import torch
 
     return t if t.stride() == p.stride() else torch.empty_like(p).copy_(t)
 
@@ -297,10 +297,10 @@ def _adam_step(params: list, grads: list, m1: list, m2: list, t: int, lr: float,
     """In-place Adam step ``t`` (1-based) over lists of tensors: the update of
     ``torch.optim.Adam`` (no weight decay, no amsgrad) through its functional form,
     fused (one kernel per tensor instead of seven passes) on the CPU and CUDA."""
-    import torch  # noqa: PLC0415
-    from torch.optim.adam import adam  # noqa: PLC0415
+    import torch
+    from torch.optim.adam import adam
 
-    from engine.stages.pti import _fused_adam_ok  # noqa: PLC0415
+    from engine.stages.pti import _fused_adam_ok
 
     dev = params[0].device
     # The fused kernel reads every tensor as if it were laid out like its
@@ -323,7 +323,7 @@ def tune_reference(G: "Generator", styles: Sequence["torch.Tensor"],
     """The reference's loop structure, one frame at a time: a fresh deep copy of the
     generator and its own ``torch.optim.Adam`` per frame (pipeline.md §1.6). Exact
     and slow; the batched stitcher must match it."""
-    import torch  # noqa: PLC0415
+    import torch
 
     images, before, after, steps, curves = [], [], [], [], []
     for i in range(target.shape[0]):
@@ -362,7 +362,7 @@ def load_edit_styles(G: "Generator", edit: EditFiles, rows: Sequence[int],
                      device: str) -> list["torch.Tensor"]:
     """Styles of the edited frames ``rows``: stored S-space edits when the edit stage
     wrote ``styles.npz``, else ``G.styles(latents)``."""
-    import torch  # noqa: PLC0415
+    import torch
 
     styles_path = edit.styles_path
     if styles_path.exists():
@@ -383,7 +383,7 @@ class StitchTuneStage(Stage):
     weight = 10.0
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        import torch  # noqa: PLC0415
+        import torch
 
         cfg = ctx.config.stitch
         mcfg = ctx.config.mask
@@ -458,7 +458,7 @@ class StitchTuneStage(Stage):
 
 def _fit(mask: "torch.Tensor", size: int) -> "torch.Tensor":
     """Masks at the crop size, resized (bilinear) if the align resolution differs."""
-    import torch.nn.functional as F  # noqa: PLC0415
+    import torch.nn.functional as F
 
     if mask.shape[-1] == size:
         return mask

@@ -250,8 +250,8 @@ def track_media(
         SubjectInvalid: the requested subject does not exist.
         ModelMissing: the backend's weights are not installed.
     """
-    from engine.media.video import read_frames  # noqa: PLC0415
-    from fsexchange.media import probe  # noqa: PLC0415
+    from engine.media.video import read_frames
+    from fsexchange.media import probe
 
     info = probe(path, rate)
     end = info.frame_count if end is None else end

@@ -26,11 +26,10 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from fsexchange.client import new_job_id, submit_job, wait_job
+from fsexchange.client import build_job, submit_job, wait_job
 from fsexchange.documents import (JOB_KINDS, Edit, FrameRange, Job, OutputSpec, Source)
 from fsexchange.errors import (DocumentFieldError, EditUnknown,
                                MediaMissing, ModelError, RangeInvalid)
-from fsexchange.exchange import utc_now
 from fsexchange.paths import is_within
 from fsexchange.grammar import (is_timecode_range, parse_edit, parse_option,
                                 parse_range, parse_subject, timecode_range)
@@ -40,7 +39,7 @@ from fsexchange.timecode import parse_rate
 
 from host_bridge.engine_cli import installed_edit_names
 
-__all__ = ["main", "build_parser", "build_job"]
+__all__ = ["main", "build_parser", "job_from_args"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,7 +116,7 @@ def _check_edits(edits: list[Edit], profile: str, notes: list[str]) -> None:
                               "(see 'facestitch edits')", field="edits")
 
 
-def build_job(args: argparse.Namespace, notes: list[str]
+def job_from_args(args: argparse.Namespace, notes: list[str]
               ) -> tuple[Job, dict[str, Path]]:
     """Validate the arguments into a ``Job/1`` and its attachments."""
     media = args.media.absolute()
@@ -164,24 +163,23 @@ def build_job(args: argparse.Namespace, notes: list[str]
                      "--copy-media)")
     subject = parse_subject(args.face, args.face_point, args.face_box)
     output = OutputSpec(format=args.format) if args.format else OutputSpec()
-    job = Job(id=args.id or new_job_id(), source=source, range=frange, kind=args.kind,
-              subject=subject, edits=tuple(edits), options=options, output=output,
-              host={"app": "facestitch submit", "host": socket.gethostname(),
-                    "media": str(media)},
-              created=utc_now())
+    job = build_job(source=source, range=frange, kind=args.kind, edits=edits,
+                    subject=subject, options=options, output=output,
+                    host={"app": "facestitch submit", "host": socket.gethostname(),
+                          "media": str(media)}, job_id=args.id)
     return job, attachments
 
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     notes: list[str] = []
-    job, attachments = build_job(args, notes)
+    job, attachments = job_from_args(args, notes)
     submit_job(args.exchange, job, attachments=attachments)
     for note in notes:
         print(f"facestitch submit: note: {note}", file=sys.stderr)
     if not args.wait:
         if args.json:
-            from fsexchange.client import job_status  # noqa: PLC0415
+            from fsexchange.client import job_status
 
             print(json.dumps(job_status(args.exchange, job.id).to_dict(), indent=2))
         else:
@@ -190,7 +188,7 @@ def main(argv: list[str]) -> int:
     if not args.json:
         print(job.id, flush=True)
 
-    def show(status) -> None:  # noqa: ANN001
+    def show(status) -> None:
         print(f"{status.id}: {status.state} {status.progress:6.1%} "
               f"{status.message}", file=sys.stderr, flush=True)
 

@@ -1,4 +1,4 @@
-"""DaVinci Resolve side of the bridge (hosts.md §1): connect, read a shot, export
+"""DaVinci Resolve side of the bridge (docs/hosts.md): connect, read a shot, export
 by rendering where the media cannot be read, and place results back.
 
 Every call into Resolve goes through code that expects the measured quirks: None

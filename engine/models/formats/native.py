@@ -30,9 +30,9 @@ NETWORK_FORMAT = "facestitch.Network/1"
 
 
 def _network_classes() -> dict[str, type[nn.Module]]:
-    from engine.nets.e4e import E4EEncoder  # noqa: PLC0415
-    from engine.nets.lpips import LPIPS  # noqa: PLC0415
-    from engine.nets.stylegan2 import Generator  # noqa: PLC0415
+    from engine.nets.e4e import E4EEncoder
+    from engine.nets.lpips import LPIPS
+    from engine.nets.stylegan2 import Generator
 
     return {"Generator": Generator, "E4EEncoder": E4EEncoder, "LPIPS": LPIPS}
 

@@ -77,11 +77,11 @@ def _safe_load_from_bytes(b: bytes) -> Any:
 
 def _numpy_pairs() -> dict[tuple[str, str], Any]:
     try:
-        import numpy as np  # noqa: PLC0415
+        import numpy as np
     except ImportError:  # pragma: no cover
         return {}
     try:
-        from numpy._core import multiarray as ma  # noqa: PLC0415
+        from numpy._core import multiarray as ma
     except ImportError:  # pragma: no cover - numpy 1.x
         from numpy.core import multiarray as ma  # type: ignore[no-redef]  # noqa
     out: dict[tuple[str, str], Any] = {}
@@ -94,7 +94,7 @@ def _numpy_pairs() -> dict[tuple[str, str], Any]:
 
 
 def _allowed_pairs() -> dict[tuple[str, str], Any]:
-    import torch._utils as tu  # noqa: PLC0415
+    import torch._utils as tu
 
     pairs: dict[tuple[str, str], Any] = {
         ("torch._utils", "_rebuild_tensor_v2"): tu._rebuild_tensor_v2,
@@ -127,7 +127,7 @@ class _AllowListUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         obj = self._allowed.get((module, name))
         if obj is None:  # protocol 0-2 pickles use Python 2 names (__builtin__.set)
-            import _compat_pickle  # noqa: PLC0415
+            import _compat_pickle
 
             default = (_compat_pickle.IMPORT_MAPPING.get(module, module), name)
             mod2, name2 = _compat_pickle.NAME_MAPPING.get((module, name), default)

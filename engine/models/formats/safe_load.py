@@ -26,7 +26,7 @@ _ARGPARSE = ("argparse.Namespace",)
 
 
 def _numpy_dtype_classes() -> list[Any]:
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
     names = ("Float64DType", "Float32DType", "Float16DType", "Int64DType",
              "Int32DType", "Int16DType", "Int8DType", "UInt8DType", "BoolDType")
