@@ -1,12 +1,12 @@
 # Two commands on a fresh clone: `make demo` (the main job) and `make test` (the suite).
 # Both create .venv on first use with CPU torch 2.13.0 and torchvision 0.28.0 pinned in
-# the same pip call (environment.md §2: otherwise pip pulls CUDA builds).
+# the same pip call (docs/environment.md "torch and torchvision": otherwise pip pulls CUDA builds).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.facestitch-installed
 
-.PHONY: demo test setup bench clean-venv
+.PHONY: demo test test-fast lint setup bench clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# everything but the tests marked slow (about 2 minutes on 2 cores)
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
 	$(PY) bench/nets.py

@@ -4,7 +4,8 @@ Random weights (speed does not depend on them), at the official size (StyleGAN2
 1024 px, e4e IR-SE-50 at 256 px) and at the tiny profile's size, on the CPU and on
 a CUDA GPU when one is available. Prints images/s and the achieved GFLOP/s, with
 FLOPs counted by ``torch.utils.flop_counter`` on one pass (convolutions and matrix
-products; pipeline.md §4 puts a 1024 px generator forward at about 148.5 GFLOP).
+products; docs/reference.md "Cost model" puts a 1024 px generator forward at about
+148.5 GFLOP).
 
     python bench/nets.py                  # full run
     python bench/nets.py --quick          # ~1-2 minutes on 2 CPU cores
@@ -90,11 +91,11 @@ def run(sizes: list[str], devices: list[torch.device], quick: bool,
                 n_bwd = iters or (3 if quick else 10)
                 warm = 2
             for name, net, fwd in _cases(size, device, batch):
-                def f_fwd() -> Any:
+                def f_fwd(net: Any = net, fwd: Any = fwd) -> Any:
                     with torch.no_grad():
                         return fwd(net)
 
-                def f_bwd() -> Any:
+                def f_bwd(net: Any = net, fwd: Any = fwd) -> Any:
                     net.zero_grad(set_to_none=True)
                     out = fwd(net)
                     out.square().mean().backward()

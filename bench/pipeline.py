@@ -9,14 +9,16 @@ What runs:
    frames/s per stage.
 2. **PTI, side by side**: our loop (:class:`engine.stages.pti.PTITuner`: mini-batches,
    cached LPIPS target features) against a faithful re-creation of the
-   reference's (pipeline.md §1.4: batch 1, in order, one Adam step per frame per
+   reference's (docs/reference.md "PTI": batch 1, in order, one Adam step per frame per
    pass, LPIPS on both images every step), same pivots, crops, generator, LPIPS,
    loss and number of passes.
 3. **Stitching tuning, side by side**: our batched per-frame generators
    (:class:`engine.stages.stitch_tune.BatchedStitcher`: stacked per-frame copies through
    one grouped forward) against
-   the reference's loop (:func:`engine.stages.stitch_tune.tune_reference`: a deep copy of
-   the generator and its own Adam per frame, pipeline.md §1.6), same edit styles,
+   the reference's loop (:func:`engine.stages.stitch_tune.tune_reference`: a deep copy
+   of
+   the generator and its own Adam per frame, docs/reference.md "Stitching tuning"),
+   same edit styles,
    crops, masks and steps.
 
 Ratios are reference seconds / our seconds for the same work (frames x passes, or
@@ -206,7 +208,7 @@ class timed_convolutions:
 
 def reference_pti(G0: Any, lpips: Any, pivots: np.ndarray, targets: torch.Tensor,
                   passes: int, cfg: Any, device: str) -> Any:
-    """STIT's PTI loop structure (pipeline.md §1.4): one in-order pass over all
+    """STIT's PTI loop structure (docs/reference.md "PTI"): one in-order pass over all
     frames per step, batch 1, one Adam step per frame, LPIPS of both images."""
     G = copy.deepcopy(G0).train()
     G.synthesis.requires_grad_(True)

@@ -88,7 +88,8 @@ class LandmarkBackend(Protocol):
 
 def dlib_model_path(name: str) -> Path:
     """A data file of the ``face-recognition-models`` package, located by path: the
-    package itself fails to import on current setuptools (checkpoints.md §7)."""
+    package itself fails to import on current setuptools (docs/models.md "dlib model
+    files")."""
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or spec.origin is None:
         raise ModelMissing(f"dlib model {name} not found: install it with "
@@ -185,7 +186,9 @@ class FaceAlignmentBackend:
                 face_detector="dlib",
                 face_detector_kwargs={"path_to_detector": str(
                     dlib_model_path(CNN_DETECTOR_FILE))},
-                compile=False)  # compiling costs ~65 s, no faster (environment.md §4)
+                # compiling costs ~65 s, no faster (docs/environment.md
+                # "face-alignment")
+                compile=False)
 
     def landmarks(self, rgb: np.ndarray, boxes: Sequence[Sequence[float]]
                   ) -> list[np.ndarray]:

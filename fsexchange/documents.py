@@ -83,7 +83,8 @@ class _Fields:
 
     def __init__(self, data: Any, prefix: str, known: tuple[str, ...]) -> None:
         if not isinstance(data, Mapping):
-            raise DocumentFieldError(f"{prefix or 'document'} must be a map", field=prefix)
+            raise DocumentFieldError(f"{prefix or 'document'} must be a map",
+                                     field=prefix)
         self.data = data
         self.prefix = prefix
         self.known = known
@@ -91,7 +92,8 @@ class _Fields:
     def path(self, key: str) -> str:
         return f"{self.prefix}.{key}" if self.prefix else key
 
-    def get(self, key: str, kind: Any, default: Any = ..., *, none_ok: bool = False) -> Any:
+    def get(self, key: str, kind: Any, default: Any = ..., *,
+            none_ok: bool = False) -> Any:
         if key not in self.data:
             if default is ...:
                 raise DocumentFieldError(f"missing field {self.path(key)!r}",
@@ -206,7 +208,8 @@ class FrameRange:
         rate = parse_rate(f.get("rate", list), f.path("rate"))
         tc = f.get("start_timecode", str, None, none_ok=True)
         if start < 0:
-            raise DocumentFieldError(f"{prefix}.start must be >= 0", field=f.path("start"))
+            raise DocumentFieldError(f"{prefix}.start must be >= 0",
+                                     field=f.path("start"))
         if end <= start:
             raise DocumentFieldError(
                 f"{prefix} is empty: end {end} must be greater than start {start}",
@@ -214,9 +217,10 @@ class FrameRange:
         out = cls(start, end, rate, tc)
         if tc:
             try:
-                out.start_frame_number
+                _ = out.start_frame_number  # validates the timecode at this rate
             except DocumentFieldError as exc:
-                raise DocumentFieldError(exc.message, field=f.path("start_timecode"))
+                raise DocumentFieldError(exc.message, field=f.path("start_timecode")
+                                         ) from None
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -240,7 +244,8 @@ class Source:
         f = _Fields(data, prefix, ("path", "kind"))
         path = f.get("path", str)
         if not path or "\x00" in path:
-            raise DocumentFieldError("source.path is empty or invalid", field=f.path("path"))
+            raise DocumentFieldError("source.path is empty or invalid",
+                                     field=f.path("path"))
         return cls(path, f.choice("kind", ("video", "sequence"), "video"))
 
     def to_dict(self) -> dict[str, Any]:
@@ -270,7 +275,8 @@ class Subject:
         box = f.get("box", list, None, none_ok=True)
         track = f.get("track", str, None, none_ok=True)
         if index is not None and index < 0:
-            raise DocumentFieldError("subject.index must be >= 0", field=f.path("index"))
+            raise DocumentFieldError("subject.index must be >= 0",
+                                     field=f.path("index"))
         if sum(x is not None for x in (index, point, box)) > 1:
             raise DocumentFieldError("give at most one of subject.index, point, box",
                                      field=prefix)
@@ -299,8 +305,8 @@ class Edit:
     """A linear latent edit. Without keyframes the strength is constant; with them
     the strength follows the keyframes (eased between them, held outside).
 
-    ``strength`` follows the STIT CLI convention: w + (strength/2)·d (pipeline.md
-    §1.5), so published settings (age -8 = "younger") carry over unchanged.
+    ``strength`` follows the STIT CLI convention: w + (strength/2)·d (docs/reference.md,
+    "W directions"), so published settings (age -8 = "younger") carry over unchanged.
     """
 
     name: str
@@ -321,7 +327,8 @@ class Edit:
             where = f"{f.path('keyframes')}[{i}]"
             if (not isinstance(kf, (list, tuple)) or len(kf) != 2
                     or not isinstance(kf[0], int) or isinstance(kf[0], bool)):
-                raise DocumentFieldError(f"{where} must be [frame, strength]", field=where)
+                raise DocumentFieldError(f"{where} must be [frame, strength]",
+                                         field=where)
             kfs.append(Keyframe(kf[0], _number_list([kf[1]], 1, where)[0]))
         frames = [k.frame for k in kfs]
         if frames != sorted(set(frames)):
@@ -393,7 +400,8 @@ class Job(_Document):
                                "edits", "options", "output", "host", "created"))
         job_id = f.get("id", str)
         if not valid_job_id(job_id):
-            raise DocumentFieldError(f"job id {job_id!r} is not a valid name", field="id")
+            raise DocumentFieldError(f"job id {job_id!r} is not a valid name",
+                                     field="id")
         edits = tuple(Edit.from_dict(e, f"edits[{i}]")
                       for i, e in enumerate(f.get("edits", list, [])))
         return cls(
@@ -460,7 +468,8 @@ class TrackFrame:
     def to_dict(self) -> dict[str, Any]:
         return {"frame": self.frame, "present": self.present,
                 "box": list(self.box) if self.box else None, "score": self.score,
-                "landmarks": [list(p) for p in self.landmarks] if self.landmarks else None,
+                "landmarks": ([list(p) for p in self.landmarks] if self.landmarks
+                              else None),
                 "interpolated": self.interpolated}
 
 
@@ -526,12 +535,14 @@ class Progress(_Document):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Progress":
         f = _Fields(data, "", ("schema", "job_id", "state", "stage", "stage_index",
-                               "stage_count", "fraction", "message", "worker", "updated"))
+                               "stage_count", "fraction", "message", "worker",
+                               "updated"))
         frac = f.get("fraction", float, 0.0)
         if not 0.0 <= frac <= 1.0:
             raise DocumentFieldError("fraction must be within 0..1", field="fraction")
         return cls(f.get("job_id", str), f.choice("state", JOB_STATES),
-                   f.get("stage", str, None, none_ok=True), f.get("stage_index", int, 0),
+                   f.get("stage", str, None, none_ok=True),
+                   f.get("stage_index", int, 0),
                    f.get("stage_count", int, 0), frac, f.get("message", str, ""),
                    f.get("worker", str, ""), f.get("updated", str, ""), extra=f.extra())
 
@@ -602,12 +613,14 @@ class Result(_Document):
         for i, s in enumerate(f.get("stages", list, [])):
             g = _Fields(s, f"stages[{i}]", ())
             stages.append(StageTiming(g.get("name", str), g.get("seconds", float),
-                                      g.get("frames", int, 0), g.get("resumed", bool, False)))
+                                      g.get("frames", int, 0),
+                                      g.get("resumed", bool, False)))
         frames = []
         for i, fr in enumerate(f.get("frames", list, [])):
             g = _Fields(fr, f"frames[{i}]", ())
             frames.append(FrameOutput(g.get("frame", int), g.get("path", str),
-                                      g.get("sha256", str), g.get("edited", bool, True)))
+                                      g.get("sha256", str),
+                                      g.get("edited", bool, True)))
         error = f.get("error", dict, None, none_ok=True)
         if error is not None:
             g = _Fields(error, "error", ())
@@ -762,14 +775,15 @@ def decode_document(
         expect: the document class wanted (``Job``...); None accepts any known type.
         source: a file name for error messages.
     """
-    limit = expect.MAX_BYTES if expect else max(t.MAX_BYTES for t in DOCUMENT_TYPES.values())
+    limit = (expect.MAX_BYTES if expect
+             else max(t.MAX_BYTES for t in DOCUMENT_TYPES.values()))
     if len(raw) > limit:
         raise DocumentTooLarge(
             f"{source}: {len(raw)} bytes is over the {limit}-byte limit for "
             f"{expect.NAME if expect else 'documents'}")
     try:
         data = msgpack.unpackb(raw, raw=False, strict_map_key=True)
-    except Exception as exc:  # msgpack raises several unrelated types
+    except Exception as exc:  # noqa: BLE001 - msgpack raises unrelated types
         raise DocumentNotMsgpack(f"{source}: not a msgpack document ({exc})") from None
     if not isinstance(data, dict):
         raise DocumentError(f"{source}: a document must be a map, got "
@@ -809,7 +823,8 @@ def decode_document(
 def load_document(path: str | Path, expect: type[T] | None = None) -> Any:
     """Read a document file, refusing oversized files before reading them."""
     p = Path(path)
-    limit = expect.MAX_BYTES if expect else max(t.MAX_BYTES for t in DOCUMENT_TYPES.values())
+    limit = (expect.MAX_BYTES if expect
+             else max(t.MAX_BYTES for t in DOCUMENT_TYPES.values()))
     with open(p, "rb") as fh:
         raw = fh.read(limit + 1)
     return decode_document(raw, expect, source=p.name)

@@ -211,7 +211,8 @@ class ModelMissing(ModelError, FileNotFoundError):
 
 
 class ModelUnsafe(ModelError):
-    """A checkpoint would need code execution to load (pickle outside the allow list)."""
+    """A checkpoint would need code execution to load (a pickle outside the allow
+    list)."""
 
     code = "model.unsafe"
 

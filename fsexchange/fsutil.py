@@ -35,7 +35,8 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically (same-directory temp + ``os.replace``)."""
+    """Replace ``path`` with ``data`` atomically (a temporary file in the same
+    folder, then ``os.replace``)."""
     p = Path(path)
     tmp = p.with_name(f".{p.name}.{unique_name()}.tmp")
     try:

@@ -32,7 +32,8 @@ from fsexchange.errors import (DocumentFieldError, MediaCorrupt, MediaMissing,
 from fsexchange.timecode import frames_to_timecode, timecode_to_frames
 
 __all__ = ["SEQUENCE_EXTENSIONS", "DEFAULT_SEQUENCE_RATE", "MediaInfo", "MediaIndex",
-           "probe", "probe_available", "media_index", "open_container", "timecode_to_index",
+           "probe", "probe_available", "media_index", "open_container",
+           "timecode_to_index",
            "index_to_timecode"]
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,8 @@ def probe(path: str | os.PathLike[str], rate: Fraction | None = None) -> MediaIn
     return media_index(path, rate).info
 
 
-def media_index(path: str | os.PathLike[str], rate: Fraction | None = None) -> MediaIndex:
+def media_index(path: str | os.PathLike[str], rate: Fraction | None = None
+                ) -> MediaIndex:
     p = Path(path)
     try:
         st = p.stat()
@@ -124,7 +126,8 @@ def media_index(path: str | os.PathLike[str], rate: Fraction | None = None) -> M
 
 
 @functools.lru_cache(maxsize=16)
-def _index_cached(path: str, mtime_ns: int, size: int, rate: Fraction | None) -> MediaIndex:
+def _index_cached(path: str, mtime_ns: int, size: int, rate: Fraction | None
+                  ) -> MediaIndex:
     p = Path(path)
     if p.is_dir():
         return _index_sequence(p, Fraction(rate) if rate else DEFAULT_SEQUENCE_RATE)

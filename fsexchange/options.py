@@ -37,17 +37,21 @@ __all__ = [
 @dataclass(frozen=True)
 class TrackConfig:
     backend: str = "auto"  # "auto" | "dlib" | "face-alignment"; auto = fa if weights
-    detect_upsample: int = 1  # dlib HOG upsampling; STIT uses 0 (pipeline.md §1.1)
-    min_score: float = 0.0  # dlib HOG score threshold (environment.md §8)
-    max_gap: int = 8  # gaps up to this many frames are interpolated, longer pass through
-    identity_max_jump: float = 0.35  # box-centre jump (in face sizes) that breaks identity
+    # dlib HOG upsampling; STIT uses 0 (docs/reference.md "Alignment")
+    detect_upsample: int = 1
+    # dlib HOG score threshold (docs/environment.md "dlib and its data files")
+    min_score: float = 0.0
+    # gaps up to this many frames are interpolated, longer pass through
+    max_gap: int = 8
+    # box-centre jump (in face sizes) that breaks identity
+    identity_max_jump: float = 0.35
 
 
 @dataclass(frozen=True)
 class AlignConfig:
     resolution: int = 0  # 0 = the generator's resolution (1024 official)
-    center_sigma: float = 1.0  # STIT --center_sigma (pipeline.md §1.1)
-    xy_sigma: float = 3.0  # STIT --xy_sigma (pipeline.md §1.1)
+    center_sigma: float = 1.0  # STIT --center_sigma (docs/reference.md "Alignment")
+    xy_sigma: float = 3.0  # STIT --xy_sigma (docs/reference.md "Alignment")
     scale: float = 1.0  # STIT --scale
     padding: str = "reflect"  # "reflect" (ours, FFHQ-like) | "black" (STIT)
 
@@ -55,9 +59,11 @@ class AlignConfig:
 @dataclass(frozen=True)
 class MaskConfig:
     parser: str = "auto"  # "auto" | "bisenet" | "hull"; auto = bisenet if installed
-    outer_dilation: int = 50  # STIT outer_mask_dilation at 1024 (pipeline.md §1.6)
+    # STIT outer_mask_dilation at 1024 (docs/reference.md "Stitching tuning")
+    outer_dilation: int = 50
     inner_dilation: int = 0  # STIT inner_mask_dilation
-    border_band: int = 50  # crop-edge band at 1024 (25 at 512, pipeline.md §1.6)
+    # crop-edge band at 1024 (25 at 512, docs/reference.md "Stitching tuning")
+    border_band: int = 50
     feather: bool = False  # STIT feathering variant: erode 51 + Gaussian (σ 8 px)
 
 
@@ -68,12 +74,13 @@ class InvertConfig:
 
 @dataclass(frozen=True)
 class PTIConfig:
-    steps: int = 80  # passes over all frames; STIT README uses 80 (pipeline.md §1.4)
-    lr: float = 3e-5  # STIT PTI lr (pipeline.md §1.4), for one frame per step
+    # passes over all frames; STIT README uses 80 (docs/reference.md "PTI")
+    steps: int = 80
+    lr: float = 3e-5  # STIT PTI lr (docs/reference.md "PTI"), for one frame per step
     # Adam lr x batch_size (linear scaling): the reference steps once per frame; with
     # B frames per step this keeps the progress per pass (bench/pipeline.py).
     lr_batch_scaling: bool = True
-    l2_weight: float = 10.0  # STIT CLI override of L2 λ (pipeline.md §1.4)
+    l2_weight: float = 10.0  # STIT CLI override of L2 λ (docs/reference.md "PTI")
     lpips_weight: float = 1.0
     batch_size: int = 0  # frames per optimiser step (reference: 1); 0 = auto
     # (as many as the device's memory holds, up to 16: engine/stages/batching.py)
@@ -89,15 +96,18 @@ class PTIConfig:
 
 @dataclass(frozen=True)
 class EditConfig:
-    freeze_fine_layers: int | None = None  # STIT --freeze_fine_layers (pipeline.md §1.5)
+    # STIT --freeze_fine_layers (docs/reference.md "Editing")
+    freeze_fine_layers: int | None = None
 
 
 @dataclass(frozen=True)
 class StitchConfig:
-    steps: int = 100  # STIT stitching steps (pipeline.md §1.6)
-    lr: float = 3e-4  # STIT stitching lr (pipeline.md §1.6)
-    content_weight: float = 0.01  # interior loss λ (pipeline.md §1.6)
-    border_loss_threshold: float = 0.0  # early stop; 0 = off (pipeline.md §1.6)
+    steps: int = 100  # STIT stitching steps (docs/reference.md "Stitching tuning")
+    lr: float = 3e-4  # STIT stitching lr (docs/reference.md "Stitching tuning")
+    # interior loss λ (docs/reference.md "Stitching tuning")
+    content_weight: float = 0.01
+    # early stop; 0 = off (docs/reference.md "Stitching tuning")
+    border_loss_threshold: float = 0.0
     batch_size: int = 0  # frames tuned at once with stacked per-frame weights;
     # 0 = auto (engine/stages/batching.py)
     l1: bool = False
@@ -156,7 +166,8 @@ def _build_section(cls: type, data: Any, where: str) -> Any:
             raise DocumentFieldError(
                 f"option {where}.{key} must be {type(default).__name__}, got {value!r}",
                 field=f"{where}.{key}")
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+        if (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and value < 0):
             raise DocumentFieldError(f"option {where}.{key} must be >= 0",
                                      field=f"{where}.{key}")
         kwargs[key] = value
@@ -165,7 +176,8 @@ def _build_section(cls: type, data: Any, where: str) -> Any:
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    profile: str = "auto"  # "auto" (official if installed, else tiny) | "official" | "tiny"
+    # "auto" (official if installed, else tiny) | "official" | "tiny"
+    profile: str = "auto"
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     # "auto" | "float32" | "bfloat16": the precision PTI and stitching tuning train
     # in (bfloat16 = autocast with float32 weights and optimiser state). auto =

@@ -65,10 +65,12 @@ def _is_drop_capable(rate: Fraction) -> bool:
 
 
 def timecode_to_frames(tc: str, rate: Fraction) -> int:
-    """``"01:00:00:00"`` at 24000/1001 -> 86400. ``;`` before frames means drop-frame."""
+    """``"01:00:00:00"`` at 24000/1001 -> 86400. ``;`` before the frames means
+    drop-frame."""
     m = _TC.match(tc.strip())
     if not m:
-        raise DocumentFieldError(f"timecode {tc!r} is not HH:MM:SS:FF", field="timecode")
+        raise DocumentFieldError(f"timecode {tc!r} is not HH:MM:SS:FF",
+                                 field="timecode")
     hh, mm, ss, sep, ff = int(m[1]), int(m[2]), int(m[3]), m[4], int(m[5])
     fps = nominal_fps(rate)
     if mm > 59 or ss > 59 or ff >= fps:
@@ -106,4 +108,5 @@ def frames_to_timecode(frames: int, rate: Fraction, drop_frame: bool = False) ->
         sep = ";"
     ff = frames % fps
     total_s = frames // fps
-    return f"{total_s // 3600:02d}:{total_s // 60 % 60:02d}:{total_s % 60:02d}{sep}{ff:02d}"
+    hh, mm, ss = total_s // 3600, total_s // 60 % 60, total_s % 60
+    return f"{hh:02d}:{mm:02d}:{ss:02d}{sep}{ff:02d}"

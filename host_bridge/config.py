@@ -43,7 +43,8 @@ def config_path() -> Path:
 @dataclass(frozen=True)
 class BridgeConfig:
     exchange: Path | None = None
-    handles: int = 8  # frames each side (hosts.md §4: handles for re-trims)
+    # frames each side (docs/hosts.md "Round-trip conventions": handles for re-trims)
+    handles: int = 8
     kind: str = "stitch"
     selection: str = "playhead"  # playhead | flagged[:Color] | color:Name
     opacity: float = 100.0

@@ -1,7 +1,7 @@
 """The OpenFX shim from Python: build it into a standard ``.ofx.bundle`` with the
 system C compiler, and turn the frames its Export mode wrote into a job.
 
-Bundle layout (OpenFX 1.5, hosts.md §2.3)::
+Bundle layout (OpenFX 1.5, docs/hosts.md "OpenFX bundle layout and discovery")::
 
     FaceStitch.ofx.bundle/Contents/Info.plist
     FaceStitch.ofx.bundle/Contents/Resources/org.facestitch.ofxshim.svg
@@ -80,7 +80,7 @@ class OfxBuild:
 
 
 def bundle_arch(system: str | None = None, machine: str | None = None) -> str:
-    """The OpenFX architecture folder name for this machine (hosts.md §2.3)."""
+    """The OpenFX architecture folder name for this machine (docs/hosts.md "OpenFX bundle layout and discovery")."""
     system = system or platform.system()
     machine = (machine or platform.machine()).lower()
     if system == "Darwin":

@@ -7,7 +7,8 @@ space (01:00:00:00 at 24 fps starts at 86400, as Resolve writes them), the recor
 position is a gap from the timeline start, rates are the job's exact rationals (OTIO
 stores floats; the exact ``[num, den]`` is kept in metadata).
 
-Result media reference shapes (hosts.md §3): Resolve (and NukeStudio) do not import
+Result media reference shapes (docs/hosts.md "OpenTimelineIO facts"): Resolve (and
+NukeStudio) do not import
 ``ImageSequenceReference``, so the default is an ``ExternalReference`` to the first
 frame (Resolve detects the sequence); ``sequence`` writes an
 ``ImageSequenceReference``; ``both`` writes both (Clip.2 ``media_references``) with
@@ -45,7 +46,8 @@ def _range(start: int, count: int, rate: Fraction) -> otio.opentime.TimeRange:
 
 
 def _url(path: Path) -> str:
-    # bare filesystem paths, no file:// (what Resolve writes and reads, hosts.md §3)
+    # bare filesystem paths, no file:// (what Resolve writes and reads, docs/hosts.md
+    # "OpenTimelineIO facts")
     return str(path.resolve())
 
 

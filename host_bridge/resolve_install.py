@@ -2,7 +2,8 @@
 
 ``python -m host_bridge.resolve_install [--all-users] [--exchange DIR] [--dry-run]``
 copies the three shims into Resolve's ``Fusion/Scripts/Edit`` folder for this OS
-(hosts.md §1.2) and writes ``bridge.json`` with ``python_path`` set to where this
+(docs/hosts.md "Menu script folders") and writes ``bridge.json`` with ``python_path``
+set to where this
 ``host_bridge`` lives (and its site-packages), so Resolve's own Python finds it.
 Restart Resolve afterwards: it scans the script folders at start-up.
 
@@ -93,7 +94,7 @@ def script_folder(all_users: bool = False, system: str | None = None) -> Path:
         if all_users:
             base = Path(os.environ.get("PROGRAMDATA", r"C:\ProgramData")) / \
                 "Blackmagic Design" / "DaVinci Resolve" / "Fusion" / "Scripts"
-        else:  # note the extra "Support" (hosts.md §1.2)
+        else:  # note the extra "Support" (docs/hosts.md "Menu script folders")
             base = Path(os.environ.get("APPDATA", home / "AppData" / "Roaming")) / \
                 "Blackmagic Design" / "DaVinci Resolve" / "Support" / "Fusion" / "Scripts"
     else:

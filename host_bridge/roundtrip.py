@@ -57,7 +57,9 @@ class SendOptions:
 
     kind: str = "stitch"  # "stitch" | "align-preview"
     edits: tuple[Edit, ...] = ()
-    handles: int = 8  # source frames each side, clamped to the media (hosts.md §4)
+    # source frames each side, clamped to the media (docs/hosts.md "Round-trip
+    # conventions")
+    handles: int = 8
     options: Mapping[str, Any] = field(default_factory=dict)  # Job.options
     output_format: str = "png16"  # 16-bit PNG, straight alpha: what Resolve imports
     track_locally: bool = True  # dlib on this CPU when the engine extra is here

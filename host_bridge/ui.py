@@ -144,7 +144,7 @@ class TkPrompter:
 
 
 class FusionPrompter:
-    """Fusion UIManager dialogs (Resolve Studio; hosts.md §1.3)."""
+    """Fusion UIManager dialogs (Resolve Studio; docs/hosts.md "Studio and the free edition")."""
 
     def __init__(self, fusion: Any, bmd: Any) -> None:
         self.ui = fusion.UIManager

@@ -3,7 +3,8 @@
 The PyPI torchvision 0.28.0 wheel is a CUDA build whose ops fail to load next to
 CPU torch; its import then dies registering fake kernels for ``torchvision::nms``.
 Declaring the two operator schemas first makes ``import torchvision`` work for the
-parts we use in tests (environment.md §2). Only here, nowhere else; the engine
+parts we use in tests (docs/environment.md "torch and torchvision"). Only here, nowhere
+else; the engine
 itself never imports torchvision.
 """
 
@@ -34,11 +35,6 @@ try:  # pragma: no cover - depends on the installed torch
             pass
 except ImportError:  # the bridge-only environment
     torch = None
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one)")
-    config.addinivalue_line("markers", "slow: takes more than ~20 s on 2 CPU cores")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,4 +1,5 @@
-"""A fake DaVinci Resolve scripting object model for tests (hosts.md §1).
+"""A fake DaVinci Resolve scripting object model for tests (docs/hosts.md "Facts the
+bridge relies on").
 
 Faithful to the documented API (Resolve 21.0 README) and to the measured quirks that
 the bridge must survive:
@@ -648,7 +649,7 @@ RENDER_KEYS = frozenset({
     "AudioSampleRate", "ColorSpaceTag", "GammaTag", "ExportAlpha", "EncodingProfile",
     "MultiPassEncode", "AlphaMode", "NetworkOptimization", "ClipStartFrame",
     "TimelineStartTimecode", "UseFullExtents", "AddFrameHandles", "DataBurnIn"})
-#: documented but rejected by Studio 21.0.4.5 (hosts.md §1.7)
+#: documented but rejected by Studio 21.0.4.5 (docs/hosts.md "Render-based export")
 REJECTED_RENDER_KEYS = frozenset({"ReplaceExistingFilesInPlace"})
 
 RENDER_FORMATS = {"PNG": "png", "EXR": "exr", "TIFF": "tif", "QuickTime": "mov"}

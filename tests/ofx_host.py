@@ -1,6 +1,7 @@
 """A small OpenFX image-effect host in Python ctypes, for testing the FaceStitch shim.
 
-Pattern after davebarkeruk/pyofx (hosts.md §2.5): property sets are Python dicts behind
+Pattern after davebarkeruk/pyofx (docs/hosts.md "Testing an OpenFX plugin without a
+host"): property sets are Python dicts behind
 C callbacks, handles are small integers the plugin passes back to us, images are numpy
 arrays whose buffers we hand to the plugin. It implements what the OpenFX 1.5
 specification asks of a host for a Filter-context effect: the property, image-effect,

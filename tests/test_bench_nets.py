@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+pytestmark = pytest.mark.slow  # real engines / whole pipelines
 
 ROOT = Path(__file__).resolve().parents[1]
 

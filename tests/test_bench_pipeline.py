@@ -6,11 +6,15 @@ rounds ran, and every figure is there."""
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+pytestmark = pytest.mark.slow  # real engines / whole pipelines
 
 ROOT = Path(__file__).resolve().parents[1]
 

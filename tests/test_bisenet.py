@@ -18,7 +18,7 @@ from engine.stages.mask import MaskBuilder  # noqa: E402
 from engine.nets.bisenet import BiSeNet, load_bisenet  # noqa: E402
 from fsexchange.errors import ModelFormatError, ModelMissing  # noqa: E402
 
-# Keys and shapes of the official 79999_iter.pth (checkpoints.md §4).
+# Keys and shapes of the official 79999_iter.pth (docs/models.md "BiSeNet face parser").
 OFFICIAL_KEYS = {
     "cp.resnet.conv1.weight": (64, 3, 7, 7),
     "cp.resnet.bn1.running_var": (64,),

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from engine.commands.demo import run_demo
 from engine.media.samples import astronaut_clip
+
+pytestmark = pytest.mark.slow  # real engines / whole pipelines
 
 
 def test_astronaut_clip_has_a_face(tmp_path):

@@ -19,7 +19,8 @@ from fsexchange.client import job_status
 from fsexchange.documents import Lease, load_document
 from fsexchange.exchange import Exchange
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+pytestmark = [pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals"),
+              pytest.mark.slow]
 
 JOBS = 12
 FRAMES = 8

@@ -4,6 +4,8 @@ real stages (track, align, paste, report), ``facestitch status --json`` reports.
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import subprocess
 import sys
@@ -13,6 +15,8 @@ from engine.stages.pipeline import PIPELINES
 from engine_harness_util import ROOT
 from fsexchange.documents import Result, load_document
 from fsexchange.fsutil import sha256_file
+
+pytestmark = pytest.mark.slow  # real engines / whole pipelines
 
 
 def facestitch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -25,7 +25,8 @@ from fsexchange.documents import Lease, Result, load_document
 from fsexchange.exchange import Exchange
 from fsexchange.fsutil import unique_name
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+pytestmark = [pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals"),
+              pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Optical flow, occlusion mask and warping error (engine/quality/flow.py, pipeline.md §2.6)."""
+"""Optical flow, occlusion mask and warping error (engine/quality/flow.py, docs/reference.md "Warping error")."""
 
 from __future__ import annotations
 

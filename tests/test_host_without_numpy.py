@@ -17,6 +17,8 @@ import pytest
 from clips import ClipSpec, render_frames, write_clip
 from test_resolve_roundtrip import run_engine
 
+pytestmark = pytest.mark.slow  # real engines / whole pipelines
+
 ROOT = Path(__file__).resolve().parents[1]
 
 BRIDGE = textwrap.dedent("""

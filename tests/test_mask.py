@@ -1,4 +1,4 @@
-"""engine.stages.mask: reference morphology (pipeline.md §1.6), scaling, hull fallback."""
+"""engine.stages.mask: reference morphology (docs/reference.md "Stitching tuning"), scaling, hull fallback."""
 
 from __future__ import annotations
 

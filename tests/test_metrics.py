@@ -1,4 +1,4 @@
-"""TL-ID, TG-ID and warping error (engine/quality/metrics.py; pipeline.md §2.6, §3)."""
+"""TL-ID, TG-ID and warping error (engine/quality/metrics.py; docs/reference.md "Warping error", "Identity metrics TL-ID and TG-ID")."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ def _tiny(seed: int = 0) -> E4EEncoder:
 
 
 def test_official_key_layout():
-    """checkpoints.md §3: keys of e4e_ffhq_encode.pt without the 'encoder.' prefix."""
+    """docs/models.md "e4e checkpoint": keys of e4e_ffhq_encode.pt without the 'encoder.' prefix."""
     with torch.device("meta"):
         e = E4EEncoder(**OFFICIAL_ENCODER_KWARGS)
     sd = {k: tuple(v.shape) for k, v in e.state_dict().items()}
@@ -70,7 +70,7 @@ def test_forward_shapes_and_taps():
 
 def test_progressive_deltas_and_latent_avg():
     """w = style0(c3) on every layer, + style_i(features_i) for i >= 1, + latent_avg
-    (pipeline.md §1.2), recomputed by hand from the submodules."""
+    (docs/reference.md "Inversion with e4e"), recomputed by hand from the submodules."""
     e = _tiny()
     img = torch.rand(1, 3, 64, 64) * 2 - 1
     x = e.input_layer(img)

@@ -29,7 +29,7 @@ def _small(seed: int = 0, **kw) -> Generator:
 
 
 def test_official_layout_matches_nvidia_g_ema_keys():
-    """checkpoints.md §1.4 key patterns and shapes at 1024 px (built on 'meta')."""
+    """docs/models.md "G_ema keys and shapes" key patterns and shapes at 1024 px (built on 'meta')."""
     with torch.device("meta"):
         g = Generator(**OFFICIAL_GENERATOR_KWARGS)
     sd = {k: tuple(v.shape) for k, v in g.state_dict().items()}
@@ -63,7 +63,7 @@ def test_official_layout_matches_nvidia_g_ema_keys():
     n_params = sum(p.numel() for p in g.parameters())
     assert 30_000_000 < n_params < 30_500_000  # StyleGAN2 config F G: ~30.0 M
     assert [c for c in g.style_channels if c] and len(g.style_channels) == 26
-    # conv style channels sum to StyleCLIP's 6048 (pipeline.md §1.5)
+    # conv style channels sum to StyleCLIP's 6048 (docs/reference.md "Editing")
     assert sum(c for c, t in zip(g.style_channels, g.style_is_torgb) if not t) == 6048
 
 
@@ -119,7 +119,7 @@ def test_styles_path_equals_ws_path_and_torgb_gain():
     ws = g.mapping(torch.randn(2, 16))
     styles = g.styles(ws)
     assert torch.equal(g.synthesis(ws), g.synthesis_from_styles(styles))
-    # ToRGB's style is scaled by 1/sqrt(C_in) inside (pipeline.md §1.3)
+    # ToRGB's style is scaled by 1/sqrt(C_in) inside (docs/reference.md "Generator")
     torgb = g.synthesis.b4.torgb
     assert torgb.weight_gain == pytest.approx(1 / math.sqrt(16))
     x = torch.randn(2, 16, 4, 4)

@@ -3,6 +3,8 @@ the middle of PTI, an edit that is not installed."""
 
 from __future__ import annotations
 
+import pytest
+
 import threading
 import time
 
@@ -10,6 +12,8 @@ import numpy as np
 
 from test_pipeline_helpers import (FAST_OPTIONS, make_clip, make_job, read_rgba,
                                    run_engine_inprocess, source_frames, submit)
+
+pytestmark = pytest.mark.slow  # real engines / whole pipelines
 
 
 def test_face_hidden_for_a_stretch_passes_through(tmp_path):

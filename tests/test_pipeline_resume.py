@@ -10,6 +10,8 @@ the test allows 2/65535 per channel (16-bit output) for float reordering.
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import signal
 import time
@@ -18,6 +20,8 @@ import numpy as np
 
 from test_pipeline_helpers import (FAST_OPTIONS, engine_process, make_clip, make_job,
                                    read_rgba, run_engine_inprocess, submit, wait_for)
+
+pytestmark = pytest.mark.slow  # real engines / whole pipelines
 
 N = 6
 TOLERANCE = 2  # 16-bit levels

@@ -13,6 +13,8 @@ import pytest
 from test_pipeline_helpers import (make_clip, make_job, read_rgba, run_engine_inprocess,
                                    source_frames, submit)
 
+pytestmark = pytest.mark.slow  # real engines / whole pipelines
+
 N = 6
 
 
@@ -89,7 +91,8 @@ def test_edit_contract(job):
     age, smile = job["edits"][0], job["edits"][1]
     k = strength_curve(age, range(N))
     assert k.tolist()[:2] == [0.0, 0.0] and k[4] == -6.0 and k[5] == -6.0
-    for i in range(N):  # w + (strength/2)·d for each W edit, summed (STIT §1.5)
+    # w + (strength/2)·d for each W edit, summed (STIT; docs/reference.md)
+    for i in range(N):
         want = (pivots[i] + k[i] / 2 * dirs["age"].vector
                 + smile.strength / 2 * dirs["smile"].vector)
         np.testing.assert_allclose(lat[i], want, atol=1e-5)

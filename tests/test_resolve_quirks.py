@@ -1,4 +1,5 @@
-"""The bridge against Resolve's measured quirks (hosts.md §1.5-1.7): None returns,
+"""The bridge against Resolve's measured quirks (docs/hosts.md "Scripting calls and
+their quirks" to "Render-based export"): None returns,
 silently dropped or phantom appends, inclusive-endFrame builds, occupied and locked
 tracks, shots trimmed or moved after sending, and the render-based export with the
 user's render settings restored."""

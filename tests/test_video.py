@@ -282,7 +282,7 @@ def test_streaming_memory_is_flat(tmp_path):
         for i in range(240):
             mw.write(frames[i % 4])
     rss = {}
-    for index, img in video.read_frames(path, depth=16):  # 1.8 MB per frame
+    for index, _img in video.read_frames(path, depth=16):  # 1.8 MB per frame
         if index in (20, 239):
             rss[index] = _rss()
     grew = (rss[239] - rss[20]) / 1e6

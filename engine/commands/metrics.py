@@ -57,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _is_premultiplied(path: Path) -> bool:
-    """EXR results carry premultiplied colour (the EXR convention, engine/media/video.py)."""
+    """EXR results carry premultiplied colour (the EXR convention,
+    engine/media/video.py)."""
     if path.is_dir():
         return any(p.suffix.lower() == ".exr" for p in path.iterdir())
     return path.suffix.lower() == ".exr"

@@ -297,7 +297,7 @@ def _read_exr(p: Path) -> np.ndarray:
                 arr = np.stack([np.asarray(channels[n].pixels) for n in names], -1)
     except MediaUnsupported:
         raise
-    except Exception as exc:  # OpenEXR raises plain exceptions
+    except Exception as exc:  # noqa: BLE001 - OpenEXR raises plain exceptions
         raise MediaCorrupt(f"{p.name}: cannot be read as EXR ({exc})") from None
     return np.ascontiguousarray(arr.astype(np.float32))
 

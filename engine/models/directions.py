@@ -4,7 +4,8 @@ A direction is a ``.npy`` array (read with ``allow_pickle=False``) plus a JSON
 sidecar of metadata, stored in ``<store>/directions/<profile>/<name>.npy|.json``.
 
 - W space (``space="w"``): ``[w_dim]`` or ``[num_ws, w_dim]``. STIT's 16 published
-  files are float64 ``[18, 512]`` with identical rows (pipeline.md §1.5). An edit of
+  files are float64 ``[18, 512]`` with identical rows (docs/reference.md "Editing"). An
+  edit of
   strength ``t`` (in STIT CLI units) is ``w + t * step_scale * v`` with
   ``step_scale = 0.5`` (STIT uses ``w + (t / 2) d``); ``layers`` restricts it to
   some ws indices.
@@ -52,7 +53,8 @@ log = logging.getLogger(__name__)
 DIRECTION_FORMAT = "facestitch.Direction/1"
 
 #: Recommended strength ranges (STIT CLI units) of the official W directions.
-#: "published": README / issues (pipeline.md §1.5); "heuristic": chosen so that the
+#: "published": README / issues (docs/reference.md "Editing"); "heuristic": chosen so
+# that the
 #: largest step (t/2)|d| is about 3 W units given the measured row norms.
 OFFICIAL_RANGES: dict[str, tuple[float, float, str]] = {
     "age": (-8.0, 8.0, "published: young = age -8"),
@@ -64,7 +66,7 @@ OFFICIAL_RANGES: dict[str, tuple[float, float, str]] = {
     "roll": (-20.0, 20.0, "heuristic (|d| 0.279)"),
 }
 _DEFAULT_RANGE = (-20.0, 20.0, "heuristic (|d| about 0.21-0.30)")
-#: STIT row-0 norms (pipeline.md §1.5); the tiny directions reuse them.
+#: STIT row-0 norms (docs/reference.md "Editing"); the tiny directions reuse them.
 _NORMS = {"age": 0.731, "gender": 0.972, "smile": 1.007, "yaw": 0.936,
           "pitch": 0.518, "roll": 0.279}
 

@@ -48,7 +48,7 @@ from engine.models.store import (
     resolve_profile,
 )
 
-__all__ = ["ModelSet", "load_models", 
+__all__ = ["ModelSet", "load_models",
            "build_tiny", "TINY_LABEL"]
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,8 @@ Layout under ``$FACESTITCH_HOME`` (default: the platform's per-user data folder)
     tiny/                          the tiny profile's networks (our own format)
     downloads/<file>.part          partial downloads (resumed with HTTP Range)
 
-Policy (checkpoints.md §9, §11): a file whose manifest hash is verified must match
+Policy (docs/models.md "Sizes and hashes", "Licences"): a file whose manifest hash is
+verified must match
 it; an unverified or unknown hash never refuses a file but is recorded on first
 install and checked by ``verify`` afterwards. Files under non-commercial terms need
 an explicit acceptance, recorded in ``store.json``.
@@ -85,8 +86,8 @@ LICENCES: dict[str, Licence] = {lic.id: lic for lic in [
             "The StyleGAN2 FFHQ weights (and the e4e and rosinality weights derived "
             "from them) may be used non-commercially only, i.e. for research or "
             "evaluation purposes; redistribution only under the same licence with its "
-            "notices (checkpoints.md §11). Their training data, FFHQ, is CC BY-NC-SA "
-            "4.0.",
+            "notices (docs/models.md, 'Licences'). Their training data, FFHQ, is "
+            "CC BY-NC-SA 4.0.",
             "https://github.com/NVlabs/stylegan2-ada-pytorch/blob/main/LICENSE.txt",
             True, True),
     Licence("celebamask-nc", "face-parsing.PyTorch (MIT code; CelebAMask-HQ data)",
@@ -144,7 +145,7 @@ class ModelFile:
     notes: str = ""
 
 
-#: The 16 W-space directions shipped with STIT (pipeline.md §1.5).
+#: The 16 W-space directions shipped with STIT (docs/reference.md "Editing").
 W_DIRECTION_NAMES = (
     "age", "eye_distance", "eye_eyebrow_distance", "eye_ratio", "eyes_open", "gender",
     "lip_ratio", "mouth_open", "mouth_ratio", "nose_mouth_distance", "nose_ratio",
@@ -162,7 +163,8 @@ MANIFEST: tuple[ModelFile, ...] = (
         page="https://github.com/NVlabs/stylegan2-ada-pytorch#pretrained-networks",
         notes="NVIDIA FFHQ-1024 StyleGAN2 (G_ema read by the allow-listed unpickler). "
               "The 237,040,112-byte file with sha256 ffe2233f... seen elsewhere is "
-              "probably not this file (checkpoints.md §9); hash recorded on install."),
+              "probably not this file (docs/models.md, 'Sizes and hashes'); hash "
+              "recorded on install."),
     ModelFile(
         "stylegan2-ffhq-config-f.pt", "generator_alt",
         "models/stylegan2-ffhq-config-f.pt",
@@ -669,7 +671,8 @@ class Store:
 
     def add_user_model(self, name: str, path: str | Path, info: Mapping[str, Any], *,
                        copy: bool = True) -> dict[str, Any]:
-        """Register an inspected checkpoint (see ``engine.models.checkpoints.inspect``)."""
+        """Register an inspected checkpoint
+        (:func:`engine.models.checkpoints.inspect_checkpoint`)."""
         if not name or any(c in name for c in "/\\:") or name.startswith("."):
             raise ModelError(f"invalid model name {name!r}")
         src = Path(path).resolve()

@@ -1,6 +1,6 @@
 """BiSeNet face parser (19 CelebAMask-HQ classes), written from the architecture of
 zllrunning/face-parsing.PyTorch so that its ``79999_iter.pth`` loads **strictly**
-with ``torch.load(weights_only=True)`` (checkpoints.md §4).
+with ``torch.load(weights_only=True)`` (docs/models.md "BiSeNet face parser").
 
 Context path only (the face-parsing variant has no spatial path: the ResNet-18
 stride-8 features stand in for it). Our ResNet-18 backbone is defined here, so the
@@ -8,7 +8,8 @@ constructor downloads nothing (the reference builds torchvision's and downloads
 ``resnet18-5c106cde.pth`` before the checkpoint overwrites every tensor); the
 strict load proves that every tensor was replaced.
 
-Class map (pipeline.md §1.6): 0 background, 1 skin, 2 l_brow, 3 r_brow, 4 l_eye,
+Class map (docs/reference.md "Stitching tuning"): 0 background, 1 skin, 2 l_brow, 3
+r_brow, 4 l_eye,
 5 r_eye, 6 eye_g, 7 l_ear, 8 r_ear, 9 ear_r, 10 nose, 11 mouth, 12 u_lip, 13 l_lip,
 14 neck, 15 neck_l, 16 cloth, 17 hair, 18 hat.
 """
@@ -27,7 +28,8 @@ __all__ = ["BiSeNet", "load_bisenet", "NUM_CLASSES", "IMAGENET_MEAN",
            "IMAGENET_STD", "PARSE_RESOLUTION"]
 
 NUM_CLASSES = 19
-PARSE_RESOLUTION = 512  # the parser's training size; STIT parses at 512 (§1.6)
+# the parser's training size; STIT parses at 512 (docs/reference.md)
+PARSE_RESOLUTION = 512
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # face-parsing.PyTorch normalisation
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -200,7 +202,7 @@ def load_bisenet(path: str | os.PathLike[str], device: str = "cpu") -> BiSeNet:
                            f"them with 'facestitch models install'")
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors of many types
+    except Exception as exc:  # noqa: BLE001 - pickle errors of many types
         raise ModelFormatError(f"{p.name}: not a loadable state dict ({exc})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(
             state["state_dict"], dict):

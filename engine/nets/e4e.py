@@ -1,9 +1,10 @@
 """e4e encoder (Tov et al. 2021, "Designing an Encoder for StyleGAN Image
 Manipulation"): IR-SE-50 backbone + FPN + gradual style blocks with progressive W+
-deltas, written from the description in pipeline.md §1.2.
+deltas, written from the description in docs/reference.md "Inversion with e4e".
 
 Key names match the ``encoder.``-prefixed keys of ``e4e_ffhq_encode.pt`` with the
-prefix removed (checkpoints.md §3), plus our ``latent_avg`` buffer, so the official
+prefix removed (docs/models.md "e4e checkpoint"), plus our ``latent_avg`` buffer, so
+the official
 tensors load with ``strict=True``. Parameterised (units and widths per stage, number
 of style blocks, input resolution) so that a tiny instance builds in milliseconds::
 
@@ -23,7 +24,8 @@ from torch import Tensor, nn
 
 __all__ = ["E4EEncoder", "OFFICIAL_ENCODER_KWARGS"]
 
-#: e4e_ffhq_encode.pt: IR-SE-50 at 256 px, 18 styles of 512 (pipeline.md §1.2).
+#: e4e_ffhq_encode.pt: IR-SE-50 at 256 px, 18 styles of 512 (docs/reference.md
+# "Inversion with e4e").
 OFFICIAL_ENCODER_KWARGS: dict[str, Any] = dict(
     num_ws=18, w_dim=512, input_resolution=256, stage_units=[3, 4, 14, 3],
     stage_widths=[64, 128, 256, 512], input_width=64, coarse_index=3,
@@ -105,7 +107,8 @@ class GradualStyleBlock(nn.Module):
 
 
 def _upsample_add(x: Tensor, y: Tensor) -> Tensor:
-    # pSp/e4e FPN merge: bilinear, align_corners=True (pipeline.md §1.2)
+    # pSp/e4e FPN merge: bilinear, align_corners=True (docs/reference.md "Inversion
+    # with e4e")
     return F.interpolate(x, size=y.shape[2:], mode="bilinear",
                          align_corners=True) + y
 

@@ -7,7 +7,8 @@ The backbone is our own AlexNet / VGG16 feature stack whose keys match torchvisi
 calibrated linear heads (v0.1) are read as data from the installed ``lpips``
 package's files, located with ``importlib.util.find_spec`` without importing it
 (importing it imports torchvision, which is broken next to CPU torch here;
-environment.md §2–3). Numerics follow the package: ScalingLayer, unit-normalised
+docs/environment.md "torch and torchvision" and "The lpips package"). Numerics follow
+the package: ScalingLayer, unit-normalised
 features, squared difference, 1x1 heads, spatial mean, sum over layers.
 
 ``LPIPS(net)(a, b)`` takes images in [-1, 1] and returns distances ``[N]``.
@@ -34,7 +35,7 @@ __all__ = [
     "load_heads",
 ]
 
-#: torchvision weight file of each backbone (checkpoints.md §5).
+#: torchvision weight file of each backbone (docs/models.md "LPIPS weights").
 BACKBONE_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}
 BACKBONE_URLS = {k: f"https://download.pytorch.org/models/{v}"
                  for k, v in BACKBONE_FILES.items()}

@@ -1,7 +1,8 @@
 """Reference ops for the StyleGAN2 family, in plain PyTorch.
 
 Written from the published descriptions (Karras et al. 2020, "Analyzing and Improving
-the Image Quality of StyleGAN"; checkpoints.md §1.5), not from NVIDIA's source. There
+the Image Quality of StyleGAN"; docs/models.md "Generator arithmetic"), not from
+NVIDIA's source. There
 are no fused CUDA kernels here and nothing compiles at import time.
 
 Every function is ``torch.func`` friendly: no in-place updates of inputs or
@@ -410,7 +411,8 @@ def _upconv(x: Tensor, wt: Tensor, up: int, padding: int,
     fk = resample_filter.shape[-1]
     y = F.conv_transpose2d(x, wt, stride=up, groups=groups)
     # Transposed conv output is (H-1)*up + k; the FIR pads bring it to H*up with the
-    # same centring as "zero-insert, FIR, 'same' conv" (checkpoints.md §1.5).
+    # same centring as "zero-insert, FIR, 'same' conv" (docs/models.md "Generator
+    # arithmetic").
     p0 = padding + (fk + up - 1) // 2 - (k - 1)
     p1 = padding + (fk - up) // 2 - (k - up)
     return upfirdn2d(y, resample_filter, padding=(p0, p1, p0, p1), gain=up * up)

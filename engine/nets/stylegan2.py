@@ -1,7 +1,8 @@
 """StyleGAN2 generator (config F, 'skip' ToRGB) in our own code.
 
 Written from the paper (Karras et al. 2020) and the behaviour described in
-checkpoints.md §1.4–1.5; no NVIDIA or rosinality source is reproduced. Parameter and
+docs/models.md "G_ema keys and shapes" and "Generator arithmetic"; no NVIDIA or
+rosinality source is reproduced. Parameter and
 buffer names follow NVIDIA's ``G_ema`` layout, so the tensors read from ``ffhq.pkl``
 load with ``strict=True`` unchanged (rosinality keys are converted in
 ``engine.models.checkpoints``).
@@ -17,7 +18,7 @@ instance builds in milliseconds::
 Style space: ``G.styles(ws)`` returns the per-layer affine outputs (26 at 1024 px:
 17 convs + 9 ToRGB, in block order ``b4.conv1, b4.torgb, b8.conv0, b8.conv1,
 b8.torgb, ...``); ``G.synthesis_from_styles(styles)`` renders them. ToRGB layers
-still multiply their style by ``1/sqrt(C_in)`` inside (pipeline.md §1.3).
+still multiply their style by ``1/sqrt(C_in)`` inside (docs/reference.md "Generator").
 
 Per-frame copies: every synthesis parameter but the affines may carry a leading
 batch axis (``weight [N, O, I, k, k]``, ``bias [N, O]``, ``noise_strength [N]``,
@@ -59,7 +60,7 @@ __all__ = [
 
 NOISE_MODES = ("const", "random", "none")
 
-#: FFHQ-1024 config F (checkpoints.md §1.3).
+#: FFHQ-1024 config F (docs/models.md "Expected FFHQ-1024 configuration").
 OFFICIAL_GENERATOR_KWARGS: dict[str, Any] = dict(
     z_dim=512, w_dim=512, img_resolution=1024, img_channels=3, channel_base=32768,
     channel_max=512, mapping_layers=8, mapping_lr_mul=0.01, conv_clamp=None,
@@ -71,7 +72,8 @@ class FullyConnectedLayer(nn.Module):
     """Equalised-learning-rate linear layer.
 
     Stores raw weights; the effective weight is ``W * lr_mul / sqrt(in)`` and the
-    effective bias ``b * lr_mul`` (checkpoints.md §1.5). ``activation`` is
+    effective bias ``b * lr_mul`` (docs/models.md "Generator arithmetic").
+    ``activation`` is
     ``"linear"`` or ``"lrelu"`` (leaky-ReLU 0.2 times sqrt(2)).
     """
 

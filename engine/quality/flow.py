@@ -11,7 +11,8 @@ Backends (``flow_backend(name)``):
   ``raft-things.pth`` when it is installed in the model store; torch, any device.
 
 The warping error follows the canonical evaluation code of Lai et al. 2018
-(``evaluate_WarpError.py`` / ``utils.detect_occlusion``, pipeline.md §2.6): flows on
+(``evaluate_WarpError.py`` / ``utils.detect_occlusion``, docs/reference.md "Warping
+error"): flows on
 the *source* pair (t, t+1), occlusion from the forward-backward check and motion
 boundaries, ``E_warp(t) = Σ M·‖V_t − warp(V_{t+1})‖² / Σ M`` per channel, RGB in
 [0, 1].
@@ -37,7 +38,8 @@ __all__ = ["FlowBackend", "OpenCVFlow", "RaftFlow", "build_raft", "flow_backend"
 
 log = logging.getLogger(__name__)
 
-# Lai et al. 2018 occlusion constants (pipeline.md §2.6, utils.detect_occlusion).
+# Lai et al. 2018 occlusion constants (docs/reference.md "Warping error",
+# utils.detect_occlusion).
 FB_REL = 0.01  # forward-backward: |f + b_w|^2 > 0.01 (|f|^2 + |b_w|^2) + 0.5
 FB_ABS = 0.5
 MB_REL = 0.01  # motion boundary: |grad u|^2 + |grad v|^2 > 0.01 |f|^2 + 0.002
@@ -355,7 +357,7 @@ def build_raft():
 
 class RaftFlow:
     """RAFT-large flow from the official ``raft-things.pth`` (princeton-vl/RAFT,
-    FlyingChairs + FlyingThings; pipeline.md §2.2), installed as
+    FlyingChairs + FlyingThings; docs/reference.md "Flow network"), installed as
     ``models/raft-things.pth`` in the model store.
 
     Frames larger than ``max_side`` are downscaled for the network and the flow is

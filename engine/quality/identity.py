@@ -5,7 +5,8 @@ Two backends, both L2-normalised so that similarity = cosine = dot product:
 - ``dlib`` (default): dlib's ResNet face descriptor
   (``dlib_face_recognition_resnet_model_v1.dat``, 128-d) on the 150 px face chip that
   the 5-point shape predictor aligns, from the ``face-recognition-models`` data files
-  (checkpoints.md §7, environment.md §8). Works offline everywhere the engine runs.
+  (docs/models.md "dlib model files", docs/environment.md "dlib and its data files").
+  Works offline everywhere the engine runs.
 - ``arcface`` (optional): an ArcFace network (512-d) on the standard 112 px
   five-point alignment (eye centres, nose tip and mouth corners from the 68-point
   predictor), loaded only when its weights are installed in the model store under
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 
 MIN_SCORE = 0.3  # HOG detections below this only count when nothing else is found
 # (the astronaut's mission patch scores 0.12 at upsample 1, the face 1.16;
-# environment.md §8)
+# docs/environment.md "dlib and its data files")
 FULL_MAX_SIDE = 960  # full-frame search on frames downscaled to this long side
 REACQUIRE_AFTER = 12  # frames without the face before any face may be taken again
 ROI_FACE_SIDE = 120  # window search rescaled so the previous face is ~120 px (HOG

@@ -1,7 +1,7 @@
 """Temporal quality metrics of an edited clip against its source: TL-ID, TG-ID and the
 occlusion-masked warping error, with per-frame series and an inline SVG plot.
 
-Definitions (pipeline.md §2.6 and §3):
+Definitions (docs/reference.md "Warping error" and "Identity metrics TL-ID and TG-ID"):
 
 - Identity: L2-normalised face embeddings ``E`` per frame (``engine.quality.identity``);
   ``S = E·Eᵀ`` (cosine similarities) for the source and for the edited clip, and the

@@ -4,7 +4,8 @@ Events are only hints: on every wake-up (and on every poll) the engine rescans t
 folders itself, so a missed event costs latency, never a job. Network shares
 (SMB/NFS) deliver no events at all, which is why the engine always polls too.
 
-Which events wake us (environment.md §10): ``moved`` and ``closed`` events, and the
+Which events wake us (docs/environment.md "watchdog and msgpack"): ``moved`` and
+``closed`` events, and the
 watched folder's own ``modified`` event, which is how inotify reports a job folder
 renamed in from ``tmp/`` (watchdog reports the entry itself as ``created`` because
 ``tmp/`` is not watched). ``created`` never wakes us: a created file may still be

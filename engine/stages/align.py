@@ -1,7 +1,8 @@
 """FFHQ alignment with STIT's temporal smoothing, and its exact inverse.
 
 Per frame, the FFHQ recipe turns 68 landmarks into a centre ``c`` and two half-axes
-``x``, ``y`` of an oriented square (pipeline.md §1.1). STIT's trick is to smooth
+``x``, ``y`` of an oriented square (docs/reference.md "Alignment"). STIT's trick is to
+smooth
 ``c`` (σ 1) and ``x``, ``y`` (σ 3) along time before building the quad, so the crop
 follows the face without jitter. Smoothing runs over runs of consecutive frames
 that have landmarks: it never reaches across a gap where the face is missing.
@@ -65,7 +66,7 @@ log = logging.getLogger(__name__)
 
 def ffhq_quad_params(lm68: np.ndarray, scale: float = 1.0
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """FFHQ centre and half-axes from 68 landmarks (pipeline.md §1.1).
+    """FFHQ centre and half-axes from 68 landmarks (docs/reference.md "Alignment").
 
     Args:
         lm68: ``[68, 2]`` or ``[N, 68, 2]`` landmarks (x, y) in frame pixels.
@@ -95,7 +96,7 @@ def ffhq_quad_params(lm68: np.ndarray, scale: float = 1.0
 
 
 def _rot90(v: np.ndarray) -> np.ndarray:
-    """R(vx, vy) = (-vy, vx) (pipeline.md §1.1)."""
+    """R(vx, vy) = (-vy, vx) (docs/reference.md "Alignment")."""
     return np.stack([-v[..., 1], v[..., 0]], axis=-1)
 
 
@@ -258,7 +259,8 @@ def resolve_resolution(resolution: int, profile: str) -> int:
 
 def generator_resolution(profile: str) -> int | None:
     """``img_resolution`` of the profile's generator (None without
-    ``engine.models.modelset``). Loads the profile's networks once, on the CPU, and drops
+    ``engine.models.modelset``). Loads the profile's networks once, on the CPU, and
+    drops
     them; not cached, since models may be installed while the engine runs."""
     try:
         from engine.models.modelset import load_models

@@ -7,7 +7,7 @@ batches are faster per frame (bench/pipeline.py: on 2 CPU cores, PTI batch 12 ru
 depends on the machine, not on the job.
 
 The per-frame cost is an estimate from ``python bench/pipeline.py --memory`` at the
-official size (1024 px, float32; docs/pipeline.md "Memory"): about 2–4 GiB per
+official size (1024 px, float32; docs/pipeline.md "Small GPUs"): about 2–4 GiB per
 frame of a PTI step and 2.4 GiB per frame of a stitching step (its per-frame weights
 and Adam state included). It scales with the square of the generator resolution.
 Half of the free memory is planned for, the rest is left to the allocator, the

@@ -46,7 +46,8 @@ def chunks(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 def crops_to_tensor(images: Sequence[np.ndarray], size: int | None = None, *,
                     device: str | "torch.device" = "cpu") -> "torch.Tensor":
     """HxWx3 uint8/uint16 RGB images -> ``[N, 3, size, size]`` float32 in [-1, 1]
-    (bilinear with antialiasing when resized, pipeline.md §1.2)."""
+    (bilinear with antialiasing when resized, docs/reference.md "Inversion with
+    e4e")."""
     import torch
     import torch.nn.functional as F
 

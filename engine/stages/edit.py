@@ -1,11 +1,14 @@
 """Latent edits: W-space (and optional S-space) directions with per-frame strength.
 
-STIT applies one direction at one constant strength per output (pipeline.md §1.5);
+STIT applies one direction at one constant strength per output (docs/reference.md
+"Editing");
 here several edits combine (their scaled directions are summed, the workaround users
-of the reference found for "age + gender", §1.9) and each edit's strength can follow
+of the reference found for "age + gender", docs/reference.md) and each edit's strength
+can follow
 keyframes across the shot, so an edit can fade in and out.
 
-Strength convention (STIT CLI, pipeline.md §1.5): ``w_edit = w + (strength / 2) · d``
+Strength convention (STIT CLI, docs/reference.md "Editing"): ``w_edit = w + (strength /
+2) · d``
 for W directions (``Direction.step_scale`` 0.5), ``s + strength · d`` for S-space
 (StyleCLIP global) directions.
 
@@ -150,7 +153,7 @@ def apply_s_edits(styles: Sequence[np.ndarray], edits: Sequence[Edit],
                   installed: Mapping[str, "Direction"], frames: Sequence[int],
                   style_is_torgb: Sequence[bool]) -> list[np.ndarray]:
     """``s_l + strength(f) · dir_l`` per style layer (StyleCLIP global directions,
-    no per-channel std scaling, ToRGB styles untouched; pipeline.md §1.5).
+    no per-channel std scaling, ToRGB styles untouched; docs/reference.md "Editing").
 
     Args:
         styles: per layer ``[N, C_l]`` (the tuned generator's styles of the
@@ -175,7 +178,7 @@ def apply_s_edits(styles: Sequence[np.ndarray], edits: Sequence[Edit],
 
 def freeze_fine(pivots: np.ndarray, k: int | None) -> np.ndarray:
     """STIT ``--freeze_fine_layers K``: W+ layers ≥ K replaced by their mean over
-    frames (pipeline.md §1.5). ``None`` leaves the pivots unchanged."""
+    frames (docs/reference.md "Editing"). ``None`` leaves the pivots unchanged."""
     if k is None or k >= pivots.shape[1] or len(pivots) == 0:
         return pivots
     out = pivots.copy()

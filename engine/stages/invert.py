@@ -1,4 +1,5 @@
-"""e4e inversion of the aligned crops to W+ pivots (pipeline.md §1.2).
+"""e4e inversion of the aligned crops to W+ pivots (docs/reference.md "Inversion with
+e4e").
 
 The reference inverts one frame at a time; here frames go through the encoder in
 batches of ``invert.batch_size``, read from disk batch by batch (nothing grows with

@@ -1,4 +1,5 @@
-"""Face masks for paste-back and stitching tuning (pipeline.md §1.6).
+"""Face masks for paste-back and stitching tuning (docs/reference.md "Stitching
+tuning").
 
 A *face mask* is a boolean ``[R, R]`` foreground map on the aligned crop: BiSeNet
 labels not in {0 background, 16 cloth, 18 hat} (so hair, neck and accessories count
@@ -43,7 +44,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: BiSeNet classes that are not face: background, cloth, hat (pipeline.md §1.6).
+#: BiSeNet classes that are not face: background, cloth, hat (docs/reference.md
+#: "Stitching tuning").
 BACKGROUND_CLASSES = (0, 16, 18)
 _REFERENCE_SIZE = 1024  # the reference's crop size; CLI values are at this size
 
@@ -143,7 +145,8 @@ def paste_alpha(face_mask: np.ndarray, cfg: MaskConfig = MaskConfig()) -> np.nda
 
 def stitch_masks(face_mask: np.ndarray, cfg: MaskConfig = MaskConfig()
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(full, border, content)`` float32 ``[R, R]`` in 0..1 (pipeline.md §1.6).
+    """``(full, border, content)`` float32 ``[R, R]`` in 0..1 (docs/reference.md
+    "Stitching tuning").
 
     At the R/2 work size: M = foreground (dilated by ``inner_dilation``), full =
     dilate(M, ``outer_dilation``), E = pixels within ``border_band`` of the crop

@@ -8,7 +8,8 @@ the 16-bit alpha is 0 the RGB is the source pixel itself, bit for bit, so the la
 can be composited over the plate in any editor: ``a·rgb + (1 - a)·source``.
 
 ``PasteStage`` (the ``paste`` pipeline stage) writes every frame of the range into
-``output/`` named per :func:`engine.media.video.output_name` (``png16`` default, ``exr``,
+``output/`` named per :func:`engine.media.video.output_name` (``png16`` default,
+``exr``,
 ``pam16``; ``prores4444`` writes one movie ``output/<name>.mov``), plus the
 composited preview movie ``output/preview.mp4`` and, for ``align-preview`` jobs, a
 contact sheet of the aligned crops ``output/contact_sheet.png``. Frames without the

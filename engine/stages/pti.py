@@ -1,6 +1,6 @@
 """Pivotal Tuning (PTI, Roich et al. 2021) of one generator over all frames.
 
-As in STIT (pipeline.md §1.4): the e4e pivots stay fixed and one copy of the
+As in STIT (docs/reference.md "PTI"): the e4e pivots stay fixed and one copy of the
 generator is tuned over the whole clip with ``l2_weight · MSE + lpips_weight ·
 LPIPS`` (10 and 1), Adam (lr 3e-5, betas 0.9/0.999, no ramp), ``steps`` passes over
 all frames (STIT's README uses 80), and the optional locality regulariser. The
@@ -79,7 +79,8 @@ class TargetCache:
     """Aligned crops at the generator resolution and their LPIPS feature maps,
     read from disk on demand. Target features never change, so they are computed
     once per cached frame instead of at every step (a lever the reference leaves
-    unused, pipeline.md §4). At most ``limit`` frames, and at most ``budget`` bytes,
+    unused, docs/reference.md "Cost model"). At most ``limit`` frames, and at most
+    ``budget`` bytes,
     stay in memory (the first ones asked for); the rest are re-read and recomputed,
     so memory is bounded whatever the clip length."""
 
@@ -368,7 +369,7 @@ class PTIStage(Stage):
 
 def _locality_loss(G: "Generator", G0: "Generator", lpips: Any, ws: "torch.Tensor",
                    cfg: Any, seed: list[int]) -> "torch.Tensor":
-    """PTI's locality regulariser (pipeline.md §1.4), one sample per frame: w_r =
+    """PTI's locality regulariser (docs/reference.md "PTI"), one sample per frame: w_r =
     pivot + α·(w_z − pivot)/‖w_z − pivot‖ with w_z = mapping(z, ψ 0.5); the tuned G
     must render w_r as the original G does (``noise_mode='none'``)."""
     import torch

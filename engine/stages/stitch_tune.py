@@ -1,4 +1,4 @@
-"""Stitching tuning (STIT, pipeline.md §1.6), many frames at once.
+"""Stitching tuning (STIT, docs/reference.md "Stitching tuning"), many frames at once.
 
 Per frame, STIT deep-copies the PTI generator, renders the edited latent and tunes
 the copy for up to 100 Adam steps (lr 3e-4) so that the border ring of the face mask
@@ -26,8 +26,9 @@ for tests and ``bench/pipeline.py``.
 ``StitchTuneStage`` writes into ``stages/stitch_tune/``:
 
 - ``crops/<frame:07d>.png``: the tuned edited crop, 16-bit RGB, ``R x R``;
-- ``alpha/<frame:07d>.png``: 8-bit grey paste alpha (:func:`engine.stages.mask.paste_alpha`;
-  the job-folder contract in COMMON.md);
+- ``alpha/<frame:07d>.png``: 8-bit grey paste alpha
+(:func:`engine.stages.mask.paste_alpha`;
+  the job-folder contract in docs/protocol.md);
 - ``summary.json``: per-frame border error of the naive paste (the PTI generator at
   the edit, before tuning) and after tuning, steps used, border-loss curves;
 - ``parts/<batch:05d>.json``: the checkpoint, one per finished batch (a killed job
@@ -68,7 +69,8 @@ log = logging.getLogger(__name__)
 
 def masked_loss(a: "torch.Tensor", b: "torch.Tensor", m: "torch.Tensor",
                 l1: bool = False) -> "torch.Tensor":
-    """``Σ (a·m − b·m)² / Σ m`` per image (``|·|`` with ``l1``), pipeline.md §1.6.
+    """``Σ (a·m − b·m)² / Σ m`` per image (``|·|`` with ``l1``), docs/reference.md
+    "Stitching tuning".
 
     Args:
         a, b: ``[B, 3, R, R]``. m: ``[B, R, R]`` (or ``[B, 1, R, R]``).
@@ -197,7 +199,8 @@ class BatchedStitcher:
         Args:
             styles: per layer ``[B, C_l]`` (the edit, from the PTI generator).
             target: the real aligned crops ``[B, 3, R, R]`` in [-1, 1].
-            border, content: masks ``[B, R, R]`` (:func:`engine.stages.mask.stitch_masks`).
+            border, content: masks ``[B, R, R]``
+            (:func:`engine.stages.mask.stitch_masks`).
             abort: called once per step (e.g. ``ctx.check_abort``).
             progress: called with the fraction of steps done after each step.
         """
@@ -228,14 +231,15 @@ class BatchedStitcher:
                  .requires_grad_(True) for k, v in params.items()}
             st = [s if full else s.index_select(0, idx) for s in styles]
             img = self.render(p, st)
-            sel = (lambda x: x) if full else (lambda x: x.index_select(0, idx))
+            sel = (lambda x: x) if full else (lambda x, i=idx: x.index_select(0, i))
             border_l = masked_loss(img, sel(target), sel(border), cfg.l1)
             content_l = masked_loss(img, sel(edited), sel(content), cfg.l1)
             bl = border_l.detach().cpu().tolist()
             keep = []
             for j, f in enumerate(active):
                 curves[f].append(bl[j])
-                # early stop: before this step's update (pipeline.md §1.6)
+                # early stop: before this step's update (docs/reference.md "Stitching
+                # tuning")
                 keep.append(not (cfg.border_loss_threshold > 0
                                  and bl[j] < cfg.border_loss_threshold))
             if not any(keep):
@@ -321,7 +325,8 @@ def tune_reference(G: "Generator", styles: Sequence["torch.Tensor"],
                    target: "torch.Tensor", border: "torch.Tensor",
                    content: "torch.Tensor", cfg: StitchConfig) -> TuneResult:
     """The reference's loop structure, one frame at a time: a fresh deep copy of the
-    generator and its own ``torch.optim.Adam`` per frame (pipeline.md §1.6). Exact
+    generator and its own ``torch.optim.Adam`` per frame (docs/reference.md "Stitching
+    tuning"). Exact
     and slow; the batched stitcher must match it."""
     import torch
 

@@ -1,6 +1,7 @@
 """Finding the ``resolve`` object and opening a session on the current timeline.
 
-Lookup order (hosts.md §1.1, after OpenRoto, AYON and AutoSubs): the script's own
+Lookup order (docs/hosts.md "Connecting to Resolve", after OpenRoto, AYON and
+AutoSubs): the script's own
 ``resolve`` global, then ``app``/``fusion``/``fu`` ``.GetResolve()``, then
 ``bmd.scriptapp("Resolve")``, then the external ``DaVinciResolveScript`` module
 (Studio only, "External scripting" set to Local or Network). A bare ``Fusion()``
@@ -53,7 +54,7 @@ def _is_resolve(obj: Any) -> bool:
 
 
 def script_api_dirs() -> tuple[Path, Path]:
-    """Default ``RESOLVE_SCRIPT_API`` and ``RESOLVE_SCRIPT_LIB`` for this OS (§1.1)."""
+    """Default ``RESOLVE_SCRIPT_API`` and ``RESOLVE_SCRIPT_LIB`` for this OS (docs/hosts.md, "Connecting to Resolve")."""
     system = platform.system()
     if system == "Darwin":
         return (Path("/Library/Application Support/Blackmagic Design/DaVinci Resolve/"
@@ -136,7 +137,7 @@ def find_resolve(namespace: Mapping[str, Any] | None = None, *,
 
 @dataclass(frozen=True)
 class Edition:
-    """``GetProductName`` / ``GetVersion`` (hosts.md §1.3)."""
+    """``GetProductName`` / ``GetVersion`` (docs/hosts.md "Studio and the free edition")."""
 
     product: str
     version: tuple[int, ...]

@@ -1,4 +1,5 @@
-"""Putting a finished job back on the timeline (hosts.md §1.8), frame-accurately.
+"""Putting a finished job back on the timeline (docs/hosts.md "Putting results back"),
+frame-accurately.
 
 1. Import the RGBA sequence into the "FaceStitch" bin (``SetCurrentFolder`` first;
    ``ImportMedia`` with a ``%07d`` pattern and StartIndex/EndIndex taken from the
@@ -217,7 +218,7 @@ def _is_free(timeline: Any, track: int, start: int, end: int) -> bool:
 
 
 def _delete(session: ResolveSession, items: list[Any]) -> None:
-    """DeleteClips needs the Edit page and can fail on the first try (hosts.md §1.5)."""
+    """DeleteClips needs the Edit page and can fail on the first try (docs/hosts.md "Scripting calls and their quirks")."""
     session.open_page("edit")
     ids = {item.GetUniqueId() for item in items}
     tl = session.timeline
@@ -276,7 +277,7 @@ def _import(session: ResolveSession, media: ResultMedia, job_id: str, bin_name: 
 
 def _copy_clip_properties(clip: Any, source: Mapping[str, Any], media: ResultMedia,
                           media_rate: Fraction, warnings: list[str]) -> None:
-    """Levels, colour space and rate of the source (hosts.md §4); alpha by format."""
+    """Levels, colour space and rate of the source (docs/hosts.md "Round-trip conventions"); alpha by format."""
     for key in ("Data Level", "Input Color Space"):
         value = source.get(key)
         if value and clip.GetClipProperty(key) != value and \

@@ -1,5 +1,6 @@
 """Export a shot's record range by rendering, for media the engine cannot read
-(compound clips, generators, camera raw): the OpenRoto pattern of hosts.md §1.7.
+(compound clips, generators, camera raw): the OpenRoto pattern of docs/hosts.md
+"Render-based export".
 
 The user's render settings are saved as a temporary preset first and restored
 afterwards (``LoadRenderPreset`` + ``DeleteRenderPreset``) whatever happens; the
@@ -60,7 +61,7 @@ def _png_format_and_codec(project) -> tuple[str, str]:
 
 def _collect(folder: Path, count: int) -> list[Path]:
     """Rendered files in frame order, checked against the range: the job status alone
-    is no proof (hosts.md §1.7 step 7)."""
+    is no proof (docs/hosts.md "Render-based export" step 7)."""
     files = sorted((p for p in folder.iterdir() if _TRAILING_NUMBER.search(p.name)),
                    key=lambda p: int(_TRAILING_NUMBER.search(p.name)[1]))  # type: ignore
     if len(files) != count:

@@ -1,7 +1,8 @@
 """From a Resolve timeline item to a :class:`Shot`: media path, source in/out with
 handles, rates and timecodes, and the record position needed to put results back.
 
-Frame conventions (hosts.md §1.6): ``GetStart``/``GetEnd`` are absolute timeline
+Frame conventions (docs/hosts.md "Frame numbers and placement traps"):
+``GetStart``/``GetEnd`` are absolute timeline
 frames (a timeline at 01:00:00:00, 24 fps, starts at 86400), ``GetEnd`` exclusive;
 ``GetLeftOffset`` is the media frame index of the first visible frame, in the media's
 own rate. Media indices are 0-based (``Job.range`` convention).

@@ -7,7 +7,7 @@
  *              <exportFolder>/frame.<N:07d>.pam, N = round(time) + frameOffset, as a
  *              16-bit PAM (TUPLTYPE RGB_ALPHA, big-endian samples, top row first).
  *              This is how a job gets frames when the host gives no media path
- *              (hosts.md section 2.2: no OpenFX property carries one).
+ *              (docs/hosts.md "OpenFX facts": no OpenFX property carries one).
  *   Composite  reads <resultsFolder>/<resultName>.<N:07d>.pam (the engine writes these
  *              when Job.output.format is "pam16"; straight alpha) and composites it over
  *              the source with the "opacity" parameter. Where the file is missing,
@@ -17,7 +17,7 @@
  * is straight, so out = res.rgb * a + src.rgb * (1 - a), out.a = a + src.a * (1 - a),
  * with a = res.a * opacity. For an opaque source this is the usual straight "over".
  *
- * Structure follows the OpenFX examples (STYLE.md section 14): one entry point
+ * Structure follows the OpenFX examples (the house rule of one exit path in C): one entry point
  * dispatching each action to one small static function, suites fetched and checked in
  * Load, abort() polled once per row, and one cleanup path in Render that releases
  * every image it fetched. Render never blocks on the engine: it only reads and

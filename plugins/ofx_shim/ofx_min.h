@@ -2,7 +2,7 @@
  * ofx_min.h - the small part of the OpenFX image-effect ABI that the FaceStitch
  * shim uses, written by us from the published OpenFX specification (release 1.5.1,
  * "OpenFX Programming Reference"). Not a copy of the official headers: project
- * decision in hosts.md section 2.4. Only layout, member order and the string values
+ * decision in docs/hosts.md "The headers' licence and our declarations". Only layout, member order and the string values
  * matter for the ABI; names follow the specification so readers can look them up.
  *
  * Every suite struct lists ALL members of version 1 in specification order, even the

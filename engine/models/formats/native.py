@@ -61,7 +61,7 @@ def save_network(module: nn.Module, path: str | Path, *,
     meta = {
         "format": NETWORK_FORMAT,
         "class": name,
-        "init_kwargs": getattr(module, "init_kwargs"),
+        "init_kwargs": module.init_kwargs,
         "sha256": hashlib.sha256(data).hexdigest(),
         "size": len(data),
         "tensors": len(tensors),

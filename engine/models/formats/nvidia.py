@@ -208,8 +208,8 @@ def nvidia_generator_state(data: Mapping[str, Any], key: str = "G_ema"
 
 
 def generator_kwargs_from_nvidia(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """Our ``Generator`` kwargs from NVIDIA's ``_init_kwargs`` (checkpoints.md
-    §1.3)."""
+    """Our ``Generator`` kwargs from NVIDIA's ``_init_kwargs`` (docs/models.md,
+    "Expected FFHQ-1024 configuration")."""
     cls = str(raw.get("_class_name", "training.networks.Generator"))
     if not cls.endswith("Generator"):
         raise ModelFormatError(f"G_ema is a {cls}, not a StyleGAN2 Generator")

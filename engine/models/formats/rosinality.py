@@ -25,7 +25,8 @@ def _squeeze0(t: Tensor) -> Tensor:
 
 def rosinality_to_nvidia(g: Mapping[str, Tensor], latent_avg: Tensor | None
                          ) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Convert a rosinality ``g_ema`` state dict (checkpoints.md §2 table).
+    """Convert a rosinality ``g_ema`` state dict (docs/models.md "NVIDIA to rosinality
+    key mapping").
 
     Returns our state dict and ``Generator`` kwargs (inferred from the shapes).
     Every rosinality key must be used, or :class:`ModelFormatError` is raised.
