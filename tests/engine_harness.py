@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--media-root", type=Path, action="append", default=[])
     p.add_argument("--clock-offset", type=float, default=0.0)
     p.add_argument("--tmp-max-age", type=float, default=3600.0)
+    p.add_argument("--max-reclaims", type=int, default=3)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(levelname)s %(processName)s %(name)s: %(message)s")
@@ -158,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                          device="cpu", media_roots=tuple(args.media_root),
                          poll_interval=args.poll, lease_seconds=args.lease,
                          use_watchdog=not args.no_watch,
-                         tmp_max_age=args.tmp_max_age)
+                         tmp_max_age=args.tmp_max_age,
+                         max_reclaims=args.max_reclaims)
     n = serve(opts, pipelines=PIPELINES, clock=Clock(args.clock_offset))
     print(f"finished {n}", flush=True)
     return 0

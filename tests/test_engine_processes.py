@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -212,6 +213,57 @@ def test_kill_9_then_restart_resumes_without_duplicates(ex, logdir, clip):
     lease = load_document(ex / "done" / job_id / "lease.msgpack", Lease)
     assert (lease.epoch, lease.reclaims) == (3, 2)
     assert list((ex / "cur").iterdir()) == [] and list((ex / "tmp").iterdir()) == []
+
+
+def ended(pid: int) -> bool:
+    """Whether a process has ended; a zombie, not yet reaped by its new parent,
+    has (``/proc`` tells them apart where there is one)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return Path("/proc/self").exists()  # reaped just now; else no /proc
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_kill_9_of_a_two_worker_engine_kills_its_workers(ex, logdir, clip):
+    """SIGKILL of an engine ends its worker processes with it. Workers that
+    outlived their supervisor ran on unsupervised: a later engine (here an hour
+    ahead, as in the chaos test's drain) took their jobs as expired while they
+    still ran them, so jobs ran twice, and it exited while an orphan still held
+    a job, which was then missing from done/."""
+    job_id = submit(ex, clip, "orphan", frames=12, delay=0.15)
+    engine = start_engine(ex, logdir, "--lease", "30", "--workers", "2")
+    workers: list[int] = []
+    try:
+        wait_until(ready(logdir, "engine", 2), 60, "the engine's two workers")
+        workers = [int(pid) for pid in re.findall(
+            r"engine\.service\.worker: worker \S+?:(\d+):[0-9a-f]+ on ",
+            engine_output(logdir))]
+        assert len(workers) == 2, engine_output(logdir)
+        wait_until(lambda: frames_logged(logdir, job_id) >= 3, 60, "3 frames hashed")
+        stop(engine, signal.SIGKILL)  # the supervisor process, as kill -9 does
+        wait_until(lambda: all(ended(pid) for pid in workers), 10,
+                   "the workers ending with their engine")
+    finally:
+        stop(engine, signal.SIGKILL)
+        for pid in workers:  # before the fix: orphans this test started
+            if not ended(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert job_status(ex, job_id).state == "running"  # left as its worker died
+    assert run_engine(ex, logdir, "--once", "--no-watch", "--clock-offset", "3600",
+                      name="drain") == 0, engine_output(logdir, "drain")
+    status = job_status(ex, job_id)
+    assert status.state == "done", status
+    rows = events(logdir, job_id)
+    hashed = sorted(int(r[3]) for r in rows if r[:2] == ["hash", "frame"])
+    assert hashed == list(range(12))  # every frame once across the two attempts
+    assert count(rows, "hash", "start") == 2 and count(rows, "deliver", "end") == 1
+    lease = load_document(ex / "done" / job_id / "lease.msgpack", Lease)
+    assert (lease.epoch, lease.reclaims) == (2, 1)
 
 
 def test_sigterm_releases_the_running_job(ex, logdir, clip):

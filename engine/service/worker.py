@@ -13,19 +13,23 @@ never need to talk to each other). Each loop:
 
 SIGTERM/SIGINT: the running job is aborted at its next abort check and released to
 the queue with its checkpoints; a second signal stops the process at once (the job
-is then reclaimed when its lease expires). Nothing here imports torch, except
-resolving ``--device auto``.
+is then reclaimed when its lease expires). Worker processes die with their
+supervisor: killing the engine outright kills all of it. Nothing here imports
+torch, except resolving ``--device auto``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import secrets
 import signal
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -45,6 +49,7 @@ log = logging.getLogger(__name__)
 
 _SAFETY_POLL = 10.0  # seconds between rescans while watchdog delivers events
 _SWEEP_EVERY = 60.0  # seconds between tmp/ sweeps
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,8 @@ class EngineOptions:
             worker died is reclaimed this long after its last renewal.
         use_watchdog: watch folders for events (else poll only).
         tmp_max_age: seconds after which an untouched ``tmp/`` entry is swept.
+        max_reclaims: a job taken from this many dead workers fails
+            (``job.crashed``) instead of killing another.
     """
 
     exchange: Path
@@ -73,6 +80,7 @@ class EngineOptions:
     lease_seconds: float = 30.0
     use_watchdog: bool = True
     tmp_max_age: float = 3600.0
+    max_reclaims: int = 3
 
 
 def worker_id() -> str:
@@ -125,7 +133,8 @@ def _worker_loop(opts: EngineOptions, pipelines: Mapping[str, Sequence[str]],
                  on_finished: Callable[[], None] | None = None) -> int:
     ex = Exchange(opts.exchange, clock).ensure()
     settings = RunnerSettings(device=device, media_roots=opts.media_roots,
-                              pipelines=dict(pipelines), worker=worker_id())
+                              pipelines=dict(pipelines), worker=worker_id(),
+                              max_reclaims=opts.max_reclaims)
     reclaim_every = max(0.5, min(opts.lease_seconds / 4.0, 5.0))
     wake = threading.Event()
     watch = FolderWatch([ex.dir("new"), ex.dir("cancel")], wake)
@@ -171,9 +180,43 @@ def _worker_loop(opts: EngineOptions, pipelines: Mapping[str, Sequence[str]],
     return finished
 
 
+def _die_with_supervisor() -> None:
+    """End this worker process at once when its supervisor process dies.
+
+    A supervisor killed outright (SIGKILL, the OOM killer) cannot stop its
+    workers, and nobody else would: they would run on unsupervised, claiming jobs
+    and deaf to the engine's signals, beside the engines that took over the dead
+    one's work. Dying at once, as after a second signal, leaves their jobs to be
+    reclaimed when their leases expire, like the jobs of any dead engine.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+    armed = False
+    if sys.platform.startswith("linux"):
+        # The kernel sends it while the supervisor exits, before the supervisor
+        # can be reaped: whoever saw the engine die never sees its workers act.
+        try:
+            prctl = ctypes.CDLL(None, use_errno=True).prctl
+            prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+            armed = prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            pass
+    if not armed:
+        # Elsewhere the supervisor's end closes our sentinel pipe: notice that.
+        def watch() -> None:
+            multiprocessing.connection.wait([parent.sentinel])
+            os._exit(1)
+
+        threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
+    if os.getppid() != parent.pid:  # it died before we asked for its signal
+        os._exit(1)
+
+
 def _child_main(opts: EngineOptions, pipelines: Mapping[str, Sequence[str]],
                 mp_stop, counter, device: str, clock: Callable[[], float],
                 log_level: int) -> None:
+    _die_with_supervisor()
     logging.basicConfig(level=log_level,
                         format="%(levelname)s %(processName)s %(name)s: %(message)s")
     if device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
