@@ -76,7 +76,8 @@ def url_path(url: str) -> Path:
 def test_every_format_names_its_adapter_and_extra():
     installed = set(otio.adapters.available_adapter_names())
     for suffix, fmt in FORMATS.items():
-        assert fmt.adapter in installed, (suffix, fmt.adapter)  # make setup installs all
+        # make setup installs every adapter (the otio and fcpx extras)
+        assert fmt.adapter in installed, (suffix, fmt.adapter)
         assert fmt.extra in ("otio", "fcpx")
     assert file_url("/a b/c#1.png", "localhost") == "file://localhost/a%20b/c%231.png"
     assert file_url("/a/c.png") == "file:///a/c.png"
