@@ -187,8 +187,13 @@ class PropertySet:
         return self.values[name][index]
 
     def cstring(self, name: str, index: int) -> int:
-        buf = C.create_string_buffer(str(self.values[name][index]).encode())
-        self._cstrings[(name, index)] = buf
+        """The address of a C copy of the value. A copy is kept while the value is
+        unchanged: renders on other threads may still be reading it, as they may
+        from a real host's storage."""
+        text = str(self.values[name][index]).encode()
+        buf = self._cstrings.get((name, index))
+        if buf is None or buf.value != text:
+            buf = self._cstrings[(name, index)] = C.create_string_buffer(text)
         return C.addressof(buf)
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
@@ -504,7 +509,9 @@ class OfxTestHost:
             elif param.type == "OfxParamTypeDouble":
                 C.c_double.from_address(out).value = float(param.value)
             elif param.type == "OfxParamTypeString":
-                param.cvalue = C.create_string_buffer(str(param.value).encode())
+                text = str(param.value).encode()
+                if param.cvalue is None or param.cvalue.value != text:  # see cstring
+                    param.cvalue = C.create_string_buffer(text)
                 C.c_void_p.from_address(out).value = C.addressof(param.cvalue)
             else:
                 return ERR_UNSUPPORTED
