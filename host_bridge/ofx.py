@@ -107,10 +107,10 @@ def target_arch(compiler: str, system: str | None = None) -> str:
     not for this machine. Falls back to :func:`bundle_arch` when the compiler does
     not say.
 
-    Windows on ARM (OpenFX 1.5 packaging, hosts.md §2.3): the hosts there (Resolve,
-    Vegas) are ARM64EC processes, which load ARM64EC or x64 plug-ins but never
-    native ARM64 ones; so ARM64EC goes into ``Win-arm64ec``, x64 into ``Win64``,
-    and a native ARM64 build is refused.
+    Windows on ARM (OpenFX 1.5 packaging; docs/hosts.md section 2.1): the hosts
+    there (Resolve, Vegas) are ARM64EC processes, which load ARM64EC or x64
+    plug-ins but never native ARM64 ones; so ARM64EC goes into ``Win-arm64ec``,
+    x64 into ``Win64``, and a native ARM64 build is refused.
 
     Raises:
         HostError: a target no OpenFX host can load.

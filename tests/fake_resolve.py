@@ -23,10 +23,10 @@ the bridge must survive:
 - a retimed item (``place(..., speed=2)``) shows ``ceil(duration * speed)`` source
   frames in ``duration`` record frames: ``GetSourceEndFrame - GetSourceStartFrame``
   and ``GetRightOffset`` say so, ``GetLeftOffset`` does not;
-- on a mixed-rate item (media FPS != timeline rate) ``GetLeftOffset`` counts timeline
-  frames (the one public measurement, hosts.md §1.6) while ``GetSourceStartFrame``
-  counts media frames and ``GetSourceEndFrame`` is inclusive. Pixels of such items
-  are not modelled.
+- on a mixed-rate item (media FPS != timeline rate) ``GetLeftOffset`` counts
+  timeline frames (the one public measurement, docs/hosts.md 1.6) while
+  ``GetSourceStartFrame`` counts media frames and ``GetSourceEndFrame`` is
+  inclusive. Pixels of such items are not modelled.
 
 Test helpers (lower-case names, not part of the API) build projects, media and
 timelines. Pixels come from real files decoded with PyAV, or from a callable for
@@ -425,7 +425,7 @@ class FakeTimelineItem(_Markers, _Api):
         return self._get(self._duration)
 
     def GetLeftOffset(self, subframe_precision: bool = False) -> int | None:
-        if self._mixed is not None:  # timeline frames (hosts.md §1.6)
+        if self._mixed is not None:  # timeline frames (docs/hosts.md 1.6)
             return self._get(math.floor(self._left * self._mixed))
         return self._get(self._left)
 
@@ -441,7 +441,7 @@ class FakeTimelineItem(_Markers, _Api):
         return self._get(self._left)
 
     def GetSourceEndFrame(self) -> int | None:
-        inclusive = 1 if self._mixed is not None else 0  # hosts.md §1.6
+        inclusive = 1 if self._mixed is not None else 0  # docs/hosts.md 1.6
         return self._get(self._left + self._span - inclusive)
 
     def GetMediaPoolItem(self) -> FakeMediaPoolItem | None:

@@ -35,8 +35,9 @@ Arity = tuple[int, float]  # (fewest, most) positional arguments after self
 #: real names the stubs lack, each with where it is documented or measured
 NOT_IN_STUBS = {
     "GetResolve": "fusion.GetResolve() / app.GetResolve(): how menu scripts reach "
-                  "Resolve (OpenRoto, AYON, AutoSubs; hosts.md section 1.1); the stubs "
-                  "type the Resolve README's API and leave Fusion's own class empty",
+                  "Resolve, as OpenRoto, AYON and AutoSubs do (resolve/connect.py); "
+                  "the stubs type the Resolve README's API and leave Fusion's own "
+                  "class empty",
 }
 
 

@@ -301,8 +301,8 @@ def retime_evidence(item: Any, left: int, duration: int, frames: int | None
 
     Two independent readings, each used where this Resolve has it: the source span
     ``GetSourceEndFrame - GetSourceStartFrame`` (19.0.2+; end exclusive at equal
-    rates, hosts.md §1.6) against the record duration, and ``left + duration +
-    GetRightOffset`` against the media's frame count.
+    rates, docs/hosts.md section 1.6) against the record duration, and
+    ``left + duration + GetRightOffset`` against the media's frame count.
     """
     if has_api(item, "GetSourceStartFrame") and has_api(item, "GetSourceEndFrame"):
         start, end = _int(item.GetSourceStartFrame()), _int(item.GetSourceEndFrame())
