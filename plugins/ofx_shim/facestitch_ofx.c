@@ -50,6 +50,7 @@
 
 #if defined(_WIN32)
 #include <process.h>
+#include <windows.h> /* MoveFileExA */
 #define fs_getpid _getpid
 #define PATH_SEP '\\'
 #else
@@ -422,10 +423,14 @@ static OfxStatus write_pam(OfxImageEffectHandle fx, const Image *src, const char
     }
     fh = NULL;
 #if defined(_WIN32)
-    remove(path); /* rename() does not replace on Windows */
-#endif
+    /* rename() does not replace on Windows, and remove-then-rename would race with
+       another render of the same frame: replace in one call */
+    if (!MoveFileExA(tmp, path, MOVEFILE_REPLACE_EXISTING))
+        goto cleanup;
+#else
     if (rename(tmp, path) != 0)
         goto cleanup;
+#endif
     committed = 1;
     st = kOfxStatOK;
 cleanup:
