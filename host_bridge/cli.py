@@ -13,7 +13,7 @@ import importlib
 import logging
 import sys
 
-__all__ = ["COMMANDS", "main"]
+__all__ = ["COMMANDS", "MISSING_EXTRA", "missing_extra_message", "main"]
 
 #: name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -32,6 +32,28 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "resolve-install": ("host_bridge.resolve_install",
                         "install the DaVinci Resolve menu scripts and settings"),
 }
+
+
+#: third-party top-level module -> the extra (pyproject.toml) that installs it; a
+#: command whose import or run hits one of these says how to install it instead of
+#: printing a traceback (the base install is msgpack only)
+MISSING_EXTRA: dict[str, str] = {
+    "torch": "engine", "torchvision": "engine", "numpy": "engine", "cv2": "engine",
+    "av": "engine", "scipy": "engine", "skimage": "engine", "watchdog": "engine",
+    "lpips": "engine", "dlib": "engine", "face_recognition_models": "engine",
+    "OpenEXR": "engine", "opentimelineio": "otio",
+}
+
+
+def missing_extra_message(exc: ModuleNotFoundError) -> str | None:
+    """One line saying which extra installs the module ``exc`` names, or None when it
+    is not a known optional dependency (then it is a bug and keeps its traceback)."""
+    top = (exc.name or "").split(".")[0]
+    extra = MISSING_EXTRA.get(top)
+    if extra is None:
+        return None
+    return (f"this command needs the Python package '{top}', which is not installed in "
+            f"{sys.executable}: pip install 'facestitch[{extra}]'")
 
 
 def _usage() -> str:
@@ -59,11 +81,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"facestitch: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    module = importlib.import_module(COMMANDS[name][0])
     try:
+        module = importlib.import_module(COMMANDS[name][0])
         return int(module.main(rest) or 0)
     except FaceStitchError as exc:
         print(f"facestitch {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        message = missing_extra_message(exc)
+        if message is None:
+            raise
+        print(f"facestitch {name}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

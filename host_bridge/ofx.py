@@ -30,8 +30,8 @@ from fsexchange.documents import Edit, FrameRange, Job, OutputSpec, Source, Subj
 from fsexchange.errors import HostError, MediaMissing
 
 __all__ = ["PLUGIN_ID", "BUNDLE_NAME", "PARAMS", "OfxBuild", "bundle_arch",
-           "find_compiler", "source_dir", "build_bundle", "exported_frames",
-           "build_ofx_job"]
+           "target_arch", "find_compiler", "source_dir", "build_bundle",
+           "exported_frames", "build_ofx_job"]
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,57 @@ def bundle_arch(system: str | None = None, machine: str | None = None) -> str:
     raise HostError(f"no OpenFX architecture folder is defined for {system} {machine}")
 
 
+_X86 = ("i386", "i486", "i586", "i686", "x86")
+
+
+def target_arch(compiler: str, system: str | None = None) -> str:
+    """The bundle folder for the code ``compiler`` produces, from its target triple
+    (``CC -dumpmachine``, which gcc and clang both answer): a cross compiler, or an
+    x64 toolchain running under emulation on Windows ARM, builds for its target,
+    not for this machine. Falls back to :func:`bundle_arch` when the compiler does
+    not say.
+
+    Windows on ARM (OpenFX 1.5 packaging; docs/hosts.md section 2.1): the hosts
+    there (Resolve, Vegas) are ARM64EC processes, which load ARM64EC or x64
+    plug-ins but never native ARM64 ones; so ARM64EC goes into ``Win-arm64ec``,
+    x64 into ``Win64``, and a native ARM64 build is refused.
+
+    Raises:
+        HostError: a target no OpenFX host can load.
+    """
+    system = system or platform.system()
+    try:
+        triple = subprocess.run([compiler, "-dumpmachine"], capture_output=True,
+                                text=True, timeout=60).stdout.strip().lower()
+    except (OSError, subprocess.SubprocessError):
+        triple = ""
+    if not triple:
+        return bundle_arch(system)
+    cpu = triple.split("-", 1)[0]
+    if system == "Windows" or "mingw" in triple or "windows" in triple:
+        if cpu == "arm64ec":
+            return "Win-arm64ec"
+        if cpu in ("x86_64", "amd64"):
+            return "Win64"
+        if cpu in _X86:
+            return "Win32"
+        if cpu in ("aarch64", "arm64"):
+            raise HostError(
+                f"{Path(compiler).name} builds native ARM64 Windows code ({triple}), "
+                "which no OpenFX host loads: Resolve and Vegas on Windows ARM are "
+                "ARM64EC and load ARM64EC or x64 plug-ins. Build with an ARM64EC "
+                "compiler (llvm-mingw's arm64ec-w64-mingw32-clang) or an x64 one "
+                "(the Win64 plug-in runs under emulation): --cc COMPILER")
+        raise HostError(f"no OpenFX folder is defined for Windows on {cpu} ({triple})")
+    if system == "Darwin" or "apple" in triple:
+        return "MacOS"
+    if cpu in ("x86_64", "amd64"):
+        return "Linux-x86-64"
+    if cpu in _X86:
+        return "Linux-x86"
+    return f"Linux-{cpu}"  # Linux-$(uname -m), e.g. Linux-aarch64
+
+
 def source_dir() -> Path:
     """Where the shim's C sources are: the checkout's ``plugins/ofx_shim``, or the
     copy a wheel installs as data files under ``<prefix>/share/facestitch/ofx_shim``
@@ -152,7 +203,7 @@ def build_bundle(out_dir: str | os.PathLike[str], *, cc: str | None = None,
     src = source_dir()
     compiler = find_compiler(cc)
     system = platform.system()
-    arch = bundle_arch(system)
+    arch = target_arch(compiler, system)
     stage = Path(tempfile.mkdtemp(prefix=".FaceStitch.build.", dir=out))
     try:
         bundle = stage / f"{BUNDLE_NAME}.ofx.bundle"
@@ -212,7 +263,48 @@ def exported_frames(folder: str | os.PathLike[str]) -> list[int]:
         raise HostError(f"{len(missing)} frame(s) missing in {path} ({shown}): render the "
                         "whole range with the effect in Export mode (the host renders "
                         "only the frames it shows)")
+    check_frame_sizes(path, numbers)
     return numbers
+
+
+def _pam_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from a PAM header, None when it is not one."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(512)
+    except OSError:
+        return None
+    words = head.split(b"ENDHDR", 1)[0].split()
+    if not words or words[0] != b"P7":
+        return None
+    fields = dict(zip(words[1::2], words[2::2]))
+    try:
+        return int(fields[b"WIDTH"]), int(fields[b"HEIGHT"])
+    except (KeyError, ValueError):
+        return None
+
+
+def check_frame_sizes(folder: str | os.PathLike[str], numbers: list[int]) -> None:
+    """Refuse exported frames of different sizes: proxy renders (which an older shim
+    wrote at the reduced size) mixed with full-resolution ones.
+
+    Raises:
+        HostError: naming the first frame whose size differs from the first one's.
+    """
+    path = Path(folder)
+    first = _pam_size(path / f"frame.{numbers[0]:07d}.pam")
+    for n in numbers[1:]:
+        size = _pam_size(path / f"frame.{n:07d}.pam")
+        if size != first:
+            raise HostError(
+                f"the exported frames in {path} differ in size (frame {numbers[0]}: "
+                f"{_size_text(first)}, frame {n}: {_size_text(size)}): some were "
+                "rendered at a proxy or reduced resolution. Render the whole range "
+                "again at full resolution with the effect in Export mode")
+
+
+def _size_text(size: tuple[int, int] | None) -> str:
+    return "unreadable" if size is None else f"{size[0]}x{size[1]}"
 
 
 def build_ofx_job(folder: str | os.PathLike[str], job_id: str, rate: Fraction, *,

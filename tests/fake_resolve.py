@@ -18,7 +18,16 @@ the bridge must survive:
 - ``ImportMedia`` lands in the current folder; ``DeleteClips`` on a timeline needs
   the Edit page (and with ``flaky_delete`` fails on the first try);
 - ``SetRenderSettings`` is all-or-nothing: one unknown (or rejected) key fails the
-  whole call; render jobs really write PNG files of what the timeline shows.
+  whole call; render jobs really write PNG files of what the timeline shows;
+- API added in a later Resolve is absent on an older one (``_SINCE``: not in
+  ``dir``, a call returns None), e.g. ``DeleteRenderPreset`` before 19.1;
+- a retimed item (``place(..., speed=2)``) shows ``ceil(duration * speed)`` source
+  frames in ``duration`` record frames: ``GetSourceEndFrame - GetSourceStartFrame``
+  and ``GetRightOffset`` say so, ``GetLeftOffset`` does not;
+- on a mixed-rate item (media FPS != timeline rate) ``GetLeftOffset`` counts
+  timeline frames (the one public measurement, docs/hosts.md 1.6) while
+  ``GetSourceStartFrame`` counts media frames and ``GetSourceEndFrame`` is
+  inclusive. Pixels of such items are not modelled.
 
 Test helpers (lower-case names, not part of the API) build projects, media and
 timelines. Pixels come from real files decoded with PyAV, or from a callable for
@@ -28,6 +37,7 @@ compound clips and generators.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 import struct
 from fractions import Fraction
@@ -57,7 +67,23 @@ def _uid(kind: str) -> str:
 
 class _Api:
     """Base of every fake object: Capitalised names that are not implemented behave
-    like the real bridge (a callable returning None)."""
+    like the real bridge (a callable returning None). ``_SINCE`` names the first
+    Resolve version of an API this fake implements; on an older fake it is missing."""
+
+    _SINCE: dict[str, tuple[int, ...]] = {}
+
+    def _api_version(self) -> tuple[int, ...] | None:
+        return None  # objects that know their Resolve override this
+
+    def _absent(self, name: str) -> bool:
+        since = type(self)._SINCE.get(name)
+        version = self._api_version() if since else None
+        return version is not None and version < since  # type: ignore[operator]
+
+    def __getattribute__(self, name: str) -> Any:
+        if name[:1].isupper() and object.__getattribute__(self, "_absent")(name):
+            return object.__getattribute__(self, "__getattr__")(name)
+        return object.__getattribute__(self, name)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_") or not name[:1].isupper():
@@ -74,7 +100,8 @@ class _Api:
         return self.__dict__.setdefault("_missing", [])
 
     def __dir__(self) -> list[str]:
-        return sorted(n for n in dir(type(self)) if n[:1].isupper())
+        return sorted(n for n in dir(type(self)) if n[:1].isupper() and not
+                      self._absent(n))
 
 
 class _Markers:
@@ -171,6 +198,17 @@ class FakeMediaPoolItem(_Api):
     @property
     def frame_count(self) -> int:
         return int(self._props.get("Frames") or 0)
+
+    @property
+    def rate(self) -> Fraction | None:
+        """The clip's FPS property as a rate (None when it has none)."""
+        fps = self._props.get("FPS")
+        if not fps:
+            return None
+        for rate, text in RATE_NAMES.items():
+            if abs(float(text) - float(fps)) < 0.001:
+                return rate
+        return Fraction(str(fps)).limit_denominator(1001)
 
 
 def _decode_movie(path: Path) -> list[np.ndarray]:
@@ -294,7 +332,9 @@ class FakeMediaPool(_Api):
         return FakeMediaPoolItem(shown, props,
                                  frames=lambda i, fs=tuple(files): _read_image(fs[i]))
 
-    def AppendToTimeline(self, items: list[Any]) -> list["FakeTimelineItem"]:
+    def AppendToTimeline(self, *clips: Any) -> list["FakeTimelineItem"]:
+        """(clip, clip...), ([clips]) or ([clipInfo dicts])."""
+        items = clips[0] if len(clips) == 1 and isinstance(clips[0], list) else clips
         timeline = self._project._current_timeline
         if timeline is None:
             return []
@@ -326,16 +366,21 @@ class FakeMediaPool(_Api):
 
 
 class FakeTimelineItem(_Markers, _Api):
+    _SINCE = {"GetSourceStartFrame": (19, 0, 2), "GetSourceEndFrame": (19, 0, 2),
+              "GetTrackTypeAndIndex": (19, 0)}
+
     def __init__(self, timeline: "FakeTimeline", mpi: FakeMediaPoolItem | None, *,
                  track: int, start: int, duration: int, left_offset: int = 0,
                  name: str | None = None, broken: bool = False,
-                 frames: Callable[[int], np.ndarray] | None = None) -> None:
+                 frames: Callable[[int], np.ndarray] | None = None,
+                 speed: Fraction | int = 1) -> None:
         self._timeline = timeline
         self._mpi = mpi
         self._track = track
         self._start = start
         self._duration = duration
-        self._left = left_offset
+        self._left = left_offset  # media frames
+        self._speed = Fraction(speed)
         self._name = name or (mpi.GetName() if mpi else "Solid Color")
         self._broken = broken
         self._frames = frames  # generators: record-relative pixels
@@ -348,6 +393,22 @@ class FakeTimelineItem(_Markers, _Api):
 
     def _get(self, value: Any) -> Any:
         return None if self._broken else value
+
+    def _api_version(self) -> tuple[int, ...]:
+        return self._timeline._project._resolve._version
+
+    @property
+    def _span(self) -> int:
+        """Media frames shown: the record duration scaled by the speed and, on a
+        mixed-rate item, by media rate / timeline rate (real time is kept)."""
+        return math.ceil(self._duration * self._speed / (self._mixed or 1))
+
+    @property
+    def _mixed(self) -> Fraction | None:
+        """timeline rate / media rate where they differ, else None."""
+        media = self._mpi.rate if self._mpi is not None else None
+        timeline = self._timeline._rate
+        return timeline / media if media and media != timeline else None
 
     def GetName(self) -> str | None:
         return self._get(self._name)
@@ -365,18 +426,24 @@ class FakeTimelineItem(_Markers, _Api):
         return self._get(self._duration)
 
     def GetLeftOffset(self, subframe_precision: bool = False) -> int | None:
+        if self._mixed is not None:  # timeline frames (docs/hosts.md 1.6)
+            return self._get(math.floor(self._left * self._mixed))
         return self._get(self._left)
 
     def GetRightOffset(self, subframe_precision: bool = False) -> int | None:
         if self._mpi is None:
             return self._get(0)
-        return self._get(self._mpi.frame_count - self._left - self._duration)
+        right = self._mpi.frame_count - self._left - self._span
+        if self._mixed is not None:
+            return self._get(math.floor(right * self._mixed))
+        return self._get(right)
 
     def GetSourceStartFrame(self) -> int | None:
         return self._get(self._left)
 
     def GetSourceEndFrame(self) -> int | None:
-        return self._get(self._left + self._duration)
+        inclusive = 1 if self._mixed is not None else 0  # docs/hosts.md 1.6
+        return self._get(self._left + self._span - inclusive)
 
     def GetMediaPoolItem(self) -> FakeMediaPoolItem | None:
         return None if self._broken else self._mpi
@@ -426,7 +493,7 @@ class FakeTimelineItem(_Markers, _Api):
         if self._frames is not None:
             return self._frames(rel)
         assert self._mpi is not None
-        return self._mpi.frame(self._left + rel)
+        return self._mpi.frame(self._left + math.floor(rel * self._speed))
 
 
 # ---- timelines ---------------------------------------------------------------------------------
@@ -573,7 +640,8 @@ class FakeTimeline(_Markers, _Api):
             for it in t["items"]:
                 copy = FakeTimelineItem(dup, it._mpi, track=i, start=it._start,
                                         duration=it._duration, left_offset=it._left,
-                                        name=it._name, frames=it._frames)
+                                        name=it._name, frames=it._frames,
+                                        speed=it._speed)
                 items.append(copy)
             dup._tracks.append({**t, "items": items})
         self._project._timelines.append(dup)
@@ -614,13 +682,14 @@ class FakeTimeline(_Markers, _Api):
     def place(self, mpi: FakeMediaPoolItem | None, *, record: int, duration: int,
               left_offset: int = 0, track: int = 1, broken: bool = False,
               frames: Callable[[int], np.ndarray] | None = None,
-              name: str | None = None) -> FakeTimelineItem:
-        """Cut a clip in as the editor would (absolute ``record`` frame)."""
+              name: str | None = None, speed: Fraction | int = 1) -> FakeTimelineItem:
+        """Cut a clip in as the editor would (absolute ``record`` frame;
+        ``left_offset`` in media frames; ``speed`` 2 plays it twice as fast)."""
         while len(self._tracks) < track:
             self.AddTrack("video")
         item = FakeTimelineItem(self, mpi, track=track, start=record, duration=duration,
                                 left_offset=left_offset, broken=broken, frames=frames,
-                                name=name)
+                                name=name, speed=speed)
         self._tracks[track - 1]["items"].append(item)
         return item
 
@@ -663,6 +732,8 @@ RENDER_CODECS = {
 
 
 class FakeProject(_Api):
+    _SINCE = {"DeleteRenderPreset": (19, 1)}
+
     def __init__(self, resolve: "FakeResolve", name: str, rate: Fraction) -> None:
         self._resolve = resolve
         self._name = name
@@ -684,6 +755,9 @@ class FakeProject(_Api):
         self._presets: dict[str, dict[str, Any]] = {"H.264 Master": self._snapshot()}
         self._jobs: dict[str, dict[str, Any]] = {}
         self._polls_left = 0
+
+    def _api_version(self) -> tuple[int, ...]:
+        return self._resolve._version
 
     def _snapshot(self) -> dict[str, Any]:
         return {"settings": dict(self._render["settings"]),
@@ -793,8 +867,19 @@ class FakeProject(_Api):
                  "TargetDir": v["render"]["settings"]["TargetDir"]}
                 for k, v in self._jobs.items()]
 
-    def StartRendering(self, job_ids: Any = None, is_interactive: bool = False) -> bool:
-        ids = job_ids if isinstance(job_ids, list) else list(self._jobs)
+    def StartRendering(self, *args: Any) -> bool:
+        """The README's five forms: (id, id...), ([ids], interactive),
+        (interactive), (index, index...), ([indexes]); indexes are 1-based."""
+        first = args[0] if args else None
+        if isinstance(first, list):
+            wanted = list(first)
+        elif not args or isinstance(first, bool):
+            wanted = list(self._jobs)
+        else:
+            wanted = list(args)
+        order = list(self._jobs)
+        ids = [order[w - 1] if isinstance(w, int) and not isinstance(w, bool)
+               and 1 <= w <= len(order) else w for w in wanted]
         for job_id in ids:
             if job_id not in self._jobs:
                 return False

@@ -5,8 +5,11 @@ host"): property sets are Python dicts behind
 C callbacks, handles are small integers the plugin passes back to us, images are numpy
 arrays whose buffers we hand to the plugin. It implements what the OpenFX 1.5
 specification asks of a host for a Filter-context effect: the property, image-effect,
-parameter and message suites, and the actions Load, Describe, DescribeInContext,
-CreateInstance, Render, DestroyInstance, Unload.
+parameter and message suites (message V1 and V2, persistent messages), and the
+actions Load, Describe, DescribeInContext, CreateInstance, Render, DestroyInstance,
+Unload. Render takes the arguments a host varies (render scale, draft quality,
+interactive status, render window), and may be called from several threads at once
+(each call's images are its own), as a host with HostFrameThreading does.
 
 ``paramGetValue``/``paramGetValueAtTime`` are variadic in C. On x86-64 System V (and
 Windows x64) a variadic pointer argument travels in the same register as a fixed one,
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import ctypes as C
 import itertools
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -145,10 +149,15 @@ _MESSAGE_MEMBERS = [
     # message(handle, type, id, format, ...): the shim always passes ("%s", text)
     ("message", C.CFUNCTYPE(Status, VP, CP, CP, CP, CP)),
 ]
+_MESSAGE2_MEMBERS = _MESSAGE_MEMBERS + [
+    ("setPersistentMessage", C.CFUNCTYPE(Status, VP, CP, CP, CP, CP)),
+    ("clearPersistentMessage", C.CFUNCTYPE(Status, VP)),
+]
 PropertySuite = _suite("OfxPropertySuiteV1", _PROP_MEMBERS)
 ImageEffectSuite = _suite("OfxImageEffectSuiteV1", _EFFECT_MEMBERS)
 ParameterSuite = _suite("OfxParameterSuiteV1", _PARAM_MEMBERS)
 MessageSuite = _suite("OfxMessageSuiteV1", _MESSAGE_MEMBERS)
+MessageSuiteV2 = _suite("OfxMessageSuiteV2", _MESSAGE2_MEMBERS)
 
 
 class OfxError(RuntimeError):
@@ -179,8 +188,13 @@ class PropertySet:
         return self.values[name][index]
 
     def cstring(self, name: str, index: int) -> int:
-        buf = C.create_string_buffer(str(self.values[name][index]).encode())
-        self._cstrings[(name, index)] = buf
+        """The address of a C copy of the value. A copy is kept while the value is
+        unchanged: renders on other threads may still be reading it, as they may
+        from a real host's storage."""
+        text = str(self.values[name][index]).encode()
+        buf = self._cstrings.get((name, index))
+        if buf is None or buf.value != text:
+            buf = self._cstrings[(name, index)] = C.create_string_buffer(text)
         return C.addressof(buf)
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
@@ -222,16 +236,22 @@ class OfxTestHost:
     """Loads one ``.ofx`` binary and drives its single image-effect plugin."""
 
     def __init__(self, binary: str | Path, *, abort_fn: Callable[[], bool] | None = None,
-                 omit_suites: tuple[str, ...] = ()) -> None:
+                 omit_suites: tuple[str, ...] = (),
+                 message_versions: tuple[int, ...] = (1, 2)) -> None:
         self.binary = Path(binary)
         self.lib = C.CDLL(str(self.binary))
         self.abort_fn = abort_fn or (lambda: False)
         self.messages: list[tuple[str, str]] = []
+        #: effect handle -> (type, text) of its persistent message (suite V2)
+        self.persistent: dict[int, tuple[str, str]] = {}
         self.outstanding_images: dict[int, Image] = {}
         self.images_fetched = 0
         self.omit_suites = omit_suites
+        self.message_versions = message_versions
         self._objects: dict[int, Any] = {}
         self._ids = itertools.count(0x1000, 0x10)
+        self._lock = threading.RLock()  # renders may call back from several threads
+        self._tls = threading.local()  # the render call this thread is in
         self.host_props = PropertySet("host", {
             "OfxPropName": ["org.facestitch.testhost"],
             "OfxPropLabel": ["FaceStitch test host"],
@@ -253,12 +273,13 @@ class OfxTestHost:
 
     # -- handles ---------------------------------------------------------------------
     def _handle(self, obj: Any) -> int:
-        for key, value in self._objects.items():
-            if value is obj:
-                return key
-        key = next(self._ids)
-        self._objects[key] = obj
-        return key
+        with self._lock:
+            for key, value in self._objects.items():
+                if value is obj:
+                    return key
+            key = next(self._ids)
+            self._objects[key] = obj
+            return key
 
     def _obj(self, handle: int | None, kind: type | tuple[type, ...]) -> Any:
         obj = self._objects.get(handle or 0)
@@ -289,12 +310,18 @@ class OfxTestHost:
         self.effect_suite = make(ImageEffectSuite, self._effect_impls())
         self.param_suite = make(ParameterSuite, self._param_impls())
         self.message_suite = make(MessageSuite, {"message": self._message})
-        suites = {"OfxPropertySuite": self.prop_suite,
-                  "OfxImageEffectSuite": self.effect_suite,
-                  "OfxParameterSuite": self.param_suite,
-                  "OfxMessageSuite": self.message_suite}
-        self.suites = {(name, 1): suite for name, suite in suites.items()
-                       if name not in self.omit_suites}
+        self.message_suite2 = make(MessageSuiteV2, {
+            "message": self._message, "setPersistentMessage": self._persistent,
+            "clearPersistentMessage": self._clear_persistent})
+        suites = {("OfxPropertySuite", 1): self.prop_suite,
+                  ("OfxImageEffectSuite", 1): self.effect_suite,
+                  ("OfxParameterSuite", 1): self.param_suite,
+                  ("OfxMessageSuite", 1): self.message_suite,
+                  ("OfxMessageSuite", 2): self.message_suite2}
+        self.suites = {
+            (name, version): suite for (name, version), suite in suites.items()
+            if name not in self.omit_suites and (
+                name != "OfxMessageSuite" or version in self.message_versions)}
 
     def _fetch_suite(self, host: int, name: bytes, version: int) -> int | None:
         suite = self.suites.get((name.decode(), version))
@@ -411,27 +438,29 @@ class OfxTestHost:
 
         def clip_get_image(h, time, region, out):
             clip = self._obj(h, Clip)
-            inst = self._current_instance
-            if inst is None:
+            call = getattr(self._tls, "render", None)
+            if call is None:
                 return FAILED
-            image = inst._image_for(clip.name, time)
+            image = call.image_for(clip.name, time)
             if image is None:
                 return FAILED
             handle = self._handle(image.props)
-            self.outstanding_images[handle] = image
-            self.images_fetched += 1
+            with self._lock:
+                self.outstanding_images[handle] = image
+                self.images_fetched += 1
             out[0] = handle
             return OK
 
         def clip_release(h):
-            if h not in self.outstanding_images:
-                return ERR_BAD_HANDLE
-            self.outstanding_images.pop(h)
-            self._objects.pop(h, None)
+            with self._lock:
+                if h not in self.outstanding_images:
+                    return ERR_BAD_HANDLE
+                self.outstanding_images.pop(h)
+                self._objects.pop(h, None)
             return OK
 
         def clip_rod(h, time, out):
-            inst = self._current_instance
+            inst = self._tls.render
             out[0].x1, out[0].y1 = 0.0, 0.0
             out[0].x2, out[0].y2 = float(inst.width), float(inst.height)
             return OK
@@ -481,7 +510,9 @@ class OfxTestHost:
             elif param.type == "OfxParamTypeDouble":
                 C.c_double.from_address(out).value = float(param.value)
             elif param.type == "OfxParamTypeString":
-                param.cvalue = C.create_string_buffer(str(param.value).encode())
+                text = str(param.value).encode()
+                if param.cvalue is None or param.cvalue.value != text:  # see cstring
+                    param.cvalue = C.create_string_buffer(text)
                 C.c_void_p.from_address(out).value = C.addressof(param.cvalue)
             else:
                 return ERR_UNSUPPORTED
@@ -503,15 +534,26 @@ class OfxTestHost:
                 "paramGetNumKeys": num_keys,
                 "paramEditBegin": lambda h, name: OK, "paramEditEnd": lambda h: OK}
 
-    def _message(self, handle, mtype, mid, fmt, arg) -> int:
+    @staticmethod
+    def _text(fmt: bytes | None, arg: bytes | None) -> str:
         text = (fmt or b"").decode()
-        if text == "%s":
-            text = (arg or b"").decode()
-        self.messages.append(((mtype or b"").decode(), text))
+        return (arg or b"").decode() if text == "%s" else text
+
+    def _message(self, handle, mtype, mid, fmt, arg) -> int:
+        self.messages.append(((mtype or b"").decode(), self._text(fmt, arg)))
+        return OK
+
+    def _persistent(self, handle, mtype, mid, fmt, arg) -> int:
+        if not handle:
+            return ERR_BAD_HANDLE
+        self.persistent[handle] = ((mtype or b"").decode(), self._text(fmt, arg))
+        return OK
+
+    def _clear_persistent(self, handle) -> int:
+        self.persistent.pop(handle, None)
         return OK
 
     # -- actions -----------------------------------------------------------------------
-    _current_instance: "OfxInstance | None" = None
 
     def call(self, action: str, handle: int | None = None,
              in_args: PropertySet | None = None, out_args: PropertySet | None = None,
@@ -582,6 +624,39 @@ class OfxTestHost:
         self.call("OfxActionUnload")
 
 
+class RenderCall:
+    """The images of one render (one frame): the host hands them to every window's
+    call, from whichever thread makes it."""
+
+    def __init__(self, instance: "OfxInstance", source: np.ndarray,
+                 scale: tuple[float, float]) -> None:
+        self.instance = instance
+        self.source = source  # bottom row first
+        self.output = np.zeros_like(source)
+        self.scale = scale
+        self.height, self.width = source.shape[:2]
+
+    def image_for(self, clip: str, time: float) -> Image | None:
+        arr = {"Source": self.source, "Output": self.output}.get(clip)
+        if arr is None:
+            return None
+        h, w = arr.shape[:2]
+        inst = self.instance
+        props = PropertySet(f"image {clip} @{time}", {
+            "OfxImagePropData": [arr.ctypes.data],
+            "OfxImagePropRowBytes": [arr.strides[0]],
+            "OfxImagePropBounds": [0, 0, w, h],
+            "OfxImageEffectPropPixelDepth": [inst.depth],
+            "OfxImageEffectPropComponents": ["OfxImageComponentRGBA"],
+            "OfxImageEffectPropPreMultiplication": [inst.premultiplication],
+            "OfxImagePropPixelAspectRatio": [1.0],
+            "OfxImageEffectPropRenderScale": list(self.scale),
+            "OfxImagePropUniqueIdentifier": [f"{clip}:{time}"],
+            "OfxImagePropField": ["OfxImageFieldNone"],
+        })
+        return Image(props, arr, clip)
+
+
 class OfxInstance:
     """One effect instance; :meth:`render` feeds a source frame and returns the output."""
 
@@ -596,61 +671,69 @@ class OfxInstance:
             "OfxImageEffectPropProjectSize": [0.0, 0.0],
             "OfxImageEffectPropFrameRate": [24.0],
         }))
-        self.width = self.height = 0
-        self._source: np.ndarray | None = None
-        self._output: np.ndarray | None = None
+        self.status = 0  # of the last render
 
     def set_param(self, name: str, value: Any) -> None:
         self.effect.params[name].value = value
 
-    def _image_for(self, clip: str, time: float) -> Image | None:
-        if clip == "Source":
-            arr = self._source
-        elif clip == "Output":
-            arr = self._output
-        else:
-            return None
-        assert arr is not None
-        h, w = arr.shape[:2]
-        props = PropertySet(f"image {clip} @{time}", {
-            "OfxImagePropData": [arr.ctypes.data],
-            "OfxImagePropRowBytes": [arr.strides[0]],
-            "OfxImagePropBounds": [0, 0, w, h],
-            "OfxImageEffectPropPixelDepth": [self.depth],
-            "OfxImageEffectPropComponents": ["OfxImageComponentRGBA"],
-            "OfxImageEffectPropPreMultiplication": [self.premultiplication],
-            "OfxImagePropPixelAspectRatio": [1.0],
-            "OfxImageEffectPropRenderScale": [1.0, 1.0],
-            "OfxImagePropUniqueIdentifier": [f"{clip}:{time}"],
-            "OfxImagePropField": ["OfxImageFieldNone"],
-        })
-        return Image(props, arr, clip)
-
-    def render(self, time: float, source: np.ndarray, *, check: bool = True
-               ) -> np.ndarray:
+    def render(self, time: float, source: np.ndarray, *, check: bool = True,
+               scale: tuple[float, float] = (1.0, 1.0), draft: int | None = None,
+               interactive: int | None = 0,
+               windows: list[tuple[int, int, int, int]] | None = None) -> np.ndarray:
         """Render ``source`` (HxWx4 of this instance's dtype, top row first) at
-        ``time``; returns the output in the same layout."""
+        ``time``; returns the output in the same layout.
+
+        Args:
+            scale: kOfxImageEffectPropRenderScale (the source is already at that
+                scale, as a host hands it).
+            draft, interactive: kOfxImageEffectPropRenderQualityDraft and
+                kOfxImageEffectPropInteractiveRenderStatus; None leaves the property
+                out, as a host without it does.
+            windows: render windows (x1, y1, x2, y2, OpenFX coordinates) rendered
+                at the same time from one thread each into one output, as a host
+                does with HostFrameThreading; default the whole frame.
+        """
         if source.dtype != self.dtype or source.ndim != 3 or source.shape[2] != 4:
             raise ValueError(f"source must be HxWx4 {np.dtype(self.dtype).name}")
-        self.height, self.width = source.shape[:2]
         # OpenFX addresses rows bottom-up from bounds.y1
-        self._source = np.ascontiguousarray(source[::-1])
-        self._output = np.zeros_like(self._source)
-        args = PropertySet("render", {
-            "OfxPropTime": [float(time)],
-            "OfxImageEffectPropFieldToRender": ["OfxImageFieldNone"],
-            "OfxImageEffectPropRenderWindow": [0, 0, self.width, self.height],
-            "OfxImageEffectPropRenderScale": [1.0, 1.0],
-            "OfxImageEffectPropSequentialRenderStatus": [0],
-            "OfxImageEffectPropInteractiveRenderStatus": [0],
-        })
-        self.host._current_instance = self
-        try:
-            self.status = self.host.call("OfxImageEffectActionRender",
-                                         self.host._handle(self.effect), args, check=check)
-        finally:
-            self.host._current_instance = None
-        return self._output[::-1].copy()
+        call = RenderCall(self, np.ascontiguousarray(source[::-1]), scale)
+        height, width = source.shape[:2]
+        windows = windows or [(0, 0, width, height)]
+        statuses: list[int] = [0] * len(windows)
+
+        def one(i: int) -> None:
+            args = PropertySet("render", {
+                "OfxPropTime": [float(time)],
+                "OfxImageEffectPropFieldToRender": ["OfxImageFieldNone"],
+                "OfxImageEffectPropRenderWindow": list(windows[i]),
+                "OfxImageEffectPropRenderScale": list(scale),
+                "OfxImageEffectPropSequentialRenderStatus": [0],
+            })
+            if interactive is not None:
+                args.set("OfxImageEffectPropInteractiveRenderStatus", 0, interactive)
+            if draft is not None:
+                args.set("OfxImageEffectPropRenderQualityDraft", 0, draft)
+            self.host._tls.render = call
+            try:
+                statuses[i] = self.host.call(
+                    "OfxImageEffectActionRender", self.host._handle(self.effect), args,
+                    check=False)
+            finally:
+                self.host._tls.render = None
+
+        if len(windows) == 1:
+            one(0)
+        else:
+            threads = [threading.Thread(target=one, args=(i,))
+                       for i in range(len(windows))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        self.status = next((st for st in statuses if st not in (0, 14)), 0)
+        if check and self.status:
+            raise OfxError("OfxImageEffectActionRender", self.status)
+        return call.output[::-1].copy()
 
     def destroy(self) -> None:
         self.host.call("OfxActionDestroyInstance", self.host._handle(self.effect))

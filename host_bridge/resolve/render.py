@@ -4,7 +4,9 @@
 
 The user's render settings are saved as a temporary preset first and restored
 afterwards (``LoadRenderPreset`` + ``DeleteRenderPreset``) whatever happens; the
-duplicated timeline and the render job are removed too.
+duplicated timeline and the render job are removed too. ``DeleteRenderPreset`` exists
+from Resolve 19.1 only: before that the temporary preset stays, and the export says
+which one to delete by hand.
 """
 
 from __future__ import annotations
@@ -21,14 +23,16 @@ from typing import Callable
 from fsexchange.errors import HostError
 from fsexchange.fsutil import unique_name
 
-from host_bridge.resolve.connect import ResolveSession
+from host_bridge.resolve.connect import ResolveSession, has_api
 from host_bridge.resolve.shot import Shot
 
-__all__ = ["render_range", "RenderedRange", "RENDER_NAME"]
+__all__ = ["render_range", "RenderedRange", "RENDER_NAME", "DELETE_PRESET_SINCE"]
 
 log = logging.getLogger(__name__)
 
 RENDER_NAME = "frame"  # files come back as frame.<record frame:07d>.png
+#: first Resolve whose scripting API has Project.DeleteRenderPreset (README 19.1)
+DELETE_PRESET_SINCE = (19, 1)
 _TRAILING_NUMBER = re.compile(r"(\d+)\.png$", re.IGNORECASE)
 
 
@@ -142,9 +146,25 @@ def render_range(session: ResolveSession, shot: Shot, out_dir: str | os.PathLike
             problems.append(f"deleting the timeline '{duplicate.GetName()}'")
         if not project.LoadRenderPreset(preset):
             problems.append("restoring your render settings")
-        project.DeleteRenderPreset(preset)
+        left_behind = _delete_preset(session, preset, problems)
         shutil.rmtree(target, ignore_errors=True)
         if problems:
             log.warning("export cleanup incomplete: %s", ", ".join(problems))
-    return RenderedRange(out, len(files), tuple(
-        f"after the export render, Resolve refused {p}; check by hand" for p in problems))
+    refused = tuple(f"after the export render, Resolve refused {p}; check by hand"
+                    for p in problems)
+    return RenderedRange(out, len(files), refused + left_behind)
+
+
+def _delete_preset(session: ResolveSession, preset: str, problems: list[str]
+                   ) -> tuple[str, ...]:
+    """Delete the temporary preset where this Resolve can (19.1+); else return the
+    note that tells the editor to delete it by hand. An unknown call on an older
+    Resolve would return None without doing anything, so it is not even tried."""
+    project = session.project
+    if session.edition.at_least(*DELETE_PRESET_SINCE) and \
+            has_api(project, "DeleteRenderPreset"):
+        if not project.DeleteRenderPreset(preset):
+            problems.append(f"deleting the temporary render preset '{preset}'")
+        return ()
+    return (f"{session.edition} cannot delete render presets from a script (19.1 "
+            f"can): delete the preset '{preset}' on the Deliver page by hand",)

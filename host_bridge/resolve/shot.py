@@ -1,17 +1,20 @@
 """From a Resolve timeline item to a :class:`Shot`: media path, source in/out with
 handles, rates and timecodes, and the record position needed to put results back.
 
-Frame conventions (docs/hosts.md "Frame numbers and placement traps"):
-``GetStart``/``GetEnd`` are absolute timeline
-frames (a timeline at 01:00:00:00, 24 fps, starts at 86400), ``GetEnd`` exclusive;
-``GetLeftOffset`` is the media frame index of the first visible frame, in the media's
-own rate. Media indices are 0-based (``Job.range`` convention).
+Frame conventions (docs/hosts.md, "Frame numbers and placement traps"): ``GetStart``/``GetEnd`` are absolute timeline
+frames (a timeline at 01:00:00:00, 24 fps, starts at 86400), ``GetEnd`` exclusive.
+``GetLeftOffset`` is documented as "the maximum extension by frame for clip from left
+side", and at least one public measurement found it counting timeline frames. Only
+where one timeline frame is one media frame (same rate, no speed change) is it
+therefore the media index of the first visible frame, which is the only case this
+module reads a source range from: mixed-rate and retimed items are refused with what
+to do (render a conformed clip) until real Resolve has been measured, never sent with
+a guessed range. Media indices are 0-based (``Job.range`` convention).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 from dataclasses import dataclass
@@ -25,7 +28,7 @@ from fsexchange.timecode import frames_to_timecode, rate_to_list, timecode_to_fr
 from host_bridge.resolve.connect import ResolveSession, has_api
 
 __all__ = ["Shot", "resolve_rate", "timeline_rate", "read_shot", "pick_items",
-           "is_result_item", "RAW_EXTENSIONS", "RESULT_TAG"]
+           "is_result_item", "retime_evidence", "RAW_EXTENSIONS", "RESULT_TAG"]
 
 log = logging.getLogger(__name__)
 
@@ -263,10 +266,7 @@ def read_shot(session: ResolveSession, item: Any, *, handles: int = 0) -> Shot:
     media_rate = resolve_rate(props.get("FPS")) if props.get("FPS") else rate
     frames = _int(props.get("Frames"))
     count = duration
-    if media_rate != rate:  # Resolve retimes to real time; cover the whole span
-        count = math.ceil(duration * media_rate / rate)
-        warnings.append(f"the clip runs at {float(media_rate):g} fps on a "
-                        f"{float(rate):g} fps timeline; results keep the clip's rate")
+    _refuse_unconformed(item, str(name), rate, media_rate, left, duration, frames)
     source_in, source_out = left, left + count
     if frames is not None and source_out > frames:
         source_out = frames
@@ -282,6 +282,54 @@ def read_shot(session: ResolveSession, item: Any, *, handles: int = 0) -> Shot:
                 media_start_timecode=_check_tc(props.get("Start TC"), media_rate),
                 media_frames=frames, source_in=source_in, source_out=source_out,
                 handle_in=handle_in, handle_out=handle_out, warnings=tuple(warnings))
+
+
+_CONFORM = ("Render a conformed clip and send that instead: right-click the clip > "
+            "Render in Place (it renders at the timeline rate with the speed change "
+            "baked in), or render the shot from the Deliver page and cut it in.")
+
+
+def _fps(rate: Fraction) -> str:
+    return f"{float(rate):.3f}".rstrip("0").rstrip(".")
+
+
+def retime_evidence(item: Any, left: int, duration: int, frames: int | None
+                    ) -> str | None:
+    """Why ``item`` looks retimed (a speed change, a freeze frame, a reverse), or
+    None when nothing says so. Call it only for a same-rate item, where one timeline
+    frame shows one media frame.
+
+    Two independent readings, each used where this Resolve has it: the source span
+    ``GetSourceEndFrame - GetSourceStartFrame`` (19.0.2+; end exclusive at equal
+    rates, docs/hosts.md section 1.6) against the record duration, and
+    ``left + duration + GetRightOffset`` against the media's frame count.
+    """
+    if has_api(item, "GetSourceStartFrame") and has_api(item, "GetSourceEndFrame"):
+        start, end = _int(item.GetSourceStartFrame()), _int(item.GetSourceEndFrame())
+        if start is not None and end is not None and end - start != duration:
+            return (f"it shows {end - start} source frames in {duration} timeline "
+                    "frames")
+    right = _int(item.GetRightOffset()) if has_api(item, "GetRightOffset") else None
+    if right is not None and frames is not None and left + duration + right != frames:
+        return (f"its offsets ({left} + {duration} + {right} frames) do not add up to "
+                f"the media's {frames} frames")
+    return None
+
+
+def _refuse_unconformed(item: Any, name: str, rate: Fraction, media_rate: Fraction,
+                        left: int, duration: int, frames: int | None) -> None:
+    """Refuse what this bridge cannot map to source frames with certainty."""
+    if media_rate != rate:
+        raise HostError(
+            f"'{name}' runs at {_fps(media_rate)} fps on a {_fps(rate)} fps timeline. "
+            "Which source frames Resolve shows for a mixed-rate clip is not confirmed "
+            "(its left offset may count timeline frames), so FaceStitch does not guess "
+            f"them. {_CONFORM}")
+    why = retime_evidence(item, left, duration, frames)
+    if why is not None:
+        raise HostError(
+            f"'{name}' has a speed change ({why}). FaceStitch cannot tell which source "
+            f"frames a retimed clip shows, so it does not guess them. {_CONFORM}")
 
 
 def is_result_item(item: Any) -> bool:

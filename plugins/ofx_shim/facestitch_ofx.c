@@ -17,16 +17,32 @@
  * is straight, so out = res.rgb * a + src.rgb * (1 - a), out.a = a + src.a * (1 - a),
  * with a = res.a * opacity. For an opaque source this is the usual straight "over".
  *
- * Structure follows the OpenFX examples (the house rule of one exit path in C): one entry point
+ * Export writes only what a final render at full resolution produces: a draft or
+ * interactive render (scrubbing, tweaking a parameter) passes the picture through and
+ * writes nothing, and a render at a render scale other than 1 (a proxy) is refused
+ * with a message on the effect, so that a job never gets small frames.
+ *
+ * Threads: the shim starts none of its own, and Render keeps no state between calls
+ * (the globals are written in Load and Unload only, every buffer belongs to the call,
+ * temporary file names are unique per call). So the host may run any number of
+ * renders at once, on one instance or several (kOfxImageEffectRenderFullySafe), and
+ * may split one frame into windows rendered at the same time (HostFrameThreading 1).
+ * Two Export renders of the same frame write the same bytes, each through its own
+ * temporary file renamed into place.
+ *
+ * Structure follows the OpenFX examples (one exit path in C): one entry point
  * dispatching each action to one small static function, suites fetched and checked in
  * Load, abort() polled once per row, and one cleanup path in Render that releases
  * every image it fetched. Render never blocks on the engine: it only reads and
  * writes small files.
  */
+#define _POSIX_C_SOURCE 200809L /* strerror_r (the thread-safe strerror) */
+
 #include "ofx_min.h"
 
 #include <errno.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +50,7 @@
 
 #if defined(_WIN32)
 #include <process.h>
+#include <windows.h> /* MoveFileExA */
 #define fs_getpid _getpid
 #define PATH_SEP '\\'
 #else
@@ -62,7 +79,10 @@ static OfxHost *gHost = NULL;
 static const OfxPropertySuiteV1 *gProp = NULL;
 static const OfxImageEffectSuiteV1 *gEffect = NULL;
 static const OfxParameterSuiteV1 *gParam = NULL;
-static const OfxMessageSuiteV1 *gMessage = NULL; /* optional */
+static const OfxMessageSuiteV1 *gMessage = NULL;   /* optional */
+static const OfxMessageSuiteV2 *gMessage2 = NULL;  /* optional: persistent messages */
+static atomic_ulong gTempCounter;                  /* unique temporary file names */
+static atomic_int gScaleWarned;                    /* V1 hosts: say it once per run */
 
 /* One fetched image: its property set (to release) and what we read from it. */
 typedef struct Image {
@@ -79,6 +99,15 @@ typedef struct Pam {
     uint16_t *px;
 } Pam;
 
+/* What the host asks of one Render call. */
+typedef struct RenderArgs {
+    OfxTime time;
+    OfxRectI window;
+    double scale[2]; /* render scale: 1 at full resolution, 0.5 for a half proxy */
+    int draft;       /* kOfxImageEffectPropRenderQualityDraft (1.4; 0 if absent) */
+    int interactive; /* kOfxImageEffectPropInteractiveRenderStatus (0 if absent) */
+} RenderArgs;
+
 typedef struct Settings {
     int mode;
     int frameOffset;
@@ -94,6 +123,35 @@ static void post_message(void *handle, const char *type, const char *text)
 {
     if (gMessage && gMessage->message)
         gMessage->message(handle, type, PLUGIN_ID, "%s", text);
+}
+
+/* A message that stays on the effect until cleared (Message suite V2); hosts with V1
+   only get one ordinary message per run instead of one per frame. */
+static void post_persistent(void *handle, const char *type, const char *text)
+{
+    if (gMessage2 && gMessage2->setPersistentMessage)
+        gMessage2->setPersistentMessage(handle, type, PLUGIN_ID, "%s", text);
+    else if (atomic_exchange(&gScaleWarned, 1) == 0)
+        post_message(handle, type, text);
+}
+
+static void clear_persistent(void *handle)
+{
+    if (gMessage2 && gMessage2->clearPersistentMessage)
+        gMessage2->clearPersistentMessage(handle);
+    atomic_store(&gScaleWarned, 0);
+}
+
+/* strerror() may share one buffer between threads; this does not. */
+static const char *error_text(int err, char *buf, size_t size)
+{
+#if defined(_WIN32)
+    if (strerror_s(buf, size, err) != 0)
+#else
+    if (strerror_r(err, buf, size) != 0)
+#endif
+        snprintf(buf, size, "error %d", err);
+    return buf;
 }
 
 static double clamp01(double v)
@@ -330,9 +388,11 @@ static OfxStatus write_pam(OfxImageEffectHandle fx, const Image *src, const char
     char tmp[PATH_BUF + 64];
     int width = src->bounds.x2 - src->bounds.x1;
     int height = src->bounds.y2 - src->bounds.y1;
-    int x, y, c, committed = 0;
+    int x, y, c, committed = 0, err = 0;
 
-    if (snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)fs_getpid()) >= (int)sizeof tmp)
+    /* unique per call: renders of the same frame may run at once (see the top) */
+    if (snprintf(tmp, sizeof tmp, "%s.%ld.%lu.tmp", path, (long)fs_getpid(),
+                 (unsigned long)atomic_fetch_add(&gTempCounter, 1)) >= (int)sizeof tmp)
         goto cleanup;
     row = malloc((size_t)width * 8u);
     fh = fopen(tmp, "wb");
@@ -363,22 +423,27 @@ static OfxStatus write_pam(OfxImageEffectHandle fx, const Image *src, const char
     }
     fh = NULL;
 #if defined(_WIN32)
-    remove(path); /* rename() does not replace on Windows */
-#endif
+    /* rename() does not replace on Windows, and remove-then-rename would race with
+       another render of the same frame: replace in one call */
+    if (!MoveFileExA(tmp, path, MOVEFILE_REPLACE_EXISTING))
+        goto cleanup;
+#else
     if (rename(tmp, path) != 0)
         goto cleanup;
+#endif
     committed = 1;
     st = kOfxStatOK;
 cleanup:
+    err = errno; /* before fclose/remove change it */
     if (fh)
         fclose(fh);
     if (!committed)
         remove(tmp);
     free(row);
     if (st != kOfxStatOK) {
-        char text[PATH_BUF + 256];
+        char text[PATH_BUF + 256], reason[128];
         snprintf(text, sizeof text, "FaceStitch: cannot write %s (%s)", path,
-                 strerror(errno));
+                 error_text(err, reason, sizeof reason));
         post_message(fx, kOfxMessageError, text);
     }
     return st;
@@ -470,7 +535,10 @@ static OfxStatus on_load(void)
     gProp = gHost->fetchSuite(gHost->host, kOfxPropertySuite, 1);
     gEffect = gHost->fetchSuite(gHost->host, kOfxImageEffectSuite, 1);
     gParam = gHost->fetchSuite(gHost->host, kOfxParameterSuite, 1);
-    gMessage = gHost->fetchSuite(gHost->host, kOfxMessageSuite, 1);
+    gMessage2 = gHost->fetchSuite(gHost->host, kOfxMessageSuite, 2);
+    /* V2 begins with V1's one member, so it serves as V1 too */
+    gMessage = gMessage2 ? (const OfxMessageSuiteV1 *)(const void *)gMessage2
+                         : gHost->fetchSuite(gHost->host, kOfxMessageSuite, 1);
     if (!gProp || !gEffect || !gParam)
         return kOfxStatErrMissingHostFeature;
     return kOfxStatOK;
@@ -482,6 +550,7 @@ static OfxStatus on_unload(void)
     gEffect = NULL;
     gParam = NULL;
     gMessage = NULL;
+    gMessage2 = NULL;
     return kOfxStatOK;
 }
 
@@ -502,11 +571,11 @@ static OfxStatus on_describe(OfxImageEffectHandle fx)
     gProp->propSetInt(props, kOfxImageEffectPropSupportsTiles, 0, 0);
     gProp->propSetInt(props, kOfxImageEffectPropSupportsMultiResolution, 0, 0);
     gProp->propSetInt(props, kOfxImageEffectPropTemporalClipAccess, 0, 0);
-    gProp->propSetInt(props, kOfxImageEffectPluginPropHostFrameThreading, 0, 0);
-    /* Export writes one file per frame; two renders of one instance at once could
-       race on the same temporary name. */
+    /* We thread nothing ourselves (0 would promise we do); the host may split a
+       frame into windows. Render keeps no state: fully safe (see the top). */
+    gProp->propSetInt(props, kOfxImageEffectPluginPropHostFrameThreading, 0, 1);
     gProp->propSetString(props, kOfxImageEffectPluginRenderThreadSafety, 0,
-                         kOfxImageEffectRenderInstanceSafe);
+                         kOfxImageEffectRenderFullySafe);
     return kOfxStatOK;
 }
 
@@ -577,42 +646,96 @@ static OfxStatus on_describe_in_context(OfxImageEffectHandle fx)
     return kOfxStatOK;
 }
 
+/* The render arguments. The optional ones keep their defaults where a host does not
+   set them: they are read into locals first, as a failed get promises nothing about
+   what it wrote. */
+static void read_render_args(OfxPropertySetHandle inArgs, RenderArgs *a)
+{
+    double scale[2] = {1.0, 1.0};
+    int flag = 0;
+
+    memset(a, 0, sizeof *a);
+    a->scale[0] = a->scale[1] = 1.0;
+    gProp->propGetDouble(inArgs, kOfxPropTime, 0, &a->time);
+    gProp->propGetIntN(inArgs, kOfxImageEffectPropRenderWindow, 4, &a->window.x1);
+    if (gProp->propGetDoubleN(inArgs, kOfxImageEffectPropRenderScale, 2, scale) ==
+        kOfxStatOK) {
+        a->scale[0] = scale[0];
+        a->scale[1] = scale[1];
+    }
+    if (gProp->propGetInt(inArgs, kOfxImageEffectPropRenderQualityDraft, 0, &flag) ==
+        kOfxStatOK)
+        a->draft = flag != 0;
+    flag = 0;
+    if (gProp->propGetInt(inArgs, kOfxImageEffectPropInteractiveRenderStatus, 0, &flag) ==
+        kOfxStatOK)
+        a->interactive = flag != 0;
+}
+
+static int full_scale(const RenderArgs *a)
+{
+    return fabs(a->scale[0] - 1.0) < 1e-9 && fabs(a->scale[1] - 1.0) < 1e-9;
+}
+
+/* Export mode after the picture has passed through: write the frame, or say why
+   not. Preview renders write nothing and say nothing; a proxy render is refused. */
+static OfxStatus export_frame(OfxImageEffectHandle fx, const RenderArgs *a,
+                              const Settings *s, const Image *src, long number)
+{
+    char path[PATH_BUF], text[512];
+    OfxStatus st;
+
+    if (a->draft || a->interactive)
+        return kOfxStatOK; /* scrubbing or tweaking: the final render exports */
+    if (!full_scale(a)) {
+        snprintf(text, sizeof text,
+                 "FaceStitch Export: frame %ld was rendered at %g x %g scale (a proxy "
+                 "or reduced resolution) and was not written. Set the host to full "
+                 "resolution and render the shot again.",
+                 number, a->scale[0], a->scale[1]);
+        post_persistent(fx, kOfxMessageError, text);
+        return kOfxStatFailed;
+    }
+    if (!build_path(path, sizeof path, s->exportFolder, "frame", number)) {
+        post_message(fx, kOfxMessageError,
+                     "FaceStitch: set the Export folder (or the frame number is "
+                     "negative: adjust Frame offset)");
+        return kOfxStatFailed;
+    }
+    st = write_pam(fx, src, path);
+    if (st == kOfxStatOK)
+        clear_persistent(fx);
+    return st;
+}
+
 static OfxStatus on_render(OfxImageEffectHandle fx, OfxPropertySetHandle inArgs)
 {
     OfxStatus st = kOfxStatOK;
     Image src = {0}, dst = {0};
     Pam res = {0, 0, NULL};
     Settings s;
-    OfxTime time = 0.0;
-    OfxRectI win = {0, 0, 0, 0};
+    RenderArgs a;
     char path[PATH_BUF];
     long number;
 
-    gProp->propGetDouble(inArgs, kOfxPropTime, 0, &time);
-    gProp->propGetIntN(inArgs, kOfxImageEffectPropRenderWindow, 4, &win.x1);
-    if ((st = read_settings(fx, time, &s)) != kOfxStatOK)
+    read_render_args(inArgs, &a);
+    if ((st = read_settings(fx, a.time, &s)) != kOfxStatOK)
         goto cleanup;
-    if ((st = fetch_image(fx, kOfxImageEffectSimpleSourceClipName, time, &src)) != kOfxStatOK)
+    if ((st = fetch_image(fx, kOfxImageEffectSimpleSourceClipName, a.time, &src)) !=
+        kOfxStatOK)
         goto cleanup;
-    if ((st = fetch_image(fx, kOfxImageEffectOutputClipName, time, &dst)) != kOfxStatOK)
+    if ((st = fetch_image(fx, kOfxImageEffectOutputClipName, a.time, &dst)) != kOfxStatOK)
         goto cleanup;
-    number = frame_number(time, s.frameOffset);
+    number = frame_number(a.time, s.frameOffset);
 
+    /* Composite at any render scale: the result is sampled to the source's size */
     if (s.mode == MODE_COMPOSITE && valid_name(s.resultName) &&
         build_path(path, sizeof path, s.resultsFolder, s.resultName, number))
         read_pam(path, &res); /* failure leaves res.px NULL: pass through */
-    process(fx, &src, &dst, &win, res.px ? &res : NULL, s.opacity);
+    process(fx, &src, &dst, &a.window, res.px ? &res : NULL, s.opacity);
 
-    if (s.mode == MODE_EXPORT && !gEffect->abort(fx)) {
-        if (!build_path(path, sizeof path, s.exportFolder, "frame", number)) {
-            post_message(fx, kOfxMessageError,
-                         "FaceStitch: set the Export folder (or the frame number is "
-                         "negative: adjust Frame offset)");
-            st = kOfxStatFailed;
-            goto cleanup;
-        }
-        st = write_pam(fx, &src, path);
-    }
+    if (s.mode == MODE_EXPORT && !gEffect->abort(fx))
+        st = export_frame(fx, &a, &s, &src, number);
 cleanup:
     free(res.px);
     if (src.props)

@@ -1,13 +1,19 @@
 /*
  * ofx_min.h - the small part of the OpenFX image-effect ABI that the FaceStitch
  * shim uses, written by us from the published OpenFX specification (release 1.5.1,
- * "OpenFX Programming Reference"). Not a copy of the official headers: project
- * decision in docs/hosts.md "The headers' licence and our declarations". Only layout, member order and the string values
- * matter for the ABI; names follow the specification so readers can look them up.
+ * "OpenFX Programming Reference"). Not a copy of the official headers: this project
+ * commits no code taken from other repositories (docs/hosts.md section 2.4 says why
+ * the BSD-3-Clause headers are not vendored).
  *
- * Every suite struct lists ALL members of version 1 in specification order, even the
- * ones we never call, because hosts hand us a pointer to their own struct and we index
- * into it.
+ * Every name is the specification's, with its value, so that a reader can look it
+ * up and the shim compiles unchanged against the official headers. What keeps the
+ * two identical is tests/test_ofx_header.py: it compiles this header and checks
+ * every constant against a table of the official values and every struct's member
+ * order, offsets and size against the official declarations.
+ *
+ * Every suite struct lists ALL members of its version in specification order, even
+ * the ones we never call, because hosts hand us a pointer to their own struct and we
+ * index into it.
  */
 #ifndef FACESTITCH_OFX_MIN_H
 #define FACESTITCH_OFX_MIN_H
@@ -181,6 +187,16 @@ typedef struct OfxMessageSuiteV1 {
                          const char *format, ...);
 } OfxMessageSuiteV1;
 
+/* Version 2 (OpenFX 1.2) adds messages that stay on the effect until cleared: a
+   host shows them on the node or in the inspector, without a modal dialog. */
+typedef struct OfxMessageSuiteV2 {
+    OfxStatus (*message)(void *handle, const char *messageType, const char *messageId,
+                         const char *format, ...);
+    OfxStatus (*setPersistentMessage)(void *handle, const char *messageType,
+                                      const char *messageId, const char *format, ...);
+    OfxStatus (*clearPersistentMessage)(void *handle);
+} OfxMessageSuiteV2;
+
 #define kOfxMessageError "OfxMessageError"
 #define kOfxMessageWarning "OfxMessageWarning"
 #define kOfxMessageMessage "OfxMessageMessage"
@@ -240,6 +256,9 @@ typedef struct OfxMessageSuiteV1 {
 #define kOfxImageUnPreMultiplied "OfxImageAlphaUnPremultiplied"
 #define kOfxImageEffectPropRenderWindow "OfxImageEffectPropRenderWindow"
 #define kOfxImageEffectPropRenderScale "OfxImageEffectPropRenderScale"
+#define kOfxImageEffectPropRenderQualityDraft "OfxImageEffectPropRenderQualityDraft"
+#define kOfxImageEffectPropInteractiveRenderStatus "OfxImageEffectPropInteractiveRenderStatus"
+#define kOfxImageEffectPropSequentialRenderStatus "OfxImageEffectPropSequentialRenderStatus"
 #define kOfxImagePropData "OfxImagePropData"
 #define kOfxImagePropBounds "OfxImagePropBounds"
 #define kOfxImagePropRowBytes "OfxImagePropRowBytes"
