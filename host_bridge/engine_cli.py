@@ -47,6 +47,20 @@ def _engine_root() -> Path | None:
     return Path(list(spec.submodule_search_locations)[0]).parent
 
 
+#: what the engine's face and edit commands need besides the ``engine`` package
+#: itself (the ``engine`` extra); a base install of the bridge has none of them.
+_ENGINE_NEEDS = ("numpy", "cv2", "av", "dlib")
+
+
+def _engine_installed() -> bool:
+    if _engine_root() is None:
+        return False
+    try:
+        return all(importlib.util.find_spec(m) is not None for m in _ENGINE_NEEDS)
+    except (ImportError, ValueError):
+        return False
+
+
 def engine_python() -> str | None:
     """The interpreter that can run the engine's commands here, or None."""
     explicit = os.environ.get(ENGINE_PYTHON_ENV, "").strip()
@@ -56,7 +70,7 @@ def engine_python() -> str | None:
         return explicit
     exe = Path(sys.executable or "")
     # Inside an editor, sys.executable can be the editor itself, not a Python.
-    if not exe.name.lower().startswith("python") or _engine_root() is None:
+    if not exe.name.lower().startswith("python") or not _engine_installed():
         return None
     return str(exe)
 

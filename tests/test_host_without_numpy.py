@@ -60,13 +60,15 @@ BRIDGE = textwrap.dedent("""
 
 @pytest.mark.parametrize("local_engine", [False, True])
 def test_send_follow_and_import_without_numpy(tmp_path, local_engine):
-    """Without an engine on this machine the engine picks the face; with one, the
+    """Without an engine on this machine the engine picks the face; with one (named
+    by $FACESTITCH_ENGINE_PYTHON, as an editor's own Python cannot see it), the
     bridge lists and tracks faces through it in a child process, and still never
     imports numpy itself."""
     clip = write_clip(tmp_path / "plate.mov", render_frames(ClipSpec(frames=8)),
                       Fraction(25))
     exchange = tmp_path / "exchange"
-    env = dict(os.environ, FACESTITCH_ENGINE_PYTHON="" if local_engine else "off")
+    env = dict(os.environ, FACESTITCH_ENGINE_PYTHON=sys.executable if local_engine
+               else "off")
     bridge = subprocess.Popen([sys.executable, "-c", BRIDGE, str(clip), str(exchange),
                                str(ROOT)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=env)
