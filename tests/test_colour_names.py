@@ -242,3 +242,24 @@ def test_unknown_resolve_colour_space_is_reported(tmp_path):
     shot = read_shot(open_session(resolve), item)
     assert shot.colour_source is None
     assert any("has no equivalent" in w for w in shot.warnings)
+
+
+@pytest.mark.parametrize("name", ["ARRI LogC3", "S-Log3", "V-Log", "ACEScct",
+                                  "Rec.2100 PQ", "Rec.2100 HLG"])
+def test_colour_round_trip_alone(name):
+    """Source (10-bit) -> network space, stored at 8 bits as the aligned crops are
+    -> back: the colour part of the identity paste's error, without resampling
+    (docs/colour.md "Tolerances")."""
+    from engine.media.colour import pipeline_for
+
+    p, _ = pipeline_for(ColourConfig(source=name), _info())
+    rng = np.random.default_rng(1)
+    display = rng.uniform(0.05, 0.95, (128, 128, 3)).astype(np.float32)
+    src = np.round(np.clip(p.from_network(display), 0, 1) * 1023) / 1023  # 10-bit
+    net = np.round(p.to_network(src) * 255) / 255  # the 8-bit crop
+    back = p.from_network(net)
+    err = np.abs(back - src) * 1023
+    mean, p99 = float(err.mean()), float(np.percentile(err, 99))
+    print(f"\n{name}: colour round trip alone, 10-bit codes: mean {mean:.2f} "
+          f"p99 {p99:.2f}")
+    assert mean <= 1.0 and p99 <= 4.0
