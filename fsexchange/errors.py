@@ -310,6 +310,27 @@ class MetricsNoFrames(MetricsError):
     code = "metrics.no_frames"
 
 
+# --- colour -----------------------------------------------------------------------
+
+
+class ColourError(FaceStitchError, ValueError):
+    code = "colour.error"
+
+
+class ColourUnknown(ColourError):
+    """``options.colour.source`` (or display, view) names nothing in the OCIO
+    config in use."""
+
+    code = "colour.unknown"
+
+
+class ColourConfigError(ColourError):
+    """The OpenColorIO config ($OCIO, ``--ocio-config``, ``options.colour.config``)
+    cannot be loaded, or OpenColorIO is not installed."""
+
+    code = "colour.config"
+
+
 def error_from_dict(data: dict[str, Any]) -> FaceStitchError:
     """Rebuild an error from a ``Result/1`` ``error`` object (unknown codes -> base)."""
     cls = ERROR_CODES.get(str(data.get("code")), FaceStitchError)

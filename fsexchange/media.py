@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+from fsexchange.colour import (MATRIX_NAMES, PRIMARIES_NAMES, RANGE_NAMES,
+                               TRANSFER_NAMES, ColourTags)
 from fsexchange.errors import (DocumentFieldError, MediaCorrupt, MediaMissing,
                                MediaUnsupported, RangeOutOfBounds)
 from fsexchange.timecode import frames_to_timecode, timecode_to_frames
@@ -69,6 +71,8 @@ class MediaInfo:
         bit_depth: bits per component of the source (8, 10, 12, 16).
         has_alpha: the source has an alpha channel.
         first_number: sequences: the file number of index 0 (else None).
+        colour: the colour tags the source carries (``""`` where it says nothing;
+            :func:`fsexchange.colour.assumed_tags` fills them in).
     """
 
     path: Path
@@ -81,6 +85,7 @@ class MediaInfo:
     bit_depth: int
     has_alpha: bool
     first_number: int | None = None
+    colour: ColourTags = ColourTags()
 
 
 @dataclass(frozen=True)
@@ -227,10 +232,28 @@ def _index_video(path: Path) -> MediaIndex:
                 log.warning("%s: ignoring unreadable timecode %r", path.name, tc)
                 tc = None
         info = MediaInfo(path, "video", width, height, len(pts), rate, tc, bit_depth,
-                         has_alpha, None)
+                         has_alpha, None, _video_tags(stream, first, fmt))
         return MediaIndex(info, tuple(pts), rotation)
     finally:
         container.close()
+
+
+def _video_tags(stream, frame, fmt) -> ColourTags:
+    """The stream's colour tags: the codec's (VUI, ProRes header), else the
+    container's (``colr`` atom), as FFmpeg names; 0/2 (unspecified) read as ""."""
+    cc = stream.codec_context
+
+    def pick(name: str, names: dict[int, str]) -> str:
+        for obj in (frame, cc):
+            value = getattr(obj, name, None)
+            if value is not None and int(value) in names:
+                return names[int(value)]
+        return ""
+
+    return ColourTags(matrix=pick("colorspace", MATRIX_NAMES),
+                      primaries=pick("color_primaries", PRIMARIES_NAMES),
+                      transfer=pick("color_trc", TRANSFER_NAMES),
+                      range=pick("color_range", RANGE_NAMES), rgb=bool(fmt.is_rgb))
 
 
 def _check_constant_rate(path: Path, pts: list[int], rate: Fraction,
@@ -291,7 +314,7 @@ def _index_sequence(folder: Path, rate: Fraction) -> MediaIndex:
     files = tuple(numbered[n] for n in numbers)
     w, h, depth, alpha = _image_facts(files[0])
     info = MediaInfo(folder, "sequence", w, h, len(files), rate, None, depth, alpha,
-                     first)
+                     first, _image_tags(files[0], depth))
     return MediaIndex(info, files=files)
 
 
@@ -312,6 +335,28 @@ def _image_facts(path: Path) -> tuple[int, int, int, bool]:
     fmt = av.VideoFormat(frame.format.name)
     depth = 8 if max(c.bits for c in fmt.components) <= 8 else 16
     return frame.width, frame.height, depth, any(c.is_alpha for c in fmt.components)
+
+
+def _image_tags(path: Path, depth: int) -> ColourTags:
+    """Colour tags of an image file: EXR is linear (the format's convention) with
+    its ``chromaticities`` attribute when it has one; other images say nothing
+    here (PNG's default is sRGB, :func:`fsexchange.colour.assumed_tags`)."""
+    if path.suffix.lower() != ".exr":
+        return ColourTags(matrix="rgb", range="pc", rgb=True)
+    chroma = None
+    try:
+        import OpenEXR
+
+        with OpenEXR.File(str(path), header_only=True) as f:
+            value = f.header().get("chromaticities")  # valid while open
+            if value is not None and len(value) == 8:
+                chroma = tuple(round(float(v), 6) for v in value)
+    except ImportError:
+        pass  # the bridge without OpenEXR: no chromaticities
+    except Exception as exc:  # noqa: BLE001 - OpenEXR raises plain exceptions
+        log.warning("%s: cannot read the EXR header (%s)", path.name, exc)
+    return ColourTags(matrix="rgb", range="pc", transfer="linear",
+                      chromaticities=chroma, rgb=True)
 
 
 # --- timecode ---------------------------------------------------------------------

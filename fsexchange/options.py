@@ -30,6 +30,7 @@ __all__ = [
     "StitchConfig",
     "PasteConfig",
     "MetricsConfig",
+    "ColourConfig",
     "PipelineConfig",
 ]
 
@@ -126,6 +127,23 @@ class MetricsConfig:
     flow: str = "dis"  # "dis" | "farneback" | "raft"
 
 
+@dataclass(frozen=True)
+class ColourConfig:
+    """The source's colour encoding and the networks' view of it (docs/colour.md).
+    A section of ``Job.options`` rather than a Job field: it is a pipeline setting
+    like the others, recorded resolved in ``config.json``, and needs no new Job
+    version (older engines refuse the unknown option instead of ignoring it)."""
+
+    # OCIO colour-space name or alias (fsexchange.colour.SOURCE_NAMES); "" = from
+    # the media's tags (Rec.709 for untagged video, docs/colour.md)
+    source: str = ""
+    # OCIO config file on the engine's machine; "" = the engine's $OCIO or
+    # --ocio-config, else the built-in studio config (engine.media.colour)
+    config: str = ""
+    display: str = ""  # the networks' display; "" = Rec.1886 Rec.709 - Display
+    view: str = ""  # its view transform; "" = the config's default for the display
+
+
 _SECTIONS = {
     "track": TrackConfig,
     "align": AlignConfig,
@@ -136,6 +154,7 @@ _SECTIONS = {
     "stitch": StitchConfig,
     "paste": PasteConfig,
     "metrics": MetricsConfig,
+    "colour": ColourConfig,
 }
 
 
@@ -195,6 +214,7 @@ class PipelineConfig:
     stitch: StitchConfig = field(default_factory=StitchConfig)
     paste: PasteConfig = field(default_factory=PasteConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    colour: ColourConfig = field(default_factory=ColourConfig)
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any],

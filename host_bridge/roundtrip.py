@@ -101,8 +101,13 @@ def shot_job(shot: Shot, job_id: str, opts: SendOptions, *, source: Source,
     # rate from the record timecode (read_shot sets it up so)
     rng = FrameRange(shot.range_start, shot.range_end, shot.media_rate,
                      shot.media_start_timecode)
+    options = dict(opts.options)
+    colour = dict(options.get("colour") or {})
+    if shot.colour_source and not colour.get("source"):
+        # the clip's Input Color Space, unless the editor chose one for the send
+        options["colour"] = dict(colour, source=shot.colour_source)
     return build_job(job_id=job_id, source=source, range=rng, kind=opts.kind,
-                     subject=subject, edits=opts.edits, options=opts.options,
+                     subject=subject, edits=opts.edits, options=options,
                      output=OutputSpec(format=opts.output_format,
                                        name=output_name(shot), start_number=None),
                      host=shot.host_dict(product, version))

@@ -936,7 +936,9 @@ class FakeProject(_Api):
         return tl
 
     def _media_from_file(self, path: Path, *, rate: Fraction | None = None,
-                         start_timecode: str | None = None) -> FakeMediaPoolItem | None:
+                         start_timecode: str | None = None,
+                         input_color_space: str | None = "Rec.709 Gamma 2.4",
+                         ) -> FakeMediaPoolItem | None:
         if not path.is_file():
             return None
         frames = _decode_movie(path)
@@ -946,13 +948,19 @@ class FakeProject(_Api):
                  "Type": "Video", "FPS": float(RATE_NAMES.get(rate, str(float(rate)))),
                  "Frames": str(len(frames)), "Resolution": f"{w}x{h}",
                  "Start TC": start_timecode or "00:00:00:00", "Alpha mode": "None",
-                 "Data Level": "Auto", "Input Color Space": "Rec.709 Gamma 2.4"}
+                 "Data Level": "Auto", "Input Color Space": input_color_space}
         return FakeMediaPoolItem(path.name, props, frames=lambda i: frames[i])
 
     def add_media(self, path: str | Path, *, rate: Fraction | None = None,
-                  start_timecode: str = "00:00:00:00") -> FakeMediaPoolItem:
-        """Import a real movie into the media pool's root (as the editor did)."""
-        mpi = self._media_from_file(Path(path), rate=rate, start_timecode=start_timecode)
+                  start_timecode: str = "00:00:00:00",
+                  input_color_space: str | None = "Rec.709 Gamma 2.4"
+                  ) -> FakeMediaPoolItem:
+        """Import a real movie into the media pool's root (as the editor did).
+        ``input_color_space`` is what ``GetClipProperty`` returns for "Input Color
+        Space", as given (None and "" included: Resolve returns "" for a clip that
+        follows the project)."""
+        mpi = self._media_from_file(Path(path), rate=rate, start_timecode=start_timecode,
+                                    input_color_space=input_color_space)
         if mpi is None:
             raise FileNotFoundError(path)
         self._media_pool._root._clips.append(mpi)

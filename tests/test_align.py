@@ -152,7 +152,9 @@ def test_align_stage_contract(tmp_path, dlib_backend):
     cfg = PipelineConfig.from_options({"align": {"resolution": 64}})
     ctx = StageContext(job=job, job_dir=tmp_path, config=cfg)
     facts = align.AlignStage().run(ctx)
-    assert facts == {"frames": 6, "resolution": 64, "mask_source": "hull"}
+    assert facts["colour"]["kind"] == "identity"  # Rec.709: crops as decoded
+    assert facts == {"frames": 6, "resolution": 64, "mask_source": "hull",
+                     "colour": facts["colour"]}
     out = tmp_path / "stages" / "align"
     info = json.loads((out / "info.json").read_text())
     assert info["frames"] == [2, 3, 4, 7, 8, 9] and info["frame_size"] == [256, 192]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 __all__ = ["main", "build_parser"]
@@ -45,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lease", type=_positive(float), default=30.0, metavar="SECONDS",
                    help="lease length: a job whose worker died is taken over this "
                    "long after its last heartbeat (default 30)")
+    p.add_argument("--ocio-config", type=Path, metavar="FILE",
+                   help="OpenColorIO config for jobs that name none (default: $OCIO, "
+                   "else the built-in ACES studio config; docs/colour.md)")
     return p
 
 
@@ -59,12 +63,22 @@ def main(argv: list[str]) -> int:
     for root in args.media_roots:
         if not root.is_dir():
             build_parser().error(f"--media-root {root} is not a folder")
+    ocio = str(args.ocio_config.resolve()) if args.ocio_config else \
+        os.environ.get("OCIO", "")
+    if ocio:
+        from engine.media.colour import load_config
+        from fsexchange.errors import ColourError
+
+        try:
+            load_config(ocio)  # refuse a broken config now, not in every job
+        except ColourError as exc:
+            build_parser().error(exc.message)
     opts = EngineOptions(
         exchange=args.exchange.absolute(), workers=args.workers, once=args.once,
         device=args.device,
         media_roots=tuple(r.resolve() for r in args.media_roots),
         poll_interval=args.poll, lease_seconds=args.lease,
-        use_watchdog=not args.no_watch)
+        use_watchdog=not args.no_watch, ocio_config=ocio)
     n = serve(opts)
     log.info("engine stopped; %d job(s) finished", n)
     return 0

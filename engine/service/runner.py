@@ -21,6 +21,7 @@ its checkpoints; a lost lease stops the job without publishing anything.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -66,6 +67,8 @@ class RunnerSettings:
         max_reclaims: a job taken from this many dead workers fails instead of
             killing another (``job.crashed``).
         worker: this worker's id (written into leases and DONE documents).
+        ocio_config: the engine's OpenColorIO config (``--ocio-config`` or
+            ``$OCIO``; "" = the built-in one), used by jobs that name none.
     """
 
     device: str = "cpu"
@@ -77,6 +80,7 @@ class RunnerSettings:
     progress_interval: float = 0.5
     max_reclaims: int = 3
     worker: str = ""
+    ocio_config: str = ""
 
 
 class JobControl:
@@ -302,6 +306,10 @@ def _run(exchange: Exchange, claim: Claim, settings: RunnerSettings,
             raise JobCancelled("cancelled before it started")
         _check_paths(job, job_dir, roots)
         config = PipelineConfig.from_options(job.options, device=settings.device)
+        if settings.ocio_config and not config.colour.config:
+            # the engine's OCIO config, resolved here once and recorded below
+            config = dataclasses.replace(config, colour=dataclasses.replace(
+                config.colour, config=settings.ocio_config))
         atomic_write_bytes(job_dir / CONFIG_FILE, (json.dumps(
             config.to_dict(), indent=2, sort_keys=True) + "\n").encode())
         stages = stages_for(job.kind, settings.pipelines)

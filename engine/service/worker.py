@@ -69,6 +69,8 @@ class EngineOptions:
         tmp_max_age: seconds after which an untouched ``tmp/`` entry is swept.
         max_reclaims: a job taken from this many dead workers fails
             (``job.crashed``) instead of killing another.
+        ocio_config: OpenColorIO config file for jobs that name none ("" = the
+            built-in config, docs/colour.md).
     """
 
     exchange: Path
@@ -81,6 +83,7 @@ class EngineOptions:
     use_watchdog: bool = True
     tmp_max_age: float = 3600.0
     max_reclaims: int = 3
+    ocio_config: str = ""
 
 
 def worker_id() -> str:
@@ -134,7 +137,8 @@ def _worker_loop(opts: EngineOptions, pipelines: Mapping[str, Sequence[str]],
     ex = Exchange(opts.exchange, clock).ensure()
     settings = RunnerSettings(device=device, media_roots=opts.media_roots,
                               pipelines=dict(pipelines), worker=worker_id(),
-                              max_reclaims=opts.max_reclaims)
+                              max_reclaims=opts.max_reclaims,
+                              ocio_config=opts.ocio_config)
     reclaim_every = max(0.5, min(opts.lease_seconds / 4.0, 5.0))
     wake = threading.Event()
     watch = FolderWatch([ex.dir("new"), ex.dir("cancel")], wake)

@@ -22,7 +22,10 @@ by reflection (FFHQ-like), not black.
 - ``quads.npy``: float64 ``[N, 4, 2]`` (TL, BL, BR, TR) for the N frames of the
   range, NaN where the face is absent;
 - ``crops/<frame:07d>.png``: 8-bit RGB aligned crops, ``R x R``, for frames with a
-  face (``frame`` = media index);
+  face (``frame`` = media index), in the networks' colour space: the crop is warped
+  in the source's encoding (16-bit or float), then converted with
+  :meth:`engine.media.colour.ColourPipeline.to_network` (nothing is converted for
+  Rec.709 and sRGB sources, docs/colour.md);
 - ``masks/<frame:07d>.png``: 8-bit face masks (0/255) at ``R``, the input of
   :func:`engine.stages.mask.paste_alpha` and :func:`engine.stages.mask.stitch_masks`.
 """
@@ -286,8 +289,9 @@ class AlignStage(Stage):
     name = "align"
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
+        from engine.media.colour import pipeline_for
         from engine.stages.mask import MaskBuilder
-        from engine.media.video import encode_png, read_frames
+        from engine.media.video import encode_png, read_frames, to_depth
         from fsexchange.media import probe
 
         cfg = ctx.config.align
@@ -327,6 +331,10 @@ class AlignStage(Stage):
                      "covered only by the dilation. Install them with "
                      "'facestitch models install' for the reference masks.")
         info = probe(ctx.source_path(), job.range.rate)
+        colour, notes = pipeline_for(ctx.config.colour, info)
+        for note in notes:
+            ctx.warn(note)
+        ctx.info["colour"] = colour.describe()
         frames_done: list[int] = []
         pending: list[tuple[int, np.ndarray, np.ndarray]] = []
 
@@ -339,11 +347,15 @@ class AlignStage(Stage):
                 frames_done.append(frame)
             pending.clear()
 
-        for index, frame in read_frames(ctx.source_path(), start, end):
+        # Rec.709/sRGB: the 8-bit code values are the network space already.
+        depth = 8 if colour.identity else 32
+        for index, frame in read_frames(ctx.source_path(), start, end, depth=depth):
             ctx.check_abort()
             i = index - start
             if present[i]:
                 crop = align_crop(frame, quads[i], size, cfg.padding)
+                if not colour.identity:
+                    crop = to_depth(colour.to_network(crop), 8)
                 m = crop_transform(quads[i], size)
                 pending.append((index, crop, transform_points(m, lms[i])))
                 if len(pending) >= masker.batch_size:
@@ -363,8 +375,9 @@ class AlignStage(Stage):
             "xy_sigma": cfg.xy_sigma,
             "scale": cfg.scale,
             "padding": cfg.padding,
+            "colour": colour.describe(),
         }
         atomic_write_bytes(files.info_path, json.dumps(doc, indent=1).encode())
         ctx.info["mask_source"] = masker.source
         return {"frames": len(frames_done), "resolution": size,
-                "mask_source": masker.source}
+                "mask_source": masker.source, "colour": colour.describe()}

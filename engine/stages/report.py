@@ -16,7 +16,9 @@ job folder:
   the composited result against the source, with their per-frame plot.
 
 ``align-preview`` jobs get the subset that exists (source, crop, alpha, final,
-timings, metrics).
+timings, metrics). For log, HDR and linear sources the filmstrip adds the
+networks' rendering of the source frame ("network view") next to it, and a Colour
+section says which encoding and view transform were used (docs/colour.md).
 """
 
 from __future__ import annotations
@@ -133,9 +135,10 @@ class ReportStage(Stage):
                    if isinstance(f, dict)]
         metrics = None
         metrics_html = "<p>metrics are off for this job (options.metrics.enabled)</p>"
+        colour = self._colour_pipeline(ctx)
         if ctx.config.metrics.enabled and outputs:
             try:
-                metrics, metrics_html = self._metrics(ctx, outputs)
+                metrics, metrics_html = self._metrics(ctx, outputs, colour)
             except Exception as exc:  # noqa: BLE001 - a report never fails a job
                 log.warning("report: metrics failed: %s", exc, exc_info=True)
                 ctx.warn(f"temporal metrics could not be computed: {exc}")
@@ -145,7 +148,9 @@ class ReportStage(Stage):
         tiny = bool(models.get("tiny")) or any("tiny test networks" in w
                                                for w in ctx.warnings)
         sections = [("Job", self._job_table(ctx, models))]
-        sections.append(("Filmstrip", self._filmstrip(ctx, outputs)))
+        if colour is not None:
+            sections.append(("Colour", self._colour_table(colour)))
+        sections.append(("Filmstrip", self._filmstrip(ctx, outputs, colour)))
         sections += self._tuning_sections(ctx.files)
         sections.append(("Temporal metrics", metrics_html))
         sections.append(("Stage timings", self._timings(done)))
@@ -165,10 +170,47 @@ class ReportStage(Stage):
 
     # --- sections ----------------------------------------------------------------
 
-    def _metrics(self, ctx: StageContext, outputs: list[dict]) -> tuple[Any, str]:
+    @staticmethod
+    def _colour_pipeline(ctx: StageContext) -> Any:
+        from engine.media.colour import pipeline_for
+        from fsexchange.errors import FaceStitchError
+        from fsexchange.media import probe
+
+        try:
+            return pipeline_for(ctx.config.colour,
+                                probe(ctx.source_path(), ctx.job.range.rate))[0]
+        except (FaceStitchError, OSError) as exc:
+            log.warning("report: no colour pipeline: %s", exc)
+            return None
+
+    @staticmethod
+    def _colour_table(colour: Any) -> str:
+        d = colour.describe()
+        seen = ("the source as it is (Rec.709 / sRGB code values)"
+                if colour.identity else f"{d['display']}, view {d['view']}")
+        rows = [["source colour space", html.escape(d["source"])],
+                ["what the networks see", html.escape(seen)],
+                ["EXR output", html.escape(d["linear"])],
+                ["OCIO config", html.escape(d["config"])]]
+        return _table(rows, ["", ""]) + ("<p class='small'>docs/colour.md explains "
+                                         "the conversions and their tolerances.</p>")
+
+    @staticmethod
+    def _as_source(img: np.ndarray, path: Any, colour: Any) -> tuple[np.ndarray, bool]:
+        """A result frame in the source's encoding, and whether it is premultiplied:
+        EXR results are scene-linear and premultiplied (paste stage)."""
+        if path.suffix.lower() != ".exr" or colour is None:
+            return img, path.suffix.lower() == ".exr"
+        a = np.clip(img[..., 3:4], 0, 1)
+        rgb = img[..., :3] / np.maximum(a, 1e-12)
+        out = np.concatenate([colour.from_linear(rgb), a], axis=2)
+        return out.astype(np.float32), False
+
+    def _metrics(self, ctx: StageContext, outputs: list[dict],
+                 colour: Any = None) -> tuple[Any, str]:
         from engine.quality.charts import metrics_svg
         from engine.quality.metrics import temporal_metrics
-        from engine.media.video import read_frames, read_image
+        from engine.media.video import read_frames, read_image, to_depth
 
         job = ctx.job
         start, end = job.range.start, job.range.end
@@ -176,8 +218,10 @@ class ReportStage(Stage):
         paths = [ctx.job_dir / o["path"] for o in outputs]
         if paths and paths[0].suffix.lower() == ".mov":
             edited = (f for _, f in read_frames(paths[0], alpha=True))
-        else:
-            edited = (read_image(p) for p in paths)
+        else:  # EXR results back in the source's encoding, straight alpha
+            edited = (to_depth(self._as_source(read_image(p), p, colour)[0], 16)
+                      if p.suffix.lower() == ".exr" and colour is not None
+                      else read_image(p) for p in paths)
         n = end - start
 
         def on_frame(i: int) -> None:
@@ -185,7 +229,8 @@ class ReportStage(Stage):
             ctx.report(min(0.95, (i + 1) / max(n, 1)), f"metrics frame {i + 1}/{n}")
 
         m = temporal_metrics(src, edited, cfg=ctx.config.metrics, device=ctx.device,
-                             premultiplied=job.output.format == "exr",
+                             premultiplied=(job.output.format == "exr"
+                                            and colour is None),
                              on_frame=on_frame)
         d = m.to_dict()
         rows = [[k, _num(d.get(k))] for k in
@@ -215,7 +260,8 @@ class ReportStage(Stage):
                 ["device", html.escape(ctx.device)]]
         return _table(rows, ["", ""])
 
-    def _filmstrip(self, ctx: StageContext, outputs: list[dict]) -> str:
+    def _filmstrip(self, ctx: StageContext, outputs: list[dict],
+                   colour: Any = None) -> str:
         from engine.stages.mask import paste_alpha
         from engine.media.composite import composite_over
         from engine.media.video import read_frames, read_image
@@ -237,6 +283,9 @@ class ReportStage(Stage):
                    ("alpha", files.stitch_tune.alpha_dir), ("final", None)]
         columns = [(n, p) for n, p in columns
                    if p is None or any((p / crop_name(f)).exists() for f in show)]
+        convert = colour is not None and not colour.identity
+        if convert:
+            columns.insert(1, ("network view", None))
         if not any(n == "alpha" for n, _ in columns):
             columns.insert(2, ("alpha", "mask"))
         head = "".join(f"<th>{html.escape(n)}</th>" for n, _ in columns)
@@ -244,7 +293,8 @@ class ReportStage(Stage):
         src_path = ctx.source_path()
         for f in show:
             try:
-                src = next(iter(read_frames(src_path, f, f + 1)))[1]
+                src = next(iter(read_frames(src_path, f, f + 1,
+                                            depth=32 if convert else 8)))[1]
             except Exception:  # noqa: BLE001
                 src = None
             cells = []
@@ -253,12 +303,15 @@ class ReportStage(Stage):
                 try:
                     if name == "source":
                         img = src
+                    elif name == "network view" and src is not None:
+                        img = colour.to_network(src)
                     elif name == "final":
                         out = by_frame.get(f)
                         if out is not None and out.suffix.lower() != ".mov" \
                                 and src is not None:
-                            img = composite_over(read_image(out), src,
-                                                 premultiplied=out.suffix == ".exr")
+                            layer, premul = self._as_source(read_image(out), out,
+                                                            colour)
+                            img = composite_over(layer, src, premultiplied=premul)
                     elif p == "mask":
                         img = paste_alpha(clip.mask(f), ctx.config.mask)
                     elif p is not None and (p / crop_name(f)).exists():

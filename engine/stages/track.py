@@ -242,20 +242,28 @@ def track_media(
     rate: Fraction | None = None,
     progress: Callable[[float, str], None] | None = None,
     abort: Callable[[], None] | None = None,
+    colour: Any = None,
 ) -> FaceTrack:
     """Track the chosen face over ``start:end`` of a movie or sequence.
+
+    ``colour`` (an :class:`engine.media.colour.ColourPipeline`): detect on the
+    networks' rendering of each frame (log and HDR footage), not its code values.
 
     Raises:
         NoFaceFound: no face anywhere in the range.
         SubjectInvalid: the requested subject does not exist.
         ModelMissing: the backend's weights are not installed.
     """
-    from engine.media.video import read_frames
+    from engine.media.video import read_frames, to_depth
     from fsexchange.media import probe
 
     info = probe(path, rate)
     end = info.frame_count if end is None else end
-    frames = read_frames(path, start, end)  # validates the range first
+    if colour is None or colour.identity:
+        frames = read_frames(path, start, end)  # validates the range first
+    else:
+        frames = ((i, to_depth(colour.to_network(f), 8))
+                  for i, f in read_frames(path, start, end, depth=32))
     backend = backend or make_backend(cfg, device)
     n = end - start
 
@@ -307,11 +315,16 @@ class TrackStage(Stage):
                               backend=track.backend or "given",
                               subject=dict(track.subject, source=given.name))
         else:
+            from engine.media.colour import pipeline_for
+            from fsexchange.media import probe
+
+            colour, _ = pipeline_for(ctx.config.colour,
+                                     probe(ctx.source_path(), job.range.rate))
             track = track_media(
                 ctx.source_path(), job.range.start, job.range.end,
                 cfg=ctx.config.track, subject=job.subject, device=ctx.device,
                 rate=job.range.rate, progress=ctx.report,
-                abort=ctx.check_abort)
+                abort=ctx.check_abort, colour=colour)
         atomic_write_bytes(out, track.to_bytes())
         missing = [fr for fr in track.frames if not fr.present]
         interpolated = sum(1 for fr in track.frames if fr.interpolated)

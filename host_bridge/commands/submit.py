@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fsexchange.client import build_job, submit_job, wait_job
+from fsexchange.colour import SOURCE_NAMES, canonical_source
 from fsexchange.documents import (JOB_KINDS, Edit, FrameRange, Job, OutputSpec, Source)
 from fsexchange.errors import (DocumentFieldError, EditUnknown,
                                MediaMissing, ModelError, RangeInvalid)
@@ -74,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model profile (default auto: official when installed)")
     p.add_argument("--option", action="append", default=[], metavar="KEY.SUB=VALUE",
                    help="a pipeline option, e.g. pti.steps=40 (repeatable)")
+    p.add_argument("--colour", "--color", metavar="NAME", dest="colour",
+                   help="the source's colour space: Rec.709, sRGB, Rec.2020, Rec.2100 "
+                   "PQ, Rec.2100 HLG, ARRI LogC3, ARRI LogC4, S-Log3, V-Log, "
+                   "ACEScct, ACEScg... or an OCIO colour-space name of the engine's "
+                   "config (default: from the media's tags; docs/colour.md)")
     p.add_argument("--format", choices=("png16", "exr", "prores4444", "pam16"),
                    help="output frame format (default png16)")
     p.add_argument("--copy-media", action="store_true",
@@ -95,6 +101,21 @@ def _probe(media: Path, rate: Fraction | None, notes: list[str]):
                      "syntax of --range is checked")
         return None
     return probe(media, rate)
+
+
+def _colour_option(section: Any, name: str, notes: list[str]) -> Any:
+    """``options.colour`` with ``source`` = ``name`` (the engine checks it against
+    its OCIO config; here only that it is not empty)."""
+    if not name.strip():
+        raise DocumentFieldError("--colour needs a colour-space name",
+                                 field="options.colour.source")
+    if canonical_source(name) is None:
+        notes.append(f"--colour {name!r} is not one of FaceStitch's names "
+                     f"({', '.join(SOURCE_NAMES)}); the engine accepts it only if "
+                     "its OCIO config has a colour space of that name")
+    out = dict(section) if isinstance(section, dict) else {}
+    out["source"] = name.strip()
+    return out
 
 
 def _check_edits(edits: list[Edit], profile: str, notes: list[str]) -> None:
@@ -146,6 +167,8 @@ def job_from_args(args: argparse.Namespace, notes: list[str]
         parse_option(options, text)
     if args.profile:
         options["profile"] = args.profile
+    if args.colour is not None:
+        options["colour"] = _colour_option(options.get("colour"), args.colour, notes)
     cfg = PipelineConfig.from_options(options)
     _check_edits(edits, cfg.profile, notes)
     exchange = args.exchange.absolute()

@@ -278,7 +278,12 @@ def _import(session: ResolveSession, media: ResultMedia, job_id: str, bin_name: 
 def _copy_clip_properties(clip: Any, source: Mapping[str, Any], media: ResultMedia,
                           media_rate: Fraction, warnings: list[str]) -> None:
     """Levels, colour space and rate of the source (docs/hosts.md "Round-trip conventions"); alpha by format."""
-    for key in ("Data Level", "Input Color Space"):
+    linear = media.path.suffix.lower() == ".exr"
+    if linear and source.get("Input Color Space"):
+        # EXR results are scene-linear (docs/colour.md), not in the clip's encoding
+        warnings.append("the EXR result is scene-linear: set its Input Color Space to "
+                        "the linear space of the source's gamut by hand")
+    for key in ("Data Level",) if linear else ("Data Level", "Input Color Space"):
         value = source.get(key)
         if value and clip.GetClipProperty(key) != value and \
                 not clip.SetClipProperty(key, value):

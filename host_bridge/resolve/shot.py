@@ -22,6 +22,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from fsexchange.colour import from_resolve_name
 from fsexchange.errors import DocumentFieldError, HostError, MediaMissing
 from fsexchange.timecode import frames_to_timecode, rate_to_list, timecode_to_frames
 
@@ -119,6 +120,10 @@ class Shot:
     handle_in: int = 0
     handle_out: int = 0
     warnings: tuple[str, ...] = ()
+    # the clip's "Input Color Space" as Resolve reports it (None: not reported)
+    input_colour: str | None = None
+    # what it means (fsexchange.colour.SOURCE_NAMES), None: unknown or "Project"
+    colour_source: str | None = None
 
     @property
     def range_start(self) -> int:
@@ -151,7 +156,7 @@ class Shot:
             "source_in": self.source_in, "source_out": self.source_out,
             "handles": [self.handle_in, self.handle_out],
             "media_rate": rate_to_list(self.media_rate), "export": self.export,
-            "media_path": self.media_path,
+            "media_path": self.media_path, "input_color_space": self.input_colour,
         }
 
     def describe(self) -> str:
@@ -184,6 +189,23 @@ def _classify_media(props: dict[str, Any] | None) -> tuple[str | None, str, str]
     if Path(path).suffix.lower() in RAW_EXTENSIONS:
         return path, "video", f"the engine cannot decode {Path(path).suffix} camera raw"
     return path, "video", ""
+
+
+def _input_colour(props: dict[str, Any] | None, warnings: list[str], name: str
+                  ) -> tuple[str | None, str | None]:
+    """The clip's "Input Color Space" (docs/hosts.md "Putting results back") and
+    the colour space it means for the engine (docs/colour.md "Resolve"). None,
+    "" and "Project" leave the choice to the engine (the media's tags)."""
+    if props is None:
+        return None, None
+    raw = props.get("Input Color Space")
+    value = raw.strip() if isinstance(raw, str) else None
+    source = from_resolve_name(value)
+    if value and source is None and value.lower() not in ("project", "timeline"):
+        warnings.append(f"'{name}': Resolve's Input Color Space {value!r} has no "
+                        "equivalent in FaceStitch; the engine reads the colour space "
+                        "from the file's tags (send with --colour to choose one)")
+    return (value if value else None), source
 
 
 def _track_index(session: ResolveSession, item: Any) -> int:
@@ -239,6 +261,7 @@ def read_shot(session: ResolveSession, item: Any, *, handles: int = 0) -> Shot:
     props = (mpi.GetClipProperty() or {}) if mpi is not None else None
     path, kind, reason = _classify_media(props)
     warnings: list[str] = []
+    input_colour, colour_source = _input_colour(props, warnings, str(name))
     common = dict(
         item_name=str(name), item_id=str(uid),
         media_pool_item_id=str(mpi.GetUniqueId() or "") if mpi is not None else "",
@@ -248,6 +271,7 @@ def read_shot(session: ResolveSession, item: Any, *, handles: int = 0) -> Shot:
         timeline_start_timecode=str(tl_tc), timeline_rate=rate, drop_frame=drop,
         project_id=str(session.project.GetUniqueId() or ""),
         project_name=str(session.project.GetName() or ""),
+        input_colour=input_colour, colour_source=colour_source,
     )
 
     if path and not os.path.exists(path):
