@@ -36,7 +36,7 @@ from fsexchange.errors import (
     RangeInvalid,
     RangeOutOfBounds,
 )
-from fsexchange.fsutil import atomic_write_bytes, unique_name
+from fsexchange.fsutil import atomic_write_bytes, check_regular, unique_name
 from fsexchange.media import MediaIndex, MediaInfo, media_index, open_container
 
 __all__ = [
@@ -229,6 +229,7 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     ext = p.suffix.lower()
     if not p.exists():
         raise MediaMissing(f"image {p.name!r} does not exist")
+    check_regular(p)  # never hand a pipe to a decoder: it would block
     if ext == ".pam":
         return _read_pam(p)
     if ext == ".exr":
