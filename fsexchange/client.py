@@ -197,10 +197,16 @@ def _read_progress(folder: Path) -> Progress | None:
 
 def _status_at(ex: Exchange, job_id: str, state_folder: str, folder: Path
                ) -> JobStatus:
+    if state_folder == "tmp":  # tmp/requeue~<id>~<unique>: between cur/ and new/
+        return JobStatus(job_id, "queued", 0.0, None, "being requeued (an engine "
+                         "moves it back to new/)", None, None, folder)
     state = STATE_FOLDERS[state_folder]
     cancel = ex.cancel_requested(job_id)
     if state == "queued":
         msg = "cancel requested" if cancel else "waiting for an engine"
+        if not os.access(folder, os.W_OK | os.X_OK) or not os.path.isdir(folder):
+            msg += ("; engines cannot take it: new/" + job_id + " is not a folder "
+                    "they may move (check its owner and permissions)")
         return JobStatus(job_id, state, 0.0, None, msg, None, None, folder)
     prog = _read_progress(folder)
     if state == "running":
@@ -231,8 +237,9 @@ def job_status(exchange: Any, job_id: str) -> JobStatus:
 
     Raises:
         JobNotFound: no job with that id in any state folder.
+        PathUnusable: the exchange folder is missing or not a folder.
     """
-    ex = _exchange(exchange)
+    ex = _exchange(exchange).require()
     for _ in range(3):
         where = ex.locate(job_id)
         if where is None:
@@ -245,8 +252,13 @@ def job_status(exchange: Any, job_id: str) -> JobStatus:
 
 
 def list_jobs(exchange: Any) -> list[JobStatus]:
-    """Every job in the exchange, queued first, then running, then final ones."""
-    ex = _exchange(exchange)
+    """Every job in the exchange, queued first, then running, then final ones,
+    then jobs caught between folders (a requeue interrupted by a crash).
+
+    Raises:
+        PathUnusable: the exchange folder is missing or not a folder.
+    """
+    ex = _exchange(exchange).require()
     out = []
     for job_id, name, folder in ex.iter_jobs():
         try:

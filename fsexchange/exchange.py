@@ -55,7 +55,7 @@ from fsexchange.documents import (MAX_EPOCH, Lease, Result, load_document,
                                   valid_job_id)
 from fsexchange.errors import (DocumentError, DocumentFieldError, FaceStitchError,
                                JobExists, LeaseLost, NotAFolder, NotRegularFile,
-                               io_error)
+                               PathUnusable, io_error)
 from fsexchange.fsutil import (atomic_write_bytes, describe_mode, fsync_dir,
                                unique_name)
 
@@ -187,9 +187,59 @@ class Exchange:
         return self.root / name
 
     def ensure(self) -> "Exchange":
-        """Create the layout (idempotent, safe to race)."""
+        """Create the layout (idempotent, safe to race).
+
+        Raises:
+            PathUnusable: the root is not a folder.
+            NotAFolder: one of :data:`FOLDERS` is something else.
+            AccessDenied: it cannot be created (permissions, a read-only share).
+        """
+        self.require(missing_ok=True)
         for name in FOLDERS:
-            (self.root / name).mkdir(parents=True, exist_ok=True)
+            p = self.root / name
+            try:
+                p.mkdir(parents=True, exist_ok=True)
+            except FileExistsError:
+                raise NotAFolder(f"{p} is {_kind(p)}, not a folder; the exchange "
+                                 f"needs its {name}/ folder there") from None
+            except OSError as exc:
+                raise io_error(exc, p, doing="creating the exchange folders"
+                               ) from None
+        return self
+
+    def require(self, *, missing_ok: bool = False) -> "Exchange":
+        """Check that the root is a folder (a missing one only if ``missing_ok``).
+
+        Raises:
+            PathUnusable: missing, or not a folder.
+        """
+        try:
+            mode = os.stat(self.root).st_mode
+        except FileNotFoundError:
+            if missing_ok:
+                return self
+            raise PathUnusable(f"exchange folder {self.root} does not exist",
+                               field="exchange") from None
+        except OSError as exc:
+            raise io_error(exc, self.root, doing="opening the exchange") from None
+        if not stat.S_ISDIR(mode):
+            raise PathUnusable(f"exchange folder {self.root} is "
+                               f"{describe_mode(mode)}, not a folder", field="exchange")
+        return self
+
+    def check_writable(self) -> "Exchange":
+        """Create and remove a probe file in ``tmp/`` (an engine on a read-only
+        share would otherwise idle forever, unable to claim anything).
+
+        Raises:
+            AccessDenied: not writable (permissions, a read-only share).
+        """
+        probe = self.dir("tmp") / f".probe-{unique_name()}"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise io_error(exc, self.dir("tmp"), doing="writing") from None
         return self
 
     def job_folder(self, state_folder: str, job_id: str) -> Path:
@@ -256,7 +306,10 @@ class Exchange:
         """A new private folder ``tmp/<unique>/`` to assemble a job in."""
         self.ensure()
         p = self.dir("tmp") / unique_name()
-        p.mkdir()
+        try:
+            p.mkdir()
+        except OSError as exc:
+            raise io_error(exc, p.parent, doing="creating a job") from None
         return p
 
     def publish(self, staging: Path, job_id: str) -> Path:
@@ -798,6 +851,13 @@ class Exchange:
         for job_id, path in sorted(self.requeue_entries().items()):
             if job_id not in seen:
                 yield job_id, "tmp", path
+
+
+def _kind(path: Path) -> str:
+    try:
+        return describe_mode(os.lstat(path).st_mode)
+    except OSError:
+        return "unreadable"
 
 
 def _remove(path: Path) -> bool:

@@ -163,12 +163,17 @@ def source_dir() -> Path:
 
 
 def find_compiler(cc: str | None = None) -> str:
-    """The C compiler: ``cc`` argument, ``$CC``, then cc, gcc, clang on ``PATH``."""
-    for cand in ([cc] if cc else []) + [os.environ.get("CC", "")] + ["cc", "gcc", "clang"]:
+    """The C compiler: the ``cc`` argument (only it: a compiler asked for is never
+    silently replaced), else ``$CC``, then cc, gcc, clang on ``PATH``."""
+    if cc:
+        found = shutil.which(cc)
+        if not found:
+            raise HostError(f"C compiler {cc!r} not found (--cc names a compiler on "
+                            "PATH or its path)")
+        return found
+    for cand in [os.environ.get("CC", "")] + ["cc", "gcc", "clang"]:
         if cand and shutil.which(cand):
             return shutil.which(cand)  # type: ignore[return-value]
-    if cc:
-        raise HostError(f"C compiler {cc!r} not found")
     raise HostError("no C compiler found (tried $CC, cc, gcc, clang); install one, e.g. "
                     "'apt install gcc' or Xcode's command-line tools")
 

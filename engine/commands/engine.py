@@ -59,6 +59,11 @@ def main(argv: list[str]) -> int:
     for root in args.media_roots:
         if not root.is_dir():
             build_parser().error(f"--media-root {root} is not a folder")
+    from fsexchange.exchange import Exchange
+
+    # A file, an unwritable or read-only folder: one line now, not an engine that
+    # idles forever unable to claim anything.
+    Exchange(args.exchange.absolute()).ensure().check_writable()
     opts = EngineOptions(
         exchange=args.exchange.absolute(), workers=args.workers, once=args.once,
         device=args.device,

@@ -159,6 +159,9 @@ def main(argv: list[str]) -> int:
                         help="frame rate of an image sequence (default 24)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     args = parser.parse_args(argv)
+    from fsexchange.paths import check_output
+
+    check_output(args.out, folder=True)  # before any work: a file there, no rights
 
     options = {"track": {"backend": args.backend}}
     if args.resolution:
