@@ -132,7 +132,7 @@ def restore_permissions(root: Path) -> None:
         pass
 
 
-# --- running without root's powers ---------------------------------------------------
+# --- running without root's powers --------------------------------------------
 
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
@@ -186,7 +186,7 @@ def permissions_bind() -> bool:
         probe.unlink()
 
 
-# --- engines ---------------------------------------------------------------------------
+# --- engines ------------------------------------------------------------------
 
 
 def worker_pids(output: str) -> list[int]:
