@@ -137,7 +137,7 @@ class _Fields:
         value = self.get(key, kind, default)
         if value is not None and not lo <= value <= hi:
             raise DocumentFieldError(f"field {self.path(key)!r} must be within "
-                                     f"{lo:g}..{hi:g}, got {value}",
+                                     f"{lo}..{hi}, got {value}",
                                      field=self.path(key))
         return value
 

@@ -39,7 +39,12 @@ def make_fifo(path: Path) -> None:
 def make_socket(path: Path) -> None:
     """A listening AF_UNIX socket file (connect() works; open() gives ENXIO)."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.bind(str(path))
+    cwd = os.getcwd()
+    os.chdir(path.parent)  # AF_UNIX paths are limited to ~108 bytes
+    try:
+        s.bind(path.name)
+    finally:
+        os.chdir(cwd)
     s.listen(1)
     _sockets.append(s)
 
