@@ -29,7 +29,7 @@ from fsexchange.documents import (JOB_KINDS, Edit, FrameRange, Job, OutputSpec,
 from fsexchange.errors import (DocumentError, DocumentFieldError, FaceStitchError,
                                JobExists, JobNotFound)
 from fsexchange.exchange import (FINAL_STATES, JOB_FILE, PROGRESS_FILE, RESERVED_NAMES,
-                       STATE_FOLDERS, Exchange, read_result)
+                                 RESULT_FILE, STATE_FOLDERS, Exchange)
 from fsexchange.fsutil import fsync_dir
 from fsexchange.options import PipelineConfig
 
@@ -70,17 +70,20 @@ def build_job(*, source: Source, range: FrameRange, kind: str = "stitch",
     refused before anything is queued.
 
     Raises:
-        DocumentFieldError: a bad kind or option.
+        DocumentFieldError: a bad kind, option, edit or subject.
     """
     if kind not in JOB_KINDS:
         raise DocumentFieldError(f"unknown job kind {kind!r}; known: "
                                  f"{', '.join(JOB_KINDS)}", field="kind")
     PipelineConfig.from_options(dict(options or {}))
     created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return Job(id=job_id or new_job_id(id_prefix), source=source, range=range,
-               kind=kind, subject=subject or Subject(), edits=tuple(edits),
-               options=dict(options or {}), output=output or OutputSpec(),
-               host=dict(host or {}), created=created)
+    job = Job(id=job_id or new_job_id(id_prefix), source=source, range=range,
+              kind=kind, subject=subject or Subject(), edits=tuple(edits),
+              options=dict(options or {}), output=output or OutputSpec(),
+              host=dict(host or {}), created=created)
+    # Every field as the engine will check it (NaN strengths, bad subjects...).
+    decode_document(job.to_bytes(), Job, source=JOB_FILE)
+    return job
 
 
 def _attachment_path(rel: str) -> PurePosixPath:
@@ -215,13 +218,18 @@ def _status_at(ex: Exchange, job_id: str, state_folder: str, folder: Path
             msg = f"cancel requested; {msg}"
         return JobStatus(job_id, state, prog.fraction if prog else 0.0,
                          prog.stage if prog else None, msg, None, None, folder)
-    result = read_result(folder)
-    if result is None:
-        error = None if state == "done" else {
-            "code": "internal", "message": f"{folder.name}: result.msgpack missing or "
-            "unreadable", "stage": None, "frame": None, "field": None}
-        return JobStatus(job_id, state, 1.0 if state == "done" else 0.0, None,
-                         state, error, None, folder)
+    try:
+        result = load_document(folder / RESULT_FILE, Result)
+    except (OSError, FaceStitchError) as exc:
+        # A final folder without a readable result has no result: say why (it
+        # never passes as a plain "done"); the state is still the folder's.
+        err = exc if isinstance(exc, FaceStitchError) else DocumentError(
+            f"{folder.name}/{RESULT_FILE} is missing or unreadable ({exc})",
+            field=RESULT_FILE)
+        error = err.to_dict()
+        return JobStatus(job_id, state, 0.0, None,
+                         f"{state}, but its result cannot be read: {err.message}",
+                         error, None, folder)
     error = result.error
     if state == "done":
         fraction, msg = 1.0, f"done: {len(result.frames)} frames"
