@@ -11,8 +11,10 @@ through two stages defined here instead of the GAN pipeline:
 
 Test knobs live in the job document's unknown key ``test`` (kept by the loader):
 ``{"delay": 0.05, "deliver_delay": 0.05, "fail": "internal" | "face",
-"write_bytes": N}`` (delays are per frame; ``write_bytes``: deliver also writes
-``output/bulk.bin`` of N bytes, to meet a full disk). Each frame checkpoint is
+"write_bytes": N, "warn_bytes": N}`` (delays are per frame; ``write_bytes``:
+deliver also writes ``output/bulk.bin`` of N bytes, to meet a full disk;
+``warn_bytes``: hash adds a warning that long, which its DONE record and the
+result then carry). Each frame checkpoint is
 fenced (``ctx.fence()``), as the stage contract asks. Every stage start/end and
 every frame written is appended to ``$FS_HARNESS_LOG/<job_id>.log`` as
 ``<stage> <event> <pid> [frame]``, so tests can prove what ran how often.
@@ -98,6 +100,8 @@ class HashStage(Stage):
                 log_event(job.id, self.name, "frame", os.getpid(), index)
                 ctx.report((index - r.start + 1) / r.count, f"frame {index}")
         ctx.warn("harness: hashed, not edited")
+        if k.get("warn_bytes"):
+            ctx.warn("w" * int(k["warn_bytes"]))
         ctx.info["models"] = {"harness": {"label": "sha256 of decoded frames"}}
         log_event(job.id, self.name, "end", os.getpid())
         return {"frames": r.count}

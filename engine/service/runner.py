@@ -295,7 +295,9 @@ def run_job(exchange: Exchange, claim: Claim, settings: RunnerSettings, *,
 
     Returns:
         ``"done"``, ``"failed"`` or ``"cancelled"`` (published), ``"released"``
-        (shutdown: requeued with its checkpoints) or ``"lost"`` (another worker
+        (shutdown: requeued with its checkpoints), ``"requeued"`` (not even a
+        failed result fits on the disk: back in the queue, to be retried once
+        there is space) or ``"lost"`` (another worker
         owns the job now; nothing was published).
     """
     ctl = JobControl(stop_event)
@@ -415,13 +417,36 @@ def _run(exchange: Exchange, claim: Claim, settings: RunnerSettings,
         log.warning("job %s: not published: %s", job_id, exc.message)
         return "lost"
     except NoSpace as exc:
-        # Not even the result fits: hand the job back (renames need no space);
-        # it runs again once there is room, and is never lost.
-        log.error("job %s: cannot publish its result: %s; requeueing it", job_id,
-                  exc.message)
-        return "released" if exchange.release(claim) else "lost"
+        return _publish_without_space(exchange, claim, result, exc)
     log.info("job %s: %s", job_id, result.state)
     return result.state
+
+
+def _publish_without_space(exchange: Exchange, claim: Claim, result: Result,
+                           exc: NoSpace) -> str:
+    """The result did not fit on the disk: publish the smallest failed result
+    (``io.no_space``, naming the folder); if not even that fits, hand the job back
+    to the queue (renames need no space), never lose it."""
+    job_id = claim.job_id
+    error = result.error if (result.error or {}).get("code") == NoSpace.code \
+        else exc.to_dict()
+    log.error("job %s: its result does not fit: %s", job_id, exc.message)
+    try:
+        exchange.finish(claim, Result(job_id=job_id, state="failed", error=error,
+                                      started=result.started,
+                                      finished=result.finished))
+        return "failed"
+    except LeaseLost:
+        return "lost"
+    except OSError as again:
+        log.error("job %s: not even a failed result fits (%s); requeueing it",
+                  job_id, again)
+    try:
+        return "requeued" if exchange.release(claim) else "lost"
+    except OSError as again:  # the lease did not fit: the sweeper restores it
+        log.error("job %s: requeue interrupted (%s); the sweeper restores it",
+                  job_id, again)
+        return "requeued"
 
 
 def _internal(job_id: str, stage_name: str | None,

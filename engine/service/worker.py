@@ -113,20 +113,32 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 
 def _run_one(ex: Exchange, opts: EngineOptions, settings: RunnerSettings,
-             stop: threading.Event) -> str | None:
-    """Claim the oldest claimable job and run it; None if there was none."""
+             stop: threading.Event, held: dict[str, float] | None = None
+             ) -> str | None:
+    """Claim the oldest claimable job and run it; None if there was none.
+
+    ``held``: job id -> monotonic time before which this worker leaves it alone
+    (a job requeued for want of disk space would otherwise come straight back).
+    """
+    held = {} if held is None else held
+    now = time.monotonic()
     for job_id in ex.ids("new"):
         if stop.is_set():
             return None
+        if held.get(job_id, 0.0) > now:
+            continue
         claim = ex.claim(job_id, settings.worker, lease_seconds=opts.lease_seconds)
         if claim is None:
             continue
         try:
-            return run_job(ex, claim, settings, stop_event=stop)
+            outcome = run_job(ex, claim, settings, stop_event=stop)
         except Exception:  # noqa: BLE001 - e.g. the share went away while publishing
             log.exception("job %s: could not be finished; it will be reclaimed "
                           "when its lease expires", job_id)
             return "error"
+        if outcome == "requeued":
+            held[job_id] = time.monotonic() + _SWEEP_EVERY
+        return outcome
     return None
 
 
@@ -147,6 +159,7 @@ def _worker_loop(opts: EngineOptions, pipelines: Mapping[str, Sequence[str]],
     log.info("worker %s on %s (device %s, %s)", settings.worker, ex.root, device,
              "watchdog + polling" if watching else f"polling every {timeout:g} s")
     finished = 0
+    held: dict[str, float] = {}
     next_reclaim = next_sweep = 0.0
     try:
         while not stop.is_set():
@@ -160,7 +173,7 @@ def _worker_loop(opts: EngineOptions, pipelines: Mapping[str, Sequence[str]],
                 if now >= next_sweep:
                     ex.sweep(max_age=opts.tmp_max_age)
                     next_sweep = now + _SWEEP_EVERY
-                outcome = _run_one(ex, opts, settings, stop)
+                outcome = _run_one(ex, opts, settings, stop, held)
                 if outcome is not None:
                     if outcome in FINAL_STATES:
                         finished += 1
