@@ -223,8 +223,10 @@ def _status_at(ex: Exchange, job_id: str, state_folder: str, folder: Path
     except (OSError, FaceStitchError) as exc:
         # A final folder without a readable result has no result: say why (it
         # never passes as a plain "done"); the state is still the folder's.
+        reason = "it is missing" if isinstance(exc, FileNotFoundError) else \
+            exc.strerror or str(exc)
         err = exc if isinstance(exc, FaceStitchError) else DocumentError(
-            f"{folder.name}/{RESULT_FILE} is missing or unreadable ({exc})",
+            f"{folder.name}/{RESULT_FILE} cannot be read: {reason}",
             field=RESULT_FILE)
         error = err.to_dict()
         return JobStatus(job_id, state, 0.0, None,
