@@ -30,7 +30,7 @@ from fsexchange.errors import (DocumentError, DocumentFieldError, FaceStitchErro
                                JobExists, JobNotFound)
 from fsexchange.exchange import (FINAL_STATES, JOB_FILE, PROGRESS_FILE, RESERVED_NAMES,
                                  RESULT_FILE, STATE_FOLDERS, Exchange)
-from fsexchange.fsutil import fsync_dir
+from fsexchange.fsutil import fsync_dir, open_regular
 from fsexchange.options import PipelineConfig
 
 __all__ = [
@@ -111,7 +111,8 @@ def _copy_synced(src: Path, dest: Path) -> None:
             _copy_synced(child, dest / child.name)
         fsync_dir(dest)
         return
-    with open(src, "rb") as fi, open(dest, "wb") as fo:
+    # a pipe or socket among the attachments is refused, never read (it blocks)
+    with open_regular(src, follow_symlinks=True) as fi, open(dest, "wb") as fo:
         shutil.copyfileobj(fi, fo, 1 << 22)
         fo.flush()
         os.fsync(fo.fileno())

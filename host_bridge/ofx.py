@@ -28,6 +28,7 @@ from pathlib import Path
 from fsexchange.client import build_job
 from fsexchange.documents import Edit, FrameRange, Job, OutputSpec, Source, Subject
 from fsexchange.errors import HostError, MediaMissing
+from fsexchange.fsutil import open_regular
 
 __all__ = ["PLUGIN_ID", "BUNDLE_NAME", "PARAMS", "OfxBuild", "bundle_arch",
            "target_arch", "find_compiler", "source_dir", "build_bundle",
@@ -274,8 +275,8 @@ def exported_frames(folder: str | os.PathLike[str]) -> list[int]:
 
 def _pam_size(path: Path) -> tuple[int, int] | None:
     """(width, height) from a PAM header, None when it is not one."""
-    try:
-        with open(path, "rb") as fh:
+    try:  # never blocks on a pipe named like a frame
+        with open_regular(path, follow_symlinks=True) as fh:
             head = fh.read(512)
     except OSError:
         return None
