@@ -29,8 +29,8 @@ from fsexchange.documents import (JOB_KINDS, Edit, FrameRange, Job, OutputSpec,
 from fsexchange.errors import (DocumentError, DocumentFieldError, FaceStitchError,
                                JobExists, JobNotFound)
 from fsexchange.exchange import (FINAL_STATES, JOB_FILE, PROGRESS_FILE, RESERVED_NAMES,
-                       STATE_FOLDERS, Exchange, read_result)
-from fsexchange.fsutil import fsync_dir
+                                 RESULT_FILE, STATE_FOLDERS, Exchange)
+from fsexchange.fsutil import fsync_dir, open_regular
 from fsexchange.options import PipelineConfig
 
 __all__ = [
@@ -70,17 +70,20 @@ def build_job(*, source: Source, range: FrameRange, kind: str = "stitch",
     refused before anything is queued.
 
     Raises:
-        DocumentFieldError: a bad kind or option.
+        DocumentFieldError: a bad kind, option, edit or subject.
     """
     if kind not in JOB_KINDS:
         raise DocumentFieldError(f"unknown job kind {kind!r}; known: "
                                  f"{', '.join(JOB_KINDS)}", field="kind")
     PipelineConfig.from_options(dict(options or {}))
     created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return Job(id=job_id or new_job_id(id_prefix), source=source, range=range,
-               kind=kind, subject=subject or Subject(), edits=tuple(edits),
-               options=dict(options or {}), output=output or OutputSpec(),
-               host=dict(host or {}), created=created)
+    job = Job(id=job_id or new_job_id(id_prefix), source=source, range=range,
+              kind=kind, subject=subject or Subject(), edits=tuple(edits),
+              options=dict(options or {}), output=output or OutputSpec(),
+              host=dict(host or {}), created=created)
+    # Every field as the engine will check it (NaN strengths, bad subjects...).
+    decode_document(job.to_bytes(), Job, source=JOB_FILE)
+    return job
 
 
 def _attachment_path(rel: str) -> PurePosixPath:
@@ -108,7 +111,8 @@ def _copy_synced(src: Path, dest: Path) -> None:
             _copy_synced(child, dest / child.name)
         fsync_dir(dest)
         return
-    with open(src, "rb") as fi, open(dest, "wb") as fo:
+    # a pipe or socket among the attachments is refused, never read (it blocks)
+    with open_regular(src, follow_symlinks=True) as fi, open(dest, "wb") as fo:
         shutil.copyfileobj(fi, fo, 1 << 22)
         fo.flush()
         os.fsync(fo.fileno())
@@ -197,10 +201,16 @@ def _read_progress(folder: Path) -> Progress | None:
 
 def _status_at(ex: Exchange, job_id: str, state_folder: str, folder: Path
                ) -> JobStatus:
+    if state_folder == "tmp":  # tmp/requeue~<id>~<unique>: between cur/ and new/
+        return JobStatus(job_id, "queued", 0.0, None, "being requeued (an engine "
+                         "moves it back to new/)", None, None, folder)
     state = STATE_FOLDERS[state_folder]
     cancel = ex.cancel_requested(job_id)
     if state == "queued":
         msg = "cancel requested" if cancel else "waiting for an engine"
+        if not os.access(folder, os.W_OK | os.X_OK) or not os.path.isdir(folder):
+            msg += ("; engines cannot take it: new/" + job_id + " is not a folder "
+                    "they may move (check its owner and permissions)")
         return JobStatus(job_id, state, 0.0, None, msg, None, None, folder)
     prog = _read_progress(folder)
     if state == "running":
@@ -209,13 +219,20 @@ def _status_at(ex: Exchange, job_id: str, state_folder: str, folder: Path
             msg = f"cancel requested; {msg}"
         return JobStatus(job_id, state, prog.fraction if prog else 0.0,
                          prog.stage if prog else None, msg, None, None, folder)
-    result = read_result(folder)
-    if result is None:
-        error = None if state == "done" else {
-            "code": "internal", "message": f"{folder.name}: result.msgpack missing or "
-            "unreadable", "stage": None, "frame": None, "field": None}
-        return JobStatus(job_id, state, 1.0 if state == "done" else 0.0, None,
-                         state, error, None, folder)
+    try:
+        result = load_document(folder / RESULT_FILE, Result)
+    except (OSError, FaceStitchError) as exc:
+        # A final folder without a readable result has no result: say why (it
+        # never passes as a plain "done"); the state is still the folder's.
+        reason = "it is missing" if isinstance(exc, FileNotFoundError) else \
+            exc.strerror or str(exc)
+        err = exc if isinstance(exc, FaceStitchError) else DocumentError(
+            f"{folder.name}/{RESULT_FILE} cannot be read: {reason}",
+            field=RESULT_FILE)
+        error = err.to_dict()
+        return JobStatus(job_id, state, 0.0, None,
+                         f"{state}, but its result cannot be read: {err.message}",
+                         error, None, folder)
     error = result.error
     if state == "done":
         fraction, msg = 1.0, f"done: {len(result.frames)} frames"
@@ -231,8 +248,9 @@ def job_status(exchange: Any, job_id: str) -> JobStatus:
 
     Raises:
         JobNotFound: no job with that id in any state folder.
+        PathUnusable: the exchange folder is missing or not a folder.
     """
-    ex = _exchange(exchange)
+    ex = _exchange(exchange).require()
     for _ in range(3):
         where = ex.locate(job_id)
         if where is None:
@@ -245,8 +263,13 @@ def job_status(exchange: Any, job_id: str) -> JobStatus:
 
 
 def list_jobs(exchange: Any) -> list[JobStatus]:
-    """Every job in the exchange, queued first, then running, then final ones."""
-    ex = _exchange(exchange)
+    """Every job in the exchange, queued first, then running, then final ones,
+    then jobs caught between folders (a requeue interrupted by a crash).
+
+    Raises:
+        PathUnusable: the exchange folder is missing or not a folder.
+    """
+    ex = _exchange(exchange).require()
     out = []
     for job_id, name, folder in ex.iter_jobs():
         try:

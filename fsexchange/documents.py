@@ -17,6 +17,7 @@ Documents (see ``docs/protocol.md`` for the prose):
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -32,6 +33,7 @@ from fsexchange.errors import (
     DocumentTooLarge,
     DocumentVersionError,
 )
+from fsexchange.fsutil import read_regular
 from fsexchange.timecode import parse_rate, rate_to_list, timecode_to_frames
 
 __all__ = [
@@ -61,6 +63,9 @@ __all__ = [
     "decode_document",
     "encode_document",
     "valid_job_id",
+    "STRENGTH_LIMIT",
+    "MAX_FRAME",
+    "MAX_EPOCH",
 ]
 
 SCHEMA_PREFIX = "facestitch."
@@ -68,6 +73,13 @@ JOB_KINDS = ("stitch", "align-preview")
 JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
 OUTPUT_FORMATS = ("png16", "exr", "prores4444", "pam16")
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: Edit strengths and keyframe strengths lie within +-this (STIT convention; the
+#: weakest published directions need 25-30, docs/reference.md "Editing").
+STRENGTH_LIMIT = 100.0
+#: Frame numbers in documents (keyframes, subject frames) lie within 0..this.
+MAX_FRAME = (1 << 31) - 1
+#: Lease epochs and counters stay exact in every msgpack reader (2^53: doubles).
+MAX_EPOCH = 1 << 53
 
 
 def valid_job_id(job_id: str) -> bool:
@@ -114,6 +126,19 @@ class _Fields:
                 f"field {self.path(key)!r} must be {names}, got {type(value).__name__}",
                 field=self.path(key),
             )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise DocumentFieldError(f"field {self.path(key)!r} must be a finite "
+                                     f"number, got {value}", field=self.path(key))
+        return value
+
+    def bounded(self, key: str, kind: Any, lo: float, hi: float,
+                default: Any = ...) -> Any:
+        """``get`` a number that must lie within ``lo..hi``."""
+        value = self.get(key, kind, default)
+        if value is not None and not lo <= value <= hi:
+            raise DocumentFieldError(f"field {self.path(key)!r} must be within "
+                                     f"{lo}..{hi}, got {value}",
+                                     field=self.path(key))
         return value
 
     def choice(self, key: str, choices: tuple[str, ...], default: Any = ...) -> str:
@@ -136,6 +161,9 @@ def _number_list(value: Any, n: int | None, where: str) -> tuple[float, ...]:
     for v in value:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise DocumentFieldError(f"field {where!r} must hold numbers", field=where)
+        if not math.isfinite(v):
+            raise DocumentFieldError(f"field {where!r} must hold finite numbers, "
+                                     f"got {v}", field=where)
         out.append(float(v))
     return tuple(out)
 
@@ -300,6 +328,14 @@ class Keyframe:
     strength: float
 
 
+def _strength(value: float, where: str) -> float:
+    if not -STRENGTH_LIMIT <= value <= STRENGTH_LIMIT:
+        raise DocumentFieldError(f"{where}: strength {value} must be within "
+                                 f"-{STRENGTH_LIMIT:g}..{STRENGTH_LIMIT:g}",
+                                 field=where)
+    return value
+
+
 @dataclass(frozen=True)
 class Edit:
     """A linear latent edit. Without keyframes the strength is constant; with them
@@ -329,13 +365,17 @@ class Edit:
                     or not isinstance(kf[0], int) or isinstance(kf[0], bool)):
                 raise DocumentFieldError(f"{where} must be [frame, strength]",
                                          field=where)
-            kfs.append(Keyframe(kf[0], _number_list([kf[1]], 1, where)[0]))
+            if not 0 <= kf[0] <= MAX_FRAME:
+                raise DocumentFieldError(f"{where}: frame {kf[0]} must be within "
+                                         f"0..{MAX_FRAME}", field=where)
+            kfs.append(Keyframe(kf[0], _strength(_number_list([kf[1]], 1, where)[0],
+                                                 where)))
         frames = [k.frame for k in kfs]
         if frames != sorted(set(frames)):
             raise DocumentFieldError("keyframes must have increasing frame numbers",
                                      field=f.path("keyframes"))
-        return cls(name, f.get("strength", float, 0.0), tuple(kfs),
-                   f.choice("space", ("w", "s"), "w"),
+        return cls(name, _strength(f.get("strength", float, 0.0), f.path("strength")),
+                   tuple(kfs), f.choice("space", ("w", "s"), "w"),
                    f.choice("ease", ("smooth", "linear", "hold"), "smooth"))
 
     def to_dict(self) -> dict[str, Any]:
@@ -680,10 +720,14 @@ class Lease(_Document):
         f = _Fields(data, "", ("schema", "job_id", "worker", "epoch", "expires",
                                "acquired", "renewed", "host", "pid", "reclaims",
                                "released"))
-        return cls(f.get("job_id", str), f.get("worker", str), f.get("epoch", int),
+        # Bounded so that epoch + 1 and every counter stay exact integers that
+        # any msgpack writer can store (an epoch of 2^64-1 once overflowed).
+        return cls(f.get("job_id", str), f.get("worker", str),
+                   f.bounded("epoch", int, 0, MAX_EPOCH - 1),
                    f.get("expires", float), f.get("acquired", str, ""),
                    f.get("renewed", str, ""), f.get("host", str, ""),
-                   f.get("pid", int, 0), f.get("reclaims", int, 0),
+                   f.bounded("pid", int, 0, MAX_EPOCH, 0),
+                   f.bounded("reclaims", int, 0, MAX_EPOCH, 0),
                    f.get("released", str, ""), extra=f.extra())
 
     def body(self) -> dict[str, Any]:
@@ -783,8 +827,13 @@ def decode_document(
             f"{expect.NAME if expect else 'documents'}")
     try:
         data = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except msgpack.StackError:
+        raise DocumentNotMsgpack(f"{source}: maps or lists nested deeper than this "
+                                 "reader accepts; not a FaceStitch document") from None
     except Exception as exc:  # noqa: BLE001 - msgpack raises unrelated types
-        raise DocumentNotMsgpack(f"{source}: not a msgpack document ({exc})") from None
+        reason = str(exc) or type(exc).__name__
+        raise DocumentNotMsgpack(f"{source}: not a msgpack document ({reason})"
+                                 ) from None
     if not isinstance(data, dict):
         raise DocumentError(f"{source}: a document must be a map, got "
                             f"{type(data).__name__}")
@@ -820,13 +869,19 @@ def decode_document(
         raise
 
 
-def load_document(path: str | Path, expect: type[T] | None = None) -> Any:
-    """Read a document file, refusing oversized files before reading them."""
+def load_document(path: str | Path, expect: type[T] | None = None, *,
+                  follow_symlinks: bool = False) -> Any:
+    """Read a document file, refusing oversized files before reading them.
+
+    Only a regular file is opened, and (unless ``follow_symlinks``) not through a
+    symbolic link: a named pipe, socket, device, folder or link raises
+    :class:`~fsexchange.errors.NotRegularFile` without blocking
+    (:func:`fsexchange.fsutil.open_regular`).
+    """
     p = Path(path)
     limit = (expect.MAX_BYTES if expect
              else max(t.MAX_BYTES for t in DOCUMENT_TYPES.values()))
-    with open(p, "rb") as fh:
-        raw = fh.read(limit + 1)
+    raw = read_regular(p, limit + 1, follow_symlinks=follow_symlinks, field=p.name)
     return decode_document(raw, expect, source=p.name)
 
 

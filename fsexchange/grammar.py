@@ -194,8 +194,13 @@ def parse_edit(text: str) -> Edit:
     if frames != sorted(set(frames)):
         raise EditInvalid(f"edit {text.strip()!r}: keyframe frames must increase",
                           field="edits")
-    return Edit.from_dict({"name": name, "strength": keyframes[0].strength,
-                           "keyframes": [[k.frame, k.strength] for k in keyframes]})
+    try:  # finite strengths within range, frames >= 0 (Edit.from_dict checks)
+        return Edit.from_dict({"name": name, "strength": keyframes[0].strength,
+                               "keyframes": [[k.frame, k.strength]
+                                             for k in keyframes]})
+    except FaceStitchError as exc:
+        raise EditInvalid(f"edit {text.strip()!r}: {exc.message}",
+                          field="edits") from None
 
 
 def split_edit_spec(text: str) -> list[str]:

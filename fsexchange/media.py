@@ -23,6 +23,7 @@ import importlib.util
 import logging
 import os
 import re
+import stat
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -30,11 +31,14 @@ from pathlib import Path
 from fsexchange.colour import (MATRIX_NAMES, PRIMARIES_NAMES, RANGE_NAMES,
                                TRANSFER_NAMES, ColourTags)
 from fsexchange.errors import (DocumentFieldError, MediaCorrupt, MediaMissing,
-                               MediaUnsupported, RangeOutOfBounds)
+                               MediaUnreadable, MediaUnsupported, NotRegularFile,
+                               RangeOutOfBounds)
+from fsexchange.fsutil import describe_mode, open_regular
 from fsexchange.timecode import frames_to_timecode, timecode_to_frames
 
 __all__ = ["SEQUENCE_EXTENSIONS", "DEFAULT_SEQUENCE_RATE", "MediaInfo", "MediaIndex",
            "probe", "probe_available", "media_index", "open_container",
+           "check_media",
            "timecode_to_index",
            "index_to_timecode"]
 
@@ -117,15 +121,52 @@ def probe(path: str | os.PathLike[str], rate: Fraction | None = None) -> MediaIn
     return media_index(path, rate).info
 
 
-def media_index(path: str | os.PathLike[str], rate: Fraction | None = None
-                ) -> MediaIndex:
+def check_media(path: str | os.PathLike[str], *, field: str | None = None
+                ) -> os.stat_result:
+    """What is at a media path, checked before anything opens it.
+
+    A movie must be a regular file we may read, a sequence a folder we may list;
+    a named pipe, socket or device is refused unopened (a pipe would block the
+    reader forever). Symbolic links are followed (confinement is
+    :mod:`fsexchange.paths`' business).
+
+    Raises:
+        MediaMissing: nothing there (or a dangling link).
+        MediaUnreadable: there, but not readable by this process.
+        NotRegularFile: neither a regular file nor a folder.
+    """
     p = Path(path)
     try:
         st = p.stat()
     except FileNotFoundError:
-        raise MediaMissing(f"media {str(p)!r} does not exist") from None
+        raise MediaMissing(f"media {str(p)!r} does not exist", field=field) from None
+    except PermissionError:
+        raise MediaUnreadable(f"media {str(p)!r} cannot be reached: permission "
+                              "denied on a folder on its way", field=field) from None
     except OSError as exc:
-        raise MediaMissing(f"media {str(p)!r} cannot be read: {exc}") from None
+        raise MediaUnreadable(f"media {str(p)!r} cannot be read: {exc.strerror}",
+                              field=field) from None
+    try:
+        if stat.S_ISDIR(st.st_mode):
+            with os.scandir(p):
+                pass
+        elif stat.S_ISREG(st.st_mode):
+            open_regular(p, follow_symlinks=True, field=field).close()
+        else:
+            raise NotRegularFile(f"media {str(p)!r} is {describe_mode(st.st_mode)}, "
+                                 "not a movie file or a folder of images; it was not "
+                                 "opened", field=field)
+    except PermissionError:
+        raise MediaUnreadable(f"media {str(p)!r} exists but this process may not "
+                              "read it (permission denied); check its owner and "
+                              "permissions", field=field) from None
+    return st
+
+
+def media_index(path: str | os.PathLike[str], rate: Fraction | None = None
+                ) -> MediaIndex:
+    p = Path(path)
+    st = check_media(p)
     # Cached per file version: the engine probes once per stage, not per frame.
     return _index_cached(str(p.resolve()), st.st_mtime_ns, st.st_size, rate)
 
@@ -144,9 +185,21 @@ def open_container(path: Path):
     import av
 
     try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise MediaMissing(f"media {path.name!r} does not exist") from None
+    except OSError:
+        st = None  # av.open says what is wrong
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise NotRegularFile(f"media {path.name!r} is {describe_mode(st.st_mode)}, "
+                             "not a media file; it was not opened")
+    try:
         return av.open(str(path), "r")
     except FileNotFoundError:
         raise MediaMissing(f"media {path.name!r} does not exist") from None
+    except PermissionError:
+        raise MediaUnreadable(f"media {path.name!r} exists but this process may not "
+                              "read it (permission denied)") from None
     except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
         raise MediaCorrupt(f"{path.name}: not a readable media file ({exc})") from None
 

@@ -15,6 +15,7 @@ Options layout in a job (all optional)::
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
@@ -32,6 +33,8 @@ __all__ = [
     "MetricsConfig",
     "ColourConfig",
     "PipelineConfig",
+    "Range",
+    "OPTION_RANGES",
 ]
 
 
@@ -158,6 +161,88 @@ _SECTIONS = {
 }
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric option accepts: ``lo..hi`` (``lo`` itself excluded
+    when ``above``); ``power_of_two``: a power of two in ``lo..hi``, or 0 (= the
+    automatic value)."""
+
+    lo: float
+    hi: float
+    above: bool = False
+    power_of_two: bool = False
+
+    def accepts(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.power_of_two:
+            return value == 0 or (self.lo <= value <= self.hi
+                                  and int(value) & (int(value) - 1) == 0)
+        return (self.lo < value if self.above else self.lo <= value) and \
+            value <= self.hi
+
+    def text(self) -> str:
+        """In words, as docs/protocol.md "Job options" writes it."""
+        lo, hi = _number(self.lo), _number(self.hi)
+        if self.power_of_two:
+            return f"0 or a power of two from {lo} to {hi}"
+        if self.above:
+            return f"greater than {lo} and at most {hi}"
+        return f"from {lo} to {hi}"
+
+
+def _number(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+
+#: Every numeric option's accepted values (docs/protocol.md "Job options", kept in
+#: sync by tests). Bounds keep a job inside what a machine can do (a resolution of
+#: 2^20 asked for terabytes), learning rates and sigmas finite and positive.
+OPTION_RANGES: dict[str, Range] = {
+    "seed": Range(0, 2**32 - 1),  # numpy seeds are 32-bit
+    "track.detect_upsample": Range(0, 4),
+    "track.min_score": Range(0, 10),
+    "track.max_gap": Range(0, 10_000),
+    "track.identity_max_jump": Range(0, 100, above=True),
+    "align.resolution": Range(8, 4096, power_of_two=True),
+    "align.center_sigma": Range(0, 1000),
+    "align.xy_sigma": Range(0, 1000),
+    "align.scale": Range(0.1, 10),
+    "mask.outer_dilation": Range(0, 4096),
+    "mask.inner_dilation": Range(0, 4096),
+    "mask.border_band": Range(0, 4096),
+    "invert.batch_size": Range(1, 1024),
+    "pti.steps": Range(0, 100_000),
+    "pti.lr": Range(0, 1, above=True),
+    "pti.l2_weight": Range(0, 1e6),
+    "pti.lpips_weight": Range(0, 1e6),
+    "pti.batch_size": Range(0, 1024),
+    "pti.locality_alpha": Range(0, 1e6),
+    "pti.locality_l2": Range(0, 1e6),
+    "pti.locality_lpips": Range(0, 1e6),
+    "pti.checkpoint_every": Range(0, 100_000),
+    "pti.checkpoint_seconds": Range(0, 86_400),
+    "pti.cache_frames": Range(0, 1_000_000),
+    "edit.freeze_fine_layers": Range(0, 64),
+    "stitch.steps": Range(0, 100_000),
+    "stitch.lr": Range(0, 1, above=True),
+    "stitch.content_weight": Range(0, 1e6),
+    "stitch.border_loss_threshold": Range(0, 1e6),
+    "stitch.batch_size": Range(0, 1024),
+}
+#: Numeric options missing from the table (none, by a test) keep at least this.
+_DEFAULT_RANGE = Range(0, 2**31 - 1)
+
+
+def _check_range(name: str, value: Any) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    rng = OPTION_RANGES.get(name, _DEFAULT_RANGE)
+    if not rng.accepts(value):
+        raise DocumentFieldError(f"option options.{name} must be {rng.text()}, got "
+                                 f"{value}", field=f"options.{name}")
+
+
 def _build_section(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, Mapping):
         raise DocumentFieldError(f"{where} must be a map", field=where)
@@ -185,10 +270,7 @@ def _build_section(cls: type, data: Any, where: str) -> Any:
             raise DocumentFieldError(
                 f"option {where}.{key} must be {type(default).__name__}, got {value!r}",
                 field=f"{where}.{key}")
-        if (isinstance(value, (int, float)) and not isinstance(value, bool)
-                and value < 0):
-            raise DocumentFieldError(f"option {where}.{key} must be >= 0",
-                                     field=f"{where}.{key}")
+        _check_range(f"{where.removeprefix('options.')}.{key}", value)
         kwargs[key] = value
     return cls(**kwargs)
 
@@ -234,6 +316,7 @@ class PipelineConfig:
             elif key == "seed":
                 if not isinstance(value, int) or isinstance(value, bool):
                     raise DocumentFieldError(f"{where} must be an integer", field=where)
+                _check_range(key, value)
                 kwargs[key] = value
             else:
                 raise DocumentFieldError(f"unknown option {where}", field=where)

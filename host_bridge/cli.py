@@ -4,7 +4,9 @@ Each subcommand module exposes ``main(argv: list[str]) -> int`` with its own
 argparse parser (``prog="facestitch NAME"``), and is imported only when that
 subcommand runs. Bridge-side modules stay torch-free; engine-side ones import torch
 lazily inside ``main``. Errors of the FaceStitch hierarchy print as one readable line
-and exit 2.
+and exit 2; so do operating-system errors (a missing folder, a read-only share, a
+full disk), as the typed error :func:`fsexchange.errors.io_error` makes of them.
+Commands check the paths they will write before long work starts.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def _usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fsexchange.errors import FaceStitchError
+    from fsexchange.errors import FaceStitchError, io_error
 
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -86,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.main(rest) or 0)
     except FaceStitchError as exc:
         print(f"facestitch {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # no traceback for a path or disk problem
+        print(f"facestitch {name}: error: {io_error(exc, doing='running')}",
+              file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:
         message = missing_extra_message(exc)

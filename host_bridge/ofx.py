@@ -28,6 +28,7 @@ from pathlib import Path
 from fsexchange.client import build_job
 from fsexchange.documents import Edit, FrameRange, Job, OutputSpec, Source, Subject
 from fsexchange.errors import HostError, MediaMissing
+from fsexchange.fsutil import open_regular
 
 __all__ = ["PLUGIN_ID", "BUNDLE_NAME", "PARAMS", "OfxBuild", "bundle_arch",
            "target_arch", "find_compiler", "source_dir", "build_bundle",
@@ -163,12 +164,17 @@ def source_dir() -> Path:
 
 
 def find_compiler(cc: str | None = None) -> str:
-    """The C compiler: ``cc`` argument, ``$CC``, then cc, gcc, clang on ``PATH``."""
-    for cand in ([cc] if cc else []) + [os.environ.get("CC", "")] + ["cc", "gcc", "clang"]:
+    """The C compiler: the ``cc`` argument (only it: a compiler asked for is never
+    silently replaced), else ``$CC``, then cc, gcc, clang on ``PATH``."""
+    if cc:
+        found = shutil.which(cc)
+        if not found:
+            raise HostError(f"C compiler {cc!r} not found (--cc names a compiler on "
+                            "PATH or its path)")
+        return found
+    for cand in [os.environ.get("CC", "")] + ["cc", "gcc", "clang"]:
         if cand and shutil.which(cand):
             return shutil.which(cand)  # type: ignore[return-value]
-    if cc:
-        raise HostError(f"C compiler {cc!r} not found")
     raise HostError("no C compiler found (tried $CC, cc, gcc, clang); install one, e.g. "
                     "'apt install gcc' or Xcode's command-line tools")
 
@@ -269,8 +275,8 @@ def exported_frames(folder: str | os.PathLike[str]) -> list[int]:
 
 def _pam_size(path: Path) -> tuple[int, int] | None:
     """(width, height) from a PAM header, None when it is not one."""
-    try:
-        with open(path, "rb") as fh:
+    try:  # never blocks on a pipe named like a frame
+        with open_regular(path, follow_symlinks=True) as fh:
             head = fh.read(512)
     except OSError:
         return None

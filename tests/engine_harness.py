@@ -10,8 +10,12 @@ through two stages defined here instead of the GAN pipeline:
   ``FrameOutput`` facts.
 
 Test knobs live in the job document's unknown key ``test`` (kept by the loader):
-``{"delay": 0.05, "deliver_delay": 0.05, "fail": "internal" | "face"}``
-(delays are per frame). Every stage start/end and
+``{"delay": 0.05, "deliver_delay": 0.05, "fail": "internal" | "face",
+"write_bytes": N, "warn_bytes": N}`` (delays are per frame; ``write_bytes``:
+deliver also writes ``output/bulk.bin`` of N bytes, to meet a full disk;
+``warn_bytes``: hash adds a warning that long, which its DONE record and the
+result then carry). Each frame checkpoint is
+fenced (``ctx.fence()``), as the stage contract asks. Every stage start/end and
 every frame written is appended to ``$FS_HARNESS_LOG/<job_id>.log`` as
 ``<stage> <event> <pid> [frame]``, so tests can prove what ran how often.
 """
@@ -91,10 +95,13 @@ class HashStage(Stage):
                 while time.monotonic() < deadline:  # a slow frame that polls abort
                     ctx.check_abort()
                     time.sleep(min(0.02, delay))
+                ctx.fence()
                 atomic_write_bytes(out, digest.hexdigest().encode())
                 log_event(job.id, self.name, "frame", os.getpid(), index)
                 ctx.report((index - r.start + 1) / r.count, f"frame {index}")
         ctx.warn("harness: hashed, not edited")
+        if k.get("warn_bytes"):
+            ctx.warn("w" * int(k["warn_bytes"]))
         ctx.info["models"] = {"harness": {"label": "sha256 of decoded frames"}}
         log_event(job.id, self.name, "end", os.getpid())
         return {"frames": r.count}
@@ -121,6 +128,9 @@ class DeliverStage(Stage):
             atomic_write_bytes(out / name, data)
             frames.append({"frame": index, "path": f"output/{name}",
                            "sha256": hashlib.sha256(data).hexdigest(), "edited": True})
+        bulk = int(knobs(ctx).get("write_bytes", 0))
+        if bulk:
+            atomic_write_bytes(out / "bulk.bin", b"\0" * bulk)
         atomic_write_bytes(out / "summary.txt", f"{len(frames)} frames\n".encode())
         log_event(job.id, self.name, "end", os.getpid())
         return {"frames": frames, "outputs": {"summary": "output/summary.txt"}}

@@ -63,6 +63,11 @@ def main(argv: list[str]) -> int:
     for root in args.media_roots:
         if not root.is_dir():
             build_parser().error(f"--media-root {root} is not a folder")
+    from fsexchange.exchange import Exchange
+
+    # A file, an unwritable or read-only folder: one line now, not an engine that
+    # idles forever unable to claim anything.
+    Exchange(args.exchange.absolute()).ensure().check_writable()
     ocio = str(args.ocio_config.resolve()) if args.ocio_config else \
         os.environ.get("OCIO", "")
     if ocio:

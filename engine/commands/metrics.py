@@ -5,7 +5,10 @@ Each side is a movie file or an image-sequence folder. RGBA results (FaceStitch'
 matte layer) are composited over the source first. ``--range START:END`` is in source
 media indices, END exclusive; the edited side is read over the same range when it is
 as long as the source, or whole when it is exactly as long as the range (a FaceStitch
-output covers only the job's range).
+output covers only the job's range). A finished job's folder or its ``output``
+folder (``X/done/JOB/output``) is read through the job's ``Result/1``: exactly the
+frames it lists, in frame order (the folder also holds a preview, a contact sheet,
+a report); without ``--range`` the range is the job's.
 
 Example::
 
@@ -56,6 +59,25 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _job_frames(edited: Path) -> tuple[list[Path], int] | None:
+    """The frame files a finished job's ``Result/1`` lists (``edited`` is the job
+    folder or its ``output/``), and the first source frame; None for other paths."""
+    from fsexchange.exchange import RESULT_FILE, read_result
+    from fsexchange.errors import MetricsNoFrames
+
+    folder = edited.parent if edited.name == "output" else edited
+    if not edited.is_dir() or not (folder / RESULT_FILE).exists():
+        return None
+    result = read_result(folder)
+    if result is None:
+        raise MetricsNoFrames(f"{folder / RESULT_FILE} cannot be read")
+    frames = sorted(result.frames, key=lambda f: f.frame)
+    if not frames:
+        raise MetricsNoFrames(f"job {result.job_id} ({result.state}) delivered no "
+                              "frames")
+    return [folder / f.path for f in frames], frames[0].frame
+
+
 def _is_premultiplied(path: Path) -> bool:
     """EXR results carry premultiplied colour (the EXR convention,
     engine/media/video.py)."""
@@ -100,6 +122,11 @@ def main(argv: list[str]) -> int:
             parser.error(f"--subject must be X,Y in pixels, got {args.subject!r}")
         subject = (x, y)
 
+    from fsexchange.paths import check_output
+
+    if args.svg:
+        check_output(args.svg, flag="--svg")  # not after the whole computation
+
     from fsexchange.options import MetricsConfig
     from engine.quality.charts import metrics_svg
     from engine.quality.metrics import temporal_metrics
@@ -108,7 +135,17 @@ def main(argv: list[str]) -> int:
     from engine.media.video import read_frames
     from fsexchange.media import probe
 
-    src_info, ed_info = probe(args.source), probe(args.edited)
+    from engine.media.video import read_files
+
+    job = _job_frames(args.edited)
+    job_files: list[Path] | None = None
+    if job is not None and len({str(p) for p in job[0]}) > 1:
+        job_files = job[0]  # one file per frame; else one movie (prores4444)
+    src_info = probe(args.source)
+    ed_info = probe(job_files[0] if job_files else job[0][0] if job else args.edited)
+    ed_count = len(job_files) if job_files else ed_info.frame_count
+    if job is not None and args.range_ is None:
+        args.range_ = f"{job[1]}:{job[1] + len(job[0])}"
     if (src_info.width, src_info.height) != (ed_info.width, ed_info.height):
         raise MetricsSizeMismatch(
             f"{args.edited.name} is {ed_info.width}x{ed_info.height} but "
@@ -116,20 +153,25 @@ def main(argv: list[str]) -> int:
             "of the same frame size")
     start, end = parse_range(args.range_, src_info.frame_count)
     n = end - start
-    if ed_info.frame_count == src_info.frame_count:
+    if ed_count == src_info.frame_count:
         ed_start, ed_end = start, end
-    elif ed_info.frame_count == n:
+    elif ed_count == n:
         ed_start, ed_end = 0, n
     else:
         raise MetricsLengthMismatch(
-            f"{args.edited.name} has {ed_info.frame_count} frames; expected "
+            f"{args.edited.name} has {ed_count} frames; expected "
             f"{src_info.frame_count} (the whole source) or {n} (the range "
             f"{start}:{end})")
 
     source = (rgb for _, rgb in read_frames(args.source, start, end))
-    edited = (img for _, img in read_frames(
-        args.edited, ed_start, ed_end, alpha=ed_info.has_alpha,
-        depth=16 if ed_info.bit_depth > 8 else 8))
+    depth = 16 if ed_info.bit_depth > 8 else 8
+    if job_files:
+        edited = (img for _, img in read_files(job_files[ed_start:ed_end],
+                                               alpha=ed_info.has_alpha, depth=depth))
+    else:
+        edited = (img for _, img in read_frames(
+            job[0][0] if job else args.edited, ed_start, ed_end,
+            alpha=ed_info.has_alpha, depth=depth))
 
     tty = sys.stderr.isatty()
 
@@ -139,7 +181,9 @@ def main(argv: list[str]) -> int:
 
     cfg = MetricsConfig(identity=args.identity, flow=args.flow)
     m = temporal_metrics(source, edited, cfg=cfg, device=args.device,
-                         premultiplied=_is_premultiplied(args.edited), subject=subject,
+                         premultiplied=_is_premultiplied(
+                             job_files[0] if job_files else args.edited),
+                         subject=subject,
                          on_frame=progress)
     if tty:
         print(file=sys.stderr)

@@ -179,6 +179,9 @@ def main(argv: list[str]) -> int:
                         help="OpenColorIO config (default $OCIO, else the built-in "
                         "ACES studio config)")
     args = parser.parse_args(argv)
+    from fsexchange.paths import check_output
+
+    check_output(args.out, folder=True)  # before any work: a file there, no rights
 
     options = {"track": {"backend": args.backend}}
     if args.colour:

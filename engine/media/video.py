@@ -30,7 +30,7 @@ import logging
 import os
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -44,11 +44,12 @@ from fsexchange.errors import (
     RangeInvalid,
     RangeOutOfBounds,
 )
-from fsexchange.fsutil import atomic_write_bytes, unique_name
+from fsexchange.fsutil import atomic_write_bytes, check_regular, unique_name
 from fsexchange.media import MediaIndex, MediaInfo, media_index, open_container
 
 __all__ = [
     "read_frames",
+    "read_files",
     "read_image",
     "write_rgba",
     "encode_png",
@@ -160,6 +161,25 @@ def read_frames(
     if idx.info.kind == "sequence":
         return _read_sequence(idx, start, end, alpha, depth)
     return _read_video(idx, start, end, alpha, depth)
+
+
+def read_files(files: Sequence[str | os.PathLike[str]], *, alpha: bool = False,
+               depth: int = 8) -> Iterator[tuple[int, np.ndarray]]:
+    """Frames from a list of image files, in the list's order, as
+    :func:`read_frames` gives a sequence's (``(position, image)``; one size, that
+    of the first file). For frames a document lists, such as a job's
+    ``Result/1`` frames, where a folder may hold other images too."""
+    if depth not in (8, 16):
+        raise ValueError(f"depth must be 8 or 16, got {depth}")
+    paths = tuple(Path(f) for f in files)
+    if not paths:
+        return iter(())
+    first = read_image(paths[0])
+    h, w = first.shape[:2]
+    info = MediaInfo(paths[0].parent, "sequence", w, h, len(paths), Fraction(24),
+                     None, 16 if first.dtype != np.uint8 else 8,
+                     first.ndim == 3 and first.shape[2] in (2, 4), 0)
+    return _read_sequence(MediaIndex(info, files=paths), 0, len(paths), alpha, depth)
 
 
 def _read_sequence(idx: MediaIndex, start: int, end: int, alpha: bool,
@@ -282,6 +302,7 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     ext = p.suffix.lower()
     if not p.exists():
         raise MediaMissing(f"image {p.name!r} does not exist")
+    check_regular(p)  # never hand a pipe to a decoder: it would block
     if ext == ".pam":
         return _read_pam(p)
     if ext == ".exr":

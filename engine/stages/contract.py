@@ -12,7 +12,9 @@ process or on another machine and can resume after a crash:
 - The pipeline marks a stage complete by writing ``stages/<name>/DONE.msgpack``
   after ``run`` returns; a completed stage is never run again for that job.
 - Inside a long stage, save a resumable checkpoint with :func:`save_checkpoint`
-  (atomic) and, at the start of ``run``, continue from it if it exists.
+  (atomic; pass ``fence=ctx.fence``, so a worker that lost the job never writes
+  into its new owner's folder) and, at the start of ``run``, continue from it if
+  it exists.
 - ``run`` must be deterministic given its inputs and config (seeded), so a resumed
   job delivers the same frames as an uninterrupted one (within float tolerance).
 """
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from fsexchange.documents import Job
-from fsexchange.fsutil import atomic_write_bytes
+from fsexchange.fsutil import atomic_write_bytes, check_regular
 from fsexchange.options import PipelineConfig
 from fsexchange.paths import confine
 
@@ -61,6 +63,8 @@ class StageContext:
         abort_fn: returns True when the stage must stop soon.
         warnings: user-visible notes collected into ``Result/1.warnings``.
         info: small JSON-able facts collected into ``Result/1`` (models used...).
+        fence_fn: raises ``LeaseLost`` when this worker no longer holds the job
+            (the runner binds it to the claim's lease epoch).
     """
 
     job: Job
@@ -72,6 +76,7 @@ class StageContext:
     abort_fn: Callable[[], bool] = lambda: False
     warnings: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    fence_fn: Callable[[], None] = lambda: None
 
     # No ``parents=True`` below: a worker that lost its lease finds its job folder
     # moved away, and must fail there rather than re-create a half job in ``cur/``.
@@ -97,6 +102,11 @@ class StageContext:
     def check_abort(self) -> None:
         if self.abort_fn():
             raise StageAborted()
+
+    def fence(self) -> None:
+        """Call before a write another worker could see (checkpoints, DONE):
+        raises ``LeaseLost`` once another worker owns the job."""
+        self.fence_fn()
 
     def warn(self, message: str) -> None:
         if message not in self.warnings:
@@ -132,12 +142,16 @@ class Stage(ABC):
         """Do the work; return small facts for the result (e.g. ``{"frames": n}``)."""
 
 
-def save_checkpoint(path: str | os.PathLike[str], obj: Any) -> None:
-    """Atomically ``torch.save`` ``obj`` (state dicts, tensors, plain data)."""
+def save_checkpoint(path: str | os.PathLike[str], obj: Any, *,
+                    fence: Callable[[], None] | None = None) -> None:
+    """Atomically ``torch.save`` ``obj`` (state dicts, tensors, plain data);
+    ``fence`` (``ctx.fence``) is called just before the file is published."""
     import torch
 
     buf = io.BytesIO()
     torch.save(obj, buf)
+    if fence is not None:
+        fence()
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -145,4 +159,5 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str = "cpu") -> 
     """Load a checkpoint written by :func:`save_checkpoint` without running code."""
     import torch
 
+    check_regular(path, follow_symlinks=False)  # a pipe would block torch.load
     return torch.load(path, map_location=map_location, weights_only=True)

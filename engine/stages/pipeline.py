@@ -138,6 +138,7 @@ def run_stage(stage: Stage, index: int, base: StageContext,
     except (TypeError, ValueError) as exc:
         raise InternalError(f"stage {stage.name} returned facts that cannot be "
                             f"stored: {exc}", stage=stage.name) from exc
+    ctx.fence()  # a worker that lost the job must not mark its stage done
     atomic_write_bytes(ctx.stage_dir(stage.name) / DONE_FILE, doc.to_bytes())
     progress(index, 1.0, f"{stage.name}: done")
     return doc

@@ -431,6 +431,7 @@ class StitchTuneStage(Stage):
 
             res = stitcher.tune(styles, target, border, content,
                                 abort=ctx.check_abort, progress=progress)
+            ctx.fence()  # this batch's results are a checkpoint: ours to write?
             for j, f in enumerate(fr):
                 write_png(files.crop(f), tensor_to_image(res.images[j], depth=16))
                 alpha = paste_alpha(masks[j], mcfg)

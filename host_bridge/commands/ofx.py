@@ -85,6 +85,9 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.action == "submit":
         return _submit(args)
+    from fsexchange.paths import check_output
+
+    check_output(args.out, folder=True)  # before compiling
     build = build_bundle(args.out, cc=args.cc)
     print(f"built {build.bundle}")
     print(f"  binary    {build.binary} ({build.arch}, {build.compiler})")

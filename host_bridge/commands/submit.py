@@ -195,6 +195,9 @@ def job_from_args(args: argparse.Namespace, notes: list[str]
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    from fsexchange.exchange import Exchange
+
+    Exchange(args.exchange.absolute()).ensure().check_writable()  # before probing
     notes: list[str] = []
     job, attachments = job_from_args(args, notes)
     submit_job(args.exchange, job, attachments=attachments)
