@@ -42,7 +42,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
-from fsexchange.documents import Lease, Result, load_document, valid_job_id
+from fsexchange.documents import (PRIORITY_NORMAL, Job, Lease, Result, load_document,
+                                  valid_job_id)
 from fsexchange.errors import DocumentError, FaceStitchError, JobExists, LeaseLost
 from fsexchange.fsutil import atomic_write_bytes, fsync_dir, unique_name
 
@@ -131,6 +132,8 @@ class Exchange:
                  clock: Callable[[], float] = time.time) -> None:
         self.root = Path(root).absolute()
         self.clock = clock
+        # job id -> (job.msgpack's stat key, Job.priority); job files never change
+        self._priorities: dict[str, tuple[tuple[int, int, int], int]] = {}
 
     def __repr__(self) -> str:
         return f"Exchange({str(self.root)!r})"
@@ -194,6 +197,31 @@ class Exchange:
                     continue
             out.append((st.st_mtime, e.name))
         return [name for _, name in sorted(out)]
+
+    def claim_order(self) -> list[str]:
+        """Queued job ids in the order engines claim them: higher ``Job.priority``
+        first (drafts before long jobs), oldest submission first within a priority
+        (the order of :meth:`ids`)."""
+        ids = self.ids("new")
+        self._priorities = {k: v for k, v in self._priorities.items() if k in ids}
+        return sorted(ids, key=lambda job_id: -self._priority(job_id))  # stable
+
+    def _priority(self, job_id: str) -> int:
+        path = self.dir("new") / job_id / JOB_FILE
+        try:
+            st = os.stat(path)
+        except OSError:
+            return PRIORITY_NORMAL
+        key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        cached = self._priorities.get(job_id)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        try:
+            priority = int(load_document(path, Job).priority or 0)
+        except (OSError, FaceStitchError):
+            priority = PRIORITY_NORMAL  # the runner fails it with its own error
+        self._priorities[job_id] = (key, priority)
+        return priority
 
     # --- submitting --------------------------------------------------------------
 

@@ -18,7 +18,7 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
-from fsexchange.errors import DocumentFieldError
+from fsexchange.errors import DocumentFieldError, FaceStitchError
 
 __all__ = [
     "TrackConfig",
@@ -30,6 +30,7 @@ __all__ = [
     "StitchConfig",
     "PasteConfig",
     "MetricsConfig",
+    "DraftConfig",
     "PipelineConfig",
 ]
 
@@ -111,6 +112,9 @@ class StitchConfig:
     batch_size: int = 0  # frames tuned at once with stacked per-frame weights;
     # 0 = auto (engine/stages/batching.py)
     l1: bool = False
+    # False (--no-stitch): no tuning; the edited crops are pasted back with the
+    # undilated face mask, STIT's edit_video.py (docs/reference.md "Paste-back")
+    tune: bool = True
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,19 @@ class MetricsConfig:
     flow: str = "dis"  # "dis" | "farneback" | "raft"
 
 
+@dataclass(frozen=True)
+class DraftConfig:
+    """A ``draft`` job (docs/pipeline.md "Drafts")."""
+
+    count: int = 5  # frames spread evenly over the range, first and last included
+    frames: tuple[int, ...] = ()  # these source frames instead (--frames)
+    # strengths to render, fsexchange.grammar.parse_sweep text ("age=-8:8:5");
+    # "" = the job's edits once
+    sweep: str = ""
+    pti_steps: int = 0  # --draft-pti: PTI passes over the draft frames; 0 = e4e only
+    tile: int = 256  # sheet tile size in pixels
+
+
 _SECTIONS = {
     "track": TrackConfig,
     "align": AlignConfig,
@@ -136,6 +153,7 @@ _SECTIONS = {
     "stitch": StitchConfig,
     "paste": PasteConfig,
     "metrics": MetricsConfig,
+    "draft": DraftConfig,
 }
 
 
@@ -160,11 +178,18 @@ def _build_section(cls: type, data: Any, where: str) -> Any:
         elif isinstance(default, float):
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             value = float(value) if ok else value
+        elif isinstance(default, tuple):  # lists of frame numbers
+            ok = isinstance(value, (list, tuple)) and all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                for v in value)
+            value = tuple(value) if ok else value
         else:
             ok = isinstance(value, type(default))
         if not ok:
+            kind = ("a list of frame numbers" if isinstance(default, tuple)
+                    else type(default).__name__)
             raise DocumentFieldError(
-                f"option {where}.{key} must be {type(default).__name__}, got {value!r}",
+                f"option {where}.{key} must be {kind}, got {value!r}",
                 field=f"{where}.{key}")
         if (isinstance(value, (int, float)) and not isinstance(value, bool)
                 and value < 0):
@@ -195,6 +220,7 @@ class PipelineConfig:
     stitch: StitchConfig = field(default_factory=StitchConfig)
     paste: PasteConfig = field(default_factory=PasteConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    draft: DraftConfig = field(default_factory=DraftConfig)
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any],
@@ -224,7 +250,28 @@ class PipelineConfig:
         if cfg.dtype not in ("auto", "float32", "bfloat16"):
             raise DocumentFieldError("options.dtype must be auto, float32 or bfloat16",
                                      field="options.dtype")
+        _check_draft(cfg.draft)
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _check_draft(cfg: DraftConfig) -> None:
+    """Ranges of ``options.draft``, and its sweep text parsed as every client and
+    the engine parse it (:func:`fsexchange.grammar.parse_sweep`)."""
+    from fsexchange.grammar import parse_sweep
+
+    for key, value, lo, hi in (("count", cfg.count, 1, 64), ("tile", cfg.tile, 32,
+                                                              1024)):
+        if not lo <= value <= hi:
+            raise DocumentFieldError(f"option options.draft.{key} must be {lo} to "
+                                     f"{hi}, got {value}", field=f"options.draft.{key}")
+    if len(cfg.frames) > 64:
+        raise DocumentFieldError("option options.draft.frames: at most 64 frames",
+                                 field="options.draft.frames")
+    try:
+        parse_sweep(cfg.sweep)
+    except FaceStitchError as exc:  # edit.invalid, naming the option
+        exc.field = "options.draft.sweep"
+        raise
