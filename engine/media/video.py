@@ -24,7 +24,7 @@ import logging
 import os
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -41,6 +41,7 @@ from fsexchange.media import MediaIndex, MediaInfo, media_index, open_container
 
 __all__ = [
     "read_frames",
+    "read_frames_at",
     "read_image",
     "write_rgba",
     "encode_png",
@@ -133,6 +134,16 @@ def read_frames(
     if idx.info.kind == "sequence":
         return _read_sequence(idx, start, end, alpha, depth)
     return _read_video(idx, start, end, alpha, depth)
+
+
+def read_frames_at(path: str | os.PathLike[str], frames: Iterable[int], *,
+                   alpha: bool = False, depth: int = 8
+                   ) -> Iterator[tuple[int, np.ndarray]]:
+    """:func:`read_frames` of a few chosen frames (increasing media indices), each
+    reached by seeking: for frames spread over a long shot this decodes from the
+    keyframes before them instead of every frame in between."""
+    for f in frames:
+        yield from read_frames(path, int(f), int(f) + 1, alpha=alpha, depth=depth)
 
 
 def _read_sequence(idx: MediaIndex, start: int, end: int, alpha: bool,

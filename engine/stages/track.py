@@ -242,32 +242,45 @@ def track_media(
     rate: Fraction | None = None,
     progress: Callable[[float, str], None] | None = None,
     abort: Callable[[], None] | None = None,
+    only: Sequence[int] | None = None,
 ) -> FaceTrack:
     """Track the chosen face over ``start:end`` of a movie or sequence.
+
+    Args:
+        only: track just these frames (increasing, inside the range; drafts):
+            each is read by seeking, and the track has one entry per frame of
+            ``only``, without gap filling.
 
     Raises:
         NoFaceFound: no face anywhere in the range.
         SubjectInvalid: the requested subject does not exist.
         ModelMissing: the backend's weights are not installed.
     """
-    from engine.media.video import read_frames
+    from engine.media.video import read_frames, read_frames_at
     from fsexchange.media import probe
 
     info = probe(path, rate)
     end = info.frame_count if end is None else end
     frames = read_frames(path, start, end)  # validates the range first
+    if only is not None:
+        frames = read_frames_at(path, only)
     backend = backend or make_backend(cfg, device)
-    n = end - start
+    n = end - start if only is None else max(len(only), 1)
+    seen = [0]
 
     def on_frame(index: int) -> None:
+        seen[0] += 1
         if abort is not None:
             abort()
         if progress is not None:
-            progress((index - start + 1) / n, f"tracked frame {index}")
+            progress(seen[0] / n, f"tracked frame {index}")
 
     identities = follow_identities(frames, backend, cfg, on_frame=on_frame)
     chosen, facts = choose_subject(identities, subject)
-    track = fill_gaps(subject_track(chosen, start, end), cfg.max_gap)
+    if only is None:
+        track = fill_gaps(subject_track(chosen, start, end), cfg.max_gap)
+    else:
+        track = [subject_track(chosen, f, f + 1)[0] for f in only]
     return FaceTrack(rate=rate or info.rate, image_size=(info.width, info.height),
                      frames=tuple(track), backend=backend.name, subject=facts)
 
