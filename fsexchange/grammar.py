@@ -42,7 +42,8 @@ from fsexchange.timecode import timecode_to_frames
 __all__ = ["parse_range", "is_timecode_range", "timecode_range", "parse_subject",
            "parse_edit", "split_edit_spec", "EditChoice", "parse_edit_spec",
            "PREVIEW_WORDS", "SweepAxis", "parse_sweep", "format_sweep", "sweep_rows",
-           "check_sweep_edits", "MAX_SWEEP_ROWS", "parse_frames", "parse_option"]
+           "sweep_row_label", "sweep_row_folder", "check_sweep_edits",
+           "MAX_SWEEP_ROWS", "parse_frames", "parse_option"]
 
 #: Edit-spec words that ask for an align-preview job instead of an edit.
 PREVIEW_WORDS = ("preview", "align-preview")
@@ -349,6 +350,23 @@ def sweep_rows(axes: Sequence[SweepAxis]) -> list[tuple[tuple[str, float], ...]]
     for a in axes:
         rows = [r + ((a.name, s),) for r in rows for s in a.strengths]
     return rows
+
+
+def sweep_row_label(row: Sequence[tuple[str, float]], edits: Sequence[Edit] = ()
+                    ) -> str:
+    """A row for people: ``"age -8"``, ``"age 4, smile 1"``; without a sweep (an
+    empty row) the job's own edits."""
+    if row:
+        return ", ".join(f"{n} {s:g}" for n, s in row)
+    return ", ".join(f"{e.name} {e.strength:g}" if not e.keyframes
+                     else f"{e.name} (keyframed)" for e in edits) or "no edit"
+
+
+def sweep_row_folder(index: int, row: Sequence[tuple[str, float]]) -> str:
+    """The folder name of a draft's row under ``output/sweep/``: ``r00_age-8``,
+    ``r03_age+4_smile0``; ``r00_edit`` without a sweep."""
+    slug = "_".join(f"{n}{s:+g}" if s else f"{n}0" for n, s in row) or "edit"
+    return f"r{index:02d}_{slug}"
 
 
 def check_sweep_edits(sweep: Sequence[SweepAxis], edits: Sequence[Edit]) -> None:

@@ -42,7 +42,8 @@ import numpy as np
 
 from fsexchange.documents import Edit, FrameOutput, Job, Variant
 from fsexchange.fsutil import atomic_write_bytes
-from fsexchange.grammar import check_sweep_edits, format_sweep, parse_sweep, sweep_rows
+from fsexchange.grammar import (check_sweep_edits, format_sweep, parse_sweep,
+                                sweep_row_folder, sweep_row_label, sweep_rows)
 
 from engine.stages.contract import Stage, StageContext
 from engine.stages.crops import chunks, tensor_to_image
@@ -51,7 +52,7 @@ from engine.stages.edit import apply_s_edits, apply_w_edits, check_edits, freeze
 from engine.stages.paste import FORMAT_EXT, paste_back
 from engine.stages.render import RENDER_BATCH, naive_alpha
 
-__all__ = ["SweepStage", "row_label", "row_folder", "sheet"]
+__all__ = ["SweepStage", "sheet"]
 
 log = logging.getLogger(__name__)
 
@@ -60,21 +61,7 @@ SHEET_HEADER = 28  # pixels of the frame-number row
 _BG = 32  # sheet background grey
 
 
-Row = tuple[tuple[str, float], ...]
-
-
-def row_label(row: Row, edits: Sequence[Edit]) -> str:
-    """``"age -8"`` / ``"age 4, smile 1"``; without a sweep the job's edits."""
-    if row:
-        return ", ".join(f"{n} {s:g}" for n, s in row)
-    return ", ".join(f"{e.name} {e.strength:g}" if not e.keyframes
-                     else f"{e.name} (keyframed)" for e in edits) or "no edit"
-
-
-def row_folder(index: int, row: Row) -> str:
-    """``r00_age-8``, ``r03_age+4_smile0``; ``r00_edit`` without a sweep."""
-    slug = "_".join(f"{n}{s:+g}" if s else f"{n}0" for n, s in row) or "edit"
-    return f"r{index:02d}_{slug}"
+Row = tuple[tuple[str, float], ...]  # (edit name, strength) per swept edit
 
 
 def _tile(img: np.ndarray | None, size: int) -> np.ndarray:
@@ -159,7 +146,7 @@ class SweepStage(Stage):
 
         out_dir = ctx.output_dir()
         ext = FORMAT_EXT.get(job.output.format, "png")
-        folders = [row_folder(r, row) for r, row in enumerate(rows)]
+        folders = [sweep_row_folder(r, row) for r, row in enumerate(rows)]
         for name in folders:
             (out_dir / "sweep" / name).mkdir(parents=True, exist_ok=True)
         outputs: list[list[dict[str, Any]]] = [[] for _ in rows]
@@ -197,7 +184,7 @@ class SweepStage(Stage):
             for r, index, edited, rel, fut in pending:
                 outputs[r].append(FrameOutput(index, rel, fut.result(),
                                               edited).to_dict())
-        labels = [row_label(row, job.edits) for row in rows]
+        labels = [sweep_row_label(row, job.edits) for row in rows]
         img, layout = sheet(all_frames, [("source", tiles[0])]
                             + list(zip(labels, tiles[1:])), cfg.draft.tile,
                             banner="TINY TEST NETWORKS" if models.tiny else "")
