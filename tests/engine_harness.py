@@ -13,7 +13,10 @@ Test knobs live in the job document's unknown key ``test`` (kept by the loader):
 ``{"delay": 0.05, "deliver_delay": 0.05, "fail": "internal" | "face"}``
 (delays are per frame). Every stage start/end and
 every frame written is appended to ``$FS_HARNESS_LOG/<job_id>.log`` as
-``<stage> <event> <pid> [frame]``, so tests can prove what ran how often.
+``<stage> <event> <pid> [frame]``, so tests can prove what ran how often; stage
+starts and ends also go to ``$FS_HARNESS_LOG/order.log`` as ``<job_id> <stage>
+<event>``, one file for all jobs and processes (appends), the order they ran in.
+Every job kind (``draft`` too) runs these two stages.
 """
 
 from __future__ import annotations
@@ -40,20 +43,27 @@ from fsexchange.fsutil import atomic_write_bytes  # noqa: E402
 PIPELINES = {
     "stitch": ("engine_harness:HashStage", "engine_harness:DeliverStage"),
     "align-preview": ("engine_harness:HashStage", "engine_harness:DeliverStage"),
+    "draft": ("engine_harness:HashStage", "engine_harness:DeliverStage"),
 }
+
+
+def _append(path: str, line: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
 
 
 def log_event(job_id: str, *words: object) -> None:
     folder = os.environ.get("FS_HARNESS_LOG")
     if not folder:
         return
-    line = " ".join(str(w) for w in words) + "\n"
-    fd = os.open(os.path.join(folder, f"{job_id}.log"),
-                 os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
+    _append(os.path.join(folder, f"{job_id}.log"),
+            " ".join(str(w) for w in words) + "\n")
+    if words[1] in ("start", "end"):
+        _append(os.path.join(folder, "order.log"), f"{job_id} {words[0]} "
+                f"{words[1]}\n")
 
 
 def knobs(ctx: StageContext) -> dict[str, Any]:
