@@ -158,10 +158,10 @@ def test_a_grid_sweep_on_chosen_frames_with_a_short_pti(drafts):
 
 
 def test_a_running_engine_loads_the_networks_once_for_several_drafts(drafts):
-    # the model set and the face masker, once, for both drafts; every other
-    # stage of either draft took them from the cache
-    assert drafts["loads"] == 2
-    assert drafts["hits"] >= 7
+    # the model set, the face masker and the face detector, once, for both
+    # drafts; every other stage of either draft took them from the cache
+    assert drafts["loads"] == 3
+    assert drafts["hits"] >= 8
 
 
 def test_the_model_cache_reloads_when_a_store_file_changes(tmp_path, monkeypatch):

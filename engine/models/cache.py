@@ -2,8 +2,9 @@
 
 A draft takes seconds; loading the official networks takes several of them (the
 1024 px generator, e4e, LPIPS, BiSeNet). Drafts therefore take their networks from
-this cache (:func:`engine.models.modelset.cached_models`, and the face parser of
-``engine.stages.draft``), which a worker process keeps across jobs.
+this cache (:func:`engine.models.modelset.cached_models`, and the face parser and
+the face detector of ``engine.stages.draft``), which a worker process keeps across
+jobs.
 
 Safe with the store changing underneath: every entry carries a *fingerprint*
 (size and modification time, to the nanosecond, of every file it was loaded from,
@@ -32,8 +33,8 @@ __all__ = ["CAPACITY", "cached", "clear", "files_fingerprint", "stats"]
 
 log = logging.getLogger(__name__)
 
-#: Entries kept: one model set, one face parser, one spare.
-CAPACITY = 3
+#: Entries kept: a model set, a face parser, a face detector, one spare.
+CAPACITY = 4
 
 _lock = threading.Lock()
 _entries: "OrderedDict[Hashable, tuple[Hashable, Any]]" = OrderedDict()

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -292,12 +292,18 @@ def store_fingerprint(store: Store) -> tuple:
 
 
 def cached_models(profile: str = "auto", device: str | torch.device = "cpu", *,
-                  store: Store | None = None) -> ModelSet:
+                  store: Store | None = None,
+                  loader: Callable[[], ModelSet] | None = None) -> ModelSet:
     """:func:`load_models`, kept in this process between calls (drafts) until a
     file of the store changes (:mod:`engine.models.cache`). Callers must not
-    modify the networks they get."""
+    modify the networks they get.
+
+    Args:
+        loader: what a miss loads instead of ``load_models(profile, device)``
+            (``bench/pipeline.py --draft`` seeds official-size random networks).
+    """
     store = store or Store()
     dev = str(torch.device(resolve_device(device)))
     key = ("models", str(store.home.absolute()), profile, dev)
     return cached(key, lambda: store_fingerprint(store),
-                  lambda: load_models(profile, dev, store=store))
+                  loader or (lambda: load_models(profile, dev, store=store)))

@@ -97,6 +97,26 @@ def _draft_context(ctx: StageContext) -> StageContext:
     return dataclasses.replace(ctx, reuse_models=True)
 
 
+def _landmark_backend(ctx: StageContext) -> Any:
+    """The face detector and landmarker, kept by the worker between drafts (dlib's
+    detector and 68-point model take a second or two to load)."""
+    from engine.faces import (PREDICTOR_FILE, dlib_model_path, fan_weights_path,
+                              make_backend)
+    from engine.models.cache import cached, files_fingerprint
+    from fsexchange.errors import ModelMissing
+
+    def files() -> tuple:
+        paths = [fan_weights_path()]
+        try:
+            paths.append(dlib_model_path(PREDICTOR_FILE))
+        except ModelMissing:
+            pass
+        return files_fingerprint(paths)
+
+    return cached(("faces", ctx.config.track, ctx.device), files,
+                  lambda: make_backend(ctx.config.track, ctx.device))
+
+
 class DraftTrackStage(TrackStage):
     """The track of the draft frames only (``stages/track/facetrack.msgpack``)."""
 
@@ -120,7 +140,7 @@ class DraftTrackStage(TrackStage):
                 ctx.source_path(), job.range.start, job.range.end,
                 cfg=ctx.config.track, subject=job.subject, device=ctx.device,
                 rate=job.range.rate, progress=ctx.report, abort=ctx.check_abort,
-                only=wanted)
+                only=wanted, backend=_landmark_backend(ctx))
             keep = set(frames)
             track = dataclasses.replace(track, frames=tuple(
                 fr for fr in track.frames if fr.frame in keep))

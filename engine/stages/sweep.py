@@ -142,6 +142,10 @@ class SweepStage(Stage):
         all_frames = draft_frames(job.range.start, job.range.end, cfg.draft)
         rows = sweep_rows(axes)
         edited_ws = self._latents(ctx, rows, faces, installed)
+        # faces rendered together: every row of as many faces as one forward pass
+        # takes (one face per pass at 1024 px, every face at once when tiny)
+        per_group = max(1, _per_pass(G.img_resolution) // len(rows))
+        rendered: dict[int, list[np.ndarray]] = {}
         alphas = {f: naive_alpha(clip.mask(f), cfg.mask) for f in faces}
 
         out_dir = ctx.output_dir()
@@ -164,8 +168,12 @@ class SweepStage(Stage):
                 face = faces.index(index) if index in faces else None
                 real = clip.crop(index) if face is not None else None
                 tiles[0].append(real)
-                crops = (self._render(ctx, G, edited_ws, face, index, installed,
-                                      clip.resolution) if face is not None else [])
+                if face is not None and index not in rendered:  # this face and
+                    # the next ones, as many as fill a forward pass
+                    todo = list(range(face, min(face + per_group, len(faces))))
+                    rendered.update(self._render(ctx, G, edited_ws, todo, faces,
+                                                 installed, clip.resolution))
+                crops = rendered.pop(index, [])
                 for r in range(len(rows)):
                     if face is None:
                         edited = None
@@ -220,30 +228,33 @@ class SweepStage(Stage):
         return out
 
     def _render(self, ctx: StageContext, G: Any,
-                edited_ws: Sequence[tuple[np.ndarray, list[Edit]]], face: int,
-                frame: int, installed: Any, size: int) -> list[np.ndarray]:
-        """One face at every row's edit, untuned: 16-bit ``[size, size, 3]`` per
-        row (resized when the crops are not at the generator's resolution)."""
+                edited_ws: Sequence[tuple[np.ndarray, list[Edit]]],
+                todo: Sequence[int], faces: Sequence[int], installed: Any,
+                size: int) -> dict[int, list[np.ndarray]]:
+        """Faces ``todo`` (indices into ``faces``) at every row's edit, untuned:
+        frame -> 16-bit ``[size, size, 3]`` per row (resized when the crops are
+        not at the generator's resolution)."""
         import cv2
         import torch
 
-        out: list[np.ndarray] = []
-        for part in chunks(range(len(edited_ws)), RENDER_BATCH):
+        pairs = [(r, i) for i in todo for r in range(len(edited_ws))]
+        images: list[np.ndarray] = []
+        for part in chunks(pairs, _per_pass(G.img_resolution)):
             ctx.check_abort()
-            ws = torch.from_numpy(np.stack([edited_ws[r][0][face] for r in part])
+            ws = torch.from_numpy(np.stack([edited_ws[r][0][i] for r, i in part])
                                   ).to(ctx.device)
             with torch.no_grad():
-                if any(edited_ws[r][1] for r in part):
+                if any(edited_ws[r][1] for r, _ in part):
                     # S edits as the edit stage applies them: on G's styles of w
                     styles = [s.cpu().numpy() for s in G.styles(ws)]
-                    rows = [apply_s_edits([s[j:j + 1] for s in styles],
-                                          edited_ws[r][1], installed, [frame],
-                                          G.style_is_torgb)
-                            for j, r in enumerate(part)]
+                    per = [apply_s_edits([s[j:j + 1] for s in styles],
+                                         edited_ws[r][1], installed, [faces[i]],
+                                         G.style_is_torgb)
+                           for j, (r, i) in enumerate(part)]
                     x = G.synthesis_from_styles([
-                        torch.from_numpy(np.concatenate([rs[i] for rs in rows])
+                        torch.from_numpy(np.concatenate([p[k] for p in per])
                                          ).to(ctx.device)
-                        for i in range(len(styles))])
+                        for k in range(len(styles))])
                 else:
                     x = G.synthesis(ws)  # [B, 3, R, R]
             for img in x:
@@ -251,8 +262,18 @@ class SweepStage(Stage):
                 if crop.shape[0] != size:
                     crop = cv2.resize(crop, (size, size), interpolation=(
                         cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR))
-                out.append(crop)
+                images.append(crop)
+        out: dict[int, list[np.ndarray]] = {}
+        for (_, i), crop in zip(pairs, images):
+            out.setdefault(faces[i], []).append(crop)
         return out
+
+
+def _per_pass(resolution: int) -> int:
+    """Images per generator forward pass: :data:`RENDER_BATCH` at 1024 px, more
+    for smaller generators (same pixels; a tiny network spends its time in the
+    per-call overhead, not in the arithmetic)."""
+    return max(1, RENDER_BATCH * (1024 // max(resolution, 1)) ** 2)
 
 
 def _depth16(img: np.ndarray) -> np.ndarray:
