@@ -47,13 +47,15 @@ def drafts(tmp_path_factory):
         second = submit(ex, _draft_job("draft2", {
             "sweep": "age=-4:4:2; smile=0:2:2", "frames": [1, 6], "pti_steps": 2}),
             clip)
+        # sent without the bridge's checks: the engine refuses it as data
+        bad = submit(ex, _draft_job("draft3", {"sweep": "no_such_edit=-1:1:2"}), clip)
         before = cache.stats()
-        assert run_engine_inprocess(ex) == 2
+        assert run_engine_inprocess(ex) == 3
         after = cache.stats()
         out = {}
-        for jid in (first, second):
+        for jid in (first, second, bad):
             st = job_status(ex, jid)
-            assert st.state == "done", st.error
+            assert st.state == ("failed" if jid == bad else "done"), st.error
             out[jid] = st
         yield {"jobs": out, "clip": clip, "loads": after["loads"] - before["loads"],
                "hits": after["hits"] - before["hits"]}
@@ -155,6 +157,12 @@ def test_a_grid_sweep_on_chosen_frames_with_a_short_pti(drafts):
     assert len(files.pti.loss()["passes"]) == 2  # draft.pti_steps, not pti.steps
     for v in res.variants:
         assert [f.frame for f in v.frames] == [1, 6]
+
+
+def test_a_swept_edit_that_is_not_installed_fails_the_draft_as_data(drafts):
+    st = drafts["jobs"]["draft3"]
+    assert (st.error["code"], st.error["stage"]) == ("edit.unknown", "invert")
+    assert "no_such_edit" in st.error["message"] and "age" in st.error["message"]
 
 
 def test_a_running_engine_loads_the_networks_once_for_several_drafts(drafts):

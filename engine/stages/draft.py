@@ -35,14 +35,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from fsexchange.documents import Edit, FaceTrack, TrackFrame, load_document
 from fsexchange.errors import NoFaceFound, RangeOutOfBounds
 from fsexchange.fsutil import atomic_write_bytes
-from fsexchange.grammar import parse_sweep
+from fsexchange.grammar import SweepAxis, parse_sweep
 from fsexchange.options import DraftConfig, PipelineConfig
 from fsexchange.paths import confine
 
@@ -53,8 +53,8 @@ from engine.stages.invert import InvertStage
 from engine.stages.pti import PTIStage
 from engine.stages.track import TrackStage, track_media
 
-__all__ = ["draft_frames", "DraftTrackStage", "DraftAlignStage", "DraftInvertStage",
-           "DraftPTIStage"]
+__all__ = ["draft_frames", "check_sweep_installed", "DraftTrackStage",
+           "DraftAlignStage", "DraftInvertStage", "DraftPTIStage"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,14 @@ def draft_frames(start: int, end: int, cfg: DraftConfig) -> list[int]:
         return sorted(set(cfg.frames))
     k = max(1, min(cfg.count, end - start))
     return sorted(set(np.linspace(start, end - 1, k).round().astype(int).tolist()))
+
+
+def check_sweep_installed(axes: Sequence[SweepAxis],
+                          installed: Mapping[str, Any]) -> None:
+    """Refuse a swept edit that is not installed (``edit.unknown``, naming the
+    installed ones), like :func:`engine.stages.edit.check_edits` for fixed ones."""
+    check_edits([Edit(a.name, a.start, space=installed[a.name].space
+                      if a.name in installed else "w") for a in axes], installed)
 
 
 def _subject_frame(ctx: StageContext) -> int | None:
@@ -189,11 +197,8 @@ class DraftInvertStage(InvertStage):
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         ctx = _draft_context(ctx)
-        installed = ctx.load_models().directions
-        swept = [Edit(a.name, a.start, space=installed[a.name].space
-                      if a.name in installed else "w")
-                 for a in parse_sweep(ctx.config.draft.sweep)]
-        check_edits(swept, installed)
+        check_sweep_installed(parse_sweep(ctx.config.draft.sweep),
+                              ctx.load_models().directions)
         return super().run(ctx)
 
 

@@ -47,7 +47,7 @@ from fsexchange.grammar import (check_sweep_edits, format_sweep, parse_sweep,
 
 from engine.stages.contract import Stage, StageContext
 from engine.stages.crops import chunks, tensor_to_image
-from engine.stages.draft import draft_frames
+from engine.stages.draft import check_sweep_installed, draft_frames
 from engine.stages.edit import apply_s_edits, apply_w_edits, check_edits, freeze_fine
 from engine.stages.paste import FORMAT_EXT, paste_back
 from engine.stages.render import RENDER_BATCH, naive_alpha
@@ -135,6 +135,7 @@ class SweepStage(Stage):
         models = dataclasses.replace(ctx, reuse_models=True).load_models()
         installed = models.directions
         check_edits(job.edits, installed)
+        check_sweep_installed(axes, installed)  # again: another engine may resume
         pti = ctx.files.pti
         G = pti.generator(ctx.device) if pti.done_path.exists() else models.generator
         clip = ctx.files.align.clip()
