@@ -254,7 +254,16 @@ class PipelineConfig:
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain JSON types (``config.json``): tuples become lists."""
+        return _lists(dataclasses.asdict(self))
+
+
+def _lists(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _lists(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_lists(v) for v in obj]
+    return obj
 
 
 def _check_draft(cfg: DraftConfig) -> None:
