@@ -203,7 +203,8 @@ class Exchange:
         first (drafts before long jobs), oldest submission first within a priority
         (the order of :meth:`ids`)."""
         ids = self.ids("new")
-        self._priorities = {k: v for k, v in self._priorities.items() if k in ids}
+        queued = set(ids)
+        self._priorities = {k: v for k, v in self._priorities.items() if k in queued}
         return sorted(ids, key=lambda job_id: -self._priority(job_id))  # stable
 
     def _priority(self, job_id: str) -> int:
