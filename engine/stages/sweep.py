@@ -157,12 +157,13 @@ class SweepStage(Stage):
         outputs: list[list[dict[str, Any]]] = [[] for _ in rows]
         tiles: list[list[np.ndarray | None]] = [[] for _ in range(len(rows) + 1)]
         depth = 16 if probe(ctx.source_path(), job.range.rate).bit_depth > 8 else 8
-        # Frame by frame (memory: one frame's rows of crops), every row rendered
-        # in batches. Encoding full-resolution frames dominates on a GPU machine:
-        # cv2 and OpenEXR release the GIL, so frames encode in parallel.
-        with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) \
-                as pool:
+        # Frame by frame, every row rendered in batches. Encoding full-resolution
+        # frames dominates on a GPU machine: cv2 and OpenEXR release the GIL, so
+        # frames encode in parallel, at most 2 per thread waiting (memory).
+        threads = max(1, min(8, os.cpu_count() or 1))
+        with ThreadPoolExecutor(max_workers=threads) as pool:
             pending = []
+            waited = 0
             for k, (index, src) in enumerate(read_frames_at(
                     ctx.source_path(), all_frames, depth=depth)):
                 ctx.check_abort()
@@ -188,6 +189,9 @@ class SweepStage(Stage):
                     rel = f"output/sweep/{folders[r]}/{_output_name(job, index, ext)}"
                     pending.append((r, index, face is not None, rel,
                                     pool.submit(_write, ctx.job_dir / rel, ext, rgba)))
+                while waited < len(pending) - 2 * threads:
+                    pending[waited][-1].result()
+                    waited += 1
                 ctx.report((k + 1) / len(all_frames),
                            f"frame {index} at {len(rows)} strength(s)")
             for r, index, edited, rel, fut in pending:
