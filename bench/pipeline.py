@@ -38,6 +38,21 @@ is the GPU measurement (frames per minute, TFLOP/s).
     python bench/pipeline.py --quick --skip-pipeline --conv-time   # + the ceiling
     python bench/pipeline.py --frames 16 --pti-passes 10 --stitch-steps 30
     python bench/pipeline.py --profile official --device cuda --frames 16
+
+**Drafts** (``--draft``, docs/pipeline.md "Drafts"): a 5-frame x 5-strength draft
+(``age=-8:8:5`` on 5 frames of a 48-frame astronaut clip):
+
+1. through a real ``facestitch engine`` process on the tiny profile: the job is
+   queued, the engine started, and the clock stops when the result is published
+   (*cold*: engine start, imports, network loading included); then a second draft
+   to the same running engine (*warm*: networks from the worker's cache);
+2. at the official size (1024 px generator, e4e at 256, a 1920x1080 clip) in this
+   process, with random weights seeded into the model cache (speed does not depend
+   on the weights), on ``--device`` when it is a GPU, or anywhere with
+   ``--official``: a first and a second draft.
+
+    python bench/pipeline.py --draft                       # tiny, CPU: ~20 s
+    python bench/pipeline.py --draft --device cuda         # + official size, GPU
 """
 
 from __future__ import annotations
@@ -552,6 +567,176 @@ def _print_rows(rows: list[tuple[str, float, float]], fig: dict[str, Any],
               f"ratio {ratio:.2f}x")
 
 
+# --- drafts -------------------------------------------------------------------------
+
+
+def _draft_job(clip: Path, frames: int, count: int, strengths: int, profile: str,
+               device: str, job_id: str) -> Any:
+    from engine.media.samples import RATE
+    from fsexchange.client import build_job
+    from fsexchange.documents import FrameRange, Source
+
+    return build_job(job_id=job_id, kind="draft", source=Source(str(clip)),
+                     range=FrameRange(0, frames, RATE),
+                     options={"profile": profile, "device": device,
+                              "draft": {"count": count,
+                                        "sweep": f"age=-8:8:{strengths}"}},
+                     host={"app": "bench/pipeline.py --draft"})
+
+
+def _stage_rows(result: Any) -> dict[str, float]:
+    return {s.name: s.seconds for s in result.stages}
+
+
+def bench_draft_engine(work: Path, device: str, count: int, strengths: int
+                       ) -> dict[str, Any]:
+    """A cold and a warm draft through a real engine process (tiny profile)."""
+    import signal
+    import subprocess
+
+    from engine.media.samples import astronaut_clip
+    from engine.models.modelset import load_models
+    from fsexchange.client import job_status, submit_job
+
+    home = work / "home"
+    env = {**os.environ, "FACESTITCH_HOME": str(home),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH",
+                                                                    "")])}
+    os.environ["FACESTITCH_HOME"] = str(home)
+    load_models("tiny")  # an installed store: the tiny networks exist (not timed)
+    clip = astronaut_clip(work / "clip.mp4", 48)
+    ex = work / "ex"
+    jobs = [_draft_job(clip, 48, count, strengths, "tiny", device, f"draft-{i}")
+            for i in range(2)]
+
+    def wait(job_id: str) -> Any:
+        while True:
+            st = job_status(ex, job_id)
+            if st.final:
+                if st.state != "done":
+                    raise RuntimeError(f"draft {job_id} {st.state}: {st.error}")
+                return st.result
+            time.sleep(0.02)
+
+    submit_job(ex, jobs[0])
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "host_bridge.cli", "engine", "--exchange", str(ex),
+         "--device", device, "--no-watch", "--poll", "0.05", "--media-root",
+         str(work)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE)
+    try:
+        cold = wait(jobs[0].id)
+        t_cold = time.perf_counter() - t0
+        submit_job(ex, jobs[1])
+        t1 = time.perf_counter()
+        warm = wait(jobs[1].id)
+        t_warm = time.perf_counter() - t1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=60)[1].decode(errors="replace")
+    if proc.returncode not in (0, -signal.SIGTERM):
+        print(err[-2000:], file=sys.stderr)
+    return {"cold_seconds": t_cold, "warm_seconds": t_warm,
+            "cold_stages": _stage_rows(cold), "warm_stages": _stage_rows(warm),
+            "rows": len(warm.variants),
+            "frames": len(warm.variants[0].frames) if warm.variants else 0}
+
+
+def _random_official_models(device: str) -> Any:
+    """Official-size networks with random weights, as a ModelSet (speed only)."""
+    from engine.models.directions import Direction
+    from engine.models.modelset import ModelSet
+    from engine.nets.e4e import OFFICIAL_ENCODER_KWARGS, E4EEncoder
+    from engine.nets.lpips import LPIPS
+    from engine.nets.stylegan2 import OFFICIAL_GENERATOR_KWARGS, Generator
+
+    torch.manual_seed(0)
+    G = Generator(**OFFICIAL_GENERATOR_KWARGS).to(device).eval().requires_grad_(False)
+    E = E4EEncoder(**OFFICIAL_ENCODER_KWARGS).to(device).eval().requires_grad_(False)
+    lp = LPIPS("alex", backbone="random", heads="uniform", seed=0).to(device)
+    v = np.random.default_rng(0).standard_normal(G.w_dim)
+    age = Direction(name="age", vector=v / np.linalg.norm(v), layers=None,
+                    recommended=(-8.0, 8.0), space="w", source="random (bench)",
+                    licence="none", test_data=True)
+    return ModelSet(profile="official", generator=G, encoder=E,
+                    encoder_resolution=int(E.input_resolution), lpips=lp,
+                    parser_path=None, directions={"age": age},
+                    info={"profile": "official", "tiny": False, "files": {},
+                          "label": "official-size random weights (bench)"})
+
+
+def bench_draft_official(work: Path, device: str, count: int, strengths: int
+                         ) -> dict[str, Any]:
+    """Two drafts at the official size in this process (random weights seeded
+    into the model cache), on a 1920x1080 clip."""
+    from engine.media.samples import astronaut_clip
+    from engine.models.modelset import cached_models
+    from engine.stages.contract import StageContext
+    from engine.stages.pipeline import run_pipeline, stages_for
+
+    os.environ["FACESTITCH_HOME"] = str(work / "home-official")
+    ms = _random_official_models(device)
+    cached_models("official", device, loader=lambda: ms)  # seed the cache
+    clip = astronaut_clip(work / "hd.mp4", 48, size=(1920, 1080), face_scale=1.4)
+    out: dict[str, Any] = {}
+    for run in ("first", "second"):
+        job = _draft_job(clip, 48, count, strengths, "official", device,
+                         f"official-{run}")
+        cfg = PipelineConfig.from_options(job.options, device=device)
+        jd = work / job.id
+        jd.mkdir()
+        ctx = StageContext(job=job, job_dir=jd, config=cfg, device=device,
+                           media_roots=(work,))
+        _sync(device)
+        t0 = time.perf_counter()
+        done = run_pipeline(stages_for("draft", config=cfg), ctx)
+        _sync(device)
+        out[f"{run}_seconds"] = time.perf_counter() - t0
+        out[f"{run}_stages"] = {d.stage: d.seconds for d, _ in done}
+    return out
+
+
+def run_draft_bench(args: argparse.Namespace, dev: str) -> int:
+    out: dict[str, Any] = {"device": dev, "frames": args.draft_frames,
+                           "strengths": args.draft_strengths}
+    load = os.getloadavg()[0]
+    if load > (os.cpu_count() or 1) * 0.5:
+        print(f"warning: load average {load:.1f} on {os.cpu_count()} cores: other "
+              "processes compete for the CPU, timings are noisy")
+    work = Path(tempfile.mkdtemp(prefix="fs-bench-draft-"))
+    try:
+        print(f"Draft, {args.draft_frames} frames x {args.draft_strengths} strengths, "
+              f"tiny profile, a real engine process on {dev} "
+              f"({os.cpu_count()} cores):")
+        e = bench_draft_engine(work, dev, args.draft_frames, args.draft_strengths)
+        out["tiny_engine"] = e
+        print(f"  cold (engine start included): {e['cold_seconds']:.2f} s  "
+              f"(target < 20 s on 2 CPU cores)")
+        print(f"  warm (the same engine, networks cached): {e['warm_seconds']:.2f} s")
+        for name in ("cold", "warm"):
+            print(f"  {name} stages: " + ", ".join(
+                f"{k} {v:.2f}" for k, v in e[f"{name}_stages"].items()))
+        if dev.startswith("cuda") or args.official:
+            print(f"\nDraft at the official size (1024 px, random weights), 1920x1080 "
+                  f"clip, in this process on {dev}:")
+            o = bench_draft_official(work, dev, args.draft_frames,
+                                     args.draft_strengths)
+            out["official"] = o
+            for run in ("first", "second"):
+                print(f"  {run}: {o[f'{run}_seconds']:.2f} s  (" + ", ".join(
+                    f"{k} {v:.2f}" for k, v in o[f"{run}_stages"].items()) + ")"
+                    + ("  (target < 10 s on a GPU)" if run == "second" else ""))
+        else:
+            print("\n(official size: no GPU here; --device cuda on a GPU machine, or "
+                  "--official to run it on this CPU)")
+        if args.json:
+            args.json.write_text(json.dumps(out, indent=2))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--frames", type=int, default=16)
@@ -589,6 +774,13 @@ def main(argv: list[str] | None = None) -> int:
                    "clocked: their share of a step, and the ratio no loop "
                    "structure can pass (the reference's step over our convolutions)")
     p.add_argument("--json", type=Path, help="also write the figures here")
+    p.add_argument("--draft", action="store_true",
+                   help="time a draft instead (a real engine, tiny profile; the "
+                   "official size too on a GPU); see the module docstring")
+    p.add_argument("--draft-frames", type=int, default=5, help="with --draft")
+    p.add_argument("--draft-strengths", type=int, default=5, help="with --draft")
+    p.add_argument("--official", action="store_true",
+                   help="with --draft: the official-size part on a CPU as well")
     args = p.parse_args(argv)
     if args.memory_probe:
         kind, b, ck, d = args.memory_probe
@@ -599,6 +791,8 @@ def main(argv: list[str] | None = None) -> int:
     dev = args.device
     if dev == "auto":
         dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.draft:
+        return run_draft_bench(args, dev)
     os.environ.setdefault("FACESTITCH_HOME", str(Path(tempfile.gettempdir())
                                                  / "facestitch-bench-home"))
     from engine.models.store import resolve_profile

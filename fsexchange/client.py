@@ -26,11 +26,12 @@ from typing import Any, Callable, Mapping, Sequence
 from fsexchange.documents import (JOB_KINDS, Edit, FrameRange, Job, OutputSpec,
                                   Progress, Result, Source, Subject, decode_document,
                                   load_document)
-from fsexchange.errors import (DocumentError, DocumentFieldError, FaceStitchError,
-                               JobExists, JobNotFound)
+from fsexchange.errors import (DocumentError, DocumentFieldError, EditInvalid,
+                               FaceStitchError, JobExists, JobNotFound)
 from fsexchange.exchange import (FINAL_STATES, JOB_FILE, PROGRESS_FILE, RESERVED_NAMES,
                                  RESULT_FILE, STATE_FOLDERS, Exchange)
 from fsexchange.fsutil import fsync_dir, open_regular
+from fsexchange.grammar import check_sweep_edits, parse_sweep
 from fsexchange.options import PipelineConfig
 
 __all__ = [
@@ -60,28 +61,40 @@ def build_job(*, source: Source, range: FrameRange, kind: str = "stitch",
               edits: Sequence[Edit] = (), subject: Subject | None = None,
               options: Mapping[str, Any] | None = None,
               output: OutputSpec | None = None, host: Mapping[str, Any] | None = None,
-              job_id: str | None = None, id_prefix: str = "job") -> Job:
+              job_id: str | None = None, id_prefix: str = "job",
+              priority: int | None = None) -> Job:
     """The one way every client (CLI, OpenFX, Resolve, preview, demo) makes a job.
 
     Fills the id (:func:`new_job_id`) and the creation time (microseconds, so the
     newest of several sends of one shot sorts last), checks the kind, that a
-    stitch job has an edit, and validates ``options`` the way the engine will
-    (:meth:`fsexchange.options.PipelineConfig.from_options`), so a bad value is
-    refused before anything is queued.
+    draft has an edit or a sweep, and validates ``options`` the way the engine
+    will (:meth:`fsexchange.options.PipelineConfig.from_options`, which parses a
+    draft's sweep), so a bad value is refused before anything is queued.
+    ``priority`` None: the kind's default (drafts high,
+    :func:`fsexchange.documents.default_priority`).
 
     Raises:
-        DocumentFieldError: a bad kind, option, edit or subject.
+        DocumentFieldError: a bad kind, option, edit, subject or priority.
+        EditInvalid: a malformed sweep, a draft with nothing to render, an edit
+            both swept and fixed.
     """
     if kind not in JOB_KINDS:
         raise DocumentFieldError(f"unknown job kind {kind!r}; known: "
                                  f"{', '.join(JOB_KINDS)}", field="kind")
-    PipelineConfig.from_options(dict(options or {}))
+    cfg = PipelineConfig.from_options(dict(options or {}))
+    if kind == "draft":
+        sweep = parse_sweep(cfg.draft.sweep)
+        if not edits and not sweep:
+            raise EditInvalid("a draft renders an edit: give NAME=STRENGTH or a sweep "
+                              "NAME=FROM:TO:COUNT (e.g. age=-8:8:5)", field="edits")
+        check_sweep_edits(sweep, edits)
     created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     job = Job(id=job_id or new_job_id(id_prefix), source=source, range=range,
               kind=kind, subject=subject or Subject(), edits=tuple(edits),
               options=dict(options or {}), output=output or OutputSpec(),
-              host=dict(host or {}), created=created)
-    # Every field as the engine will check it (NaN strengths, bad subjects...).
+              host=dict(host or {}), created=created, priority=priority)
+    # Every field as the engine will check it (NaN strengths, bad subjects, the
+    # priority range...).
     decode_document(job.to_bytes(), Job, source=JOB_FILE)
     return job
 

@@ -8,7 +8,8 @@ writer's additions survive a read-modify-write by an older reader.
 
 Documents (see ``docs/protocol.md`` for the prose):
 
-- ``Job/1``        what to do: source media, frame range, subject, edits, options.
+- ``Job/1``        what to do: source media, frame range, subject, edits, options,
+                   priority (``Job/1.1``).
 - ``FaceTrack/1``  per-frame landmarks/boxes/scores for one subject.
 - ``Progress/1``   the running state of a job, replaced atomically while it runs.
 - ``Result/1``     the final state, per-stage timings, output frames with sha256.
@@ -40,6 +41,9 @@ __all__ = [
     "SCHEMA_PREFIX",
     "JOB_KINDS",
     "JOB_STATES",
+    "PRIORITY_NORMAL",
+    "PRIORITY_DRAFT",
+    "default_priority",
     "OUTPUT_FORMATS",
     "FrameRange",
     "Source",
@@ -53,12 +57,15 @@ __all__ = [
     "Progress",
     "StageTiming",
     "FrameOutput",
+    "Variant",
     "Result",
     "Lease",
     "StageDone",
     "DOCUMENT_TYPES",
     "UPGRADES",
     "register_upgrade",
+    "MINOR_UPGRADES",
+    "register_minor_upgrade",
     "load_document",
     "decode_document",
     "encode_document",
@@ -69,9 +76,13 @@ __all__ = [
 ]
 
 SCHEMA_PREFIX = "facestitch."
-JOB_KINDS = ("stitch", "align-preview")
+JOB_KINDS = ("stitch", "align-preview", "draft")
 JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
 OUTPUT_FORMATS = ("png16", "exr", "prores4444", "pam16")
+#: ``Job.priority``: engines claim higher first, first come first served within one.
+PRIORITY_NORMAL = 0
+PRIORITY_DRAFT = 50  # drafts jump the queue (a running job is never pre-empted)
+_PRIORITY_LIMIT = 100
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: Edit strengths and keyframe strengths lie within +-this (STIT convention; the
 #: weakest published directions need 25-30, docs/reference.md "Editing").
@@ -80,6 +91,12 @@ STRENGTH_LIMIT = 100.0
 MAX_FRAME = (1 << 31) - 1
 #: Lease epochs and counters stay exact in every msgpack reader (2^53: doubles).
 MAX_EPOCH = 1 << 53
+
+
+def default_priority(kind: str) -> int:
+    """The priority a job of ``kind`` gets when its document does not say:
+    :data:`PRIORITY_DRAFT` for drafts, else :data:`PRIORITY_NORMAL`."""
+    return PRIORITY_DRAFT if kind == "draft" else PRIORITY_NORMAL
 
 
 def valid_job_id(job_id: str) -> bool:
@@ -177,11 +194,15 @@ class _Document:
 
     NAME: ClassVar[str] = ""
     VERSION: ClassVar[int] = 1
+    #: compatible additions within a major (``"facestitch.Job/1.1"``); 0 is written
+    #: as the major alone (``"facestitch.Job/1"``)
+    MINOR: ClassVar[int] = 0
     MAX_BYTES: ClassVar[int] = 1 << 20
 
     @classmethod
     def schema(cls) -> str:
-        return f"{SCHEMA_PREFIX}{cls.NAME}/{cls.VERSION}"
+        minor = f".{cls.MINOR}" if cls.MINOR else ""
+        return f"{SCHEMA_PREFIX}{cls.NAME}/{cls.VERSION}{minor}"
 
     @classmethod
     def from_dict(cls: type[T], data: Mapping[str, Any]) -> T:  # pragma: no cover
@@ -417,9 +438,15 @@ class OutputSpec:
 
 @dataclass(frozen=True)
 class Job(_Document):
-    """A unit of work, written once by a submitter and never modified after."""
+    """A unit of work, written once by a submitter and never modified after.
+
+    ``priority`` (minor 1): engines claim higher priorities first, first come first
+    served within one; None (the default) means :func:`default_priority` of the
+    kind (drafts high). Minor 0 documents are upgraded the same way.
+    """
 
     NAME: ClassVar[str] = "Job"
+    MINOR: ClassVar[int] = 1
     MAX_BYTES: ClassVar[int] = 1 << 20
 
     id: str
@@ -432,16 +459,27 @@ class Job(_Document):
     output: OutputSpec = field(default_factory=OutputSpec)
     host: dict[str, Any] = field(default_factory=dict)
     created: str = ""
+    priority: int | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.priority is None:
+            object.__setattr__(self, "priority", default_priority(self.kind))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Job":
         f = _Fields(data, "", ("schema", "id", "kind", "source", "range", "subject",
-                               "edits", "options", "output", "host", "created"))
+                               "edits", "options", "output", "host", "created",
+                               "priority"))
         job_id = f.get("id", str)
         if not valid_job_id(job_id):
             raise DocumentFieldError(f"job id {job_id!r} is not a valid name",
                                      field="id")
+        priority = f.get("priority", int, None, none_ok=True)
+        if priority is not None and abs(priority) > _PRIORITY_LIMIT:
+            raise DocumentFieldError(f"priority {priority} must lie within "
+                                     f"-{_PRIORITY_LIMIT}..{_PRIORITY_LIMIT}",
+                                     field="priority")
         edits = tuple(Edit.from_dict(e, f"edits[{i}]")
                       for i, e in enumerate(f.get("edits", list, [])))
         return cls(
@@ -455,6 +493,7 @@ class Job(_Document):
             output=OutputSpec.from_dict(f.get("output", dict, {})),
             host=dict(f.get("host", dict, {})),
             created=f.get("created", str, ""),
+            priority=priority,
             extra=f.extra(),
         )
 
@@ -463,7 +502,7 @@ class Job(_Document):
                 "range": self.range.to_dict(), "subject": self.subject.to_dict(),
                 "edits": [e.to_dict() for e in self.edits], "options": self.options,
                 "output": self.output.to_dict(), "host": self.host,
-                "created": self.created}
+                "created": self.created, "priority": self.priority}
 
 
 # --- FaceTrack/1 ----------------------------------------------------------------
@@ -625,6 +664,39 @@ class FrameOutput:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """One row of a draft's strength sweep: each swept edit's strength, and the
+    frames rendered with them, in a folder of their own (``folder``, relative to
+    the job folder). The job's other edits apply to every row unchanged."""
+
+    label: str
+    strengths: tuple[tuple[str, float], ...]  # (edit name, strength)
+    folder: str
+    frames: tuple[FrameOutput, ...] = ()
+
+    @classmethod
+    def from_dict(cls, data: Any, prefix: str) -> "Variant":
+        f = _Fields(data, prefix, ())
+        strengths = []
+        for i, s in enumerate(f.get("strengths", list, [])):
+            g = _Fields(s, f"{prefix}.strengths[{i}]", ())
+            strengths.append((g.get("name", str), g.get("strength", float)))
+        frames = []
+        for i, fr in enumerate(f.get("frames", list, [])):
+            g = _Fields(fr, f"{prefix}.frames[{i}]", ())
+            frames.append(FrameOutput(g.get("frame", int), g.get("path", str),
+                                      g.get("sha256", str),
+                                      g.get("edited", bool, True)))
+        return cls(f.get("label", str), tuple(strengths), f.get("folder", str),
+                   tuple(frames))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label,
+                "strengths": [{"name": n, "strength": v} for n, v in self.strengths],
+                "folder": self.folder, "frames": [f.to_dict() for f in self.frames]}
+
+
+@dataclass(frozen=True)
 class Result(_Document):
     """Written once when a job ends, then published with its folder."""
 
@@ -642,13 +714,14 @@ class Result(_Document):
     warnings: tuple[str, ...] = ()
     started: str = ""
     finished: str = ""
+    variants: tuple[Variant, ...] = ()  # a draft's sweep rows (empty otherwise)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Result":
         f = _Fields(data, "", ("schema", "job_id", "state", "stages", "frames",
                                "outputs", "error", "metrics", "models", "warnings",
-                               "started", "finished"))
+                               "started", "finished", "variants"))
         stages = []
         for i, s in enumerate(f.get("stages", list, [])):
             g = _Fields(s, f"stages[{i}]", ())
@@ -670,11 +743,13 @@ class Result(_Document):
         if state == "failed" and error is None:
             raise DocumentFieldError("a failed result needs an error", field="error")
         warnings = f.get("warnings", list, [])
+        variants = tuple(Variant.from_dict(v, f"variants[{i}]")
+                         for i, v in enumerate(f.get("variants", list, [])))
         return cls(f.get("job_id", str), state, tuple(stages), tuple(frames),
                    dict(f.get("outputs", dict, {})), error,
                    dict(f.get("metrics", dict, {})), dict(f.get("models", dict, {})),
                    tuple(str(w) for w in warnings), f.get("started", str, ""),
-                   f.get("finished", str, ""), extra=f.extra())
+                   f.get("finished", str, ""), variants, extra=f.extra())
 
     def body(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "state": self.state,
@@ -682,7 +757,8 @@ class Result(_Document):
                 "frames": [fr.to_dict() for fr in self.frames], "outputs": self.outputs,
                 "error": self.error, "metrics": self.metrics, "models": self.models,
                 "warnings": list(self.warnings), "started": self.started,
-                "finished": self.finished}
+                "finished": self.finished,
+                "variants": [v.to_dict() for v in self.variants]}
 
 
 # --- Lease/1 --------------------------------------------------------------------
@@ -799,7 +875,33 @@ def register_upgrade(name: str, from_major: int):
     return deco
 
 
-_SCHEMA = re.compile(r"^facestitch\.([A-Za-z]+)/(\d+)$")
+#: (name, major, minor) -> function upgrading a dict of that minor to minor + 1
+#: within the major. A minor only adds optional keys: a reader takes any newer
+#: minor of a major it knows as it is (the new keys land in ``extra``).
+MINOR_UPGRADES: dict[tuple[str, int, int],
+                     Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+def register_minor_upgrade(name: str, major: int, from_minor: int):
+    """Decorator registering ``fn(doc: dict) -> dict`` from ``name/major.from_minor``
+    to ``name/major.(from_minor + 1)``; a major upgrade lands at minor 0."""
+
+    def deco(fn: Callable[[dict[str, Any]], dict[str, Any]]):
+        MINOR_UPGRADES[(name, major, from_minor)] = fn
+        return fn
+
+    return deco
+
+
+@register_minor_upgrade("Job", 1, 0)
+def _job_1_0_to_1_1(doc: dict[str, Any]) -> dict[str, Any]:
+    """Job/1 -> Job/1.1: ``priority`` from the kind (drafts high)."""
+    kind = doc.get("kind", "stitch")
+    doc.setdefault("priority", default_priority(kind if isinstance(kind, str) else ""))
+    return doc
+
+
+_SCHEMA = re.compile(r"^facestitch\.([A-Za-z]+)/(\d+)(?:\.(\d+))?$")
 
 
 def encode_document(data: Mapping[str, Any]) -> bytes:
@@ -843,7 +945,7 @@ def decode_document(
         raise DocumentFieldError(f"{source}: missing or malformed 'schema' "
                                  f"(expected like 'facestitch.Job/1'), got {schema!r}",
                                  field="schema")
-    name, major = m[1], int(m[2])
+    name, major, minor = m[1], int(m[2]), int(m[3] or 0)
     cls = DOCUMENT_TYPES.get(name)
     if cls is None or (expect is not None and cls is not expect):
         wanted = expect.schema() if expect else "a FaceStitch document"
@@ -860,7 +962,14 @@ def decode_document(
             raise DocumentVersionError(f"{source}: no upgrade from {name}/{major}",
                                        field="schema")
         data = step(dict(data))
-        major += 1
+        major, minor = major + 1, 0
+    while minor < cls.MINOR:
+        step = MINOR_UPGRADES.get((name, major, minor))
+        if step is None:
+            raise DocumentVersionError(
+                f"{source}: no upgrade from {name}/{major}.{minor}", field="schema")
+        data = step(dict(data))
+        minor += 1
     try:
         return cls.from_dict(data)
     except DocumentError as exc:

@@ -51,8 +51,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
-from fsexchange.documents import (MAX_EPOCH, Lease, Result, load_document,
-                                  valid_job_id)
+from fsexchange.documents import (MAX_EPOCH, PRIORITY_NORMAL, Job, Lease, Result,
+                                  load_document, valid_job_id)
 from fsexchange.errors import (DocumentError, DocumentFieldError, FaceStitchError,
                                JobExists, LeaseLost, NotAFolder, NotRegularFile,
                                PathUnusable, io_error)
@@ -165,6 +165,8 @@ class Exchange:
         self.root = Path(root).absolute()
         self.clock = clock
         self._warned: dict[str, float] = {}  # entry -> monotonic time last warned
+        # job id -> (job.msgpack's stat key, Job.priority); job files never change
+        self._priorities: dict[str, tuple[tuple[int, int, int], int]] = {}
 
     def _warn_once(self, key: str, msg: str, *args: object) -> None:
         """Log a warning about one entry at most every ``_WARN_EVERY`` seconds (an
@@ -298,6 +300,32 @@ class Exchange:
                     continue
             out.append((st.st_mtime, e.name))
         return [name for _, name in sorted(out)]
+
+    def claim_order(self) -> list[str]:
+        """Queued job ids in the order engines claim them: higher ``Job.priority``
+        first (drafts before long jobs), oldest submission first within a priority
+        (the order of :meth:`ids`)."""
+        ids = self.ids("new")
+        queued = set(ids)
+        self._priorities = {k: v for k, v in self._priorities.items() if k in queued}
+        return sorted(ids, key=lambda job_id: -self._priority(job_id))  # stable
+
+    def _priority(self, job_id: str) -> int:
+        path = self.dir("new") / job_id / JOB_FILE
+        try:
+            st = os.stat(path)
+        except OSError:
+            return PRIORITY_NORMAL
+        key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        cached = self._priorities.get(job_id)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        try:
+            priority = int(load_document(path, Job).priority or 0)
+        except (OSError, FaceStitchError):
+            priority = PRIORITY_NORMAL  # the runner fails it with its own error
+        self._priorities[job_id] = (key, priority)
+        return priority
 
     # --- submitting --------------------------------------------------------------
 

@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
-from fsexchange.errors import DocumentFieldError
+from fsexchange.errors import DocumentFieldError, FaceStitchError
 
 __all__ = [
     "TrackConfig",
@@ -32,6 +32,7 @@ __all__ = [
     "PasteConfig",
     "MetricsConfig",
     "ColourConfig",
+    "DraftConfig",
     "PipelineConfig",
     "Range",
     "OPTION_RANGES",
@@ -115,6 +116,9 @@ class StitchConfig:
     batch_size: int = 0  # frames tuned at once with stacked per-frame weights;
     # 0 = auto (engine/stages/batching.py)
     l1: bool = False
+    # False (--no-stitch): no tuning; the edited crops are pasted back with the
+    # undilated face mask, STIT's edit_video.py (docs/reference.md "Paste-back")
+    tune: bool = True
 
 
 @dataclass(frozen=True)
@@ -147,6 +151,19 @@ class ColourConfig:
     view: str = ""  # its view transform; "" = the config's default for the display
 
 
+@dataclass(frozen=True)
+class DraftConfig:
+    """A ``draft`` job (docs/pipeline.md "Drafts")."""
+
+    count: int = 5  # frames spread evenly over the range, first and last included
+    frames: tuple[int, ...] = ()  # these source frames instead (--frames)
+    # strengths to render, fsexchange.grammar.parse_sweep text ("age=-8:8:5");
+    # "" = the job's edits once
+    sweep: str = ""
+    pti_steps: int = 0  # --draft-pti: PTI passes over the draft frames; 0 = e4e only
+    tile: int = 256  # sheet tile size in pixels
+
+
 _SECTIONS = {
     "track": TrackConfig,
     "align": AlignConfig,
@@ -158,6 +175,7 @@ _SECTIONS = {
     "paste": PasteConfig,
     "metrics": MetricsConfig,
     "colour": ColourConfig,
+    "draft": DraftConfig,
 }
 
 
@@ -229,6 +247,9 @@ OPTION_RANGES: dict[str, Range] = {
     "stitch.content_weight": Range(0, 1e6),
     "stitch.border_loss_threshold": Range(0, 1e6),
     "stitch.batch_size": Range(0, 1024),
+    "draft.count": Range(1, 64),
+    "draft.pti_steps": Range(0, 10_000),
+    "draft.tile": Range(32, 1024),
 }
 #: Numeric options missing from the table (none, by a test) keep at least this.
 _DEFAULT_RANGE = Range(0, 2**31 - 1)
@@ -264,11 +285,18 @@ def _build_section(cls: type, data: Any, where: str) -> Any:
         elif isinstance(default, float):
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             value = float(value) if ok else value
+        elif isinstance(default, tuple):  # lists of frame numbers
+            ok = isinstance(value, (list, tuple)) and all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                for v in value)
+            value = tuple(value) if ok else value
         else:
             ok = isinstance(value, type(default))
         if not ok:
+            kind = ("a list of frame numbers" if isinstance(default, tuple)
+                    else type(default).__name__)
             raise DocumentFieldError(
-                f"option {where}.{key} must be {type(default).__name__}, got {value!r}",
+                f"option {where}.{key} must be {kind}, got {value!r}",
                 field=f"{where}.{key}")
         _check_range(f"{where.removeprefix('options.')}.{key}", value)
         kwargs[key] = value
@@ -297,6 +325,7 @@ class PipelineConfig:
     paste: PasteConfig = field(default_factory=PasteConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     colour: ColourConfig = field(default_factory=ColourConfig)
+    draft: DraftConfig = field(default_factory=DraftConfig)
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any],
@@ -327,7 +356,37 @@ class PipelineConfig:
         if cfg.dtype not in ("auto", "float32", "bfloat16"):
             raise DocumentFieldError("options.dtype must be auto, float32 or bfloat16",
                                      field="options.dtype")
+        _check_draft(cfg.draft)
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain JSON types (``config.json``): tuples become lists."""
+        return _lists(dataclasses.asdict(self))
+
+
+def _lists(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _lists(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_lists(v) for v in obj]
+    return obj
+
+
+def _check_draft(cfg: DraftConfig) -> None:
+    """Ranges of ``options.draft``, and its sweep text parsed as every client and
+    the engine parse it (:func:`fsexchange.grammar.parse_sweep`)."""
+    from fsexchange.grammar import parse_sweep
+
+    for key, value, lo, hi in (("count", cfg.count, 1, 64), ("tile", cfg.tile, 32,
+                                                              1024)):
+        if not lo <= value <= hi:
+            raise DocumentFieldError(f"option options.draft.{key} must be {lo} to "
+                                     f"{hi}, got {value}", field=f"options.draft.{key}")
+    if len(cfg.frames) > 64:
+        raise DocumentFieldError("option options.draft.frames: at most 64 frames",
+                                 field="options.draft.frames")
+    try:
+        parse_sweep(cfg.sweep)
+    except FaceStitchError as exc:  # edit.invalid, naming the option
+        exc.field = "options.draft.sweep"
+        raise

@@ -9,7 +9,13 @@ injects. Actions:
   shot holds several faces, the face;
 - ``import``: every finished job of this timeline comes back above its shot
   (newest per shot; a re-run replaces the earlier layer); failures are explained;
-- ``list``: the jobs of this timeline and where they stand.
+- ``list``: the jobs of this timeline and where they stand;
+- ``draft`` ("FaceStitch Preview Edit"): a draft of the clip under the playhead
+  (the first of the selection): the editor types an edit or a sweep
+  (``age=-8:8:5``), the draft jumps the engine's queue, and when it is done (within
+  ``draft_wait`` seconds) the editor picks a strength from its sheet and that
+  strength's frames go on above the clip. A draft still running then is placed
+  (middle strength) by ``import`` later.
 
 Errors never escape as tracebacks: the editor gets a message saying what to do.
 """
@@ -26,14 +32,17 @@ from host_bridge.engine_cli import installed_edit_names
 from host_bridge.faces import describe_faces
 from host_bridge.resolve.connect import find_resolve, open_session
 from host_bridge.resolve.shot import pick_items
-from host_bridge.roundtrip import Cancelled, SendOptions, import_finished, send_items, timeline_jobs
+from fsexchange.grammar import format_sweep
+from host_bridge.roundtrip import (Cancelled, SendOptions, follow, import_draft,
+                                   import_finished, send_items, send_shot,
+                                   timeline_jobs)
 from host_bridge.ui import Prompter, make_prompter
 
 __all__ = ["ACTIONS", "run", "installed_edits"]
 
 log = logging.getLogger(__name__)
 
-ACTIONS = ("send", "import", "list")
+ACTIONS = ("send", "import", "list", "draft")
 TITLE = "FaceStitch"
 
 
@@ -70,6 +79,54 @@ def _send(session: Any, cfg: BridgeConfig, ui: Prompter) -> tuple[str, bool]:
     return "\n".join(lines), bool(sent)
 
 
+def _draft(session: Any, cfg: BridgeConfig, ui: Prompter) -> tuple[str, bool]:
+    exchange = cfg.require_exchange()
+    item = pick_items(session, cfg.selection)[0]  # one clip: the one at hand
+    choice = ui.choose_edit(installed_edits(cfg), cfg.draft_edit or cfg.edit,
+                            draft=True)
+    if choice is None:
+        raise Cancelled("Nothing was sent.")
+    options = dict(cfg.options)
+    if choice.sweep:
+        options["draft"] = {**dict(options.get("draft") or {}),
+                            "sweep": format_sweep(choice.sweep)}
+    # no handles (the draft frames spread over what the editor sees); the engine
+    # tracks just the draft frames, faster than tracking the shot here
+    opts = SendOptions(kind="draft", edits=choice.edits, handles=0, options=options,
+                       track_locally=False, job_prefix="resolve-draft")
+
+    def choose_face(shot: Any, found: Any) -> int | None:
+        return ui.choose_face(shot.describe(), describe_faces(found))
+
+    sent = send_shot(session, exchange, item, opts, choose_face=choose_face)
+    lines = [sent.describe(), *sent.warnings]
+    try:
+        status = follow(exchange, sent.job_id, timeout=cfg.draft_wait, poll=0.25)
+    except TimeoutError:
+        lines.append(f"The draft is not done after {cfg.draft_wait:g} s (the engine "
+                     "finishes the jobs it is running first). 'FaceStitch Import "
+                     "Results' places it (the middle strength) once it is done.")
+        return "\n".join(lines), True
+    result = status.result
+    assert result is not None and status.folder is not None
+    labels = [v.label for v in result.variants]
+    row = len(labels) // 2
+    sheet = status.folder / result.outputs.get("sheet", "output/sweep.png")
+    if len(labels) > 1:
+        chosen = ui.choose_strength(str(sheet), labels)
+        if chosen is None:
+            lines.append(f"Nothing was placed; the strengths are in {sheet}.")
+            return "\n".join(lines), True
+        row = chosen
+    placed = import_draft(session, exchange, sent.job_id, row=row,
+                          opacity=cfg.opacity)
+    what = f" ({labels[row]})" if labels else ""
+    lines.append(f"placed {len(placed)} draft frame(s){what} above the clip; the "
+                 f"strengths side by side: {sheet}")
+    lines += [w for p in placed for w in p.warnings]
+    return "\n".join(lines), True
+
+
 def run(action: str, namespace: Mapping[str, Any] | None = None, *,
         prompter: Prompter | None = None, config: BridgeConfig | None = None) -> int:
     """Run one menu action; returns 0 on success, 1 when cancelled, 2 on an error
@@ -81,8 +138,8 @@ def run(action: str, namespace: Mapping[str, Any] | None = None, *,
         cfg = config or BridgeConfig.load()
         ui = ui or make_prompter(namespace, prefer=cfg.ui)
         session = open_session(find_resolve(namespace))
-        if action == "send":
-            text, ok = _send(session, cfg, ui)
+        if action in ("send", "draft"):
+            text, ok = (_send if action == "send" else _draft)(session, cfg, ui)
             ui.show(TITLE, text, error=not ok)
             return 0 if ok else 2
         if action == "import":

@@ -316,7 +316,7 @@ def _size_text(size: tuple[int, int] | None) -> str:
 def build_ofx_job(folder: str | os.PathLike[str], job_id: str, rate: Fraction, *,
                   kind: str = "stitch", edits: tuple[Edit, ...] = (),
                   subject: Subject = Subject(), source_path: str | None = None,
-                  options: dict | None = None) -> Job:
+                  options: dict | None = None, priority: int | None = None) -> Job:
     """A job for frames exported by the shim. Results are ``pam16`` numbered like the
     exported frames (``start_number`` = the first file number), so Composite mode
     reads them back with the same Frame offset that Export used.
@@ -333,4 +333,4 @@ def build_ofx_job(folder: str | os.PathLike[str], job_id: str, rate: Fraction, *
         options=options, output=OutputSpec(format="pam16", name="facestitch",
                                            start_number=numbers[0]),
         host={"app": "ofx", "plugin": PLUGIN_ID, "first_number": numbers[0],
-              "frames": len(numbers)})
+              "frames": len(numbers)}, priority=priority)

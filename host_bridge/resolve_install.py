@@ -1,7 +1,7 @@
 """Install the Resolve menu scripts and point them at this FaceStitch install.
 
 ``python -m host_bridge.resolve_install [--all-users] [--exchange DIR] [--dry-run]``
-copies the three shims into Resolve's ``Fusion/Scripts/Edit`` folder for this OS
+copies the four shims into Resolve's ``Fusion/Scripts/Edit`` folder for this OS
 (docs/hosts.md "Menu script folders") and writes ``bridge.json`` with ``python_path``
 set to where this
 ``host_bridge`` lives (and its site-packages), so Resolve's own Python finds it.
@@ -28,10 +28,13 @@ __all__ = ["SCRIPTS", "shim_source", "script_folder", "install", "main"]
 #: menu entry (file name) -> action of host_bridge.menu
 SCRIPTS = {"FaceStitch Send Shot.py": "send",
            "FaceStitch Import Results.py": "import",
-           "FaceStitch List Jobs.py": "list"}
+           "FaceStitch List Jobs.py": "list",
+           "FaceStitch Preview Edit.py": "draft"}
 _DOCS = {"send": "send the clip under the playhead (or the flagged clips) as a job",
          "import": "place every finished FaceStitch result above its shot",
-         "list": "list this timeline's FaceStitch jobs"}
+         "list": "list this timeline's FaceStitch jobs",
+         "draft": "preview an edit at several strengths on the clip under the "
+                  "playhead"}
 
 _TEMPLATE = '''"""FaceStitch menu script: {doc}.
 

@@ -10,7 +10,9 @@ engine tracks); publish ``Job/1`` whose ``host`` map holds what re-import needs.
 Importing: for each finished job of the current timeline, newest per shot, import
 the RGBA sequence and place it at the exact record frame, replacing an earlier
 result of the same shot. Failures become a message with what to do
-(:mod:`host_bridge.advice`).
+(:mod:`host_bridge.advice`). A draft's frames (a few, spread over the shot) go on
+as one-frame clips at their record frames: the strength the editor chose, or the
+middle one (:func:`import_draft`).
 """
 
 from __future__ import annotations
@@ -32,12 +34,14 @@ from fsexchange.exchange import JOB_FILE
 from host_bridge.advice import explain_status
 from host_bridge.faces import FacesAt, compute_track, list_faces
 from host_bridge.resolve.connect import ResolveSession
-from host_bridge.resolve.place import Placement, ResultMedia, find_results, place_result
+from host_bridge.resolve.place import (Placement, ResultMedia, find_results,
+                                       place_result, place_stills)
 from host_bridge.resolve.render import render_range
 from host_bridge.resolve.shot import Shot, read_shot
 
 __all__ = ["SendOptions", "SentJob", "Cancelled", "FaceChooser", "output_name",
-           "shot_job", "send_shot", "send_items", "import_job", "TimelineJob",
+           "shot_job", "send_shot", "send_items", "import_job", "import_draft",
+           "TimelineJob",
            "timeline_jobs", "ImportReport", "import_finished", "follow"]
 
 log = logging.getLogger(__name__)
@@ -55,7 +59,7 @@ FaceChooser = Callable[[Shot, FacesAt], "int | None"]
 class SendOptions:
     """What to ask of the engine for each shot."""
 
-    kind: str = "stitch"  # "stitch" | "align-preview"
+    kind: str = "stitch"  # "stitch" | "align-preview" | "draft"
     edits: tuple[Edit, ...] = ()
     # source frames each side, clamped to the media (docs/hosts.md "Round-trip
     # conventions")
@@ -242,6 +246,39 @@ def import_job(session: ResolveSession, exchange: str | Path, job_id: str, *,
     return place_result(session, job.host, media, job_id, opacity=opacity)
 
 
+def import_draft(session: ResolveSession, exchange: str | Path, job_id: str, *,
+                 row: int | None = None, opacity: float = 100.0) -> list[Placement]:
+    """Place one strength of a finished draft above its shot: its frames as
+    one-frame clips at their record frames, replacing an earlier result of the
+    shot.
+
+    Args:
+        row: index into ``Result/1.variants`` (the sweep's rows); None: the middle
+            row (the result's own ``frames``).
+
+    Raises:
+        HostError: as :func:`import_job`, or no such row.
+    """
+    status = job_status(exchange, job_id)
+    job = _load_job(status)
+    if status.state != "done":
+        raise HostError(explain_status(status, shot=str(job.host.get("item_name", ""))))
+    if job.host.get("app") != "resolve":
+        raise HostError(f"job {job_id} was not sent from Resolve")
+    result = status.result
+    if result is None or status.folder is None:
+        raise HostError(f"job {job_id} is done but its result cannot be read")
+    variants = result.variants
+    if row is None:
+        row = len(variants) // 2
+    if variants and not 0 <= row < len(variants):
+        raise HostError(f"draft {job_id} has {len(variants)} strengths, not {row + 1}")
+    frames = variants[row].frames if variants else result.frames
+    label = variants[row].label if variants else ""
+    return place_stills(session, job.host, status.folder, job_id, frames,
+                        opacity=opacity, label=label)
+
+
 @dataclass(frozen=True)
 class TimelineJob:
     status: JobStatus
@@ -316,8 +353,12 @@ def import_finished(session: ResolveSession, exchange: str | Path, *,
             report.already.append(tj.job.id)
         else:
             try:
-                report.placed.append(import_job(session, exchange, tj.job.id,
-                                                opacity=opacity))
+                if tj.job.kind == "draft":  # the middle strength, frame by frame
+                    report.placed += import_draft(session, exchange, tj.job.id,
+                                                  opacity=opacity)
+                else:
+                    report.placed.append(import_job(session, exchange, tj.job.id,
+                                                    opacity=opacity))
             except FaceStitchError as exc:
                 report.failed.append(f"job {tj.job.id} for '{tj.shot}': {exc.message}")
     return report

@@ -17,7 +17,10 @@ deliver also writes ``output/bulk.bin`` of N bytes, to meet a full disk;
 result then carry). Each frame checkpoint is
 fenced (``ctx.fence()``), as the stage contract asks. Every stage start/end and
 every frame written is appended to ``$FS_HARNESS_LOG/<job_id>.log`` as
-``<stage> <event> <pid> [frame]``, so tests can prove what ran how often.
+``<stage> <event> <pid> [frame]``, so tests can prove what ran how often; stage
+starts and ends also go to ``$FS_HARNESS_LOG/order.log`` as ``<job_id> <stage>
+<event>``, one file for all jobs and processes (appends), the order they ran in.
+Every job kind (``draft`` too) runs these two stages.
 """
 
 from __future__ import annotations
@@ -44,20 +47,27 @@ from fsexchange.fsutil import atomic_write_bytes  # noqa: E402
 PIPELINES = {
     "stitch": ("engine_harness:HashStage", "engine_harness:DeliverStage"),
     "align-preview": ("engine_harness:HashStage", "engine_harness:DeliverStage"),
+    "draft": ("engine_harness:HashStage", "engine_harness:DeliverStage"),
 }
+
+
+def _append(path: str, line: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
 
 
 def log_event(job_id: str, *words: object) -> None:
     folder = os.environ.get("FS_HARNESS_LOG")
     if not folder:
         return
-    line = " ".join(str(w) for w in words) + "\n"
-    fd = os.open(os.path.join(folder, f"{job_id}.log"),
-                 os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
+    _append(os.path.join(folder, f"{job_id}.log"),
+            " ".join(str(w) for w in words) + "\n")
+    if words[1] in ("start", "end"):
+        _append(os.path.join(folder, "order.log"), f"{job_id} {words[0]} "
+                f"{words[1]}\n")
 
 
 def knobs(ctx: StageContext) -> dict[str, Any]:

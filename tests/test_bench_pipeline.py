@@ -51,3 +51,22 @@ def test_bench_pipeline_side_by_side_small(tmp_path):
     assert err["ours_float32"]["mse"] < err["before"]["mse"]
     assert "ratio" in proc.stdout and "medians of 2 rounds" in proc.stdout
     assert "nothing but our convolutions left" in proc.stdout
+
+
+def test_bench_pipeline_draft_small(tmp_path):
+    """``--draft``: a real engine process runs a cold and a warm draft; the figures
+    say how long each took and that the warm one reused the networks."""
+    out = tmp_path / "draft.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "pipeline.py"), "--draft",
+         "--draft-frames", "2", "--draft-strengths", "3", "--device", "cpu",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        env={**os.environ, "FACESTITCH_HOME": str(tmp_path / "home")})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    fig = json.loads(out.read_text())["tiny_engine"]
+    assert (fig["rows"], fig["frames"]) == (3, 2)
+    assert 0 < fig["warm_seconds"] and 0 < fig["cold_seconds"]
+    for name in ("cold_stages", "warm_stages"):
+        assert list(fig[name]) == ["track", "align", "invert", "sweep"]
+    assert "cold (engine start included)" in proc.stdout

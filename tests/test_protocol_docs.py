@@ -26,11 +26,13 @@ def samples() -> dict[str, d._Document]:
                 subject=d.Subject(index=0),
                 edits=(d.Edit("age", 1.0, (d.Keyframe(0, 1.0),)),))
     track = d.FaceTrack(Fraction(24), (4, 4), (d.TrackFrame(0, False),))
+    frame = d.FrameOutput(0, "output/a.png", "0" * 64)
     result = d.Result(job_id="j", state="failed",
-                      stages=(d.StageTiming("track", 1.0),),
-                      frames=(d.FrameOutput(0, "output/a.png", "0" * 64),),
+                      stages=(d.StageTiming("track", 1.0),), frames=(frame,),
                       error={"code": "internal", "message": "m", "stage": None,
-                             "frame": None, "field": None})
+                             "frame": None, "field": None},
+                      variants=(d.Variant("age -8", (("age", -8.0),),
+                                          "output/sweep/r00_age-8", (frame,)),))
     return {"Job": job, "FaceTrack": track, "Progress": d.Progress("j", "running"),
             "Result": result, "Lease": d.Lease("j", "w", 1, 0.0),
             "StageDone": d.StageDone("track", 1.0)}
@@ -51,12 +53,17 @@ def flatten(data: dict[str, Any], prefix: str = "") -> set[str]:
 
 
 def doc_sections() -> dict[tuple[str, int], set[str]]:
+    """(name, major) -> documented fields; the heading's minor must be the code's."""
     sections = {}
-    parts = re.split(r"^### `facestitch\.(\w+)/(\d+)`\s*$", DOC, flags=re.M)
-    for i in range(1, len(parts), 3):
-        body = parts[i + 2].split("\n## ", 1)[0]
-        sections[(parts[i], int(parts[i + 1]))] = set(
-            re.findall(r"^\| `([^`]+)` \|", body, flags=re.M))
+    parts = re.split(r"^### `facestitch\.(\w+)/(\d+)(?:\.(\d+))?`\s*$", DOC,
+                     flags=re.M)
+    for i in range(1, len(parts), 4):
+        name, major, minor = parts[i], int(parts[i + 1]), int(parts[i + 2] or 0)
+        body = parts[i + 3].split("\n## ", 1)[0]
+        cls = d.DOCUMENT_TYPES.get(name)
+        assert cls is None or minor == cls.MINOR, f"{name}/{major}.{minor} documented"
+        sections[(name, major)] = set(re.findall(r"^\| `([^`]+)` \|", body,
+                                                 flags=re.M))
     return sections
 
 
@@ -70,9 +77,11 @@ def test_every_document_type_is_documented_at_its_version():
     assert {name for name, _ in sections} == set(d.DOCUMENT_TYPES)
     for name, cls in d.DOCUMENT_TYPES.items():
         assert (name, cls.VERSION) in sections, f"{cls.schema()} not in the doc"
-    for name, major in re.findall(r"facestitch\.(\w+)/(\d+)", DOC):
+    for name, major, minor in re.findall(r"facestitch\.(\w+)/(\d+)(?:\.(\d+))?",
+                                         DOC):
         cls = d.DOCUMENT_TYPES.get(name)
         assert cls is not None and int(major) == cls.VERSION, f"{name}/{major}"
+        assert int(minor or 0) <= cls.MINOR, f"{name}/{major}.{minor}"
 
 
 @pytest.mark.parametrize("name", sorted(d.DOCUMENT_TYPES))

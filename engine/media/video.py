@@ -30,7 +30,7 @@ import logging
 import os
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -50,6 +50,7 @@ from fsexchange.media import MediaIndex, MediaInfo, media_index, open_container
 __all__ = [
     "read_frames",
     "read_files",
+    "read_frames_at",
     "read_image",
     "write_rgba",
     "encode_png",
@@ -180,6 +181,16 @@ def read_files(files: Sequence[str | os.PathLike[str]], *, alpha: bool = False,
                      None, 16 if first.dtype != np.uint8 else 8,
                      first.ndim == 3 and first.shape[2] in (2, 4), 0)
     return _read_sequence(MediaIndex(info, files=paths), 0, len(paths), alpha, depth)
+
+
+def read_frames_at(path: str | os.PathLike[str], frames: Iterable[int], *,
+                   alpha: bool = False, depth: int = 8
+                   ) -> Iterator[tuple[int, np.ndarray]]:
+    """:func:`read_frames` of a few chosen frames (increasing media indices), each
+    reached by seeking: for frames spread over a long shot this decodes from the
+    keyframes before them instead of every frame in between."""
+    for f in frames:
+        yield from read_frames(path, int(f), int(f) + 1, alpha=alpha, depth=depth)
 
 
 def _read_sequence(idx: MediaIndex, start: int, end: int, alpha: bool,

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from fsexchange.documents import (FaceTrack, FrameOutput, Job, Progress, Result,
-                                  StageDone, StageTiming, load_document)
+                                  StageDone, StageTiming, Variant, load_document)
 from fsexchange.errors import (DocumentError, DocumentFieldError, FaceStitchError,
                                InternalError, JobCancelled, JobCrashed, LeaseLost,
                                NoSpace, PathEscapeError, io_error)
@@ -196,7 +196,8 @@ def build_result(job_id: str, state: str, done: Sequence[tuple[StageDone, bool]]
 
     Facts read from each stage's DONE document: ``frames`` (a count, or a list of
     ``FrameOutput`` maps; so is ``frame_outputs``; the last stage that lists frames
-    provides ``Result.frames``), ``outputs`` (merged), ``metrics`` (merged).
+    provides ``Result.frames``), ``outputs`` (merged), ``metrics`` (merged),
+    ``variants`` (a draft's sweep rows, ``Variant`` maps).
     ``info["models"]`` becomes ``Result.models``; other info keys go to the
     result's ``info`` key.
 
@@ -204,6 +205,7 @@ def build_result(job_id: str, state: str, done: Sequence[tuple[StageDone, bool]]
         done: ``(DONE document, resumed)`` per completed stage, in pipeline order.
     """
     stages, frames = [], []
+    variants: list[Variant] = []
     outputs: dict[str, str] = {}
     metrics: dict[str, Any] = {}
     all_info: dict[str, Any] = {}
@@ -221,6 +223,9 @@ def build_result(job_id: str, state: str, done: Sequence[tuple[StageDone, bool]]
         outputs.update({str(k): str(v) for k, v in dict(facts.get("outputs") or {}
                                                          ).items()})
         metrics.update(dict(facts.get("metrics") or {}))
+        if isinstance(facts.get("variants"), list):
+            variants = [Variant.from_dict(v, f"{doc.stage}.variants[{i}]")
+                        for i, v in enumerate(facts["variants"])]
         all_info.update(doc.info)
         all_warnings += [w for w in doc.warnings if w not in all_warnings]
     all_info.update(dict(info or {}))
@@ -231,7 +236,7 @@ def build_result(job_id: str, state: str, done: Sequence[tuple[StageDone, bool]]
                   frames=tuple(frames), outputs=outputs, error=error,
                   metrics=plain(metrics), models=plain(models),
                   warnings=tuple(all_warnings), started=started, finished=finished,
-                  extra=extra)
+                  variants=tuple(variants), extra=extra)
 
 
 def _check_paths(job: Job, job_dir: Path, roots: Sequence[Path]) -> None:
@@ -360,7 +365,7 @@ def _run(exchange: Exchange, claim: Claim, settings: RunnerSettings,
         fence()
         atomic_write_bytes(job_dir / CONFIG_FILE, (json.dumps(
             config.to_dict(), indent=2, sort_keys=True) + "\n").encode())
-        stages = stages_for(job.kind, settings.pipelines)
+        stages = stages_for(job.kind, settings.pipelines, config=config)
         names = [s.name for s in stages]
         progress = _Progress(job_dir, job_id, settings.worker,
                              [float(getattr(s, "weight", 1.0)) for s in stages], names,

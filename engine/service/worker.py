@@ -9,7 +9,9 @@ never need to talk to each other). Each loop:
 - requeues running jobs whose lease expired (their worker died) so they resume from
   their checkpoints, moves stray files out of ``new/``, sweeps abandoned ``tmp/``
   entries;
-- claims the oldest queued job and runs it (:func:`engine.service.runner.run_job`).
+- claims the queued job with the highest priority, the oldest first within a
+  priority (:meth:`fsexchange.exchange.Exchange.claim_order`: drafts first), and
+  runs it (:func:`engine.service.runner.run_job`).
 
 SIGTERM/SIGINT: the running job is aborted at its next abort check and released to
 the queue with its checkpoints; a second signal stops the process at once (the job
@@ -118,14 +120,15 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 def _run_one(ex: Exchange, opts: EngineOptions, settings: RunnerSettings,
              stop: threading.Event, held: dict[str, float] | None = None
              ) -> str | None:
-    """Claim the oldest claimable job and run it; None if there was none.
+    """Claim the first claimable job in claim order (priority, then age) and run
+    it; None if there was none.
 
     ``held``: job id -> monotonic time before which this worker leaves it alone
     (a job requeued for want of disk space would otherwise come straight back).
     """
     held = {} if held is None else held
     now = time.monotonic()
-    for job_id in ex.ids("new"):
+    for job_id in ex.claim_order():
         if stop.is_set():
             return None
         if held.get(job_id, 0.0) > now:

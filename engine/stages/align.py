@@ -36,7 +36,7 @@ import io
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -284,20 +284,44 @@ def parser_weights() -> Path | None:
 
 
 class AlignStage(Stage):
-    """Smoothed FFHQ crops at the generator resolution, quads, and face masks."""
+    """Smoothed FFHQ crops at the generator resolution, quads, and face masks.
+
+    Every frame of the track with a face is aligned; a draft's track holds only
+    its few frames (``engine.stages.draft``, which also overrides the three hooks
+    below to reuse loaded networks and to read only those frames).
+    """
 
     name = "align"
 
+    def resolution(self, ctx: StageContext) -> int:
+        """The crop size R (:func:`resolve_resolution`)."""
+        return resolve_resolution(ctx.config.align.resolution, ctx.config.profile)
+
+    def mask_builder(self, ctx: StageContext, size: int) -> Any:
+        """The job's :class:`engine.stages.mask.MaskBuilder`."""
+        from engine.stages.mask import MaskBuilder
+
+        return MaskBuilder(ctx.config.mask, size, device=ctx.device,
+                           parser_path=parser_weights())
+
+    def source_frames(self, ctx: StageContext, frames: list[int], depth: int = 8
+                      ) -> Iterator[tuple[int, np.ndarray]]:
+        """``(index, RGB)`` covering ``frames``, the ones with a face (here the
+        whole range, streamed), decoded at ``depth`` (8, 16 or 32 = float)."""
+        from engine.media.video import read_frames
+
+        return read_frames(ctx.source_path(), ctx.job.range.start, ctx.job.range.end,
+                           depth=depth)
+
     def run(self, ctx: StageContext) -> dict[str, Any]:
         from engine.media.colour import pipeline_for
-        from engine.stages.mask import MaskBuilder
-        from engine.media.video import encode_png, read_frames, to_depth
+        from engine.media.video import encode_png, to_depth
         from fsexchange.media import probe
 
         cfg = ctx.config.align
         job = ctx.job
         track = ctx.files.track.facetrack()
-        size = resolve_resolution(cfg.resolution, ctx.config.profile)
+        size = self.resolution(ctx)
         start, end = job.range.start, job.range.end
         n = end - start
         by_frame = {fr.frame: fr for fr in track.frames}
@@ -323,8 +347,7 @@ class AlignStage(Stage):
         np.save(buf, quads, allow_pickle=False)
         atomic_write_bytes(files.quads_path, buf.getvalue())
 
-        masker = MaskBuilder(ctx.config.mask, size, device=ctx.device,
-                             parser_path=parser_weights())
+        masker = self.mask_builder(ctx, size)
         if masker.source == "hull":
             ctx.warn("Face masks come from the landmark hull: the BiSeNet face-parser "
                      "weights (79999_iter.pth) are not installed, so hair and neck are "
@@ -349,7 +372,8 @@ class AlignStage(Stage):
 
         # Rec.709/sRGB: the 8-bit code values are the network space already.
         depth = 8 if colour.identity else 32
-        for index, frame in read_frames(ctx.source_path(), start, end, depth=depth):
+        wanted = [start + int(i) for i in np.flatnonzero(present)]
+        for index, frame in self.source_frames(ctx, wanted, depth):
             ctx.check_abort()
             i = index - start
             if present[i]:

@@ -65,6 +65,9 @@ class StageContext:
         info: small JSON-able facts collected into ``Result/1`` (models used...).
         fence_fn: raises ``LeaseLost`` when this worker no longer holds the job
             (the runner binds it to the claim's lease epoch).
+        reuse_models: take the networks from the worker's cache
+            (:func:`engine.models.modelset.cached_models`; drafts) instead of
+            loading them for this stage (and emptying the cache).
     """
 
     job: Job
@@ -77,6 +80,7 @@ class StageContext:
     warnings: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
     fence_fn: Callable[[], None] = lambda: None
+    reuse_models: bool = False
 
     # No ``parents=True`` below: a worker that lost its lease finds its job folder
     # moved away, and must fail there rather than re-create a half job in ``cur/``.
@@ -121,9 +125,14 @@ class StageContext:
     def load_models(self) -> "ModelSet":
         """The job's networks on the job's device. Records what was used in the
         result (``Result/1.models``) and warns loudly for the tiny profile."""
-        from engine.models.modelset import load_models
+        from engine.models import cache
+        from engine.models.modelset import cached_models, load_models
 
-        models = load_models(self.config.profile, device=self.device)
+        if self.reuse_models:
+            models = cached_models(self.config.profile, device=self.device)
+        else:
+            cache.clear()  # never two model sets in memory: a full job's own load
+            models = load_models(self.config.profile, device=self.device)
         self.info["models"] = dict(models.info)  # the runner stores it msgpack-safe
         if models.profile == "tiny" or models.info.get("tiny"):
             self.warn("tiny test networks — not a real edit: the official models are "
@@ -136,6 +145,12 @@ class Stage(ABC):
     """One pipeline stage. Subclasses set ``name`` and implement :meth:`run`."""
 
     name: ClassVar[str] = ""
+
+    def applies(self, config: PipelineConfig) -> bool:
+        """Whether the stage is part of a job with this configuration; one that is
+        not is left out of the job's pipeline (``stitch.tune`` off leaves out
+        stitching tuning and brings in the naive render)."""
+        return True
 
     @abstractmethod
     def run(self, ctx: StageContext) -> dict[str, Any] | None:

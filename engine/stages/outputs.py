@@ -22,6 +22,8 @@ Layout (each folder also holds ``DONE.msgpack`` once its stage completed)::
                 curves.json               each edit's strength on every frame
     stages/stitch_tune/crops/ alpha/      tuned crops (16-bit) and paste alphas
                        summary.json       border losses and curves
+    stages/render/crops/ alpha/           --no-stitch: the edit rendered untuned
+                                          (16-bit) and naive paste alphas
     <stage>/preview/<frame>.png           a few frames rendered for the report
     <stage>/settings.json                 batch and precision resolved for the stage
 
@@ -47,7 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = ["STAGES_DIR", "DONE_FILE", "crop_name", "JobFiles", "TrackFiles",
            "AlignFiles", "AlignedClip", "InvertFiles", "PTIFiles", "EditFiles",
-           "StitchFiles"]
+           "StitchFiles", "RenderFiles"]
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +255,27 @@ class StitchFiles(_StageFiles):
         return _read_json(self.summary_path)
 
 
+@dataclass(frozen=True)
+class RenderFiles(_StageFiles):
+    """The ``render`` stage (``--no-stitch``): per frame the edited crop as the
+    PTI generator renders it, and the naive paste alpha; the paste stage reads
+    them as it reads stitching tuning's."""
+
+    @property
+    def crops_dir(self) -> Path:
+        return self.folder / "crops"
+
+    @property
+    def alpha_dir(self) -> Path:
+        return self.folder / "alpha"
+
+    def crop(self, frame: int) -> Path:
+        return self.crops_dir / crop_name(frame)
+
+    def alpha(self, frame: int) -> Path:
+        return self.alpha_dir / crop_name(frame)
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
@@ -292,6 +315,10 @@ class JobFiles:
     @property
     def stitch_tune(self) -> StitchFiles:
         return StitchFiles(self.stage_dir("stitch_tune"))
+
+    @property
+    def render(self) -> RenderFiles:
+        return RenderFiles(self.stage_dir("render"))
 
     def done(self, name: str) -> StageDone | None:
         """The DONE document of a stage, or None if it has not completed (a torn

@@ -27,8 +27,10 @@ source frame next to what the networks see of it.
 
 Crop sources, in order: ``stages/stitch_tune/`` when that stage finished
 (``crops/<frame:07d>.png`` 16-bit RGB and ``alpha/<frame:07d>.png`` 16-bit grey; a
-missing alpha falls back to the align mask), else the align crops pasted back
-unedited (identity paste, for checking a track).
+missing alpha falls back to the align mask), else ``stages/render/`` when it
+finished (``--no-stitch``: the edit rendered untuned, naive alphas, the same
+layout), else the align crops pasted back unedited (identity paste, for checking a
+track).
 """
 
 from __future__ import annotations
@@ -203,7 +205,9 @@ class PasteStage(Stage):
 
         job = ctx.job
         aligned = ctx.files.align.clip()
-        tuned = ctx.files.stitch_tune
+        tuned: Any = ctx.files.stitch_tune
+        if not tuned.done_path.exists() and ctx.files.render.done_path.exists():
+            tuned = ctx.files.render  # --no-stitch: the naive edit
         use_tuned = tuned.done_path.exists()
         out_dir = ctx.output_dir()
         fmt = job.output.format

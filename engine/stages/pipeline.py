@@ -28,6 +28,7 @@ from fsexchange.documents import StageDone, encode_document
 from fsexchange.errors import FaceStitchError, InternalError, PipelineUnavailable
 from fsexchange.exchange import utc_now
 from fsexchange.fsutil import atomic_write_bytes
+from fsexchange.options import PipelineConfig
 
 from engine.stages.contract import Stage, StageContext
 from engine.stages.outputs import DONE_FILE
@@ -54,8 +55,20 @@ PIPELINES: dict[str, tuple[str, ...]] = {
         "engine.stages.pti:PTIStage",
         "engine.stages.edit:EditStage",
         "engine.stages.stitch_tune:StitchTuneStage",
+        # stitch.tune off (--no-stitch) replaces stitching tuning by this naive
+        # render of the edit (STIT's edit_video.py); Stage.applies decides
+        "engine.stages.render:RenderStage",
         "engine.stages.paste:PasteStage",
         "engine.stages.report:ReportStage",
+    ),
+    # A few frames, e4e (+ optional short PTI), the edit at every strength of a
+    # sweep, naive paste-back and a sheet (docs/pipeline.md "Drafts").
+    "draft": (
+        "engine.stages.draft:DraftTrackStage",
+        "engine.stages.draft:DraftAlignStage",
+        "engine.stages.draft:DraftInvertStage",
+        "engine.stages.draft:DraftPTIStage",
+        "engine.stages.sweep:SweepStage",
     ),
 }
 
@@ -64,13 +77,17 @@ PipelineProgress = Callable[[int, float, str], None]
 
 
 def stages_for(kind: str, pipelines: Mapping[str, Sequence[str]] = PIPELINES, *,
-               until: str | None = None) -> list[Stage]:
+               until: str | None = None,
+               config: PipelineConfig | None = None) -> list[Stage]:
     """Import and construct the stages of a job kind, in order (up to and
-    including the stage named ``until``, when given).
+    including the stage named ``until``, when given), leaving out those that do
+    not apply to the job's ``config`` (:meth:`Stage.applies`; default options
+    when None).
 
     Raises:
         PipelineUnavailable: unknown kind, or a stage module that is not installed.
     """
+    config = config if config is not None else PipelineConfig()
     refs = pipelines.get(kind)
     if refs is None:
         raise PipelineUnavailable(f"this engine cannot run {kind!r} jobs "
@@ -85,8 +102,11 @@ def stages_for(kind: str, pipelines: Mapping[str, Sequence[str]] = PIPELINES, *,
             raise PipelineUnavailable(
                 f"stage {ref} of {kind!r} jobs is not available in this engine "
                 f"({exc}); update or reinstall FaceStitch") from exc
-        out.append(obj())
-        if until is not None and out[-1].name == until:
+        stage = obj()
+        if not stage.applies(config):
+            continue
+        out.append(stage)
+        if until is not None and stage.name == until:
             break
     return out
 

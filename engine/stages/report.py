@@ -280,7 +280,10 @@ class ReportStage(Stage):
                    ("PTI reconstruction", files.pti.preview_dir),
                    ("edit", files.edit.preview_dir),
                    ("stitched", files.stitch_tune.crops_dir),
-                   ("alpha", files.stitch_tune.alpha_dir), ("final", None)]
+                   ("alpha", files.stitch_tune.alpha_dir),
+                   # --no-stitch: the edit as rendered, and its naive alpha
+                   ("edit, untuned", files.render.crops_dir),
+                   ("alpha", files.render.alpha_dir), ("final", None)]
         columns = [(n, p) for n, p in columns
                    if p is None or any((p / crop_name(f)).exists() for f in show)]
         convert = colour is not None and not colour.identity

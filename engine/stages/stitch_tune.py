@@ -387,6 +387,9 @@ class StitchTuneStage(Stage):
     name = "stitch_tune"
     weight = 10.0
 
+    def applies(self, config: Any) -> bool:
+        return config.stitch.tune  # off (--no-stitch): engine.stages.render instead
+
     def run(self, ctx: StageContext) -> dict[str, Any]:
         import torch
 

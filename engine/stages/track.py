@@ -243,39 +243,52 @@ def track_media(
     progress: Callable[[float, str], None] | None = None,
     abort: Callable[[], None] | None = None,
     colour: Any = None,
+    only: Sequence[int] | None = None,
 ) -> FaceTrack:
     """Track the chosen face over ``start:end`` of a movie or sequence.
 
-    ``colour`` (an :class:`engine.media.colour.ColourPipeline`): detect on the
-    networks' rendering of each frame (log and HDR footage), not its code values.
+    Args:
+        colour: an :class:`engine.media.colour.ColourPipeline`: detect on the
+            networks' rendering of each frame (log and HDR footage), not its code
+            values.
+        only: track just these frames (increasing, inside the range; drafts):
+            each is read by seeking, and the track has one entry per frame of
+            ``only``, without gap filling.
 
     Raises:
         NoFaceFound: no face anywhere in the range.
         SubjectInvalid: the requested subject does not exist.
         ModelMissing: the backend's weights are not installed.
     """
-    from engine.media.video import read_frames, to_depth
+    from engine.media.video import read_frames, read_frames_at, to_depth
     from fsexchange.media import probe
 
     info = probe(path, rate)
     end = info.frame_count if end is None else end
-    if colour is None or colour.identity:
-        frames = read_frames(path, start, end)  # validates the range first
-    else:
-        frames = ((i, to_depth(colour.to_network(f), 8))
-                  for i, f in read_frames(path, start, end, depth=32))
+    frames = read_frames(path, start, end)  # validates the range first
+    if only is not None:
+        frames = read_frames_at(path, only)
+    if colour is not None and not colour.identity:
+        coded = (read_frames(path, start, end, depth=32) if only is None
+                 else read_frames_at(path, only, depth=32))
+        frames = ((i, to_depth(colour.to_network(f), 8)) for i, f in coded)
     backend = backend or make_backend(cfg, device)
-    n = end - start
+    n = end - start if only is None else max(len(only), 1)
+    seen = [0]
 
     def on_frame(index: int) -> None:
+        seen[0] += 1
         if abort is not None:
             abort()
         if progress is not None:
-            progress((index - start + 1) / n, f"tracked frame {index}")
+            progress(seen[0] / n, f"tracked frame {index}")
 
     identities = follow_identities(frames, backend, cfg, on_frame=on_frame)
     chosen, facts = choose_subject(identities, subject)
-    track = fill_gaps(subject_track(chosen, start, end), cfg.max_gap)
+    if only is None:
+        track = fill_gaps(subject_track(chosen, start, end), cfg.max_gap)
+    else:
+        track = [subject_track(chosen, f, f + 1)[0] for f in only]
     return FaceTrack(rate=rate or info.rate, image_size=(info.width, info.height),
                      frames=tuple(track), backend=backend.name, subject=facts)
 

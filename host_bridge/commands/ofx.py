@@ -2,9 +2,11 @@
 
 - ``facestitch ofx build --out DIR [--cc CC]``: compile FaceStitch.ofx.bundle.
 - ``facestitch ofx submit FOLDER --exchange DIR --rate RATE [--edit NAME=STRENGTH]
-  [--kind K] [--face N] [--option KEY.SUB=VALUE] [--copy-media]``: submit the frames
-  the shim's Export mode wrote; prints the Composite-mode settings that read the
-  results back.
+  [--kind K] [--face N] [--option KEY.SUB=VALUE] [--copy-media] [--draft [--sweep
+  NAME=FROM:TO:N] [--frames F,...] [--draft-pti STEPS]] [--no-stitch]``: submit
+  the frames the shim's Export mode wrote; prints the Composite-mode settings
+  that read the results back (for a draft, one results folder per strength).
+  Frame numbers of ``--frames`` count from the first exported frame (0).
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ from pathlib import Path
 from fsexchange.client import new_job_id, submit_job
 from fsexchange.documents import JOB_KINDS, Subject
 from fsexchange.errors import HostError
-from fsexchange.grammar import parse_edit_spec, parse_option
+from fsexchange.grammar import (parse_edit_spec, parse_option, sweep_row_folder,
+                                sweep_row_label, sweep_rows)
 from fsexchange.timecode import parse_rate
+from host_bridge.draft_args import (add_draft_arguments, apply_draft_arguments,
+                                    job_kind)
 from host_bridge.ofx import PARAMS, build_bundle, build_ofx_job
 
 __all__ = ["main"]
@@ -47,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--copy-media", action="store_true",
                    help="copy the frames into the job (else the engine reads them in "
                         "place: keep the folder under the exchange or a media root)")
+    add_draft_arguments(s)
     return p
 
 
@@ -60,22 +66,33 @@ def _options(items: list[str]) -> dict:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    edits = ()
+    kind = job_kind(args, args.kind)
+    edits: tuple = ()
     if args.edit:
         edits = parse_edit_spec(args.edit).edits
-    elif args.kind == "stitch":
+    elif kind == "stitch":
         raise HostError("a stitch job needs at least one --edit NAME=STRENGTH (or use "
                         "--kind align-preview)")
+    options = _options(args.option)
+    sweep = apply_draft_arguments(args, kind, options, edits)
     job_id = new_job_id("ofx")
     source = "media/export" if args.copy_media else None
     job = build_ofx_job(args.folder, job_id, parse_rate(args.rate, "--rate"),
-                        kind=args.kind, edits=edits, subject=Subject(index=args.face),
-                        source_path=source, options=_options(args.option))
+                        kind=kind, edits=edits, subject=Subject(index=args.face),
+                        source_path=source, options=options, priority=args.priority)
     attachments = {"media/export": args.folder} if args.copy_media else {}
     submit_job(args.exchange, job, attachments=attachments)
+    output = Path(args.exchange).resolve() / "done" / job_id / "output"
     print(job_id)
     print("When it is done, set the FaceStitch effect to Composite with:")
-    print(f"  Results folder  {Path(args.exchange).resolve() / 'done' / job_id / 'output'}")
+    if kind == "draft":  # one folder per strength; frames only at the draft frames
+        rows = sweep_rows(sweep)
+        for i, row in enumerate(rows):
+            print(f"  Results folder  {output / 'sweep' / sweep_row_folder(i, row)}"
+                  f"  ({sweep_row_label(row, edits)})")
+        print(f"  (the strengths side by side: {output / 'sweep.png'})")
+    else:
+        print(f"  Results folder  {output}")
     print(f"  Result name     {job.output.name}")
     print("  Frame offset    the same as for Export")
     return 0

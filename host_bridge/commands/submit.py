@@ -9,6 +9,11 @@ Frame numbers (``--range``, keyframes) are 0-based indices into the media, and
 ``--range START:END`` excludes END (``0:48`` is the first 48 frames). Keyframed
 edits: ``--edit age=0@10,-4@20,-4@30,0@40`` gives strength@frame pairs.
 
+Drafts: ``--draft [--sweep age=-8:8:5] [--frames 10,24,40] [--draft-pti STEPS]``
+(:mod:`host_bridge.draft_args`); a malformed sweep or a swept edit that is not
+installed is refused here too. ``--no-stitch``: a full job without stitching
+tuning.
+
 Torch-free: the media is probed with :mod:`fsexchange.media` when PyAV is installed
 here, and edit names are checked against the engine installed on this machine (in a
 child process, :mod:`host_bridge.engine_cli`); without them only the syntax is
@@ -38,6 +43,8 @@ from fsexchange.media import probe, probe_available
 from fsexchange.options import PipelineConfig
 from fsexchange.timecode import parse_rate
 
+from host_bridge.draft_args import (add_draft_arguments, apply_draft_arguments,
+                                    job_kind)
 from host_bridge.engine_cli import installed_edit_names
 
 __all__ = ["main", "build_parser", "job_from_args"]
@@ -70,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--face-box", metavar="FRAME:X0,Y0,X1,Y1",
                    help="follow the face best matching this box at media frame FRAME")
     p.add_argument("--kind", choices=JOB_KINDS, default="stitch",
-                   help="stitch (the full edit) or align-preview (check the track)")
+                   help="stitch (the full edit), align-preview (check the track) or "
+                   "draft (as --draft)")
+    add_draft_arguments(p)
     p.add_argument("--profile", choices=("auto", "official", "tiny"),
                    help="model profile (default auto: official when installed)")
     p.add_argument("--option", action="append", default=[], metavar="KEY.SUB=VALUE",
@@ -119,6 +128,7 @@ def _colour_option(section: Any, name: str, notes: list[str]) -> Any:
 
 
 def _check_edits(edits: list[Edit], profile: str, notes: list[str]) -> None:
+    """Edit names (fixed or swept) against the engine installed here, if any."""
     if not edits:
         return
     try:
@@ -169,8 +179,10 @@ def job_from_args(args: argparse.Namespace, notes: list[str]
         options["profile"] = args.profile
     if args.colour is not None:
         options["colour"] = _colour_option(options.get("colour"), args.colour, notes)
+    jkind = job_kind(args, args.kind)
+    sweep = apply_draft_arguments(args, jkind, options, edits, range_=(start, end))
     cfg = PipelineConfig.from_options(options)
-    _check_edits(edits, cfg.profile, notes)
+    _check_edits(edits + [Edit(a.name, a.start) for a in sweep], cfg.profile, notes)
     exchange = args.exchange.absolute()
     attachments: dict[str, Path] = {}
     if is_within(Path(os.path.realpath(media)), Path(os.path.realpath(exchange))):
@@ -186,10 +198,11 @@ def job_from_args(args: argparse.Namespace, notes: list[str]
                      "--copy-media)")
     subject = parse_subject(args.face, args.face_point, args.face_box)
     output = OutputSpec(format=args.format) if args.format else OutputSpec()
-    job = build_job(source=source, range=frange, kind=args.kind, edits=edits,
+    job = build_job(source=source, range=frange, kind=jkind, edits=edits,
                     subject=subject, options=options, output=output,
                     host={"app": "facestitch submit", "host": socket.gethostname(),
-                          "media": str(media)}, job_id=args.id)
+                          "media": str(media)}, job_id=args.id,
+                    priority=args.priority)
     return job, attachments
 
 

@@ -363,6 +363,23 @@ def is_result_item(item: Any) -> bool:
                for m in (markers or {}).values() if isinstance(m, dict))
 
 
+def _beneath_results(session: ResolveSession) -> Any:
+    """The top-most video item under the playhead that is not one of our results."""
+    tl = session.timeline
+    rate, _ = timeline_rate(session)
+    tc = tl.GetCurrentTimecode()
+    if not tc:
+        return None
+    frame = timecode_to_frames(str(tc), rate)
+    for index in range((tl.GetTrackCount("video") or 0), 0, -1):
+        for item in tl.GetItemListInTrack("video", index) or []:
+            start, end = item.GetStart(), item.GetEnd()
+            if (start is not None and end is not None and start <= frame < end
+                    and not is_result_item(item)):
+                return item
+    return None
+
+
 def pick_items(session: ResolveSession, which: str = "playhead") -> list[Any]:
     """Timeline items to send.
 
@@ -373,11 +390,14 @@ def pick_items(session: ResolveSession, which: str = "playhead") -> list[Any]:
       colour);
     - ``"color:<Name>"``: every video item whose clip colour is ``Name``.
 
-    Our own result layers are never picked.
+    Our own result layers are never picked (under the playhead: the clip beneath
+    them, e.g. under a draft's one-frame layers).
     """
     tl = session.timeline
     if which == "playhead":
         item = tl.GetCurrentVideoItem()
+        if item is not None and is_result_item(item):
+            item = _beneath_results(session)
         if item is None:
             raise HostError("No clip under the playhead: park the playhead over the shot "
                             "(the top-most video clip there is sent) and try again.")
