@@ -36,9 +36,16 @@ __all__ = [
 
 @dataclass(frozen=True)
 class TrackConfig:
-    backend: str = "auto"  # "auto" | "dlib" | "face-alignment"; auto = fa if weights
-    # dlib HOG upsampling; STIT uses 0 (docs/reference.md "Alignment")
+    # "dlib" (STIT's and FFHQ's landmarks, docs/reference.md "Alignment") |
+    # "face-alignment" (STIT --use_fa) | "auto" (face-alignment when its weights
+    # are installed, else dlib)
+    backend: str = "dlib"
+    # dlib HOG upsampling, on frames reduced to 1280 px for detection; STIT detects
+    # at full size with 0 (docs/pipeline.md "Tracking and alignment")
     detect_upsample: int = 1
+    # the face to follow when the job names none: "largest" (ours) | "first" (STIT:
+    # the detector's first face), chosen at the first frame with faces
+    default_subject: str = "largest"
     # dlib HOG score threshold (docs/environment.md "dlib and its data files")
     min_score: float = 0.0
     # gaps up to this many frames are interpolated, longer pass through
