@@ -69,9 +69,14 @@ class MaskConfig:
     # STIT outer_mask_dilation at 1024 (docs/reference.md "Stitching tuning")
     outer_dilation: int = 50
     inner_dilation: int = 0  # STIT inner_mask_dilation
-    # crop-edge band at 1024 (25 at 512, docs/reference.md "Stitching tuning")
-    border_band: int = 50
-    feather: bool = False  # STIT feathering variant: erode 51 + Gaussian (σ 8 px)
+    # crop-edge band at 1024; None = outer_dilation, as STIT (its border_pixels is
+    # outer_mask_dilation; docs/reference.md "Morphology")
+    border_band: int | None = None
+    # STIT feathering variant: erode by outer_dilation // 2 (51x51 at 50) with
+    # border 0, then Gaussian of the same size (σ 8 px at 51)
+    feather: bool = False
+    # STIT --whole_image_border: stitching's border is all of 1 - M
+    whole_image_border: bool = False
 
 
 @dataclass(frozen=True)
