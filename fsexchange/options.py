@@ -134,7 +134,10 @@ class PasteConfig:
 @dataclass(frozen=True)
 class MetricsConfig:
     enabled: bool = True
-    identity: str = "dlib"  # "dlib" | "arcface"
+    # "auto" (ArcFace when installed in the model store, the papers' network; else
+    # dlib) | "dlib" | "arcface" (docs/reference.md "Identity metrics TL-ID and
+    # TG-ID")
+    identity: str = "auto"
     flow: str = "dis"  # "dis" | "farneback" | "raft"
 
 
