@@ -81,7 +81,21 @@ class MaskConfig:
 
 @dataclass(frozen=True)
 class InvertConfig:
-    batch_size: int = 8  # frames per encoder batch (reference: 1)
+    batch_size: int = 8  # frames per encoder (or projector) batch (reference: 1)
+    # "e4e" (STIT's default) | "projector": per-frame optimisation in W, STIT's
+    # other first inversion (docs/reference.md "Inversion by optimisation")
+    method: str = "e4e"
+    projector_steps: int = 50  # STIT first_inv_steps
+    # peak of the projector's lr schedule: 0.01 is what runs in STIT (its config
+    # value 5e-3 is overwritten at every step; docs/reference.md)
+    projector_lr: float = 0.01
+    projector_lpips_weight: float = 1.0
+    # an L2 term beside LPIPS (ours; the reference's projector has none: 0)
+    projector_l2_weight: float = 1.0
+    projector_w_samples: int = 600  # z samples for w_avg and w_std (STIT: 600)
+    # warm start each frame from the previous frame's pivot, one frame at a time;
+    # False: every frame starts from w_avg, as STIT
+    use_last_w_pivots: bool = False
 
 
 @dataclass(frozen=True)

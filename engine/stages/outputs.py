@@ -16,6 +16,7 @@ Layout (each folder also holds ``DONE.msgpack`` once its stage completed)::
                  crops/<frame>.png        aligned crops at the generator resolution
                  masks/<frame>.png        face masks (8-bit, 255 = face)
     stages/invert/pivots.npy frames.json  e4e W+ pivots [N, num_ws, w_dim], their frames
+                  projector.json          projector losses (invert.method projector)
     stages/pti/generator.pt(.json)        tuned generator (engine.models.formats.native)
                loss.json checkpoint.pt    loss record; resumable state while running
     stages/edit/latents.npy frames.json   edited W+ latents; styles.npz (S edits)
@@ -167,6 +168,15 @@ class InvertFiles(_StageFiles):
     @property
     def parts_dir(self) -> Path:
         return self.folder / "parts"
+
+    @property
+    def projector_path(self) -> Path:
+        return self.folder / "projector.json"
+
+    def projector(self) -> dict[str, Any] | None:
+        """The projector's settings and per-frame losses (``invert.method``
+        "projector" only)."""
+        return _read_json(self.projector_path)
 
     def pivots(self) -> np.ndarray:
         """float32 ``[N, num_ws, w_dim]``, one row per entry of :meth:`frames`."""
