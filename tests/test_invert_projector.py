@@ -4,7 +4,6 @@ stage's files, the warm start and resuming."""
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import cv2

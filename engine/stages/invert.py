@@ -53,6 +53,7 @@ import numpy as np
 from fsexchange.errors import DocumentFieldError
 from fsexchange.fsutil import atomic_write_bytes
 
+from engine.models.styleclip import text_edit_directions
 from engine.stages.contract import Stage, StageContext
 from engine.stages.crops import (chunks, crops_to_tensor, preview_frames, save_npy,
                                  write_previews)
@@ -191,9 +192,12 @@ class InvertStage(Stage):
         parts = files.parts_dir
         parts.mkdir(exist_ok=True)
         models = ctx.load_models()
-        # Fail fast (edit.unknown) before any tuning, not after PTI.
+        # Fail fast (edit.unknown; text edits: their files, prompt and β) before
+        # any tuning, not after PTI.
         check_edits(ctx.job.edits, models.directions)
         gen = models.generator
+        text_edit_directions(ctx.job.edits, gen.style_channels, gen.style_is_torgb,
+                             device=ctx.device)
         projector = cfg.method == "projector"
         batch = 1 if projector and cfg.use_last_w_pivots else cfg.batch_size
         facts: dict[str, Any] = {"frames": len(frames), "method": cfg.method,

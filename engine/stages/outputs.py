@@ -21,6 +21,7 @@ Layout (each folder also holds ``DONE.msgpack`` once its stage completed)::
                loss.json checkpoint.pt    loss record; resumable state while running
     stages/edit/latents.npy frames.json   edited W+ latents; styles.npz (S edits)
                 curves.json               each edit's strength on every frame
+                text_directions.npz       S directions of text edits (e<index>)
     stages/stitch_tune/crops/ alpha/      tuned crops (16-bit) and paste alphas
                        summary.json       border losses and curves
     <stage>/preview/<frame>.png           a few frames rendered for the report
@@ -227,6 +228,18 @@ class EditFiles(_StageFiles):
     @property
     def curves_path(self) -> Path:
         return self.folder / "curves.json"
+
+    @property
+    def text_directions_path(self) -> Path:
+        return self.folder / "text_directions.npz"
+
+    def text_directions(self) -> dict[int, np.ndarray]:
+        """The S-space directions computed for the job's text edits, by the edit's
+        index in ``Job.edits`` (empty without text edits)."""
+        if not self.text_directions_path.exists():
+            return {}
+        with np.load(self.text_directions_path, allow_pickle=False) as z:
+            return {int(k[1:]): z[k] for k in z.files}
 
     def frames(self) -> list[int]:
         return read_frames_json(self.frames_path)
