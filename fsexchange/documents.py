@@ -369,12 +369,20 @@ class Edit:
     name: str
     strength: float = 0.0
     keyframes: tuple[Keyframe, ...] = ()
-    space: str = "w"  # "w" (W+ directions) | "s" (StyleSpace / StyleCLIP global)
+    # "w" (W+ directions) | "s" (StyleSpace / StyleCLIP global) | "text" (a StyleCLIP
+    # global direction computed from ``text`` by the engine)
+    space: str = "w"
     ease: str = "smooth"  # "smooth" (ease in/out) | "linear" | "hold"
+    # space "text" only (docs/reference.md "StyleCLIP global directions"): the
+    # target prompt, the neutral prompt, and the channel threshold β
+    text: str | None = None
+    neutral: str = "face"
+    beta: float = 0.2
 
     @classmethod
     def from_dict(cls, data: Any, prefix: str = "edit") -> "Edit":
-        f = _Fields(data, prefix, ("name", "strength", "keyframes", "space", "ease"))
+        f = _Fields(data, prefix, ("name", "strength", "keyframes", "space", "ease",
+                                   "text", "neutral", "beta"))
         name = f.get("name", str)
         if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", name):
             raise DocumentFieldError(f"edit name {name!r} is not a valid name",
@@ -395,14 +403,32 @@ class Edit:
         if frames != sorted(set(frames)):
             raise DocumentFieldError("keyframes must have increasing frame numbers",
                                      field=f.path("keyframes"))
+        space = f.choice("space", ("w", "s", "text"), "w")
+        text, neutral, beta = None, "face", 0.2
+        if space == "text":
+            text = f.get("text", str).strip()
+            neutral = f.get("neutral", str, "face").strip()
+            beta = f.get("beta", float, 0.2)
+            for key, value in (("text", text), ("neutral", neutral)):
+                if not value or len(value) > 300:
+                    raise DocumentFieldError(f"{f.path(key)} must be 1 to 300 "
+                                             "characters", field=f.path(key))
+            if not 0.0 <= beta < 1.0:
+                raise DocumentFieldError(f"{f.path('beta')} must be in [0, 1), got "
+                                         f"{beta}", field=f.path("beta"))
         return cls(name, _strength(f.get("strength", float, 0.0), f.path("strength")),
-                   tuple(kfs), f.choice("space", ("w", "s"), "w"),
-                   f.choice("ease", ("smooth", "linear", "hold"), "smooth"))
+                   tuple(kfs), space,
+                   f.choice("ease", ("smooth", "linear", "hold"), "smooth"),
+                   text, neutral, beta)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "strength": self.strength,
-                "keyframes": [[k.frame, k.strength] for k in self.keyframes],
-                "space": self.space, "ease": self.ease}
+        out: dict[str, Any] = {
+               "name": self.name, "strength": self.strength,
+               "keyframes": [[k.frame, k.strength] for k in self.keyframes],
+               "space": self.space, "ease": self.ease}
+        if self.space == "text":  # W and S edits read exactly as before
+            out.update(text=self.text, neutral=self.neutral, beta=self.beta)
+        return out
 
 
 @dataclass(frozen=True)

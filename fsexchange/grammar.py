@@ -18,6 +18,9 @@ bridge's settings file, so the same text means the same job everywhere:
   (or repeated flags) make a grid, one row per combination, the first edit varying
   slowest; in an edit spec for a draft, sweep items and plain edits mix freely;
 - **frames**: ``F1,F2,...`` source frame indices (``--frames 10,24,40``);
+- **text edit**: ``--edit-text "a smiling face" --strength 4 --beta 0.12``, a
+  StyleCLIP global direction from a prompt (STRENGTH as for edits: a number or
+  keyframes ``STRENGTH@FRAME,...``; ``--neutral`` defaults to "face");
 - **option**: ``KEY.SUB=VALUE`` (VALUE parsed as JSON, else kept as text) into the
   nested ``Job.options`` map.
 
@@ -43,7 +46,8 @@ __all__ = ["parse_range", "is_timecode_range", "timecode_range", "parse_subject"
            "parse_edit", "split_edit_spec", "EditChoice", "parse_edit_spec",
            "PREVIEW_WORDS", "SweepAxis", "parse_sweep", "format_sweep", "sweep_rows",
            "sweep_row_label", "sweep_row_folder", "check_sweep_edits",
-           "MAX_SWEEP_ROWS", "parse_frames", "parse_option"]
+           "MAX_SWEEP_ROWS", "parse_frames", "parse_option", "parse_text_edit",
+           "text_edit_name"]
 
 #: Edit-spec words that ask for an align-preview job instead of an edit.
 PREVIEW_WORDS = ("preview", "align-preview")
@@ -209,6 +213,47 @@ def parse_edit(text: str) -> Edit:
     except FaceStitchError as exc:
         raise EditInvalid(f"edit {text.strip()!r}: {exc.message}",
                           field="edits") from None
+
+
+def text_edit_name(text: str) -> str:
+    """The edit name of a text edit: ``text_`` and the prompt's words
+    (``"a smiling face"`` -> ``text_a_smiling_face``), at most 64 characters."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", text.lower()).strip("_")
+    return ("text_" + slug)[:64].rstrip("_") if slug else "text"
+
+
+def parse_text_edit(text: str, strength: str | float | None, *,
+                    beta: float | None = None, neutral: str | None = None) -> Edit:
+    """``--edit-text TEXT --strength S [--beta B] [--neutral N]`` -> :class:`Edit`
+    with ``space="text"`` (a StyleCLIP global direction the engine computes from
+    the prompt; docs/reference.md "StyleCLIP global directions").
+
+    ``strength`` is a number or keyframes ``STRENGTH@FRAME,...`` as for
+    :func:`parse_edit`; ``beta`` defaults to 0.2 and ``neutral`` to "face" (STIT's
+    defaults).
+
+    Raises:
+        EditInvalid: an empty prompt, no strength, a bad strength or β.
+    """
+    prompt = (text or "").strip()
+    if not prompt:
+        raise EditInvalid("--edit-text needs a prompt, e.g. --edit-text "
+                          "\"a smiling face\"", field="edits.text")
+    if strength is None or not str(strength).strip():
+        raise EditInvalid(f"--edit-text {prompt!r} needs --strength (e.g. 4, or "
+                          "keyframes 0@10,4@20)", field="edits.strength")
+    base = parse_edit(f"{text_edit_name(prompt)}={strength}")
+    data = base.to_dict()
+    data.update(space="text", text=prompt)
+    if neutral is not None:
+        data["neutral"] = neutral
+    if beta is not None:
+        data["beta"] = beta
+    try:
+        return Edit.from_dict(data, "edits")
+    except FaceStitchError as exc:
+        raise EditInvalid(f"--edit-text {prompt!r}: {exc.message}",
+                          field=exc.field or "edits") from None
 
 
 def split_edit_spec(text: str) -> list[str]:

@@ -41,9 +41,16 @@ __all__ = [
 
 @dataclass(frozen=True)
 class TrackConfig:
-    backend: str = "auto"  # "auto" | "dlib" | "face-alignment"; auto = fa if weights
-    # dlib HOG upsampling; STIT uses 0 (docs/reference.md "Alignment")
+    # "dlib" (STIT's and FFHQ's landmarks, docs/reference.md "Alignment") |
+    # "face-alignment" (STIT --use_fa) | "auto" (face-alignment when its weights
+    # are installed, else dlib)
+    backend: str = "dlib"
+    # dlib HOG upsampling, on frames reduced to 1280 px for detection; STIT detects
+    # at full size with 0 (docs/pipeline.md "Tracking and alignment")
     detect_upsample: int = 1
+    # the face to follow when the job names none: "largest" (ours) | "first" (STIT:
+    # the detector's first face), chosen at the first frame with faces
+    default_subject: str = "largest"
     # dlib HOG score threshold (docs/environment.md "dlib and its data files")
     min_score: float = 0.0
     # gaps up to this many frames are interpolated, longer pass through
@@ -67,14 +74,33 @@ class MaskConfig:
     # STIT outer_mask_dilation at 1024 (docs/reference.md "Stitching tuning")
     outer_dilation: int = 50
     inner_dilation: int = 0  # STIT inner_mask_dilation
-    # crop-edge band at 1024 (25 at 512, docs/reference.md "Stitching tuning")
-    border_band: int = 50
-    feather: bool = False  # STIT feathering variant: erode 51 + Gaussian (σ 8 px)
+    # crop-edge band at 1024; None = outer_dilation, as STIT (its border_pixels is
+    # outer_mask_dilation; docs/reference.md "Morphology")
+    border_band: int | None = None
+    # STIT feathering variant: erode by outer_dilation // 2 (51x51 at 50) with
+    # border 0, then Gaussian of the same size (σ 8 px at 51)
+    feather: bool = False
+    # STIT --whole_image_border: stitching's border is all of 1 - M
+    whole_image_border: bool = False
 
 
 @dataclass(frozen=True)
 class InvertConfig:
-    batch_size: int = 8  # frames per encoder batch (reference: 1)
+    batch_size: int = 8  # frames per encoder (or projector) batch (reference: 1)
+    # "e4e" (STIT's default) | "projector": per-frame optimisation in W, STIT's
+    # other first inversion (docs/reference.md "Inversion by optimisation")
+    method: str = "e4e"
+    projector_steps: int = 50  # STIT first_inv_steps
+    # peak of the projector's lr schedule: 0.01 is what runs in STIT (its config
+    # value 5e-3 is overwritten at every step; docs/reference.md)
+    projector_lr: float = 0.01
+    projector_lpips_weight: float = 1.0
+    # an L2 term beside LPIPS (ours; the reference's projector has none: 0)
+    projector_l2_weight: float = 1.0
+    projector_w_samples: int = 600  # z samples for w_avg and w_std (STIT: 600)
+    # warm start each frame from the previous frame's pivot, one frame at a time;
+    # False: every frame starts from w_avg, as STIT
+    use_last_w_pivots: bool = False
 
 
 @dataclass(frozen=True)
@@ -130,7 +156,10 @@ class PasteConfig:
 @dataclass(frozen=True)
 class MetricsConfig:
     enabled: bool = True
-    identity: str = "dlib"  # "dlib" | "arcface"
+    # "auto" (ArcFace when installed in the model store, the papers' network; else
+    # dlib) | "dlib" | "arcface" (docs/reference.md "Identity metrics TL-ID and
+    # TG-ID")
+    identity: str = "auto"
     flow: str = "dis"  # "dis" | "farneback" | "raft"
 
 
@@ -230,6 +259,11 @@ OPTION_RANGES: dict[str, Range] = {
     "mask.inner_dilation": Range(0, 4096),
     "mask.border_band": Range(0, 4096),
     "invert.batch_size": Range(1, 1024),
+    "invert.projector_steps": Range(1, 100_000),
+    "invert.projector_lr": Range(0, 1, above=True),
+    "invert.projector_lpips_weight": Range(0, 1e6),
+    "invert.projector_l2_weight": Range(0, 1e6),
+    "invert.projector_w_samples": Range(1, 1_000_000),
     "pti.steps": Range(0, 100_000),
     "pti.lr": Range(0, 1, above=True),
     "pti.l2_weight": Range(0, 1e6),

@@ -24,7 +24,8 @@ def samples() -> dict[str, d._Document]:
     rng = d.FrameRange(0, 2, Fraction(24), "01:00:00:00")
     job = d.Job(id="j", source=d.Source("m.mov"), range=rng,
                 subject=d.Subject(index=0),
-                edits=(d.Edit("age", 1.0, (d.Keyframe(0, 1.0),)),))
+                edits=(d.Edit("age", 1.0, (d.Keyframe(0, 1.0),)),
+                       d.Edit("text_a_face", 2.0, space="text", text="a face")))
     track = d.FaceTrack(Fraction(24), (4, 4), (d.TrackFrame(0, False),))
     frame = d.FrameOutput(0, "output/a.png", "0" * 64)
     result = d.Result(job_id="j", state="failed",
@@ -39,16 +40,18 @@ def samples() -> dict[str, d._Document]:
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> set[str]:
-    """Field paths of a document dict; a list of maps contributes its first map's
-    keys (``edits.name``)."""
+    """Field paths of a document dict; a list of maps contributes the keys of all
+    its maps (``edits.name``)."""
     out = set()
     for key, value in data.items():
         path = f"{prefix}{key}"
         out.add(path)
-        if isinstance(value, list) and value and isinstance(value[0], dict):
-            value = value[0]
-        if isinstance(value, dict) and value:
-            out |= flatten(value, path + ".")
+        maps = [value] if isinstance(value, dict) else (
+            [v for v in value if isinstance(v, dict)] if isinstance(value, list)
+            else [])
+        for m in maps:
+            if m:
+                out |= flatten(m, path + ".")
     return out
 
 

@@ -13,6 +13,12 @@ a report); without ``--range`` the range is the job's.
 Example::
 
     facestitch metrics --source plate.mov --edited out/ --range 100:148 --json
+    facestitch metrics --source plate.mov --edited out/ --compare-paper
+
+The warping error is E_warp as Lai et al. 2018 define it; TL-ID/TG-ID use ArcFace
+when it is installed (the papers' network), else dlib, and the output names the
+network. ``--compare-paper`` prints the published figures beside ours with the
+caveats (:mod:`engine.quality.paper`).
 """
 
 from __future__ import annotations
@@ -43,9 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--range", dest="range_", metavar="START:END",
                    help="source frames START..END-1 (0-based media indices)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    p.add_argument("--identity", choices=("dlib", "arcface"), default="dlib",
-                   help="face embedding network (default dlib; arcface needs its "
-                        "weights in the model store)")
+    p.add_argument("--identity", choices=("auto", "dlib", "arcface"), default="auto",
+                   help="face embedding network (default auto: ArcFace, the papers' "
+                        "network, when its weights are in the model store, else "
+                        "dlib)")
     p.add_argument("--flow", choices=("dis", "farneback", "raft"), default="dis",
                    help="optical flow (default dis; raft needs raft-things.pth in the "
                         "model store)")
@@ -56,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
                         "(default: the largest face)")
     p.add_argument("--svg", type=Path,
                    help="also write the per-frame plot (SVG) to this file")
+    p.add_argument("--compare-paper", action="store_true",
+                   help="also print the published TL-ID, TG-ID and E_warp figures "
+                        "(STIT, VideoEditGAN) beside ours, with the caveats")
     return p
 
 
@@ -99,13 +109,14 @@ def _summary(d: dict, src: Path, ed: Path, rng: tuple[int, int]) -> str:
         f"source {f(d['tl_id_source_raw'])})",
         f"  TG-ID          {f(d['tg_id'])}   (edited {f(d['tg_id_raw'])}, "
         f"source {f(d['tg_id_source_raw'])})",
-        f"  warping error  {f(d['warp_error'], '.5f')}  (source "
-        f"{f(d['warp_error_source'], '.5f')}{ratio})",
+        f"  E_warp         {f(d['warp_error'], '.5f')}  (source "
+        f"{f(d['warp_error_source'], '.5f')}{ratio}; as defined by Lai et al. 2018)",
         f"  frames without a face: {d['frames_without_face']} of {d['frames']}"
         + (f"; edited face not detected in {d['edited_faces_not_detected']} "
            "(source box used)" if d["edited_faces_not_detected"] else ""),
         f"  identity {d['backends']['identity']}, flow {d['backends']['flow']}",
-        "  (TL-ID/TG-ID: 1 = as consistent as the source; lower warping error is "
+        f"  identity network: {d['identity_network']}",
+        "  (TL-ID/TG-ID: 1 = as consistent as the source; lower E_warp is "
         "smoother)",
     ]
     return "\n".join(lines)
@@ -193,7 +204,15 @@ def main(argv: list[str]) -> int:
     if args.json:
         out = {"source": str(args.source), "edited": str(args.edited),
                "range": [start, end], **d}
+        if args.compare_paper:
+            from engine.quality.paper import comparison
+
+            out["paper"] = comparison(d)
         print(json.dumps(out, indent=2))
     else:
         print(_summary(d, args.source, args.edited, (start, end)))
+        if args.compare_paper:
+            from engine.quality.paper import comparison_text
+
+            print(comparison_text(d))
     return 0

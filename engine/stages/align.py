@@ -54,6 +54,8 @@ __all__ = [
     "align_crop",
     "unalign",
     "transform_points",
+    "stit_qsize",
+    "shrink_factor",
     "present_runs",
     "AlignStage",
     "resolve_resolution",
@@ -183,6 +185,29 @@ def transform_points(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return h / w[..., None]
 
 
+def stit_qsize(quad: np.ndarray) -> float:
+    """STIT's ``qsize`` of a quad: ``2·|(quad[3] − quad[1]) / 2|``, the distance from
+    the bottom-left to the top-right corner, i.e. the quad's *diagonal* (√2 times its
+    side), not the side that NVIDIA's FFHQ script measures (docs/reference.md,
+    "Quad and crop")."""
+    q = np.asarray(quad, dtype=np.float64).reshape(4, 2)
+    return float(np.linalg.norm(q[3] - q[1]))
+
+
+def shrink_factor(quad: np.ndarray, size: int) -> int:
+    """STIT's pre-shrink: ``floor(qsize / size · 0.5)`` with ``qsize`` the diagonal
+    (:func:`stit_qsize`); the frame is reduced by this integer factor before the
+    warp when it is above 1. At 1024 px that happens from a quad side of about
+    2,897 px (diagonal 4,096) on, so faces with a 2,900–3,500 px side are shrunk by
+    2 (docs/reference.md, "Quad and crop"). Returns 1 when no shrink applies.
+
+    >>> shrink_factor([[0, 0], [0, 3000], [3000, 3000], [3000, 0]], 1024)
+    2
+    """
+    shrink = int(np.floor(stit_qsize(quad) / size * 0.5))
+    return shrink if shrink > 1 else 1
+
+
 def align_crop(frame: np.ndarray, quad: np.ndarray, size: int,
                padding: str = "reflect") -> np.ndarray:
     """Warp the quad's region of ``frame`` to an ``size x size`` crop (bilinear).
@@ -194,14 +219,16 @@ def align_crop(frame: np.ndarray, quad: np.ndarray, size: int,
         padding: ``"reflect"`` (mirror the frame where the quad leaves it) or
             ``"black"`` (STIT's behaviour).
 
-    Faces much larger than the crop are first reduced with area averaging by an
-    integer factor (STIT's "shrink"), which avoids aliasing from the bilinear warp.
+    Faces much larger than the crop are first reduced with area averaging by
+    STIT's integer factor (:func:`shrink_factor`), which avoids aliasing from the
+    bilinear warp. STIT divides the quad by the factor; here the quad follows the
+    resize's pixel-centre mapping, which keeps the crop aligned to a fraction of a
+    pixel.
     """
     import cv2
 
     q = np.asarray(quad, dtype=np.float64).reshape(4, 2)
-    qsize = np.linalg.norm(q[3] - q[0])
-    shrink = int(np.floor(qsize / size * 0.5))
+    shrink = shrink_factor(q, size)
     src = frame
     if shrink > 1:
         h, w = frame.shape[:2]

@@ -16,10 +16,12 @@ Layout (each folder also holds ``DONE.msgpack`` once its stage completed)::
                  crops/<frame>.png        aligned crops at the generator resolution
                  masks/<frame>.png        face masks (8-bit, 255 = face)
     stages/invert/pivots.npy frames.json  e4e W+ pivots [N, num_ws, w_dim], their frames
+                  projector.json          projector losses (invert.method projector)
     stages/pti/generator.pt(.json)        tuned generator (engine.models.formats.native)
                loss.json checkpoint.pt    loss record; resumable state while running
     stages/edit/latents.npy frames.json   edited W+ latents; styles.npz (S edits)
                 curves.json               each edit's strength on every frame
+                text_directions.npz       S directions of text edits (e<index>)
     stages/stitch_tune/crops/ alpha/      tuned crops (16-bit) and paste alphas
                        summary.json       border losses and curves
     stages/render/crops/ alpha/           --no-stitch: the edit rendered untuned
@@ -170,6 +172,15 @@ class InvertFiles(_StageFiles):
     def parts_dir(self) -> Path:
         return self.folder / "parts"
 
+    @property
+    def projector_path(self) -> Path:
+        return self.folder / "projector.json"
+
+    def projector(self) -> dict[str, Any] | None:
+        """The projector's settings and per-frame losses (``invert.method``
+        "projector" only)."""
+        return _read_json(self.projector_path)
+
     def pivots(self) -> np.ndarray:
         """float32 ``[N, num_ws, w_dim]``, one row per entry of :meth:`frames`."""
         return np.load(self.pivots_path).astype(np.float32)
@@ -219,6 +230,18 @@ class EditFiles(_StageFiles):
     @property
     def curves_path(self) -> Path:
         return self.folder / "curves.json"
+
+    @property
+    def text_directions_path(self) -> Path:
+        return self.folder / "text_directions.npz"
+
+    def text_directions(self) -> dict[int, np.ndarray]:
+        """The S-space directions computed for the job's text edits, by the edit's
+        index in ``Job.edits`` (empty without text edits)."""
+        if not self.text_directions_path.exists():
+            return {}
+        with np.load(self.text_directions_path, allow_pickle=False) as z:
+            return {int(k[1:]): z[k] for k in z.files}
 
     def frames(self) -> list[int]:
         return read_frames_json(self.frames_path)

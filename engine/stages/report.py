@@ -240,7 +240,9 @@ class ReportStage(Stage):
         body = (_table(rows, ["metric", "value"])
                 + "<p class='small'>TL-ID / TG-ID: identity similarity of adjacent / "
                 "all frame pairs, divided by the source's own (1 = as consistent as "
-                "the source). Warping error: occlusion-masked, flow from the source. "
+                "the source); identity network: "
+                f"{html.escape(d.get('identity_network', ''))}. Warping error: "
+                f"{html.escape(d['definitions']['warp_error'])} "
                 f"Backends: {html.escape(json.dumps(d.get('backends', {})))}</p>"
                 + metrics_svg(m, first_frame=start))
         return m, body

@@ -1,13 +1,15 @@
 """Face tracking: detection + 68 landmarks per frame, identities followed across
 frames, one chosen subject written as ``FaceTrack/1``.
 
-Detections and landmarks come from :mod:`engine.faces` (dlib, or face-alignment;
-``backend="auto"`` uses face-alignment when its weights are present, else dlib).
+Detections and landmarks come from :mod:`engine.faces` (``track.backend``: dlib by
+default, as STIT and FFHQ; face-alignment as STIT's ``--use_fa``; ``auto`` uses
+face-alignment when its weights are present, else dlib).
 
 Unlike the reference (first detection wins, a frame without a face aborts the run),
 every detection joins an identity by box overlap and centre distance; the subject is
 chosen once (``Subject.index``: N-th largest at the first frame with faces; a point
-or a box at a given frame; default the largest) and followed. Frames where it is
+or a box at a given frame; default ``track.default_subject``: the largest, or the
+detector's first face as STIT takes it) and followed. Frames where it is
 missing are marked ``present=False``; gaps of at most ``TrackConfig.max_gap`` frames
 between two sightings are interpolated (``interpolated=True``); longer gaps pass
 through untouched. Only a range with no face at all fails (``face.not_found``).
@@ -26,7 +28,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from fsexchange.documents import FaceTrack, Subject, TrackFrame, load_document
-from fsexchange.errors import NoFaceFound, SubjectInvalid
+from fsexchange.errors import DocumentFieldError, NoFaceFound, SubjectInvalid
 from fsexchange.fsutil import atomic_write_bytes
 from fsexchange.paths import confine
 
@@ -135,19 +137,27 @@ def follow_identities(
     return identities
 
 
-def choose_subject(identities: Sequence[Identity], subject: Subject = Subject()
-                   ) -> tuple[Identity, dict[str, Any]]:
+def choose_subject(identities: Sequence[Identity], subject: Subject = Subject(),
+                   default: str = "largest") -> tuple[Identity, dict[str, Any]]:
     """The identity the job asks for, and facts about the choice.
 
     ``subject.index``: N-th largest (0 = largest) among the faces at the first frame
     with any face. ``point`` (frame, x, y): the face whose box holds the point (the
     nearest centre if several). ``box`` (frame, x0, y0, x1, y1): the face overlapping
-    it most. None of them: the largest at the first frame with faces.
+    it most. None of them: per ``default`` (``TrackConfig.default_subject``), the
+    largest at the first frame with faces, or ``"first"``: the detector's first face
+    there (STIT's choice; identities are numbered in detection order, and every
+    identity seen at the first frame with faces starts there).
 
     Raises:
         NoFaceFound: no face in any frame.
         SubjectInvalid: the requested face does not exist.
+        DocumentFieldError: ``default`` is neither ``largest`` nor ``first``.
     """
+    if default not in ("largest", "first"):
+        raise DocumentFieldError("options.track.default_subject must be largest or "
+                                 f"first, got {default!r}",
+                                 field="options.track.default_subject")
     if not identities:
         raise NoFaceFound("no face was found in any frame of the range; check the "
                           "range, or the shot has no detectable frontal face")
@@ -180,6 +190,10 @@ def choose_subject(identities: Sequence[Identity], subject: Subject = Subject()
                                  frame=frame, field="subject.box")
         chosen = best[0]
         facts["box"] = list(subject.box)
+    elif subject.index is None and default == "first":
+        chosen = min(at_first, key=lambda i: i.id)
+        facts["index"] = at_first.index(chosen)
+        facts["default_subject"] = "first"
     else:
         n = subject.index or 0
         if n >= len(at_first):
@@ -284,7 +298,7 @@ def track_media(
             progress(seen[0] / n, f"tracked frame {index}")
 
     identities = follow_identities(frames, backend, cfg, on_frame=on_frame)
-    chosen, facts = choose_subject(identities, subject)
+    chosen, facts = choose_subject(identities, subject, cfg.default_subject)
     if only is None:
         track = fill_gaps(subject_track(chosen, start, end), cfg.max_gap)
     else:

@@ -7,7 +7,9 @@ fail later on the engine: missing media (``media.missing``), an impossible range
 
 Frame numbers (``--range``, keyframes) are 0-based indices into the media, and
 ``--range START:END`` excludes END (``0:48`` is the first 48 frames). Keyframed
-edits: ``--edit age=0@10,-4@20,-4@30,0@40`` gives strength@frame pairs.
+edits: ``--edit age=0@10,-4@20,-4@30,0@40`` gives strength@frame pairs. Text edits
+(StyleCLIP global directions): ``--edit-text "a smiling face" --strength 4 --beta
+0.12``.
 
 Drafts: ``--draft [--sweep age=-8:8:5] [--frames 10,24,40] [--draft-pti STEPS]``
 (:mod:`host_bridge.draft_args`); a malformed sweep or a swept edit that is not
@@ -34,11 +36,12 @@ from typing import Any
 from fsexchange.client import build_job, submit_job, wait_job
 from fsexchange.colour import SOURCE_NAMES, canonical_source
 from fsexchange.documents import (JOB_KINDS, Edit, FrameRange, Job, OutputSpec, Source)
-from fsexchange.errors import (DocumentFieldError, EditUnknown,
+from fsexchange.errors import (DocumentFieldError, EditInvalid, EditUnknown,
                                MediaMissing, ModelError, RangeInvalid)
 from fsexchange.paths import is_within
 from fsexchange.grammar import (is_timecode_range, parse_edit, parse_option,
-                                parse_range, parse_subject, timecode_range)
+                                parse_range, parse_subject, parse_text_edit,
+                                timecode_range)
 from fsexchange.media import probe, probe_available
 from fsexchange.options import PipelineConfig
 from fsexchange.timecode import parse_rate
@@ -70,6 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--edit", action="append", default=[], metavar="NAME=STRENGTH",
                    help="an edit; STRENGTH is a number or keyframes "
                    "STRENGTH@FRAME,STRENGTH@FRAME,... (repeatable)")
+    p.add_argument("--edit-text", action="append", default=[], metavar="TEXT",
+                   help="a StyleCLIP text edit: the engine turns the prompt into a "
+                   "style-space direction (needs CLIP and fs3.npy in its model "
+                   "store; repeatable, each with the --strength/--beta/--neutral "
+                   "given)")
+    p.add_argument("--strength", metavar="STRENGTH",
+                   help="strength of the --edit-text edits: a number (e.g. 4) or "
+                   "keyframes STRENGTH@FRAME,...")
+    p.add_argument("--beta", type=float, metavar="BETA",
+                   help="channel threshold of the --edit-text edits (default 0.2; "
+                   "lower keeps more channels)")
+    p.add_argument("--neutral", metavar="TEXT",
+                   help="neutral prompt of the --edit-text edits (default 'face')")
     p.add_argument("--face", type=int, metavar="N",
                    help="follow the N-th face by size (0 = the largest)")
     p.add_argument("--face-point", metavar="FRAME:X,Y",
@@ -141,7 +157,8 @@ def _check_edits(edits: list[Edit], profile: str, notes: list[str]) -> None:
                      "this machine); the engine checks them when it starts the job")
         return
     for e in edits:
-        if e.name not in known:
+        # a text edit's direction is computed by the engine, which checks its files
+        if e.space != "text" and e.name not in known:
             raise EditUnknown(f"unknown edit {e.name!r} for the {profile} profile; "
                               f"installed: {', '.join(known) or 'none'} "
                               "(see 'facestitch edits')", field="edits")
@@ -172,6 +189,13 @@ def job_from_args(args: argparse.Namespace, notes: list[str]
     frange = FrameRange(start, end, info.rate if info else rate,
                         info.start_timecode if info else None)
     edits = [parse_edit(t) for t in args.edit]
+    if not args.edit_text and (args.strength is not None or args.beta is not None
+                               or args.neutral is not None):
+        raise EditInvalid("--strength, --beta and --neutral belong to --edit-text "
+                          "(a named edit takes its strength as --edit NAME=STRENGTH)",
+                          field="edits")
+    edits += [parse_text_edit(t, args.strength, beta=args.beta, neutral=args.neutral)
+              for t in args.edit_text]
     options: dict[str, Any] = {}
     for text in args.option:
         parse_option(options, text)
