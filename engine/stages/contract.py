@@ -15,6 +15,14 @@ process or on another machine and can resume after a crash:
   (atomic) and, at the start of ``run``, continue from it if it exists.
 - ``run`` must be deterministic given its inputs and config (seeded), so a resumed
   job delivers the same frames as an uninterrupted one (within float tolerance).
+
+A stage also says how a scheduler may split it (``Stage.split``, docs/scale.md):
+``"one"`` runs as one unit; ``"frames"`` runs as shards over its work items (the
+batches it already computes one by one) and then one final unit. A shard run gets
+``ctx.shard`` and computes only the items ``ctx.in_shard`` admits, leaving their
+resumable parts behind; the final unit is a plain ``run`` that finds every part done
+and merges them, exactly like a run resumed after a crash. Shards are whole batches,
+so every frame is computed with the arithmetic of a single-process run.
 """
 
 from __future__ import annotations
@@ -36,14 +44,40 @@ from engine.stages.outputs import STAGES_DIR, JobFiles
 if TYPE_CHECKING:
     from engine.models.modelset import ModelSet
 
-__all__ = ["Stage", "StageContext", "StageAborted", "save_checkpoint",
-           "load_checkpoint"]
+__all__ = ["Stage", "StageContext", "StageAborted", "Shard", "SPLITS",
+           "save_checkpoint", "load_checkpoint"]
+
+#: ``Stage.split`` values: one unit, or shards over frame batches + a final unit.
+SPLITS = ("one", "frames")
 
 
 class StageAborted(Exception):
     """Raised by :meth:`StageContext.check_abort`; the runner decides whether the
     job ends ``cancelled`` (a cancel request) or is released for another worker
     (shutdown, lost lease). Not a user-facing error."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count`` (0-based) of a stage that splits by frames."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"shard {self.index}/{self.count}: the index must be 0 "
+                             f"to {self.count - 1}")
+
+    def items(self, total: int) -> range:
+        """This shard's contiguous block of a stage's ``total`` work items:
+        ``[index·total // count, (index + 1)·total // count)`` (empty when there
+        are fewer items than shards)."""
+        return range(self.index * total // self.count,
+                     (self.index + 1) * total // self.count)
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
 
 
 @dataclass
@@ -61,6 +95,8 @@ class StageContext:
         abort_fn: returns True when the stage must stop soon.
         warnings: user-visible notes collected into ``Result/1.warnings``.
         info: small JSON-able facts collected into ``Result/1`` (models used...).
+        shard: the shard this unit computes; None for a whole run (or the final
+            unit after the shards).
     """
 
     job: Job
@@ -72,6 +108,7 @@ class StageContext:
     abort_fn: Callable[[], bool] = lambda: False
     warnings: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    shard: Shard | None = None
 
     # No ``parents=True`` below: a worker that lost its lease finds its job folder
     # moved away, and must fail there rather than re-create a half job in ``cur/``.
@@ -97,6 +134,17 @@ class StageContext:
     def check_abort(self) -> None:
         if self.abort_fn():
             raise StageAborted()
+
+    def in_shard(self, item: int, total: int) -> bool:
+        """Whether work item ``item`` of ``total`` is this unit's to compute:
+        always in a whole run, only the shard's block in a shard run."""
+        return self.shard is None or item in self.shard.items(total)
+
+    def done_by_shards(self, stage: str, item: int, total: int) -> bool:
+        """Whether a finished shard of ``stage`` computed work item ``item`` (a part
+        found at the start of a final unit is then not a resumed one)."""
+        return any(item in Shard(i, n).items(total)
+                   for i, n in self.files.of(stage).finished_shards())
 
     def warn(self, message: str) -> None:
         if message not in self.warnings:
@@ -126,6 +174,9 @@ class Stage(ABC):
     """One pipeline stage. Subclasses set ``name`` and implement :meth:`run`."""
 
     name: ClassVar[str] = ""
+    #: how a scheduler may split the stage: "one" unit, or "frames" (shards over
+    #: its frame batches, honouring ``ctx.shard``, then a final unit)
+    split: ClassVar[str] = "one"
 
     @abstractmethod
     def run(self, ctx: StageContext) -> dict[str, Any] | None:

@@ -43,6 +43,7 @@ class InvertStage(Stage):
     """Aligned crops -> e4e W+ pivots, batched."""
 
     name = "invert"
+    split = "frames"  # shards of whole encoder batches (engine/stages/contract.py)
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         import torch
@@ -60,8 +61,13 @@ class InvertStage(Stage):
         enc, gen = models.encoder, models.generator
         res = int(models.encoder_resolution)
         done = 0
+        batches = list(chunks(range(len(frames)), cfg.batch_size))
+        mine = sum(len(b) for k, b in enumerate(batches)
+                   if ctx.in_shard(k, len(batches)))  # frames of this unit
         with torch.no_grad():
-            for rows in chunks(range(len(frames)), cfg.batch_size):
+            for k, rows in enumerate(batches):
+                if not ctx.in_shard(k, len(batches)):
+                    continue
                 ctx.check_abort()
                 part = parts / f"{rows[0]:07d}.npy"
                 if not part.exists():
@@ -70,7 +76,9 @@ class InvertStage(Stage):
                     ws = enc(x).float()  # [B, num_ws, w_dim]
                     save_npy(part, ws.cpu().numpy().astype(np.float32))
                 done += len(rows)
-                ctx.report(done / max(len(frames), 1), f"inverted {done} frames")
+                ctx.report(done / max(mine, 1), f"inverted {done} frames")
+            if ctx.shard is not None:  # the final unit merges the parts
+                return {"frames": done}
             pivots = (np.concatenate([np.load(parts / f"{r[0]:07d}.npy")
                                       for r in chunks(range(len(frames)),
                                                       cfg.batch_size)])

@@ -125,6 +125,9 @@ class PasteStage(Stage):
 
     #: Most tiles on a contact sheet (evenly spread over the range).
     CONTACT_TILES = 48
+    #: shards of frames (engine/stages/contract.py); a movie output cannot be
+    #: split: its shards do nothing and the final unit writes it all
+    split = "frames"
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         from engine.media.composite import composite_over
@@ -150,13 +153,20 @@ class PasteStage(Stage):
         n = end - start
         width, height = aligned.info["frame_size"]
         rate = job.range.rate
+        shard = range(n) if ctx.shard is None else ctx.shard.items(n)
+        if ctx.shard is not None and (fmt == "prores4444" or not shard):
+            return {"frames": []}
+        # frames finished by shards before this final unit: listed, not redone
+        sharded = {f["frame"]: f for r in ctx.files.paste.shard_records()
+                   for f in r["facts"].get("frames", [])
+                   } if ctx.shard is None and fmt != "prores4444" else {}
         movie = None
         if fmt == "prores4444":
             movie = MovieWriter(out_dir / f"{job.output.name}.mov", rate,
                                 (width, height), codec="prores_ks", alpha=True)
         preview = None
         outputs: dict[str, str] = {}
-        if job.output.preview:
+        if job.output.preview and ctx.shard is None:
             preview = MovieWriter(out_dir / "preview.mp4", rate, (width, height),
                                   codec=ctx.config.paste.preview_codec)
             outputs["preview"] = "output/preview.mp4"
@@ -167,8 +177,14 @@ class PasteStage(Stage):
         # keep their precision.
         depth = 16 if probe(ctx.source_path(), rate).bit_depth > 8 else 8
         try:
-            for index, src in read_frames(ctx.source_path(), start, end, depth=depth):
+            for index, src in read_frames(ctx.source_path(), start + shard.start,
+                                          start + shard.stop, depth=depth):
                 ctx.check_abort()
+                if index in sharded:
+                    frames.append(sharded[index])
+                    if preview is not None:
+                        preview.write(read_image(ctx.files.paste.composite(index)))
+                    continue
                 quad = aligned.quad(index)
                 edited = quad is not None and index in have
                 if edited:
@@ -198,12 +214,20 @@ class PasteStage(Stage):
                 frames.append(FrameOutput(index, path, digest, edited).to_dict())
                 if preview is not None:
                     preview.write(to_depth(composite_over(rgba, src), 8))
-                ctx.report((index - start + 1) / n, f"pasted frame {index}")
+                elif job.output.preview and ctx.shard is not None:
+                    from engine.stages.crops import write_png
+
+                    write_png(ctx.files.paste.composite(index),
+                              to_depth(composite_over(rgba, src), 8))
+                ctx.report((index - start - shard.start + 1) / len(shard),
+                           f"pasted frame {index}")
         except BaseException:
             for writer in (movie, preview):
                 if writer is not None:
                     writer.abort()
             raise
+        if ctx.shard is not None:  # the final unit writes the movies and lists
+            return {"frames": frames}
         if movie is not None:
             movie.close()
             from fsexchange.fsutil import sha256_file
