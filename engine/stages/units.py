@@ -43,8 +43,8 @@ from engine.stages.contract import Shard, Stage, StageContext
 from engine.stages.outputs import JobFiles
 from engine.stages.pipeline import PIPELINES, plain, run_stage, stages_for
 
-__all__ = ["UnitOutcome", "parse_shard", "open_unit", "run_unit", "job_abort_fn",
-           "unit_label", "read_unit_progress"]
+__all__ = ["UnitOutcome", "parse_shard", "load_job", "open_unit", "run_unit",
+           "job_abort_fn", "unit_label", "read_unit_progress"]
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def job_abort_fn(job_dir: Path, every: float = 0.5) -> Callable[[], bool]:
     return abort
 
 
-def _load_job(job_dir: Path) -> Job:
+def load_job(job_dir: Path) -> Job:
     path = job_dir / JOB_FILE
     if not path.is_file():
         raise DocumentError(f"{job_dir} is not a job folder: it has no {JOB_FILE}",
@@ -135,7 +135,7 @@ def open_unit(job_dir: Path, stage_name: str, *, device: str = "cpu",
         such stage. StageNotReady: earlier stages are not complete (named).
     """
     job_dir = Path(job_dir)
-    job = _load_job(job_dir)
+    job = load_job(job_dir)
     stages = stages_for(job.kind, pipelines)
     names = [s.name for s in stages]
     if stage_name not in names:
