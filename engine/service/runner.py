@@ -66,6 +66,8 @@ class RunnerSettings:
         max_reclaims: a job taken from this many dead workers fails instead of
             killing another (``job.crashed``).
         worker: this worker's id (written into leases and DONE documents).
+        backend: runs the units of each stage elsewhere (a
+            :class:`engine.service.ray_backend.RayBackend`); None: in this process.
     """
 
     device: str = "cpu"
@@ -77,6 +79,7 @@ class RunnerSettings:
     progress_interval: float = 0.5
     max_reclaims: int = 3
     worker: str = ""
+    backend: Any = None
 
 
 class JobControl:
@@ -305,6 +308,8 @@ def _run(exchange: Exchange, claim: Claim, settings: RunnerSettings,
         atomic_write_bytes(job_dir / CONFIG_FILE, (json.dumps(
             config.to_dict(), indent=2, sort_keys=True) + "\n").encode())
         stages = stages_for(job.kind, settings.pipelines)
+        if settings.backend is not None:  # units on a cluster (docs/scale.md)
+            stages = settings.backend.wrap(stages)
         names = [s.name for s in stages]
         progress = _Progress(job_dir, job_id, settings.worker,
                              [float(getattr(s, "weight", 1.0)) for s in stages], names,
