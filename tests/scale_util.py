@@ -25,7 +25,7 @@ OPTIONS: dict[str, Any] = {
     "profile": "tiny", "device": "cpu",
     "invert": {"batch_size": 2},
     "pti": {"steps": 3, "lr": 1e-3, "batch_size": 3},
-    "stitch": {"steps": 8, "batch_size": 2},
+    "stitch": {"steps": 40, "batch_size": 2},
     "metrics": {"enabled": False},
 }
 

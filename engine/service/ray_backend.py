@@ -222,7 +222,7 @@ class RayBackend:
                 ready, pending = ray.wait(pending, num_returns=len(pending),
                                           timeout=0.25)
                 for ref in ready:
-                    results[ref] = self._outcome(ref, stage, refs[ref])
+                    results[ref] = self._outcome(ref, stage, refs[ref], ctx)
                 fractions = [1.0 if r in results else
                              float((read_unit_progress(ctx.job_dir, stage, refs[r])
                                     or {}).get("fraction", 0.0)) for r in order]
@@ -235,7 +235,8 @@ class RayBackend:
             raise
         return [results[r] for r in order]
 
-    def _outcome(self, ref: Any, stage: str, shard: Shard | None) -> dict[str, Any]:
+    def _outcome(self, ref: Any, stage: str, shard: Shard | None,
+                 ctx: StageContext) -> dict[str, Any]:
         import ray
         from ray.exceptions import RayTaskError, TaskCancelledError, WorkerCrashedError
 
@@ -257,7 +258,14 @@ class RayBackend:
         if "error" in out:
             raise error_from_dict(out["error"])
         if out.get("aborted"):
-            raise StageAborted()
+            # The unit saw the job's cancel request (or its folder move) first;
+            # stop once the engine knows why, so the runner ends the job right.
+            deadline = time.monotonic() + CANCEL_GRACE
+            while time.monotonic() < deadline:
+                ctx.check_abort()
+                time.sleep(0.05)
+            raise InternalError(f"{what} stopped on the cluster, but the job was "
+                                "neither cancelled nor taken away", stage=stage)
         return out
 
     def _cancel(self, refs: list[Any]) -> None:
