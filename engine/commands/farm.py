@@ -96,7 +96,8 @@ def job_template(kind: str = "stitch", shards: int = 4) -> dict[str, Any]:
                              "--job", "{{Param.JobId}}", *common], None)]
     prev = "claim"
     for stage in stages_for(kind):
-        unit = ["stage", "run", job_dir, stage.name, *common, "--publish-failure"]
+        unit = ["stage", "run", job_dir, stage.name, *common, "--threads",
+                "{{Param.Threads}}", "--publish-failure"]
         if stage.split == "frames" and shards > 1:
             steps.append(_step(stage.name, [*unit, "--shard",
                                             f"{{{{Task.Param.Shard}}}}/{shards}"],
@@ -123,6 +124,10 @@ def job_template(kind: str = "stitch", shards: int = 4) -> dict[str, Any]:
              "description": "The id of a queued job in the exchange"},
             {"name": "Device", "type": "STRING", "default": "auto",
              "allowedValues": ["auto", "cpu", "cuda"]},
+            {"name": "Threads", "type": "INT", "default": 0, "minValue": 0,
+             "description": "Intra-op threads of every task of the job (0: the "
+                            "first task's default; recorded with the job so all "
+                            "tasks compute alike)"},
             {"name": "FaceStitch", "type": "STRING", "default": "facestitch",
              "description": "The facestitch executable on the workers"},
         ],
