@@ -284,6 +284,7 @@ class AlignStage(Stage):
     """Smoothed FFHQ crops at the generator resolution, quads, and face masks."""
 
     name = "align"
+    split = "frames"  # shards of whole mask batches (engine/stages/contract.py)
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         from engine.stages.mask import MaskBuilder
@@ -329,6 +330,21 @@ class AlignStage(Stage):
         info = probe(ctx.source_path(), job.range.rate)
         frames_done: list[int] = []
         pending: list[tuple[int, np.ndarray, np.ndarray]] = []
+        # Work items: the mask batches, runs of batch_size frames with a face; a
+        # shard reads only the frames of its batches, the final unit lists the
+        # batches that shards finished without redoing them.
+        rank = np.cumsum(present) - 1  # [N] position among the present frames
+        bs = masker.batch_size
+        items = -(-int(present.sum()) // bs)
+        mine = [k for k in range(items) if ctx.in_shard(k, items)]
+        sharded = ctx.done_by_shards(self.name, items) if ctx.shard is None else set()
+        first, last = 0, n
+        if ctx.shard is not None:
+            if not mine:
+                return {"frames": 0}
+            where = np.flatnonzero(present)
+            first = int(where[mine[0] * bs])
+            last = int(where[min((mine[-1] + 1) * bs, len(where)) - 1]) + 1
 
         def flush() -> None:
             masks = masker.masks([p[1] for p in pending], [p[2] for p in pending])
@@ -339,17 +355,22 @@ class AlignStage(Stage):
                 frames_done.append(frame)
             pending.clear()
 
-        for index, frame in read_frames(ctx.source_path(), start, end):
+        for index, frame in read_frames(ctx.source_path(), start + first,
+                                        start + last):
             ctx.check_abort()
             i = index - start
-            if present[i]:
+            if present[i] and int(rank[i]) // bs in sharded:
+                frames_done.append(index)  # a shard wrote its crop and mask
+            elif present[i] and ctx.in_shard(int(rank[i]) // bs, items):
                 crop = align_crop(frame, quads[i], size, cfg.padding)
                 m = crop_transform(quads[i], size)
                 pending.append((index, crop, transform_points(m, lms[i])))
                 if len(pending) >= masker.batch_size:
                     flush()
-            ctx.report((i + 1) / n, f"aligned frame {index}")
+            ctx.report((i - first + 1) / (last - first), f"aligned frame {index}")
         flush()
+        if ctx.shard is not None:  # the final unit writes info.json
+            return {"frames": len(frames_done)}
 
         doc = {
             "schema": "facestitch.AlignInfo/1",

@@ -140,11 +140,12 @@ class StageContext:
         always in a whole run, only the shard's block in a shard run."""
         return self.shard is None or item in self.shard.items(total)
 
-    def done_by_shards(self, stage: str, item: int, total: int) -> bool:
-        """Whether a finished shard of ``stage`` computed work item ``item`` (a part
-        found at the start of a final unit is then not a resumed one)."""
-        return any(item in Shard(i, n).items(total)
-                   for i, n in self.files.of(stage).finished_shards())
+    def done_by_shards(self, stage: str, total: int) -> set[int]:
+        """The work items (of ``total``) that finished shards of ``stage`` computed:
+        a final unit lists them without redoing them, and a part it finds there is
+        not a resumed one."""
+        return {k for i, n in self.files.of(stage).finished_shards()
+                for k in Shard(i, n).items(total)}
 
     def warn(self, message: str) -> None:
         if message not in self.warnings:

@@ -410,6 +410,7 @@ class StitchTuneStage(Stage):
         stitcher = BatchedStitcher(G, cfg, dtype)
         batches = list(chunks(range(len(frames)), cfg.batch_size))
         mine = [bi for bi in range(len(batches)) if ctx.in_shard(bi, len(batches))]
+        sharded = ctx.done_by_shards(self.name, len(batches))
         t0 = time.monotonic()
         tuned = 0
         resumed = 0
@@ -419,7 +420,7 @@ class StitchTuneStage(Stage):
             part = parts / f"{bi:05d}.json"
             if part.exists():  # finished before a crash or a shutdown
                 # (or by a shard, before this final unit: not a resumed batch)
-                resumed += not ctx.done_by_shards(self.name, bi, len(batches))
+                resumed += bi not in sharded
                 continue
             ctx.check_abort()
             fr = [frames[i] for i in rows]
