@@ -54,7 +54,8 @@ def test_template_validates_and_has_the_pipeline_steps(tmp_path):
     assert doc == job_template("stitch", 3)
     validate_template(doc, {"Exchange": "/x", "JobId": "j"})
     names = [s["name"] for s in doc["steps"]]
-    assert names == ["claim", "track", "align", "align merge", "invert",
+    assert names == ["claim", "track", "track merge", "align", "align merge",
+                     "invert",
                      "invert merge", "pti",
                      "edit", "stitch_tune", "stitch_tune merge", "paste",
                      "paste merge", "report", "publish"]

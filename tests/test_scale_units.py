@@ -67,8 +67,8 @@ def test_shard_of_a_one_unit_stage_and_unknown_stage(work):
     folder = job_folder(work, clip(work / "c2"), "one-unit")
     with pytest.raises(PipelineUnavailable, match="stitch jobs have no stage 'pt'"):
         run_unit(folder, "pt")
-    with pytest.raises(ValueError, match="stage track runs as one unit"):
-        run_unit(folder, "track", Shard(0, 2))
+    with pytest.raises(ValueError, match="stage pti runs as one unit"):
+        run_unit(folder, "pti", Shard(0, 2))
     with pytest.raises(DocumentError, match="is not a job folder"):
         run_unit(work, "track")
 

@@ -12,6 +12,7 @@ stage), never through a path spelled out in a second module::
 Layout (each folder also holds ``DONE.msgpack`` once its stage completed)::
 
     stages/track/facetrack.msgpack        FaceTrack/1 of the subject
+                 parts/<first>.msgpack    a shard's face detections, per frame
     stages/align/info.json quads.npy      AlignInfo/1, quads [N, 4, 2] (NaN: no face)
                  crops/<frame>.png        aligned crops at the generator resolution
                  masks/<frame>.png        face masks (8-bit, 255 = face)
@@ -146,6 +147,14 @@ class TrackFiles(_StageFiles):
 
     def facetrack(self) -> FaceTrack:
         return load_document(self.facetrack_path, FaceTrack)
+
+    @property
+    def parts_dir(self) -> Path:
+        return self.folder / "parts"
+
+    def part(self, first: int) -> Path:
+        """The detections of a shard whose first frame is ``first`` (msgpack)."""
+        return self.parts_dir / f"{int(first):07d}.msgpack"
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -118,6 +119,7 @@ def follow_identities(
     cfg: TrackConfig = TrackConfig(),
     *,
     on_frame: Callable[[int], None] | None = None,
+    detected: Mapping[int, list[Detection]] | None = None,
 ) -> list[Identity]:
     """Detect faces in every frame and link them into identities.
 
@@ -126,10 +128,14 @@ def follow_identities(
         backend: a :class:`LandmarkBackend`.
         cfg: ``identity_max_jump`` bounds the per-frame centre jump.
         on_frame: called after each frame with its index (progress, abort).
+        detected: detections of some frames made earlier (by shards); those
+            frames are not detected again (their RGB may be None).
     """
     identities: list[Identity] = []
+    detected = detected or {}
     for index, rgb in frames:
-        _associate(identities, backend.detect(rgb), index, cfg)
+        dets = detected[index] if index in detected else backend.detect(rgb)
+        _associate(identities, dets, index, cfg)
         if on_frame is not None:
             on_frame(index)
     return identities
@@ -242,8 +248,10 @@ def track_media(
     rate: Fraction | None = None,
     progress: Callable[[float, str], None] | None = None,
     abort: Callable[[], None] | None = None,
+    detected: Mapping[int, list[Detection]] | None = None,
 ) -> FaceTrack:
-    """Track the chosen face over ``start:end`` of a movie or sequence.
+    """Track the chosen face over ``start:end`` of a movie or sequence
+    (``detected``: see :func:`follow_identities`).
 
     Raises:
         NoFaceFound: no face anywhere in the range.
@@ -255,7 +263,10 @@ def track_media(
 
     info = probe(path, rate)
     end = info.frame_count if end is None else end
-    frames = read_frames(path, start, end)  # validates the range first
+    if detected is not None and all(f in detected for f in range(start, end)):
+        frames = ((f, None) for f in range(start, end))  # nothing left to decode
+    else:
+        frames = read_frames(path, start, end)  # validates the range first
     backend = backend or make_backend(cfg, device)
     n = end - start
 
@@ -265,11 +276,43 @@ def track_media(
         if progress is not None:
             progress((index - start + 1) / n, f"tracked frame {index}")
 
-    identities = follow_identities(frames, backend, cfg, on_frame=on_frame)
+    identities = follow_identities(frames, backend, cfg, on_frame=on_frame,
+                                   detected=detected)
     chosen, facts = choose_subject(identities, subject)
     track = fill_gaps(subject_track(chosen, start, end), cfg.max_gap)
     return FaceTrack(rate=rate or info.rate, image_size=(info.width, info.height),
                      frames=tuple(track), backend=backend.name, subject=facts)
+
+
+def detect_frames(path: str | os.PathLike[str], start: int, end: int,
+                  backend: LandmarkBackend, *,
+                  progress: Callable[[float, str], None] | None = None,
+                  abort: Callable[[], None] | None = None) -> bytes:
+    """Faces in frames ``start:end`` (a shard of the track stage), as msgpack:
+    ``{frame: [[box, score, landmarks], ...]}`` with every float as it was
+    detected (float64 round trips exactly)."""
+    import msgpack
+
+    from engine.media.video import read_frames
+
+    out = {}
+    for index, rgb in read_frames(path, start, end):
+        if abort is not None:
+            abort()
+        out[index] = [[list(map(float, d.box)), float(d.score),
+                       np.asarray(d.landmarks, np.float64).tolist()]
+                      for d in backend.detect(rgb)]
+        if progress is not None:
+            progress((index - start + 1) / (end - start), f"detected frame {index}")
+    return msgpack.packb(out)
+
+
+def load_detections(data: bytes) -> dict[int, list[Detection]]:
+    import msgpack
+
+    return {int(f): [Detection(tuple(box), score, np.asarray(lm, np.float64))
+                     for box, score, lm in dets]
+            for f, dets in msgpack.unpackb(data, strict_map_key=False).items()}
 
 
 def _describe_gaps(frames: Sequence[TrackFrame]) -> str:
@@ -288,11 +331,29 @@ class TrackStage(Stage):
     """Writes ``stages/track/facetrack.msgpack`` (``FaceTrack/1``)."""
 
     name = "track"
+    #: shards detect faces in blocks of frames; linking them into identities
+    #: and choosing the subject is the final unit's (engine/stages/contract.py)
+    split = "frames"
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         job = ctx.job
         ctx.stage_dir(self.name)
         out = ctx.files.track.facetrack_path
+        files = ctx.files.track
+        if ctx.shard is not None:
+            block = ctx.shard.items(job.range.count)
+            if job.subject.track or not block:  # a given track: nothing to detect
+                return {"frames": 0}
+            first = job.range.start + block.start
+            files.parts_dir.mkdir(exist_ok=True)
+            atomic_write_bytes(files.part(first), detect_frames(
+                ctx.source_path(), first, job.range.start + block.stop,
+                make_backend(ctx.config.track, ctx.device), progress=ctx.report,
+                abort=ctx.check_abort))
+            return {"frames": len(block)}
+        detected: dict[int, list[Detection]] = {}
+        for part in sorted(files.parts_dir.glob("*.msgpack")):
+            detected.update(load_detections(part.read_bytes()))
         if job.subject.track:
             given = confine(job.subject.track, ctx.job_dir, (), field="subject.track")
             track = load_document(given, FaceTrack)
@@ -311,8 +372,9 @@ class TrackStage(Stage):
                 ctx.source_path(), job.range.start, job.range.end,
                 cfg=ctx.config.track, subject=job.subject, device=ctx.device,
                 rate=job.range.rate, progress=ctx.report,
-                abort=ctx.check_abort)
+                abort=ctx.check_abort, detected=detected)
         atomic_write_bytes(out, track.to_bytes())
+        shutil.rmtree(files.parts_dir, ignore_errors=True)
         missing = [fr for fr in track.frames if not fr.present]
         interpolated = sum(1 for fr in track.frames if fr.interpolated)
         if missing:

@@ -123,8 +123,8 @@ def load_job(job_dir: Path) -> Job:
     return load_document(path, Job)
 
 
-def open_unit(job_dir: Path, stage_name: str, *, device: str = "cpu",
-              media_roots: Sequence[Path] = (),
+def open_unit(job_dir: Path, stage_name: str, shard: Shard | None = None, *,
+              device: str = "cpu", media_roots: Sequence[Path] = (),
               pipelines: Mapping[str, Sequence[str]] = PIPELINES
               ) -> tuple[list[Stage], int, StageContext]:
     """The job's stages, the index of ``stage_name`` among them and a context for
@@ -132,7 +132,8 @@ def open_unit(job_dir: Path, stage_name: str, *, device: str = "cpu",
 
     Raises:
         DocumentError: not a job folder. PipelineUnavailable: the job kind has no
-        such stage. StageNotReady: earlier stages are not complete (named).
+        such stage. ValueError: a shard of a stage that runs as one unit.
+        StageNotReady: earlier stages are not complete (named).
     """
     job_dir = Path(job_dir)
     job = load_job(job_dir)
@@ -143,6 +144,10 @@ def open_unit(job_dir: Path, stage_name: str, *, device: str = "cpu",
                                   f"their stages are {', '.join(names)}",
                                   field="stage")
     index = names.index(stage_name)
+    if shard is not None and stages[index].split != "frames":
+        raise ValueError(f"stage {stage_name} runs as one unit and takes no shard "
+                         f"(the stages that split by frames: "
+                         f"{', '.join(s.name for s in stages if s.split == 'frames')})")
     files = JobFiles(job_dir)
     done = {n: files.done(n) for n in names}
     missing = [n for n in names[:index] if done[n] is None]
@@ -232,13 +237,9 @@ def run_unit(job_dir: Path, stage_name: str, shard: Shard | None = None, *,
         FaceStitchError: the stage failed (its ``stage`` is set).
     """
     job_dir = Path(job_dir)
-    stages, index, base = open_unit(job_dir, stage_name, device=device,
+    stages, index, base = open_unit(job_dir, stage_name, shard, device=device,
                                     media_roots=media_roots, pipelines=pipelines)
     stage = stages[index]
-    if shard is not None and stage.split != "frames":
-        raise ValueError(f"stage {stage.name} runs as one unit and takes no shard "
-                         f"(the stages that split by frames: "
-                         f"{', '.join(s.name for s in stages if s.split == 'frames')})")
     files = base.files.of(stage.name)
     prev = base.files.done(stage.name)
     if prev is not None:
