@@ -140,6 +140,18 @@ def test_killed_worker_is_retried_with_the_same_frames(cluster, ref, tmp_path):
         "the shard finished before the kill; make stitching longer"
     os.kill(unit["pid"], signal.SIGKILL)
     killed = unit["pid"]
+    # the engine aggregates the tasks' progress into Progress/1
+    from fsexchange.documents import Progress, load_document
+
+    def stitching_progress() -> bool:
+        try:
+            prog = load_document(cur / "progress.msgpack", Progress)
+        except (OSError, ValueError):
+            return False
+        return (prog.stage == "stitch_tune" and "Ray task(s) done" in prog.message
+                and 0.0 < prog.fraction < 1.0 and prog.state == "running")
+
+    wait_for(stitching_progress, 60, "stitching progress in Progress/1", eng)
     _finish(eng, log)
     st = job_status(ex, "killed")
     assert st.state == "done", (st.error, log.read_text()[-4000:])
