@@ -5,15 +5,18 @@ projection to 8 GPUs x N machines (docs/scale.md "Speed").
 What runs, in turn, on the same job (a real-face clip, tiny profile, CPU, one
 intra-op thread per unit so two workers never share a core's threads):
 
-1. the single-process engine (``facestitch engine --once --threads 1``);
+1. the single-process engine (the runner as ``facestitch engine --threads 1`` runs
+   it);
 2. ``--ray`` on a local cluster with 1 CPU (one task at a time; the frame stages
    run as one unit each);
 3. ``--ray`` on a local cluster with 2 CPUs (the frame stages as 2 shards and a
    final unit).
 
 Printed per stage: seconds in each run (each stage's wall time as the engine saw
-it, task dispatch included), the ratio 1 worker / 2 workers, and the task overhead
-per unit: (Ray 1 worker - single process) / units, and the round trip of a unit
+it, task dispatch included), the ratio 1 worker / 2 workers, how busy the shards
+kept the workers, and the task overhead per unit: the time from a unit's
+submission to its result minus the time inside the task (dispatch, a worker
+process's start and imports, the engine's polling), and the round trip of a unit
 that has nothing to do (a completed stage asked again) on a warm worker. Every run
 must deliver the same frames (checked). The projection applies the measured split
 (stages that shard vs. stages that run as one unit) and overhead to G devices.
@@ -61,22 +64,32 @@ def make_job(work: Path, frames: int, pti: int, stitch: int, job_id: str) -> Any
 
 def run(exchange: Path, clip: Path, job: Any, ray_cpus: int | None,
         shards: int = 0) -> dict[str, Any]:
-    """One job through the engine in this process; returns its figures."""
-    from engine.service.worker import EngineOptions, serve
+    """One job through the engine's runner in this process (claimed as an engine
+    worker claims it), its units in this process or on a fresh local Ray cluster
+    of ``ray_cpus`` CPUs; returns its figures."""
+    from engine.service.runner import RunnerSettings, run_job
+    from engine.service.worker import worker_id
+    from engine.stages.outputs import JobFiles
     from fsexchange.client import job_status, submit_job
+    from fsexchange.exchange import Exchange
 
     submit_job(exchange, job, attachments={"media/clip.mp4": clip})
+    ex = Exchange(exchange)
+    backend = None
     if ray_cpus is not None:
         import ray
 
+        from engine.service.ray_backend import RayBackend
+
         ray.init(num_cpus=ray_cpus, include_dashboard=False, log_to_driver=False)
+        backend = RayBackend("auto", shards=shards)
     try:
+        claim = ex.claim(job.id, worker_id(), lease_seconds=600)
         t0 = time.monotonic()
-        serve(EngineOptions(exchange=exchange, once=True, device="cpu",
-                            use_watchdog=False, poll_interval=0.05, threads=1,
-                            ray="auto" if ray_cpus is not None else None,
-                            shards=shards))
+        state = run_job(ex, claim, RunnerSettings(device="cpu", worker=claim.worker,
+                                                  backend=backend))
         wall = time.monotonic() - t0
+        assert state == "done", job_status(exchange, job.id).error
         noop = _noop_units(job_status(exchange, job.id).folder) if ray_cpus else []
     finally:
         if ray_cpus is not None:
@@ -84,17 +97,15 @@ def run(exchange: Path, clip: Path, job: Any, ray_cpus: int | None,
 
             ray.shutdown()
     st = job_status(exchange, job.id)
-    assert st.state == "done", st.error
     hashes = [hashlib.sha256((st.folder / f.path).read_bytes()).hexdigest()
               for f in st.result.frames]
-    from engine.stages.outputs import JobFiles
-
     files = JobFiles(st.folder)
-    shards = {s.name: [r["seconds"] for r in files.of(s.name).shard_records()]
-              for s in st.result.stages}
+    shards_s = {s.name: [r["seconds"] for r in files.of(s.name).shard_records()]
+                for s in st.result.stages}
     return {"wall": wall, "stages": {s.name: s.seconds for s in st.result.stages},
-            "shards": {k: v for k, v in shards.items() if v}, "frames": hashes,
-            "noop": noop, "cpu": _load()}
+            "shards": {k: v for k, v in shards_s.items() if v}, "frames": hashes,
+            "noop": noop, "units": backend.units if backend else [],
+            "cpu": _load()}
 
 
 def _load() -> float | None:
@@ -158,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
 
         clip = astronaut_clip(work / "clip.mp4", frames=args.frames, size=(192, 144),
                               face_scale=0.45)
+        import torch
+
+        from engine.models.modelset import load_models
+
+        torch.set_num_threads(1)
+        load_models("tiny")  # built once here, not inside the first timed run
         figs: dict[str, Any] = {}
         for label, cpus, shards in (("single", None, 0), ("ray1", 1, 1),
                                     ("ray2", 2, 2)):
@@ -170,8 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     names = list(figs["single"]["stages"])
     units1 = len(names)
     units2 = len(names) + 2 * len(SPLIT & set(names))
-    over = (sum(figs["ray1"]["stages"].values())
-            - sum(figs["single"]["stages"].values())) / units1
+    gaps = [u["round_trip"] - u["task"] for k in ("ray1", "ray2")
+            for u in figs[k]["units"]]
+    over = statistics.median(gaps)
+    cold = [figs[k]["units"][0]["round_trip"] - figs[k]["units"][0]["task"]
+            for k in ("ray1", "ray2")]
     noop = statistics.median(figs["ray1"]["noop"] + figs["ray2"]["noop"])
     print(f"\n{args.frames} frames, tiny profile, CPU, 1 thread per unit; "
           f"PTI {args.pti_steps} passes, stitching {args.stitch_steps} steps; "
@@ -193,9 +213,16 @@ def main(argv: list[str] | None = None) -> int:
           f"{w['ray2']:.1f} s | {w['ray1'] / w['ray2']:.2f}x |")
     print("load average (1 min) after each run: " + ", ".join(
         f"{k} {figs[k]['cpu']:.1f}" for k in figs if figs[k]["cpu"] is not None))
-    print(f"\ntask overhead per unit: {over:.2f} s (Ray 1 worker - single process,"
-          f" {units1} units); a unit with nothing to do, warm worker: "
-          f"{noop * 1000:.0f} ms (median of {len(figs['ray1']['noop']) * 2})")
+    print(f"\ntask overhead per unit (submission to result minus the time inside "
+          f"the task): median {over:.2f} s over {len(gaps)} units ({units1} with 1 "
+          f"worker, {units2} with 2); the first unit of a run, on a fresh worker "
+          f"process: {cold[0]:.1f} s and {cold[1]:.1f} s; a unit with nothing to do"
+          f" on a warm worker: {noop * 1000:.0f} ms (median of "
+          f"{len(figs['ray1']['noop']) * 2})")
+    ray1 = sum(figs["ray1"]["stages"].values())
+    single = sum(figs["single"]["stages"].values())
+    print(f"stage times summed: single process {single:.1f} s, Ray 1 worker "
+          f"{ray1:.1f} s ({(ray1 - single) / units1:+.2f} s per unit)")
     base = figs["ray1"]["stages"]
     compute = {n: max(0.0, base[n] - over) for n in names}
     print("\nprojection from the 1-worker stage times (minus the overhead):")
@@ -205,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({
             "args": vars(args) | {"json": str(args.json)}, "figures": figs,
-            "overhead_per_unit": over, "noop_unit_median": noop,
+            "overhead_per_unit": over, "cold_unit": cold, "noop_unit_median": noop,
             "units": {"ray1": units1, "ray2": units2}, "same_frames": same},
             indent=1))
     return 0 if same else 1

@@ -158,6 +158,9 @@ class RayBackend:
         connect(address)
         self.address, self.shards, self.max_retries = address, shards, max_retries
         self.pipelines = {k: list(v) for k, v in (pipelines or PIPELINES).items()}
+        #: what ran: per unit its stage, shard, seconds inside the task and from
+        #: submission to result (bench/scale.py reads the difference: overhead)
+        self.units: list[dict[str, Any]] = []
         import ray
 
         self._remote = ray.remote(_unit_task)
@@ -223,6 +226,12 @@ class RayBackend:
                                           timeout=0.25)
                 for ref in ready:
                     results[ref] = self._outcome(ref, stage, refs[ref], ctx)
+                    self.units.append({
+                        "job": ctx.job.id, "stage": stage,
+                        "shard": str(refs[ref]) if refs[ref] else None,
+                        "task": results[ref].get("seconds", 0.0),
+                        "round_trip": round(time.monotonic() - t0, 3),
+                        "worker": results[ref].get("worker", "")})
                 fractions = [1.0 if r in results else
                              float((read_unit_progress(ctx.job_dir, stage, refs[r])
                                     or {}).get("fraction", 0.0)) for r in order]
