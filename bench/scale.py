@@ -137,7 +137,13 @@ def _noop_units(job_dir: Path, rounds: int = 6) -> list[float]:
     return out
 
 
-SPLIT = {"invert", "stitch_tune", "paste"}  # the stages that split by frames
+def _split_stages() -> set[str]:
+    from engine.stages.pipeline import stages_for
+
+    return {s.name for s in stages_for("stitch") if s.split == "frames"}
+
+
+SPLIT = _split_stages()  # the stages that split by frames
 
 
 def project(stages: dict[str, float], overhead: float, devices: int) -> float:

@@ -57,6 +57,14 @@ def test_unit_before_its_earlier_stages_names_them(work):
     assert "track, align are not complete" in r.stderr
     assert f"facestitch stage run {folder} track" in r.stderr
     assert not (folder / "stages" / "invert").exists()  # nothing was written
+    r = _cli("stage", "list", str(folder))
+    assert r.returncode == 0, r.stderr
+    listed = json.loads(r.stdout)
+    assert [(s["stage"], s["split"], s["complete"]) for s in listed["stages"]] == [
+        ("track", "frames", False), ("align", "frames", False),
+        ("invert", "frames", False), ("pti", "one", False), ("edit", "one", False),
+        ("stitch_tune", "frames", False), ("paste", "frames", False),
+        ("report", "one", False)]
 
 
 def test_shard_of_a_one_unit_stage_and_unknown_stage(work):
