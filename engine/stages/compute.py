@@ -10,14 +10,16 @@ task, computes with that count (docs/scale.md "Same frames everywhere").
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
+from typing import Iterator
 
 from fsexchange.fsutil import publish_once
 
 from engine.stages.outputs import JobFiles
 
-__all__ = ["pin_threads", "recorded_threads"]
+__all__ = ["pin_threads", "pinned_threads", "recorded_threads"]
 
 
 def recorded_threads(job_dir: Path) -> int | None:
@@ -48,3 +50,18 @@ def pin_threads(job_dir: Path, threads: int = 0) -> int:
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
+
+
+@contextlib.contextmanager
+def pinned_threads(job_dir: Path, threads: int = 0) -> Iterator[int]:
+    """:func:`pin_threads` for the duration of a ``with`` block; the process gets
+    its own count back afterwards (an engine runs job after job, each with its
+    own count, and records its own for the next new one)."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        yield pin_threads(job_dir, threads)
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)

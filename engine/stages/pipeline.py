@@ -29,7 +29,7 @@ from fsexchange.errors import FaceStitchError, InternalError, PipelineUnavailabl
 from fsexchange.exchange import utc_now
 from fsexchange.fsutil import atomic_write_bytes
 
-from engine.stages.compute import pin_threads
+from engine.stages.compute import pinned_threads
 from engine.stages.contract import Stage, StageContext
 from engine.stages.outputs import DONE_FILE
 
@@ -125,7 +125,9 @@ def run_stage(stage: Stage, index: int, base: StageContext,
     t0 = time.monotonic()
     log.info("job %s: stage %s", ctx.job.id, stage.name)
     try:
-        facts = stage.run(ctx) or {}
+        # every unit of a job computes with one thread count (docs/scale.md)
+        with pinned_threads(ctx.job_dir):
+            facts = stage.run(ctx) or {}
     except FaceStitchError as exc:
         if exc.stage is None:
             exc.stage = stage.name
@@ -169,9 +171,6 @@ def run_pipeline(stages: Sequence[Stage], base: StageContext, *,
     """
     report = progress or (lambda i, f, m: None)
     earlier = {s.name: base.files.done(s.name) for s in stages}
-    if any(doc is None for doc in earlier.values()):
-        # every unit of a job computes with one thread count (docs/scale.md)
-        pin_threads(base.job_dir)
     for doc in earlier.values():
         if doc is not None:  # later stages see what earlier attempts learned
             base.info.update(doc.info)

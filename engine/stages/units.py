@@ -38,7 +38,7 @@ from fsexchange.exchange import JOB_FILE, utc_now
 from fsexchange.fsutil import atomic_write_bytes
 from fsexchange.options import PipelineConfig
 
-from engine.stages.compute import pin_threads
+from engine.stages.compute import pinned_threads
 from engine.stages.contract import Shard, Stage, StageContext
 from engine.stages.outputs import JobFiles
 from engine.stages.pipeline import PIPELINES, plain, run_stage, stages_for
@@ -253,7 +253,6 @@ def run_unit(job_dir: Path, stage_name: str, shard: Shard | None = None, *,
                      shard)
             return UnitOutcome(stage.name, shard, rec["facts"], rec["warnings"],
                                rec["info"], skipped=True)
-    pin_threads(job_dir, threads)
     base.stage_dir(stage.name)
     report = _UnitProgress(files.unit_progress_path(unit_label(shard)), progress)
     ctx = dataclasses.replace(base, shard=shard, progress_fn=report,
@@ -261,17 +260,18 @@ def run_unit(job_dir: Path, stage_name: str, shard: Shard | None = None, *,
     info_before = plain(ctx.info)
     report(0.0, "starting", force=True)
     t0 = time.monotonic()
-    if shard is None and write_done:
-        doc = run_stage(stage, index, ctx,
-                        lambda i, f, m: report(f, m, force=f >= 1.0), worker)
-        facts = dict(doc.facts)
-    else:
-        try:
-            facts = plain(stage.run(ctx) or {})
-        except FaceStitchError as exc:
-            if exc.stage is None:
-                exc.stage = stage.name
-            raise
+    with pinned_threads(job_dir, threads):
+        if shard is None and write_done:
+            doc = run_stage(stage, index, ctx,
+                            lambda i, f, m: report(f, m, force=f >= 1.0), worker)
+            facts = dict(doc.facts)
+        else:
+            try:
+                facts = plain(stage.run(ctx) or {})
+            except FaceStitchError as exc:
+                if exc.stage is None:
+                    exc.stage = stage.name
+                raise
     seconds = time.monotonic() - t0
     out = UnitOutcome(stage.name, shard, facts, list(ctx.warnings),
                       {k: v for k, v in plain(ctx.info).items()
