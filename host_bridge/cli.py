@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("host_bridge.commands.status", "show the state of jobs"),
     "cancel": ("host_bridge.commands.cancel", "cancel a queued or running job"),
     "engine": ("engine.commands.engine", "run the watched-folder engine"),
+    "stage": ("engine.commands.stage", "run one unit of one stage of a job folder"),
+    "farm": ("engine.commands.farm", "render farms: OpenJD template, claim, publish"),
     "demo": ("engine.commands.demo", "run the full round trip on a real-face clip"),
     "preview": ("engine.commands.preview", "track + align + identity paste-back of a clip"),
     "edits": ("engine.commands.edits", "list the installed edits"),
@@ -43,7 +45,7 @@ MISSING_EXTRA: dict[str, str] = {
     "torch": "engine", "torchvision": "engine", "numpy": "engine", "cv2": "engine",
     "av": "engine", "scipy": "engine", "skimage": "engine", "watchdog": "engine",
     "lpips": "engine", "dlib": "engine", "face_recognition_models": "engine",
-    "OpenEXR": "engine", "opentimelineio": "otio",
+    "OpenEXR": "engine", "opentimelineio": "otio", "ray": "ray", "openjd": "farm",
 }
 
 
