@@ -53,6 +53,8 @@ PIPELINES: dict[str, tuple[str, ...]] = {
         "engine.stages.invert:InvertStage",
         "engine.stages.pti:PTIStage",
         "engine.stages.edit:EditStage",
+        # VideoEditGAN's flow-based refinement (options.refine.enabled, on by default)
+        "engine.stages.refine:RefineStage",
         "engine.stages.stitch_tune:StitchTuneStage",
         "engine.stages.paste:PasteStage",
         "engine.stages.report:ReportStage",
