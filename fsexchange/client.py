@@ -31,7 +31,7 @@ from fsexchange.errors import (DocumentError, DocumentFieldError, FaceStitchErro
 from fsexchange.exchange import (FINAL_STATES, JOB_FILE, PROGRESS_FILE, RESERVED_NAMES,
                        STATE_FOLDERS, Exchange, read_result)
 from fsexchange.fsutil import fsync_dir
-from fsexchange.options import PipelineConfig
+from fsexchange.options import PipelineConfig, refine_options
 
 __all__ = [
     "new_job_id",
@@ -60,14 +60,17 @@ def build_job(*, source: Source, range: FrameRange, kind: str = "stitch",
               edits: Sequence[Edit] = (), subject: Subject | None = None,
               options: Mapping[str, Any] | None = None,
               output: OutputSpec | None = None, host: Mapping[str, Any] | None = None,
-              job_id: str | None = None, id_prefix: str = "job") -> Job:
+              job_id: str | None = None, id_prefix: str = "job",
+              refine: bool | None = None) -> Job:
     """The one way every client (CLI, OpenFX, Resolve, preview, demo) makes a job.
 
     Fills the id (:func:`new_job_id`) and the creation time (microseconds, so the
     newest of several sends of one shot sorts last), checks the kind, that a
     stitch job has an edit, and validates ``options`` the way the engine will
     (:meth:`fsexchange.options.PipelineConfig.from_options`), so a bad value is
-    refused before anything is queued.
+    refused before anything is queued. A stitch job records whether the temporal
+    refinement runs (``options.refine.enabled``): ``refine`` when given (the
+    ``--no-refine`` switches), else what ``options`` say, else on.
 
     Raises:
         DocumentFieldError: a bad kind or option.
@@ -75,6 +78,8 @@ def build_job(*, source: Source, range: FrameRange, kind: str = "stitch",
     if kind not in JOB_KINDS:
         raise DocumentFieldError(f"unknown job kind {kind!r}; known: "
                                  f"{', '.join(JOB_KINDS)}", field="kind")
+    if kind == "stitch":
+        options = refine_options(options, refine)
     PipelineConfig.from_options(dict(options or {}))
     created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return Job(id=job_id or new_job_id(id_prefix), source=source, range=range,

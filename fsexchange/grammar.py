@@ -12,7 +12,9 @@ bridge's settings file, so the same text means the same job everywhere:
 - **edit**: ``NAME=STRENGTH`` or keyframes ``NAME=STRENGTH@FRAME,STRENGTH@FRAME,...``
   (STIT's strength convention); an **edit spec** is several edits separated by
   ``;`` or by a comma that starts the next ``NAME=``, or the word ``preview``
-  (an align-preview job: track, align and paste back without an edit);
+  (an align-preview job: track, align and paste back without an edit); a last
+  part ``no-refine`` (or ``refine``) switches the temporal refinement off (on)
+  for that job, e.g. ``age=-4; no-refine``;
 - **option**: ``KEY.SUB=VALUE`` (VALUE parsed as JSON, else kept as text) into the
   nested ``Job.options`` map.
 
@@ -35,10 +37,13 @@ from fsexchange.timecode import timecode_to_frames
 
 __all__ = ["parse_range", "is_timecode_range", "timecode_range", "parse_subject",
            "parse_edit", "split_edit_spec", "EditChoice", "parse_edit_spec",
-           "PREVIEW_WORDS", "parse_option"]
+           "PREVIEW_WORDS", "REFINE_WORDS", "parse_option"]
 
 #: Edit-spec words that ask for an align-preview job instead of an edit.
 PREVIEW_WORDS = ("preview", "align-preview")
+#: Edit-spec words that switch the temporal refinement of a stitch job.
+REFINE_WORDS = {"no-refine": False, "refine": True}
+_REFINE_TAIL = re.compile(r"(?:^|[;,])\s*(no-refine|refine)\s*$", re.IGNORECASE)
 
 _TC = r"\d{1,2}[:;.]\d{2}[:;.]\d{2}[:;.]\d{2,3}"
 _TC_RANGE = re.compile(rf"^\s*({_TC})\s*-\s*({_TC})\s*$")
@@ -205,11 +210,14 @@ def split_edit_spec(text: str) -> list[str]:
 
 @dataclass(frozen=True)
 class EditChoice:
-    """What to run: ``kind`` and its edits; ``spec`` is the text form."""
+    """What to run: ``kind`` and its edits; ``spec`` is the text form; ``refine``
+    is the spec's ``no-refine`` / ``refine`` word (None: not said, the settings
+    decide)."""
 
     kind: str
     edits: tuple[Edit, ...]
     spec: str
+    refine: bool | None = None
 
 
 def parse_edit_spec(text: str | Iterable[str], *,
@@ -224,6 +232,12 @@ def parse_edit_spec(text: str | Iterable[str], *,
         EditUnknown: a name missing from ``known`` (when given).
     """
     parts = ([text] if isinstance(text, str) else list(text))
+    refine: bool | None = None
+    if parts:
+        m = _REFINE_TAIL.search(parts[-1])
+        if m:
+            refine = REFINE_WORDS[m.group(1).lower()]
+            parts = parts[:-1] + [parts[-1][:m.start()]]
     spec = "; ".join(p.strip() for p in parts if p.strip())
     if spec.lower() in PREVIEW_WORDS:
         return EditChoice("align-preview", (), "preview")
@@ -236,7 +250,9 @@ def parse_edit_spec(text: str | Iterable[str], *,
         if known and name not in known:
             raise EditUnknown(f"unknown edit '{name}'; installed: "
                               f"{', '.join(known)}", field="edits")
-    return EditChoice("stitch", tuple(parse_edit(t) for t in texts), spec)
+    return EditChoice("stitch", tuple(parse_edit(t) for t in texts),
+                      spec + ("" if refine is None else
+                              f"; {'refine' if refine else 'no-refine'}"), refine)
 
 
 # --- options --------------------------------------------------------------------------

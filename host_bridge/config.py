@@ -7,7 +7,10 @@ location)::
      "python_path": ["/opt/facestitch", "..."],  # read by the menu-script shims only
      "handles": 8, "kind": "stitch", "selection": "playhead", "opacity": 100,
      "track_locally": true, "edit": "age=-4", "edits": ["age", "smile", "pose"],
-     "options": {"profile": "official"}, "ui": "auto"}
+     "refine": true, "options": {"profile": "official"}, "ui": "auto"}
+
+``refine`` (default true) runs the temporal refinement in stitch jobs; the send
+dialog's edit spec can override it per shot (``age=-4; no-refine``).
 
 Unknown keys are kept (a newer bridge's settings survive); wrong types fail with the
 key named.
@@ -51,6 +54,7 @@ class BridgeConfig:
     track_locally: bool = True
     edit: str = ""  # default edit spec offered in the dialog, e.g. "age=-4"
     edits: tuple[str, ...] = ()  # names to offer when the engine's list is not here
+    refine: bool = True  # temporal refinement in stitch jobs (options.refine.enabled)
     options: dict[str, Any] = field(default_factory=dict)  # Job.options
     python_path: tuple[str, ...] = ()
     ui: str = "auto"  # auto | fusion | tk | console
@@ -78,13 +82,14 @@ class BridgeConfig:
         if handles < 0:
             raise HostError(f"{source}: 'handles' must be >= 0")
         known = {"exchange", "handles", "kind", "selection", "opacity", "track_locally",
-                 "edit", "edits", "options", "python_path", "ui"}
+                 "edit", "edits", "refine", "options", "python_path", "ui"}
         return cls(
             exchange=Path(exchange).expanduser() if exchange else None, handles=handles,
             kind=kind, selection=get("selection", str, "playhead"),
             opacity=float(get("opacity", (int, float), 100.0)),
             track_locally=get("track_locally", bool, True), edit=get("edit", str, ""),
             edits=tuple(str(e) for e in get("edits", list, [])),
+            refine=get("refine", bool, True),
             options=dict(get("options", dict, {})),
             python_path=tuple(str(p) for p in get("python_path", list, [])),
             ui=get("ui", str, "auto"),

@@ -40,7 +40,8 @@ class Prompter(Protocol):
 def _edit_prompt(names: Sequence[str]) -> str:
     listed = ", ".join(names) if names else "see 'facestitch edits' on the engine"
     return ("Edit to apply as NAME=STRENGTH (several: comma separated), or 'preview' "
-            f"to check the face track only.\nEdits: {listed}")
+            "to check the face track only. Add '; no-refine' to skip the temporal "
+            f"refinement.\nEdits: {listed}")
 
 
 class ConsolePrompter:

@@ -2,9 +2,9 @@
 
 - ``facestitch ofx build --out DIR [--cc CC]``: compile FaceStitch.ofx.bundle.
 - ``facestitch ofx submit FOLDER --exchange DIR --rate RATE [--edit NAME=STRENGTH]
-  [--kind K] [--face N] [--option KEY.SUB=VALUE] [--copy-media]``: submit the frames
-  the shim's Export mode wrote; prints the Composite-mode settings that read the
-  results back.
+  [--kind K] [--face N] [--option KEY.SUB=VALUE] [--no-refine] [--copy-media]``:
+  submit the frames the shim's Export mode wrote; prints the Composite-mode
+  settings that read the results back.
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
                                                          "the largest)")
     s.add_argument("--option", action="append", default=[], metavar="KEY.SUB=VALUE",
                    help="a pipeline option, e.g. align.resolution=256 (repeatable)")
+    s.add_argument("--no-refine", dest="refine", action="store_false", default=None,
+                   help="skip the temporal refinement (on by default in stitch jobs)")
     s.add_argument("--copy-media", action="store_true",
                    help="copy the frames into the job (else the engine reads them in "
                         "place: keep the folder under the exchange or a media root)")
@@ -70,7 +72,8 @@ def _submit(args: argparse.Namespace) -> int:
     source = "media/export" if args.copy_media else None
     job = build_ofx_job(args.folder, job_id, parse_rate(args.rate, "--rate"),
                         kind=args.kind, edits=edits, subject=Subject(index=args.face),
-                        source_path=source, options=_options(args.option))
+                        source_path=source, options=_options(args.option),
+                        refine=args.refine)
     attachments = {"media/export": args.folder} if args.copy_media else {}
     submit_job(args.exchange, job, attachments=attachments)
     print(job_id)

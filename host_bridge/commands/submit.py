@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model profile (default auto: official when installed)")
     p.add_argument("--option", action="append", default=[], metavar="KEY.SUB=VALUE",
                    help="a pipeline option, e.g. pti.steps=40 (repeatable)")
+    p.add_argument("--no-refine", dest="refine", action="store_false", default=None,
+                   help="skip the temporal refinement (VideoEditGAN's flow-based "
+                   "pass between the edit and stitching tuning; on by default in "
+                   "stitch jobs; recorded as options.refine.enabled)")
     p.add_argument("--format", choices=("png16", "exr", "prores4444", "pam16"),
                    help="output frame format (default png16)")
     p.add_argument("--copy-media", action="store_true",
@@ -166,7 +170,8 @@ def job_from_args(args: argparse.Namespace, notes: list[str]
     job = build_job(source=source, range=frange, kind=args.kind, edits=edits,
                     subject=subject, options=options, output=output,
                     host={"app": "facestitch submit", "host": socket.gethostname(),
-                          "media": str(media)}, job_id=args.id)
+                          "media": str(media)}, job_id=args.id,
+                    refine=args.refine)
     return job, attachments
 
 
