@@ -299,8 +299,8 @@ def pair_losses(lpips: Any, cfg: RefineConfig, phase: int, X: "torch.Tensor",
                 A: "torch.Tensor", src_x: tuple["torch.Tensor", list["torch.Tensor"]],
                 src_a: tuple["torch.Tensor", list["torch.Tensor"]],
                 flow: FlowSource, mask_a: "torch.Tensor | None" = None,
-                X0: "torch.Tensor | None" = None, A0: "torch.Tensor | None" = None
-                ) -> dict[str, "torch.Tensor"]:
+                X0: "torch.Tensor | None" = None, A0: "torch.Tensor | None" = None,
+                mask_x: "torch.Tensor | None" = None) -> dict[str, "torch.Tensor"]:
     """The flow-based terms for B pairs at the working size, each ``[B]``.
 
     Args:
@@ -310,6 +310,8 @@ def pair_losses(lpips: Any, cfg: RefineConfig, phase: int, X: "torch.Tensor",
         mask_a: the anchors' edited-region masks ``[B, 1, S, S]``; None: from
             ``A`` itself (phase 1). Phase 2 passes the frozen generator's.
         X0, A0: the frozen generator's frames and anchors, for the in-mask term.
+        mask_x: the frames' masks in phase 2; None: from ``X`` at the working size
+            (the reference computes them at the full resolution).
 
     Returns:
         ``photo``, ``photo_l1``, ``cycle``, ``tv``, ``out`` (preservation) and
@@ -332,7 +334,10 @@ def pair_losses(lpips: Any, cfg: RefineConfig, phase: int, X: "torch.Tensor",
     mask_a_x, _ = warp_tensor(mask_a, f_xa)
     e_x, e_a = fb_error(f_xa, f_ax), fb_error(f_ax, f_xa)
     k = cfg.visibility_k
-    extra = mask_a_x if phase == 1 else lp_x_src.detach().clamp(0, 1)
+    if phase == 1:
+        extra = mask_a_x
+    else:
+        extra = (lp_x_src if mask_x is None else mask_x).detach().clamp(0, 1)
     v_x = (torch.exp(-k * e_x) + extra).clamp(0, 1) * in_x
     v_a = (torch.exp(-k * e_a) + mask_a).clamp(0, 1) * in_a
     lp_x = lpips.spatial_from_features(fx, lpips.feature_maps(A_on_x), size)
