@@ -1,5 +1,7 @@
 """The pipeline's stages, one module per STIT stage (``track``, ``align``,
-``invert``, ``pti``, ``edit``, ``stitch_tune``, ``paste``, ``report``), the stage
+``invert``, ``pti``, ``edit``, ``stitch_tune``, ``paste``, ``report``) and
+VideoEditGAN's temporal refinement (``refine``, between ``edit`` and
+``stitch_tune``), the stage
 contract (``contract``), the files each stage leaves (``outputs``), the pipeline
 definition and its loop (``pipeline``), and what several stages share (``crops``,
 ``mask``, ``batching``).

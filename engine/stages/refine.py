@@ -775,6 +775,7 @@ class RefineStage(Stage):
         import torch
 
         from engine.models.formats.native import save_network
+        from engine.quality.flow import raft_weights_path
         from engine.stages.edit import freeze_fine
         from engine.stages.pti import TargetCache
 
@@ -853,10 +854,15 @@ class RefineStage(Stage):
 
         G_ref, lat_ref = tuner.result()
         ctx.report(0.9, "measuring the warping error before and after")
+        metrics_flow = ctx.config.metrics.flow
+        if metrics_flow == "raft" and raft_weights_path() is None:
+            ctx.warn("the refinement's warping error was measured with DIS flow: "
+                     "options.metrics.flow asks for RAFT, whose weights are not "
+                     "installed")
+            metrics_flow = "dis"
         ev = evaluate_refinement(G, lat_edit, G_ref, lat_ref, inputs.style_offsets,
                                  frames, clip.crop, lpips, device=dev,
-                                 batch=max(1, min(batch, 16)),
-                                 flow=ctx.config.metrics.flow,
+                                 batch=max(1, min(batch, 16)), flow=metrics_flow,
                                  abort=ctx.check_abort)
         save_npy(files.latents_path, lat_ref.astype(np.float32))
         atomic_write_bytes(files.frames_path, json.dumps({"frames": frames}).encode())
