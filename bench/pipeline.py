@@ -527,6 +527,7 @@ def bench_refine(inp: dict[str, Any], cfg: Any, epochs: tuple[int, int], device:
     return {"frames": n, "epochs": list(epochs), "batch": cfg.batch_size,
             "working_size": size, "dtype": dtype, **timing,
             "ours_pairs_per_minute": per_min(secs[f"ours_{dtype}"]),
+            "ours_float32_pairs_per_minute": per_min(secs["ours_float32"]),
             "ref_pairs_per_minute": per_min(secs["ref"]),
             "ours_seconds_per_phase": secs[f"ours_{dtype}"],
             "ref_seconds_per_phase": secs["ref"]}
@@ -829,11 +830,15 @@ def main(argv: list[str] | None = None) -> int:
               f"pairs) x {e1}+{e2} epochs, same latents, crops, networks, DIS flow "
               f"(medians of {args.repeat} rounds):")
         rr = bench_refine(inp, cfg.refine, (e1, e2), dev, dtype, args.repeat)
-        for name, sec, ratio, pm in (
-                ("reference loop (1 pair per step)", rr["ref_seconds"], 1.0,
-                 rr["ref_pairs_per_minute"]),
-                (f"ours ({rr['batch']} pairs per step, {dtype})", rr["ours_seconds"],
-                 rr["ratio"], rr["ours_pairs_per_minute"])):
+        loops = [("reference loop (1 pair per step, float32)", rr["ref_seconds"], 1.0,
+                  rr["ref_pairs_per_minute"]),
+                 (f"ours ({rr['batch']} pairs per step, {dtype})", rr["ours_seconds"],
+                  rr["ratio"], rr["ours_pairs_per_minute"])]
+        if dtype != "float32":
+            loops.append((f"ours ({rr['batch']} pairs per step, float32)",
+                          rr["ours_float32_seconds"], rr["ratio_float32"],
+                          rr["ours_float32_pairs_per_minute"]))
+        for name, sec, ratio, pm in loops:
             per = ", ".join(f"phase {k + 1} {v:.0f}" if v else f"phase {k + 1} -"
                             for k, v in enumerate(pm))
             print(f"  {name:<44} {sec:7.2f} s  frames/min: {per}  ratio "

@@ -1,5 +1,6 @@
-"""Our RAFT-large (engine/quality/flow.py) against torchvision's port of the same network, and
-the ``raft`` backend's loading of ``raft-things.pth``-style weights."""
+"""Our RAFT-large (engine/quality/flow.py) against torchvision's port of the same
+network (through the loader's key mapping), and the ``raft`` backend's loading of
+``raft-things.pth``-style weights."""
 
 from __future__ import annotations
 
