@@ -286,3 +286,43 @@ def test_refine_off_gives_todays_frames(base):
         assert a["sha256"] == b["sha256"]
         assert np.array_equal(read_image(ctx_a.job_dir / a["path"]),
                               read_image(ctx_b.job_dir / b["path"]))
+
+
+def test_progress_abort_and_resume_in_process(base):
+    """Progress names the phase; a stop request (``abort_fn``) leaves a checkpoint
+    the next attempt resumes from, and the result equals an uninterrupted run's."""
+    import dataclasses
+
+    from engine.stages.contract import StageAborted
+    from engine.stages.pipeline import run_pipeline, stages_for
+    from fsexchange.documents import Edit
+
+    opts = {**BASE, "refine": {"epochs_w": 2, "epochs_g": 2, "batch_size": 4,
+                               "weight_photo_l1": 1.0}}
+    edits = (Edit("age", -6.0),)
+    ctx_u, _ = _run(base, "whole", edits, opts)
+    ctx, _ = _run(base, "stopped", edits, opts, until="edit")
+    polls = {"n": 0}
+
+    def stop_soon() -> bool:  # one look before the stage, one per step: stop after
+        polls["n"] += 1  # 5 steps (phase 1: 2 epochs x 2 steps; phase 2: 1 step)
+        return polls["n"] > 6
+
+    seen: list[tuple[float, str]] = []
+    stopping = dataclasses.replace(ctx, abort_fn=stop_soon)
+    with pytest.raises(StageAborted):
+        run_pipeline(stages_for("stitch", until="refine"), stopping,
+                     progress=lambda i, f, m: seen.append((f, m)))
+    rf = ctx.files.refine
+    assert rf.checkpoint_path.exists() and not rf.done_path.exists()
+    msgs = [m for _, m in seen]
+    assert any("phase 1 epoch 1/2" in m for m in msgs)
+    assert any("phase 2 epoch 1/2" in m for m in msgs)
+    fractions = [f for f, m in seen if m.startswith("refine: phase")]
+    assert fractions == sorted(fractions) and 0 < fractions[-1] < 1
+    run_pipeline(stages_for("stitch", until="refine"), ctx)
+    assert ctx.info["refine_resumed_at"] == [2, 0]  # phase 2, epoch 0 (batch 1)
+    assert not rf.checkpoint_path.exists()
+    np.testing.assert_array_equal(np.load(rf.latents_path),
+                                  np.load(ctx_u.files.refine.latents_path))
+    assert rf.summary()["steps"] == ctx_u.files.refine.summary()["steps"]
