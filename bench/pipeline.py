@@ -12,7 +12,13 @@ What runs:
    reference's (docs/reference.md "PTI": batch 1, in order, one Adam step per frame per
    pass, LPIPS on both images every step), same pivots, crops, generator, LPIPS,
    loss and number of passes.
-3. **Stitching tuning, side by side**: our batched per-frame generators
+3. **Temporal refinement, side by side**: our loop
+   (:class:`engine.stages.refine.RefineTuner`: many (anchor, frame) pairs per step,
+   cached source features, masks at the working size) against a re-creation of
+   VideoEditGAN's (docs/reference.md "VideoEditGAN flow-based refinement": one pair
+   per step, masks from LPIPS at the full resolution every step), same latents,
+   crops, networks, flow (DIS) and epochs; frames (pairs) per minute per phase.
+4. **Stitching tuning, side by side**: our batched per-frame generators
    (:class:`engine.stages.stitch_tune.BatchedStitcher`: stacked per-frame copies through
    one grouped forward) against
    the reference's loop (:func:`engine.stages.stitch_tune.tune_reference`: a deep copy
@@ -21,22 +27,24 @@ What runs:
    same edit styles,
    crops, masks and steps.
 
-Ratios are reference seconds / our seconds for the same work (frames x passes, or
-frames x steps). The loops run in turn, ``--repeat`` rounds (default 3) after a
-short warm-up of each; printed are median seconds and the median of the rounds'
-ratios, so a drift in the machine's speed between minutes does not decide them.
+Ratios are reference seconds / our seconds for the same work (frames x passes,
+frames x steps, or pairs x epochs). The loops run in turn, ``--repeat`` rounds
+(default 3) after a short warm-up of each; printed are median seconds and the median
+of the rounds' ratios, so a drift in the machine's speed between minutes does not
+decide them.
 FLOPs are counted with ``torch.utils.flop_counter`` on one reference step (the work
 per frame-step is the same math in both), so achieved TFLOP/s = counted FLOPs x
 frame-steps / seconds.
 
 With ``--profile official`` and no official weights installed (or ``--synthetic``),
-parts 2 and 3 run at the official size (1024 px generator, LPIPS AlexNet at 1024)
+parts 2 to 4 run at the official size (1024 px generator, LPIPS AlexNet at 1024)
 with random weights and random targets: speed does not depend on the weights. That
 is the GPU measurement (frames per minute, TFLOP/s).
 
     python bench/pipeline.py --quick               # ~1.5 minutes on 2 idle CPU cores
     python bench/pipeline.py --quick --skip-pipeline --conv-time   # + the ceiling
     python bench/pipeline.py --frames 16 --pti-passes 10 --stitch-steps 30
+    python bench/pipeline.py --refine-epochs 10,3       # the README's epochs
     python bench/pipeline.py --profile official --device cuda --frames 16
 
 **Drafts** (``--draft``, docs/pipeline.md "Drafts"): a 5-frame x 5-strength draft
@@ -299,6 +307,7 @@ def real_inputs(jd: Path, profile: str, device: str) -> dict[str, Any]:
     styles = load_edit_styles(G_pti, files.edit, range(len(frames)), device)
     R = models.generator.img_resolution
     return {"G0": models.generator, "lpips": models.lpips, "pivots": pivots,
+            "edit_latents": np.load(files.edit.latents_path).astype(np.float32),
             "crops": crops, "targets": crops_to_tensor(crops, R, device=device),
             "border": torch.from_numpy(np.stack([m[1] for m in masks])).to(device),
             "content": torch.from_numpy(np.stack([m[2] for m in masks])).to(device),
@@ -327,7 +336,9 @@ def synthetic_inputs(frames: int, device: str, seed: int = 0) -> dict[str, Any]:
     _, border, content = stitch_masks(face)
     with torch.no_grad():
         styles = [s.detach() for s in G.styles(ws + 0.3 * torch.randn_like(ws))]
+    edit = 0.3 * torch.randn(1, G.num_ws, G.w_dim, device=device)  # one "direction"
     return {"G0": G, "lpips": lp, "pivots": ws.cpu().numpy().astype(np.float32),
+            "edit_latents": (ws + edit).cpu().numpy().astype(np.float32),
             "crops": crops, "targets": imgs,
             "border": torch.from_numpy(np.stack([border] * frames)).to(device),
             "content": torch.from_numpy(np.stack([content] * frames)).to(device),
@@ -388,6 +399,153 @@ def bench_pti(inp: dict[str, Any], cfg: Any, passes: int, device: str, dtype: st
             "flops_per_frame_step": flops,
             "ours_tflops": flops * work / t_ours / 1e12,
             "ref_tflops": flops * work / t_ref / 1e12}
+
+
+def reference_refine(G0: Any, lp: Any, rin: Any, crops: torch.Tensor, cfg: Any,
+                     device: str, seed: int = 0) -> tuple[Any, list[float]]:
+    """VideoEditGAN's refinement loop structure (docs/reference.md "VideoEditGAN
+    flow-based refinement"): one (anchor, frame) pair per optimiser step in a
+    shuffled order per epoch; every step renders the frame and the anchor, takes
+    their edited-region masks from spatial LPIPS against the aligned crops at the
+    full resolution, and the sources' LPIPS features afresh. The losses are the
+    engine's (:func:`engine.stages.refine.pair_losses`), so both loops do the same
+    math per pair. Returns the tuned generator and the seconds of each phase."""
+    import torch.nn.functional as F
+
+    from engine.nets.mapper import LevelsMapper
+    from engine.stages.pti import _locality_loss
+    from engine.stages.refine import (FlowSource, frozen_layer_names, pair_losses,
+                                      working_size)
+
+    size = working_size(G0.img_resolution, cfg)
+    flow = FlowSource("dis", "dis")
+    a = rin.anchor
+    others = [i for i in range(len(rin.frames)) if i != a]
+    torch.manual_seed(seed)
+    mapper = LevelsMapper(G0.w_dim, G0.num_ws, zero_last=cfg.mapper_zero_init).to(
+        device)
+    opt = torch.optim.Adam(mapper.parameters(), lr=cfg.lr_w)
+    seconds = [0.0, 0.0]
+
+    def shrink(x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, size=(size, size), mode="area")
+
+    def source(i: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        s = shrink(crops[i:i + 1])
+        return s, lp.feature_maps(s)
+
+    def mask(img: torch.Tensor, i: int) -> torch.Tensor:  # full resolution, nearest
+        return F.interpolate(lp.spatial(img, crops[i:i + 1]).detach(),
+                             size=(size, size), mode="nearest")
+
+    def w(i: int) -> torch.Tensor:
+        return torch.from_numpy(rin.latents[i:i + 1]).to(device)
+
+    for epoch in range(cfg.epochs_w):
+        t0 = time.perf_counter()
+        for i in np.random.default_rng([seed, 1, epoch]).permutation(others):
+            d_x, d_a = mapper(w(int(i))), mapper(w(a))
+            X = G0.synthesis(w(int(i)) + cfg.residual_scale * d_x)
+            A = G0.synthesis(w(a) + cfg.residual_scale * d_a)
+            terms = pair_losses(lp, cfg, 1, shrink(X), shrink(A), source(int(i)),
+                                source(a), flow, mask_a=mask(A, a))
+            loss = (cfg.weight_photo * terms["photo"] + cfg.weight_photo_l1
+                    * terms["photo_l1"] + cfg.reg_frame * (d_x.abs().mean()
+                                                           + d_a.abs().mean())
+                    + cfg.weight_cycle * terms["cycle"]
+                    + cfg.weight_out_mask_w * terms["out"]).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        seconds[0] += time.perf_counter() - t0
+    with torch.no_grad():
+        lat = [w(i) + cfg.residual_scale * mapper(w(i)) for i in range(len(rin.frames))]
+    G = copy.deepcopy(G0).requires_grad_(False)
+    frozen = frozen_layer_names(G, cfg.freeze_fine_layers)
+    for name, p in G.synthesis.named_parameters():
+        p.requires_grad_(".".join(name.split(".")[:2]) not in frozen)
+    opt = torch.optim.Adam([p for p in G.synthesis.parameters() if p.requires_grad],
+                           lr=cfg.lr_g)
+    t0 = time.perf_counter()
+    with torch.no_grad():  # the frozen generator's anchor mask, once (as there)
+        mask_a = mask(G0.synthesis(lat[a]), a)
+    seconds[1] += time.perf_counter() - t0
+    for epoch in range(cfg.epochs_g):
+        t0 = time.perf_counter()
+        for b, i in enumerate(np.random.default_rng([seed, 2, epoch]).permutation(
+                others)):
+            X, A = G.synthesis(lat[int(i)]), G.synthesis(lat[a])
+            terms = pair_losses(lp, cfg, 2, shrink(X), shrink(A), source(int(i)),
+                                source(a), flow, mask_a=mask_a,
+                                mask_x=mask(X, int(i)))
+            loss = (cfg.weight_photo * terms["photo"] + cfg.weight_photo_l1
+                    * terms["photo_l1"] + cfg.weight_cycle * terms["cycle"]
+                    + cfg.weight_out_mask_g * terms["out"]).sum()
+            loss = loss + cfg.reg_g * _locality_loss(G, G0, lp, lat[a], cfg,
+                                                     [seed, 2, epoch, b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        seconds[1] += time.perf_counter() - t0
+    return G, seconds
+
+
+def bench_refine(inp: dict[str, Any], cfg: Any, epochs: tuple[int, int], device: str,
+                 dtype: str, repeat: int = 1) -> dict[str, Any]:
+    """Our refinement loop against :func:`reference_refine`, same inputs and
+    epochs, DIS flow (the default without RAFT weights)."""
+    from engine.stages.refine import (FlowSource, RefineInputs, RefineTuner,
+                                      anchor_index, working_size)
+
+    G, lp = inp["G_pti"], inp["lpips"]
+    n = len(inp["pivots"])
+    lat = inp["edit_latents"]
+    rin = RefineInputs(list(range(n)), lat, lat - inp["pivots"], None,
+                       anchor_index(n))
+    cfg = replace(cfg, flow="dis", epochs_w=epochs[0], epochs_g=epochs[1],
+                  strength_matched_anchor=False,  # one anchor, as the reference
+                  batch_size=resolve_batch(cfg.batch_size, "refine",
+                                           G.img_resolution, device, n - 1))
+    size = working_size(G.img_resolution, cfg)
+    secs: dict[str, list[float]] = {}
+
+    def ours(dt: str) -> RefineTuner:
+        sources = TargetCache(_ArrayClip(inp["crops"]), size, device, lp,
+                              limit=cfg.cache_frames)
+        tuner = RefineTuner(G, lp, rin, sources, cfg, FlowSource("dis", "dis"),
+                            device=device, dtype=dt)
+        while not tuner.done:
+            tuner.step()
+        secs[f"ours_{dt}"] = list(tuner.state["seconds"])
+        return tuner
+
+    def ref() -> Any:
+        G_ref, s = reference_refine(G, lp, rin, inp["targets"], cfg, device)
+        secs["ref"] = s
+        return G_ref
+
+    def warm(dt: str) -> None:
+        sources = TargetCache(_ArrayClip(inp["crops"]), size, device, lp, limit=4)
+        tuner = RefineTuner(G, lp, rin, sources, replace(cfg, epochs_w=1, epochs_g=1),
+                            FlowSource("dis", "dis"), device=device, dtype=dt)
+        tuner.step()
+
+    reference_refine(G, lp, RefineInputs([0, 1], lat[:2], (lat - inp["pivots"])[:2],
+                                         None, 0), inp["targets"][:2],
+                     replace(cfg, epochs_w=1, epochs_g=1), device)
+    last, timing = _side_by_side(ref, ours, warm, dtype, repeat, device)
+    pairs = (n - 1) * np.array(epochs, dtype=float)
+
+    def per_min(s: list[float]) -> list[float | None]:
+        return [60 * p / x if x > 0 else None for p, x in zip(pairs, s)]
+
+    return {"frames": n, "epochs": list(epochs), "batch": cfg.batch_size,
+            "working_size": size, "dtype": dtype, **timing,
+            "ours_pairs_per_minute": per_min(secs[f"ours_{dtype}"]),
+            "ours_float32_pairs_per_minute": per_min(secs["ours_float32"]),
+            "ref_pairs_per_minute": per_min(secs["ref"]),
+            "ours_seconds_per_phase": secs[f"ours_{dtype}"],
+            "ref_seconds_per_phase": secs["ref"]}
 
 
 def _warm_pti(inp: dict[str, Any], cfg: Any, device: str, dtype: str) -> None:
@@ -746,6 +904,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="passes over all frames, both loops (reference default 80)")
     p.add_argument("--stitch-steps", type=int, default=30,
                    help="steps per frame, both loops (reference default 100)")
+    p.add_argument("--refine-epochs", default="2,1", metavar="E1,E2",
+                   help="temporal refinement epochs of phase 1 and 2, both loops "
+                   "(the README's are 10,3)")
     p.add_argument("--pti-batch", type=int, help="our PTI mini-batch (default: "
                    "options default)")
     p.add_argument("--stitch-batch", type=int, help="our stitching batch (default: "
@@ -758,8 +919,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-pipeline", action="store_true",
                    help="only the side-by-side loops")
     p.add_argument("--quick", action="store_true",
-                   help="12 frames, 10 PTI passes, 30 stitching steps (about 1.5 "
-                   "minutes on 2 idle CPU cores)")
+                   help="12 frames, 10 PTI passes, 30 stitching steps, refinement "
+                   "2+1 epochs (about 2 minutes on 2 idle CPU cores)")
     p.add_argument("--memory", action="store_true",
                    help="also measure the memory of one PTI / stitching step at the "
                    "official size (batch 1 and 2; a few minutes on a CPU)")
@@ -788,6 +949,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.frames, args.pti_passes, args.stitch_steps = 12, 10, 30
+        args.refine_epochs = "2,1"
+    try:
+        e1, e2 = (int(v) for v in args.refine_epochs.split(","))
+    except ValueError:
+        p.error("--refine-epochs must be E1,E2, e.g. 10,3")
     dev = args.device
     if dev == "auto":
         dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -809,7 +975,8 @@ def main(argv: list[str] | None = None) -> int:
     options = {"profile": profile, "pti": {"steps": args.pti_passes,
                                            "batch_size": pti_cfg.batch_size},
                "stitch": {"steps": args.stitch_steps,
-                          "batch_size": st_cfg.batch_size}}
+                          "batch_size": st_cfg.batch_size},
+               "refine": {"epochs_w": e1, "epochs_g": e2}}
     print(f"device {dev}, torch {torch.__version__}, threads "
           f"{torch.get_num_threads()}, networks: "
           + ("official size (1024 px), random weights" if synthetic
@@ -853,6 +1020,23 @@ def main(argv: list[str] | None = None) -> int:
               + "; ".join(f"{k} {v['mse']:.4f} / {v['lpips']:.4f}"
                           for k, v in e.items())
               + f"  (lr: reference {pr['lr_ref']:.1e}, ours {pr['lr_ours']:.1e})")
+        print(f"\nTemporal refinement, {args.frames} frames ({args.frames - 1} "
+              f"pairs) x {e1}+{e2} epochs, same latents, crops, networks, DIS flow "
+              f"(medians of {args.repeat} rounds):")
+        rr = bench_refine(inp, cfg.refine, (e1, e2), dev, dtype, args.repeat)
+        loops = [("reference loop (1 pair per step, float32)", rr["ref_seconds"], 1.0,
+                  rr["ref_pairs_per_minute"]),
+                 (f"ours ({rr['batch']} pairs per step, {dtype})", rr["ours_seconds"],
+                  rr["ratio"], rr["ours_pairs_per_minute"])]
+        if dtype != "float32":
+            loops.append((f"ours ({rr['batch']} pairs per step, float32)",
+                          rr["ours_float32_seconds"], rr["ratio_float32"],
+                          rr["ours_float32_pairs_per_minute"]))
+        for name, sec, ratio, pm in loops:
+            per = ", ".join(f"phase {k + 1} {v:.0f}" if v else f"phase {k + 1} -"
+                            for k, v in enumerate(pm))
+            print(f"  {name:<44} {sec:7.2f} s  frames/min: {per}  ratio "
+                  f"{ratio:.2f}x")
         print(f"\nStitching tuning, {args.frames} frames x {args.stitch_steps} steps "
               f"(medians of {args.repeat} rounds):")
         sr = bench_stitch(inp, st_cfg, args.stitch_steps, dev, dtype, args.repeat,
@@ -878,7 +1062,7 @@ def main(argv: list[str] | None = None) -> int:
             pr["ours_float32_seconds"] + sr["ours_float32_seconds"])
         print(f"\nPTI + stitching together: ratio {both:.2f}x ({dtype})"
               + (f", {both32:.2f}x in float32" if dtype != "float32" else ""))
-        out.update(pti=pr, stitch=sr, combined_ratio=both,
+        out.update(pti=pr, stitch=sr, refine=rr, combined_ratio=both,
                    combined_ratio_float32=both32, dtype=dtype)
         if args.memory:
             print("\nMemory of one step at the official size (1024 px), above the "

@@ -32,7 +32,7 @@ from fsexchange.exchange import (FINAL_STATES, JOB_FILE, PROGRESS_FILE, RESERVED
                                  RESULT_FILE, STATE_FOLDERS, Exchange)
 from fsexchange.fsutil import fsync_dir, open_regular
 from fsexchange.grammar import check_sweep_edits, parse_sweep
-from fsexchange.options import PipelineConfig
+from fsexchange.options import PipelineConfig, refine_options
 
 __all__ = [
     "new_job_id",
@@ -62,7 +62,7 @@ def build_job(*, source: Source, range: FrameRange, kind: str = "stitch",
               options: Mapping[str, Any] | None = None,
               output: OutputSpec | None = None, host: Mapping[str, Any] | None = None,
               job_id: str | None = None, id_prefix: str = "job",
-              priority: int | None = None) -> Job:
+              priority: int | None = None, refine: bool | None = None) -> Job:
     """The one way every client (CLI, OpenFX, Resolve, preview, demo) makes a job.
 
     Fills the id (:func:`new_job_id`) and the creation time (microseconds, so the
@@ -71,7 +71,9 @@ def build_job(*, source: Source, range: FrameRange, kind: str = "stitch",
     will (:meth:`fsexchange.options.PipelineConfig.from_options`, which parses a
     draft's sweep), so a bad value is refused before anything is queued.
     ``priority`` None: the kind's default (drafts high,
-    :func:`fsexchange.documents.default_priority`).
+    :func:`fsexchange.documents.default_priority`). A stitch job records whether
+    the temporal refinement runs (``options.refine.enabled``): ``refine`` when
+    given (the ``--no-refine`` switches), else what ``options`` say, else on.
 
     Raises:
         DocumentFieldError: a bad kind, option, edit, subject or priority.
@@ -81,6 +83,8 @@ def build_job(*, source: Source, range: FrameRange, kind: str = "stitch",
     if kind not in JOB_KINDS:
         raise DocumentFieldError(f"unknown job kind {kind!r}; known: "
                                  f"{', '.join(JOB_KINDS)}", field="kind")
+    if kind == "stitch":
+        options = refine_options(options, refine)
     cfg = PipelineConfig.from_options(dict(options or {}))
     if kind == "draft":
         sweep = parse_sweep(cfg.draft.sweep)

@@ -12,7 +12,9 @@ bridge's settings file, so the same text means the same job everywhere:
 - **edit**: ``NAME=STRENGTH`` or keyframes ``NAME=STRENGTH@FRAME,STRENGTH@FRAME,...``
   (STIT's strength convention); an **edit spec** is several edits separated by
   ``;`` or by a comma that starts the next ``NAME=``, or the word ``preview``
-  (an align-preview job: track, align and paste back without an edit);
+  (an align-preview job: track, align and paste back without an edit); a last
+  part ``no-refine`` (or ``refine``) switches the temporal refinement off (on)
+  for that job, e.g. ``age=-4; no-refine``;
 - **sweep**: ``NAME=FROM:TO:COUNT`` renders an edit at COUNT strengths from FROM to
   TO, both included (``age=-8:8:5`` = -8, -4, 0, 4, 8); several separated by ``;``
   (or repeated flags) make a grid, one row per combination, the first edit varying
@@ -47,10 +49,13 @@ __all__ = ["parse_range", "is_timecode_range", "timecode_range", "parse_subject"
            "PREVIEW_WORDS", "SweepAxis", "parse_sweep", "format_sweep", "sweep_rows",
            "sweep_row_label", "sweep_row_folder", "check_sweep_edits",
            "MAX_SWEEP_ROWS", "parse_frames", "parse_option", "parse_text_edit",
-           "text_edit_name"]
+           "text_edit_name", "REFINE_WORDS"]
 
 #: Edit-spec words that ask for an align-preview job instead of an edit.
 PREVIEW_WORDS = ("preview", "align-preview")
+#: Edit-spec words that switch the temporal refinement of a stitch job.
+REFINE_WORDS = {"no-refine": False, "refine": True}
+_REFINE_TAIL = re.compile(r"(?:^|[;,])\s*(no-refine|refine)\s*$", re.IGNORECASE)
 
 _TC = r"\d{1,2}[:;.]\d{2}[:;.]\d{2}[:;.]\d{2,3}"
 _TC_RANGE = re.compile(rf"^\s*({_TC})\s*-\s*({_TC})\s*$")
@@ -264,12 +269,14 @@ def split_edit_spec(text: str) -> list[str]:
 @dataclass(frozen=True)
 class EditChoice:
     """What to run: ``kind`` and its edits; ``spec`` is the text form; ``sweep``
-    the swept edits of a draft (empty otherwise)."""
+    the swept edits of a draft (empty otherwise); ``refine`` the spec's
+    ``no-refine`` / ``refine`` word (None: not said, the settings decide)."""
 
     kind: str
     edits: tuple[Edit, ...]
     spec: str
     sweep: tuple["SweepAxis", ...] = ()
+    refine: bool | None = None
 
 
 def _is_sweep_item(text: str) -> bool:
@@ -291,6 +298,12 @@ def parse_edit_spec(text: str | Iterable[str], *, known: Sequence[str] = (),
         EditUnknown: a name missing from ``known`` (when given).
     """
     parts = ([text] if isinstance(text, str) else list(text))
+    refine: bool | None = None
+    if parts:
+        m = _REFINE_TAIL.search(parts[-1])
+        if m:
+            refine = REFINE_WORDS[m.group(1).lower()]
+            parts = parts[:-1] + [parts[-1][:m.start()]]
     spec = "; ".join(p.strip() for p in parts if p.strip())
     if spec.lower() in PREVIEW_WORDS and not draft:
         return EditChoice("align-preview", (), "preview")
@@ -306,7 +319,10 @@ def parse_edit_spec(text: str | Iterable[str], *, known: Sequence[str] = (),
             raise EditUnknown(f"unknown edit '{name}'; installed: "
                               f"{', '.join(known)}", field="edits")
     if not draft:
-        return EditChoice("stitch", tuple(parse_edit(t) for t in texts), spec)
+        return EditChoice("stitch", tuple(parse_edit(t) for t in texts),
+                          spec + ("" if refine is None else
+                                  f"; {'refine' if refine else 'no-refine'}"),
+                          refine=refine)
     sweep = parse_sweep([t for t in texts if _is_sweep_item(t)])
     edits = tuple(parse_edit(t) for t in texts if not _is_sweep_item(t))
     check_sweep_edits(sweep, edits)

@@ -29,6 +29,9 @@ __all__ = [
     "PTIConfig",
     "EditConfig",
     "StitchConfig",
+    "RefineConfig",
+    "REFINE_FLOWS",
+    "refine_options",
     "PasteConfig",
     "MetricsConfig",
     "ColourConfig",
@@ -147,6 +150,89 @@ class StitchConfig:
     tune: bool = True
 
 
+#: ``options.refine.flow`` values: RAFT in the autograd graph when its weights are
+#: installed, else OpenCV DIS on detached frames (auto); or one of them by name.
+REFINE_FLOWS = ("auto", "raft", "dis")
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """VideoEditGAN's flow-based refinement (stage ``refine``, between ``edit`` and
+    ``stitch_tune``). Defaults: the README's in-domain command (docs/reference.md
+    "Refinement settings"); FaceStitch's own choices say so (docs/pipeline.md
+    "Temporal refinement")."""
+
+    enabled: bool = True  # runs in stitch jobs unless `facestitch submit --no-refine`
+    flow: str = "auto"  # "auto" | "raft" | "dis" (REFINE_FLOWS)
+    flow_scale: int = 4  # README --scale_factor 4: flow and loss at R/4 (256 at 1024)
+    # ours: at least this many px (LPIPS-alex and DIS need room; tiny profile only)
+    min_flow_size: int = 64
+    raft_iters: int = 20  # RAFT updates (docs/reference.md "Flow network")
+    batch_size: int = 0  # (anchor, frame) pairs per step (reference 1); 0 = auto
+    # Adam lr x pairs per step (linear scaling, as pti.lr_batch_scaling)
+    lr_batch_scaling: bool = True
+    visibility_k: float = 5.0  # V = exp(-5 e), forward-backward error e in pixels
+    # ours: the anchor re-rendered at each frame's edit strength, so keyframed edits
+    # keep their curve (docs/pipeline.md "Temporal refinement"); False = reference
+    strength_matched_anchor: bool = True
+    weight_photo: float = 1.0  # README --weight_photo
+    # ours: an L1 term on the same masked pairs, for LPIPS without a perceptual
+    # backbone (the tiny profile's); 0 = the reference's LPIPS-only photometric loss
+    weight_photo_l1: float = 0.0
+    weight_cycle: float = 10.0  # README --weight_cycle
+    weight_tv_flow: float = 0.0  # README --weight_tv_flow
+    lr_step_epochs_w: int = 50  # StepLR(50, 0.5) in phase 1
+    lr_step_epochs_g: int = 100  # StepLR(100, 0.5) in phase 2
+    lr_gamma: float = 0.5
+    # phase 1: latent residual mapper (StyleCLIP LevelsMapper), generator frozen
+    epochs_w: int = 10  # README --epochs_w
+    lr_w: float = 1e-3  # README --lr
+    residual_scale: float = 0.04  # s in w' = w + s MLP(w) (0.05 only for eyeglasses)
+    # ours: the mapper's last layers start at zero (w' = w_edit before training);
+    # False = the reference's random start
+    mapper_zero_init: bool = True
+    reg_frame: float = 0.2  # README --reg_frame: weight of mean |MLP(w)|
+    weight_out_mask_w: float = 0.5  # README --weight_out_mask (phase 1 uses it as is)
+    # phase 2: generator fine-tuning, latents fixed to phase 1's
+    epochs_g: int = 3  # README --epochs_G
+    lr_g: float = 1e-4  # README --lr_G
+    weight_out_mask_g: float = 7.5  # README 0.5 x 15 (the code's phase-2 factor)
+    weight_in_mask: float = 0.0  # README --weight_in_mask
+    reg_g: float = 100.0  # README --reg_G: weight of PTI's locality regulariser
+    locality_alpha: float = 30.0  # PTI locality regulariser (docs/reference.md "PTI")
+    locality_l2: float = 0.1
+    locality_lpips: float = 0.1
+    # ours (the paper; the reference code trains every layer): the W+ layers from
+    # num_ws - 8 on (128 px and finer at 1024) stay frozen, against blur
+    freeze_fine_layers: int = 8
+    checkpoint_every: int = 5  # epochs between resumable checkpoints
+    checkpoint_seconds: float = 120.0  # also checkpoint this often (0 = off)
+    cache_frames: int = 64  # aligned crops kept decoded (the rest re-read)
+
+    def __post_init__(self) -> None:
+        if self.flow not in REFINE_FLOWS:
+            raise DocumentFieldError(
+                f"options.refine.flow must be one of {', '.join(REFINE_FLOWS)}, got "
+                f"{self.flow!r}", field="options.refine.flow")
+        if self.flow_scale < 1:
+            raise DocumentFieldError("options.refine.flow_scale must be >= 1",
+                                     field="options.refine.flow_scale")
+
+
+def refine_options(options: Mapping[str, Any] | None, enabled: bool | None = None
+                   ) -> dict[str, Any]:
+    """``options`` with ``refine.enabled`` recorded: ``enabled`` when given (the
+    ``--no-refine`` switches), else what the options say, else the default (on)."""
+    out = dict(options or {})
+    section = out.get("refine")
+    section = dict(section) if isinstance(section, Mapping) else {}
+    if enabled is not None:
+        section["enabled"] = bool(enabled)
+    section.setdefault("enabled", RefineConfig.enabled)
+    out["refine"] = section
+    return out
+
+
 @dataclass(frozen=True)
 class PasteConfig:
     preview_codec: str = "libx264"
@@ -201,6 +287,7 @@ _SECTIONS = {
     "pti": PTIConfig,
     "edit": EditConfig,
     "stitch": StitchConfig,
+    "refine": RefineConfig,
     "paste": PasteConfig,
     "metrics": MetricsConfig,
     "colour": ColourConfig,
@@ -281,6 +368,35 @@ OPTION_RANGES: dict[str, Range] = {
     "stitch.content_weight": Range(0, 1e6),
     "stitch.border_loss_threshold": Range(0, 1e6),
     "stitch.batch_size": Range(0, 1024),
+    "refine.flow_scale": Range(1, 64),
+    "refine.min_flow_size": Range(8, 4096),
+    "refine.raft_iters": Range(1, 1000),
+    "refine.batch_size": Range(0, 1024),
+    "refine.visibility_k": Range(0, 1e6),
+    "refine.weight_photo": Range(0, 1e6),
+    "refine.weight_photo_l1": Range(0, 1e6),
+    "refine.weight_cycle": Range(0, 1e6),
+    "refine.weight_tv_flow": Range(0, 1e6),
+    "refine.lr_step_epochs_w": Range(1, 100_000),
+    "refine.lr_step_epochs_g": Range(1, 100_000),
+    "refine.lr_gamma": Range(0, 1, above=True),
+    "refine.epochs_w": Range(0, 100_000),
+    "refine.lr_w": Range(0, 1, above=True),
+    "refine.residual_scale": Range(0, 1000),
+    "refine.reg_frame": Range(0, 1e6),
+    "refine.weight_out_mask_w": Range(0, 1e6),
+    "refine.epochs_g": Range(0, 100_000),
+    "refine.lr_g": Range(0, 1, above=True),
+    "refine.weight_out_mask_g": Range(0, 1e6),
+    "refine.weight_in_mask": Range(0, 1e6),
+    "refine.reg_g": Range(0, 1e6),
+    "refine.locality_alpha": Range(0, 1e6),
+    "refine.locality_l2": Range(0, 1e6),
+    "refine.locality_lpips": Range(0, 1e6),
+    "refine.freeze_fine_layers": Range(0, 64),
+    "refine.checkpoint_every": Range(0, 100_000),
+    "refine.checkpoint_seconds": Range(0, 86_400),
+    "refine.cache_frames": Range(0, 1_000_000),
     "draft.count": Range(1, 64),
     "draft.pti_steps": Range(0, 10_000),
     "draft.tile": Range(32, 1024),
@@ -356,6 +472,7 @@ class PipelineConfig:
     pti: PTIConfig = field(default_factory=PTIConfig)
     edit: EditConfig = field(default_factory=EditConfig)
     stitch: StitchConfig = field(default_factory=StitchConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
     paste: PasteConfig = field(default_factory=PasteConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     colour: ColourConfig = field(default_factory=ColourConfig)

@@ -26,6 +26,7 @@ import logging
 from typing import Any, Mapping
 
 from fsexchange.errors import FaceStitchError
+from fsexchange.options import refine_options
 
 from host_bridge.config import BridgeConfig
 from host_bridge.engine_cli import installed_edit_names
@@ -64,8 +65,12 @@ def _send(session: Any, cfg: BridgeConfig, ui: Prompter) -> tuple[str, bool]:
     choice = ui.choose_edit(installed_edits(cfg), default)
     if choice is None:
         raise Cancelled("Nothing was sent.")
+    options = dict(cfg.options)
+    if choice.kind == "stitch":  # the dialog's no-refine word, else the settings
+        options = refine_options(options, cfg.refine if choice.refine is None
+                                 else choice.refine)
     opts = SendOptions(kind=choice.kind, edits=choice.edits, handles=cfg.handles,
-                       options=dict(cfg.options), track_locally=cfg.track_locally)
+                       options=options, track_locally=cfg.track_locally)
 
     def choose_face(shot: Any, found: Any) -> int | None:
         return ui.choose_face(shot.describe(), describe_faces(found))

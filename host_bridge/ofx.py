@@ -316,7 +316,8 @@ def _size_text(size: tuple[int, int] | None) -> str:
 def build_ofx_job(folder: str | os.PathLike[str], job_id: str, rate: Fraction, *,
                   kind: str = "stitch", edits: tuple[Edit, ...] = (),
                   subject: Subject = Subject(), source_path: str | None = None,
-                  options: dict | None = None, priority: int | None = None) -> Job:
+                  options: dict | None = None, priority: int | None = None,
+                  refine: bool | None = None) -> Job:
     """A job for frames exported by the shim. Results are ``pam16`` numbered like the
     exported frames (``start_number`` = the first file number), so Composite mode
     reads them back with the same Frame offset that Export used.
@@ -324,6 +325,7 @@ def build_ofx_job(folder: str | os.PathLike[str], job_id: str, rate: Fraction, *
     Args:
         source_path: what ``Job.source.path`` says (default: the folder, absolute;
             the engine reads it when it lies under the exchange or a media root).
+        refine: False skips the temporal refinement (``--no-refine``).
     """
     numbers = exported_frames(folder)
     return build_job(
@@ -333,4 +335,4 @@ def build_ofx_job(folder: str | os.PathLike[str], job_id: str, rate: Fraction, *
         options=options, output=OutputSpec(format="pam16", name="facestitch",
                                            start_number=numbers[0]),
         host={"app": "ofx", "plugin": PLUGIN_ID, "first_number": numbers[0],
-              "frames": len(numbers)}, priority=priority)
+              "frames": len(numbers)}, priority=priority, refine=refine)

@@ -50,7 +50,8 @@ def _edit_prompt(names: Sequence[str], draft: bool = False) -> str:
                 "NAME=FROM:TO:COUNT (age=-8:8:5 shows -8, -4, 0, 4, 8); several "
                 f"edits comma separated.\nEdits: {listed}")
     return ("Edit to apply as NAME=STRENGTH (several: comma separated), or 'preview' "
-            f"to check the face track only.\nEdits: {listed}")
+            "to check the face track only. Add '; no-refine' to skip the temporal "
+            f"refinement.\nEdits: {listed}")
 
 
 def _strength_prompt(sheet: str, labels: Sequence[str]) -> str:

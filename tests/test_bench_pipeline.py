@@ -30,7 +30,14 @@ def test_bench_pipeline_side_by_side_small(tmp_path):
         env={**os.environ, "FACESTITCH_HOME": str(env_home)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     fig = json.loads(out.read_text())
-    assert {r["stage"] for r in fig["stages"]} >= {"pti", "stitch_tune", "paste"}
+    assert {r["stage"] for r in fig["stages"]} >= {"pti", "refine", "stitch_tune",
+                                                   "paste"}
+    rf = fig["refine"]  # the refinement against the one-pair-per-step loop
+    assert rf["frames"] == 3 and rf["epochs"] == [2, 1] and rf["rounds"] == 2
+    assert rf["ratio"] > 0 and rf["batch"] == 2
+    for loop in ("ours", "ref"):
+        assert len(rf[f"{loop}_pairs_per_minute"]) == 2
+        assert all(v > 0 for v in rf[f"{loop}_pairs_per_minute"])
     for part in ("pti", "stitch"):
         f = fig[part]
         assert f["rounds"] == 2 and f["frames"] == 3
@@ -50,6 +57,7 @@ def test_bench_pipeline_side_by_side_small(tmp_path):
     assert err["ref"]["mse"] < err["before"]["mse"]
     assert err["ours_float32"]["mse"] < err["before"]["mse"]
     assert "ratio" in proc.stdout and "medians of 2 rounds" in proc.stdout
+    assert "Temporal refinement, 3 frames (2 pairs) x 2+1 epochs" in proc.stdout
     assert "nothing but our convolutions left" in proc.stdout
 
 

@@ -206,7 +206,8 @@ def naive(tmp_path_factory):
         mp.setenv("FACESTITCH_HOME", str(work / "home"))
         clip = make_clip(work, 4)
         options = {**FAST_OPTIONS, "pti": {**FAST_OPTIONS["pti"], "steps": 1},
-                   "stitch": {"tune": False}, "metrics": {"enabled": False}}
+                   "stitch": {"tune": False}, "metrics": {"enabled": False},
+                   "refine": {"enabled": False}}  # STIT's edit_video.py, unrefined
         ex = work / "ex"
         jid = submit(ex, make_job("naive1", 4, edits=(Edit("age", -8.0),),
                                   options=options), clip)
@@ -227,7 +228,8 @@ def test_no_stitch_pastes_the_edited_faces_naively(naive):
     st = naive["status"]
     folder = st.folder
     assert [s.name for s in st.result.stages] == [
-        "track", "align", "invert", "pti", "edit", "render", "paste", "report"]
+        "track", "align", "invert", "pti", "edit", "refine", "render", "paste",
+        "report"]
     files = JobFiles(folder)
     assert not files.stitch_tune.folder.exists()
     clip = files.align.clip()

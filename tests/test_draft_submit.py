@@ -111,8 +111,8 @@ def test_submit_no_stitch_and_priority(clip, tmp_path):
     assert main(["submit", str(clip), "--exchange", str(ex), "--edit", "age=-4",
                  "--no-stitch", "--priority", "7"]) == 0
     job = _the_job(ex)
-    assert (job.kind, job.priority, job.options) == ("stitch", 7,
-                                                     {"stitch": {"tune": False}})
+    assert (job.kind, job.priority, job.options) == (
+        "stitch", 7, {"stitch": {"tune": False}, "refine": {"enabled": True}})
 
 
 @pytest.mark.parametrize("args,code", [

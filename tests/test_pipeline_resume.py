@@ -32,7 +32,8 @@ LEASE = 6.0
 OPTIONS = dict(FAST_OPTIONS, pti=dict(FAST_OPTIONS["pti"], steps=24,
                                       checkpoint_every=2),
                stitch=dict(FAST_OPTIONS["stitch"], steps=24),
-               metrics={"enabled": False})
+               metrics={"enabled": False},
+               refine={"enabled": False})  # its resume: tests/test_refine_resume.py
 
 
 def _frames(folder):

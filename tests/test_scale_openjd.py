@@ -57,7 +57,7 @@ def test_template_validates_and_has_the_pipeline_steps(tmp_path):
     assert names == ["claim", "track", "track merge", "align", "align merge",
                      "invert",
                      "invert merge", "pti",
-                     "edit", "stitch_tune", "stitch_tune merge", "paste",
+                     "edit", "refine", "stitch_tune", "stitch_tune merge", "paste",
                      "paste merge", "report", "publish"]
     by_name = {s["name"]: s for s in doc["steps"]}
     shard = by_name["stitch_tune"]

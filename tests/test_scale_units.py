@@ -63,6 +63,7 @@ def test_unit_before_its_earlier_stages_names_them(work):
     assert [(s["stage"], s["split"], s["complete"]) for s in listed["stages"]] == [
         ("track", "frames", False), ("align", "frames", False),
         ("invert", "frames", False), ("pti", "one", False), ("edit", "one", False),
+        ("refine", "one", False),
         ("stitch_tune", "frames", False), ("paste", "frames", False),
         ("report", "one", False)]
 

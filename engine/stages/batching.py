@@ -33,8 +33,10 @@ __all__ = ["MAX_AUTO_BATCH", "PER_FRAME_GIB_1024", "auto_batch", "resolve_batch"
 #: the largest automatic batch (past it a step gains little; bench/pipeline.py)
 MAX_AUTO_BATCH = 16
 
-#: GiB per frame of one training step at 1024 px, float32 (bench --memory)
-PER_FRAME_GIB_1024 = {"pti": 4.0, "stitch": 2.5}
+#: GiB per frame of one training step at 1024 px, float32 (bench --memory); for
+#: "refine" per (anchor, frame) pair: two PTI-like renders, no 1024 px LPIPS (an
+#: estimate, not measured)
+PER_FRAME_GIB_1024 = {"pti": 4.0, "stitch": 2.5, "refine": 6.0}
 
 _GIB = 1 << 30
 

@@ -1,8 +1,8 @@
 """The stage contract: what every pipeline stage receives and must honour.
 
 A stage is one pipeline noun (``track``, ``align``, ``invert``, ``pti``, ``edit``,
-``stitch_tune``, ``paste``, ``report``) living in its own module with its own frozen
-config. It reads the outputs of earlier stages through ``ctx.files`` (typed
+``refine``, ``stitch_tune``, ``paste``, ``report``) living in its own module with its
+own frozen config. It reads the outputs of earlier stages through ``ctx.files`` (typed
 accessors, :mod:`engine.stages.outputs`), writes its own outputs into
 ``ctx.stage_dir(self.name)``, reports progress through ``ctx.report`` and polls
 ``ctx.check_abort()`` often (at least once a second of work). Inputs and outputs are

@@ -23,6 +23,11 @@ Layout (each folder also holds ``DONE.msgpack`` once its stage completed)::
     stages/edit/latents.npy frames.json   edited W+ latents; styles.npz (S edits)
                 curves.json               each edit's strength on every frame
                 text_directions.npz       S directions of text edits (e<index>)
+    stages/refine/latents.npy frames.json refined W+ latents; styles.npz (S edits)
+                  generator.pt(.json)     the refined generator (phase 2)
+                  summary.json            losses, settings, metrics before/after
+                  scanline_*.png          x–t slices through the face (report)
+                  checkpoint.pt           resumable state while running
     stages/stitch_tune/crops/ alpha/      tuned crops (16-bit) and paste alphas
                        summary.json       border losses and curves
     stages/render/crops/ alpha/           --no-stitch: the edit rendered untuned
@@ -57,7 +62,7 @@ if TYPE_CHECKING:
 
 __all__ = ["STAGES_DIR", "DONE_FILE", "crop_name", "JobFiles", "TrackFiles",
            "AlignFiles", "AlignedClip", "InvertFiles", "PTIFiles", "EditFiles",
-           "StitchFiles", "RenderFiles", "PasteFiles"]
+           "RefineFiles", "StitchFiles", "RenderFiles", "PasteFiles"]
 
 log = logging.getLogger(__name__)
 
@@ -313,6 +318,45 @@ class EditFiles(_StageFiles):
 
 
 @dataclass(frozen=True)
+class RefineFiles(EditFiles):
+    """The ``refine`` stage's folder. Its latent files are laid out as the edit
+    stage's (``latents.npy``, ``styles.npz``, ``frames.json``; no curves), so
+    stitching tuning reads either through one code path; :meth:`ready` says
+    whether refinement ran (a job with ``options.refine.enabled`` false leaves only
+    ``DONE.msgpack``)."""
+
+    @property
+    def generator_path(self) -> Path:
+        return self.folder / "generator.pt"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.folder / "summary.json"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.folder / "checkpoint.pt"
+
+    def scanline_path(self, which: str) -> Path:
+        """``which``: "source", "before" (the direct edit) or "after"."""
+        return self.folder / f"scanline_{which}.png"
+
+    def ready(self) -> bool:
+        """True when the stage completed with refined latents and a generator."""
+        return (self.done_path.is_file() and self.latents_path.is_file()
+                and self.generator_path.is_file())
+
+    def generator(self, device: str = "cpu") -> "Generator":
+        """The refined generator (eval mode, no gradients)."""
+        from engine.models.checkpoints import load_generator
+
+        return load_generator(self.generator_path, device=device)
+
+    def summary(self) -> dict[str, Any] | None:
+        return _read_json(self.summary_path)
+
+
+@dataclass(frozen=True)
 class StitchFiles(_StageFiles):
     @property
     def crops_dir(self) -> Path:
@@ -418,6 +462,10 @@ class JobFiles:
     @property
     def edit(self) -> EditFiles:
         return EditFiles(self.stage_dir("edit"))
+
+    @property
+    def refine(self) -> RefineFiles:
+        return RefineFiles(self.stage_dir("refine"))
 
     @property
     def stitch_tune(self) -> StitchFiles:

@@ -55,6 +55,8 @@ PIPELINES: dict[str, tuple[str, ...]] = {
         "engine.stages.invert:InvertStage",
         "engine.stages.pti:PTIStage",
         "engine.stages.edit:EditStage",
+        # VideoEditGAN's flow-based refinement (options.refine.enabled, on by default)
+        "engine.stages.refine:RefineStage",
         "engine.stages.stitch_tune:StitchTuneStage",
         # stitch.tune off (--no-stitch) replaces stitching tuning by this naive
         # render of the edit (STIT's edit_video.py); Stage.applies decides

@@ -3,7 +3,8 @@
 
 A full job with ``stitch.tune`` off runs this stage instead of stitching tuning:
 per frame the PTI generator renders the edited latents (or the edited styles of
-an S-space edit), and the paste alpha is the face mask itself, undilated, as
+an S-space edit; the refined generator and latents when the refinement ran), and
+the paste alpha is the face mask itself, undilated, as
 ``edit_video.py`` pastes (feathered when ``mask.feather`` is on). The seams that
 stitching tuning exists to hide stay visible: this is the fast path, and the
 paper's ablation, not the recommended output.
@@ -62,6 +63,8 @@ class RenderStage(Stage):
         frames = edit.frames()
         clip = ctx.files.align.clip()
         G = ctx.files.pti.generator(ctx.device)
+        if ctx.files.refine.ready():  # the refined generator and latents, as stitching
+            G, edit = ctx.files.refine.generator(ctx.device), ctx.files.refine
         ctx.stage_dir(self.name)
         files = ctx.files.render
         done = 0

@@ -11,6 +11,10 @@ job folder:
   reconstruction, edit, stitched (tuned) crop, the paste alpha, final composite;
 - PTI loss per pass, stitching border loss per step, edit strength curves (SVG);
 - reconstruction error before/after PTI, border error naive/tuned;
+- the temporal refinement (``refine``): both phases' losses per step, the warping
+  error and LPIPS to the direct edit of the aligned edited frames before and
+  after, which flow ran, and x–t slices through the face (source, direct edit,
+  refined) where flicker shows as ragged vertical streaks;
 - per-stage timings (from each stage's ``DONE.msgpack``), the models used, warnings;
 - the temporal metrics of :mod:`engine.quality.metrics` (TL-ID, TG-ID, warping error) of
   the composited result against the source, with their per-frame plot.
@@ -281,6 +285,7 @@ class ReportStage(Stage):
                    ("inversion (e4e)", files.invert.preview_dir),
                    ("PTI reconstruction", files.pti.preview_dir),
                    ("edit", files.edit.preview_dir),
+                   ("refined", files.refine.preview_dir),
                    ("stitched", files.stitch_tune.crops_dir),
                    ("alpha", files.stitch_tune.alpha_dir),
                    # --no-stitch: the edit as rendered, and its naive alpha
@@ -350,6 +355,9 @@ class ReportStage(Stage):
             out.append(("PTI", chart + table + f"<p class='small'>{pti.get('frames')} "
                         f"frames, batch {pti.get('batch_size')}, lr {pti.get('lr')}"
                         "</p>"))
+        refine = _refine_section(files)
+        if refine:
+            out.append(refine)
         sm = files.stitch_tune.summary()
         if sm:
             series = {"mean border loss": sm.get("mean_curve") or []}
@@ -391,3 +399,62 @@ class ReportStage(Stage):
         rows = [[html.escape(str(k)), html.escape(json.dumps(v) if not isinstance(
             v, str) else v)] for k, v in models.items()]
         return _table(rows, ["", ""])
+
+
+def _refine_section(files: JobFiles) -> tuple[str, str] | None:
+    """The temporal refinement: losses, before/after figures, x–t slices."""
+    done = files.done("refine")
+    if done is None:
+        return None
+    if not done.facts.get("enabled", True) or done.facts.get("skipped"):
+        why = done.facts.get("skipped") or "off for this job (options.refine.enabled)"
+        return ("Temporal refinement", f"<p>{html.escape(str(why))}</p>")
+    sm = files.refine.summary()
+    if not sm:
+        return None
+    steps = sm.get("steps") or []
+    series: dict[str, list[float | None]] = {}
+    for phase, label in ((1, "phase 1 (latent mapper)"), (2, "phase 2 (generator)")):
+        series[f"{label}: total"] = [s["loss"] if s.get("phase") == phase else None
+                                     for s in steps]
+    series["photometric (LPIPS)"] = [s.get("photo") for s in steps]
+    series["preservation"] = [s.get("out") for s in steps]
+    chart = line_chart_svg(series, title="Temporal refinement: loss per step (both "
+                           "phases)", xlabel="step", x0=1, log_y=True)
+    ev = sm.get("evaluation") or {}
+    table = _table([
+        ["warping error, aligned edited frames", _num(ev.get("warp_error_before")),
+         _num(ev.get("warp_error_after"))],
+        ["LPIPS to the direct edit", "0", _num(ev.get("lpips_to_direct_edit"))],
+        ["warping error of the aligned source", _num(ev.get("warp_error_source")),
+         ""]], ["", "direct edit", "refined"])
+    st = sm.get("settings") or {}
+    e1, e2 = (sm.get("epochs") or [None, None])[:2]
+    lr1, lr2 = (sm.get("lr") or [None, None])[:2]
+    note = (f"<p class='small'>Flow: {html.escape(str(sm.get('flow_name')))} at "
+            f"{sm.get('working_size')} px; anchor frame {sm.get('anchor')}; "
+            f"{e1} + {e2} epochs, {sm.get('batch_size')} pairs per step, lr "
+            f"{_num(lr1)} / {_num(lr2)}"
+            f"; photometric {_num(st.get('weight_photo'))}·LPIPS"
+            + (f" + {_num(st.get('weight_photo_l1'))}·L1"
+               if st.get("weight_photo_l1") else "")
+            + f", cycle {_num(st.get('weight_cycle'))}, preservation "
+            f"{_num(st.get('weight_out_mask_w'))} / {_num(st.get('weight_out_mask_g'))}"
+            f", locality {_num(st.get('reg_g'))}. Warping error: consecutive aligned "
+            f"frames, flow and occlusion from the aligned source "
+            f"({html.escape(str(sm.get('metrics_flow')))}).</p>")
+    cells = []
+    for which, label in (("source", "source"), ("before", "direct edit"),
+                         ("after", "refined")):
+        p = files.refine.scanline_path(which)
+        if p.exists():
+            from engine.media.video import read_image
+
+            img = read_image(p)
+            h = max(THUMB, img.shape[0])
+            cells.append(f"<td>{label}<br><img src='{png_data_uri(img, h)}' "
+                         f"alt='x-t slice {label}'></td>")
+    strip = ("<p class='small'>x–t slices: the middle row of the aligned face "
+             "(across) in every frame (down); flicker shows as ragged streaks.</p>"
+             f"<table class='strip'><tr>{''.join(cells)}</tr></table>") if cells else ""
+    return ("Temporal refinement", chart + table + note + strip)

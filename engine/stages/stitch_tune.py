@@ -405,6 +405,8 @@ class StitchTuneStage(Stage):
         frames = edit.frames()
         clip = ctx.files.align.clip()
         G = ctx.files.pti.generator(dev)
+        if ctx.files.refine.ready():  # the target: the refined generator and latents
+            G, edit = ctx.files.refine.generator(dev), ctx.files.refine
         R = G.img_resolution
         # resolved once and kept for a resumed attempt (engine/stages/batching.py)
         batch, dtype = training_settings(out, "stitch", cfg.batch_size,

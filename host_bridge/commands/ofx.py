@@ -3,9 +3,10 @@
 - ``facestitch ofx build --out DIR [--cc CC]``: compile FaceStitch.ofx.bundle.
 - ``facestitch ofx submit FOLDER --exchange DIR --rate RATE [--edit NAME=STRENGTH]
   [--kind K] [--face N] [--option KEY.SUB=VALUE] [--copy-media] [--draft [--sweep
-  NAME=FROM:TO:N] [--frames F,...] [--draft-pti STEPS]] [--no-stitch]``: submit
-  the frames the shim's Export mode wrote; prints the Composite-mode settings
-  that read the results back (for a draft, one results folder per strength).
+  NAME=FROM:TO:N] [--frames F,...] [--draft-pti STEPS]] [--no-stitch]
+  [--no-refine]``: submit the frames the shim's Export mode wrote; prints the
+  Composite-mode settings that read the results back (for a draft, one results
+  folder per strength).
   Frame numbers of ``--frames`` count from the first exported frame (0).
 """
 
@@ -49,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
                                                          "the largest)")
     s.add_argument("--option", action="append", default=[], metavar="KEY.SUB=VALUE",
                    help="a pipeline option, e.g. align.resolution=256 (repeatable)")
+    s.add_argument("--no-refine", dest="refine", action="store_false", default=None,
+                   help="skip the temporal refinement (on by default in stitch jobs)")
     s.add_argument("--copy-media", action="store_true",
                    help="copy the frames into the job (else the engine reads them in "
                         "place: keep the folder under the exchange or a media root)")
@@ -79,7 +82,8 @@ def _submit(args: argparse.Namespace) -> int:
     source = "media/export" if args.copy_media else None
     job = build_ofx_job(args.folder, job_id, parse_rate(args.rate, "--rate"),
                         kind=kind, edits=edits, subject=Subject(index=args.face),
-                        source_path=source, options=options, priority=args.priority)
+                        source_path=source, options=options, priority=args.priority,
+                        refine=args.refine)
     attachments = {"media/export": args.folder} if args.copy_media else {}
     submit_job(args.exchange, job, attachments=attachments)
     output = Path(args.exchange).resolve() / "done" / job_id / "output"

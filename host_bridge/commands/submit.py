@@ -105,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "PQ, Rec.2100 HLG, ARRI LogC3, ARRI LogC4, S-Log3, V-Log, "
                    "ACEScct, ACEScg... or an OCIO colour-space name of the engine's "
                    "config (default: from the media's tags; docs/colour.md)")
+    p.add_argument("--no-refine", dest="refine", action="store_false", default=None,
+                   help="skip the temporal refinement (VideoEditGAN's flow-based "
+                   "pass between the edit and stitching tuning; on by default in "
+                   "stitch jobs; recorded as options.refine.enabled)")
     p.add_argument("--format", choices=("png16", "exr", "prores4444", "pam16"),
                    help="output frame format (default png16)")
     p.add_argument("--copy-media", action="store_true",
@@ -226,7 +230,7 @@ def job_from_args(args: argparse.Namespace, notes: list[str]
                     subject=subject, options=options, output=output,
                     host={"app": "facestitch submit", "host": socket.gethostname(),
                           "media": str(media)}, job_id=args.id,
-                    priority=args.priority)
+                    priority=args.priority, refine=args.refine)
     return job, attachments
 
 
