@@ -48,6 +48,14 @@ class JobFile:
     media_type: str
 
 
+def _index(text: str) -> int:
+    """A list index from a request: digits only (``-1`` would count from the end
+    and ``int`` also takes ``" 1"``, ``"+1"`` and ``"1_0"``)."""
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(text)
+    return int(text)
+
+
 def _listed_path(ex: Exchange, job_id: str, what: str, key: str, row: str | None
                  ) -> tuple[str, os.PathLike[str]]:
     status = job_status(ex, job_id)
@@ -58,11 +66,11 @@ def _listed_path(ex: Exchange, job_id: str, what: str, key: str, row: str | None
         if what == "outputs":
             rel = result.outputs[key]
         elif what == "frames":
-            rel = result.frames[int(key)].path
+            rel = result.frames[_index(key)].path
         elif what == "variants":
             if row is None:
                 raise NotListed("a draft row is needed")
-            rel = result.variants[int(row)].frames[int(key)].path
+            rel = result.variants[_index(row)].frames[_index(key)].path
         else:
             raise NotListed(f"no file kind {what!r}")
     except (KeyError, IndexError, ValueError):
