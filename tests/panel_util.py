@@ -5,6 +5,7 @@ finish) for the states a test needs without running a pipeline."""
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
@@ -177,8 +178,6 @@ def finish(exchange: Path, claim, *, error: dict | None = None,
         frames: files written and listed in ``frames``, in order.
         listed: more ``outputs`` (key -> path), listed as they are, not written.
     """
-    import hashlib
-
     out_map, frame_list = dict(listed or {}), []
     for rel, data in [*(outputs or {}).items(), *(frames or {}).items()]:
         path = claim.folder / rel
@@ -197,4 +196,103 @@ def finish(exchange: Path, claim, *, error: dict | None = None,
         "stages": [{"name": "pti", "seconds": 12.5, "frames": len(frame_list)}],
         "metrics": {"tl_id": 0.98, "warp_error": 0.0012}, "started": now,
         "finished": now})
+    return Exchange(exchange).finish(claim, result)
+
+
+# --- a real browser: Debian's chromium through its chromedriver -----------------
+
+#: Where the browser tests and bench/panel.py leave their screenshots (CI keeps
+#: this folder as the tests' artefacts).
+ARTEFACTS = Path(os.environ.get("FACESTITCH_TEST_ARTEFACTS",
+                                ROOT / "build" / "test-artefacts")) / "panel"
+
+
+def browser_paths() -> tuple[str, str] | str:
+    """``(chromium, chromedriver)`` from the system packages, or why not."""
+    import shutil
+
+    chromium = next((p for p in (shutil.which(n) for n in (
+        "chromium", "chromium-browser")) if p), None)
+    driver = shutil.which("chromedriver")
+    if chromium and driver:
+        return chromium, driver
+    return ("chromium and chromedriver are not installed: `make browser` installs "
+            "Debian's chromium and chromium-driver (as root)")
+
+
+def start_browser(width: int = 1500, height: int = 1000):
+    """A headless chromium driven by Selenium; nothing is downloaded (the binary
+    and the driver are the system's)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    found = browser_paths()
+    assert not isinstance(found, str), found
+    chromium, driver = found
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                "--disable-gpu", f"--window-size={width},{height}",
+                "--no-first-run", "--disable-extensions",
+                "--disable-background-networking", "--force-device-scale-factor=1"):
+        opts.add_argument(arg)
+    return webdriver.Chrome(options=opts, service=Service(driver))
+
+
+def screenshot(driver, name: str) -> Path:
+    """Save the page as ``ARTEFACTS/name`` (PNG)."""
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTEFACTS / name
+    assert driver.save_screenshot(str(path)), path
+    return path
+
+
+def finish_draft(exchange: Path, claim, sweep: str, tile: int = 96) -> Path:
+    """Publish a draft's result as the sweep stage lays it out: one folder of
+    frames per row, ``variants`` in sweep order, and the sheet (drawn by the
+    engine's own :func:`engine.stages.sweep.sheet`) with its layout."""
+    import numpy as np
+
+    from engine.media.video import encode_png
+    from engine.stages.sweep import sheet
+    from fsexchange.documents import Job, load_document
+    from fsexchange.grammar import (parse_sweep, sweep_row_folder, sweep_row_label,
+                                    sweep_rows)
+
+    job = load_document(claim.folder / "job.msgpack", Job)
+    rows = sweep_rows(parse_sweep(sweep))
+    frames, variants, tiles = (0, 11), [], []
+    rng = np.random.default_rng(7)
+    for r, row in enumerate(rows):
+        folder = f"output/sweep/{sweep_row_folder(r, row)}"
+        img = np.full((tile, tile, 3), (40 + 60 * r, 90, 200 - 50 * r), np.uint8)
+        img[tile // 4:3 * tile // 4, tile // 4:3 * tile // 4] = rng.integers(
+            0, 255, (tile // 2, tile // 2, 3), np.uint8)
+        data = encode_png(img)
+        out = []
+        for f in frames:
+            rel = f"{folder}/facestitch.{f:07d}.png"
+            (claim.folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            (claim.folder / rel).write_bytes(data)
+            out.append({"frame": f, "path": rel, "edited": True,
+                        "sha256": hashlib.sha256(data).hexdigest()})
+        label = sweep_row_label(row, job.edits)
+        variants.append({"label": label, "folder": folder, "frames": out,
+                         "strengths": [{"name": n, "strength": s} for n, s in row]})
+        tiles.append((label, [img for _ in frames]))
+    src = [np.full((tile, tile, 3), 128, np.uint8) for _ in frames]
+    img, layout = sheet(frames, [("source", src)] + tiles, tile)
+    for entry, row in zip(layout["rows"][1:], rows):
+        entry["strengths"] = [[n, s] for n, s in row]
+    out_dir = claim.folder / "output"
+    out_dir.mkdir(exist_ok=True)
+    (out_dir / "sweep.png").write_bytes(encode_png(img))
+    (out_dir / "sweep.json").write_text(json.dumps(layout))
+    now = utc_now()
+    result = Result.from_dict({
+        "job_id": claim.job_id, "state": "done", "frames": variants[len(rows) // 2][
+            "frames"], "variants": variants, "error": None,
+        "outputs": {"sheet": "output/sweep.png", "sheet_layout": "output/sweep.json"},
+        "stages": [{"name": "sweep", "seconds": 3.0, "frames": len(frames)}],
+        "metrics": {}, "started": now, "finished": now})
     return Exchange(exchange).finish(claim, result)
