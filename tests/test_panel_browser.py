@@ -8,6 +8,7 @@ panel" shows one). Without chromium the tests skip, saying what to install."""
 from __future__ import annotations
 
 import http.server
+import signal
 import sys
 import threading
 import time
@@ -292,4 +293,47 @@ def test_other_origins_missing_tokens_and_unlisted_paths_are_refused(browser,
     finally:
         other.shutdown()
         other.server_close()
+        panel.stop()
+
+
+def test_with_a_real_engine_the_bar_advances_and_cancel_ends_the_running_job(
+        browser, tmp_path):
+    """A real engine process (tests/engine_harness.py: real stages that decode the
+    clip with PyAV and report progress per frame) runs a job submitted through
+    the client; the page's bar follows its progress without a reload, and
+    Cancel on the page stops it: the engine publishes it as cancelled."""
+    from engine_harness_util import start_engine, stop, write_test_clip
+    from engine_harness_util import submit as submit_harness
+
+    ex = Exchange(tmp_path / "ex").ensure().root
+    logdir = tmp_path / "log"
+    logdir.mkdir()
+    clip = write_test_clip(tmp_path / "clip.mp4", frames=40)
+    job_id = submit_harness(ex, clip, "engine-job", frames=40, delay=0.15)
+    panel = start_panel(ex, tmp_path / "panel")
+    engine = start_engine(ex, logdir, "--poll", "0.1")
+    try:
+        _open(browser, panel)
+        browser.execute_script("window.__sameDocument = 7")
+        bar = ("const tr = [...document.querySelectorAll('#rows tr')].find((t) => "
+               "t.dataset.id === arguments[0]); return tr && tr.dataset.state === "
+               "'running' ? Number(tr.querySelector('.bar')"
+               ".getAttribute('aria-valuenow')) : null")
+        first = wait_until(lambda: (browser.execute_script(bar, job_id) or 0) > 0,
+                           60, "the engine's progress on the page")
+        assert first
+        start = browser.execute_script(bar, job_id)
+        wait_until(lambda: (browser.execute_script(bar, job_id) or 0) > start + 5,
+                   30, "the bar to advance")
+        screenshot(browser, "panel-engine-running.png")
+        _row(browser, job_id).find_element(
+            "css selector", "button[data-action=cancel]").click()
+        wait_until(lambda: job_status(ex, job_id).state == "cancelled", 60,
+                   "the engine to end the job as cancelled")
+        wait_until(lambda: _row_state(browser, job_id) == "cancelled", 15,
+                   "the row to show it cancelled")
+        assert job_status(ex, job_id).error["code"] == "cancelled"
+        assert browser.execute_script("return window.__sameDocument") == 7
+    finally:
+        stop(engine, signal.SIGTERM)
         panel.stop()
