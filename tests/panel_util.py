@@ -115,7 +115,8 @@ def start_panel(exchange: Path, workdir: Path, *args: str,
             continue
         panel = Panel(proc, data, log)
         try:
-            if panel.request("GET", "/api/health", timeout=5)[0] == 200:
+            if panel.request("GET", "/api/health", timeout=5, headers={
+                    "X-FaceStitch-Token": panel.token})[0] == 200:
                 return panel
         except OSError:
             pass

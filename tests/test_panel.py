@@ -387,6 +387,129 @@ def test_binding_beyond_loopback_needs_a_token_and_a_taken_port_is_one_line(tmp_
     from host_bridge.panel.command import panel_url
 
     assert panel_url("0.0.0.0", 8765, "abc") == "http://127.0.0.1:8765/#token=abc"
+    # on every interface without --token: one is made up, printed in the URL, and
+    # every request, reads included, needs it
+    panel = start_panel(ex, tmp_path / "panel", "--host", "0.0.0.0")
+    try:
+        out = panel.log.read_text()
+        assert "needs a token; made up one" in out
+        assert f":{panel.port}/#token={panel.token}" in out and len(panel.token) > 30
+        assert panel.request("GET", "/api/jobs")[0] == 401
+        assert panel.request("GET", "/api/jobs?token=guess")[0] == 401
+        assert panel.request("GET", f"/api/jobs?token={panel.token}")[0] == 200
+        assert panel.request("GET", "/api/jobs", headers={
+            "X-FaceStitch-Token": panel.token})[0] == 200
+        status, headers, _ = panel.request("GET", "/api/session", headers={
+            "X-FaceStitch-Token": panel.token})
+        assert status == 200 and "httponly" in headers["set-cookie"].lower()
+        assert panel.request("GET", "/api/jobs", headers={
+            "Cookie": f"facestitch_panel={panel.token}"})[0] == 200
+    finally:
+        panel.stop()
+
+
+def test_draft_strength_picking_rules(ex):
+    """``pick`` submits the draft's shot as a stitch job at one row's strengths,
+    checked against the draft's result; anything else is refused."""
+    from fsexchange.documents import Edit
+    from fsexchange.errors import EditInvalid
+    from panel_util import finish_draft
+
+    draft = submit(ex, "draft", kind="draft", edits=(Edit("smile", 1.0),),
+                   options={"draft": {"sweep": "age=-8:8:3"}, "pti": {"steps": 7}})
+    with pytest.raises(JobStateError):  # not finished yet
+        actions.pick_strength(Exchange(ex), draft, 0)
+    finish_draft(ex, claim(ex, draft), "age=-8:8:3")
+    new_id = actions.pick_strength(Exchange(ex), draft, 0)
+    job = load_document(ex / "new" / new_id / "job.msgpack", Job)
+    assert (job.kind, job.edits) == ("stitch", (Edit("smile", 1.0), Edit("age", -8.0)))
+    assert job.options == {"pti": {"steps": 7}}  # less the draft section
+    assert job.host["panel"] == {"from_draft": draft, "row": 0,
+                                 "strengths": job.host["panel"]["strengths"]}
+    assert (ex / "new" / new_id / "media" / "plate.mov").read_bytes() == b"plate"
+    for row in (3, -1):
+        with pytest.raises(EditInvalid):
+            actions.pick_strength(Exchange(ex), draft, row)
+    with pytest.raises(JobStateError):  # a stitch job is no draft
+        actions.pick_strength(Exchange(ex), _finished(ex), 0)
+    # a result whose rows do not match the draft's sweep is not trusted
+    other = submit(ex, "other", kind="draft", edits=(),
+                   options={"draft": {"sweep": "age=-4:4:3"}})
+    finish_draft(ex, claim(ex, other), "age=-8:8:3")
+    with pytest.raises(EditInvalid):
+        actions.pick_strength(Exchange(ex), other, 2)
+
+
+def _next_event(resp) -> dict:
+    """The next ``jobs`` event of a server-sent event stream."""
+    event, data = None, []
+    while True:
+        line = resp.fp.readline().decode().rstrip("\n")
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: "):
+            data.append(line[6:])
+        elif line == "" and event == "jobs":
+            return json.loads("".join(data))
+        elif line == "":
+            event, data = None, []
+
+
+def test_events_push_changes_and_the_actions_work_over_http(tmp_path):
+    """The server-sent events carry a running job's progress and a new job; retry,
+    remove and pick answer over HTTP as the page calls them."""
+    import http.client
+
+    from fsexchange.documents import Edit
+    from panel_util import finish_draft
+
+    ex = Exchange(tmp_path / "ex").ensure().root
+    run = submit(ex, "run")
+    c = claim(ex, run)
+    write_progress(c, 0.1)
+    failed = submit(ex, "failed")
+    finish(ex, claim(ex, failed), error={"code": "internal", "message": "boom",
+                                         "stage": "pti", "frame": None,
+                                         "field": None})
+    draft = submit(ex, "draft", kind="draft", edits=(),
+                   options={"draft": {"sweep": "age=-8:8:3"}})
+    finish_draft(ex, claim(ex, draft), "age=-8:8:3")
+    panel = start_panel(ex, tmp_path / "panel")
+    conn = http.client.HTTPConnection("127.0.0.1", panel.port, timeout=20)
+    try:
+        version = panel.get_json("/api/jobs")["version"]
+        conn.request("GET", f"/api/events?since={version}")
+        resp = conn.getresponse()
+        assert resp.status == 200
+        assert resp.getheader("content-type").startswith("text/event-stream")
+        write_progress(c, 0.6)
+        ev = _next_event(resp)
+        [s] = ev["changed"]
+        assert s["id"] == run and s["fraction"] == pytest.approx(0.6)
+        late = submit(ex, "late")
+        ev = _next_event(resp)
+        assert late in [s["id"] for s in ev["changed"]]
+
+        status, out = panel.post(f"/api/jobs/{failed}/retry")
+        assert status == 200 and job_status(ex, out["new_job"]).state == "queued"
+        status, out = panel.post(f"/api/jobs/{draft}/pick", {"row": 2})
+        assert status == 200
+        picked = load_document(ex / "new" / out["new_job"] / "job.msgpack", Job)
+        assert picked.edits == (Edit("age", 8.0),)
+        assert panel.post(f"/api/jobs/{draft}/pick", {"row": "2"})[0] == 400
+        assert panel.post(f"/api/jobs/{draft}/pick", {"row": 9})[0] == 422
+        status, out = panel.post(f"/api/jobs/{failed}/archive")
+        assert status == 200 and Path(out["archived"]) == ex / "archive" / failed
+        assert (ex / "archive" / failed / "result.msgpack").is_file()
+        assert panel.post(f"/api/jobs/{run}/archive")[1]["error"]["code"] == \
+            "job.state"
+        assert panel.post(f"/api/jobs/{run}/explode")[0] == 404
+        ev = _next_event(resp)
+        while failed not in ev["removed"]:
+            ev = _next_event(resp)
+    finally:
+        conn.close()
+        panel.stop()
 
 
 SHIM = ROOT / "resolve_scripts" / "FaceStitch Open Panel.py"
