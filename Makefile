@@ -10,7 +10,7 @@ STAMP := $(VENV)/.facestitch-installed
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt torch==2.13.0 torchvision==0.28.0 -e '.[engine,otio,fcpx,panel,dev]'
+	$(PY) -m pip install -q -c constraints.txt torch==2.13.0 torchvision==0.28.0 -e '.[engine,otio,fcpx,ray,farm,panel,dev]'
 	# face-alignment declares the GUI OpenCV, which clashes with the headless build.
 	$(PY) -m pip install -q --no-deps face-alignment==1.5.0
 	$(PY) -m pip install -q -c constraints.txt numba tqdm packaging

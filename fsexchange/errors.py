@@ -57,6 +57,7 @@ __all__ = [
     "JobCrashed",
     "LeaseLost",
     "PipelineUnavailable",
+    "StageNotReady",
     "HostError",
     "MetricsError",
     "error_from_dict",
@@ -369,6 +370,13 @@ class PipelineUnavailable(FaceStitchError):
     """The job kind needs a stage this engine does not have installed."""
 
     code = "pipeline.unavailable"
+
+
+class StageNotReady(FaceStitchError):
+    """One unit of a stage was asked to run (``facestitch stage run``, a Ray task,
+    a farm task) before the stages it reads had completed in that job folder."""
+
+    code = "stage.not_ready"
 
 
 class LeaseLost(FaceStitchError):

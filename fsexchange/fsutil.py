@@ -23,7 +23,7 @@ from fsexchange.errors import NotAFolder, NotRegularFile, io_error
 
 __all__ = ["atomic_write_bytes", "fsync_dir", "unique_name", "sha256_file",
            "describe_mode", "open_regular", "read_regular", "check_regular",
-           "check_folder"]
+           "check_folder", "publish_once"]
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
@@ -172,6 +172,28 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
             raise err from exc
         raise
     fsync_dir(p.parent)
+
+
+def publish_once(path: str | os.PathLike[str], data: bytes) -> bytes:
+    """Publish ``data`` at ``path`` unless something is there already; return what
+    ``path`` holds afterwards. Of several racing writers (on several machines) the
+    first wins and everyone reads its bytes: a temporary file, then ``os.link``,
+    which never replaces an existing file (atomic on POSIX and NFS)."""
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.{unique_name()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, p)
+            fsync_dir(p.parent)
+        except FileExistsError:
+            pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return p.read_bytes()
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "panel": ("host_bridge.panel.command",
               "the job panel in a browser: progress, results, cancel, retry"),
     "engine": ("engine.commands.engine", "run the watched-folder engine"),
+    "stage": ("engine.commands.stage", "run one unit of one stage of a job folder"),
+    "farm": ("engine.commands.farm", "render farms: OpenJD template, claim, publish"),
     "demo": ("engine.commands.demo", "run the full round trip on a real-face clip"),
     "preview": ("engine.commands.preview", "track + align + identity paste-back of a clip"),
     "edits": ("engine.commands.edits", "list the installed edits"),
@@ -45,7 +47,7 @@ MISSING_EXTRA: dict[str, str] = {
     "torch": "engine", "torchvision": "engine", "numpy": "engine", "cv2": "engine",
     "av": "engine", "scipy": "engine", "skimage": "engine", "watchdog": "engine",
     "lpips": "engine", "dlib": "engine", "face_recognition_models": "engine",
-    "OpenEXR": "engine", "opentimelineio": "otio",
+    "OpenEXR": "engine", "opentimelineio": "otio", "ray": "ray", "openjd": "farm",
     "starlette": "panel", "uvicorn": "panel",
 }
 

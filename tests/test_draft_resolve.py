@@ -106,7 +106,9 @@ def test_preview_edit_places_the_chosen_strength(tmp_path, engine):
     job = load_document(status.folder / "job.msgpack", Job)
     assert (job.kind, job.priority) == ("draft", 50)
     assert (job.range.start, job.range.end) == (2, 6)  # the clip as cut, no handles
-    assert job.options == {"profile": "tiny", "draft": {"sweep": "age=-4:4:3"}}
+    # the source colour space is the one the fake Resolve's clip reports
+    assert job.options == {"profile": "tiny", "draft": {"sweep": "age=-4:4:3"},
+                           "colour": {"source": "Rec.709"}}
     # the 4 frames of the clip (5 asked, 4 there), each at its own record frame,
     # from the chosen strength's folder, tagged with the job
     stills = _stills(timeline)

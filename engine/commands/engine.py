@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 
 __all__ = ["main", "build_parser"]
@@ -49,6 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ocio-config", type=Path, metavar="FILE",
                    help="OpenColorIO config for jobs that name none (default: $OCIO, "
                    "else the built-in ACES studio config; docs/colour.md)")
+    p.add_argument("--ray", nargs="?", const="auto", default=None,
+                   metavar="ADDRESS",
+                   help="run the units of each stage as tasks on a Ray cluster: "
+                   "HOST:PORT of its head, 'auto' (the cluster of this machine or "
+                   "RAY_ADDRESS; the default when no ADDRESS is given) or 'local' "
+                   "(a private one); job folders must be on storage every node "
+                   "sees (docs/scale.md)")
+    p.add_argument("--shards", type=_positive(int), default=None, metavar="N",
+                   help="with --ray: shards per stage that splits by frames "
+                   "(default: one per task slot of the cluster)")
+    p.add_argument("--threads", type=_positive(int), default=None, metavar="N",
+                   help="intra-op threads of each job's computation, recorded with "
+                   "the job so every unit uses them (default: torch's)")
     return p
 
 
@@ -83,7 +97,19 @@ def main(argv: list[str]) -> int:
         device=args.device,
         media_roots=tuple(r.resolve() for r in args.media_roots),
         poll_interval=args.poll, lease_seconds=args.lease,
-        use_watchdog=not args.no_watch, ocio_config=ocio)
-    n = serve(opts)
+        use_watchdog=not args.no_watch, ocio_config=ocio, ray=args.ray,
+        shards=args.shards or 0, threads=args.threads or 0)
+    if args.shards and args.ray is None:
+        build_parser().error("--shards needs --ray")
+    unreachable: tuple[type[Exception], ...] = ()
+    if args.ray is not None:
+        from engine.service.ray_backend import RayUnreachable
+
+        unreachable = (RayUnreachable,)
+    try:
+        n = serve(opts)
+    except unreachable as exc:
+        print(f"facestitch engine: error: {exc}", file=sys.stderr)
+        return 2
     log.info("engine stopped; %d job(s) finished", n)
     return 0

@@ -82,6 +82,8 @@ class RunnerSettings:
         worker: this worker's id (written into leases and DONE documents).
         ocio_config: the engine's OpenColorIO config (``--ocio-config`` or
             ``$OCIO``; "" = the built-in one), used by jobs that name none.
+        backend: runs the units of each stage elsewhere (a
+            :class:`engine.service.ray_backend.RayBackend`); None: in this process.
     """
 
     device: str = "cpu"
@@ -94,6 +96,7 @@ class RunnerSettings:
     max_reclaims: int = 3
     worker: str = ""
     ocio_config: str = ""
+    backend: Any = None
 
 
 class JobControl:
@@ -366,6 +369,8 @@ def _run(exchange: Exchange, claim: Claim, settings: RunnerSettings,
         atomic_write_bytes(job_dir / CONFIG_FILE, (json.dumps(
             config.to_dict(), indent=2, sort_keys=True) + "\n").encode())
         stages = stages_for(job.kind, settings.pipelines, config=config)
+        if settings.backend is not None:  # units on a cluster (docs/scale.md)
+            stages = settings.backend.wrap(stages)
         names = [s.name for s in stages]
         progress = _Progress(job_dir, job_id, settings.worker,
                              [float(getattr(s, "weight", 1.0)) for s in stages], names,

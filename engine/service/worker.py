@@ -76,6 +76,12 @@ class EngineOptions:
             (``job.crashed``) instead of killing another.
         ocio_config: OpenColorIO config file for jobs that name none ("" = the
             built-in config, docs/colour.md).
+        ray: run the units of each stage as tasks on this Ray cluster
+            (``HOST:PORT``, ``auto`` or ``local``; docs/scale.md); None: here.
+        shards: shards per stage that splits by frames with ``ray`` (0: one per
+            task slot of the cluster).
+        threads: intra-op threads of the jobs this engine starts (0: torch's
+            default); recorded with each job (engine/stages/compute.py).
     """
 
     exchange: Path
@@ -89,6 +95,9 @@ class EngineOptions:
     tmp_max_age: float = 3600.0
     max_reclaims: int = 3
     ocio_config: str = ""
+    ray: str | None = None
+    shards: int = 0
+    threads: int = 0
 
 
 def worker_id() -> str:
@@ -153,10 +162,17 @@ def _worker_loop(opts: EngineOptions, pipelines: Mapping[str, Sequence[str]],
                  clock: Callable[[], float] = time.time,
                  on_finished: Callable[[], None] | None = None) -> int:
     ex = Exchange(opts.exchange, clock).ensure()
+    if opts.threads:
+        _set_threads(opts.threads)
+    backend = None
+    if opts.ray is not None:
+        from engine.service.ray_backend import RayBackend
+
+        backend = RayBackend(opts.ray, shards=opts.shards, pipelines=pipelines)
     settings = RunnerSettings(device=device, media_roots=opts.media_roots,
                               pipelines=dict(pipelines), worker=worker_id(),
                               max_reclaims=opts.max_reclaims,
-                              ocio_config=opts.ocio_config)
+                              ocio_config=opts.ocio_config, backend=backend)
     reclaim_every = max(0.5, min(opts.lease_seconds / 4.0, 5.0))
     wake = threading.Event()
     watch = FolderWatch([ex.dir("new"), ex.dir("cancel")], wake)
@@ -201,6 +217,14 @@ def _worker_loop(opts: EngineOptions, pipelines: Mapping[str, Sequence[str]],
         watch.stop()
     log.info("worker %s: %d job(s) finished", settings.worker, finished)
     return finished
+
+
+def _set_threads(n: int) -> None:
+    """Intra-op threads for the jobs this process starts (before torch is imported,
+    through the environment; after, through torch)."""
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
 
 
 def _die_with_supervisor() -> None:
@@ -358,6 +382,10 @@ def serve(opts: EngineOptions, *, pipelines: Mapping[str, Sequence[str]] | None 
     table = dict(PIPELINES if pipelines is None else pipelines)
     clock = clock or time.time
     Exchange(opts.exchange).ensure()
+    if opts.ray is not None:  # fail at start-up, in one line, not in each worker
+        from engine.service.ray_backend import check_address
+
+        check_address(opts.ray)
     with _stop_on_signals(stop):
         if opts.workers <= 1:
             return _worker_loop(opts, table, stop, device, clock)

@@ -319,6 +319,7 @@ class AlignStage(Stage):
     """
 
     name = "align"
+    split = "frames"  # shards of whole mask batches (engine/stages/contract.py)
 
     def resolution(self, ctx: StageContext) -> int:
         """The crop size R (:func:`resolve_resolution`)."""
@@ -333,12 +334,14 @@ class AlignStage(Stage):
 
     def source_frames(self, ctx: StageContext, frames: list[int], depth: int = 8
                       ) -> Iterator[tuple[int, np.ndarray]]:
-        """``(index, RGB)`` covering ``frames``, the ones with a face (here the
-        whole range, streamed), decoded at ``depth`` (8, 16 or 32 = float)."""
+        """``(index, RGB)`` covering ``frames`` (increasing media indices: the ones
+        with a face this unit aligns), streamed from the first of them to the
+        last, decoded at ``depth`` (8, 16 or 32 = float)."""
         from engine.media.video import read_frames
 
-        return read_frames(ctx.source_path(), ctx.job.range.start, ctx.job.range.end,
-                           depth=depth)
+        if not frames:
+            return iter(())
+        return read_frames(ctx.source_path(), frames[0], frames[-1] + 1, depth=depth)
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         from engine.media.colour import pipeline_for
@@ -387,6 +390,21 @@ class AlignStage(Stage):
         ctx.info["colour"] = colour.describe()
         frames_done: list[int] = []
         pending: list[tuple[int, np.ndarray, np.ndarray]] = []
+        # Work items: the mask batches, runs of batch_size frames with a face; a
+        # shard reads only the frames of its batches, the final unit lists the
+        # batches that shards finished without redoing them.
+        rank = np.cumsum(present) - 1  # [N] position among the present frames
+        bs = masker.batch_size
+        items = -(-int(present.sum()) // bs)
+        mine = [k for k in range(items) if ctx.in_shard(k, items)]
+        sharded = ctx.done_by_shards(self.name, items) if ctx.shard is None else set()
+        first, last = 0, n
+        if ctx.shard is not None:
+            if not mine:
+                return {"frames": 0}
+            where = np.flatnonzero(present)
+            first = int(where[mine[0] * bs])
+            last = int(where[min((mine[-1] + 1) * bs, len(where)) - 1]) + 1
 
         def flush() -> None:
             masks = masker.masks([p[1] for p in pending], [p[2] for p in pending])
@@ -399,11 +417,14 @@ class AlignStage(Stage):
 
         # Rec.709/sRGB: the 8-bit code values are the network space already.
         depth = 8 if colour.identity else 32
-        wanted = [start + int(i) for i in np.flatnonzero(present)]
+        wanted = [start + int(i) for i in np.flatnonzero(present)
+                  if first <= i < last]
         for index, frame in self.source_frames(ctx, wanted, depth):
             ctx.check_abort()
             i = index - start
-            if present[i]:
+            if present[i] and int(rank[i]) // bs in sharded:
+                frames_done.append(index)  # a shard wrote its crop and mask
+            elif present[i] and ctx.in_shard(int(rank[i]) // bs, items):
                 crop = align_crop(frame, quads[i], size, cfg.padding)
                 if not colour.identity:
                     crop = to_depth(colour.to_network(crop), 8)
@@ -411,8 +432,10 @@ class AlignStage(Stage):
                 pending.append((index, crop, transform_points(m, lms[i])))
                 if len(pending) >= masker.batch_size:
                     flush()
-            ctx.report((i + 1) / n, f"aligned frame {index}")
+            ctx.report((i - first + 1) / (last - first), f"aligned frame {index}")
         flush()
+        if ctx.shard is not None:  # the final unit writes info.json
+            return {"frames": len(frames_done)}
 
         doc = {
             "schema": "facestitch.AlignInfo/1",

@@ -17,6 +17,14 @@ process or on another machine and can resume after a crash:
   it exists.
 - ``run`` must be deterministic given its inputs and config (seeded), so a resumed
   job delivers the same frames as an uninterrupted one (within float tolerance).
+
+A stage also says how a scheduler may split it (``Stage.split``, docs/scale.md):
+``"one"`` runs as one unit; ``"frames"`` runs as shards over its work items (the
+batches it already computes one by one) and then one final unit. A shard run gets
+``ctx.shard`` and computes only the items ``ctx.in_shard`` admits, leaving their
+resumable parts behind; the final unit is a plain ``run`` that finds every part done
+and merges them, exactly like a run resumed after a crash. Shards are whole batches,
+so every frame is computed with the arithmetic of a single-process run.
 """
 
 from __future__ import annotations
@@ -38,14 +46,40 @@ from engine.stages.outputs import STAGES_DIR, JobFiles
 if TYPE_CHECKING:
     from engine.models.modelset import ModelSet
 
-__all__ = ["Stage", "StageContext", "StageAborted", "save_checkpoint",
-           "load_checkpoint"]
+__all__ = ["Stage", "StageContext", "StageAborted", "Shard", "SPLITS",
+           "save_checkpoint", "load_checkpoint"]
+
+#: ``Stage.split`` values: one unit, or shards over frame batches + a final unit.
+SPLITS = ("one", "frames")
 
 
 class StageAborted(Exception):
     """Raised by :meth:`StageContext.check_abort`; the runner decides whether the
     job ends ``cancelled`` (a cancel request) or is released for another worker
     (shutdown, lost lease). Not a user-facing error."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count`` (0-based) of a stage that splits by frames."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"shard {self.index}/{self.count}: the index must be 0 "
+                             f"to {self.count - 1}")
+
+    def items(self, total: int) -> range:
+        """This shard's contiguous block of a stage's ``total`` work items:
+        ``[index·total // count, (index + 1)·total // count)`` (empty when there
+        are fewer items than shards)."""
+        return range(self.index * total // self.count,
+                     (self.index + 1) * total // self.count)
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
 
 
 @dataclass
@@ -68,6 +102,8 @@ class StageContext:
         reuse_models: take the networks from the worker's cache
             (:func:`engine.models.modelset.cached_models`; drafts) instead of
             loading them for this stage (and emptying the cache).
+        shard: the shard this unit computes; None for a whole run (or the final
+            unit after the shards).
     """
 
     job: Job
@@ -81,6 +117,7 @@ class StageContext:
     info: dict[str, Any] = field(default_factory=dict)
     fence_fn: Callable[[], None] = lambda: None
     reuse_models: bool = False
+    shard: Shard | None = None
 
     # No ``parents=True`` below: a worker that lost its lease finds its job folder
     # moved away, and must fail there rather than re-create a half job in ``cur/``.
@@ -111,6 +148,17 @@ class StageContext:
         """Call before a write another worker could see (checkpoints, DONE):
         raises ``LeaseLost`` once another worker owns the job."""
         self.fence_fn()
+    def in_shard(self, item: int, total: int) -> bool:
+        """Whether work item ``item`` of ``total`` is this unit's to compute:
+        always in a whole run, only the shard's block in a shard run."""
+        return self.shard is None or item in self.shard.items(total)
+
+    def done_by_shards(self, stage: str, total: int) -> set[int]:
+        """The work items (of ``total``) that finished shards of ``stage`` computed:
+        a final unit lists them without redoing them, and a part it finds there is
+        not a resumed one."""
+        return {k for i, n in self.files.of(stage).finished_shards()
+                for k in Shard(i, n).items(total)}
 
     def warn(self, message: str) -> None:
         if message not in self.warnings:
@@ -145,6 +193,9 @@ class Stage(ABC):
     """One pipeline stage. Subclasses set ``name`` and implement :meth:`run`."""
 
     name: ClassVar[str] = ""
+    #: how a scheduler may split the stage: "one" unit, or "frames" (shards over
+    #: its frame batches, honouring ``ctx.shard``, then a final unit)
+    split: ClassVar[str] = "one"
 
     def applies(self, config: PipelineConfig) -> bool:
         """Whether the stage is part of a job with this configuration; one that is

@@ -128,6 +128,8 @@ def _landmark_backend(ctx: StageContext) -> Any:
 class DraftTrackStage(TrackStage):
     """The track of the draft frames only (``stages/track/facetrack.msgpack``)."""
 
+    split = "one"  # a few frames: no shards (engine/stages/contract.py)
+
     def run(self, ctx: StageContext) -> dict[str, Any]:
         job = ctx.job
         frames = draft_frames(job.range.start, job.range.end, ctx.config.draft)
@@ -171,6 +173,8 @@ class DraftTrackStage(TrackStage):
 class DraftAlignStage(AlignStage):
     """Aligns the draft frames, reading only those, with cached networks."""
 
+    split = "one"  # a few frames: no shards (engine/stages/contract.py)
+
     def resolution(self, ctx: StageContext) -> int:
         size = ctx.config.align.resolution
         if not size:
@@ -194,6 +198,8 @@ class DraftAlignStage(AlignStage):
 
 class DraftInvertStage(InvertStage):
     """e4e with cached networks; the sweep's edit names are checked first."""
+
+    split = "one"  # a few frames: no shards (engine/stages/contract.py)
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         ctx = _draft_context(ctx)

@@ -176,6 +176,7 @@ class InvertStage(Stage):
     """Aligned crops -> W+ pivots: e4e in batches, or the W projector."""
 
     name = "invert"
+    split = "frames"  # shards of whole encoder batches (engine/stages/contract.py)
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         import torch
@@ -209,13 +210,24 @@ class InvertStage(Stage):
             facts["encoder_resolution"] = int(models.encoder_resolution)
         done = 0
         row_chunks = list(chunks(range(len(frames)), batch))
-        for rows in row_chunks:
+        # Work items are whole batches, so a shard computes each frame exactly as
+        # a whole run does; a warm-started projector chains every frame to the
+        # previous one, so it runs as one item (one shard does it all).
+        chained = projector and cfg.use_last_w_pivots
+        items = 1 if chained else len(row_chunks)
+        mine = [k for k in range(len(row_chunks))
+                if ctx.in_shard(0 if chained else k, items)]
+        todo = sum(len(row_chunks[k]) for k in mine)  # frames of this unit
+        for k in mine:
+            rows = row_chunks[k]
             ctx.check_abort()
             part = parts / f"{rows[0]:07d}.npy"
             if not part.exists():
                 invert_rows(list(rows), part)
             done += len(rows)
-            ctx.report(done / max(len(frames), 1), f"inverted {done} frames")
+            ctx.report(done / max(todo, 1), f"inverted {done} frames")
+        if ctx.shard is not None:  # the final unit merges the parts
+            return {"frames": done}
         pivots = (np.concatenate([np.load(parts / f"{r[0]:07d}.npy")
                                   for r in row_chunks])
                   if frames else np.zeros((0, gen.num_ws, gen.w_dim), np.float32))

@@ -12,6 +12,7 @@ stage), never through a path spelled out in a second module::
 Layout (each folder also holds ``DONE.msgpack`` once its stage completed)::
 
     stages/track/facetrack.msgpack        FaceTrack/1 of the subject
+                 parts/<first>.msgpack    a shard's face detections, per frame
     stages/align/info.json quads.npy      AlignInfo/1, quads [N, 4, 2] (NaN: no face)
                  crops/<frame>.png        aligned crops at the generator resolution
                  masks/<frame>.png        face masks (8-bit, 255 = face)
@@ -26,8 +27,12 @@ Layout (each folder also holds ``DONE.msgpack`` once its stage completed)::
                        summary.json       border losses and curves
     stages/render/crops/ alpha/           --no-stitch: the edit rendered untuned
                                           (16-bit) and naive paste alphas
+    stages/paste/composites/<frame>.png   composited preview frames of paste shards
     <stage>/preview/<frame>.png           a few frames rendered for the report
     <stage>/settings.json                 batch and precision resolved for the stage
+    <stage>/shards/<i>-of-<n>.msgpack     a finished shard unit (docs/scale.md)
+    <stage>/units/<unit>.msgpack          a running unit's progress (docs/scale.md)
+    stages/compute.json                   the job's pinned compute threads
 
 Torch-free (numpy only); loading a generator imports torch on demand.
 """
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,13 +57,16 @@ if TYPE_CHECKING:
 
 __all__ = ["STAGES_DIR", "DONE_FILE", "crop_name", "JobFiles", "TrackFiles",
            "AlignFiles", "AlignedClip", "InvertFiles", "PTIFiles", "EditFiles",
-           "StitchFiles", "RenderFiles"]
+           "StitchFiles", "RenderFiles", "PasteFiles"]
 
 log = logging.getLogger(__name__)
 
 DONE_FILE = "DONE.msgpack"
 PREVIEW_DIR = "preview"
 SETTINGS_FILE = "settings.json"
+SHARDS_DIR = "shards"
+UNITS_DIR = "units"
+COMPUTE_FILE = "compute.json"
 
 
 def crop_name(frame: int) -> str:
@@ -88,6 +97,51 @@ class _StageFiles:
     def preview(self, frame: int) -> Path:
         return self.preview_dir / crop_name(frame)
 
+    # --- shard units (docs/scale.md) ---
+
+    @property
+    def shards_dir(self) -> Path:
+        return self.folder / SHARDS_DIR
+
+    def shard_path(self, index: int, count: int) -> Path:
+        """The record a finished shard ``index/count`` leaves (msgpack)."""
+        return self.shards_dir / f"{int(index)}-of-{int(count)}.msgpack"
+
+    def shard_record(self, index: int, count: int) -> dict[str, Any] | None:
+        """A finished shard's record (facts, warnings, info), or None."""
+        import msgpack
+
+        try:
+            return msgpack.unpackb(self.shard_path(index, count).read_bytes())
+        except (OSError, ValueError):
+            return None
+
+    def finished_shards(self) -> list[tuple[int, int]]:
+        """``(index, count)`` of every finished shard of this stage."""
+        out = []
+        try:
+            names = os.listdir(self.shards_dir)
+        except OSError:
+            return []
+        for name in sorted(names):
+            stem, _, ext = name.partition(".")
+            i, _, n = stem.partition("-of-")
+            if ext == "msgpack" and i.isdigit() and n.isdigit():
+                out.append((int(i), int(n)))
+        return out
+
+    def shard_records(self) -> list[dict[str, Any]]:
+        recs = (self.shard_record(i, n) for i, n in self.finished_shards())
+        return [r for r in recs if r is not None]
+
+    @property
+    def units_dir(self) -> Path:
+        return self.folder / UNITS_DIR
+
+    def unit_progress_path(self, unit: str) -> Path:
+        """A running unit's progress (``unit``: ``3-of-4`` or ``final``)."""
+        return self.units_dir / f"{unit}.msgpack"
+
 
 @dataclass(frozen=True)
 class TrackFiles(_StageFiles):
@@ -97,6 +151,14 @@ class TrackFiles(_StageFiles):
 
     def facetrack(self) -> FaceTrack:
         return load_document(self.facetrack_path, FaceTrack)
+
+    @property
+    def parts_dir(self) -> Path:
+        return self.folder / "parts"
+
+    def part(self, first: int) -> Path:
+        """The detections of a shard whose first frame is ``first`` (msgpack)."""
+        return self.parts_dir / f"{int(first):07d}.msgpack"
 
 
 @dataclass(frozen=True)
@@ -299,6 +361,18 @@ class RenderFiles(_StageFiles):
         return self.alpha_dir / crop_name(frame)
 
 
+@dataclass(frozen=True)
+class PasteFiles(_StageFiles):
+    @property
+    def composites_dir(self) -> Path:
+        return self.folder / "composites"
+
+    def composite(self, frame: int) -> Path:
+        """A shard's composited preview frame (8-bit RGB), which the final unit
+        encodes into the preview movie."""
+        return self.composites_dir / crop_name(frame)
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
@@ -314,6 +388,16 @@ class JobFiles:
 
     def stage_dir(self, name: str) -> Path:
         return self.job_dir / STAGES_DIR / name
+
+    def of(self, name: str) -> _StageFiles:
+        """The files every stage folder has (DONE, settings, shard records)."""
+        return _StageFiles(self.stage_dir(name))
+
+    @property
+    def compute_path(self) -> Path:
+        """``stages/compute.json``: the intra-op thread count every unit of the job
+        computes with (engine/stages/units.py)."""
+        return self.job_dir / STAGES_DIR / COMPUTE_FILE
 
     @property
     def track(self) -> TrackFiles:
@@ -342,6 +426,10 @@ class JobFiles:
     @property
     def render(self) -> RenderFiles:
         return RenderFiles(self.stage_dir("render"))
+
+    @property
+    def paste(self) -> PasteFiles:
+        return PasteFiles(self.stage_dir("paste"))
 
     def done(self, name: str) -> StageDone | None:
         """The DONE document of a stage, or None if it has not completed (a torn

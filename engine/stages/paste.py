@@ -184,6 +184,9 @@ class PasteStage(Stage):
 
     #: Most tiles on a contact sheet (evenly spread over the range).
     CONTACT_TILES = 48
+    #: shards of frames (engine/stages/contract.py); a movie output cannot be
+    #: split: its shards do nothing and the final unit writes it all
+    split = "frames"
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         from engine.media.colour import pipeline_for
@@ -227,6 +230,13 @@ class PasteStage(Stage):
             ctx.warn(f"the source is floating-point EXR but the output is {fmt}: "
                      "values outside 0..1 are clipped; choose --format exr to keep "
                      "them")
+        shard = range(n) if ctx.shard is None else ctx.shard.items(n)
+        if ctx.shard is not None and (fmt == "prores4444" or not shard):
+            return {"frames": []}
+        # frames finished by shards before this final unit: listed, not redone
+        sharded = {f["frame"]: f for r in ctx.files.paste.shard_records()
+                   for f in r["facts"].get("frames", [])
+                   } if ctx.shard is None and fmt != "prores4444" else {}
         movie = None
         if fmt == "prores4444":
             movie = MovieWriter(out_dir / f"{job.output.name}.mov", rate,
@@ -234,7 +244,7 @@ class PasteStage(Stage):
                                 colour=info.colour)
         preview = None
         outputs: dict[str, str] = {}
-        if job.output.preview:
+        if job.output.preview and ctx.shard is None:
             # A float source is previewed as the networks' display rendering
             # (Rec.709); others in their own encoding, tagged as the source is.
             preview = MovieWriter(out_dir / "preview.mp4", rate, (width, height),
@@ -245,8 +255,14 @@ class PasteStage(Stage):
         frames: list[dict[str, Any]] = []
         have = set(aligned.frames)
         try:
-            for index, src in read_frames(ctx.source_path(), start, end, depth=depth):
+            for index, src in read_frames(ctx.source_path(), start + shard.start,
+                                          start + shard.stop, depth=depth):
                 ctx.check_abort()
+                if index in sharded:
+                    frames.append(sharded[index])
+                    if preview is not None:
+                        preview.write(read_image(ctx.files.paste.composite(index)))
+                    continue
                 quad = aligned.quad(index)
                 edited = quad is not None and index in have
                 if edited:
@@ -286,17 +302,26 @@ class PasteStage(Stage):
                     atomic_write_bytes(out_dir / name, data)
                     path, digest = f"output/{name}", hashlib.sha256(data).hexdigest()
                 frames.append(FrameOutput(index, path, digest, edited).to_dict())
-                if preview is not None:  # composited in the source's encoding
+                if job.output.preview:  # composited in the source's encoding
                     comp = composite_over(rgba, src)
                     if floating:
                         comp = colour.to_network(comp)
-                    preview.write(to_depth(comp, 8 if depth == 8 else 16))
-                ctx.report((index - start + 1) / n, f"pasted frame {index}")
+                    comp = to_depth(comp, 8 if depth == 8 else 16)
+                    if preview is not None:
+                        preview.write(comp)
+                    else:  # a shard: the final unit encodes the movie from these
+                        from engine.stages.crops import write_png
+
+                        write_png(ctx.files.paste.composite(index), comp)
+                ctx.report((index - start - shard.start + 1) / len(shard),
+                           f"pasted frame {index}")
         except BaseException:
             for writer in (movie, preview):
                 if writer is not None:
                     writer.abort()
             raise
+        if ctx.shard is not None:  # the final unit writes the movies and lists
+            return {"frames": frames}
         if movie is not None:
             movie.close()
             from fsexchange.fsutil import sha256_file

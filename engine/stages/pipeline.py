@@ -30,6 +30,7 @@ from fsexchange.exchange import utc_now
 from fsexchange.fsutil import atomic_write_bytes
 from fsexchange.options import PipelineConfig
 
+from engine.stages.compute import pinned_threads
 from engine.stages.contract import Stage, StageContext
 from engine.stages.outputs import DONE_FILE
 
@@ -144,7 +145,9 @@ def run_stage(stage: Stage, index: int, base: StageContext,
     t0 = time.monotonic()
     log.info("job %s: stage %s", ctx.job.id, stage.name)
     try:
-        facts = stage.run(ctx) or {}
+        # every unit of a job computes with one thread count (docs/scale.md)
+        with pinned_threads(ctx.job_dir):
+            facts = stage.run(ctx) or {}
     except FaceStitchError as exc:
         if exc.stage is None:
             exc.stage = stage.name

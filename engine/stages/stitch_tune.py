@@ -386,6 +386,7 @@ class StitchTuneStage(Stage):
 
     name = "stitch_tune"
     weight = 10.0
+    split = "frames"  # shards of whole tuning batches (engine/stages/contract.py)
 
     def applies(self, config: Any) -> bool:
         return config.stitch.tune  # off (--no-stitch): engine.stages.render instead
@@ -411,13 +412,18 @@ class StitchTuneStage(Stage):
         cfg = replace(cfg, batch_size=batch)
         stitcher = BatchedStitcher(G, cfg, dtype)
         batches = list(chunks(range(len(frames)), cfg.batch_size))
+        mine = [bi for bi in range(len(batches)) if ctx.in_shard(bi, len(batches))]
+        sharded = ctx.done_by_shards(self.name, len(batches))
         t0 = time.monotonic()
         tuned = 0
         resumed = 0
         for bi, rows in enumerate(batches):
+            if bi not in mine:  # another shard's batch
+                continue
             part = parts / f"{bi:05d}.json"
             if part.exists():  # finished before a crash or a shutdown
-                resumed += 1
+                # (or by a shard, before this final unit: not a resumed batch)
+                resumed += bi not in sharded
                 continue
             ctx.check_abort()
             fr = [frames[i] for i in rows]
@@ -429,7 +435,8 @@ class StitchTuneStage(Stage):
             border, content = _fit(border, R), _fit(content, R)
             styles = load_edit_styles(G, edit, rows, dev)
             def progress(f: float, bi: int = bi) -> None:
-                ctx.report((bi + f) / len(batches), f"batch {bi + 1}/{len(batches)}, "
+                ctx.report((mine.index(bi) + f) / len(mine),
+                           f"batch {bi + 1}/{len(batches)}, "
                            f"step {round(f * cfg.steps)}/{cfg.steps}")
 
             res = stitcher.tune(styles, target, border, content,
@@ -444,10 +451,12 @@ class StitchTuneStage(Stage):
                 "frames": fr, "before": res.before, "after": res.after,
                 "steps": res.steps, "curves": res.curves}).encode())
             tuned += len(fr)
-            ctx.report((bi + 1) / len(batches),
+            ctx.report((mine.index(bi) + 1) / len(mine),
                        f"tuned {sum(len(b) for b in batches[:bi + 1])}/{len(frames)} "
                        "frames")
         seconds = time.monotonic() - t0
+        if ctx.shard is not None:  # the final unit merges the parts
+            return {"frames": tuned}
         if resumed:
             ctx.info["stitch_resumed_batches"] = resumed
         summary = _summarise([json.loads((parts / f"{i:05d}.json").read_text())
