@@ -474,6 +474,8 @@ def test_events_push_changes_and_the_actions_work_over_http(tmp_path):
     draft = submit(ex, "draft", kind="draft", edits=(),
                    options={"draft": {"sweep": "age=-8:8:3"}})
     finish_draft(ex, claim(ex, draft), "age=-8:8:3")
+    queued = submit(ex, "queued")
+    before = _tree(ex)
     panel = start_panel(ex, tmp_path / "panel")
     conn = http.client.HTTPConnection("127.0.0.1", panel.port, timeout=20)
     try:
@@ -507,9 +509,38 @@ def test_events_push_changes_and_the_actions_work_over_http(tmp_path):
         ev = _next_event(resp)
         while failed not in ev["removed"]:
             ev = _next_event(resp)
+        assert panel.post(f"/api/jobs/{queued}/cancel")[0] == 200
     finally:
         conn.close()
         panel.stop()
+    # the panel wrote only into cancel/, new/ (through the client's submit,
+    # assembling in tmp/, left empty) and its archive; the rest is as it was,
+    # less the archived job (and the running job's progress this test wrote)
+    after = _tree(ex)
+    moved = {p: v for p, v in before.items() if p.startswith(f"failed/{failed}")}
+    mine = ("cancel", "new", "archive", f"cur/{run}/progress.msgpack")  # + cancelled
+    assert {p: v for p, v in after.items() if not p.startswith(mine)} == \
+        {p: v for p, v in before.items() if not p.startswith(mine) and p not in moved
+         and not p.startswith(f"new/{queued}")}
+    assert sorted(p for p in after if p.startswith("archive/")) == sorted(
+        "archive/" + p.split("/", 1)[1] for p in moved)
+    # the cancelled queued job, published by the client's cancel (its claim and
+    # result beside what was queued)
+    assert {p for p in after if p.startswith("cancelled/")} >= {
+        "cancelled/" + p.split("/", 1)[1] for p in before
+        if p.startswith(f"new/{queued}")} | {f"cancelled/{queued}/result.msgpack"}
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file and folder under ``root``: relative path -> (size, mtime ns)
+    for files, (-1, 0) for folders."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        st = os.lstat(path)
+        rel = path.relative_to(root).as_posix()
+        out[rel] = (-1, 0) if stat.S_ISDIR(st.st_mode) else (st.st_size,
+                                                               st.st_mtime_ns)
+    return out
 
 
 SHIM = ROOT / "resolve_scripts" / "FaceStitch Open Panel.py"
