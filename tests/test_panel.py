@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import socket
 import stat
 import subprocess
@@ -555,7 +556,8 @@ class _Shown:
 
 
 def test_open_panel_starts_one_detached_panel_and_opens_the_browser(tmp_path,
-                                                                    monkeypatch):
+                                                                    monkeypatch,
+                                                                    capsys):
     """The Resolve menu's "FaceStitch Open Panel": the real shim file, as Resolve
     runs it (no Resolve session needed); the browser is $BROWSER, a script that
     writes down the URL it is given."""
@@ -611,6 +613,17 @@ def test_open_panel_starts_one_detached_panel_and_opens_the_browser(tmp_path,
             capture_output=True, text=True, timeout=60,
             env={**os.environ, "PYTHONPATH": ""})
         assert "already running" in out.stdout and str(pids[0]) in out.stdout, out
+        # and with the globals Resolve injects (the free edition, no project
+        # open: the panel needs no Resolve session)
+        from fake_resolve import FakeResolve
+
+        resolve = FakeResolve(studio=False, version=(19, 1, 3))
+        capsys.readouterr()
+        runpy.run_path(str(SHIM), init_globals={
+            "resolve": resolve, "fusion": resolve.fusion, "bmd": object()},
+            run_name="__main__")
+        shown = capsys.readouterr().out
+        assert "already running" in shown and state["url"] in shown, shown
     finally:
         for pid in set(pids):
             try:
@@ -619,3 +632,32 @@ def test_open_panel_starts_one_detached_panel_and_opens_the_browser(tmp_path,
                 pass
     wait_until(lambda: not list(cfg.parent.glob("panel-*.json")), 20,
                "the panel to stop and remove its state file")
+
+
+def test_open_panel_says_why_the_panel_could_not_start(tmp_path, monkeypatch):
+    """A ``panel_python`` that does not exist, and one without the ``panel``
+    extra: the editor reads why, in one message, and nothing keeps running."""
+    from host_bridge import menu
+    from host_bridge.config import BridgeConfig
+
+    ex = Exchange(tmp_path / "ex").ensure().root
+    monkeypatch.setenv("FACESTITCH_BRIDGE_CONFIG", str(tmp_path / "cfg" / "b.json"))
+    monkeypatch.delenv("FACESTITCH_PANEL_PYTHON", raising=False)
+    ui = _Shown()
+    cfg = BridgeConfig(exchange=ex, panel_python=str(tmp_path / "no-python"))
+    assert menu.run("panel", {}, prompter=ui, config=cfg) == 2
+    [(error, text)] = ui.shown
+    assert error and "cannot start the panel" in text and "panel_python" in text
+    # a Python that lacks the extra (the import blocker of the test above)
+    (tmp_path / "blocked.py").write_text(BLOCK_PANEL)
+    blocked = tmp_path / "python-without-panel"  # called as PY -m host_bridge.cli
+    blocked.write_text(f"#!/bin/sh\nshift 2\nexec {sys.executable} "
+                       f"{tmp_path / 'blocked.py'} \"$@\"\n")
+    blocked.chmod(0o755)
+    ui = _Shown()
+    cfg = BridgeConfig(exchange=ex, panel_python=str(blocked))
+    assert menu.run("panel", {}, prompter=ui, config=cfg) == 2
+    [(error, text)] = ui.shown
+    assert error and "the panel did not start" in text, text
+    assert "pip install 'facestitch[panel]'" in text
+    assert not list((tmp_path / "cfg").glob("panel-*.json"))
