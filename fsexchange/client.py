@@ -242,7 +242,7 @@ def _status_at(ex: Exchange, job_id: str, state_folder: str, folder: Path
         # A final folder without a readable result has no result: say why (it
         # never passes as a plain "done"); the state is still the folder's.
         reason = "it is missing" if isinstance(exc, FileNotFoundError) else \
-            exc.strerror or str(exc)
+            getattr(exc, "strerror", None) or str(exc)  # errors of ours have none
         err = exc if isinstance(exc, FaceStitchError) else DocumentError(
             f"{folder.name}/{RESULT_FILE} cannot be read: {reason}",
             field=RESULT_FILE)

@@ -53,6 +53,7 @@ __all__ = [
     "JobCancelled",
     "JobNotFound",
     "JobExists",
+    "JobStateError",
     "JobCrashed",
     "LeaseLost",
     "PipelineUnavailable",
@@ -348,6 +349,14 @@ class JobExists(FaceStitchError, FileExistsError):
     """A job with that id was already submitted (ids are never reused)."""
 
     code = "job.exists"
+
+
+class JobStateError(FaceStitchError, ValueError):
+    """The job is not in a state that allows what was asked: cancelling a finished
+    job, retrying or archiving one that has not finished, picking a strength of a
+    job that is not a finished draft."""
+
+    code = "job.state"
 
 
 class JobCrashed(FaceStitchError):

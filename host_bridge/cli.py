@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "submit": ("host_bridge.commands.submit", "submit a clip as a job to an exchange folder"),
     "status": ("host_bridge.commands.status", "show the state of jobs"),
     "cancel": ("host_bridge.commands.cancel", "cancel a queued or running job"),
+    "panel": ("host_bridge.panel.command",
+              "the job panel in a browser: progress, results, cancel, retry"),
     "engine": ("engine.commands.engine", "run the watched-folder engine"),
     "stage": ("engine.commands.stage", "run one unit of one stage of a job folder"),
     "farm": ("engine.commands.farm", "render farms: OpenJD template, claim, publish"),
@@ -46,6 +48,7 @@ MISSING_EXTRA: dict[str, str] = {
     "av": "engine", "scipy": "engine", "skimage": "engine", "watchdog": "engine",
     "lpips": "engine", "dlib": "engine", "face_recognition_models": "engine",
     "OpenEXR": "engine", "opentimelineio": "otio", "ray": "ray", "openjd": "farm",
+    "starlette": "panel", "uvicorn": "panel",
 }
 
 

@@ -8,11 +8,13 @@ location)::
      "handles": 8, "kind": "stitch", "selection": "playhead", "opacity": 100,
      "track_locally": true, "edit": "age=-4", "edits": ["age", "smile", "pose"],
      "refine": true, "options": {"profile": "official"}, "ui": "auto",
-     "draft_edit": "age=-8:8:5", "draft_wait": 300}
+     "draft_edit": "age=-8:8:5", "draft_wait": 300,
+     "panel_python": "/opt/facestitch/.venv/bin/python"}
 
 ``draft_edit`` is what the "FaceStitch Preview Edit" dialog offers (a sweep or
 edits); ``draft_wait`` how many seconds that action waits for the draft before
-leaving it to "FaceStitch Import Results".
+leaving it to "FaceStitch Import Results". ``panel_python`` is the Python that
+runs the job panel for "FaceStitch Open Panel" (one with the ``panel`` extra).
 
 ``refine`` (default true) runs the temporal refinement in stitch jobs; the send
 dialog's edit spec can override it per shot (``age=-4; no-refine``).
@@ -65,6 +67,7 @@ class BridgeConfig:
     ui: str = "auto"  # auto | fusion | tk | console
     draft_edit: str = ""  # default edit or sweep of the Preview Edit dialog
     draft_wait: float = 300.0  # seconds Preview Edit waits for its draft
+    panel_python: str = ""  # the Python "Open Panel" runs the panel with
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -89,8 +92,8 @@ class BridgeConfig:
         if handles < 0:
             raise HostError(f"{source}: 'handles' must be >= 0")
         known = {"exchange", "handles", "kind", "selection", "opacity", "track_locally",
-                 "edit", "edits", "refine", "options", "python_path", "ui", "draft_edit",
-                 "draft_wait"}
+                 "edit", "edits", "refine", "options", "python_path", "ui",
+                 "draft_edit", "draft_wait", "panel_python"}
         draft_wait = float(get("draft_wait", (int, float), 300.0))
         if draft_wait < 0:
             raise HostError(f"{source}: 'draft_wait' must be >= 0")
@@ -104,7 +107,7 @@ class BridgeConfig:
             options=dict(get("options", dict, {})),
             python_path=tuple(str(p) for p in get("python_path", list, [])),
             ui=get("ui", str, "auto"), draft_edit=get("draft_edit", str, ""),
-            draft_wait=draft_wait,
+            draft_wait=draft_wait, panel_python=get("panel_python", str, ""),
             extra={k: v for k, v in data.items() if k not in known})
 
     @classmethod

@@ -28,7 +28,7 @@ from typing import Any, Mapping
 from fsexchange.errors import FaceStitchError
 from fsexchange.options import refine_options
 
-from host_bridge.config import BridgeConfig
+from host_bridge.config import BridgeConfig, config_path
 from host_bridge.engine_cli import installed_edit_names
 from host_bridge.faces import describe_faces
 from host_bridge.resolve.connect import find_resolve, open_session
@@ -43,7 +43,7 @@ __all__ = ["ACTIONS", "run", "installed_edits"]
 
 log = logging.getLogger(__name__)
 
-ACTIONS = ("send", "import", "list", "draft")
+ACTIONS = ("send", "import", "list", "draft", "panel")
 TITLE = "FaceStitch"
 
 
@@ -132,6 +132,22 @@ def _draft(session: Any, cfg: BridgeConfig, ui: Prompter) -> tuple[str, bool]:
     return "\n".join(lines), True
 
 
+def open_panel(cfg: BridgeConfig) -> str:
+    """Start the exchange's panel unless one runs, open it in the browser; what
+    to tell the editor."""
+    from host_bridge.panel.launch import ensure_panel, open_browser, panel_python
+
+    exchange = cfg.require_exchange()
+    state, started = ensure_panel(exchange, panel_python(cfg.panel_python),
+                                  config_path().parent,
+                                  python_path=cfg.python_path)
+    url = str(state["url"])
+    opened = open_browser(url)
+    how = "started" if started else "already running"
+    where = "opened in your browser" if opened else "open this address in a browser"
+    return f"The FaceStitch panel ({how}, process {state['pid']}): {where}:\n{url}"
+
+
 def run(action: str, namespace: Mapping[str, Any] | None = None, *,
         prompter: Prompter | None = None, config: BridgeConfig | None = None) -> int:
     """Run one menu action; returns 0 on success, 1 when cancelled, 2 on an error
@@ -142,6 +158,9 @@ def run(action: str, namespace: Mapping[str, Any] | None = None, *,
     try:
         cfg = config or BridgeConfig.load()
         ui = ui or make_prompter(namespace, prefer=cfg.ui)
+        if action == "panel":  # no Resolve session needed
+            ui.show(TITLE, open_panel(cfg))
+            return 0
         session = open_session(find_resolve(namespace))
         if action in ("send", "draft"):
             text, ok = (_send if action == "send" else _draft)(session, cfg, ui)

@@ -1,7 +1,7 @@
 """Install the Resolve menu scripts and point them at this FaceStitch install.
 
 ``python -m host_bridge.resolve_install [--all-users] [--exchange DIR] [--dry-run]``
-copies the four shims into Resolve's ``Fusion/Scripts/Edit`` folder for this OS
+copies the menu shims into Resolve's ``Fusion/Scripts/Edit`` folder for this OS
 (docs/hosts.md "Menu script folders") and writes ``bridge.json`` with ``python_path``
 set to where this
 ``host_bridge`` lives (and its site-packages), so Resolve's own Python finds it.
@@ -29,12 +29,14 @@ __all__ = ["SCRIPTS", "shim_source", "script_folder", "install", "main"]
 SCRIPTS = {"FaceStitch Send Shot.py": "send",
            "FaceStitch Import Results.py": "import",
            "FaceStitch List Jobs.py": "list",
-           "FaceStitch Preview Edit.py": "draft"}
+           "FaceStitch Preview Edit.py": "draft",
+           "FaceStitch Open Panel.py": "panel"}
 _DOCS = {"send": "send the clip under the playhead (or the flagged clips) as a job",
          "import": "place every finished FaceStitch result above its shot",
          "list": "list this timeline's FaceStitch jobs",
          "draft": "preview an edit at several strengths on the clip under the "
-                  "playhead"}
+                  "playhead",
+         "panel": "open the job panel (every job, live) in the browser"}
 
 _TEMPLATE = '''"""FaceStitch menu script: {doc}.
 
@@ -136,6 +138,9 @@ def install(*, all_users: bool = False, exchange: str | None = None,
     if cfg_file.is_file():
         data = json.loads(cfg_file.read_text(encoding="utf-8"))
     data["python_path"] = _python_path()
+    # "FaceStitch Open Panel" runs the panel with this Python (Resolve's own may
+    # be the editor binary, or lack the panel extra)
+    data["panel_python"] = sys.executable
     if exchange:
         data["exchange"] = str(Path(exchange).expanduser().resolve())
     if not dry_run:
