@@ -30,7 +30,7 @@ from fsexchange.errors import (DocumentError, DocumentFieldError, EditInvalid,
                                FaceStitchError, JobExists, JobNotFound)
 from fsexchange.exchange import (FINAL_STATES, JOB_FILE, PROGRESS_FILE, RESERVED_NAMES,
                                  RESULT_FILE, STATE_FOLDERS, Exchange)
-from fsexchange.fsutil import fsync_dir, open_regular
+from fsexchange.fsutil import fsync_dir, open_regular, write_synced
 from fsexchange.grammar import check_sweep_edits, parse_sweep
 from fsexchange.options import PipelineConfig, refine_options
 
@@ -114,13 +114,6 @@ def _attachment_path(rel: str) -> PurePosixPath:
     return p
 
 
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
 def _copy_synced(src: Path, dest: Path) -> None:
     if src.is_dir():
         dest.mkdir(parents=True, exist_ok=True)
@@ -159,12 +152,12 @@ def submit_job(exchange: Any, job: Job, *,
         raise JobExists(f"job {job.id} already exists (in {where[0]}/)", field="id")
     staging = ex.staging_folder()
     try:
-        _write_synced(staging / JOB_FILE, raw)
+        write_synced(staging / JOB_FILE, raw)
         for rel, src in attachments.items():
             dest = staging.joinpath(*names[rel].parts)
             dest.parent.mkdir(parents=True, exist_ok=True)
             if isinstance(src, (bytes, bytearray, memoryview)):
-                _write_synced(dest, bytes(src))
+                write_synced(dest, bytes(src))
             else:
                 _copy_synced(Path(src), dest)
             fsync_dir(dest.parent)

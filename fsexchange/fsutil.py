@@ -23,7 +23,7 @@ from fsexchange.errors import NotAFolder, NotRegularFile, io_error
 
 __all__ = ["atomic_write_bytes", "fsync_dir", "unique_name", "sha256_file",
            "describe_mode", "open_regular", "read_regular", "check_regular",
-           "check_folder", "publish_once"]
+           "check_folder", "publish_once", "write_synced"]
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
@@ -148,6 +148,15 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def write_synced(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to a new file at ``path`` and fsync it before returning (the
+    first half of every atomic publish: write, sync, then rename or link)."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically (a temporary file in the same
     folder, then ``os.replace``).
@@ -160,10 +169,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     p = Path(path)
     tmp = p.with_name(f".{p.name}.{unique_name()}.tmp")
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        write_synced(tmp, data)
         os.replace(tmp, p)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
@@ -182,10 +188,7 @@ def publish_once(path: str | os.PathLike[str], data: bytes) -> bytes:
     p = Path(path)
     tmp = p.with_name(f".{p.name}.{unique_name()}.tmp")
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        write_synced(tmp, data)
         try:
             os.link(tmp, p)
             fsync_dir(p.parent)
