@@ -379,6 +379,28 @@ class StageNotReady(FaceStitchError):
     code = "stage.not_ready"
 
 
+class DataParallelError(FaceStitchError):
+    """A stage running data-parallel over several devices (PTI, refinement) could
+    not run or lost one of its processes (docs/scale.md "Data-parallel PTI and
+    refinement")."""
+
+    code = "parallel.error"
+
+
+class DataParallelRefused(DataParallelError, ValueError):
+    """The job's settings leave nothing to split: a training batch smaller than
+    the number of devices, or devices of different kinds."""
+
+    code = "parallel.refused"
+
+
+class RankFailed(DataParallelError):
+    """One process (rank) of a data-parallel stage died or failed unexpectedly;
+    the others were stopped."""
+
+    code = "parallel.rank_failed"
+
+
 class LeaseLost(FaceStitchError):
     """This worker's claim on a job was taken over (its lease expired)."""
 

@@ -36,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run every pending job (and expired ones), then exit")
     p.add_argument("--device", default="auto",
                    help="auto (cuda if available), cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--devices", metavar="LIST",
+                   help="several devices, e.g. cuda:0,cuda:1: each job's PTI and "
+                   "refinement run data-parallel over them (one process each), "
+                   "the other stages on the first (docs/scale.md); needs "
+                   "--workers 1 and no --ray")
     p.add_argument("--media-root", action="append", type=Path, default=[],
                    metavar="DIR", dest="media_roots",
                    help="a folder outside the exchange that jobs may read media "
@@ -74,6 +79,17 @@ def main(argv: list[str]) -> int:
     if not valid_device(args.device):
         build_parser().error(f"--device must be auto, cpu, cuda or cuda:N, got "
                              f"{args.device!r}")
+    devices: tuple[str, ...] = ()
+    if args.devices is not None:
+        from engine.stages.parallel import parse_devices
+
+        try:
+            devices = parse_devices(args.devices)
+        except ValueError as exc:
+            build_parser().error(str(exc))
+        if len(devices) > 1 and (args.workers > 1 or args.ray is not None):
+            build_parser().error("--devices gives every job all its devices: use it "
+                                 "with --workers 1 and without --ray")
     for root in args.media_roots:
         if not root.is_dir():
             build_parser().error(f"--media-root {root} is not a folder")
@@ -94,7 +110,7 @@ def main(argv: list[str]) -> int:
             build_parser().error(exc.message)
     opts = EngineOptions(
         exchange=args.exchange.absolute(), workers=args.workers, once=args.once,
-        device=args.device,
+        device=devices[0] if devices else args.device, devices=devices,
         media_roots=tuple(r.resolve() for r in args.media_roots),
         poll_interval=args.poll, lease_seconds=args.lease,
         use_watchdog=not args.no_watch, ocio_config=ocio, ray=args.ray,

@@ -3,6 +3,8 @@
 ``facestitch stage run JOB_DIR STAGE [--shard I/N]`` runs shard I of N of a stage
 that splits by frames, or (without ``--shard``) a whole stage: for a split stage
 after its shards, that is the final unit that merges them and completes the stage.
+``--devices cuda:0,cuda:1`` runs PTI and refinement data-parallel over several
+devices (:mod:`engine.stages.parallel`).
 ``facestitch stage list JOB_DIR`` prints the job's stages, how each splits and
 what is complete, as JSON. docs/scale.md has the whole picture.
 """
@@ -39,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "merges finished shards)")
     run.add_argument("--device", default="auto",
                      help="auto (cuda if available), cpu, cuda or cuda:N")
+    run.add_argument("--devices", metavar="LIST",
+                     help="several devices, e.g. cuda:0,cuda:1 or cpu,cpu: PTI and "
+                     "refine run data-parallel over them, one process each "
+                     "(docs/scale.md); other stages use the first")
     run.add_argument("--media-root", action="append", type=Path, default=[],
                      metavar="DIR", dest="media_roots",
                      help="a folder outside the exchange the job may read media "
@@ -84,6 +90,14 @@ def main(argv: list[str]) -> int:
     if not valid_device(args.device):
         parser.error(f"--device must be auto, cpu, cuda or cuda:N, got "
                      f"{args.device!r}")
+    devices: tuple[str, ...] = ()
+    if args.devices is not None:
+        from engine.stages.parallel import parse_devices
+
+        try:
+            devices = parse_devices(args.devices)
+        except ValueError as exc:
+            parser.error(str(exc))
     shard = None
     if args.shard is not None:
         try:
@@ -95,7 +109,7 @@ def main(argv: list[str]) -> int:
     try:
         out = run_unit(job_dir, args.stage, shard, device=resolve_device(args.device),
                        media_roots=tuple(r.resolve() for r in args.media_roots),
-                       threads=args.threads, worker=_worker())
+                       threads=args.threads, worker=_worker(), devices=devices)
     except FaceStitchError as exc:
         return _failed(args, job_dir, exc)
     except ValueError as exc:  # a shard of a stage that runs as one unit

@@ -84,6 +84,8 @@ class RunnerSettings:
             ``$OCIO``; "" = the built-in one), used by jobs that name none.
         backend: runs the units of each stage elsewhere (a
             :class:`engine.service.ray_backend.RayBackend`); None: in this process.
+        devices: several devices for the data-parallel stages (PTI, refinement;
+            engine/stages/parallel.py); empty: ``device`` only.
     """
 
     device: str = "cpu"
@@ -97,6 +99,7 @@ class RunnerSettings:
     worker: str = ""
     ocio_config: str = ""
     backend: Any = None
+    devices: tuple[str, ...] = ()
 
 
 class JobControl:
@@ -386,7 +389,7 @@ def _run(exchange: Exchange, claim: Claim, settings: RunnerSettings,
         ctx = StageContext(job=job, job_dir=job_dir, config=config,
                            device=settings.device, media_roots=roots,
                            abort_fn=ctl.should_abort, warnings=warnings, info=info,
-                           fence_fn=fence)
+                           fence_fn=fence, devices=settings.devices)
         run_pipeline(stages, ctx, progress=report, worker=settings.worker, done=done)
         stage_name = None
         if ctl.lost.is_set():

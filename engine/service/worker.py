@@ -82,6 +82,8 @@ class EngineOptions:
             task slot of the cluster).
         threads: intra-op threads of the jobs this engine starts (0: torch's
             default); recorded with each job (engine/stages/compute.py).
+        devices: several devices: PTI and refinement run data-parallel over
+            them (engine/stages/parallel.py), the other stages on ``device``.
     """
 
     exchange: Path
@@ -98,6 +100,7 @@ class EngineOptions:
     ray: str | None = None
     shards: int = 0
     threads: int = 0
+    devices: tuple[str, ...] = ()
 
 
 def worker_id() -> str:
@@ -172,7 +175,8 @@ def _worker_loop(opts: EngineOptions, pipelines: Mapping[str, Sequence[str]],
     settings = RunnerSettings(device=device, media_roots=opts.media_roots,
                               pipelines=dict(pipelines), worker=worker_id(),
                               max_reclaims=opts.max_reclaims,
-                              ocio_config=opts.ocio_config, backend=backend)
+                              ocio_config=opts.ocio_config, backend=backend,
+                              devices=tuple(opts.devices))
     reclaim_every = max(0.5, min(opts.lease_seconds / 4.0, 5.0))
     wake = threading.Event()
     watch = FolderWatch([ex.dir("new"), ex.dir("cancel")], wake)

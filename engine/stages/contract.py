@@ -104,6 +104,11 @@ class StageContext:
             loading them for this stage (and emptying the cache).
         shard: the shard this unit computes; None for a whole run (or the final
             unit after the shards).
+        devices: more than one device: a stage with ``data_parallel`` runs
+            data-parallel over them (:mod:`engine.stages.parallel`); ``device``
+            is then the first one.
+        parallel: inside one rank of a data-parallel run, its
+            :class:`engine.stages.parallel.RankGroup`; None otherwise.
     """
 
     job: Job
@@ -118,6 +123,8 @@ class StageContext:
     fence_fn: Callable[[], None] = lambda: None
     reuse_models: bool = False
     shard: Shard | None = None
+    devices: tuple[str, ...] = ()
+    parallel: Any = None
 
     # No ``parents=True`` below: a worker that lost its lease finds its job folder
     # moved away, and must fail there rather than re-create a half job in ``cur/``.
@@ -196,6 +203,9 @@ class Stage(ABC):
     #: how a scheduler may split the stage: "one" unit, or "frames" (shards over
     #: its frame batches, honouring ``ctx.shard``, then a final unit)
     split: ClassVar[str] = "one"
+    #: runs data-parallel when the context has several devices (PTI, refinement;
+    #: engine/stages/parallel.py); other stages use ``device`` only
+    data_parallel: ClassVar[bool] = False
 
     def applies(self, config: PipelineConfig) -> bool:
         """Whether the stage is part of a job with this configuration; one that is

@@ -33,6 +33,7 @@ from fsexchange.options import PipelineConfig
 from engine.stages.compute import pinned_threads
 from engine.stages.contract import Stage, StageContext
 from engine.stages.outputs import DONE_FILE
+from engine.stages.parallel import execute
 
 __all__ = ["PIPELINES", "stages_for", "run_pipeline", "run_stage",
            "plain"]
@@ -149,7 +150,7 @@ def run_stage(stage: Stage, index: int, base: StageContext,
     try:
         # every unit of a job computes with one thread count (docs/scale.md)
         with pinned_threads(ctx.job_dir):
-            facts = stage.run(ctx) or {}
+            facts = execute(stage, ctx) or {}  # several devices: data-parallel
     except FaceStitchError as exc:
         if exc.stage is None:
             exc.stage = stage.name

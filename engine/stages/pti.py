@@ -282,6 +282,7 @@ class PTIStage(Stage):
     """One generator tuned over all present frames, in mini-batches."""
 
     name = "pti"
+    data_parallel = True  # over several devices: engine/stages/parallel.py
     weight = 10.0  # share of the job's progress bar
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
@@ -306,6 +307,8 @@ class PTIStage(Stage):
         cfg = replace(cfg, batch_size=batch)
         tuner = PTITuner(G0, lpips, pivots, frames, targets, cfg,
                          seed=ctx.config.seed, device=dev, dtype=dtype)
+        if ctx.parallel is not None:  # one rank of several (engine/stages/parallel.py)
+            ctx.parallel.attach(tuner, {"_step": "opt"}, tuner.batch)
         ckpt_path = files.checkpoint_path
         if ckpt_path.exists():
             tuner.load_state_dict(load_checkpoint(ckpt_path))
@@ -314,7 +317,8 @@ class PTIStage(Stage):
             ctx.info["pti_resumed_at_pass"] = tuner.state["pass"]
 
         def checkpoint() -> None:
-            save_checkpoint(ckpt_path, tuner.state_dict(), fence=ctx.fence)
+            if ctx.parallel is None or ctx.parallel.writer:
+                save_checkpoint(ckpt_path, tuner.state_dict(), fence=ctx.fence)
 
         if tuner.state["before"] is None and frames:
             ctx.report(0.0, "measuring the inversion error")
@@ -340,6 +344,8 @@ class PTIStage(Stage):
                 checkpoint()
             raise
         seconds = time.monotonic() - t0
+        if ctx.parallel is not None and not ctx.parallel.writer:
+            return {}  # rank 0 writes the outputs
 
         G = tuner.G.eval().requires_grad_(False)
         after = tuner.error(G, abort=ctx.check_abort) if frames else None

@@ -769,6 +769,7 @@ class RefineStage(Stage):
     """Flow-based temporal refinement of the edited latents and the generator."""
 
     name = "refine"
+    data_parallel = True  # over several devices: engine/stages/parallel.py
     weight = 3.0  # share of the job's progress bar
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
@@ -814,6 +815,8 @@ class RefineStage(Stage):
         flow = make_flow(cfg, dev, warn=ctx.warn)
         tuner = RefineTuner(G, lpips, inputs, sources, cfg, flow,
                             seed=ctx.config.seed, device=dev, dtype=dtype)
+        if ctx.parallel is not None:  # one rank of several (engine/stages/parallel.py)
+            ctx.parallel.attach(tuner, {"_step1": "opt_w", "_step2": "opt_g"}, batch)
         ckpt = files.checkpoint_path
         if ckpt.exists():
             tuner.load_state_dict(load_checkpoint(ckpt))
@@ -823,7 +826,8 @@ class RefineStage(Stage):
             ctx.info["refine_resumed_at"] = [st["phase"], st["epoch"]]
 
         def checkpoint() -> None:
-            save_checkpoint(ckpt, tuner.state_dict())
+            if ctx.parallel is None or ctx.parallel.writer:
+                save_checkpoint(ckpt, tuner.state_dict())
 
         t_last = time.monotonic()
         steps_run = 0
@@ -851,6 +855,8 @@ class RefineStage(Stage):
             if steps_run:  # keep the work done so far for the next attempt
                 checkpoint()
             raise
+        if ctx.parallel is not None and not ctx.parallel.writer:
+            return {}  # rank 0 writes the outputs
 
         G_ref, lat_ref = tuner.result()
         ctx.report(0.9, "measuring the warping error before and after")

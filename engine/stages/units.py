@@ -41,6 +41,7 @@ from fsexchange.options import PipelineConfig
 from engine.stages.compute import pinned_threads
 from engine.stages.contract import Shard, Stage, StageContext
 from engine.stages.outputs import JobFiles
+from engine.stages.parallel import execute
 from engine.stages.pipeline import PIPELINES, plain, run_stage, stages_for
 
 __all__ = ["UnitOutcome", "parse_shard", "load_job", "open_unit", "run_unit",
@@ -215,7 +216,8 @@ def run_unit(job_dir: Path, stage_name: str, shard: Shard | None = None, *,
              abort_fn: Callable[[], bool] | None = None,
              progress: Callable[[float, str], None] | None = None,
              worker: str = "", threads: int = 0, write_done: bool = True,
-             pipelines: Mapping[str, Sequence[str]] = PIPELINES) -> UnitOutcome:
+             pipelines: Mapping[str, Sequence[str]] = PIPELINES,
+             devices: Sequence[str] = ()) -> UnitOutcome:
     """Run one unit of ``stage_name`` in ``job_dir``.
 
     Args:
@@ -230,6 +232,9 @@ def run_unit(job_dir: Path, stage_name: str, shard: Shard | None = None, *,
             unit (0: torch's current count); see :func:`pin_threads`.
         write_done: complete the stage (``DONE.msgpack``) after a whole-stage
             unit; False when the caller writes it (the engine, with Ray).
+        devices: several devices: PTI and refinement run data-parallel over
+            them (:mod:`engine.stages.parallel`; ``device`` is ignored), other
+            stages on the first.
 
     Raises:
         StageNotReady, PipelineUnavailable, DocumentError: see :func:`open_unit`.
@@ -247,8 +252,12 @@ def run_unit(job_dir: Path, stage_name: str, shard: Shard | None = None, *,
         log.info("job %s: stage %s is not part of this job", job.id, stage_name)
         return UnitOutcome(stage_name, shard, {"applies": False}, [], {},
                            skipped=True)
+    if len(devices) > 1:
+        device = devices[0]
     stages, index, base = open_unit(job_dir, stage_name, shard, device=device,
                                     media_roots=media_roots, pipelines=pipelines)
+    if len(devices) > 1:
+        base = dataclasses.replace(base, devices=tuple(devices))
     stage = stages[index]
     files = base.files.of(stage.name)
     prev = base.files.done(stage.name)
@@ -277,7 +286,7 @@ def run_unit(job_dir: Path, stage_name: str, shard: Shard | None = None, *,
             facts = dict(doc.facts)
         else:
             try:
-                facts = plain(stage.run(ctx) or {})
+                facts = plain(execute(stage, ctx) or {})
             except FaceStitchError as exc:
                 if exc.stage is None:
                     exc.stage = stage.name
