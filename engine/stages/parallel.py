@@ -450,16 +450,19 @@ def _result(stage: "Stage", ctx: "StageContext", devices: tuple[str, ...],
         raise error_from_dict({**errors[0][1], "stage": stage.name})
     if aborted:
         raise StageAborted()
-    bad = [(r, k, d) for r, (k, d) in sorted(outcome.items())
-           if k in ("died", "crash")]
+    # a rank that died first: the others' errors (a closed connection) follow
+    bad = sorted(((r, k, d) for r, (k, d) in outcome.items()
+                  if k in ("died", "crash")), key=lambda b: (b[1] != "died", b[0]))
     if bad or any(r not in outcome or outcome[r][0] != "done"
                   for r in range(len(devices))):
         if bad:
             r, kind, data = bad[0]
             why = (_exit_text(data) if kind == "died"
                    else f"failed: {str(data).splitlines()[0]}")
-            if kind == "crash":
-                log.error("%s rank %d: %s", stage.name, r, data)
+            for rr, kk, dd in bad:
+                if kk == "crash":
+                    log.log(logging.ERROR if rr == r else logging.INFO,
+                            "%s rank %d: %s", stage.name, rr, dd)
         else:
             r = next(r for r in range(len(devices))
                      if r not in outcome or outcome[r][0] != "done")
