@@ -337,3 +337,29 @@ def test_pti_data_parallel_on_two_gpus_equals_one(tmp_path):
     got = JobFiles(two).pti.generator("cpu").state_dict()
     want = JobFiles(one).pti.generator("cpu").state_dict()
     assert _relative_diff(got, want, start) < TOLERANCE
+
+
+@pytest.mark.slow
+def test_engine_runs_a_job_with_devices(tmp_path):
+    """``facestitch engine --devices cpu,cpu``: the job completes, its PTI and
+    refinement ran data-parallel (their facts name the devices), the other stages
+    on the first device."""
+    from fsexchange.client import job_status
+    from test_pipeline_helpers import submit
+
+    ex = tmp_path / "ex"
+    submit(ex, make_job("eng", N, edits=edits(), options=OPTIONS),
+           make_clip(tmp_path / "clip", N))
+    r = _cli("engine", "--exchange", str(ex), "--once", "--no-watch", "--devices",
+             "cpu,cpu", "--threads", "1", timeout=600)
+    assert r.returncode == 0, r.stderr
+    st = job_status(ex, "eng")
+    assert st.state == "done", st.error
+    from engine.stages.outputs import JobFiles
+
+    files = JobFiles(st.folder)
+    facts = {n: files.done(n).facts for n in ("pti", "refine", "stitch_tune")}
+    assert facts["pti"]["devices"] == ["cpu", "cpu"]
+    assert facts["refine"]["devices"] == ["cpu", "cpu"]
+    assert "devices" not in facts["stitch_tune"]
+    assert len(st.result.frames) == N
