@@ -5,8 +5,8 @@ On this machine the devices are two CPU processes (``--devices cpu,cpu``, gloo),
 one intra-op thread each (the job records 1 thread, every rank pins it). A
 data-parallel stage must tune the generator a single process tunes with the same
 batch, within float rounding: the tolerance below is what the order of the sums
-allows (measured 0.002 for PTI), while averaging the ranks' gradients without
-their slice weights (batches of 3 split 2 + 1) is off by 0.04, 20 times more.
+allows (measured up to 0.002), while averaging the ranks' gradients without
+their slice weights (batches of 3 split 2 + 1) was off by 0.04, 20 times more.
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ from scale_util import edits
 from test_pipeline_helpers import ROOT, make_clip, make_job
 
 N = 6
-#: PTI batches of 3 (two ranks take 2 + 1 frames: unequal slices must be
-#: weighted), refinement batches of 5 pairs (3 + 2); float32 (this CPU would
-#: choose bfloat16, whose rounding hides nothing but proves nothing either)
+#: PTI batches of 5 and 1 (two ranks take 3 + 2 frames: unequal slices must be
+#: weighted; then 1 + 0: a rank without rows still steps), refinement batches of
+#: 5 pairs (3 + 2); float32 (this CPU would choose bfloat16)
 OPTIONS = {
     "profile": "tiny", "device": "cpu", "dtype": "float32",
     "invert": {"batch_size": 2},
-    "pti": {"steps": 6, "lr": 1e-3, "batch_size": 3},
+    "pti": {"steps": 6, "lr": 1e-3, "batch_size": 5},
     "refine": {"batch_size": 5},
     "stitch": {"steps": 20, "batch_size": 2},
     "metrics": {"enabled": False},
@@ -167,10 +167,12 @@ def test_pti_and_refine_data_parallel_equal_one_process(tmp_path):
     assert "pti stage: done" in r.stdout
     g1, g2 = JobFiles(one).pti.generator("cpu"), JobFiles(two).pti.generator("cpu")
     start = load_models("tiny", device="cpu").generator.state_dict()
-    assert _relative_diff(g2.state_dict(), g1.state_dict(), start) < TOLERANCE
+    d_pti = _relative_diff(g2.state_dict(), g1.state_dict(), start)
+    print(f"PTI: weights apart {d_pti:.2e} of the tuning's change")
+    assert d_pti < TOLERANCE
     done = JobFiles(two).done("pti")
     assert done.facts["devices"] == ["cpu", "cpu"]
-    assert done.facts["batch_size"] == 3
+    assert done.facts["batch_size"] == 5
     l1 = JobFiles(one).pti.loss()
     l2 = JobFiles(two).pti.loss()
     for a, b in zip(l1["passes"], l2["passes"]):  # whole-batch means, not rank 0's
@@ -191,11 +193,17 @@ def test_pti_and_refine_data_parallel_equal_one_process(tmp_path):
     assert any("DIS flow" in w for w in out.warnings)  # rank 0's warnings come back
     r1, r2 = JobFiles(one).refine, JobFiles(two).refine
     pti = JobFiles(one).pti.generator("cpu").state_dict()
-    assert _relative_diff(r2.generator("cpu").state_dict(),
-                          r1.generator("cpu").state_dict(), pti) < TOLERANCE
+    d_ref = _relative_diff(r2.generator("cpu").state_dict(),
+                           r1.generator("cpu").state_dict(), pti)
+    print(f"refine: weights apart {d_ref:.2e} of the refinement's change")
+    assert d_ref < TOLERANCE
     lat_edit = np.load(JobFiles(one).edit.latents_path)
-    la, lb = np.load(r1.latents_path), np.load(r2.latents_path)
-    assert np.abs(lb - la).max() < TOLERANCE * np.abs(la - lat_edit).max()
+    la, lb = (np.load(r.latents_path).astype(np.float64) for r in (r1, r2))
+    # norms, not the largest element: the mapper moves latents of magnitude ~1
+    # by ~1e-5, so one float32 step (1.2e-7 at 1.5) is a percent of that
+    d_lat = np.linalg.norm(lb - la) / np.linalg.norm(la - lat_edit)
+    print(f"refine: latents apart {d_lat:.2e} of the refinement's change")
+    assert d_lat < TOLERANCE
 
     # the rest of the job runs on the refined outputs and delivers its frames
     for stage in ("stitch_tune", "paste", "report"):

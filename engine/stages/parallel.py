@@ -61,9 +61,11 @@ __all__ = ["parse_devices", "execute", "run_data_parallel", "RankGroup", "slices
 
 log = logging.getLogger(__name__)
 
-#: seconds the ranks get to stop by themselves after a cancel or a failure before
-#: they are killed
+#: seconds the ranks get to stop by themselves after a cancel (rank 0 writes a
+#: checkpoint) before they are killed
 GRACE = 10.0
+#: after a rank's failure: the others wait in a collective that cannot complete
+FAIL_GRACE = 2.0
 #: at most one progress message from rank 0 per this many seconds
 PROGRESS_INTERVAL = 0.25
 
@@ -392,7 +394,8 @@ def run_data_parallel(stage: "Stage", ctx: "StageContext") -> dict[str, Any]:
                 outcome.setdefault(rank, (kind, data))
                 if kind != "done" and deadline is None:
                     stop.set()
-                    deadline = time.monotonic() + GRACE
+                    deadline = time.monotonic() + (
+                        GRACE if kind == "aborted" else FAIL_GRACE)
             if not aborted and ctx.abort_fn():
                 aborted = True
                 stop.set()
@@ -404,7 +407,7 @@ def run_data_parallel(stage: "Stage", ctx: "StageContext") -> dict[str, Any]:
                     outcome.setdefault(r, ("died", p.exitcode))
                     if deadline is None:
                         stop.set()
-                        deadline = time.monotonic() + GRACE
+                        deadline = time.monotonic() + FAIL_GRACE
             if all(p.exitcode is not None for p in procs):
                 _drain(events, outcome, ctx)
                 break
