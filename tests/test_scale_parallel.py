@@ -142,7 +142,7 @@ def test_bad_devices_are_refused_at_the_edge(tmp_path):
     assert r.returncode == 2 and "a GPU is named twice" in r.stderr
     r = _cli("engine", "--exchange", str(tmp_path / "ex"), "--devices", "cpu,cpu",
              "--workers", "2", "--once")
-    assert r.returncode == 2 and "use it with --workers 1" in r.stderr
+    assert r.returncode == 2 and "use it with --workers 1" in r.stderr, r.stderr
     assert not (tmp_path / "ex").exists()
 
 

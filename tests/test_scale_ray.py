@@ -208,6 +208,30 @@ def test_cancel_during_a_sharded_stage_stops_the_tasks(cluster, tmp_path):
     assert not cur.exists()
 
 
+def test_data_parallel_units_hold_several_devices(cluster, tmp_path):
+    """``--ray … --devices cpu,cpu``: PTI and refinement run as one task each that
+    holds both CPUs of the cluster and trains data-parallel in two processes
+    (engine/stages/parallel.py); the job completes on Ray."""
+    from engine.stages.outputs import JobFiles
+    from engine.stages.units import read_unit_progress
+    from fsexchange.client import job_status
+
+    address, env = cluster
+    ex = tmp_path / "ex"
+    submit(ex, scale_job("dp"), clip(tmp_path / "clip"))
+    log = tmp_path / "engine.log"
+    _finish(_engine(ex, address, env, log, "--devices", "cpu,cpu"), log)
+    st = job_status(ex, "dp")
+    assert st.state == "done", (st.error, log.read_text()[-4000:])
+    files = JobFiles(st.folder)
+    for stage in ("pti", "refine"):
+        assert files.done(stage).facts["devices"] == ["cpu", "cpu"]
+        unit = read_unit_progress(st.folder, stage, None)
+        assert eng_pid_not_in({unit["pid"]}, log)  # a Ray worker ran it
+    assert "devices" not in files.done("stitch_tune").facts
+    assert len(st.result.frames) == len(frame_hashes(st.folder)) > 0
+
+
 def test_unreachable_ray_address_is_a_clear_error(tmp_path):
     import socket
 

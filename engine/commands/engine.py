@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="several devices, e.g. cuda:0,cuda:1: each job's PTI and "
                    "refinement run data-parallel over them (one process each), "
                    "the other stages on the first (docs/scale.md); needs "
-                   "--workers 1 and no --ray")
+                   "--workers 1; with --ray each PTI/refine task asks the "
+                   "cluster for that many devices of that kind")
     p.add_argument("--media-root", action="append", type=Path, default=[],
                    metavar="DIR", dest="media_roots",
                    help="a folder outside the exchange that jobs may read media "
@@ -87,9 +88,10 @@ def main(argv: list[str]) -> int:
             devices = parse_devices(args.devices)
         except ValueError as exc:
             build_parser().error(str(exc))
-        if len(devices) > 1 and (args.workers > 1 or args.ray is not None):
+        if len(devices) > 1 and args.workers > 1 and args.ray is None:
             build_parser().error("--devices gives every job all its devices: use it "
-                                 "with --workers 1 and without --ray")
+                                 "with --workers 1 (or with --ray, where each PTI "
+                                 "or refine task asks the cluster for that many)")
     for root in args.media_roots:
         if not root.is_dir():
             build_parser().error(f"--media-root {root} is not a folder")

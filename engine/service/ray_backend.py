@@ -105,10 +105,12 @@ def connect(address: str) -> None:
 
 def _unit_task(job_dir: str, stage: str, shard: tuple[int, int] | None, device: str,
                media_roots: list[str], threads: int,
-               pipelines: dict[str, list[str]]) -> dict[str, Any]:
+               pipelines: dict[str, list[str]],
+               devices: list[str] | None = None) -> dict[str, Any]:
     """One unit in a Ray worker. ``FaceStitchError`` comes back as data (so Ray
     does not retry what only the user can fix); anything else raises, and Ray
-    retries the task."""
+    retries the task. ``devices``: a data-parallel unit's devices (the GPUs Ray
+    gave the task are ``cuda:0``… under its ``CUDA_VISIBLE_DEVICES``)."""
     from engine.stages.units import run_unit
 
     if not logging.getLogger().handlers:
@@ -119,7 +121,7 @@ def _unit_task(job_dir: str, stage: str, shard: tuple[int, int] | None, device: 
         out = run_unit(Path(job_dir), stage, Shard(*shard) if shard else None,
                        device=device, media_roots=[Path(r) for r in media_roots],
                        threads=threads, worker=worker, write_done=False,
-                       pipelines=pipelines)
+                       pipelines=pipelines, devices=tuple(devices or ()))
     except FaceStitchError as exc:
         return {"error": exc.to_dict()}
     except StageAborted:
@@ -151,11 +153,17 @@ class RayBackend:
             the cluster (GPUs, or CPUs over the job's threads).
         max_retries: Ray's retries of a task whose worker died or that raised.
         pipelines: job kind -> stage references, as the tasks must import them.
+        devices: several: a unit of a data-parallel stage (PTI, refinement) asks
+            for that many GPUs (or that many times the job's CPU threads) and
+            runs data-parallel over them (engine/stages/parallel.py); only their
+            count and kind matter, Ray picks the GPUs.
     """
 
     def __init__(self, address: str, *, shards: int = 0, max_retries: int = 3,
-                 pipelines: Mapping[str, Sequence[str]] | None = None) -> None:
+                 pipelines: Mapping[str, Sequence[str]] | None = None,
+                 devices: Sequence[str] = ()) -> None:
         connect(address)
+        self.devices = tuple(devices)
         self.address, self.shards, self.max_retries = address, shards, max_retries
         self.pipelines = {k: list(v) for k, v in (pipelines or PIPELINES).items()}
         #: what ran: per unit its stage, shard, seconds inside the task and from
@@ -190,6 +198,12 @@ class RayBackend:
                                 "num_gpus": 1 if gpu else 0}
         args = (str(ctx.job_dir), stage.name, device,
                 [str(r) for r in ctx.media_roots], threads, self.pipelines)
+        many = len(self.devices)
+        if getattr(stage, "data_parallel", False) and many > 1:
+            # one task holding several devices, one process on each
+            opts.update(num_gpus=many if gpu else 0,
+                        num_cpus=1 if gpu else threads * many)
+            args += ([f"cuda:{i}" for i in range(many)] if gpu else ["cpu"] * many,)
         n = self.shards or self.slots(gpu, threads)
         if stage.split == "frames" and n > 1:
             shards = [Shard(i, n) for i in range(n)]

@@ -171,7 +171,8 @@ def _worker_loop(opts: EngineOptions, pipelines: Mapping[str, Sequence[str]],
     if opts.ray is not None:
         from engine.service.ray_backend import RayBackend
 
-        backend = RayBackend(opts.ray, shards=opts.shards, pipelines=pipelines)
+        backend = RayBackend(opts.ray, shards=opts.shards, pipelines=pipelines,
+                             devices=opts.devices)
     settings = RunnerSettings(device=device, media_roots=opts.media_roots,
                               pipelines=dict(pipelines), worker=worker_id(),
                               max_reclaims=opts.max_reclaims,
