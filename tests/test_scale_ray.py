@@ -230,6 +230,13 @@ def test_data_parallel_units_hold_several_devices(cluster, tmp_path):
         assert eng_pid_not_in({unit["pid"]}, log)  # a Ray worker ran it
     assert "devices" not in files.done("stitch_tune").facts
     assert len(st.result.frames) == len(frame_hashes(st.folder)) > 0
+    # three CPU processes on a 2-CPU cluster: a task Ray could never place
+    submit(ex, scale_job("dp3"), clip(tmp_path / "clip3"))
+    _finish(_engine(ex, address, env, log, "--devices", "cpu,cpu,cpu"), log)
+    st = job_status(ex, "dp3")
+    assert st.state == "failed"
+    assert st.error["code"] == "parallel.refused" and st.error["stage"] == "pti"
+    assert "needs 3 CPUs of the Ray cluster, which has 2" in st.error["message"]
 
 
 def test_unreachable_ray_address_is_a_clear_error(tmp_path):

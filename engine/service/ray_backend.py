@@ -36,8 +36,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from fsexchange.errors import (FaceStitchError, InternalError, JobCrashed,
-                               error_from_dict)
+from fsexchange.errors import (DataParallelRefused, FaceStitchError, InternalError,
+                               JobCrashed, error_from_dict)
 
 from engine.stages.compute import recorded_threads
 from engine.stages.contract import Shard, Stage, StageAborted, StageContext
@@ -130,6 +130,18 @@ def _unit_task(job_dir: str, stage: str, shard: tuple[int, int] | None, device: 
             "seconds": out.seconds, "skipped": out.skipped, "worker": worker}
 
 
+def _check_fits(stage: str, kind: str, need: int) -> None:
+    """A task the cluster can never place would wait forever: refuse it."""
+    import ray
+
+    have = int(ray.cluster_resources().get(kind, 0))
+    if have < need:
+        raise DataParallelRefused(
+            f"a data-parallel {stage} task needs {need} {kind}s of the Ray cluster, "
+            f"which has {have}: give --devices fewer entries (or --threads fewer "
+            "threads)", stage=stage, field="devices")
+
+
 class RayStage(Stage):
     """A stage whose units run on the Ray cluster (what :meth:`RayBackend.wrap`
     gives the pipeline loop); same name, weight and split as the stage."""
@@ -203,6 +215,8 @@ class RayBackend:
             # one task holding several devices, one process on each
             opts.update(num_gpus=many if gpu else 0,
                         num_cpus=1 if gpu else threads * many)
+            _check_fits(stage.name, "GPU" if gpu else "CPU",
+                        opts["num_gpus"] if gpu else opts["num_cpus"])
             args += ([f"cuda:{i}" for i in range(many)] if gpu else ["cpu"] * many,)
         n = self.shards or self.slots(gpu, threads)
         if stage.split == "frames" and n > 1:
