@@ -19,7 +19,8 @@ __all__ = ["COMMANDS", "MISSING_EXTRA", "missing_extra_message", "main"]
 
 #: name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "submit": ("host_bridge.commands.submit", "submit a clip as a job to an exchange folder"),
+    "submit": ("host_bridge.commands.submit",
+               "submit a clip as a job to an exchange folder"),
     "status": ("host_bridge.commands.status", "show the state of jobs"),
     "cancel": ("host_bridge.commands.cancel", "cancel a queued or running job"),
     "panel": ("host_bridge.panel.command",
@@ -28,13 +29,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stage": ("engine.commands.stage", "run one unit of one stage of a job folder"),
     "farm": ("engine.commands.farm", "render farms: OpenJD template, claim, publish"),
     "demo": ("engine.commands.demo", "run the full round trip on a real-face clip"),
-    "preview": ("engine.commands.preview", "track + align + identity paste-back of a clip"),
+    "preview": ("engine.commands.preview",
+                "track + align + identity paste-back of a clip"),
     "edits": ("engine.commands.edits", "list the installed edits"),
     "faces": ("engine.commands.faces", "list or track the faces of a clip (JSON)"),
     "models": ("engine.commands.models", "list, verify, install, fetch and add models"),
-    "metrics": ("engine.commands.metrics", "temporal identity and warping-error metrics"),
+    "metrics": ("engine.commands.metrics",
+                "temporal identity and warping-error metrics"),
     "ofx": ("host_bridge.commands.ofx", "build the OpenFX shim bundle"),
-    "otio": ("host_bridge.commands.otio", "write an OpenTimelineIO round trip of a job"),
+    "otio": ("host_bridge.commands.otio",
+             "write an OpenTimelineIO round trip of a job"),
     "resolve-install": ("host_bridge.resolve_install",
                         "install the DaVinci Resolve menu scripts and settings"),
 }
@@ -87,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"facestitch: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
     try:
         module = importlib.import_module(COMMANDS[name][0])
         return int(module.main(rest) or 0)

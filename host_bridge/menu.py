@@ -184,7 +184,7 @@ def run(action: str, namespace: Mapping[str, Any] | None = None, *,
     except Exception as exc:  # noqa: BLE001 - the editor must see something
         log.exception("FaceStitch %s failed", action)
         (ui or make_prompter(namespace)).show(
-            TITLE, f"Unexpected error: {exc!r}. Please report it with Resolve's console "
-                   "output (Workspace > Console).", error=True)
+            TITLE, f"Unexpected error: {exc!r}. Please report it with Resolve's "
+                   "console output (Workspace > Console).", error=True)
         return 3
 

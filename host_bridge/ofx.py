@@ -81,7 +81,8 @@ class OfxBuild:
 
 
 def bundle_arch(system: str | None = None, machine: str | None = None) -> str:
-    """The OpenFX architecture folder name for this machine (docs/hosts.md "OpenFX bundle layout and discovery")."""
+    """The OpenFX architecture folder name for this machine (docs/hosts.md "OpenFX
+    bundle layout and discovery")."""
     system = system or platform.system()
     machine = (machine or platform.machine()).lower()
     if system == "Darwin":
@@ -159,8 +160,8 @@ def source_dir() -> Path:
     for cand in (here.parent / "plugins" / "ofx_shim", shared):
         if all((cand / f).is_file() for f in _SOURCES + _HEADERS):
             return cand
-    raise HostError("the OpenFX shim sources (plugins/ofx_shim/facestitch_ofx.c) are not "
-                    "installed; build from a FaceStitch source checkout")
+    raise HostError("the OpenFX shim sources (plugins/ofx_shim/facestitch_ofx.c) are "
+                    "not installed; build from a FaceStitch source checkout")
 
 
 def find_compiler(cc: str | None = None) -> str:
@@ -175,8 +176,8 @@ def find_compiler(cc: str | None = None) -> str:
     for cand in [os.environ.get("CC", "")] + ["cc", "gcc", "clang"]:
         if cand and shutil.which(cand):
             return shutil.which(cand)  # type: ignore[return-value]
-    raise HostError("no C compiler found (tried $CC, cc, gcc, clang); install one, e.g. "
-                    "'apt install gcc' or Xcode's command-line tools")
+    raise HostError("no C compiler found (tried $CC, cc, gcc, clang); install one, "
+                    "e.g. 'apt install gcc' or Xcode's command-line tools")
 
 
 def _link_flags(system: str) -> list[str]:
@@ -225,7 +226,8 @@ def build_bundle(out_dir: str | os.PathLike[str], *, cc: str | None = None,
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise HostError(f"compiling the OpenFX shim failed ({compiler}, exit "
-                            f"{proc.returncode}):\n{proc.stderr.strip() or proc.stdout}")
+                            f"{proc.returncode}):\n"
+                            f"{proc.stderr.strip() or proc.stdout}")
         (contents / "Info.plist").write_text(
             _INFO_PLIST.format(name=BUNDLE_NAME, ident=PLUGIN_ID, version=version))
         (contents / "Resources" / f"{PLUGIN_ID}.svg").write_text(_ICON_SVG)
@@ -244,7 +246,7 @@ def build_bundle(out_dir: str | os.PathLike[str], *, cc: str | None = None,
                     tuple(str(built) if c == str(binary) else c for c in cmd))
 
 
-# ---- jobs from the shim's Export mode -------------------------------------------------
+# ---- jobs from the shim's Export mode ----------------------------------------------
 
 _EXPORTED = re.compile(r"^frame\.(\d{7})\.pam$")
 
@@ -261,14 +263,14 @@ def exported_frames(folder: str | os.PathLike[str]) -> list[int]:
     numbers = sorted(int(m[1]) for p in (path.iterdir() if path.is_dir() else ())
                      if (m := _EXPORTED.match(p.name)))
     if not numbers:
-        raise MediaMissing(f"no frame.NNNNNNN.pam files in {path}: render the shot with "
-                           "the FaceStitch effect in Export mode first")
+        raise MediaMissing(f"no frame.NNNNNNN.pam files in {path}: render the shot "
+                           "with the FaceStitch effect in Export mode first")
     missing = sorted(set(range(numbers[0], numbers[-1] + 1)) - set(numbers))
     if missing:
         shown = ", ".join(map(str, missing[:8])) + (" ..." if len(missing) > 8 else "")
-        raise HostError(f"{len(missing)} frame(s) missing in {path} ({shown}): render the "
-                        "whole range with the effect in Export mode (the host renders "
-                        "only the frames it shows)")
+        raise HostError(f"{len(missing)} frame(s) missing in {path} ({shown}): render "
+                        "the whole range with the effect in Export mode (the host "
+                        "renders only the frames it shows)")
     check_frame_sizes(path, numbers)
     return numbers
 

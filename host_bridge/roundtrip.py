@@ -98,7 +98,8 @@ def output_name(shot: Shot) -> str:
 
 
 def shot_job(shot: Shot, job_id: str, opts: SendOptions, *, source: Source,
-              subject: Subject, product: str = "", version: tuple[int, ...] = ()) -> Job:
+             subject: Subject, product: str = "",
+             version: tuple[int, ...] = ()) -> Job:
     """The ``Job/1`` for a shot. Output files are numbered by source timecode frame
     (``start_number`` None), which import reads back from ``Result/1``."""
     # a rendered shot's "media" is its record range: frames 0..N-1 at the timeline
@@ -178,7 +179,8 @@ def send_shot(session: ResolveSession, exchange: str | Path, item: Any,
             attachments["facetrack.msgpack"] = track.to_bytes()
             subject = replace(subject, track="facetrack.msgpack")
         job = shot_job(shot, job_id, opts, source=source, subject=subject,
-                        product=session.edition.product, version=session.edition.version)
+                       product=session.edition.product,
+                       version=session.edition.version)
         submit_job(exchange, job, attachments=attachments)
     sent = SentJob(job_id, shot, subject, faces, track is not None, tuple(warnings))
     log.info("%s", sent.describe())
@@ -195,7 +197,8 @@ def send_items(session: ResolveSession, exchange: str | Path, items: Sequence[An
     for item in items:
         name = item.GetName() or "a clip"
         try:
-            sent.append(send_shot(session, exchange, item, opts, choose_face=choose_face))
+            sent.append(send_shot(session, exchange, item, opts,
+                                  choose_face=choose_face))
         except Cancelled as exc:
             problems.append(exc.message)
         except FaceStitchError as exc:
@@ -203,7 +206,7 @@ def send_items(session: ResolveSession, exchange: str | Path, items: Sequence[An
     return sent, problems
 
 
-# ---- following and importing -------------------------------------------------------------
+# ---- following and importing -----------------------------------------------------
 
 
 def _load_job(status: JobStatus) -> Job:
@@ -238,8 +241,8 @@ def import_job(session: ResolveSession, exchange: str | Path, job_id: str, *,
     if status.state != "done":
         raise HostError(explain_status(status, shot=shot))
     if job.host.get("app") != "resolve":
-        raise HostError(f"job {job_id} was not sent from Resolve; relink its result with "
-                        "'facestitch otio' instead")
+        raise HostError(f"job {job_id} was not sent from Resolve; relink its result "
+                        "with 'facestitch otio' instead")
     if status.result is None or status.folder is None:
         raise HostError(f"job {job_id} is done but its result cannot be read")
     media = ResultMedia.from_result(status.folder, status.result)
@@ -312,7 +315,8 @@ def timeline_jobs(session: ResolveSession, exchange: str | Path) -> list[Timelin
             job = _load_job(status)
         except (OSError, FaceStitchError):
             continue  # moved while we looked, or not a job we can read
-        if job.host.get("app") == "resolve" and job.host.get("timeline_id") == timeline_id:
+        if job.host.get("app") == "resolve" and \
+                job.host.get("timeline_id") == timeline_id:
             out.append(TimelineJob(status, job, job.id in placed))
     return sorted(out, key=lambda tj: (tj.job.created, tj.job.id))
 

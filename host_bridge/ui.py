@@ -119,7 +119,8 @@ class ConsolePrompter:
         for line in faces:
             self.print(f"  {line}")
         while True:
-            answer = self.input("Which face? [1] (q to skip this shot): ").strip() or "1"
+            answer = (self.input("Which face? [1] (q to skip this shot): ").strip()
+                      or "1")
             if answer.lower() in ("q", "quit", "cancel"):
                 return None
             if answer.isdigit() and 1 <= int(answer) <= len(faces):
@@ -194,7 +195,8 @@ class TkPrompter:
 
 
 class FusionPrompter:
-    """Fusion UIManager dialogs (Resolve Studio; docs/hosts.md "Studio and the free edition")."""
+    """Fusion UIManager dialogs (Resolve Studio; docs/hosts.md "Studio and the free
+    edition")."""
 
     def __init__(self, fusion: Any, bmd: Any) -> None:
         self.ui = fusion.UIManager
@@ -230,9 +232,9 @@ class FusionPrompter:
         def close(ev: Any) -> None:
             disp.ExitLoop()
 
-        setattr(getattr(win.On, buttons[0]), "Clicked", accept)  # win.On.OK.Clicked = ...
+        getattr(win.On, buttons[0]).Clicked = accept  # win.On.OK.Clicked = ...
         for other in buttons[1:]:
-            setattr(getattr(win.On, other), "Clicked", close)
+            getattr(win.On, other).Clicked = close
         win.On.FaceStitchDialog.Close = close
         win.Show()
         disp.RunLoop()

@@ -1,4 +1,5 @@
-"""engine.stages.align: FFHQ quad, smoothing, exact inverse, reflect padding, the stage."""
+"""engine.stages.align: FFHQ quad, smoothing, exact inverse, reflect padding,
+the stage."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""engine.stages.mask: reference morphology (docs/reference.md "Stitching tuning"), scaling, hull fallback."""
+"""engine.stages.mask: reference morphology (docs/reference.md "Stitching tuning"),
+scaling, hull fallback."""
 
 from __future__ import annotations
 

@@ -88,7 +88,7 @@ def test_edl_one_file_per_track_with_timeline_record_timecodes(ntsc, tmp_path):
     written = write_timeline(tl, tmp_path / "shot.edl")
     assert [p.name for p in written] == ["shot.V1.edl", "shot.V2.edl"]
     reels = []
-    for path, track in zip(written, tl.tracks):
+    for path, _track in zip(written, tl.tracks):
         text = path.read_text()
         [event] = re.findall(r"^001\s+(\S+)\s+V\s+C\s+(\S+) (\S+) (\S+) (\S+)$", text,
                              re.M)

@@ -1,4 +1,5 @@
-"""engine.stages.paste: exact pass-through outside alpha, compositing, formats, stage."""
+"""engine.stages.paste: exact pass-through outside alpha, compositing,
+formats, stage."""
 
 from __future__ import annotations
 

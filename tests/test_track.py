@@ -1,4 +1,5 @@
-"""engine.stages.track: backends, identities across frames, subject choice, gaps, no face."""
+"""engine.stages.track: backends, identities across frames, subject choice,
+gaps, no face."""
 
 from __future__ import annotations
 
@@ -161,7 +162,8 @@ def test_face_alignment_weights_missing_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(ModelMissing) as exc:
         faces.make_backend(TrackConfig(backend="face-alignment"))
     msg = exc.value.message
-    assert faces.FAN_FILE in msg and str(tmp_path / "torch" / "hub" / "checkpoints") in msg
+    assert faces.FAN_FILE in msg
+    assert str(tmp_path / "torch" / "hub" / "checkpoints") in msg
     assert exc.value.code == "model.missing"
     assert not (tmp_path / "torch" / "hub" / "checkpoints" / faces.FAN_FILE).exists()
     assert faces.make_backend(TrackConfig(backend="auto")).name == "dlib"

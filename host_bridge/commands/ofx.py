@@ -37,12 +37,15 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="compile and lay out FaceStitch.ofx.bundle with "
                                      "the system C compiler")
     b.add_argument("--out", required=True,
-                   help="folder to receive FaceStitch.ofx.bundle, e.g. /usr/OFX/Plugins")
-    b.add_argument("--cc", default=None, help="C compiler (default: $CC, cc, gcc, clang)")
+                   help="folder to receive FaceStitch.ofx.bundle, "
+                        "e.g. /usr/OFX/Plugins")
+    b.add_argument("--cc", default=None,
+                   help="C compiler (default: $CC, cc, gcc, clang)")
     s = sub.add_parser("submit", help="submit frames written by the Export mode")
     s.add_argument("folder", type=Path, help="the Export folder (frame.NNNNNNN.pam)")
     s.add_argument("--exchange", required=True, type=Path, help="the exchange folder")
-    s.add_argument("--rate", required=True, help="the shot's frame rate (24000/1001, 25)")
+    s.add_argument("--rate", required=True,
+                   help="the shot's frame rate (24000/1001, 25)")
     s.add_argument("--edit", action="append", default=[], metavar="NAME=STRENGTH",
                    help="an edit (repeatable)")
     s.add_argument("--kind", choices=JOB_KINDS, default="stitch")

@@ -114,14 +114,15 @@ class ResultMedia:
             raise HostError(f"job {job_id}: result files are not one numbered "
                             f"sequence ({paths[0].name} ... {paths[-1].name})")
         file_numbers = [int(m["number"]) for m in parts if m]
-        if file_numbers != list(range(file_numbers[0], file_numbers[0] + len(paths))) or \
-                len({p.parent for p in paths}) != 1:
+        if (file_numbers != list(range(file_numbers[0], file_numbers[0] + len(paths)))
+                or len({p.parent for p in paths}) != 1):
             raise HostError(f"job {job_id}: result file numbers are not "
                             "consecutive; cannot import them as one clip")
         m = parts[0]
         assert m is not None
         pattern = paths[0].parent / f"{m['head']}%0{len(m['number'])}d{m['tail']}"
-        return cls("sequence", pattern, file_numbers[0], file_numbers[-1], tuple(numbers))
+        return cls("sequence", pattern, file_numbers[0], file_numbers[-1],
+                   tuple(numbers))
 
     def import_spec(self) -> Any:
         if self.kind == "movie":
@@ -226,7 +227,8 @@ def _is_free(timeline: Any, track: int, start: int, end: int) -> bool:
 
 
 def _delete(session: ResolveSession, items: list[Any]) -> None:
-    """DeleteClips needs the Edit page and can fail on the first try (docs/hosts.md "Scripting calls and their quirks")."""
+    """DeleteClips needs the Edit page and can fail on the first try (docs/hosts.md
+    "Scripting calls and their quirks")."""
     session.open_page("edit")
     ids = {item.GetUniqueId() for item in items}
     tl = session.timeline
@@ -272,8 +274,8 @@ def _import(session: ResolveSession, media: ResultMedia, job_id: str, bin_name: 
             session.media_pool.SetCurrentFolder(previous)
     if not imported or imported[0] is None:
         raise HostError(f"Resolve could not import the result {media.path} "
-                        f"(numbers {media.first_number}-{media.last_number}). Check that "
-                        "this machine can read the exchange folder.")
+                        f"(numbers {media.first_number}-{media.last_number}). Check "
+                        "that this machine can read the exchange folder.")
     clip = imported[0]
     frames = clip.GetClipProperty("Frames")
     if str(frames).strip().isdigit() and int(frames) != len(media.frames):
@@ -285,7 +287,8 @@ def _import(session: ResolveSession, media: ResultMedia, job_id: str, bin_name: 
 
 def _copy_clip_properties(clip: Any, source: Mapping[str, Any], media: ResultMedia,
                           media_rate: Fraction, warnings: list[str]) -> None:
-    """Levels, colour space and rate of the source (docs/hosts.md "Round-trip conventions"); alpha by format."""
+    """Levels, colour space and rate of the source (docs/hosts.md "Round-trip
+    conventions"); alpha by format."""
     linear = media.path.suffix.lower() == ".exr"
     if linear and source.get("Input Color Space"):
         # EXR results are scene-linear (docs/colour.md), not in the clip's encoding
@@ -295,7 +298,8 @@ def _copy_clip_properties(clip: Any, source: Mapping[str, Any], media: ResultMed
         value = source.get(key)
         if value and clip.GetClipProperty(key) != value and \
                 not clip.SetClipProperty(key, value):
-            warnings.append(f"could not copy the clip's {key} ({value}); set it by hand")
+            warnings.append(f"could not copy the clip's {key} ({value}); "
+                            "set it by hand")
     mode = media.alpha.capitalize()  # Resolve's "Straight" / "Premultiplied"
     if clip.GetClipProperty("Alpha mode") not in (None, "", mode) and \
             not clip.SetClipProperty("Alpha mode", mode):
@@ -366,10 +370,10 @@ def _append(session: ResolveSession, clip: Any, clip_start: int, count: int, tra
     got = f"{duration} frames" if item is not None else "nothing"
     if item is not None:
         _delete(session, [item])
-    raise HostError(f"Resolve did not place the result: V{track} at {where} held {got}, "
-                    f"expected {expect} frames (AppendToTimeline fails silently when the "
-                    "range is occupied or the track is locked). Free the range and import "
-                    "again.")
+    raise HostError(f"Resolve did not place the result: V{track} at {where} held "
+                    f"{got}, expected {expect} frames (AppendToTimeline fails silently "
+                    "when the range is occupied or the track is locked). Free the "
+                    "range and import again.")
 
 
 def _plan(host: Mapping[str, Any], media: ResultMedia, item: Any, same_rate: bool,
@@ -396,8 +400,9 @@ def _plan(host: Mapping[str, Any], media: ResultMedia, item: Any, same_rate: boo
         raise HostError("the shot was trimmed outside the frames that were processed "
                         "(handles included); send it again")
     if (use_in, use_out) != (s_in, s_out) and not partial:
-        warnings.append(f"the shot now shows source frames {s_in}-{s_out - 1}, the result "
-                        f"covers {use_in}-{use_out - 1}; send it again to cover the rest")
+        warnings.append(f"the shot now shows source frames {s_in}-{s_out - 1}, the "
+                        f"result covers {use_in}-{use_out - 1}; send it again to cover "
+                        "the rest")
     count = use_out - use_in
     return record + use_in - s_in, use_in - first, count, count if same_rate else None
 
@@ -422,8 +427,8 @@ def place_result(session: ResolveSession, host: Mapping[str, Any], media: Result
     warnings: list[str] = []
     timeline = _find_timeline(session, str(host.get("timeline_id", "")))
     if timeline is None:
-        raise HostError(f"the timeline '{host.get('timeline_name')}' of job {job_id} is "
-                        "not in this project; open its project and import again")
+        raise HostError(f"the timeline '{host.get('timeline_name')}' of job {job_id} "
+                        "is not in this project; open its project and import again")
     original = session.timeline
     switched = timeline is not original
     if switched and not session.project.SetCurrentTimeline(timeline):
@@ -450,7 +455,8 @@ def place_result(session: ResolveSession, host: Mapping[str, Any], media: Result
         timecode = frames_to_timecode(record, tl_rate, bool(host.get("drop_frame")))
         track = _target_track(session, int(host.get("track_index", 1)), record,
                               record + (expect or count))
-        item = _append(session, clip, clip_start, count, track, record, expect, timecode)
+        item = _append(session, clip, clip_start, count, track, record, expect,
+                       timecode)
         if not item.SetProperty("CompositeMode",
                                 constant(session.resolve, "COMPOSITE_NORMAL", 0)):
             warnings.append("could not set the composite mode to Normal")
@@ -462,8 +468,9 @@ def place_result(session: ResolveSession, host: Mapping[str, Any], media: Result
                               result_tag(job_id, host)):
             warnings.append("could not tag the result with a marker: a re-run will not "
                             "replace it automatically")
-        placement = Placement(job_id, item, clip, track, record, int(item.GetDuration()),
-                              clip_start, len(previous), timecode, tuple(warnings))
+        placement = Placement(job_id, item, clip, track, record,
+                              int(item.GetDuration()), clip_start, len(previous),
+                              timecode, tuple(warnings))
         log.info("%s", placement.describe())
         return placement
     finally:
