@@ -416,6 +416,10 @@ def run_data_parallel(stage: "Stage", ctx: "StageContext") -> dict[str, Any]:
     finally:
         _end(procs)
         store.unlink(missing_ok=True)
+        try:
+            pdir.rmdir()  # unless another run of the stage uses it now
+        except OSError:
+            pass
         events.close()
     return _result(stage, ctx, devices, outcome, aborted)
 
