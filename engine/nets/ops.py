@@ -8,9 +8,9 @@ are no fused CUDA kernels here and nothing compiles at import time.
 Every function is ``torch.func`` friendly: no in-place updates of inputs or
 parameters, no ``.item()``, no data-dependent Python control flow, so
 ``functional_call`` with substituted (or stacked per-sample) parameters works.
-Not ``vmap``: the convolutions ask for channels-last layouts, which vmap cannot
-query; per-frame copies go in as per-sample parameters instead
-(:func:`modulated_conv2d`).
+``vmap`` only inside :func:`plain_layout`: the convolutions otherwise ask for
+channels-last layouts, which vmap cannot query; per-frame copies normally go in as
+per-sample parameters instead (:func:`modulated_conv2d`).
 
 Conventions (the NVIDIA ones, so ``G_ema`` tensors load unchanged):
 
@@ -24,8 +24,10 @@ Conventions (the NVIDIA ones, so ``G_ema`` tensors load unchanged):
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -43,11 +45,37 @@ __all__ = [
     "stored_weight",
     "weight_from_storage",
     "modulated_weight",
+    "channels_last",
+    "plain_layout",
     "LRELU_GAIN",
 ]
 
 #: leaky-ReLU(0.2) output gain that keeps unit variance (StyleGAN "def_gain").
 LRELU_GAIN = math.sqrt(2.0)
+
+# True inside plain_layout(): tensors keep their default (NCHW) layout
+_PLAIN = contextvars.ContextVar("facestitch_plain_layout", default=False)
+
+
+@contextlib.contextmanager
+def plain_layout() -> Iterator[None]:
+    """Within the block the network leaves every tensor in its default layout
+    instead of asking for channels-last (which ``torch.func.vmap`` cannot query):
+    the stitching stage's ``vmap`` formulation renders per-frame copies this way.
+    Values are the same; only speed differs."""
+    token = _PLAIN.set(True)
+    try:
+        yield
+    finally:
+        _PLAIN.reset(token)
+
+
+def channels_last(x: Tensor) -> Tensor:
+    """``x`` in channels-last layout (a no-op copy-wise when it already is), or
+    ``x`` itself inside :func:`plain_layout`."""
+    if _PLAIN.get():
+        return x
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 def setup_filter(f: Sequence[float] | Tensor, normalize: bool = True) -> Tensor:
@@ -345,8 +373,7 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, *,
         # than on NCHW in float32 and 2-3x in bfloat16 (2 cores, issue 5).
         # The weights too (modulated_weight writes them so): from a weight with
         # NCHW strides oneDNN returns an NCHW output.
-        cl = torch.channels_last
-        xg = x.reshape(1, n * in_c, x.shape[2], x.shape[3]).contiguous(memory_format=cl)
+        xg = channels_last(x.reshape(1, n * in_c, x.shape[2], x.shape[3]))
         if up == 1:
             b = None
             if bias is not None:  # the convolution adds it (no extra pass)
@@ -389,6 +416,8 @@ def _channels_last(w: Tensor) -> Tensor:
     weight at strides ``(I, 1, 1, 1)``, from which oneDNN returns an NCHW output
     (and the backward converts the gradients: the ToRGB layers ran fwd+bwd 5x
     slower at 64 px, torch 2.13 CPU)."""
+    if _PLAIN.get():
+        return w
     if w.shape[-2:] == (1, 1) and w.stride()[-2:] != (w.shape[1], w.shape[1]):
         return torch.empty(w.shape, dtype=w.dtype, device=w.device,
                            memory_format=torch.channels_last).copy_(w)

@@ -20,12 +20,14 @@ Style space: ``G.styles(ws)`` returns the per-layer affine outputs (26 at 1024 p
 b8.torgb, ...``); ``G.synthesis_from_styles(styles)`` renders them. ToRGB layers
 still multiply their style by ``1/sqrt(C_in)`` inside (docs/reference.md "Generator").
 
-Per-frame copies: every synthesis parameter but the affines may carry a leading
-batch axis (``weight [N, O, I, k, k]``, ``bias [N, O]``, ``noise_strength [N]``,
-``const [N, C, 4, 4]``); ``torch.func.functional_call`` with such stacks renders N
-frames through N different networks in one pass of grouped convolutions (the
-stitching stage tunes one copy per frame this way). All forward code is
-``torch.func`` friendly (no in-place ops on parameters or inputs, no ``.item()``).
+Per-frame copies: every synthesis parameter may carry a leading batch axis
+(``weight [N, O, I, k, k]``, ``bias [N, O]``, ``noise_strength [N]``,
+``const [N, C, 4, 4]``, the affines' ``weight [N, C, w_dim]`` and ``bias [N, C]``);
+``torch.func.functional_call`` with such stacks renders N frames through N
+different networks in one pass of grouped convolutions (the stitching stage tunes
+one copy per frame this way). All forward code is ``torch.func`` friendly (no
+in-place ops on parameters or inputs, no ``.item()``); under
+:func:`engine.nets.ops.plain_layout` it also runs inside ``torch.func.vmap``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from torch import Tensor, nn
 
 from engine.nets.ops import (
     LRELU_GAIN,
+    channels_last,
     grouped_layout,
     lrelu_agc,
     modulated_conv2d,
@@ -95,7 +98,11 @@ class FullyConnectedLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight * self.weight_gain
         b = self.bias * self.bias_gain if self.bias is not None else None
-        x = torch.nn.functional.linear(x, w, b)
+        if w.ndim == 3:  # per-sample copies (see Generator): w [N, O, I], b [N, O]
+            y = torch.bmm(w, x.unsqueeze(2)).squeeze(2)  # [N, O]
+            x = y if b is None else y + b
+        else:
+            x = torch.nn.functional.linear(x, w, b)
         if self.activation == "lrelu":
             x = lrelu_agc(x)
         return x
@@ -262,8 +269,7 @@ class SynthesisBlock(nn.Module):
                 x = grouped_layout(self.const)
             else:  # channels-last from here on: oneDNN's convs (fwd and bwd) are
                 # faster on it, most of all in bfloat16 (issue 5)
-                x = self.const.unsqueeze(0).expand(batch, -1, -1, -1).contiguous(
-                    memory_format=torch.channels_last)
+                x = channels_last(self.const.unsqueeze(0).expand(batch, -1, -1, -1))
             x = self.conv1.forward_style(x, styles[0], noise_mode, fused)
         else:
             assert x is not None and x.shape[1:] == (self.in_channels, r // 2, r // 2)

@@ -21,6 +21,7 @@ its checkpoints; a lost lease stops the job without publishing anything.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -43,6 +44,7 @@ from fsexchange.paths import confine
 
 from fsexchange.options import PipelineConfig
 from engine.stages.contract import StageAborted, StageContext
+from engine.stages.recipe import job_recipe
 from engine.stages.pipeline import PIPELINES, plain, run_pipeline, stages_for
 
 __all__ = ["RunnerSettings", "JobControl", "run_job", "build_result"]
@@ -302,6 +304,8 @@ def _run(exchange: Exchange, claim: Claim, settings: RunnerSettings,
             raise JobCancelled("cancelled before it started")
         _check_paths(job, job_dir, roots)
         config = PipelineConfig.from_options(job.options, device=settings.device)
+        # config.json records the recipe the job trains with (auto -> by profile)
+        config = dataclasses.replace(config, recipe=job_recipe(config))
         atomic_write_bytes(job_dir / CONFIG_FILE, (json.dumps(
             config.to_dict(), indent=2, sort_keys=True) + "\n").encode())
         stages = stages_for(job.kind, settings.pipelines)
