@@ -55,7 +55,7 @@ def resolve_recipe(recipe: str, profile: str) -> str:
 
 
 #: the ways of computing the same step (engine/stages/formulation.py measures them)
-PTI_FORMULATIONS = ("modulated", "scaled")
+PTI_FORMULATIONS = ("modulated", "autograd", "scaled")
 STITCH_FORMULATIONS = ("grouped", "loop", "vmap")
 
 
@@ -113,7 +113,7 @@ class PTIConfig:
     # reference recipe updates once per frame (batch 1) whatever this says.
     # how the network computes a step (same arithmetic; docs/pipeline.md "Speed"):
     # "auto" = the fastest measured on this device (engine/stages/formulation.py),
-    # or "modulated" | "scaled"
+    # or "modulated" | "autograd" | "scaled"
     formulation: str = "auto"
     locality_reg: bool = False  # off in STIT's effective defaults
     locality_alpha: float = 30.0

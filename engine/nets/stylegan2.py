@@ -169,11 +169,11 @@ class SynthesisLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros([out_channels]))
 
     def forward(self, x: Tensor, w: Tensor, noise_mode: str = "const",
-                fused: bool | None = None) -> Tensor:
+                fused: bool | str | None = None) -> Tensor:
         return self.forward_style(x, self.affine(w), noise_mode, fused)
 
     def forward_style(self, x: Tensor, styles: Tensor, noise_mode: str = "const",
-                      fused: bool | None = None) -> Tensor:
+                      fused: bool | str | None = None) -> Tensor:
         """``x [N, I, r/up, r/up]``, ``styles [N, I]`` -> ``[N, O, r, r]``."""
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}")
@@ -216,11 +216,11 @@ class ToRGBLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros([out_channels]))
         self.weight_gain = 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)
 
-    def forward(self, x: Tensor, w: Tensor, fused: bool | None = None) -> Tensor:
+    def forward(self, x: Tensor, w: Tensor, fused: bool | str | None = None) -> Tensor:
         return self.forward_style(x, self.affine(w), fused)
 
     def forward_style(self, x: Tensor, styles: Tensor,
-                      fused: bool | None = None) -> Tensor:
+                      fused: bool | str | None = None) -> Tensor:
         x = modulated_conv2d(x, self.weight, styles * self.weight_gain,
                              demodulate=False, fused=fused, bias=self.bias)
         if self.conv_clamp is not None:
@@ -261,7 +261,7 @@ class SynthesisBlock(nn.Module):
 
     def forward_styles(self, x: Tensor | None, img: Tensor | None,
                        styles: Sequence[Tensor], batch: int, noise_mode: str,
-                       fused: bool | None = None) -> tuple[Tensor, Tensor]:
+                       fused: bool | str | None = None) -> tuple[Tensor, Tensor]:
         """``styles`` are this block's affine outputs in :meth:`layer_names` order."""
         r = self.resolution
         if self.in_channels == 0:
@@ -344,7 +344,7 @@ class SynthesisNetwork(nn.Module):
 
     def synthesis_from_styles(self, styles: Sequence[Tensor],
                               noise_mode: str = "const",
-                              fused: bool | None = None, *,
+                              fused: bool | str | None = None, *,
                               checkpointing: bool = False) -> Tensor:
         """Render from per-layer styles. With ``checkpointing`` each block runs under
         ``torch.utils.checkpoint``: activations are recomputed in backward (about a
@@ -371,7 +371,8 @@ class SynthesisNetwork(nn.Module):
         return img
 
     def forward(self, ws: Tensor, noise_mode: str = "const",
-                fused: bool | None = None, *, checkpointing: bool = False) -> Tensor:
+                fused: bool | str | None = None, *,
+                checkpointing: bool = False) -> Tensor:
         return self.synthesis_from_styles(self.styles(ws), noise_mode, fused,
                                           checkpointing=checkpointing)
 
@@ -440,7 +441,7 @@ class Generator(nn.Module):
 
     def synthesis_from_styles(self, styles: Sequence[Tensor],
                               noise_mode: str = "const",
-                              fused: bool | None = None) -> Tensor:
+                              fused: bool | str | None = None) -> Tensor:
         """Render from per-layer styles (S space); ``[N, C, R, R]`` in about [-1, 1]."""
         return self.synthesis.synthesis_from_styles(styles, noise_mode, fused)
 

@@ -7,9 +7,11 @@ depends on the device, the precision and the channel counts (docs/pipeline.md
 lose at the official ones in float32):
 
 - PTI (:data:`fsexchange.options.PTI_FORMULATIONS`): ``modulated`` folds each
-  frame's style and demodulation into per-sample weights and runs one grouped
-  convolution; ``scaled`` scales the activations before and after a convolution
-  with the shared weight (engine/nets/ops.py, ``modulated_conv2d``'s ``fused``).
+  frame's style and demodulation into per-sample weights (with a closed-form
+  backward) and runs one grouped convolution; ``autograd`` does the same with
+  plain autograd ops (the reference loops' batch-1 path); ``scaled`` scales the
+  activations before and after a convolution with the shared weight
+  (engine/nets/ops.py, ``modulated_conv2d``'s ``fused``).
 - Stitching (:data:`fsexchange.options.STITCH_FORMULATIONS`): ``grouped``,
   ``loop``, ``vmap`` (engine/stages/stitch_tune.py).
 
@@ -44,7 +46,8 @@ __all__ = ["choose", "measure", "formulation_key", "device_name", "PTI_FUSED",
 log = logging.getLogger(__name__)
 
 #: PTI formulation -> ``modulated_conv2d``'s ``fused`` (engine/nets/ops.py)
-PTI_FUSED = {"modulated": True, "scaled": False}
+PTI_FUSED: dict[str, bool | str] = {"modulated": "modulated", "autograd": True,
+                                    "scaled": False}
 
 # the most frames a one-time measurement runs per step (the cost of measuring at
 # 1024 px on a CPU; the ranking is taken to hold for larger batches)

@@ -295,7 +295,7 @@ def pti_candidates(G: "Generator", device: str, dtype: str
             ws = Gc.mapping(torch.randn(n, G.z_dim, generator=gen).to(device),
                             truncation_psi=0.7)
 
-        def step(fused: bool) -> None:
+        def step(fused: bool | str) -> None:
             with autocast(device, dtype):
                 img = Gc.synthesis(ws, fused=fused)
             img.float().square().mean().backward()

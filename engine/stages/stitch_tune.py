@@ -273,16 +273,17 @@ class _Stacked:
 
 class _PerFrame:
     """Per-frame copies as separate tensors (``loop``): frame ``j``'s copy renders
-    through a batch-1 forward with its own (shared-shape) weights; one fused Adam
-    runs over every frame's tensors."""
+    through its own batch-1 forward (a stack of one, so the convolutions read its
+    weights without copies and the modulation takes the closed-form backward,
+    engine/nets/ops.py); one fused Adam runs over every frame's tensors."""
 
     def __init__(self, st: "BatchedStitcher", B: int) -> None:
         import torch
 
         self.st = st
         named = dict(st.module.named_parameters())
-        self.params = [{k: named[k].detach().clone().requires_grad_(True)
-                        for k in st.names} for _ in range(B)]
+        self.params = [{k: _stack(named[k].detach(), 1, k in st.transposed)
+                        .requires_grad_(True) for k in st.names} for _ in range(B)]
         self.m1 = [{k: torch.zeros_like(v) for k, v in p.items()}
                    for p in self.params]
         self.m2 = [{k: torch.zeros_like(v) for k, v in p.items()}
@@ -291,7 +292,11 @@ class _PerFrame:
     def _one(self, j: int, inputs: EditLatents, i: int) -> "torch.Tensor":
         from torch.func import functional_call
 
-        return functional_call(self.st.module, {**self.st.fixed, **self.params[j]},
+        from engine.nets.ops import weight_from_storage
+
+        views = {k: weight_from_storage(v, k in self.st.transposed) if v.ndim == 5
+                 else v for k, v in self.params[j].items()}
+        return functional_call(self.st.module, {**self.st.fixed, **views},
                                (inputs.select(slice(i, i + 1)).arg(),))
 
     def forward(self, active: list[int], inputs: EditLatents, B: int
