@@ -109,21 +109,29 @@ def _flops(fn: Callable[[], Any]) -> float:
 class _ClockedConv(torch.autograd.Function):
     """One convolution (``conv2d`` or ``conv_transpose2d``) whose forward and
     backward add their seconds to ``clock.seconds``. Inputs arrive already in the
-    autocast dtype (see :class:`timed_convolutions`)."""
+    autocast dtype (see :class:`timed_convolutions`). ``generate_vmap_rule``: the
+    stitcher's ``vmap`` formulation calls it under ``torch.func.vmap``, where the
+    clocked call is the batched convolution itself."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
+    def forward(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
                 stride: list[int], padding: list[int], groups: int,
                 transposed: bool, clock: "timed_convolutions") -> torch.Tensor:
-        ctx.save_for_backward(x, w)
-        ctx.conf = (stride, padding, groups, transposed, clock,
-                    None if b is None else [b.shape[0]])
         conv = torch.nn.functional.conv_transpose2d if transposed else \
             torch.nn.functional.conv2d
         y, sec = _timed(lambda: conv(x, w, b, stride=stride, padding=padding,
                                      groups=groups), x.device.type)
         clock.seconds += sec
         return y
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        x, w, b, stride, padding, groups, transposed, clock = inputs
+        ctx.save_for_backward(x, w)
+        ctx.conf = (stride, padding, groups, transposed, clock,
+                    None if b is None else [b.shape[0]])
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple:
