@@ -19,6 +19,13 @@ What runs (docs/pipeline.md "Speed"):
    (:func:`engine.stages.stitch_tune.tune_reference`: a deep copy and a torch Adam
    per frame, rendering from w so that the affines train) against
    :class:`engine.stages.stitch_tune.BatchedStitcher` per recipe and precision.
+4. **Temporal refinement, side by side** (``--arch tiny``): our loop
+   (:class:`engine.stages.refine.RefineTuner`: many (anchor, frame) pairs per step,
+   cached source features, masks at the working size) against a re-creation of
+   VideoEditGAN's (docs/reference.md "VideoEditGAN flow-based refinement": one pair
+   per step, masks from LPIPS at the full resolution every step), same latents,
+   crops, networks, flow (DIS) and ``--refine-epochs``; frames (pairs) per minute
+   per phase.
 
 Each of our rows uses the formulation recorded for this device, precision and
 architecture (engine/stages/formulation.py; measured first if there is none; the
@@ -48,7 +55,23 @@ default recipe, docs/pipeline.md "Recipes").
     python bench/pipeline.py --arch official --size 1024 --frames 2 --pti-passes 1
     python bench/pipeline.py --arch official --device cuda --size 1024
     python bench/pipeline.py --arch tiny --quick                    # tiny profile
+    python bench/pipeline.py --arch tiny --refine-epochs 10,3       # README's epochs
     python bench/pipeline.py --fidelity --frames 24                 # official weights
+
+**Drafts** (``--draft``, docs/pipeline.md "Drafts"): a 5-frame x 5-strength draft
+(``age=-8:8:5`` on 5 frames of a 48-frame astronaut clip):
+
+1. through a real ``facestitch engine`` process on the tiny profile: the job is
+   queued, the engine started, and the clock stops when the result is published
+   (*cold*: engine start, imports, network loading included); then a second draft
+   to the same running engine (*warm*: networks from the worker's cache);
+2. at the official size (1024 px generator, e4e at 256, a 1920x1080 clip) in this
+   process, with random weights seeded into the model cache (speed does not depend
+   on the weights), on ``--device`` when it is a GPU, or anywhere with
+   ``--official``: a first and a second draft.
+
+    python bench/pipeline.py --draft                       # tiny, CPU: ~20 s
+    python bench/pipeline.py --draft --device cuda         # + official size, GPU
 """
 
 from __future__ import annotations
@@ -74,6 +97,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from engine.stages.batching import resolve_batch  # noqa: E402
 from engine.stages.formulation import choose  # noqa: E402
 from engine.stages.pti import (PTITuner, TargetCache, pti_candidates,  # noqa: E402
                                reconstruction_error)
@@ -286,6 +310,7 @@ def real_inputs(jd: Path, profile: str, device: str) -> dict[str, Any]:
     edits = load_edit_inputs(G_pti, files.edit, range(len(frames)), device)
     R = models.generator.img_resolution
     return {"G0": models.generator, "lpips": models.lpips, "pivots": pivots,
+            "edit_latents": np.load(files.edit.latents_path).astype(np.float32),
             "crops": crops, "targets": crops_to_tensor(crops, R, device=device),
             "border": torch.from_numpy(np.stack([m[1] for m in masks])).to(device),
             "content": torch.from_numpy(np.stack([m[2] for m in masks])).to(device),
@@ -327,7 +352,10 @@ def official_inputs(frames: int, size: int, device: str, seed: int = 0
     face = ((xx - R / 2) ** 2 / (0.3 * R) ** 2
             + (yy - R / 2) ** 2 / (0.38 * R) ** 2) < 1  # an oval "face" mask
     _, border, content = stitch_masks(face)
+    with torch.no_grad():
+        edit = 0.3 * torch.randn(1, G.num_ws, G.w_dim, device=device)  # "direction"
     return {"G0": G, "lpips": lp, "pivots": ws.cpu().numpy().astype(np.float32),
+            "edit_latents": (ws + edit).cpu().numpy().astype(np.float32),
             "crops": crops, "targets": crops_to_tensor(crops, R, device=device),
             "border": torch.from_numpy(np.stack([border] * frames)).to(device),
             "content": torch.from_numpy(np.stack([content] * frames)).to(device),
@@ -451,6 +479,187 @@ def bench_pti(inp: dict[str, Any], cfg: PipelineConfig, passes: int, device: str
                      "label": _label("pti", key[0], key[1], plan)})
     return {"frames": n, "passes": passes, "work": work, "rows": rows,
             "before": err(G0), "flops_per_update": _flops(one_ref_step)}
+
+
+def _side_by_side(ref: Callable[[], Any], ours: Callable[[str], Any],
+                  warm: Callable[[str], Any], dtype: str, repeat: int, device: str
+                  ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The reference loop, ours in ``dtype`` and (when that is not float32) ours in
+    float32 (the share of mixed precision), run in turn (A B C A B C ...) for
+    ``repeat`` rounds after ``warm(dtype)`` of each of ours (the refinement part).
+
+    Returns the last result of each (keys ``ref``, ``ours``, ``ours32``; ``ours32``
+    is ``ours`` in a float32 run) and the timing figures: median seconds of each,
+    and as ratios the median over rounds of the reference's seconds over ours in
+    the same round. Rounds side by side keep a ratio honest when the machine's
+    speed drifts (shared CPUs do, by 10-20 % between minutes)."""
+    fns: dict[str, Callable[[], Any]] = {"ref": ref, "ours": lambda: ours(dtype)}
+    if dtype != "float32":
+        fns["ours32"] = lambda: ours("float32")
+    for dt in ({dtype, "float32"} if "ours32" in fns else {dtype}):
+        warm(dt)
+    secs: dict[str, list[float]] = {k: [] for k in fns}
+    last: dict[str, Any] = {}
+    for _ in range(max(1, repeat)):
+        for name, fn in fns.items():
+            last[name], t = _timed(fn, device)
+            secs[name].append(t)
+    secs.setdefault("ours32", secs["ours"])
+    last.setdefault("ours32", last["ours"])
+    med = {k: float(np.median(v)) for k, v in secs.items()}
+    ratio = {k: float(np.median([a / b for a, b in zip(secs["ref"], v)]))
+             for k, v in secs.items()}
+    return last, {"rounds": repeat, "ref_seconds": med["ref"],
+                  "ours_seconds": med["ours"], "ratio": ratio["ours"],
+                  "ours_float32_seconds": med["ours32"],
+                  "ratio_float32": ratio["ours32"]}
+
+
+def reference_refine(G0: Any, lp: Any, rin: Any, crops: torch.Tensor, cfg: Any,
+                     device: str, seed: int = 0) -> tuple[Any, list[float]]:
+    """VideoEditGAN's refinement loop structure (docs/reference.md "VideoEditGAN
+    flow-based refinement"): one (anchor, frame) pair per optimiser step in a
+    shuffled order per epoch; every step renders the frame and the anchor, takes
+    their edited-region masks from spatial LPIPS against the aligned crops at the
+    full resolution, and the sources' LPIPS features afresh. The losses are the
+    engine's (:func:`engine.stages.refine.pair_losses`), so both loops do the same
+    math per pair. Returns the tuned generator and the seconds of each phase."""
+    import torch.nn.functional as F
+
+    from engine.nets.mapper import LevelsMapper
+    from engine.stages.pti import _locality_loss
+    from engine.stages.refine import (FlowSource, frozen_layer_names, pair_losses,
+                                      working_size)
+
+    size = working_size(G0.img_resolution, cfg)
+    flow = FlowSource("dis", "dis")
+    a = rin.anchor
+    others = [i for i in range(len(rin.frames)) if i != a]
+    torch.manual_seed(seed)
+    mapper = LevelsMapper(G0.w_dim, G0.num_ws, zero_last=cfg.mapper_zero_init).to(
+        device)
+    opt = torch.optim.Adam(mapper.parameters(), lr=cfg.lr_w)
+    seconds = [0.0, 0.0]
+
+    def shrink(x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, size=(size, size), mode="area")
+
+    def source(i: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        s = shrink(crops[i:i + 1])
+        return s, lp.feature_maps(s)
+
+    def mask(img: torch.Tensor, i: int) -> torch.Tensor:  # full resolution, nearest
+        return F.interpolate(lp.spatial(img, crops[i:i + 1]).detach(),
+                             size=(size, size), mode="nearest")
+
+    def w(i: int) -> torch.Tensor:
+        return torch.from_numpy(rin.latents[i:i + 1]).to(device)
+
+    for epoch in range(cfg.epochs_w):
+        t0 = time.perf_counter()
+        for i in np.random.default_rng([seed, 1, epoch]).permutation(others):
+            d_x, d_a = mapper(w(int(i))), mapper(w(a))
+            X = G0.synthesis(w(int(i)) + cfg.residual_scale * d_x)
+            A = G0.synthesis(w(a) + cfg.residual_scale * d_a)
+            terms = pair_losses(lp, cfg, 1, shrink(X), shrink(A), source(int(i)),
+                                source(a), flow, mask_a=mask(A, a))
+            loss = (cfg.weight_photo * terms["photo"] + cfg.weight_photo_l1
+                    * terms["photo_l1"] + cfg.reg_frame * (d_x.abs().mean()
+                                                           + d_a.abs().mean())
+                    + cfg.weight_cycle * terms["cycle"]
+                    + cfg.weight_out_mask_w * terms["out"]).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        seconds[0] += time.perf_counter() - t0
+    with torch.no_grad():
+        lat = [w(i) + cfg.residual_scale * mapper(w(i)) for i in range(len(rin.frames))]
+    G = copy.deepcopy(G0).requires_grad_(False)
+    frozen = frozen_layer_names(G, cfg.freeze_fine_layers)
+    for name, p in G.synthesis.named_parameters():
+        p.requires_grad_(".".join(name.split(".")[:2]) not in frozen)
+    opt = torch.optim.Adam([p for p in G.synthesis.parameters() if p.requires_grad],
+                           lr=cfg.lr_g)
+    t0 = time.perf_counter()
+    with torch.no_grad():  # the frozen generator's anchor mask, once (as there)
+        mask_a = mask(G0.synthesis(lat[a]), a)
+    seconds[1] += time.perf_counter() - t0
+    for epoch in range(cfg.epochs_g):
+        t0 = time.perf_counter()
+        for b, i in enumerate(np.random.default_rng([seed, 2, epoch]).permutation(
+                others)):
+            X, A = G.synthesis(lat[int(i)]), G.synthesis(lat[a])
+            terms = pair_losses(lp, cfg, 2, shrink(X), shrink(A), source(int(i)),
+                                source(a), flow, mask_a=mask_a,
+                                mask_x=mask(X, int(i)))
+            loss = (cfg.weight_photo * terms["photo"] + cfg.weight_photo_l1
+                    * terms["photo_l1"] + cfg.weight_cycle * terms["cycle"]
+                    + cfg.weight_out_mask_g * terms["out"]).sum()
+            loss = loss + cfg.reg_g * _locality_loss(G, G0, lp, lat[a], cfg,
+                                                     [seed, 2, epoch, b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        seconds[1] += time.perf_counter() - t0
+    return G, seconds
+
+
+def bench_refine(inp: dict[str, Any], cfg: Any, epochs: tuple[int, int], device: str,
+                 dtype: str, repeat: int = 1) -> dict[str, Any]:
+    """Our refinement loop against :func:`reference_refine`, same inputs and
+    epochs, DIS flow (the default without RAFT weights)."""
+    from engine.stages.refine import (FlowSource, RefineInputs, RefineTuner,
+                                      anchor_index, working_size)
+
+    G, lp = inp["G_pti"], inp["lpips"]
+    n = len(inp["pivots"])
+    lat = inp["edit_latents"]
+    rin = RefineInputs(list(range(n)), lat, lat - inp["pivots"], None,
+                       anchor_index(n))
+    cfg = replace(cfg, flow="dis", epochs_w=epochs[0], epochs_g=epochs[1],
+                  strength_matched_anchor=False,  # one anchor, as the reference
+                  batch_size=resolve_batch(cfg.batch_size, "refine",
+                                           G.img_resolution, device, n - 1))
+    size = working_size(G.img_resolution, cfg)
+    secs: dict[str, list[float]] = {}
+
+    def ours(dt: str) -> RefineTuner:
+        sources = TargetCache(_ArrayClip(inp["crops"]), size, device, lp,
+                              limit=cfg.cache_frames)
+        tuner = RefineTuner(G, lp, rin, sources, cfg, FlowSource("dis", "dis"),
+                            device=device, dtype=dt)
+        while not tuner.done:
+            tuner.step()
+        secs[f"ours_{dt}"] = list(tuner.state["seconds"])
+        return tuner
+
+    def ref() -> Any:
+        G_ref, s = reference_refine(G, lp, rin, inp["targets"], cfg, device)
+        secs["ref"] = s
+        return G_ref
+
+    def warm(dt: str) -> None:
+        sources = TargetCache(_ArrayClip(inp["crops"]), size, device, lp, limit=4)
+        tuner = RefineTuner(G, lp, rin, sources, replace(cfg, epochs_w=1, epochs_g=1),
+                            FlowSource("dis", "dis"), device=device, dtype=dt)
+        tuner.step()
+
+    reference_refine(G, lp, RefineInputs([0, 1], lat[:2], (lat - inp["pivots"])[:2],
+                                         None, 0), inp["targets"][:2],
+                     replace(cfg, epochs_w=1, epochs_g=1), device)
+    last, timing = _side_by_side(ref, ours, warm, dtype, repeat, device)
+    pairs = (n - 1) * np.array(epochs, dtype=float)
+
+    def per_min(s: list[float]) -> list[float | None]:
+        return [60 * p / x if x > 0 else None for p, x in zip(pairs, s)]
+
+    return {"frames": n, "epochs": list(epochs), "batch": cfg.batch_size,
+            "working_size": size, "dtype": dtype, **timing,
+            "ours_pairs_per_minute": per_min(secs[f"ours_{dtype}"]),
+            "ours_float32_pairs_per_minute": per_min(secs["ours_float32"]),
+            "ref_pairs_per_minute": per_min(secs["ref"]),
+            "ours_seconds_per_phase": secs[f"ours_{dtype}"],
+            "ref_seconds_per_phase": secs["ref"]}
 
 
 def bench_stitch(inp: dict[str, Any], cfg: PipelineConfig, steps: int, device: str,
@@ -735,6 +944,176 @@ def memory_table(device: str, batches: list[int]) -> list[dict[str, Any]]:
     return rows
 
 
+# --- drafts -------------------------------------------------------------------------
+
+
+def _draft_job(clip: Path, frames: int, count: int, strengths: int, profile: str,
+               device: str, job_id: str) -> Any:
+    from engine.media.samples import RATE
+    from fsexchange.client import build_job
+    from fsexchange.documents import FrameRange, Source
+
+    return build_job(job_id=job_id, kind="draft", source=Source(str(clip)),
+                     range=FrameRange(0, frames, RATE),
+                     options={"profile": profile, "device": device,
+                              "draft": {"count": count,
+                                        "sweep": f"age=-8:8:{strengths}"}},
+                     host={"app": "bench/pipeline.py --draft"})
+
+
+def _stage_rows(result: Any) -> dict[str, float]:
+    return {s.name: s.seconds for s in result.stages}
+
+
+def bench_draft_engine(work: Path, device: str, count: int, strengths: int
+                       ) -> dict[str, Any]:
+    """A cold and a warm draft through a real engine process (tiny profile)."""
+    import signal
+    import subprocess
+
+    from engine.media.samples import astronaut_clip
+    from engine.models.modelset import load_models
+    from fsexchange.client import job_status, submit_job
+
+    home = work / "home"
+    env = {**os.environ, "FACESTITCH_HOME": str(home),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH",
+                                                                    "")])}
+    os.environ["FACESTITCH_HOME"] = str(home)
+    load_models("tiny")  # an installed store: the tiny networks exist (not timed)
+    clip = astronaut_clip(work / "clip.mp4", 48)
+    ex = work / "ex"
+    jobs = [_draft_job(clip, 48, count, strengths, "tiny", device, f"draft-{i}")
+            for i in range(2)]
+
+    def wait(job_id: str) -> Any:
+        while True:
+            st = job_status(ex, job_id)
+            if st.final:
+                if st.state != "done":
+                    raise RuntimeError(f"draft {job_id} {st.state}: {st.error}")
+                return st.result
+            time.sleep(0.02)
+
+    submit_job(ex, jobs[0])
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "host_bridge.cli", "engine", "--exchange", str(ex),
+         "--device", device, "--no-watch", "--poll", "0.05", "--media-root",
+         str(work)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE)
+    try:
+        cold = wait(jobs[0].id)
+        t_cold = time.perf_counter() - t0
+        submit_job(ex, jobs[1])
+        t1 = time.perf_counter()
+        warm = wait(jobs[1].id)
+        t_warm = time.perf_counter() - t1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=60)[1].decode(errors="replace")
+    if proc.returncode not in (0, -signal.SIGTERM):
+        print(err[-2000:], file=sys.stderr)
+    return {"cold_seconds": t_cold, "warm_seconds": t_warm,
+            "cold_stages": _stage_rows(cold), "warm_stages": _stage_rows(warm),
+            "rows": len(warm.variants),
+            "frames": len(warm.variants[0].frames) if warm.variants else 0}
+
+
+def _random_official_models(device: str) -> Any:
+    """Official-size networks with random weights, as a ModelSet (speed only)."""
+    from engine.models.directions import Direction
+    from engine.models.modelset import ModelSet
+    from engine.nets.e4e import OFFICIAL_ENCODER_KWARGS, E4EEncoder
+    from engine.nets.lpips import LPIPS
+    from engine.nets.stylegan2 import OFFICIAL_GENERATOR_KWARGS, Generator
+
+    torch.manual_seed(0)
+    G = Generator(**OFFICIAL_GENERATOR_KWARGS).to(device).eval().requires_grad_(False)
+    E = E4EEncoder(**OFFICIAL_ENCODER_KWARGS).to(device).eval().requires_grad_(False)
+    lp = LPIPS("alex", backbone="random", heads="uniform", seed=0).to(device)
+    v = np.random.default_rng(0).standard_normal(G.w_dim)
+    age = Direction(name="age", vector=v / np.linalg.norm(v), layers=None,
+                    recommended=(-8.0, 8.0), space="w", source="random (bench)",
+                    licence="none", test_data=True)
+    return ModelSet(profile="official", generator=G, encoder=E,
+                    encoder_resolution=int(E.input_resolution), lpips=lp,
+                    parser_path=None, directions={"age": age},
+                    info={"profile": "official", "tiny": False, "files": {},
+                          "label": "official-size random weights (bench)"})
+
+
+def bench_draft_official(work: Path, device: str, count: int, strengths: int
+                         ) -> dict[str, Any]:
+    """Two drafts at the official size in this process (random weights seeded
+    into the model cache), on a 1920x1080 clip."""
+    from engine.media.samples import astronaut_clip
+    from engine.models.modelset import cached_models
+    from engine.stages.contract import StageContext
+    from engine.stages.pipeline import run_pipeline, stages_for
+
+    os.environ["FACESTITCH_HOME"] = str(work / "home-official")
+    ms = _random_official_models(device)
+    cached_models("official", device, loader=lambda: ms)  # seed the cache
+    clip = astronaut_clip(work / "hd.mp4", 48, size=(1920, 1080), face_scale=1.4)
+    out: dict[str, Any] = {}
+    for run in ("first", "second"):
+        job = _draft_job(clip, 48, count, strengths, "official", device,
+                         f"official-{run}")
+        cfg = PipelineConfig.from_options(job.options, device=device)
+        jd = work / job.id
+        jd.mkdir()
+        ctx = StageContext(job=job, job_dir=jd, config=cfg, device=device,
+                           media_roots=(work,))
+        _sync(device)
+        t0 = time.perf_counter()
+        done = run_pipeline(stages_for("draft", config=cfg), ctx)
+        _sync(device)
+        out[f"{run}_seconds"] = time.perf_counter() - t0
+        out[f"{run}_stages"] = {d.stage: d.seconds for d, _ in done}
+    return out
+
+
+def run_draft_bench(args: argparse.Namespace, dev: str) -> int:
+    out: dict[str, Any] = {"device": dev, "frames": args.draft_frames,
+                           "strengths": args.draft_strengths}
+    load = os.getloadavg()[0]
+    if load > (os.cpu_count() or 1) * 0.5:
+        print(f"warning: load average {load:.1f} on {os.cpu_count()} cores: other "
+              "processes compete for the CPU, timings are noisy")
+    work = Path(tempfile.mkdtemp(prefix="fs-bench-draft-"))
+    try:
+        print(f"Draft, {args.draft_frames} frames x {args.draft_strengths} strengths, "
+              f"tiny profile, a real engine process on {dev} "
+              f"({os.cpu_count()} cores):")
+        e = bench_draft_engine(work, dev, args.draft_frames, args.draft_strengths)
+        out["tiny_engine"] = e
+        print(f"  cold (engine start included): {e['cold_seconds']:.2f} s  "
+              f"(target < 20 s on 2 CPU cores)")
+        print(f"  warm (the same engine, networks cached): {e['warm_seconds']:.2f} s")
+        for name in ("cold", "warm"):
+            print(f"  {name} stages: " + ", ".join(
+                f"{k} {v:.2f}" for k, v in e[f"{name}_stages"].items()))
+        if dev.startswith("cuda") or args.official:
+            print(f"\nDraft at the official size (1024 px, random weights), 1920x1080 "
+                  f"clip, in this process on {dev}:")
+            o = bench_draft_official(work, dev, args.draft_frames,
+                                     args.draft_strengths)
+            out["official"] = o
+            for run in ("first", "second"):
+                print(f"  {run}: {o[f'{run}_seconds']:.2f} s  (" + ", ".join(
+                    f"{k} {v:.2f}" for k, v in o[f"{run}_stages"].items()) + ")"
+                    + ("  (target < 10 s on a GPU)" if run == "second" else ""))
+        else:
+            print("\n(official size: no GPU here; --device cuda on a GPU machine, or "
+                  "--official to run it on this CPU)")
+        if args.json:
+            args.json.write_text(json.dumps(out, indent=2))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", choices=("official", "tiny"), default="tiny",
@@ -764,9 +1143,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="timed rounds of every loop, in turn; medians are printed")
     p.add_argument("--tolerance", type=float, default=TOLERANCE,
                    help="relative loss tolerance of same-arithmetic rows")
+    p.add_argument("--refine-epochs", default="2,1", metavar="E1,E2",
+                   help="--arch tiny: temporal refinement epochs of phase 1 and 2, "
+                   "both loops (the README's are 10,3)")
     p.add_argument("--skip-pipeline", action="store_true",
                    help="--arch tiny: do not print the stage-by-stage table")
-    p.add_argument("--only", choices=("pti", "stitch"), help="one part only")
+    p.add_argument("--only", choices=("pti", "refine", "stitch"),
+                   help="one part only (refine: --arch tiny)")
     p.add_argument("--quick", action="store_true",
                    help="--arch tiny with 12 frames, 10 PTI passes, 30 steps")
     p.add_argument("--conv-time", action="store_true",
@@ -784,6 +1167,13 @@ def main(argv: list[str] | None = None) -> int:
                                                        "DEVICE"),
                    help=argparse.SUPPRESS)
     p.add_argument("--json", type=Path, help="also write the figures here")
+    p.add_argument("--draft", action="store_true",
+                   help="time a draft instead (a real engine, tiny profile; the "
+                   "official size too on a GPU); see the module docstring")
+    p.add_argument("--draft-frames", type=int, default=5, help="with --draft")
+    p.add_argument("--draft-strengths", type=int, default=5, help="with --draft")
+    p.add_argument("--official", action="store_true",
+                   help="with --draft: the official-size part on a CPU as well")
     args = p.parse_args(argv)
     if args.memory_probe:
         kind, b, ck, d = args.memory_probe
@@ -799,9 +1189,15 @@ def main(argv: list[str] | None = None) -> int:
         args.pti_passes = 2 if official else 10
     if args.stitch_steps is None:
         args.stitch_steps = 3 if official else 30
+    try:
+        args.refine_epochs = tuple(int(v) for v in args.refine_epochs.split(","))
+    except ValueError:
+        p.error("--refine-epochs must be E1,E2, e.g. 10,3")
     dev = args.device
     if dev == "auto":
         dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.draft:
+        return run_draft_bench(args, dev)
     os.environ.setdefault("FACESTITCH_HOME", str(Path(tempfile.gettempdir())
                                                  / "facestitch-bench-home"))
     work = Path(tempfile.mkdtemp(prefix="fs-bench-"))
@@ -814,8 +1210,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _speed(args: argparse.Namespace, dev: str, work: Path, official: bool) -> int:
+    e1, e2 = args.refine_epochs
     options: dict[str, Any] = {"pti": {"steps": args.pti_passes},
-                               "stitch": {"steps": args.stitch_steps}}
+                               "stitch": {"steps": args.stitch_steps},
+                               "refine": {"epochs_w": e1, "epochs_g": e2}}
     if args.pti_batch:
         options["pti"]["batch_size"] = args.pti_batch
     if args.stitch_batch:
@@ -862,6 +1260,28 @@ def _speed(args: argparse.Namespace, dev: str, work: Path, official: bool) -> in
                    f"before: MSE {pr['before']['mse']:.5f} LPIPS "
                    f"{pr['before']['lpips']:.4f}):", "pti", pr, "frame-updates")
         out["pti"] = pr
+    if args.only in (None, "refine") and not official:
+        from engine.devices import resolve_dtype
+
+        dtype = resolve_dtype("auto", dev)
+        print(f"\nTemporal refinement, {args.frames} frames ({args.frames - 1} "
+              f"pairs) x {e1}+{e2} epochs, same latents, crops, networks, DIS flow "
+              f"(medians of {args.rounds} rounds):")
+        rr = bench_refine(inp, cfg.refine, (e1, e2), dev, dtype, args.rounds)
+        loops = [("reference loop (1 pair per step, float32)", rr["ref_seconds"], 1.0,
+                  rr["ref_pairs_per_minute"]),
+                 (f"ours ({rr['batch']} pairs per step, {dtype})", rr["ours_seconds"],
+                  rr["ratio"], rr["ours_pairs_per_minute"])]
+        if dtype != "float32":
+            loops.append((f"ours ({rr['batch']} pairs per step, float32)",
+                          rr["ours_float32_seconds"], rr["ratio_float32"],
+                          rr["ours_float32_pairs_per_minute"]))
+        for name, sec, ratio, pm in loops:
+            per = ", ".join(f"phase {k + 1} {v:.0f}" if v else f"phase {k + 1} -"
+                            for k, v in enumerate(pm))
+            print(f"  {name:<44} {sec:7.2f} s  frames/min: {per}  ratio "
+                  f"{ratio:.2f}x")
+        out["refine"] = rr
     if args.only in (None, "stitch"):
         sr = bench_stitch(inp, cfg, args.stitch_steps, dev, variants, args.rounds,
                           args.stitch_formulation, conv_time=args.conv_time)

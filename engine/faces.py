@@ -1,9 +1,11 @@
 """Faces in frames: detection + 68 landmarks (two backends behind one interface).
 
-- ``dlib``: HOG frontal detector + the 68-point shape predictor from the
-  ``face-recognition-models`` data files (CPU, offline; see docs/models.md);
-- ``face-alignment``: the FAN 2-D network (``2DFAN4-11f355bf06.pth.tar`` under
-  ``$TORCH_HOME/hub/checkpoints``), GPU-capable, on boxes from the dlib detector.
+- ``dlib`` (the default, the landmarks of STIT and of FFHQ): HOG frontal detector +
+  the 68-point shape predictor from the ``face-recognition-models`` data files (CPU,
+  offline; see docs/models.md);
+- ``face-alignment`` (optional, STIT's ``--use_fa``): the FAN 2-D network
+  (``2DFAN4-11f355bf06.pth.tar`` under ``$TORCH_HOME/hub/checkpoints``),
+  GPU-capable, on boxes from the dlib detector.
   Its weights are checked before anything is constructed, so nothing is ever
   downloaded; a missing file is a ``model.missing`` error naming it and its place.
 
@@ -208,8 +210,9 @@ class FaceAlignmentBackend:
 
 
 def make_backend(cfg: TrackConfig, device: str = "cpu") -> LandmarkBackend:
-    """The backend ``cfg.backend`` names (``auto``: face-alignment when its weights
-    are installed, else dlib)."""
+    """The backend ``cfg.backend`` names: ``dlib`` (the default, as STIT and FFHQ),
+    ``face-alignment`` (STIT's ``--use_fa``), or ``auto`` (face-alignment when its
+    weights are installed, else dlib)."""
     name = cfg.backend
     if name == "auto":
         name = "face-alignment" if fan_weights_path().is_file() else "dlib"

@@ -26,12 +26,13 @@ from typing import Any, Callable, Mapping, Sequence
 from fsexchange.documents import (JOB_KINDS, Edit, FrameRange, Job, OutputSpec,
                                   Progress, Result, Source, Subject, decode_document,
                                   load_document)
-from fsexchange.errors import (DocumentError, DocumentFieldError, FaceStitchError,
-                               JobExists, JobNotFound)
+from fsexchange.errors import (DocumentError, DocumentFieldError, EditInvalid,
+                               FaceStitchError, JobExists, JobNotFound)
 from fsexchange.exchange import (FINAL_STATES, JOB_FILE, PROGRESS_FILE, RESERVED_NAMES,
-                       STATE_FOLDERS, Exchange, read_result)
-from fsexchange.fsutil import fsync_dir
-from fsexchange.options import PipelineConfig
+                                 RESULT_FILE, STATE_FOLDERS, Exchange)
+from fsexchange.fsutil import fsync_dir, open_regular, write_synced
+from fsexchange.grammar import check_sweep_edits, parse_sweep
+from fsexchange.options import PipelineConfig, refine_options
 
 __all__ = [
     "new_job_id",
@@ -60,27 +61,46 @@ def build_job(*, source: Source, range: FrameRange, kind: str = "stitch",
               edits: Sequence[Edit] = (), subject: Subject | None = None,
               options: Mapping[str, Any] | None = None,
               output: OutputSpec | None = None, host: Mapping[str, Any] | None = None,
-              job_id: str | None = None, id_prefix: str = "job") -> Job:
+              job_id: str | None = None, id_prefix: str = "job",
+              priority: int | None = None, refine: bool | None = None) -> Job:
     """The one way every client (CLI, OpenFX, Resolve, preview, demo) makes a job.
 
     Fills the id (:func:`new_job_id`) and the creation time (microseconds, so the
     newest of several sends of one shot sorts last), checks the kind, that a
-    stitch job has an edit, and validates ``options`` the way the engine will
-    (:meth:`fsexchange.options.PipelineConfig.from_options`), so a bad value is
-    refused before anything is queued.
+    draft has an edit or a sweep, and validates ``options`` the way the engine
+    will (:meth:`fsexchange.options.PipelineConfig.from_options`, which parses a
+    draft's sweep), so a bad value is refused before anything is queued.
+    ``priority`` None: the kind's default (drafts high,
+    :func:`fsexchange.documents.default_priority`). A stitch job records whether
+    the temporal refinement runs (``options.refine.enabled``): ``refine`` when
+    given (the ``--no-refine`` switches), else what ``options`` say, else on.
 
     Raises:
-        DocumentFieldError: a bad kind or option.
+        DocumentFieldError: a bad kind, option, edit, subject or priority.
+        EditInvalid: a malformed sweep, a draft with nothing to render, an edit
+            both swept and fixed.
     """
     if kind not in JOB_KINDS:
         raise DocumentFieldError(f"unknown job kind {kind!r}; known: "
                                  f"{', '.join(JOB_KINDS)}", field="kind")
-    PipelineConfig.from_options(dict(options or {}))
+    if kind == "stitch":
+        options = refine_options(options, refine)
+    cfg = PipelineConfig.from_options(dict(options or {}))
+    if kind == "draft":
+        sweep = parse_sweep(cfg.draft.sweep)
+        if not edits and not sweep:
+            raise EditInvalid("a draft renders an edit: give NAME=STRENGTH or a sweep "
+                              "NAME=FROM:TO:COUNT (e.g. age=-8:8:5)", field="edits")
+        check_sweep_edits(sweep, edits)
     created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return Job(id=job_id or new_job_id(id_prefix), source=source, range=range,
-               kind=kind, subject=subject or Subject(), edits=tuple(edits),
-               options=dict(options or {}), output=output or OutputSpec(),
-               host=dict(host or {}), created=created)
+    job = Job(id=job_id or new_job_id(id_prefix), source=source, range=range,
+              kind=kind, subject=subject or Subject(), edits=tuple(edits),
+              options=dict(options or {}), output=output or OutputSpec(),
+              host=dict(host or {}), created=created, priority=priority)
+    # Every field as the engine will check it (NaN strengths, bad subjects, the
+    # priority range...).
+    decode_document(job.to_bytes(), Job, source=JOB_FILE)
+    return job
 
 
 def _attachment_path(rel: str) -> PurePosixPath:
@@ -94,13 +114,6 @@ def _attachment_path(rel: str) -> PurePosixPath:
     return p
 
 
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
 def _copy_synced(src: Path, dest: Path) -> None:
     if src.is_dir():
         dest.mkdir(parents=True, exist_ok=True)
@@ -108,7 +121,8 @@ def _copy_synced(src: Path, dest: Path) -> None:
             _copy_synced(child, dest / child.name)
         fsync_dir(dest)
         return
-    with open(src, "rb") as fi, open(dest, "wb") as fo:
+    # a pipe or socket among the attachments is refused, never read (it blocks)
+    with open_regular(src, follow_symlinks=True) as fi, open(dest, "wb") as fo:
         shutil.copyfileobj(fi, fo, 1 << 22)
         fo.flush()
         os.fsync(fo.fileno())
@@ -138,12 +152,12 @@ def submit_job(exchange: Any, job: Job, *,
         raise JobExists(f"job {job.id} already exists (in {where[0]}/)", field="id")
     staging = ex.staging_folder()
     try:
-        _write_synced(staging / JOB_FILE, raw)
+        write_synced(staging / JOB_FILE, raw)
         for rel, src in attachments.items():
             dest = staging.joinpath(*names[rel].parts)
             dest.parent.mkdir(parents=True, exist_ok=True)
             if isinstance(src, (bytes, bytearray, memoryview)):
-                _write_synced(dest, bytes(src))
+                write_synced(dest, bytes(src))
             else:
                 _copy_synced(Path(src), dest)
             fsync_dir(dest.parent)
@@ -197,10 +211,16 @@ def _read_progress(folder: Path) -> Progress | None:
 
 def _status_at(ex: Exchange, job_id: str, state_folder: str, folder: Path
                ) -> JobStatus:
+    if state_folder == "tmp":  # tmp/requeue~<id>~<unique>: between cur/ and new/
+        return JobStatus(job_id, "queued", 0.0, None, "being requeued (an engine "
+                         "moves it back to new/)", None, None, folder)
     state = STATE_FOLDERS[state_folder]
     cancel = ex.cancel_requested(job_id)
     if state == "queued":
         msg = "cancel requested" if cancel else "waiting for an engine"
+        if not os.access(folder, os.W_OK | os.X_OK) or not os.path.isdir(folder):
+            msg += ("; engines cannot take it: new/" + job_id + " is not a folder "
+                    "they may move (check its owner and permissions)")
         return JobStatus(job_id, state, 0.0, None, msg, None, None, folder)
     prog = _read_progress(folder)
     if state == "running":
@@ -209,13 +229,20 @@ def _status_at(ex: Exchange, job_id: str, state_folder: str, folder: Path
             msg = f"cancel requested; {msg}"
         return JobStatus(job_id, state, prog.fraction if prog else 0.0,
                          prog.stage if prog else None, msg, None, None, folder)
-    result = read_result(folder)
-    if result is None:
-        error = None if state == "done" else {
-            "code": "internal", "message": f"{folder.name}: result.msgpack missing or "
-            "unreadable", "stage": None, "frame": None, "field": None}
-        return JobStatus(job_id, state, 1.0 if state == "done" else 0.0, None,
-                         state, error, None, folder)
+    try:
+        result = load_document(folder / RESULT_FILE, Result)
+    except (OSError, FaceStitchError) as exc:
+        # A final folder without a readable result has no result: say why (it
+        # never passes as a plain "done"); the state is still the folder's.
+        reason = "it is missing" if isinstance(exc, FileNotFoundError) else \
+            getattr(exc, "strerror", None) or str(exc)  # errors of ours have none
+        err = exc if isinstance(exc, FaceStitchError) else DocumentError(
+            f"{folder.name}/{RESULT_FILE} cannot be read: {reason}",
+            field=RESULT_FILE)
+        error = err.to_dict()
+        return JobStatus(job_id, state, 0.0, None,
+                         f"{state}, but its result cannot be read: {err.message}",
+                         error, None, folder)
     error = result.error
     if state == "done":
         fraction, msg = 1.0, f"done: {len(result.frames)} frames"
@@ -231,8 +258,9 @@ def job_status(exchange: Any, job_id: str) -> JobStatus:
 
     Raises:
         JobNotFound: no job with that id in any state folder.
+        PathUnusable: the exchange folder is missing or not a folder.
     """
-    ex = _exchange(exchange)
+    ex = _exchange(exchange).require()
     for _ in range(3):
         where = ex.locate(job_id)
         if where is None:
@@ -245,8 +273,13 @@ def job_status(exchange: Any, job_id: str) -> JobStatus:
 
 
 def list_jobs(exchange: Any) -> list[JobStatus]:
-    """Every job in the exchange, queued first, then running, then final ones."""
-    ex = _exchange(exchange)
+    """Every job in the exchange, queued first, then running, then final ones,
+    then jobs caught between folders (a requeue interrupted by a crash).
+
+    Raises:
+        PathUnusable: the exchange folder is missing or not a folder.
+    """
+    ex = _exchange(exchange).require()
     out = []
     for job_id, name, folder in ex.iter_jobs():
         try:

@@ -8,7 +8,8 @@ writer's additions survive a read-modify-write by an older reader.
 
 Documents (see ``docs/protocol.md`` for the prose):
 
-- ``Job/1``        what to do: source media, frame range, subject, edits, options.
+- ``Job/1``        what to do: source media, frame range, subject, edits, options,
+                   priority (``Job/1.1``).
 - ``FaceTrack/1``  per-frame landmarks/boxes/scores for one subject.
 - ``Progress/1``   the running state of a job, replaced atomically while it runs.
 - ``Result/1``     the final state, per-stage timings, output frames with sha256.
@@ -17,6 +18,7 @@ Documents (see ``docs/protocol.md`` for the prose):
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -32,12 +34,16 @@ from fsexchange.errors import (
     DocumentTooLarge,
     DocumentVersionError,
 )
+from fsexchange.fsutil import read_regular
 from fsexchange.timecode import parse_rate, rate_to_list, timecode_to_frames
 
 __all__ = [
     "SCHEMA_PREFIX",
     "JOB_KINDS",
     "JOB_STATES",
+    "PRIORITY_NORMAL",
+    "PRIORITY_DRAFT",
+    "default_priority",
     "OUTPUT_FORMATS",
     "FrameRange",
     "Source",
@@ -51,23 +57,46 @@ __all__ = [
     "Progress",
     "StageTiming",
     "FrameOutput",
+    "Variant",
     "Result",
     "Lease",
     "StageDone",
     "DOCUMENT_TYPES",
     "UPGRADES",
     "register_upgrade",
+    "MINOR_UPGRADES",
+    "register_minor_upgrade",
     "load_document",
     "decode_document",
     "encode_document",
     "valid_job_id",
+    "STRENGTH_LIMIT",
+    "MAX_FRAME",
+    "MAX_EPOCH",
 ]
 
 SCHEMA_PREFIX = "facestitch."
-JOB_KINDS = ("stitch", "align-preview")
+JOB_KINDS = ("stitch", "align-preview", "draft")
 JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
 OUTPUT_FORMATS = ("png16", "exr", "prores4444", "pam16")
+#: ``Job.priority``: engines claim higher first, first come first served within one.
+PRIORITY_NORMAL = 0
+PRIORITY_DRAFT = 50  # drafts jump the queue (a running job is never pre-empted)
+_PRIORITY_LIMIT = 100
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: Edit strengths and keyframe strengths lie within +-this (STIT convention; the
+#: weakest published directions need 25-30, docs/reference.md "Editing").
+STRENGTH_LIMIT = 100.0
+#: Frame numbers in documents (keyframes, subject frames) lie within 0..this.
+MAX_FRAME = (1 << 31) - 1
+#: Lease epochs and counters stay exact in every msgpack reader (2^53: doubles).
+MAX_EPOCH = 1 << 53
+
+
+def default_priority(kind: str) -> int:
+    """The priority a job of ``kind`` gets when its document does not say:
+    :data:`PRIORITY_DRAFT` for drafts, else :data:`PRIORITY_NORMAL`."""
+    return PRIORITY_DRAFT if kind == "draft" else PRIORITY_NORMAL
 
 
 def valid_job_id(job_id: str) -> bool:
@@ -114,6 +143,19 @@ class _Fields:
                 f"field {self.path(key)!r} must be {names}, got {type(value).__name__}",
                 field=self.path(key),
             )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise DocumentFieldError(f"field {self.path(key)!r} must be a finite "
+                                     f"number, got {value}", field=self.path(key))
+        return value
+
+    def bounded(self, key: str, kind: Any, lo: float, hi: float,
+                default: Any = ...) -> Any:
+        """``get`` a number that must lie within ``lo..hi``."""
+        value = self.get(key, kind, default)
+        if value is not None and not lo <= value <= hi:
+            raise DocumentFieldError(f"field {self.path(key)!r} must be within "
+                                     f"{lo}..{hi}, got {value}",
+                                     field=self.path(key))
         return value
 
     def choice(self, key: str, choices: tuple[str, ...], default: Any = ...) -> str:
@@ -136,6 +178,9 @@ def _number_list(value: Any, n: int | None, where: str) -> tuple[float, ...]:
     for v in value:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise DocumentFieldError(f"field {where!r} must hold numbers", field=where)
+        if not math.isfinite(v):
+            raise DocumentFieldError(f"field {where!r} must hold finite numbers, "
+                                     f"got {v}", field=where)
         out.append(float(v))
     return tuple(out)
 
@@ -149,11 +194,15 @@ class _Document:
 
     NAME: ClassVar[str] = ""
     VERSION: ClassVar[int] = 1
+    #: compatible additions within a major (``"facestitch.Job/1.1"``); 0 is written
+    #: as the major alone (``"facestitch.Job/1"``)
+    MINOR: ClassVar[int] = 0
     MAX_BYTES: ClassVar[int] = 1 << 20
 
     @classmethod
     def schema(cls) -> str:
-        return f"{SCHEMA_PREFIX}{cls.NAME}/{cls.VERSION}"
+        minor = f".{cls.MINOR}" if cls.MINOR else ""
+        return f"{SCHEMA_PREFIX}{cls.NAME}/{cls.VERSION}{minor}"
 
     @classmethod
     def from_dict(cls: type[T], data: Mapping[str, Any]) -> T:  # pragma: no cover
@@ -300,6 +349,14 @@ class Keyframe:
     strength: float
 
 
+def _strength(value: float, where: str) -> float:
+    if not -STRENGTH_LIMIT <= value <= STRENGTH_LIMIT:
+        raise DocumentFieldError(f"{where}: strength {value} must be within "
+                                 f"-{STRENGTH_LIMIT:g}..{STRENGTH_LIMIT:g}",
+                                 field=where)
+    return value
+
+
 @dataclass(frozen=True)
 class Edit:
     """A linear latent edit. Without keyframes the strength is constant; with them
@@ -312,12 +369,20 @@ class Edit:
     name: str
     strength: float = 0.0
     keyframes: tuple[Keyframe, ...] = ()
-    space: str = "w"  # "w" (W+ directions) | "s" (StyleSpace / StyleCLIP global)
+    # "w" (W+ directions) | "s" (StyleSpace / StyleCLIP global) | "text" (a StyleCLIP
+    # global direction computed from ``text`` by the engine)
+    space: str = "w"
     ease: str = "smooth"  # "smooth" (ease in/out) | "linear" | "hold"
+    # space "text" only (docs/reference.md "StyleCLIP global directions"): the
+    # target prompt, the neutral prompt, and the channel threshold β
+    text: str | None = None
+    neutral: str = "face"
+    beta: float = 0.2
 
     @classmethod
     def from_dict(cls, data: Any, prefix: str = "edit") -> "Edit":
-        f = _Fields(data, prefix, ("name", "strength", "keyframes", "space", "ease"))
+        f = _Fields(data, prefix, ("name", "strength", "keyframes", "space", "ease",
+                                   "text", "neutral", "beta"))
         name = f.get("name", str)
         if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", name):
             raise DocumentFieldError(f"edit name {name!r} is not a valid name",
@@ -329,19 +394,41 @@ class Edit:
                     or not isinstance(kf[0], int) or isinstance(kf[0], bool)):
                 raise DocumentFieldError(f"{where} must be [frame, strength]",
                                          field=where)
-            kfs.append(Keyframe(kf[0], _number_list([kf[1]], 1, where)[0]))
+            if not 0 <= kf[0] <= MAX_FRAME:
+                raise DocumentFieldError(f"{where}: frame {kf[0]} must be within "
+                                         f"0..{MAX_FRAME}", field=where)
+            kfs.append(Keyframe(kf[0], _strength(_number_list([kf[1]], 1, where)[0],
+                                                 where)))
         frames = [k.frame for k in kfs]
         if frames != sorted(set(frames)):
             raise DocumentFieldError("keyframes must have increasing frame numbers",
                                      field=f.path("keyframes"))
-        return cls(name, f.get("strength", float, 0.0), tuple(kfs),
-                   f.choice("space", ("w", "s"), "w"),
-                   f.choice("ease", ("smooth", "linear", "hold"), "smooth"))
+        space = f.choice("space", ("w", "s", "text"), "w")
+        text, neutral, beta = None, "face", 0.2
+        if space == "text":
+            text = f.get("text", str).strip()
+            neutral = f.get("neutral", str, "face").strip()
+            beta = f.get("beta", float, 0.2)
+            for key, value in (("text", text), ("neutral", neutral)):
+                if not value or len(value) > 300:
+                    raise DocumentFieldError(f"{f.path(key)} must be 1 to 300 "
+                                             "characters", field=f.path(key))
+            if not 0.0 <= beta < 1.0:
+                raise DocumentFieldError(f"{f.path('beta')} must be in [0, 1), got "
+                                         f"{beta}", field=f.path("beta"))
+        return cls(name, _strength(f.get("strength", float, 0.0), f.path("strength")),
+                   tuple(kfs), space,
+                   f.choice("ease", ("smooth", "linear", "hold"), "smooth"),
+                   text, neutral, beta)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "strength": self.strength,
-                "keyframes": [[k.frame, k.strength] for k in self.keyframes],
-                "space": self.space, "ease": self.ease}
+        out: dict[str, Any] = {
+               "name": self.name, "strength": self.strength,
+               "keyframes": [[k.frame, k.strength] for k in self.keyframes],
+               "space": self.space, "ease": self.ease}
+        if self.space == "text":  # W and S edits read exactly as before
+            out.update(text=self.text, neutral=self.neutral, beta=self.beta)
+        return out
 
 
 @dataclass(frozen=True)
@@ -377,9 +464,15 @@ class OutputSpec:
 
 @dataclass(frozen=True)
 class Job(_Document):
-    """A unit of work, written once by a submitter and never modified after."""
+    """A unit of work, written once by a submitter and never modified after.
+
+    ``priority`` (minor 1): engines claim higher priorities first, first come first
+    served within one; None (the default) means :func:`default_priority` of the
+    kind (drafts high). Minor 0 documents are upgraded the same way.
+    """
 
     NAME: ClassVar[str] = "Job"
+    MINOR: ClassVar[int] = 1
     MAX_BYTES: ClassVar[int] = 1 << 20
 
     id: str
@@ -392,16 +485,27 @@ class Job(_Document):
     output: OutputSpec = field(default_factory=OutputSpec)
     host: dict[str, Any] = field(default_factory=dict)
     created: str = ""
+    priority: int | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.priority is None:
+            object.__setattr__(self, "priority", default_priority(self.kind))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Job":
         f = _Fields(data, "", ("schema", "id", "kind", "source", "range", "subject",
-                               "edits", "options", "output", "host", "created"))
+                               "edits", "options", "output", "host", "created",
+                               "priority"))
         job_id = f.get("id", str)
         if not valid_job_id(job_id):
             raise DocumentFieldError(f"job id {job_id!r} is not a valid name",
                                      field="id")
+        priority = f.get("priority", int, None, none_ok=True)
+        if priority is not None and abs(priority) > _PRIORITY_LIMIT:
+            raise DocumentFieldError(f"priority {priority} must lie within "
+                                     f"-{_PRIORITY_LIMIT}..{_PRIORITY_LIMIT}",
+                                     field="priority")
         edits = tuple(Edit.from_dict(e, f"edits[{i}]")
                       for i, e in enumerate(f.get("edits", list, [])))
         return cls(
@@ -415,6 +519,7 @@ class Job(_Document):
             output=OutputSpec.from_dict(f.get("output", dict, {})),
             host=dict(f.get("host", dict, {})),
             created=f.get("created", str, ""),
+            priority=priority,
             extra=f.extra(),
         )
 
@@ -423,7 +528,7 @@ class Job(_Document):
                 "range": self.range.to_dict(), "subject": self.subject.to_dict(),
                 "edits": [e.to_dict() for e in self.edits], "options": self.options,
                 "output": self.output.to_dict(), "host": self.host,
-                "created": self.created}
+                "created": self.created, "priority": self.priority}
 
 
 # --- FaceTrack/1 ----------------------------------------------------------------
@@ -585,6 +690,39 @@ class FrameOutput:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """One row of a draft's strength sweep: each swept edit's strength, and the
+    frames rendered with them, in a folder of their own (``folder``, relative to
+    the job folder). The job's other edits apply to every row unchanged."""
+
+    label: str
+    strengths: tuple[tuple[str, float], ...]  # (edit name, strength)
+    folder: str
+    frames: tuple[FrameOutput, ...] = ()
+
+    @classmethod
+    def from_dict(cls, data: Any, prefix: str) -> "Variant":
+        f = _Fields(data, prefix, ())
+        strengths = []
+        for i, s in enumerate(f.get("strengths", list, [])):
+            g = _Fields(s, f"{prefix}.strengths[{i}]", ())
+            strengths.append((g.get("name", str), g.get("strength", float)))
+        frames = []
+        for i, fr in enumerate(f.get("frames", list, [])):
+            g = _Fields(fr, f"{prefix}.frames[{i}]", ())
+            frames.append(FrameOutput(g.get("frame", int), g.get("path", str),
+                                      g.get("sha256", str),
+                                      g.get("edited", bool, True)))
+        return cls(f.get("label", str), tuple(strengths), f.get("folder", str),
+                   tuple(frames))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label,
+                "strengths": [{"name": n, "strength": v} for n, v in self.strengths],
+                "folder": self.folder, "frames": [f.to_dict() for f in self.frames]}
+
+
+@dataclass(frozen=True)
 class Result(_Document):
     """Written once when a job ends, then published with its folder."""
 
@@ -602,13 +740,14 @@ class Result(_Document):
     warnings: tuple[str, ...] = ()
     started: str = ""
     finished: str = ""
+    variants: tuple[Variant, ...] = ()  # a draft's sweep rows (empty otherwise)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Result":
         f = _Fields(data, "", ("schema", "job_id", "state", "stages", "frames",
                                "outputs", "error", "metrics", "models", "warnings",
-                               "started", "finished"))
+                               "started", "finished", "variants"))
         stages = []
         for i, s in enumerate(f.get("stages", list, [])):
             g = _Fields(s, f"stages[{i}]", ())
@@ -630,11 +769,13 @@ class Result(_Document):
         if state == "failed" and error is None:
             raise DocumentFieldError("a failed result needs an error", field="error")
         warnings = f.get("warnings", list, [])
+        variants = tuple(Variant.from_dict(v, f"variants[{i}]")
+                         for i, v in enumerate(f.get("variants", list, [])))
         return cls(f.get("job_id", str), state, tuple(stages), tuple(frames),
                    dict(f.get("outputs", dict, {})), error,
                    dict(f.get("metrics", dict, {})), dict(f.get("models", dict, {})),
                    tuple(str(w) for w in warnings), f.get("started", str, ""),
-                   f.get("finished", str, ""), extra=f.extra())
+                   f.get("finished", str, ""), variants, extra=f.extra())
 
     def body(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "state": self.state,
@@ -642,7 +783,8 @@ class Result(_Document):
                 "frames": [fr.to_dict() for fr in self.frames], "outputs": self.outputs,
                 "error": self.error, "metrics": self.metrics, "models": self.models,
                 "warnings": list(self.warnings), "started": self.started,
-                "finished": self.finished}
+                "finished": self.finished,
+                "variants": [v.to_dict() for v in self.variants]}
 
 
 # --- Lease/1 --------------------------------------------------------------------
@@ -680,10 +822,14 @@ class Lease(_Document):
         f = _Fields(data, "", ("schema", "job_id", "worker", "epoch", "expires",
                                "acquired", "renewed", "host", "pid", "reclaims",
                                "released"))
-        return cls(f.get("job_id", str), f.get("worker", str), f.get("epoch", int),
+        # Bounded so that epoch + 1 and every counter stay exact integers that
+        # any msgpack writer can store (an epoch of 2^64-1 once overflowed).
+        return cls(f.get("job_id", str), f.get("worker", str),
+                   f.bounded("epoch", int, 0, MAX_EPOCH - 1),
                    f.get("expires", float), f.get("acquired", str, ""),
                    f.get("renewed", str, ""), f.get("host", str, ""),
-                   f.get("pid", int, 0), f.get("reclaims", int, 0),
+                   f.bounded("pid", int, 0, MAX_EPOCH, 0),
+                   f.bounded("reclaims", int, 0, MAX_EPOCH, 0),
                    f.get("released", str, ""), extra=f.extra())
 
     def body(self) -> dict[str, Any]:
@@ -755,7 +901,33 @@ def register_upgrade(name: str, from_major: int):
     return deco
 
 
-_SCHEMA = re.compile(r"^facestitch\.([A-Za-z]+)/(\d+)$")
+#: (name, major, minor) -> function upgrading a dict of that minor to minor + 1
+#: within the major. A minor only adds optional keys: a reader takes any newer
+#: minor of a major it knows as it is (the new keys land in ``extra``).
+MINOR_UPGRADES: dict[tuple[str, int, int],
+                     Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+def register_minor_upgrade(name: str, major: int, from_minor: int):
+    """Decorator registering ``fn(doc: dict) -> dict`` from ``name/major.from_minor``
+    to ``name/major.(from_minor + 1)``; a major upgrade lands at minor 0."""
+
+    def deco(fn: Callable[[dict[str, Any]], dict[str, Any]]):
+        MINOR_UPGRADES[(name, major, from_minor)] = fn
+        return fn
+
+    return deco
+
+
+@register_minor_upgrade("Job", 1, 0)
+def _job_1_0_to_1_1(doc: dict[str, Any]) -> dict[str, Any]:
+    """Job/1 -> Job/1.1: ``priority`` from the kind (drafts high)."""
+    kind = doc.get("kind", "stitch")
+    doc.setdefault("priority", default_priority(kind if isinstance(kind, str) else ""))
+    return doc
+
+
+_SCHEMA = re.compile(r"^facestitch\.([A-Za-z]+)/(\d+)(?:\.(\d+))?$")
 
 
 def encode_document(data: Mapping[str, Any]) -> bytes:
@@ -783,8 +955,13 @@ def decode_document(
             f"{expect.NAME if expect else 'documents'}")
     try:
         data = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except msgpack.StackError:
+        raise DocumentNotMsgpack(f"{source}: maps or lists nested deeper than this "
+                                 "reader accepts; not a FaceStitch document") from None
     except Exception as exc:  # noqa: BLE001 - msgpack raises unrelated types
-        raise DocumentNotMsgpack(f"{source}: not a msgpack document ({exc})") from None
+        reason = str(exc) or type(exc).__name__
+        raise DocumentNotMsgpack(f"{source}: not a msgpack document ({reason})"
+                                 ) from None
     if not isinstance(data, dict):
         raise DocumentError(f"{source}: a document must be a map, got "
                             f"{type(data).__name__}")
@@ -794,7 +971,7 @@ def decode_document(
         raise DocumentFieldError(f"{source}: missing or malformed 'schema' "
                                  f"(expected like 'facestitch.Job/1'), got {schema!r}",
                                  field="schema")
-    name, major = m[1], int(m[2])
+    name, major, minor = m[1], int(m[2]), int(m[3] or 0)
     cls = DOCUMENT_TYPES.get(name)
     if cls is None or (expect is not None and cls is not expect):
         wanted = expect.schema() if expect else "a FaceStitch document"
@@ -811,7 +988,14 @@ def decode_document(
             raise DocumentVersionError(f"{source}: no upgrade from {name}/{major}",
                                        field="schema")
         data = step(dict(data))
-        major += 1
+        major, minor = major + 1, 0
+    while minor < cls.MINOR:
+        step = MINOR_UPGRADES.get((name, major, minor))
+        if step is None:
+            raise DocumentVersionError(
+                f"{source}: no upgrade from {name}/{major}.{minor}", field="schema")
+        data = step(dict(data))
+        minor += 1
     try:
         return cls.from_dict(data)
     except DocumentError as exc:
@@ -820,13 +1004,19 @@ def decode_document(
         raise
 
 
-def load_document(path: str | Path, expect: type[T] | None = None) -> Any:
-    """Read a document file, refusing oversized files before reading them."""
+def load_document(path: str | Path, expect: type[T] | None = None, *,
+                  follow_symlinks: bool = False) -> Any:
+    """Read a document file, refusing oversized files before reading them.
+
+    Only a regular file is opened, and (unless ``follow_symlinks``) not through a
+    symbolic link: a named pipe, socket, device, folder or link raises
+    :class:`~fsexchange.errors.NotRegularFile` without blocking
+    (:func:`fsexchange.fsutil.open_regular`).
+    """
     p = Path(path)
     limit = (expect.MAX_BYTES if expect
              else max(t.MAX_BYTES for t in DOCUMENT_TYPES.values()))
-    with open(p, "rb") as fh:
-        raw = fh.read(limit + 1)
+    raw = read_regular(p, limit + 1, follow_symlinks=follow_symlinks, field=p.name)
     return decode_document(raw, expect, source=p.name)
 
 

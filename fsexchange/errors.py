@@ -11,6 +11,8 @@ Only truly unexpected exceptions become ``internal``: the engine logs their trac
 
 from __future__ import annotations
 
+import errno
+import os
 from typing import Any, ClassVar
 
 __all__ = [
@@ -23,10 +25,18 @@ __all__ = [
     "DocumentFieldError",
     "DocumentTooLarge",
     "PathEscapeError",
+    "NotRegularFile",
+    "NotAFolder",
+    "IOFailure",
+    "NoSpace",
+    "AccessDenied",
+    "PathUnusable",
+    "io_error",
     "MediaError",
     "MediaMissing",
     "MediaCorrupt",
     "MediaUnsupported",
+    "MediaUnreadable",
     "RangeInvalid",
     "RangeOutOfBounds",
     "FaceError",
@@ -43,9 +53,11 @@ __all__ = [
     "JobCancelled",
     "JobNotFound",
     "JobExists",
+    "JobStateError",
     "JobCrashed",
     "LeaseLost",
     "PipelineUnavailable",
+    "StageNotReady",
     "HostError",
     "MetricsError",
     "error_from_dict",
@@ -150,6 +162,80 @@ class PathEscapeError(FaceStitchError, PermissionError):
     code = "path.escape"
 
 
+# --- the exchange's entries and the file system -----------------------------------
+
+
+class NotRegularFile(FaceStitchError, OSError):
+    """An entry where FaceStitch expects a regular file is something else: a named
+    pipe, a socket, a device, a folder, or a symbolic link where none may be. It is
+    never opened (a pipe would block the reader forever)."""
+
+    code = "exchange.not_regular_file"
+
+
+class NotAFolder(FaceStitchError, OSError):
+    """An entry where FaceStitch expects a folder is a file, a pipe, a socket or a
+    symbolic link."""
+
+    code = "exchange.not_a_folder"
+
+
+class IOFailure(FaceStitchError, OSError):
+    """An operating-system error while reading or writing; the message names the
+    path and what to do."""
+
+    code = "io.error"
+
+
+class NoSpace(IOFailure):
+    """The disk (or the user's quota, or the file size limit) is full; the message
+    names the folder. Nothing is wrong with the job: free space and run it again."""
+
+    code = "io.no_space"
+
+
+class AccessDenied(IOFailure, PermissionError):
+    """Permission denied (or a read-only file system) for a path FaceStitch must
+    read, write or move."""
+
+    code = "io.permission"
+
+
+class PathUnusable(IOFailure):
+    """A path given on the command line cannot be used as asked: its folder does
+    not exist, or a file stands where a folder is needed (or the other way round)."""
+
+    code = "io.path"
+
+
+_NO_SPACE_ERRNOS = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_ACCESS_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def io_error(exc: OSError, path: object = None, *, doing: str = "writing",
+             stage: str | None = None) -> IOFailure:
+    """The typed error for an ``OSError``: :class:`NoSpace` (``ENOSPC``, ``EDQUOT``,
+    ``EFBIG`` from a file size limit), :class:`AccessDenied` (``EACCES``, ``EPERM``,
+    ``EROFS``), else :class:`IOFailure`. ``path`` defaults to the error's file name;
+    for :class:`NoSpace` the message names the folder it concerns."""
+    where = str(path if path is not None else (exc.filename or "?"))
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    err: IOFailure
+    if exc.errno in _NO_SPACE_ERRNOS:
+        folder = where if path is not None else os.path.dirname(where) or where
+        err = NoSpace(f"no space left {doing} in {folder} ({reason}); free some "
+                      "space there (or raise the quota) and run the job again",
+                      stage=stage)
+    elif exc.errno in _ACCESS_ERRNOS:
+        err = AccessDenied(f"{where}: {reason} while {doing}; check the file's "
+                           "owner and permissions (and that the share is writable)",
+                           stage=stage)
+    else:
+        err = IOFailure(f"{where}: {reason} while {doing}", stage=stage)
+    err.errno, err.strerror, err.filename = exc.errno, exc.strerror, where
+    return err
+
+
 # --- media and ranges -----------------------------------------------------------
 
 
@@ -167,6 +253,12 @@ class MediaCorrupt(MediaError):
 
 class MediaUnsupported(MediaError):
     code = "media.unsupported"
+
+
+class MediaUnreadable(MediaError, PermissionError):
+    """The media exists but the engine may not read it (permissions)."""
+
+    code = "media.unreadable"
 
 
 class RangeInvalid(FaceStitchError, ValueError):
@@ -259,6 +351,14 @@ class JobExists(FaceStitchError, FileExistsError):
     code = "job.exists"
 
 
+class JobStateError(FaceStitchError, ValueError):
+    """The job is not in a state that allows what was asked: cancelling a finished
+    job, retrying or archiving one that has not finished, picking a strength of a
+    job that is not a finished draft."""
+
+    code = "job.state"
+
+
 class JobCrashed(FaceStitchError):
     """Workers kept dying while running this job (out of memory, a native crash),
     so it is failed instead of being handed to yet another worker."""
@@ -270,6 +370,13 @@ class PipelineUnavailable(FaceStitchError):
     """The job kind needs a stage this engine does not have installed."""
 
     code = "pipeline.unavailable"
+
+
+class StageNotReady(FaceStitchError):
+    """One unit of a stage was asked to run (``facestitch stage run``, a Ray task,
+    a farm task) before the stages it reads had completed in that job folder."""
+
+    code = "stage.not_ready"
 
 
 class LeaseLost(FaceStitchError):
@@ -308,6 +415,27 @@ class MetricsFrameInvalid(MetricsError):
 
 class MetricsNoFrames(MetricsError):
     code = "metrics.no_frames"
+
+
+# --- colour -----------------------------------------------------------------------
+
+
+class ColourError(FaceStitchError, ValueError):
+    code = "colour.error"
+
+
+class ColourUnknown(ColourError):
+    """``options.colour.source`` (or display, view) names nothing in the OCIO
+    config in use."""
+
+    code = "colour.unknown"
+
+
+class ColourConfigError(ColourError):
+    """The OpenColorIO config ($OCIO, ``--ocio-config``, ``options.colour.config``)
+    cannot be loaded, or OpenColorIO is not installed."""
+
+    code = "colour.config"
 
 
 def error_from_dict(data: dict[str, Any]) -> FaceStitchError:

@@ -12,7 +12,17 @@ bridge's settings file, so the same text means the same job everywhere:
 - **edit**: ``NAME=STRENGTH`` or keyframes ``NAME=STRENGTH@FRAME,STRENGTH@FRAME,...``
   (STIT's strength convention); an **edit spec** is several edits separated by
   ``;`` or by a comma that starts the next ``NAME=``, or the word ``preview``
-  (an align-preview job: track, align and paste back without an edit);
+  (an align-preview job: track, align and paste back without an edit); a last
+  part ``no-refine`` (or ``refine``) switches the temporal refinement off (on)
+  for that job, e.g. ``age=-4; no-refine``;
+- **sweep**: ``NAME=FROM:TO:COUNT`` renders an edit at COUNT strengths from FROM to
+  TO, both included (``age=-8:8:5`` = -8, -4, 0, 4, 8); several separated by ``;``
+  (or repeated flags) make a grid, one row per combination, the first edit varying
+  slowest; in an edit spec for a draft, sweep items and plain edits mix freely;
+- **frames**: ``F1,F2,...`` source frame indices (``--frames 10,24,40``);
+- **text edit**: ``--edit-text "a smiling face" --strength 4 --beta 0.12``, a
+  StyleCLIP global direction from a prompt (STRENGTH as for edits: a number or
+  keyframes ``STRENGTH@FRAME,...``; ``--neutral`` defaults to "face");
 - **option**: ``KEY.SUB=VALUE`` (VALUE parsed as JSON, else kept as text) into the
   nested ``Job.options`` map.
 
@@ -22,6 +32,7 @@ Standard library only. Errors are the protocol's typed errors, with ``field`` se
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from fractions import Fraction
@@ -35,10 +46,16 @@ from fsexchange.timecode import timecode_to_frames
 
 __all__ = ["parse_range", "is_timecode_range", "timecode_range", "parse_subject",
            "parse_edit", "split_edit_spec", "EditChoice", "parse_edit_spec",
-           "PREVIEW_WORDS", "parse_option"]
+           "PREVIEW_WORDS", "SweepAxis", "parse_sweep", "format_sweep", "sweep_rows",
+           "sweep_row_label", "sweep_row_folder", "check_sweep_edits",
+           "MAX_SWEEP_ROWS", "parse_frames", "parse_option", "parse_text_edit",
+           "text_edit_name", "REFINE_WORDS"]
 
 #: Edit-spec words that ask for an align-preview job instead of an edit.
 PREVIEW_WORDS = ("preview", "align-preview")
+#: Edit-spec words that switch the temporal refinement of a stitch job.
+REFINE_WORDS = {"no-refine": False, "refine": True}
+_REFINE_TAIL = re.compile(r"(?:^|[;,])\s*(no-refine|refine)\s*$", re.IGNORECASE)
 
 _TC = r"\d{1,2}[:;.]\d{2}[:;.]\d{2}[:;.]\d{2,3}"
 _TC_RANGE = re.compile(rf"^\s*({_TC})\s*-\s*({_TC})\s*$")
@@ -194,8 +211,54 @@ def parse_edit(text: str) -> Edit:
     if frames != sorted(set(frames)):
         raise EditInvalid(f"edit {text.strip()!r}: keyframe frames must increase",
                           field="edits")
-    return Edit.from_dict({"name": name, "strength": keyframes[0].strength,
-                           "keyframes": [[k.frame, k.strength] for k in keyframes]})
+    try:  # finite strengths within range, frames >= 0 (Edit.from_dict checks)
+        return Edit.from_dict({"name": name, "strength": keyframes[0].strength,
+                               "keyframes": [[k.frame, k.strength]
+                                             for k in keyframes]})
+    except FaceStitchError as exc:
+        raise EditInvalid(f"edit {text.strip()!r}: {exc.message}",
+                          field="edits") from None
+
+
+def text_edit_name(text: str) -> str:
+    """The edit name of a text edit: ``text_`` and the prompt's words
+    (``"a smiling face"`` -> ``text_a_smiling_face``), at most 64 characters."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", text.lower()).strip("_")
+    return ("text_" + slug)[:64].rstrip("_") if slug else "text"
+
+
+def parse_text_edit(text: str, strength: str | float | None, *,
+                    beta: float | None = None, neutral: str | None = None) -> Edit:
+    """``--edit-text TEXT --strength S [--beta B] [--neutral N]`` -> :class:`Edit`
+    with ``space="text"`` (a StyleCLIP global direction the engine computes from
+    the prompt; docs/reference.md "StyleCLIP global directions").
+
+    ``strength`` is a number or keyframes ``STRENGTH@FRAME,...`` as for
+    :func:`parse_edit`; ``beta`` defaults to 0.2 and ``neutral`` to "face" (STIT's
+    defaults).
+
+    Raises:
+        EditInvalid: an empty prompt, no strength, a bad strength or β.
+    """
+    prompt = (text or "").strip()
+    if not prompt:
+        raise EditInvalid("--edit-text needs a prompt, e.g. --edit-text "
+                          "\"a smiling face\"", field="edits.text")
+    if strength is None or not str(strength).strip():
+        raise EditInvalid(f"--edit-text {prompt!r} needs --strength (e.g. 4, or "
+                          "keyframes 0@10,4@20)", field="edits.strength")
+    base = parse_edit(f"{text_edit_name(prompt)}={strength}")
+    data = base.to_dict()
+    data.update(space="text", text=prompt)
+    if neutral is not None:
+        data["neutral"] = neutral
+    if beta is not None:
+        data["beta"] = beta
+    try:
+        return Edit.from_dict(data, "edits")
+    except FaceStitchError as exc:
+        raise EditInvalid(f"--edit-text {prompt!r}: {exc.message}",
+                          field=exc.field or "edits") from None
 
 
 def split_edit_spec(text: str) -> list[str]:
@@ -205,38 +268,205 @@ def split_edit_spec(text: str) -> list[str]:
 
 @dataclass(frozen=True)
 class EditChoice:
-    """What to run: ``kind`` and its edits; ``spec`` is the text form."""
+    """What to run: ``kind`` and its edits; ``spec`` is the text form; ``sweep``
+    the swept edits of a draft (empty otherwise); ``refine`` the spec's
+    ``no-refine`` / ``refine`` word (None: not said, the settings decide)."""
 
     kind: str
     edits: tuple[Edit, ...]
     spec: str
+    sweep: tuple["SweepAxis", ...] = ()
+    refine: bool | None = None
 
 
-def parse_edit_spec(text: str | Iterable[str], *,
-                    known: Sequence[str] = ()) -> EditChoice:
+def _is_sweep_item(text: str) -> bool:
+    value = text.partition("=")[2]
+    return ":" in value and "@" not in value
+
+
+def parse_edit_spec(text: str | Iterable[str], *, known: Sequence[str] = (),
+                    draft: bool = False) -> EditChoice:
     """An edit spec (or several ``--edit`` texts) -> :class:`EditChoice`.
 
     ``"preview"`` gives an align-preview job; otherwise a stitch job with at least
-    one edit. ``known``: edit names to accept (when the installed edits are known).
+    one edit, or with ``draft`` a draft job whose items may also be sweeps
+    (``age=-8:8:5``). ``known``: edit names to accept (when the installed edits
+    are known).
 
     Raises:
         EditInvalid: malformed text, or no edit at all.
         EditUnknown: a name missing from ``known`` (when given).
     """
     parts = ([text] if isinstance(text, str) else list(text))
+    refine: bool | None = None
+    if parts:
+        m = _REFINE_TAIL.search(parts[-1])
+        if m:
+            refine = REFINE_WORDS[m.group(1).lower()]
+            parts = parts[:-1] + [parts[-1][:m.start()]]
     spec = "; ".join(p.strip() for p in parts if p.strip())
-    if spec.lower() in PREVIEW_WORDS:
+    if spec.lower() in PREVIEW_WORDS and not draft:
         return EditChoice("align-preview", (), "preview")
     texts = [t for p in parts for t in split_edit_spec(p)]
     if not texts:
         raise EditInvalid("no edit given: write NAME=STRENGTH (e.g. age=-4), several "
-                          "separated by ';', or 'preview'", field="edits")
+                          "separated by ';'"
+                          + (", or NAME=FROM:TO:COUNT to sweep strengths" if draft
+                             else ", or 'preview'"), field="edits")
     for t in texts:  # an unknown name is the more useful message, so first
         name = t.partition("=")[0].strip()
         if known and name not in known:
             raise EditUnknown(f"unknown edit '{name}'; installed: "
                               f"{', '.join(known)}", field="edits")
-    return EditChoice("stitch", tuple(parse_edit(t) for t in texts), spec)
+    if not draft:
+        return EditChoice("stitch", tuple(parse_edit(t) for t in texts),
+                          spec + ("" if refine is None else
+                                  f"; {'refine' if refine else 'no-refine'}"),
+                          refine=refine)
+    sweep = parse_sweep([t for t in texts if _is_sweep_item(t)])
+    edits = tuple(parse_edit(t) for t in texts if not _is_sweep_item(t))
+    check_sweep_edits(sweep, edits)
+    return EditChoice("draft", edits, spec, sweep)
+
+
+# --- strength sweeps ------------------------------------------------------------------
+
+#: Most rows a sweep may render (the product of every swept edit's count).
+MAX_SWEEP_ROWS = 64
+_MAX_SWEEP_COUNT = 16
+
+
+@dataclass(frozen=True)
+class SweepAxis:
+    """One swept edit: ``count`` strengths from ``start`` to ``stop``, both ends
+    included, evenly spaced."""
+
+    name: str
+    start: float
+    stop: float
+    count: int
+
+    @property
+    def strengths(self) -> tuple[float, ...]:
+        if self.count == 1:
+            return (self.start,)
+        step = (self.stop - self.start) / (self.count - 1)
+        # rounded so that -8:8:5 gives exactly -8, -4, 0, 4, 8
+        return tuple(round(self.start + i * step, 9) for i in range(self.count))
+
+    def text(self) -> str:
+        return f"{self.name}={self.start:g}:{self.stop:g}:{self.count}"
+
+
+def parse_sweep(text: str | Iterable[str] | None) -> tuple[SweepAxis, ...]:
+    """``"age=-8:8:5; smile=0:2:3"`` (or several texts) -> the swept edits, in order.
+
+    ``None`` or empty text: no sweep.
+
+    Raises:
+        EditInvalid: not ``NAME=FROM:TO:COUNT``, a count below 1 or above 16, one
+            strength asked for a range (count 1 with FROM != TO), an edit swept
+            twice, or more than :data:`MAX_SWEEP_ROWS` rows in all.
+    """
+    if text is None:
+        return ()
+    parts = [text] if isinstance(text, str) else list(text)
+    items = [t for p in parts for t in split_edit_spec(p)]
+    axes: list[SweepAxis] = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        bits = value.split(":")
+        try:
+            if (not sep or len(bits) != 3
+                    or not re.match(r"^[A-Za-z0-9_.-]{1,64}$", name)):
+                raise ValueError
+            start, stop, count = float(bits[0]), float(bits[1]), int(bits[2])
+            if not all(map(math.isfinite, (start, stop))):
+                raise ValueError
+        except ValueError:
+            raise EditInvalid(f"sweep {item.strip()!r} must be NAME=FROM:TO:COUNT "
+                              "(e.g. age=-8:8:5: 5 strengths from -8 to 8)",
+                              field="sweep") from None
+        if not 1 <= count <= _MAX_SWEEP_COUNT:
+            raise EditInvalid(f"sweep {item.strip()!r}: COUNT must be 1 to "
+                              f"{_MAX_SWEEP_COUNT}", field="sweep")
+        if count == 1 and start != stop:
+            raise EditInvalid(f"sweep {item.strip()!r}: one strength cannot span "
+                              f"{start:g} to {stop:g}; give COUNT >= 2", field="sweep")
+        if any(a.name == name for a in axes):
+            raise EditInvalid(f"sweep: edit {name!r} is swept twice", field="sweep")
+        axes.append(SweepAxis(name, start, stop, count))
+    rows = math.prod(a.count for a in axes) if axes else 0
+    if rows > MAX_SWEEP_ROWS:
+        raise EditInvalid(f"sweep {format_sweep(axes)!r} makes {rows} rows; at most "
+                          f"{MAX_SWEEP_ROWS}", field="sweep")
+    return tuple(axes)
+
+
+def format_sweep(axes: Sequence[SweepAxis]) -> str:
+    """The canonical text of a sweep (what ``options.draft.sweep`` holds)."""
+    return "; ".join(a.text() for a in axes)
+
+
+def sweep_rows(axes: Sequence[SweepAxis]) -> list[tuple[tuple[str, float], ...]]:
+    """Every combination of the swept strengths, first edit varying slowest:
+    ``[(("age", -8.0),), (("age", -4.0),), ...]``; one empty row without a sweep."""
+    rows: list[tuple[tuple[str, float], ...]] = [()]
+    for a in axes:
+        rows = [r + ((a.name, s),) for r in rows for s in a.strengths]
+    return rows
+
+
+def sweep_row_label(row: Sequence[tuple[str, float]], edits: Sequence[Edit] = ()
+                    ) -> str:
+    """A row for people: ``"age -8"``, ``"age 4, smile 1"``; without a sweep (an
+    empty row) the job's own edits."""
+    if row:
+        return ", ".join(f"{n} {s:g}" for n, s in row)
+    return ", ".join(f"{e.name} {e.strength:g}" if not e.keyframes
+                     else f"{e.name} (keyframed)" for e in edits) or "no edit"
+
+
+def sweep_row_folder(index: int, row: Sequence[tuple[str, float]]) -> str:
+    """The folder name of a draft's row under ``output/sweep/``: ``r00_age-8``,
+    ``r03_age+4_smile0``; ``r00_edit`` without a sweep."""
+    slug = "_".join(f"{n}{s:+g}" if s else f"{n}0" for n, s in row) or "edit"
+    return f"r{index:02d}_{slug}"
+
+
+def check_sweep_edits(sweep: Sequence[SweepAxis], edits: Sequence[Edit]) -> None:
+    """Refuse an edit both swept and given a fixed strength (which would win?).
+
+    Raises:
+        EditInvalid: naming the edit.
+    """
+    fixed = {e.name for e in edits}
+    for a in sweep:
+        if a.name in fixed:
+            raise EditInvalid(f"edit {a.name!r} is both swept ({a.text()}) and given "
+                              "a fixed strength; give it once", field="sweep")
+
+
+# --- frame lists ----------------------------------------------------------------------
+
+
+def parse_frames(text: str | None, *, flag: str = "--frames") -> tuple[int, ...]:
+    """``"10,24,40"`` -> ``(10, 24, 40)`` (sorted, without repeats).
+
+    Raises:
+        RangeInvalid: not a comma-separated list of frame numbers >= 0.
+    """
+    if text is None or not text.strip():
+        return ()
+    try:
+        frames = sorted({int(t) for t in text.split(",") if t.strip()})
+        if not frames or frames[0] < 0:
+            raise ValueError
+    except ValueError:
+        raise RangeInvalid(f"{flag} {text!r} must be source frame numbers separated "
+                           "by commas, e.g. 10,24,40", field="frames") from None
+    return tuple(frames)
 
 
 # --- options --------------------------------------------------------------------------

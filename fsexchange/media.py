@@ -23,16 +23,22 @@ import importlib.util
 import logging
 import os
 import re
+import stat
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+from fsexchange.colour import (MATRIX_NAMES, PRIMARIES_NAMES, RANGE_NAMES,
+                               TRANSFER_NAMES, ColourTags)
 from fsexchange.errors import (DocumentFieldError, MediaCorrupt, MediaMissing,
-                               MediaUnsupported, RangeOutOfBounds)
+                               MediaUnreadable, MediaUnsupported, NotRegularFile,
+                               RangeOutOfBounds)
+from fsexchange.fsutil import describe_mode, open_regular
 from fsexchange.timecode import frames_to_timecode, timecode_to_frames
 
 __all__ = ["SEQUENCE_EXTENSIONS", "DEFAULT_SEQUENCE_RATE", "MediaInfo", "MediaIndex",
            "probe", "probe_available", "media_index", "open_container",
+           "check_media",
            "timecode_to_index",
            "index_to_timecode"]
 
@@ -69,6 +75,8 @@ class MediaInfo:
         bit_depth: bits per component of the source (8, 10, 12, 16).
         has_alpha: the source has an alpha channel.
         first_number: sequences: the file number of index 0 (else None).
+        colour: the colour tags the source carries (``""`` where it says nothing;
+            :func:`fsexchange.colour.assumed_tags` fills them in).
     """
 
     path: Path
@@ -81,6 +89,7 @@ class MediaInfo:
     bit_depth: int
     has_alpha: bool
     first_number: int | None = None
+    colour: ColourTags = ColourTags()
 
 
 @dataclass(frozen=True)
@@ -112,15 +121,52 @@ def probe(path: str | os.PathLike[str], rate: Fraction | None = None) -> MediaIn
     return media_index(path, rate).info
 
 
-def media_index(path: str | os.PathLike[str], rate: Fraction | None = None
-                ) -> MediaIndex:
+def check_media(path: str | os.PathLike[str], *, field: str | None = None
+                ) -> os.stat_result:
+    """What is at a media path, checked before anything opens it.
+
+    A movie must be a regular file we may read, a sequence a folder we may list;
+    a named pipe, socket or device is refused unopened (a pipe would block the
+    reader forever). Symbolic links are followed (confinement is
+    :mod:`fsexchange.paths`' business).
+
+    Raises:
+        MediaMissing: nothing there (or a dangling link).
+        MediaUnreadable: there, but not readable by this process.
+        NotRegularFile: neither a regular file nor a folder.
+    """
     p = Path(path)
     try:
         st = p.stat()
     except FileNotFoundError:
-        raise MediaMissing(f"media {str(p)!r} does not exist") from None
+        raise MediaMissing(f"media {str(p)!r} does not exist", field=field) from None
+    except PermissionError:
+        raise MediaUnreadable(f"media {str(p)!r} cannot be reached: permission "
+                              "denied on a folder on its way", field=field) from None
     except OSError as exc:
-        raise MediaMissing(f"media {str(p)!r} cannot be read: {exc}") from None
+        raise MediaUnreadable(f"media {str(p)!r} cannot be read: {exc.strerror}",
+                              field=field) from None
+    try:
+        if stat.S_ISDIR(st.st_mode):
+            with os.scandir(p):
+                pass
+        elif stat.S_ISREG(st.st_mode):
+            open_regular(p, follow_symlinks=True, field=field).close()
+        else:
+            raise NotRegularFile(f"media {str(p)!r} is {describe_mode(st.st_mode)}, "
+                                 "not a movie file or a folder of images; it was not "
+                                 "opened", field=field)
+    except PermissionError:
+        raise MediaUnreadable(f"media {str(p)!r} exists but this process may not "
+                              "read it (permission denied); check its owner and "
+                              "permissions", field=field) from None
+    return st
+
+
+def media_index(path: str | os.PathLike[str], rate: Fraction | None = None
+                ) -> MediaIndex:
+    p = Path(path)
+    st = check_media(p)
     # Cached per file version: the engine probes once per stage, not per frame.
     return _index_cached(str(p.resolve()), st.st_mtime_ns, st.st_size, rate)
 
@@ -139,9 +185,21 @@ def open_container(path: Path):
     import av
 
     try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise MediaMissing(f"media {path.name!r} does not exist") from None
+    except OSError:
+        st = None  # av.open says what is wrong
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise NotRegularFile(f"media {path.name!r} is {describe_mode(st.st_mode)}, "
+                             "not a media file; it was not opened")
+    try:
         return av.open(str(path), "r")
     except FileNotFoundError:
         raise MediaMissing(f"media {path.name!r} does not exist") from None
+    except PermissionError:
+        raise MediaUnreadable(f"media {path.name!r} exists but this process may not "
+                              "read it (permission denied)") from None
     except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
         raise MediaCorrupt(f"{path.name}: not a readable media file ({exc})") from None
 
@@ -227,10 +285,28 @@ def _index_video(path: Path) -> MediaIndex:
                 log.warning("%s: ignoring unreadable timecode %r", path.name, tc)
                 tc = None
         info = MediaInfo(path, "video", width, height, len(pts), rate, tc, bit_depth,
-                         has_alpha, None)
+                         has_alpha, None, _video_tags(stream, first, fmt))
         return MediaIndex(info, tuple(pts), rotation)
     finally:
         container.close()
+
+
+def _video_tags(stream, frame, fmt) -> ColourTags:
+    """The stream's colour tags: the codec's (VUI, ProRes header), else the
+    container's (``colr`` atom), as FFmpeg names; 0/2 (unspecified) read as ""."""
+    cc = stream.codec_context
+
+    def pick(name: str, names: dict[int, str]) -> str:
+        for obj in (frame, cc):
+            value = getattr(obj, name, None)
+            if value is not None and int(value) in names:
+                return names[int(value)]
+        return ""
+
+    return ColourTags(matrix=pick("colorspace", MATRIX_NAMES),
+                      primaries=pick("color_primaries", PRIMARIES_NAMES),
+                      transfer=pick("color_trc", TRANSFER_NAMES),
+                      range=pick("color_range", RANGE_NAMES), rgb=bool(fmt.is_rgb))
 
 
 def _check_constant_rate(path: Path, pts: list[int], rate: Fraction,
@@ -291,7 +367,7 @@ def _index_sequence(folder: Path, rate: Fraction) -> MediaIndex:
     files = tuple(numbered[n] for n in numbers)
     w, h, depth, alpha = _image_facts(files[0])
     info = MediaInfo(folder, "sequence", w, h, len(files), rate, None, depth, alpha,
-                     first)
+                     first, _image_tags(files[0], depth))
     return MediaIndex(info, files=files)
 
 
@@ -312,6 +388,28 @@ def _image_facts(path: Path) -> tuple[int, int, int, bool]:
     fmt = av.VideoFormat(frame.format.name)
     depth = 8 if max(c.bits for c in fmt.components) <= 8 else 16
     return frame.width, frame.height, depth, any(c.is_alpha for c in fmt.components)
+
+
+def _image_tags(path: Path, depth: int) -> ColourTags:
+    """Colour tags of an image file: EXR is linear (the format's convention) with
+    its ``chromaticities`` attribute when it has one; other images say nothing
+    here (PNG's default is sRGB, :func:`fsexchange.colour.assumed_tags`)."""
+    if path.suffix.lower() != ".exr":
+        return ColourTags(matrix="rgb", range="pc", rgb=True)
+    chroma = None
+    try:
+        import OpenEXR
+
+        with OpenEXR.File(str(path), header_only=True) as f:
+            value = f.header().get("chromaticities")  # valid while open
+            if value is not None and len(value) == 8:
+                chroma = tuple(round(float(v), 6) for v in value)
+    except ImportError:
+        pass  # the bridge without OpenEXR: no chromaticities
+    except Exception as exc:  # noqa: BLE001 - OpenEXR raises plain exceptions
+        log.warning("%s: cannot read the EXR header (%s)", path.name, exc)
+    return ColourTags(matrix="rgb", range="pc", transfer="linear",
+                      chromaticities=chroma, rgb=True)
 
 
 # --- timecode ---------------------------------------------------------------------

@@ -14,15 +14,16 @@ __all__ = ["ADVICE", "advice_for", "explain_error", "explain_status"]
 
 #: error code (or family prefix ending in ".") -> what the editor should do
 ADVICE: dict[str, str] = {
-    "media.missing": "The engine machine cannot find the clip's media. Put the media on "
-                     "a drive the engine can read (the same path on both machines), or "
-                     "start the engine with --media-root for that folder, then send the "
-                     "shot again.",
+    "media.missing": "The engine machine cannot find the clip's media. Put the media "
+                     "on a drive the engine can read (the same path on both machines), "
+                     "or start the engine with --media-root for that folder, then send "
+                     "the shot again.",
     "media.corrupt": "The media could not be decoded. Check the file plays in Resolve; "
                      "if it does, render the shot to ProRes and send that instead.",
-    "media.unsupported": "The engine cannot read this media (for example a variable "
-                         "frame rate phone clip). Transcode it to a constant frame rate "
-                         "(Resolve: Optimized Media or a ProRes render) and send again.",
+    "media.unsupported": "The engine cannot read this media (for example a "
+                         "variable frame rate phone clip). Transcode it to a "
+                         "constant frame rate (Resolve: Optimized Media or a ProRes "
+                         "render) and send again.",
     "media.": "The engine could not read the media; check the file and send again.",
     "path.escape": "The media lies outside the folders the engine may read. Start the "
                    "engine with --media-root pointing at the media's drive or folder.",
@@ -51,8 +52,9 @@ ADVICE: dict[str, str] = {
     "cancelled": "The job was cancelled. Send the shot again to run it.",
     "lease.lost": "The engine machine stopped while working on the job; another engine "
                   "will pick it up. If it keeps happening, check the engine machine.",
-    "internal": "The engine hit an unexpected error. Send the job folder and the engine "
-                "log to whoever runs the engine; sending the shot again may work.",
+    "internal": "The engine hit an unexpected error. Send the job folder and the "
+                "engine log to whoever runs the engine; sending the shot again may "
+                "work.",
 }
 _GENERIC = "Check the engine's log; send the shot again once the cause is fixed."
 
@@ -93,4 +95,5 @@ def explain_status(status: Any, *, shot: str = "") -> str:
                              job_id=status.id, shot=shot)
     pct = int(round(status.progress * 100))
     stage = f", {status.stage}" if status.stage else ""
-    return f"FaceStitch job {status.id} is {status.state} ({pct}%{stage}): {status.message}"
+    return (f"FaceStitch job {status.id} is {status.state} ({pct}%{stage}): "
+            f"{status.message}")

@@ -7,7 +7,17 @@ location)::
      "python_path": ["/opt/facestitch", "..."],  # read by the menu-script shims only
      "handles": 8, "kind": "stitch", "selection": "playhead", "opacity": 100,
      "track_locally": true, "edit": "age=-4", "edits": ["age", "smile", "pose"],
-     "options": {"profile": "official"}, "ui": "auto"}
+     "refine": true, "options": {"profile": "official"}, "ui": "auto",
+     "draft_edit": "age=-8:8:5", "draft_wait": 300,
+     "panel_python": "/opt/facestitch/.venv/bin/python"}
+
+``draft_edit`` is what the "FaceStitch Preview Edit" dialog offers (a sweep or
+edits); ``draft_wait`` how many seconds that action waits for the draft before
+leaving it to "FaceStitch Import Results". ``panel_python`` is the Python that
+runs the job panel for "FaceStitch Open Panel" (one with the ``panel`` extra).
+
+``refine`` (default true) runs the temporal refinement in stitch jobs; the send
+dialog's edit spec can override it per shot (``age=-4; no-refine``).
 
 Unknown keys are kept (a newer bridge's settings survive); wrong types fail with the
 key named.
@@ -51,9 +61,13 @@ class BridgeConfig:
     track_locally: bool = True
     edit: str = ""  # default edit spec offered in the dialog, e.g. "age=-4"
     edits: tuple[str, ...] = ()  # names to offer when the engine's list is not here
+    refine: bool = True  # temporal refinement in stitch jobs (options.refine.enabled)
     options: dict[str, Any] = field(default_factory=dict)  # Job.options
     python_path: tuple[str, ...] = ()
     ui: str = "auto"  # auto | fusion | tk | console
+    draft_edit: str = ""  # default edit or sweep of the Preview Edit dialog
+    draft_wait: float = 300.0  # seconds Preview Edit waits for its draft
+    panel_python: str = ""  # the Python "Open Panel" runs the panel with
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -78,16 +92,22 @@ class BridgeConfig:
         if handles < 0:
             raise HostError(f"{source}: 'handles' must be >= 0")
         known = {"exchange", "handles", "kind", "selection", "opacity", "track_locally",
-                 "edit", "edits", "options", "python_path", "ui"}
+                 "edit", "edits", "refine", "options", "python_path", "ui",
+                 "draft_edit", "draft_wait", "panel_python"}
+        draft_wait = float(get("draft_wait", (int, float), 300.0))
+        if draft_wait < 0:
+            raise HostError(f"{source}: 'draft_wait' must be >= 0")
         return cls(
             exchange=Path(exchange).expanduser() if exchange else None, handles=handles,
             kind=kind, selection=get("selection", str, "playhead"),
             opacity=float(get("opacity", (int, float), 100.0)),
             track_locally=get("track_locally", bool, True), edit=get("edit", str, ""),
             edits=tuple(str(e) for e in get("edits", list, [])),
+            refine=get("refine", bool, True),
             options=dict(get("options", dict, {})),
             python_path=tuple(str(p) for p in get("python_path", list, [])),
-            ui=get("ui", str, "auto"),
+            ui=get("ui", str, "auto"), draft_edit=get("draft_edit", str, ""),
+            draft_wait=draft_wait, panel_python=get("panel_python", str, ""),
             extra={k: v for k, v in data.items() if k not in known})
 
     @classmethod

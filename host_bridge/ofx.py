@@ -28,6 +28,7 @@ from pathlib import Path
 from fsexchange.client import build_job
 from fsexchange.documents import Edit, FrameRange, Job, OutputSpec, Source, Subject
 from fsexchange.errors import HostError, MediaMissing
+from fsexchange.fsutil import open_regular
 
 __all__ = ["PLUGIN_ID", "BUNDLE_NAME", "PARAMS", "OfxBuild", "bundle_arch",
            "target_arch", "find_compiler", "source_dir", "build_bundle",
@@ -80,7 +81,8 @@ class OfxBuild:
 
 
 def bundle_arch(system: str | None = None, machine: str | None = None) -> str:
-    """The OpenFX architecture folder name for this machine (docs/hosts.md "OpenFX bundle layout and discovery")."""
+    """The OpenFX architecture folder name for this machine (docs/hosts.md "OpenFX
+    bundle layout and discovery")."""
     system = system or platform.system()
     machine = (machine or platform.machine()).lower()
     if system == "Darwin":
@@ -158,19 +160,24 @@ def source_dir() -> Path:
     for cand in (here.parent / "plugins" / "ofx_shim", shared):
         if all((cand / f).is_file() for f in _SOURCES + _HEADERS):
             return cand
-    raise HostError("the OpenFX shim sources (plugins/ofx_shim/facestitch_ofx.c) are not "
-                    "installed; build from a FaceStitch source checkout")
+    raise HostError("the OpenFX shim sources (plugins/ofx_shim/facestitch_ofx.c) are "
+                    "not installed; build from a FaceStitch source checkout")
 
 
 def find_compiler(cc: str | None = None) -> str:
-    """The C compiler: ``cc`` argument, ``$CC``, then cc, gcc, clang on ``PATH``."""
-    for cand in ([cc] if cc else []) + [os.environ.get("CC", "")] + ["cc", "gcc", "clang"]:
+    """The C compiler: the ``cc`` argument (only it: a compiler asked for is never
+    silently replaced), else ``$CC``, then cc, gcc, clang on ``PATH``."""
+    if cc:
+        found = shutil.which(cc)
+        if not found:
+            raise HostError(f"C compiler {cc!r} not found (--cc names a compiler on "
+                            "PATH or its path)")
+        return found
+    for cand in [os.environ.get("CC", "")] + ["cc", "gcc", "clang"]:
         if cand and shutil.which(cand):
             return shutil.which(cand)  # type: ignore[return-value]
-    if cc:
-        raise HostError(f"C compiler {cc!r} not found")
-    raise HostError("no C compiler found (tried $CC, cc, gcc, clang); install one, e.g. "
-                    "'apt install gcc' or Xcode's command-line tools")
+    raise HostError("no C compiler found (tried $CC, cc, gcc, clang); install one, "
+                    "e.g. 'apt install gcc' or Xcode's command-line tools")
 
 
 def _link_flags(system: str) -> list[str]:
@@ -219,7 +226,8 @@ def build_bundle(out_dir: str | os.PathLike[str], *, cc: str | None = None,
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise HostError(f"compiling the OpenFX shim failed ({compiler}, exit "
-                            f"{proc.returncode}):\n{proc.stderr.strip() or proc.stdout}")
+                            f"{proc.returncode}):\n"
+                            f"{proc.stderr.strip() or proc.stdout}")
         (contents / "Info.plist").write_text(
             _INFO_PLIST.format(name=BUNDLE_NAME, ident=PLUGIN_ID, version=version))
         (contents / "Resources" / f"{PLUGIN_ID}.svg").write_text(_ICON_SVG)
@@ -238,7 +246,7 @@ def build_bundle(out_dir: str | os.PathLike[str], *, cc: str | None = None,
                     tuple(str(built) if c == str(binary) else c for c in cmd))
 
 
-# ---- jobs from the shim's Export mode -------------------------------------------------
+# ---- jobs from the shim's Export mode ----------------------------------------------
 
 _EXPORTED = re.compile(r"^frame\.(\d{7})\.pam$")
 
@@ -255,22 +263,22 @@ def exported_frames(folder: str | os.PathLike[str]) -> list[int]:
     numbers = sorted(int(m[1]) for p in (path.iterdir() if path.is_dir() else ())
                      if (m := _EXPORTED.match(p.name)))
     if not numbers:
-        raise MediaMissing(f"no frame.NNNNNNN.pam files in {path}: render the shot with "
-                           "the FaceStitch effect in Export mode first")
+        raise MediaMissing(f"no frame.NNNNNNN.pam files in {path}: render the shot "
+                           "with the FaceStitch effect in Export mode first")
     missing = sorted(set(range(numbers[0], numbers[-1] + 1)) - set(numbers))
     if missing:
         shown = ", ".join(map(str, missing[:8])) + (" ..." if len(missing) > 8 else "")
-        raise HostError(f"{len(missing)} frame(s) missing in {path} ({shown}): render the "
-                        "whole range with the effect in Export mode (the host renders "
-                        "only the frames it shows)")
+        raise HostError(f"{len(missing)} frame(s) missing in {path} ({shown}): render "
+                        "the whole range with the effect in Export mode (the host "
+                        "renders only the frames it shows)")
     check_frame_sizes(path, numbers)
     return numbers
 
 
 def _pam_size(path: Path) -> tuple[int, int] | None:
     """(width, height) from a PAM header, None when it is not one."""
-    try:
-        with open(path, "rb") as fh:
+    try:  # never blocks on a pipe named like a frame
+        with open_regular(path, follow_symlinks=True) as fh:
             head = fh.read(512)
     except OSError:
         return None
@@ -310,7 +318,8 @@ def _size_text(size: tuple[int, int] | None) -> str:
 def build_ofx_job(folder: str | os.PathLike[str], job_id: str, rate: Fraction, *,
                   kind: str = "stitch", edits: tuple[Edit, ...] = (),
                   subject: Subject = Subject(), source_path: str | None = None,
-                  options: dict | None = None) -> Job:
+                  options: dict | None = None, priority: int | None = None,
+                  refine: bool | None = None) -> Job:
     """A job for frames exported by the shim. Results are ``pam16`` numbered like the
     exported frames (``start_number`` = the first file number), so Composite mode
     reads them back with the same Frame offset that Export used.
@@ -318,6 +327,7 @@ def build_ofx_job(folder: str | os.PathLike[str], job_id: str, rate: Fraction, *
     Args:
         source_path: what ``Job.source.path`` says (default: the folder, absolute;
             the engine reads it when it lies under the exchange or a media root).
+        refine: False skips the temporal refinement (``--no-refine``).
     """
     numbers = exported_frames(folder)
     return build_job(
@@ -327,4 +337,4 @@ def build_ofx_job(folder: str | os.PathLike[str], job_id: str, rate: Fraction, *
         options=options, output=OutputSpec(format="pam16", name="facestitch",
                                            start_number=numbers[0]),
         host={"app": "ofx", "plugin": PLUGIN_ID, "first_number": numbers[0],
-              "frames": len(numbers)})
+              "frames": len(numbers)}, priority=priority, refine=refine)

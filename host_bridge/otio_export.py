@@ -46,7 +46,7 @@ import opentimelineio as otio
 
 from fsexchange.documents import Job, Result
 from fsexchange.errors import DocumentFieldError, HostError
-from fsexchange.fsutil import fsync_dir, unique_name
+from fsexchange.fsutil import fsync_dir, open_regular, unique_name
 from fsexchange.timecode import parse_rate, rate_to_list
 
 from host_bridge.resolve.place import ResultMedia
@@ -78,8 +78,8 @@ def _url(path: Path) -> str:
 
 def _frame_size(path: Path) -> tuple[int, int] | None:
     """(width, height) from a PNG or PAM header (stdlib only), else None."""
-    try:
-        with open(path, "rb") as fh:
+    try:  # never blocks on a pipe named like a frame
+        with open_regular(path, follow_symlinks=True) as fh:
             head = fh.read(256)
     except OSError:
         return None

@@ -1,7 +1,7 @@
 """Install the Resolve menu scripts and point them at this FaceStitch install.
 
 ``python -m host_bridge.resolve_install [--all-users] [--exchange DIR] [--dry-run]``
-copies the three shims into Resolve's ``Fusion/Scripts/Edit`` folder for this OS
+copies the menu shims into Resolve's ``Fusion/Scripts/Edit`` folder for this OS
 (docs/hosts.md "Menu script folders") and writes ``bridge.json`` with ``python_path``
 set to where this
 ``host_bridge`` lives (and its site-packages), so Resolve's own Python finds it.
@@ -19,6 +19,7 @@ import os
 import platform
 import site
 import sys
+import textwrap
 from pathlib import Path
 
 from host_bridge.config import config_path
@@ -28,12 +29,17 @@ __all__ = ["SCRIPTS", "shim_source", "script_folder", "install", "main"]
 #: menu entry (file name) -> action of host_bridge.menu
 SCRIPTS = {"FaceStitch Send Shot.py": "send",
            "FaceStitch Import Results.py": "import",
-           "FaceStitch List Jobs.py": "list"}
+           "FaceStitch List Jobs.py": "list",
+           "FaceStitch Preview Edit.py": "draft",
+           "FaceStitch Open Panel.py": "panel"}
 _DOCS = {"send": "send the clip under the playhead (or the flagged clips) as a job",
          "import": "place every finished FaceStitch result above its shot",
-         "list": "list this timeline's FaceStitch jobs"}
+         "list": "list this timeline's FaceStitch jobs",
+         "draft": "preview an edit at several strengths on the clip under the "
+                  "playhead",
+         "panel": "open the job panel (every job, live) in the browser"}
 
-_TEMPLATE = '''"""FaceStitch menu script: {doc}.
+_TEMPLATE = '''"""{summary}
 
 A thin shim over host_bridge.menu (installation: docs/hosts.md). It finds the
 FaceStitch install through "python_path" in bridge.json or FACESTITCH_PYTHONPATH.
@@ -68,8 +74,8 @@ def _facestitch_main(namespace):
     try:
         from host_bridge.menu import run
     except ImportError as exc:
-        print("FaceStitch is not installed for this Python (%s). Set python_path in %s; "
-              "see docs/hosts.md." % (exc, _config_file()))
+        print("FaceStitch is not installed for this Python (%s). Set python_path "
+              "in %s; see docs/hosts.md." % (exc, _config_file()))
         return
     run(ACTION, namespace)
 
@@ -80,7 +86,9 @@ _facestitch_main(globals())
 
 def shim_source(action: str) -> str:
     """The text of the menu script for ``action``."""
-    return _TEMPLATE.format(action=action, doc=_DOCS[action])
+    # within 88 columns (ruff checks the shims too); the quotes take 3 of them
+    summary = textwrap.fill(f"FaceStitch menu script: {_DOCS[action]}.", 85)
+    return _TEMPLATE.format(action=action, summary=summary)
 
 
 def script_folder(all_users: bool = False, system: str | None = None) -> Path:
@@ -96,7 +104,8 @@ def script_folder(all_users: bool = False, system: str | None = None) -> Path:
                 "Blackmagic Design" / "DaVinci Resolve" / "Fusion" / "Scripts"
         else:  # note the extra "Support" (docs/hosts.md "Menu script folders")
             base = Path(os.environ.get("APPDATA", home / "AppData" / "Roaming")) / \
-                "Blackmagic Design" / "DaVinci Resolve" / "Support" / "Fusion" / "Scripts"
+                "Blackmagic Design" / "DaVinci Resolve" / "Support" / "Fusion" / \
+                "Scripts"
     else:
         if all_users:
             root = Path("/opt/resolve")
@@ -133,6 +142,9 @@ def install(*, all_users: bool = False, exchange: str | None = None,
     if cfg_file.is_file():
         data = json.loads(cfg_file.read_text(encoding="utf-8"))
     data["python_path"] = _python_path()
+    # "FaceStitch Open Panel" runs the panel with this Python (Resolve's own may
+    # be the editor binary, or lack the panel extra)
+    data["panel_python"] = sys.executable
     if exchange:
         data["exchange"] = str(Path(exchange).expanduser().resolve())
     if not dry_run:
@@ -147,8 +159,9 @@ def install(*, all_users: bool = False, exchange: str | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="facestitch resolve-install",
-                                description="Install the FaceStitch Resolve menu scripts.")
+    p = argparse.ArgumentParser(
+        prog="facestitch resolve-install",
+        description="Install the FaceStitch Resolve menu scripts.")
     p.add_argument("--all-users", action="store_true",
                    help="the all-users script folder (needs administrator rights)")
     p.add_argument("--exchange", help="the exchange folder the engine watches")

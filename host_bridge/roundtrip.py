@@ -10,7 +10,9 @@ engine tracks); publish ``Job/1`` whose ``host`` map holds what re-import needs.
 Importing: for each finished job of the current timeline, newest per shot, import
 the RGBA sequence and place it at the exact record frame, replacing an earlier
 result of the same shot. Failures become a message with what to do
-(:mod:`host_bridge.advice`).
+(:mod:`host_bridge.advice`). A draft's frames (a few, spread over the shot) go on
+as one-frame clips at their record frames: the strength the editor chose, or the
+middle one (:func:`import_draft`).
 """
 
 from __future__ import annotations
@@ -32,12 +34,14 @@ from fsexchange.exchange import JOB_FILE
 from host_bridge.advice import explain_status
 from host_bridge.faces import FacesAt, compute_track, list_faces
 from host_bridge.resolve.connect import ResolveSession
-from host_bridge.resolve.place import Placement, ResultMedia, find_results, place_result
+from host_bridge.resolve.place import (Placement, ResultMedia, find_results,
+                                       place_result, place_stills)
 from host_bridge.resolve.render import render_range
 from host_bridge.resolve.shot import Shot, read_shot
 
 __all__ = ["SendOptions", "SentJob", "Cancelled", "FaceChooser", "output_name",
-           "shot_job", "send_shot", "send_items", "import_job", "TimelineJob",
+           "shot_job", "send_shot", "send_items", "import_job", "import_draft",
+           "TimelineJob",
            "timeline_jobs", "ImportReport", "import_finished", "follow"]
 
 log = logging.getLogger(__name__)
@@ -55,7 +59,7 @@ FaceChooser = Callable[[Shot, FacesAt], "int | None"]
 class SendOptions:
     """What to ask of the engine for each shot."""
 
-    kind: str = "stitch"  # "stitch" | "align-preview"
+    kind: str = "stitch"  # "stitch" | "align-preview" | "draft"
     edits: tuple[Edit, ...] = ()
     # source frames each side, clamped to the media (docs/hosts.md "Round-trip
     # conventions")
@@ -94,15 +98,21 @@ def output_name(shot: Shot) -> str:
 
 
 def shot_job(shot: Shot, job_id: str, opts: SendOptions, *, source: Source,
-              subject: Subject, product: str = "", version: tuple[int, ...] = ()) -> Job:
+             subject: Subject, product: str = "",
+             version: tuple[int, ...] = ()) -> Job:
     """The ``Job/1`` for a shot. Output files are numbered by source timecode frame
     (``start_number`` None), which import reads back from ``Result/1``."""
     # a rendered shot's "media" is its record range: frames 0..N-1 at the timeline
     # rate from the record timecode (read_shot sets it up so)
     rng = FrameRange(shot.range_start, shot.range_end, shot.media_rate,
                      shot.media_start_timecode)
+    options = dict(opts.options)
+    colour = dict(options.get("colour") or {})
+    if shot.colour_source and not colour.get("source"):
+        # the clip's Input Color Space, unless the editor chose one for the send
+        options["colour"] = dict(colour, source=shot.colour_source)
     return build_job(job_id=job_id, source=source, range=rng, kind=opts.kind,
-                     subject=subject, edits=opts.edits, options=opts.options,
+                     subject=subject, edits=opts.edits, options=options,
                      output=OutputSpec(format=opts.output_format,
                                        name=output_name(shot), start_number=None),
                      host=shot.host_dict(product, version))
@@ -169,7 +179,8 @@ def send_shot(session: ResolveSession, exchange: str | Path, item: Any,
             attachments["facetrack.msgpack"] = track.to_bytes()
             subject = replace(subject, track="facetrack.msgpack")
         job = shot_job(shot, job_id, opts, source=source, subject=subject,
-                        product=session.edition.product, version=session.edition.version)
+                       product=session.edition.product,
+                       version=session.edition.version)
         submit_job(exchange, job, attachments=attachments)
     sent = SentJob(job_id, shot, subject, faces, track is not None, tuple(warnings))
     log.info("%s", sent.describe())
@@ -186,7 +197,8 @@ def send_items(session: ResolveSession, exchange: str | Path, items: Sequence[An
     for item in items:
         name = item.GetName() or "a clip"
         try:
-            sent.append(send_shot(session, exchange, item, opts, choose_face=choose_face))
+            sent.append(send_shot(session, exchange, item, opts,
+                                  choose_face=choose_face))
         except Cancelled as exc:
             problems.append(exc.message)
         except FaceStitchError as exc:
@@ -194,7 +206,7 @@ def send_items(session: ResolveSession, exchange: str | Path, items: Sequence[An
     return sent, problems
 
 
-# ---- following and importing -------------------------------------------------------------
+# ---- following and importing -----------------------------------------------------
 
 
 def _load_job(status: JobStatus) -> Job:
@@ -229,12 +241,45 @@ def import_job(session: ResolveSession, exchange: str | Path, job_id: str, *,
     if status.state != "done":
         raise HostError(explain_status(status, shot=shot))
     if job.host.get("app") != "resolve":
-        raise HostError(f"job {job_id} was not sent from Resolve; relink its result with "
-                        "'facestitch otio' instead")
+        raise HostError(f"job {job_id} was not sent from Resolve; relink its result "
+                        "with 'facestitch otio' instead")
     if status.result is None or status.folder is None:
         raise HostError(f"job {job_id} is done but its result cannot be read")
     media = ResultMedia.from_result(status.folder, status.result)
     return place_result(session, job.host, media, job_id, opacity=opacity)
+
+
+def import_draft(session: ResolveSession, exchange: str | Path, job_id: str, *,
+                 row: int | None = None, opacity: float = 100.0) -> list[Placement]:
+    """Place one strength of a finished draft above its shot: its frames as
+    one-frame clips at their record frames, replacing an earlier result of the
+    shot.
+
+    Args:
+        row: index into ``Result/1.variants`` (the sweep's rows); None: the middle
+            row (the result's own ``frames``).
+
+    Raises:
+        HostError: as :func:`import_job`, or no such row.
+    """
+    status = job_status(exchange, job_id)
+    job = _load_job(status)
+    if status.state != "done":
+        raise HostError(explain_status(status, shot=str(job.host.get("item_name", ""))))
+    if job.host.get("app") != "resolve":
+        raise HostError(f"job {job_id} was not sent from Resolve")
+    result = status.result
+    if result is None or status.folder is None:
+        raise HostError(f"job {job_id} is done but its result cannot be read")
+    variants = result.variants
+    if row is None:
+        row = len(variants) // 2
+    if variants and not 0 <= row < len(variants):
+        raise HostError(f"draft {job_id} has {len(variants)} strengths, not {row + 1}")
+    frames = variants[row].frames if variants else result.frames
+    label = variants[row].label if variants else ""
+    return place_stills(session, job.host, status.folder, job_id, frames,
+                        opacity=opacity, label=label)
 
 
 @dataclass(frozen=True)
@@ -270,7 +315,8 @@ def timeline_jobs(session: ResolveSession, exchange: str | Path) -> list[Timelin
             job = _load_job(status)
         except (OSError, FaceStitchError):
             continue  # moved while we looked, or not a job we can read
-        if job.host.get("app") == "resolve" and job.host.get("timeline_id") == timeline_id:
+        if job.host.get("app") == "resolve" and \
+                job.host.get("timeline_id") == timeline_id:
             out.append(TimelineJob(status, job, job.id in placed))
     return sorted(out, key=lambda tj: (tj.job.created, tj.job.id))
 
@@ -311,8 +357,12 @@ def import_finished(session: ResolveSession, exchange: str | Path, *,
             report.already.append(tj.job.id)
         else:
             try:
-                report.placed.append(import_job(session, exchange, tj.job.id,
-                                                opacity=opacity))
+                if tj.job.kind == "draft":  # the middle strength, frame by frame
+                    report.placed += import_draft(session, exchange, tj.job.id,
+                                                  opacity=opacity)
+                else:
+                    report.placed.append(import_job(session, exchange, tj.job.id,
+                                                    opacity=opacity))
             except FaceStitchError as exc:
                 report.failed.append(f"job {tj.job.id} for '{tj.shot}': {exc.message}")
     return report

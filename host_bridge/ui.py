@@ -27,20 +27,37 @@ __all__ = ["Prompter", "ConsolePrompter",
 log = logging.getLogger(__name__)
 
 class Prompter(Protocol):
-    def choose_edit(self, names: Sequence[str], default: str) -> EditChoice | None:
-        """The edit to run (None: cancelled). ``names``: installed edits, if known."""
+    def choose_edit(self, names: Sequence[str], default: str, *,
+                    draft: bool = False) -> EditChoice | None:
+        """The edit to run (None: cancelled). ``names``: installed edits, if known.
+        ``draft``: for a draft, whose items may also be sweeps (``age=-8:8:5``)."""
 
     def choose_face(self, shot: str, faces: Sequence[str]) -> int | None:
         """Index into ``faces`` (None: cancelled)."""
+
+    def choose_strength(self, sheet: str, labels: Sequence[str]) -> int | None:
+        """Index into ``labels``, a draft's rows (None: place nothing); ``sheet``
+        is the picture showing them side by side."""
 
     def show(self, title: str, text: str, *, error: bool = False) -> None:
         ...
 
 
-def _edit_prompt(names: Sequence[str]) -> str:
+def _edit_prompt(names: Sequence[str], draft: bool = False) -> str:
     listed = ", ".join(names) if names else "see 'facestitch edits' on the engine"
+    if draft:
+        return ("Edit to preview as NAME=STRENGTH, or several strengths as "
+                "NAME=FROM:TO:COUNT (age=-8:8:5 shows -8, -4, 0, 4, 8); several "
+                f"edits comma separated.\nEdits: {listed}")
     return ("Edit to apply as NAME=STRENGTH (several: comma separated), or 'preview' "
-            f"to check the face track only.\nEdits: {listed}")
+            "to check the face track only. Add '; no-refine' to skip the temporal "
+            f"refinement.\nEdits: {listed}")
+
+
+def _strength_prompt(sheet: str, labels: Sequence[str]) -> str:
+    rows = "\n".join(f"  {i + 1}: {label}" for i, label in enumerate(labels))
+    return (f"The draft is done; its strengths side by side: {sheet}\n{rows}\n"
+            "Which one goes on the timeline?")
 
 
 class ConsolePrompter:
@@ -56,22 +73,42 @@ class ConsolePrompter:
         self.input = input_fn
         self.print = print_fn
 
-    def choose_edit(self, names: Sequence[str], default: str) -> EditChoice | None:
+    def choose_edit(self, names: Sequence[str], default: str, *,
+                    draft: bool = False) -> EditChoice | None:
         if not self.interactive:
             if not default:
-                raise HostError("no terminal to ask for the edit: set \"edit\" (e.g. "
-                                "\"age=-4\" or \"preview\") in the bridge settings")
+                key = "draft_edit" if draft else "edit"
+                raise HostError(f"no terminal to ask for the edit: set \"{key}\" "
+                                "(e.g. \"age=-4\"" + (", \"age=-8:8:5\"" if draft
+                                                      else " or \"preview\"")
+                                + ") in the bridge settings")
             self.print(f"FaceStitch: using the configured edit {default}")
-            return parse_edit_spec(default, known=names)
-        self.print(_edit_prompt(names))
+            return parse_edit_spec(default, known=names, draft=draft)
+        self.print(_edit_prompt(names, draft))
         while True:
             answer = self.input(f"Edit [{default}]: ").strip() or default
             if answer.lower() in ("q", "quit", "cancel"):
                 return None
             try:
-                return parse_edit_spec(answer, known=names)
+                return parse_edit_spec(answer, known=names, draft=draft)
             except (EditInvalid, EditUnknown) as exc:
                 self.print(exc.message)
+
+    def choose_strength(self, sheet: str, labels: Sequence[str]) -> int | None:
+        middle = len(labels) // 2
+        if not self.interactive:
+            self.print(f"FaceStitch: placing the middle strength, {labels[middle]} "
+                       f"(all of them: {sheet})")
+            return middle
+        self.print(_strength_prompt(sheet, labels))
+        while True:
+            answer = self.input(f"Strength [{middle + 1}] (q: place nothing): "
+                                ).strip() or str(middle + 1)
+            if answer.lower() in ("q", "quit", "cancel"):
+                return None
+            if answer.isdigit() and 1 <= int(answer) <= len(labels):
+                return int(answer) - 1
+            self.print(f"answer a number from 1 to {len(labels)}")
 
     def choose_face(self, shot: str, faces: Sequence[str]) -> int | None:
         if not self.interactive:
@@ -82,7 +119,8 @@ class ConsolePrompter:
         for line in faces:
             self.print(f"  {line}")
         while True:
-            answer = self.input("Which face? [1] (q to skip this shot): ").strip() or "1"
+            answer = (self.input("Which face? [1] (q to skip this shot): ").strip()
+                      or "1")
             if answer.lower() in ("q", "quit", "cancel"):
                 return None
             if answer.isdigit() and 1 <= int(answer) <= len(faces):
@@ -108,20 +146,33 @@ class TkPrompter:
         root.attributes("-topmost", True)
         return root
 
-    def choose_edit(self, names: Sequence[str], default: str) -> EditChoice | None:
+    def choose_edit(self, names: Sequence[str], default: str, *,
+                    draft: bool = False) -> EditChoice | None:
         root = self._root()
         try:
             while True:
-                answer = self.simpledialog.askstring("FaceStitch", _edit_prompt(names),
-                                                     initialvalue=default, parent=root)
+                answer = self.simpledialog.askstring(
+                    "FaceStitch", _edit_prompt(names, draft), initialvalue=default,
+                    parent=root)
                 if answer is None:
                     return None
                 try:
-                    return parse_edit_spec(answer, known=names)
+                    return parse_edit_spec(answer, known=names, draft=draft)
                 except (EditInvalid, EditUnknown) as exc:
                     self.messagebox.showerror("FaceStitch", exc.message, parent=root)
         finally:
             root.destroy()
+
+    def choose_strength(self, sheet: str, labels: Sequence[str]) -> int | None:
+        root = self._root()
+        try:
+            answer = self.simpledialog.askinteger(
+                "FaceStitch", _strength_prompt(sheet, labels),
+                initialvalue=len(labels) // 2 + 1, minvalue=1, maxvalue=len(labels),
+                parent=root)
+        finally:
+            root.destroy()
+        return None if answer is None else answer - 1
 
     def choose_face(self, shot: str, faces: Sequence[str]) -> int | None:
         root = self._root()
@@ -144,7 +195,8 @@ class TkPrompter:
 
 
 class FusionPrompter:
-    """Fusion UIManager dialogs (Resolve Studio; docs/hosts.md "Studio and the free edition")."""
+    """Fusion UIManager dialogs (Resolve Studio; docs/hosts.md "Studio and the free
+    edition")."""
 
     def __init__(self, fusion: Any, bmd: Any) -> None:
         self.ui = fusion.UIManager
@@ -180,26 +232,33 @@ class FusionPrompter:
         def close(ev: Any) -> None:
             disp.ExitLoop()
 
-        setattr(getattr(win.On, buttons[0]), "Clicked", accept)  # win.On.OK.Clicked = ...
+        getattr(win.On, buttons[0]).Clicked = accept  # win.On.OK.Clicked = ...
         for other in buttons[1:]:
-            setattr(getattr(win.On, other), "Clicked", close)
+            getattr(win.On, other).Clicked = close
         win.On.FaceStitchDialog.Close = close
         win.Show()
         disp.RunLoop()
         win.Hide()
         return result if result.get("ok") else None
 
-    def choose_edit(self, names: Sequence[str], default: str) -> EditChoice | None:
-        label = _edit_prompt(names)
+    def choose_edit(self, names: Sequence[str], default: str, *,
+                    draft: bool = False) -> EditChoice | None:
+        label = _edit_prompt(names, draft)
+        title = "FaceStitch: preview edit" if draft else "FaceStitch: send shot"
         while True:
-            answer = self._dialog("FaceStitch: send shot", label, text=default)
+            answer = self._dialog(title, label, text=default)
             if answer is None:
                 return None
             try:
-                return parse_edit_spec(answer["text"], known=names)
+                return parse_edit_spec(answer["text"], known=names, draft=draft)
             except (EditInvalid, EditUnknown) as exc:
-                label = f"{exc.message}\n\n{_edit_prompt(names)}"
+                label = f"{exc.message}\n\n{_edit_prompt(names, draft)}"
                 default = answer["text"]
+
+    def choose_strength(self, sheet: str, labels: Sequence[str]) -> int | None:
+        answer = self._dialog("FaceStitch: which strength?",
+                              _strength_prompt(sheet, labels), choices=labels)
+        return None if answer is None else answer["index"]
 
     def choose_face(self, shot: str, faces: Sequence[str]) -> int | None:
         answer = self._dialog("FaceStitch: which face?",

@@ -33,8 +33,8 @@ def _facestitch_main(namespace):
     try:
         from host_bridge.menu import run
     except ImportError as exc:
-        print("FaceStitch is not installed for this Python (%s). Set python_path in %s; "
-              "see docs/hosts.md." % (exc, _config_file()))
+        print("FaceStitch is not installed for this Python (%s). Set python_path "
+              "in %s; see docs/hosts.md." % (exc, _config_file()))
         return
     run(ACTION, namespace)
 

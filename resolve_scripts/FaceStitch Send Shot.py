@@ -1,4 +1,5 @@
-"""FaceStitch menu script: send the clip under the playhead (or the flagged clips) as a job.
+"""FaceStitch menu script: send the clip under the playhead (or the flagged clips) as a
+job.
 
 A thin shim over host_bridge.menu (installation: docs/hosts.md). It finds the
 FaceStitch install through "python_path" in bridge.json or FACESTITCH_PYTHONPATH.
@@ -33,8 +34,8 @@ def _facestitch_main(namespace):
     try:
         from host_bridge.menu import run
     except ImportError as exc:
-        print("FaceStitch is not installed for this Python (%s). Set python_path in %s; "
-              "see docs/hosts.md." % (exc, _config_file()))
+        print("FaceStitch is not installed for this Python (%s). Set python_path "
+              "in %s; see docs/hosts.md." % (exc, _config_file()))
         return
     run(ACTION, namespace)
 

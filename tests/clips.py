@@ -159,7 +159,8 @@ def write_clip(
         if start_timecode:
             stream.metadata["timecode"] = start_timecode
         for arr in frames:
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr),
+                                               format="rgb24")
             for packet in stream.encode(frame):
                 out.mux(packet)
         for packet in stream.encode():

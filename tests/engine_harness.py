@@ -10,10 +10,17 @@ through two stages defined here instead of the GAN pipeline:
   ``FrameOutput`` facts.
 
 Test knobs live in the job document's unknown key ``test`` (kept by the loader):
-``{"delay": 0.05, "deliver_delay": 0.05, "fail": "internal" | "face"}``
-(delays are per frame). Every stage start/end and
+``{"delay": 0.05, "deliver_delay": 0.05, "fail": "internal" | "face",
+"write_bytes": N, "warn_bytes": N}`` (delays are per frame; ``write_bytes``:
+deliver also writes ``output/bulk.bin`` of N bytes, to meet a full disk;
+``warn_bytes``: hash adds a warning that long, which its DONE record and the
+result then carry). Each frame checkpoint is
+fenced (``ctx.fence()``), as the stage contract asks. Every stage start/end and
 every frame written is appended to ``$FS_HARNESS_LOG/<job_id>.log`` as
-``<stage> <event> <pid> [frame]``, so tests can prove what ran how often.
+``<stage> <event> <pid> [frame]``, so tests can prove what ran how often; stage
+starts and ends also go to ``$FS_HARNESS_LOG/order.log`` as ``<job_id> <stage>
+<event>``, one file for all jobs and processes (appends), the order they ran in.
+Every job kind (``draft`` too) runs these two stages.
 """
 
 from __future__ import annotations
@@ -40,20 +47,27 @@ from fsexchange.fsutil import atomic_write_bytes  # noqa: E402
 PIPELINES = {
     "stitch": ("engine_harness:HashStage", "engine_harness:DeliverStage"),
     "align-preview": ("engine_harness:HashStage", "engine_harness:DeliverStage"),
+    "draft": ("engine_harness:HashStage", "engine_harness:DeliverStage"),
 }
+
+
+def _append(path: str, line: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
 
 
 def log_event(job_id: str, *words: object) -> None:
     folder = os.environ.get("FS_HARNESS_LOG")
     if not folder:
         return
-    line = " ".join(str(w) for w in words) + "\n"
-    fd = os.open(os.path.join(folder, f"{job_id}.log"),
-                 os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
+    _append(os.path.join(folder, f"{job_id}.log"),
+            " ".join(str(w) for w in words) + "\n")
+    if words[1] in ("start", "end"):
+        _append(os.path.join(folder, "order.log"), f"{job_id} {words[0]} "
+                f"{words[1]}\n")
 
 
 def knobs(ctx: StageContext) -> dict[str, Any]:
@@ -91,10 +105,13 @@ class HashStage(Stage):
                 while time.monotonic() < deadline:  # a slow frame that polls abort
                     ctx.check_abort()
                     time.sleep(min(0.02, delay))
+                ctx.fence()
                 atomic_write_bytes(out, digest.hexdigest().encode())
                 log_event(job.id, self.name, "frame", os.getpid(), index)
                 ctx.report((index - r.start + 1) / r.count, f"frame {index}")
         ctx.warn("harness: hashed, not edited")
+        if k.get("warn_bytes"):
+            ctx.warn("w" * int(k["warn_bytes"]))
         ctx.info["models"] = {"harness": {"label": "sha256 of decoded frames"}}
         log_event(job.id, self.name, "end", os.getpid())
         return {"frames": r.count}
@@ -121,6 +138,9 @@ class DeliverStage(Stage):
             atomic_write_bytes(out / name, data)
             frames.append({"frame": index, "path": f"output/{name}",
                            "sha256": hashlib.sha256(data).hexdigest(), "edited": True})
+        bulk = int(knobs(ctx).get("write_bytes", 0))
+        if bulk:
+            atomic_write_bytes(out / "bulk.bin", b"\0" * bulk)
         atomic_write_bytes(out / "summary.txt", f"{len(frames)} frames\n".encode())
         log_event(job.id, self.name, "end", os.getpid())
         return {"frames": frames, "outputs": {"summary": "output/summary.txt"}}

@@ -50,21 +50,25 @@ def engine_env(logdir: Path) -> dict[str, str]:
 
 
 def start_engine(exchange: Path, logdir: Path, *args: str,
-                 name: str = "engine") -> subprocess.Popen:
-    """Start a harness engine process; its output goes to ``logdir/<name>.out``."""
+                 name: str = "engine",
+                 preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen:
+    """Start a harness engine process; its output goes to ``logdir/<name>.out``.
+    ``preexec_fn`` runs in the child before the engine (limits, capabilities)."""
     out = open(logdir / f"{name}.out", "ab")
     try:
         return subprocess.Popen(
             [sys.executable, str(HARNESS), "--exchange", str(exchange), *args],
-            stdout=out, stderr=subprocess.STDOUT, env=engine_env(logdir), cwd=ROOT)
+            stdout=out, stderr=subprocess.STDOUT, env=engine_env(logdir), cwd=ROOT,
+            preexec_fn=preexec_fn)
     finally:
         out.close()
 
 
 def run_engine(exchange: Path, logdir: Path, *args: str, timeout: float = 120,
-               name: str = "engine") -> int:
+               name: str = "engine",
+               preexec_fn: Callable[[], None] | None = None) -> int:
     """Run a harness engine process to its end (``--once`` runs)."""
-    p = start_engine(exchange, logdir, *args, name=name)
+    p = start_engine(exchange, logdir, *args, name=name, preexec_fn=preexec_fn)
     try:
         return p.wait(timeout)
     finally:

@@ -186,7 +186,8 @@ class FakeMediaPoolItem(_Api):
         return True
 
     def GetThirdPartyMetadata(self, key: str | None = None) -> Any:
-        return dict(self._third_party) if key is None else self._third_party.get(key, "")
+        return (dict(self._third_party) if key is None
+                else self._third_party.get(key, ""))
 
     # -- test helpers --
     def frame(self, index: int) -> np.ndarray:
@@ -240,7 +241,7 @@ def _read_image(path: Path) -> np.ndarray:
     return img[:, :, 2::-1] if img.ndim == 3 else np.dstack([img] * 3)
 
 
-# ---- folders and the media pool ------------------------------------------------------------
+# ---- folders and the media pool ------------------------------------------------------
 
 
 class FakeFolder(_Api):
@@ -318,7 +319,8 @@ class FakeMediaPool(_Api):
         name = Path(pattern).name
         n = _SEQ_PATTERN.search(name)
         assert n is not None, "the number pattern must be in the file name"
-        shown = f"{name[:n.start()]}[{first:0{width}d}-{last:0{width}d}]{name[n.end():]}"
+        shown = (f"{name[:n.start()]}[{first:0{width}d}-{last:0{width}d}]"
+                 f"{name[n.end():]}")
         rate = self._project._timeline_rate
         props = {
             "File Path": str(Path(pattern).parent / shown), "File Name": shown,
@@ -362,7 +364,7 @@ class FakeMediaPool(_Api):
         return self._project.add_timeline(name)
 
 
-# ---- timeline items -------------------------------------------------------------------------
+# ---- timeline items ------------------------------------------------------------------
 
 
 class FakeTimelineItem(_Markers, _Api):
@@ -385,7 +387,8 @@ class FakeTimelineItem(_Markers, _Api):
         self._broken = broken
         self._frames = frames  # generators: record-relative pixels
         self._props: dict[str, Any] = {"CompositeMode": 0, "Opacity": 100.0,
-                                       "ZoomX": 1.0, "ZoomY": 1.0, "Pan": 0.0, "Tilt": 0.0}
+                                       "ZoomX": 1.0, "ZoomY": 1.0, "Pan": 0.0,
+                                       "Tilt": 0.0}
         self._markers: dict[int, dict[str, Any]] = {}
         self._flags: list[str] = []
         self._color = ""
@@ -496,7 +499,7 @@ class FakeTimelineItem(_Markers, _Api):
         return self._mpi.frame(self._left + math.floor(rel * self._speed))
 
 
-# ---- timelines ---------------------------------------------------------------------------------
+# ---- timelines -----------------------------------------------------------------------
 
 
 class FakeTimeline(_Markers, _Api):
@@ -548,7 +551,8 @@ class FakeTimeline(_Markers, _Api):
     def GetTrackCount(self, track_type: str) -> int:
         return len(self._tracks) if track_type == "video" else 0
 
-    def GetItemListInTrack(self, track_type: str, index: int) -> list[FakeTimelineItem] | None:
+    def GetItemListInTrack(self, track_type: str,
+                           index: int) -> list[FakeTimelineItem] | None:
         if track_type != "video" or not 1 <= index <= len(self._tracks):
             return None
         return sorted(self._tracks[index - 1]["items"], key=lambda it: it._start)
@@ -673,7 +677,8 @@ class FakeTimeline(_Markers, _Api):
             resolve.phantom_appends -= 1
             return item
         for other in self._tracks[track - 1]["items"]:
-            if other._start < record + duration and record < other._start + other._duration:
+            if other._start < record + duration and \
+                    record < other._start + other._duration:
                 return ghost  # overlapping record: silently dropped, earlier item wins
         self._tracks[track - 1]["items"].append(item)
         return item
@@ -708,7 +713,7 @@ class FakeTimeline(_Markers, _Api):
         return item.pixels_at(frame)
 
 
-# ---- project, rendering -------------------------------------------------------------------------
+# ---- project, rendering --------------------------------------------------------------
 
 #: keys SetRenderSettings accepts (Resolve 21.0 README); the rest fail the whole call
 RENDER_KEYS = frozenset({
@@ -777,7 +782,8 @@ class FakeProject(_Api):
         return len(self._timelines)
 
     def GetTimelineByIndex(self, index: int) -> FakeTimeline | None:
-        return self._timelines[index - 1] if 1 <= index <= len(self._timelines) else None
+        return (self._timelines[index - 1] if 1 <= index <= len(self._timelines)
+                else None)
 
     def GetCurrentTimeline(self) -> FakeTimeline | None:
         return self._current_timeline
@@ -923,12 +929,14 @@ class FakeProject(_Api):
             if frame in skip:
                 continue
             rgb = timeline.render_frame(frame, size)
-            cv2.imwrite(str(target / f"{s.get('CustomName') or 'render'}{frame:08d}.png"),
-                        np.ascontiguousarray(rgb[:, :, ::-1]))
+            cv2.imwrite(
+                str(target / f"{s.get('CustomName') or 'render'}{frame:08d}.png"),
+                np.ascontiguousarray(rgb[:, :, ::-1]))
         job["status"] = "Complete"
 
     # -- test helpers --
-    def add_timeline(self, name: str, *, start_timecode: str = "01:00:00:00") -> FakeTimeline:
+    def add_timeline(self, name: str, *,
+                     start_timecode: str = "01:00:00:00") -> FakeTimeline:
         tl = FakeTimeline(self, name, start_timecode=start_timecode)
         self._timelines.append(tl)
         if self._current_timeline is None:
@@ -936,7 +944,9 @@ class FakeProject(_Api):
         return tl
 
     def _media_from_file(self, path: Path, *, rate: Fraction | None = None,
-                         start_timecode: str | None = None) -> FakeMediaPoolItem | None:
+                         start_timecode: str | None = None,
+                         input_color_space: str | None = "Rec.709 Gamma 2.4",
+                         ) -> FakeMediaPoolItem | None:
         if not path.is_file():
             return None
         frames = _decode_movie(path)
@@ -946,13 +956,20 @@ class FakeProject(_Api):
                  "Type": "Video", "FPS": float(RATE_NAMES.get(rate, str(float(rate)))),
                  "Frames": str(len(frames)), "Resolution": f"{w}x{h}",
                  "Start TC": start_timecode or "00:00:00:00", "Alpha mode": "None",
-                 "Data Level": "Auto", "Input Color Space": "Rec.709 Gamma 2.4"}
+                 "Data Level": "Auto", "Input Color Space": input_color_space}
         return FakeMediaPoolItem(path.name, props, frames=lambda i: frames[i])
 
     def add_media(self, path: str | Path, *, rate: Fraction | None = None,
-                  start_timecode: str = "00:00:00:00") -> FakeMediaPoolItem:
-        """Import a real movie into the media pool's root (as the editor did)."""
-        mpi = self._media_from_file(Path(path), rate=rate, start_timecode=start_timecode)
+                  start_timecode: str = "00:00:00:00",
+                  input_color_space: str | None = "Rec.709 Gamma 2.4"
+                  ) -> FakeMediaPoolItem:
+        """Import a real movie into the media pool's root (as the editor did).
+        ``input_color_space`` is what ``GetClipProperty`` returns for "Input Color
+        Space", as given (None and "" included: Resolve returns "" for a clip that
+        follows the project)."""
+        mpi = self._media_from_file(Path(path), rate=rate,
+                                    start_timecode=start_timecode,
+                                    input_color_space=input_color_space)
         if mpi is None:
             raise FileNotFoundError(path)
         self._media_pool._root._clips.append(mpi)
@@ -1038,7 +1055,8 @@ class FakeResolve(_Api):
         return self._pm
 
     def OpenPage(self, page: str) -> bool:
-        if page not in ("media", "cut", "edit", "fusion", "color", "fairlight", "deliver"):
+        if page not in ("media", "cut", "edit", "fusion", "color", "fairlight",
+                        "deliver"):
             return False
         self._page = page
         return True

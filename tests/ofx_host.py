@@ -41,10 +41,11 @@ import numpy as np
 
 __all__ = ["OfxTestHost", "OfxInstance", "OfxError", "DEPTHS", "STATUS"]
 
-STATUS = {0: "OK", 1: "Failed", 2: "ErrFatal", 3: "ErrUnknown", 4: "ErrMissingHostFeature",
-          5: "ErrUnsupported", 6: "ErrExists", 7: "ErrFormat", 8: "ErrMemory",
-          9: "ErrBadHandle", 10: "ErrBadIndex", 11: "ErrValue", 12: "ReplyYes",
-          13: "ReplyNo", 14: "ReplyDefault", 1000: "ErrImageFormat"}
+STATUS = {0: "OK", 1: "Failed", 2: "ErrFatal", 3: "ErrUnknown",
+          4: "ErrMissingHostFeature", 5: "ErrUnsupported", 6: "ErrExists",
+          7: "ErrFormat", 8: "ErrMemory", 9: "ErrBadHandle", 10: "ErrBadIndex",
+          11: "ErrValue", 12: "ReplyYes", 13: "ReplyNo", 14: "ReplyDefault",
+          1000: "ErrImageFormat"}
 OK, FAILED, ERR_UNKNOWN, ERR_UNSUPPORTED, ERR_BAD_HANDLE, ERR_BAD_INDEX, ERR_VALUE = (
     0, 1, 3, 5, 9, 10, 11)
 
@@ -175,7 +176,8 @@ class PropertySet:
 
     def __init__(self, label: str, values: dict[str, list[Any]] | None = None) -> None:
         self.label = label
-        self.values: dict[str, list[Any]] = {k: list(v) for k, v in (values or {}).items()}
+        self.values: dict[str, list[Any]] = {k: list(v)
+                                             for k, v in (values or {}).items()}
         self._cstrings: dict[tuple[str, int], C.Array] = {}
 
     def set(self, name: str, index: int, value: Any) -> None:
@@ -222,7 +224,8 @@ class Effect:
     props: PropertySet
     clips: dict[str, Clip] = field(default_factory=dict)
     params: dict[str, Param] = field(default_factory=dict)
-    param_set_props: PropertySet = field(default_factory=lambda: PropertySet("paramset"))
+    param_set_props: PropertySet = field(
+        default_factory=lambda: PropertySet("paramset"))
 
 
 @dataclass
@@ -235,7 +238,8 @@ class Image:
 class OfxTestHost:
     """Loads one ``.ofx`` binary and drives its single image-effect plugin."""
 
-    def __init__(self, binary: str | Path, *, abort_fn: Callable[[], bool] | None = None,
+    def __init__(self, binary: str | Path, *,
+                 abort_fn: Callable[[], bool] | None = None,
                  omit_suites: tuple[str, ...] = (),
                  message_versions: tuple[int, ...] = (1, 2)) -> None:
         self.binary = Path(binary)
@@ -393,7 +397,8 @@ class OfxTestHost:
             return OK
 
         return {
-            "propSetPointer": setter(lambda v: v), "propSetString": setter(bytes.decode),
+            "propSetPointer": setter(lambda v: v),
+            "propSetString": setter(bytes.decode),
             "propSetDouble": setter(float), "propSetInt": setter(int),
             "propSetPointerN": setter_n(lambda v: v),
             "propSetStringN": setter_n(bytes.decode),
@@ -411,7 +416,8 @@ class OfxTestHost:
             return OK
 
         def get_param_set(h, out):
-            out[0] = self._handle(self._obj(h, Effect))  # the effect doubles as param set
+            # the effect doubles as param set
+            out[0] = self._handle(self._obj(h, Effect))
             return OK
 
         def clip_define(h, name, out):
@@ -591,7 +597,8 @@ class OfxTestHost:
             "OfxPluginPropFilePath": [str(self.binary.parents[2])],
         }))
         self.call("OfxActionDescribe", self._handle(desc))
-        args = PropertySet("describeInContext", {"OfxImageEffectPropContext": [context]})
+        args = PropertySet("describeInContext",
+                           {"OfxImageEffectPropContext": [context]})
         self.call("OfxImageEffectActionDescribeInContext", self._handle(desc), args)
         self.descriptor = desc
         return desc
@@ -658,7 +665,8 @@ class RenderCall:
 
 
 class OfxInstance:
-    """One effect instance; :meth:`render` feeds a source frame and returns the output."""
+    """One effect instance; :meth:`render` feeds a source frame and returns the
+    output."""
 
     def __init__(self, host: OfxTestHost, depth: str, premultiplication: str) -> None:
         self.host = host

@@ -52,7 +52,8 @@ def test_stage_settings_are_kept_for_a_resumed_stage(tmp_path: Path):
 
 def test_dtype_option_and_resolution():
     assert PipelineConfig().dtype == "auto"
-    assert PipelineConfig().pti.batch_size == 0 and PipelineConfig().stitch.batch_size == 0
+    assert PipelineConfig().pti.batch_size == 0
+    assert PipelineConfig().stitch.batch_size == 0
     for v in ("auto", "float32", "bfloat16"):
         assert PipelineConfig.from_options({"dtype": v}).dtype == v
     with pytest.raises(DocumentFieldError):

@@ -85,3 +85,46 @@ def test_a_row_that_computes_something_else_fails():
                    {"loop": "fast/float32", "formulation": "loop", "label": "",
                     "max_rel_diff_per_frame": 0.02}]}
     assert "border loss" in bench.check_rows("stitch", st, 1e-3)[0]
+
+
+@pytest.mark.slow
+def test_bench_refine_side_by_side_tiny(tmp_path):
+    """``--arch tiny --only refine``: the pipeline (with its refine stage) on a real
+    clip, then the refinement loop against the one-pair-per-step loop."""
+    out = tmp_path / "figures.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "pipeline.py"), "--arch", "tiny",
+         "--frames", "3", "--pti-passes", "1", "--stitch-steps", "2", "--rounds",
+         "2", "--only", "refine", "--device", "cpu", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        env={**os.environ, "FACESTITCH_HOME": str(tmp_path / "home")})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    fig = json.loads(out.read_text())
+    assert {r["stage"] for r in fig["stages"]} >= {"pti", "refine", "stitch_tune",
+                                                   "paste"}
+    rf = fig["refine"]  # the refinement against the one-pair-per-step loop
+    assert rf["frames"] == 3 and rf["epochs"] == [2, 1] and rf["rounds"] == 2
+    assert rf["ratio"] > 0 and rf["batch"] == 2
+    for loop in ("ours", "ref"):
+        assert len(rf[f"{loop}_pairs_per_minute"]) == 2
+        assert all(v > 0 for v in rf[f"{loop}_pairs_per_minute"])
+    assert "Temporal refinement, 3 frames (2 pairs) x 2+1 epochs" in proc.stdout
+
+
+def test_bench_pipeline_draft_small(tmp_path):
+    """``--draft``: a real engine process runs a cold and a warm draft; the figures
+    say how long each took and that the warm one reused the networks."""
+    out = tmp_path / "draft.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "pipeline.py"), "--draft",
+         "--draft-frames", "2", "--draft-strengths", "3", "--device", "cpu",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        env={**os.environ, "FACESTITCH_HOME": str(tmp_path / "home")})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    fig = json.loads(out.read_text())["tiny_engine"]
+    assert (fig["rows"], fig["frames"]) == (3, 2)
+    assert 0 < fig["warm_seconds"] and 0 < fig["cold_seconds"]
+    for name in ("cold_stages", "warm_stages"):
+        assert list(fig[name]) == ["track", "align", "invert", "sweep"]
+    assert "cold (engine start included)" in proc.stdout

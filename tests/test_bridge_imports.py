@@ -80,7 +80,8 @@ def test_blocker_really_blocks():
 
 ENGINE_SCRIPT = SCRIPT.replace(
     'for pkg_name in ("fsexchange", "host_bridge")',
-    'import engine.service.worker, engine.service.runner, engine.service.watch, engine.commands.engine\n'
+    'import engine.service.worker, engine.service.runner, engine.service.watch, '
+    'engine.commands.engine\n'
     'for pkg_name in ()').replace(
     '["status", "--help"]', '["engine", "--help"]')
 

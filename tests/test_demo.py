@@ -26,7 +26,10 @@ def test_demo_round_trip_says_tiny_and_reports(tmp_path, capsys):
     assert st.state == "done", st.error
     assert "TINY TEST PROFILE" in out and "not a real edit" in out
     assert "PTI 2 passes" in out and "stitching tuning 2 steps" in out
-    for word in ("Stage timings:", "pti", "stitch_tune", "PTI reconstruction",
+    for word in ("Stage timings:", "pti", "refine", "stitch_tune",
+                 "PTI reconstruction", "Temporal refinement settings:",
+                 "warping error of the aligned edited frames",
+                 "LPIPS to the direct edit",
                  "Stitching border error", "tl_id", "Open the report"):
         assert word in out, word
     report = res["report"]

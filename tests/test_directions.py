@@ -33,7 +33,8 @@ def _d(vec, **kw) -> Direction:
 
 def test_directions_module_is_torch_free():
     code = ("import sys, engine.models.directions, engine.models.store; "
-            "engine.models.directions.available_edits('tiny'); print('torch' in sys.modules)")
+            "engine.models.directions.available_edits('tiny'); "
+            "print('torch' in sys.modules)")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[1], check=True, env=env)

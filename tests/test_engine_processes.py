@@ -48,7 +48,8 @@ def logdir(tmp_path) -> Path:
 
 
 def ready(logdir: Path, name: str = "engine", n: int = 1):
-    return lambda: engine_output(logdir, name).count("engine.service.worker: worker ") >= n
+    return lambda: (engine_output(logdir, name).count("engine.service.worker: worker ")
+                    >= n)
 
 
 def frames_logged(logdir: Path, job_id: str, stage: str = "hash") -> int:

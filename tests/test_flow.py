@@ -1,4 +1,5 @@
-"""Optical flow, occlusion mask and warping error (engine/quality/flow.py, docs/reference.md "Warping error")."""
+"""Optical flow, occlusion mask and warping error (engine/quality/flow.py,
+docs/reference.md "Warping error")."""
 
 from __future__ import annotations
 

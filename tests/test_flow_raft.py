@@ -1,48 +1,18 @@
-"""Our RAFT-large (engine/quality/flow.py) against torchvision's port of the same network, and
-the ``raft`` backend's loading of ``raft-things.pth``-style weights."""
+"""Our RAFT-large (engine/quality/flow.py) against torchvision's port of the same
+network (through the loader's key mapping), and the ``raft`` backend's loading of
+``raft-things.pth``-style weights."""
 
 from __future__ import annotations
-
-import re
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from engine.quality.flow import RaftFlow, build_raft, flow_backend  # noqa: E402
+from engine.quality.flow import (RaftFlow, build_raft, flow_backend,  # noqa: E402
+                                 torchvision_raft_keys)
 from engine.models.store import models_root  # noqa: E402
 from fsexchange.errors import ModelFormatError  # noqa: E402
-
-
-def _torchvision_to_princeton(sd: dict) -> dict:
-    """torchvision ``raft_large`` keys -> princeton-vl/RAFT keys (what
-    ``raft-things.pth`` uses), including the encoder blocks' shared ``norm3``."""
-    out = {}
-    for k, v in sd.items():
-        n = k
-        for enc, short in (("feature_encoder", "fnet"), ("context_encoder", "cnet")):
-            if n.startswith(enc + "."):
-                n = short + n[len(enc):]
-                n = n.replace(".convnormrelu.0.", ".conv1.")
-                n = n.replace(".convnormrelu.1.", ".norm1.")
-                n = re.sub(r"\.convnormrelu([12])\.0\.", r".conv\1.", n)
-                n = re.sub(r"\.convnormrelu([12])\.1\.", r".norm\1.", n)
-                n = re.sub(rf"^{short}\.conv\.", f"{short}.conv2.", n)
-        for a, b in (("convcorr1", "convc1"), ("convcorr2", "convc2"), ("conv", "conv"),
-                     ("convflow1", "convf1"), ("convflow2", "convf2")):
-            n = n.replace(f"update_block.motion_encoder.{a}.0.",
-                          f"update_block.encoder.{b}.")
-        m = re.match(r"update_block\.recurrent_block\.convgru(\d)\.conv([zrq])\.(.*)",
-                     n)
-        if m:
-            n = f"update_block.gru.conv{m[2]}{m[1]}.{m[3]}"
-        n = n.replace("mask_predictor.convrelu.0.", "update_block.mask.0.")
-        n = n.replace("mask_predictor.conv.", "update_block.mask.2.")
-        out[n] = v
-        if ".downsample.1." in n:
-            out[n.replace(".downsample.1.", ".norm3.")] = v
-    return out
 
 
 def test_raft_matches_torchvision_port():
@@ -57,7 +27,7 @@ def test_raft_matches_torchvision_port():
             sd[k] = torch.randn_like(sd[k]) * 0.1
     tv.load_state_dict(sd)
     ours = build_raft().eval()
-    ours.load_state_dict(_torchvision_to_princeton(sd))  # strict: every key matches
+    ours.load_state_dict(torchvision_raft_keys(sd))  # strict: every key matches
     a = torch.nn.functional.avg_pool2d(torch.rand(1, 3, 128, 128), 3, 1, 1) * 255
     b = torch.roll(a, 2, -1)
     with torch.no_grad():

@@ -54,7 +54,8 @@ def bridge_env(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def plate(tmp_path_factory):
     folder = tmp_path_factory.mktemp("menu")
-    return write_clip(folder / "plate.mov", render_frames(ClipSpec(frames=8)), Fraction(25))
+    return write_clip(folder / "plate.mov", render_frames(ClipSpec(frames=8)),
+                      Fraction(25))
 
 
 def resolve_with_shot(plate, **fake):
@@ -73,8 +74,8 @@ def test_menu_scripts_are_the_generated_shims():
         assert (ROOT / "resolve_scripts" / name).read_text() == shim_source(action)
 
 
-def test_a_menu_script_sends_and_imports_like_resolve_runs_it(plate, tmp_path, bridge_env,
-                                                              capsys):
+def test_a_menu_script_sends_and_imports_like_resolve_runs_it(plate, tmp_path,
+                                                              bridge_env, capsys):
     """Run the real shim files with the globals Resolve injects (free edition: no
     UIManager, no terminal: configured defaults and console messages)."""
     exchange = tmp_path / "exchange"
@@ -155,7 +156,8 @@ def test_console_prompter_dialogue():
     ui = ConsolePrompter(interactive=True, input_fn=lambda _: next(answers),
                          print_fn=printed.append)
     choice = ui.choose_edit(["age", "smile"], "preview")
-    assert choice.kind == "stitch" and [e.name for e in choice.edits] == ["age", "smile"]
+    assert choice.kind == "stitch"
+    assert [e.name for e in choice.edits] == ["age", "smile"]
     assert any("unknown edit 'bogus'" in p for p in printed)
     assert ui.choose_face("shot", ["a", "b"]) == 1  # "5" refused, then "2"
     assert ui.choose_face("shot", ["a", "b"]) is None  # q
@@ -241,7 +243,8 @@ def test_fusion_prompter_on_studio_and_none_on_free(monkeypatch):
     assert [e.name for e in ui.choose_edit(["smile"], "").edits] == ["smile"]
     ui.show("FaceStitch", "done")
     free = FakeResolve(studio=False)
-    assert isinstance(make_prompter({"fusion": free.fusion, "bmd": bmd}), ConsolePrompter)
+    assert isinstance(make_prompter({"fusion": free.fusion, "bmd": bmd}),
+                      ConsolePrompter)
     assert isinstance(make_prompter({"fusion": studio.fusion, "bmd": bmd},
                                     prefer="console"), ConsolePrompter)
 

@@ -89,4 +89,5 @@ def test_send_follow_and_import_without_numpy(tmp_path, local_engine):
     # no engine here: no faces listed, no local track; else one face, tracked here
     assert sent[1:] == (["1", "True"] if local_engine else ["None", "False"])
     placed = out.split("PLACED", 1)[1].split()
-    assert placed == ["90100", "5", "2", "1"]  # record frame, frames, V2, handle skipped
+    # record frame, frames, V2, handle skipped
+    assert placed == ["90100", "5", "2", "1"]

@@ -1,4 +1,5 @@
-"""Face identity embeddings (engine/quality/identity.py): dlib ResNet, optional ArcFace."""
+"""Face identity embeddings (engine/quality/identity.py): dlib ResNet,
+optional ArcFace."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""engine.stages.mask: reference morphology (docs/reference.md "Stitching tuning"), scaling, hull fallback."""
+"""engine.stages.mask: reference morphology (docs/reference.md "Stitching tuning"),
+scaling, hull fallback."""
 
 from __future__ import annotations
 
@@ -106,3 +107,62 @@ def test_foreground_classes():
     fg = mask.foreground_from_labels(labels)[0]
     assert not fg[0] and not fg[16] and not fg[18]
     assert fg[1] and fg[17] and fg[14] and fg[6]  # skin, hair, neck, glasses
+
+
+# --- fidelity to STIT (issue 16): feather border, edge band, whole-image border ------
+
+
+def _stit_feather(full: np.ndarray, r: int) -> np.ndarray:
+    """STIT's paste_image_mask(radius=r) on the full mask, as its code does it: an
+    8-bit mask, cv2.erode with border value 0, cv2.GaussianBlur with sigma 0."""
+    import cv2
+
+    u8 = np.rint(full * 255).astype(np.uint8)
+    k = (2 * r + 1, 2 * r + 1)
+    eroded = cv2.erode(u8, np.ones(k), borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    return cv2.GaussianBlur(eroded, k, sigmaX=0).astype(np.float32) / 255
+
+
+def test_feathered_alpha_fades_out_at_the_crop_edge_as_stit():
+    # a face with a neck that runs out of the crop's bottom edge
+    m = np.zeros((1024, 1024), bool)
+    m[300:1024, 350:674] = True
+    soft = mask.paste_alpha(m, MaskConfig(feather=True))
+    full = mask.paste_alpha(m)
+    assert full[1000:1024, 512].min() == 1.0  # the hard alpha is opaque there
+    col = soft[1000:1024, 512]
+    # STIT: 0.0-0.43 over rows 1000-1023 (erosion treats outside the crop as 0)
+    assert col[-1] < 0.01 and 0.3 < col[0] < 0.5
+    assert np.all(np.diff(col) <= 1e-6)
+    np.testing.assert_allclose(soft, _stit_feather(full, 25), atol=2.5 / 255)
+    assert soft[600, 512] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_feather_radius_follows_the_outer_dilation():
+    assert mask.feather_radius(MaskConfig(), 1024) == 25
+    assert mask.feather_radius(MaskConfig(outer_dilation=80), 1024) == 40
+    assert mask.feather_radius(MaskConfig(), 256) == 6
+
+
+def test_border_band_follows_the_outer_dilation_unless_set():
+    m = _square(1024, 0, 600)  # touches the top and left edges
+    for outer in (50, 100):
+        _, border, content = mask.stitch_masks(m, MaskConfig(outer_dilation=outer))
+        band = outer // 2  # at the 512 work size: rows < band are border
+        assert border[2 * band - 6, 300] == 1 and content[2 * band - 6, 300] == 0
+        assert border[2 * band + 6, 300] == 0 and content[2 * band + 6, 300] == 1
+    _, border, _ = mask.stitch_masks(m, MaskConfig(outer_dilation=100, border_band=20))
+    assert border[14, 300] == 1 and border[26, 300] == 0
+    assert MaskConfig().border_band is None
+
+
+def test_whole_image_border_is_everything_outside_the_face():
+    m = _square(1024, 300, 700)
+    full, border, content = mask.stitch_masks(m, MaskConfig(whole_image_border=True))
+    full0, border0, content0 = mask.stitch_masks(m)
+    np.testing.assert_array_equal(full, full0)  # paste-back keeps the dilated mask
+    np.testing.assert_array_equal(content, content0)
+    assert border[500, 100] == 1 and border0[500, 100] == 0  # far outside the ring
+    assert border[20, 20] == 1 and border[500, 500] == 0
+    # border = 1 - M and content = M at the work size: together, the whole crop
+    np.testing.assert_allclose(border + content, 1.0, atol=1e-5)

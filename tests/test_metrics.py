@@ -1,4 +1,5 @@
-"""TL-ID, TG-ID and warping error (engine/quality/metrics.py; docs/reference.md "Warping error", "Identity metrics TL-ID and TG-ID")."""
+"""TL-ID, TG-ID and warping error (engine/quality/metrics.py; docs/reference.md
+"Warping error", "Identity metrics TL-ID and TG-ID")."""
 
 from __future__ import annotations
 

@@ -26,7 +26,8 @@ def _tiny(seed: int = 0) -> E4EEncoder:
 
 
 def test_official_key_layout():
-    """docs/models.md "e4e checkpoint": keys of e4e_ffhq_encode.pt without the 'encoder.' prefix."""
+    """docs/models.md "e4e checkpoint": keys of e4e_ffhq_encode.pt without the
+    'encoder.' prefix."""
     with torch.device("meta"):
         e = E4EEncoder(**OFFICIAL_ENCODER_KWARGS)
     sd = {k: tuple(v.shape) for k, v in e.state_dict().items()}

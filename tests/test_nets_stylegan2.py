@@ -29,7 +29,8 @@ def _small(seed: int = 0, **kw) -> Generator:
 
 
 def test_official_layout_matches_nvidia_g_ema_keys():
-    """docs/models.md "G_ema keys and shapes" key patterns and shapes at 1024 px (built on 'meta')."""
+    """docs/models.md "G_ema keys and shapes" key patterns and shapes at 1024 px
+    (built on 'meta')."""
     with torch.device("meta"):
         g = Generator(**OFFICIAL_GENERATOR_KWARGS)
     sd = {k: tuple(v.shape) for k, v in g.state_dict().items()}

@@ -16,7 +16,6 @@ import ctypes as C
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 

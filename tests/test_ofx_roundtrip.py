@@ -22,7 +22,8 @@ pytestmark = pytest.mark.skipif(
     not (shutil.which("cc") or shutil.which("gcc")) or platform.machine() not in (
         "x86_64", "AMD64"), reason="needs a C compiler and an x86-64 machine")
 
-REAL = {"align-preview": ("engine.stages.track:TrackStage", "engine.stages.align:AlignStage",
+REAL = {"align-preview": ("engine.stages.track:TrackStage",
+                          "engine.stages.align:AlignStage",
                           "engine.stages.paste:PasteStage")}
 
 
@@ -34,8 +35,8 @@ def test_export_submit_engine_composite(tmp_path, capsys):
     exchange = tmp_path / "exchange"
     export = exchange / "ofx-export" / "shot1"  # under the exchange: readable by it
     export.mkdir(parents=True)
-    frames = [np.dstack([f, np.full(f.shape[:2], 255, np.uint8)]).astype(np.uint16) * 257
-              for f in render_frames(ClipSpec(frames=6))]
+    frames = [np.dstack([f, np.full(f.shape[:2], 255, np.uint8)]).astype(np.uint16)
+              * 257 for f in render_frames(ClipSpec(frames=6))]
     exporter = host.create_instance({"mode": 0, "exportFolder": str(export),
                                      "frameOffset": 1000}, depth="OfxBitDepthShort")
     for t, rgba in enumerate(frames):

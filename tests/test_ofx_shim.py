@@ -82,7 +82,7 @@ def over(result16: np.ndarray, source: np.ndarray, opacity: float) -> np.ndarray
     return out
 
 
-# ---- the bundle and the description ----------------------------------------------------
+# ---- the bundle and the description --------------------------------------------------
 
 def test_bundle_layout(bundle):
     contents = bundle.bundle / "Contents"
@@ -94,7 +94,8 @@ def test_bundle_layout(bundle):
     # rebuilding into the same folder replaces the bundle, leaves no build folders
     again = build_bundle(bundle.bundle.parent)
     assert again.binary.is_file()
-    assert sorted(p.name for p in bundle.bundle.parent.iterdir()) == [bundle.bundle.name]
+    assert sorted(p.name for p in bundle.bundle.parent.iterdir()) == \
+        [bundle.bundle.name]
 
 
 def test_bundle_arch_names():
@@ -139,7 +140,7 @@ def test_load_refuses_a_host_without_a_required_suite(bundle):
     host.describe()
 
 
-# ---- Export ----------------------------------------------------------------------------
+# ---- Export --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("depth", ["OfxBitDepthFloat", "OfxBitDepthShort",
                                    "OfxBitDepthByte"])
@@ -197,7 +198,7 @@ def test_abort_stops_without_leaving_a_partial_file(bundle, tmp_path):
     assert not host.outstanding_images and host.images_fetched == 2
 
 
-# ---- Composite -------------------------------------------------------------------------
+# ---- Composite -----------------------------------------------------------------------
 
 def result_frame(seed: int) -> np.ndarray:
     rng = np.random.default_rng(100 + seed)
@@ -250,7 +251,8 @@ def test_composite_reads_the_frame_for_each_time(host, tmp_path):
         assert np.allclose(out[..., 0], round(t) * 1000 / 65535.0, atol=1e-7)
 
 
-def test_composite_passes_the_source_through_where_no_valid_result_exists(host, tmp_path):
+def test_composite_passes_the_source_through_where_no_valid_result_exists(host,
+                                                                          tmp_path):
     good = result_frame(2)
     write_pam16(tmp_path / "facestitch.0000001.pam", good)
     full = (tmp_path / "facestitch.0000001.pam").read_bytes()

@@ -88,7 +88,7 @@ def test_edl_one_file_per_track_with_timeline_record_timecodes(ntsc, tmp_path):
     written = write_timeline(tl, tmp_path / "shot.edl")
     assert [p.name for p in written] == ["shot.V1.edl", "shot.V2.edl"]
     reels = []
-    for path, track in zip(written, tl.tracks):
+    for path, _track in zip(written, tl.tracks):
         text = path.read_text()
         [event] = re.findall(r"^001\s+(\S+)\s+V\s+C\s+(\S+) (\S+) (\S+) (\S+)$", text,
                              re.M)
@@ -207,6 +207,8 @@ def test_cli_writes_each_format_and_refuses_bad_input_in_one_line(ntsc, tmp_path
     assert cli(base + ["--out", str(tmp_path / "shot.mov")]) == 2
     err = capsys.readouterr().err
     assert "use one of .otio" in err and err.count("\n") == 1 and "Traceback" not in err
+    # a missing folder is found before the timeline is built (issue 14)
     assert cli(base + ["--out", str(tmp_path / "no" / "such" / "shot.aaf")]) == 2
     err = capsys.readouterr().err
-    assert "AAF adapter could not write shot.aaf" in err and err.count("\n") == 1
+    assert "[io.path]" in err and "such does not exist" in err
+    assert err.count("\n") == 1

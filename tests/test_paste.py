@@ -1,4 +1,5 @@
-"""engine.stages.paste: exact pass-through outside alpha, compositing, formats, stage."""
+"""engine.stages.paste: exact pass-through outside alpha, compositing,
+formats, stage."""
 
 from __future__ import annotations
 
@@ -114,7 +115,8 @@ def test_preview_movie_and_contact_sheet(preview_job):
     d, _, _, facts, _ = preview_job
     outputs = facts["paste"]["outputs"]
     assert outputs == {"preview": "output/preview.mp4",
-                       "contact_sheet": "output/contact_sheet.png"}
+                       "contact_sheet": "output/contact_sheet.png",
+                       "network_view": "output/network_view.png"}
     info = media.probe(d / outputs["preview"])
     assert info.frame_count == 24 and info.rate == RATE
     sheet = cv2.imread(str(d / outputs["contact_sheet"]))
@@ -139,8 +141,20 @@ def test_exr_and_pam_outputs(preview_job, tmp_path):
     png_path = preview_job[0] / preview_job[3]["paste"]["frames"][0]["path"]
     png = video.read_image(png_path)
     straight = png.astype(np.float64) / 65535
-    premul = straight[..., :3] * straight[..., 3:]
+    # EXR is scene-linear: Rec.709 video linearised by its BT.1886 EOTF (a pure
+    # 2.4 power for a display with black at 0), premultiplied
+    premul = straight[..., :3] ** 2.4 * straight[..., 3:]
     assert np.abs(exr[..., :3] - premul).max() < 2e-3
+    import OpenEXR
+
+    with OpenEXR.File(str(tmp_path / "exr" / first["path"])) as f:
+        header = f.header()  # valid while the file is open
+        assert header["framesPerSecond"] == RATE
+        tc = header["timeCode"]
+        assert (tc.hours, tc.minutes, tc.seconds, tc.frame) == (1, 0, 0, 2)
+        np.testing.assert_allclose(
+            header["chromaticities"],
+            (0.64, 0.33, 0.30, 0.60, 0.15, 0.06, 0.3127, 0.3290), atol=1e-6)
     assert "contact_sheet" not in facts["outputs"]  # only align-preview jobs
     _, facts = _rerun(preview_job, tmp_path / "pam", OutputSpec(format="pam16",
                                                                 preview=False))

@@ -26,11 +26,12 @@ RATE = Fraction(25)
 
 #: Short, still faithful runs: 10·L2 + LPIPS, Adam, batches; a larger PTI lr for
 #: the random tiny networks (1e-3, x3 for the batch of 3); stitching at the
-#: reference lr 3e-4.
+#: reference lr 3e-4; the temporal refinement with 2 + 2 epochs (README: 10 + 3).
 FAST_OPTIONS: dict[str, Any] = {
     "profile": "tiny", "device": "cpu",
     "pti": {"steps": 12, "lr": 1e-3, "batch_size": 3, "checkpoint_every": 3},
     "stitch": {"steps": 16, "batch_size": 2},
+    "refine": {"epochs_w": 2, "epochs_g": 2},
 }
 
 

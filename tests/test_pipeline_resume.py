@@ -25,10 +25,15 @@ pytestmark = pytest.mark.slow  # real engines / whole pipelines
 
 N = 6
 TOLERANCE = 2  # 16-bit levels
+# Long enough that a worker starved of CPU on a loaded machine keeps renewing its
+# lease (a 2 s lease was lost to stalls under a load of 12 on 2 cores, and the
+# job then failed as crashed).
+LEASE = 6.0
 OPTIONS = dict(FAST_OPTIONS, pti=dict(FAST_OPTIONS["pti"], steps=24,
                                       checkpoint_every=2),
                stitch=dict(FAST_OPTIONS["stitch"], steps=24),
-               metrics={"enabled": False})
+               metrics={"enabled": False},
+               refine={"enabled": False})  # its resume: tests/test_refine_resume.py
 
 
 def _frames(folder):
@@ -57,7 +62,7 @@ def test_kill_during_pti_and_stitching_then_resume(tmp_path):
     cur = ex / "cur" / jid
 
     # 1. kill -9 once PTI has written a checkpoint
-    eng = engine_process(ex)
+    eng = engine_process(ex, lease=LEASE)
     ckpt = cur / "stages" / "pti" / "checkpoint.pt"
     wait_for(ckpt.exists, 240, "a PTI checkpoint", eng, poll=0.01)
     eng.send_signal(signal.SIGKILL)
@@ -71,8 +76,8 @@ def test_kill_during_pti_and_stitching_then_resume(tmp_path):
 
     # 2. a new engine takes the job over once the lease expires; kill it again once
     #    stitching tuning has finished its first batch
-    time.sleep(2.5)
-    eng = engine_process(ex)
+    time.sleep(LEASE + 0.5)
+    eng = engine_process(ex, lease=LEASE)
     part = cur / "stages" / "stitch_tune" / "parts" / "00000.json"
     wait_for(part.exists, 240, "the first stitching batch", eng, poll=0.01)
     eng.send_signal(signal.SIGKILL)
@@ -82,8 +87,8 @@ def test_kill_during_pti_and_stitching_then_resume(tmp_path):
     print("killed during stitching tuning after its first batch")
 
     # 3. a third engine finishes it
-    time.sleep(2.5)
-    eng = engine_process(ex)
+    time.sleep(LEASE + 0.5)
+    eng = engine_process(ex, lease=LEASE)
     out, _ = eng.communicate(timeout=300)
     assert eng.returncode == 0, out.decode(errors="replace")[-3000:]
     st = job_status(ex, jid)

@@ -111,6 +111,30 @@ def test_edit_contract(job):
     assert [e["name"] for e in curves["edits"]] == ["age", "smile", "lipstick"]
 
 
+def test_refine_with_an_s_space_edit(job):
+    """The refinement carries S-space edits: its styles are the refined generator's
+    styles of the refined latents plus the edit's S offsets, which stitching tuning
+    then renders."""
+    import torch
+
+    rf = _stage(job, "refine")
+    from engine.models.checkpoints import load_generator
+
+    G0 = load_generator(_stage(job, "pti") / "generator.pt")
+    G = load_generator(rf / "generator.pt")
+    lat0 = np.load(_stage(job, "edit") / "latents.npy")
+    lat = np.load(rf / "latents.npy")
+    with np.load(_stage(job, "edit") / "styles.npz") as z0, \
+            np.load(rf / "styles.npz") as z:
+        assert sorted(z.files) == sorted(z0.files)
+        with torch.no_grad():
+            s0 = G0.styles(torch.from_numpy(lat0))
+            s = G.styles(torch.from_numpy(lat))
+        for k in range(len(z.files)):
+            np.testing.assert_allclose(z[f"s{k:02d}"] - s[k].numpy(),
+                                       z0[f"s{k:02d}"] - s0[k].numpy(), atol=1e-4)
+
+
 def test_stitch_contract_and_border(job):
     from engine.stages.outputs import crop_name
 
@@ -152,18 +176,21 @@ def test_outside_alpha_is_source(job):
 def test_result_and_report(job):
     res = job["status"].result
     assert [s.name for s in res.stages] == ["track", "align", "invert", "pti", "edit",
-                                           "stitch_tune", "paste", "report"]
+                                           "refine", "stitch_tune", "paste", "report"]
     assert res.outputs["report"] == "output/report.html"
-    for key in ("tl_id", "tg_id", "warp_error", "warp_error_source"):
+    for key in ("tl_id", "tg_id", "warp_error", "warp_error_source",
+                "refine_warp_error_before", "refine_warp_error_after",
+                "refine_lpips_to_direct_edit"):
         assert key in res.metrics
     assert res.models.get("tiny") is True
     assert any("tiny test networks" in w for w in res.warnings)
     html = (job["folder"] / "output" / "report.html").read_text()
     assert "tiny test networks — not a real edit" in html
     assert html.count("data:image/png;base64,") >= 4 * 7  # filmstrip: 4 frames
-    assert html.count("<svg") >= 4  # PTI, stitching, strengths, metrics
-    for word in ("inversion (e4e)", "PTI reconstruction", "stitched", "alpha",
-                 "final", "Stage timings", "stitch_tune", "TL-ID",
+    assert html.count("<svg") >= 5  # PTI, refinement, stitching, strengths, metrics
+    for word in ("inversion (e4e)", "PTI reconstruction", "refined", "stitched",
+                 "alpha", "final", "Stage timings", "stitch_tune", "TL-ID",
+                 "Temporal refinement", "x-t slice direct edit",
                  "fast (mini-batches", "recipe fast"):
         assert word in html, word
     assert "http://" not in html.replace("http://www.w3.org/2000/svg", "")

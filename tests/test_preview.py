@@ -51,8 +51,8 @@ def test_preview_command(tmp_path, capsys, rate, tc, args, first):
     assert [f.frame for f in track.frames] == list(range(3, 15))
     assert track.subject["index"] == 1 and track.subject["faces_at_first"] == 2
     assert sorted(p.name for p in out.iterdir()) == [
-        "contact_sheet.png", "facetrack.msgpack", "frames", "preview.mp4",
-        "report.html"]
+        "contact_sheet.png", "facetrack.msgpack", "frames", "network_view.png",
+        "preview.mp4", "report.html"]
     assert "report.html" in printed
     assert _sha(clip) == before
 

@@ -24,39 +24,49 @@ def samples() -> dict[str, d._Document]:
     rng = d.FrameRange(0, 2, Fraction(24), "01:00:00:00")
     job = d.Job(id="j", source=d.Source("m.mov"), range=rng,
                 subject=d.Subject(index=0),
-                edits=(d.Edit("age", 1.0, (d.Keyframe(0, 1.0),)),))
+                edits=(d.Edit("age", 1.0, (d.Keyframe(0, 1.0),)),
+                       d.Edit("text_a_face", 2.0, space="text", text="a face")))
     track = d.FaceTrack(Fraction(24), (4, 4), (d.TrackFrame(0, False),))
+    frame = d.FrameOutput(0, "output/a.png", "0" * 64)
     result = d.Result(job_id="j", state="failed",
-                      stages=(d.StageTiming("track", 1.0),),
-                      frames=(d.FrameOutput(0, "output/a.png", "0" * 64),),
+                      stages=(d.StageTiming("track", 1.0),), frames=(frame,),
                       error={"code": "internal", "message": "m", "stage": None,
-                             "frame": None, "field": None})
+                             "frame": None, "field": None},
+                      variants=(d.Variant("age -8", (("age", -8.0),),
+                                          "output/sweep/r00_age-8", (frame,)),))
     return {"Job": job, "FaceTrack": track, "Progress": d.Progress("j", "running"),
             "Result": result, "Lease": d.Lease("j", "w", 1, 0.0),
             "StageDone": d.StageDone("track", 1.0)}
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> set[str]:
-    """Field paths of a document dict; a list of maps contributes its first map's
-    keys (``edits.name``)."""
+    """Field paths of a document dict; a list of maps contributes the keys of all
+    its maps (``edits.name``)."""
     out = set()
     for key, value in data.items():
         path = f"{prefix}{key}"
         out.add(path)
-        if isinstance(value, list) and value and isinstance(value[0], dict):
-            value = value[0]
-        if isinstance(value, dict) and value:
-            out |= flatten(value, path + ".")
+        maps = [value] if isinstance(value, dict) else (
+            [v for v in value if isinstance(v, dict)] if isinstance(value, list)
+            else [])
+        for m in maps:
+            if m:
+                out |= flatten(m, path + ".")
     return out
 
 
 def doc_sections() -> dict[tuple[str, int], set[str]]:
+    """(name, major) -> documented fields; the heading's minor must be the code's."""
     sections = {}
-    parts = re.split(r"^### `facestitch\.(\w+)/(\d+)`\s*$", DOC, flags=re.M)
-    for i in range(1, len(parts), 3):
-        body = parts[i + 2].split("\n## ", 1)[0]
-        sections[(parts[i], int(parts[i + 1]))] = set(
-            re.findall(r"^\| `([^`]+)` \|", body, flags=re.M))
+    parts = re.split(r"^### `facestitch\.(\w+)/(\d+)(?:\.(\d+))?`\s*$", DOC,
+                     flags=re.M)
+    for i in range(1, len(parts), 4):
+        name, major, minor = parts[i], int(parts[i + 1]), int(parts[i + 2] or 0)
+        body = parts[i + 3].split("\n## ", 1)[0]
+        cls = d.DOCUMENT_TYPES.get(name)
+        assert cls is None or minor == cls.MINOR, f"{name}/{major}.{minor} documented"
+        sections[(name, major)] = set(re.findall(r"^\| `([^`]+)` \|", body,
+                                                 flags=re.M))
     return sections
 
 
@@ -70,9 +80,11 @@ def test_every_document_type_is_documented_at_its_version():
     assert {name for name, _ in sections} == set(d.DOCUMENT_TYPES)
     for name, cls in d.DOCUMENT_TYPES.items():
         assert (name, cls.VERSION) in sections, f"{cls.schema()} not in the doc"
-    for name, major in re.findall(r"facestitch\.(\w+)/(\d+)", DOC):
+    for name, major, minor in re.findall(r"facestitch\.(\w+)/(\d+)(?:\.(\d+))?",
+                                         DOC):
         cls = d.DOCUMENT_TYPES.get(name)
         assert cls is not None and int(major) == cls.VERSION, f"{name}/{major}"
+        assert int(minor or 0) <= cls.MINOR, f"{name}/{major}.{minor}"
 
 
 @pytest.mark.parametrize("name", sorted(d.DOCUMENT_TYPES))

@@ -45,9 +45,13 @@ def test_golden_job_v1_reads_with_the_same_meaning():
         host={"app": "resolve", "timeline": "edit v3"},
         created="2026-11-21T08:00:00Z")
     assert job.range.start_frame_number == 86400
-    # unknown keys survive a read-modify-write round trip, byte for byte
+    assert job.priority == d.PRIORITY_NORMAL  # Job/1.0 -> 1.1: from the kind
+    # unknown keys survive a read-modify-write round trip, byte for byte; written
+    # back, the document is a Job/1.1 with the priority the upgrade gave it
     assert job.extra == {"x_future_key": {"kept": True}}
-    assert msgpack.unpackb(job.to_bytes()) == msgpack.unpackb(GOLDEN_JOB_V1)
+    assert msgpack.unpackb(job.to_bytes()) == {
+        **msgpack.unpackb(GOLDEN_JOB_V1), "schema": "facestitch.Job/1.1",
+        "priority": 0}
 
 
 @pytest.mark.parametrize("doc", [
@@ -128,6 +132,38 @@ def test_newer_job_major_is_rejected(tmp_path):
     p.write_bytes(pack(schema="facestitch.Job/2", id="x"))
     with pytest.raises(DocumentVersionError, match=r"job\.msgpack.*Job/1\.\.1"):
         load_document(p, Job)
+
+
+def test_job_minor_versions_upgrade_and_newer_minors_are_read_as_they_are():
+    base = job_dict()
+    del base["priority"]
+    old = {**base, "schema": "facestitch.Job/1"}
+    assert decode_document(pack(**old), Job).priority == d.PRIORITY_NORMAL
+    draft = {**old, "kind": "draft"}
+    assert decode_document(pack(**draft), Job).priority == d.PRIORITY_DRAFT
+    # a 1.1 document without the key gets the kind's default; with it, its value
+    assert decode_document(pack(**{**draft, "schema": "facestitch.Job/1.1"}),
+                           Job).priority == d.PRIORITY_DRAFT
+    low = decode_document(pack(**{**draft, "schema": "facestitch.Job/1.1",
+                                  "priority": -5}), Job)
+    assert low.priority == -5 and low.to_dict()["schema"] == "facestitch.Job/1.1"
+    # a newer minor of a known major only adds keys: read, kept, written back
+    newer = decode_document(pack(**{**old, "schema": "facestitch.Job/1.7",
+                                    "x_later": 1}), Job)
+    assert newer.extra == {"x_later": 1}
+    with pytest.raises(DocumentFieldError, match="priority") as err:
+        decode_document(pack(**{**old, "priority": 1000}), Job)
+    assert err.value.field == "priority"
+    for bad in ("facestitch.Job/1.", "facestitch.Job/1.x", "facestitch.Job/.1"):
+        with pytest.raises(DocumentFieldError, match="schema"):
+            decode_document(pack(**{**old, "schema": bad}), Job)
+
+
+def test_a_missing_minor_upgrade_step_is_an_error(monkeypatch):
+    monkeypatch.delitem(d.MINOR_UPGRADES, ("Job", 1, 0))
+    data = {**job_dict(), "schema": "facestitch.Job/1"}
+    with pytest.raises(DocumentVersionError, match=r"no upgrade from Job/1\.0"):
+        decode_document(pack(**data), Job, source="j.msgpack")
 
 
 def test_missing_upgrade_step_is_an_error(widget, monkeypatch):

@@ -77,7 +77,8 @@ def test_fake_models_the_documented_traps(plate):
     assert timeline.GetCurrentVideoItem() is None
     assert not item.AddMarker(8, "Red", "x", "", 1, "")  # clip markers are relative
     project = resolve.project
-    assert not project.SetRenderSettings({"MarkIn": 1, "ReplaceExistingFilesInPlace": True})
+    assert not project.SetRenderSettings({"MarkIn": 1,
+                                          "ReplaceExistingFilesInPlace": True})
     assert project.render_settings()["settings"]["MarkIn"] is None  # all or nothing
     pool = project.GetMediaPool()
     timeline.AddTrack("video")
@@ -236,7 +237,7 @@ def test_the_jobs_timeline_is_used_and_the_current_one_restored(plate, done):
         place_result(session, host, done[1], done[0])
 
 
-# ---- export by rendering -----------------------------------------------------------------
+# ---- export by rendering -------------------------------------------------------------
 
 def compound_shot(plate_frames, **fake):
     resolve = FakeResolve(rate=RATE, **fake)
@@ -326,7 +327,8 @@ def test_media_the_engine_cannot_decode_is_rendered_offline_media_refused(tmp_pa
         assert shot.export == "render", name
         assert ("dpx sequences" if name == "DPX" else ".braw") in shot.export_reason
     gone = resolve.project.add_virtual_media("gone", {
-        "File Path": str(tmp_path / "nope" / "clip.braw"), "Type": "Video", "FPS": 25.0})
+        "File Path": str(tmp_path / "nope" / "clip.braw"), "Type": "Video",
+        "FPS": 25.0})
     item = timeline.place(gone, record=90100, duration=5)
     with pytest.raises(MediaMissing, match="offline"):  # never render "Media Offline"
         read_shot(session, item)

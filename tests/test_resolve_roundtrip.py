@@ -185,7 +185,8 @@ def test_offline_media_is_refused_at_send_time(clips, tmp_path):
 def test_shot_with_two_faces_uses_the_editors_choice(clips, tmp_path):
     pytest.importorskip("dlib")
     clip = write_clip(tmp_path / "two.mov",
-                      render_frames(ClipSpec(frames=10, second_face=True)), Fraction(25))
+                      render_frames(ClipSpec(frames=10, second_face=True)),
+                      Fraction(25))
     resolve, timeline, item = shot_on_timeline(clip, Fraction(25), left=2, duration=6)
     session = open_session(resolve)
     seen = {}
@@ -218,7 +219,8 @@ def test_shot_with_two_faces_uses_the_editors_choice(clips, tmp_path):
         assert fr.present and 110 < (fr.box[0] + fr.box[2]) / 2 < 210
 
     # the real engine (align-preview: track from the attachment, align, paste)
-    pipelines = {"align-preview": ("engine.stages.track:TrackStage", "engine.stages.align:AlignStage",
+    pipelines = {"align-preview": ("engine.stages.track:TrackStage",
+                                   "engine.stages.align:AlignStage",
                                    "engine.stages.paste:PasteStage")}
     assert run_engine(exchange, tmp_path, pipelines) == 1
     status = job_status(exchange, sent.job_id)

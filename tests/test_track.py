@@ -1,4 +1,5 @@
-"""engine.stages.track: backends, identities across frames, subject choice, gaps, no face."""
+"""engine.stages.track: backends, identities across frames, subject choice,
+gaps, no face."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from fsexchange.options import PipelineConfig, TrackConfig
 from engine.stages.contract import StageContext
 from fsexchange.documents import (FaceTrack, FrameRange, Job, Source, Subject,
                                   TrackFrame, load_document)
-from fsexchange.errors import ModelMissing, NoFaceFound, SubjectInvalid
+from fsexchange.errors import (DocumentFieldError, ModelMissing, NoFaceFound,
+                               SubjectInvalid)
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +73,20 @@ def test_identities_are_followed_and_chosen(two_faces):
     # identities never swap: the astronaut's box moves smoothly
     centres = np.stack([astro.detections[i].centre for i in range(12)])
     assert np.abs(np.diff(centres, axis=0)).max() < 15
+
+
+def test_default_subject_first_is_the_detectors_first_face(two_faces):
+    _, identities = two_faces
+    first, facts = tr.choose_subject(identities, default="first")
+    assert first.id == min(i.id for i in identities)  # numbered in detection order
+    assert facts["default_subject"] == "first"
+    largest, _ = tr.choose_subject(identities, default="largest")
+    # an explicit index still counts by size, whatever the default
+    assert tr.choose_subject(identities, Subject(index=0), default="first")[0] \
+        is largest
+    with pytest.raises(DocumentFieldError) as exc:
+        tr.choose_subject(identities, default="biggest")
+    assert exc.value.field == "options.track.default_subject"
 
 
 def test_short_gap_interpolated_long_gap_passes_through(dlib_backend):
@@ -146,10 +162,21 @@ def test_face_alignment_weights_missing_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(ModelMissing) as exc:
         faces.make_backend(TrackConfig(backend="face-alignment"))
     msg = exc.value.message
-    assert faces.FAN_FILE in msg and str(tmp_path / "torch" / "hub" / "checkpoints") in msg
+    assert faces.FAN_FILE in msg
+    assert str(tmp_path / "torch" / "hub" / "checkpoints") in msg
     assert exc.value.code == "model.missing"
     assert not (tmp_path / "torch" / "hub" / "checkpoints" / faces.FAN_FILE).exists()
     assert faces.make_backend(TrackConfig(backend="auto")).name == "dlib"
+
+
+def test_dlib_is_the_default_even_with_face_alignment_weights(tmp_path, monkeypatch):
+    # STIT and FFHQ use dlib's landmarks; face-alignment is only taken when asked for
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    (hub / faces.FAN_FILE).write_bytes(b"not a network")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    assert TrackConfig().backend == "dlib"
+    assert faces.make_backend(TrackConfig()).name == "dlib"
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""engine.media.video: frame-accurate reading, sequences, writers, naming, media errors."""
+"""engine.media.video: frame-accurate reading, sequences, writers, naming,
+media errors."""
 
 from __future__ import annotations
 

@@ -17,12 +17,17 @@ def main(argv: list[str]) -> int:
     from engine.models.directions import available_edits
     from engine.models.store import Store, resolve_profile
 
+    from engine.models.styleclip import TEXT_EDIT_FILES
+
     store = Store()
     profile = resolve_profile(args.profile, store)
     edits = available_edits(profile, store=store)
+    text_missing = [n for n in TEXT_EDIT_FILES if store.installed(n) is None]
     if args.json:
         print(json.dumps({"profile": profile, "edits": [d.to_dict() for d in
-                                                        edits.values()]}, indent=2))
+                                                        edits.values()],
+                          "text_edits": {"ready": not text_missing,
+                                         "missing": text_missing}}, indent=2))
         return 0
     if profile == "tiny":
         print("profile tiny: synthetic TEST directions (not real edits); install the "
@@ -39,4 +44,9 @@ def main(argv: list[str]) -> int:
               f"({d.licence})")
     if profile == "official" and not any(d.space == "s" for d in edits.values()):
         print("  (no S-space / StyleCLIP directions installed)")
+    if text_missing:
+        print(f"text edits (--edit-text): need {', '.join(text_missing)} "
+              f"(facestitch models fetch --accept-licence {' '.join(text_missing)})")
+    else:
+        print("text edits (--edit-text): ready (CLIP ViT-B/32 and fs3.npy installed)")
     return 0

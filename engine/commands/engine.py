@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
 from pathlib import Path
 
 __all__ = ["main", "build_parser"]
@@ -45,6 +47,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lease", type=_positive(float), default=30.0, metavar="SECONDS",
                    help="lease length: a job whose worker died is taken over this "
                    "long after its last heartbeat (default 30)")
+    p.add_argument("--ocio-config", type=Path, metavar="FILE",
+                   help="OpenColorIO config for jobs that name none (default: $OCIO, "
+                   "else the built-in ACES studio config; docs/colour.md)")
+    p.add_argument("--ray", nargs="?", const="auto", default=None,
+                   metavar="ADDRESS",
+                   help="run the units of each stage as tasks on a Ray cluster: "
+                   "HOST:PORT of its head, 'auto' (the cluster of this machine or "
+                   "RAY_ADDRESS; the default when no ADDRESS is given) or 'local' "
+                   "(a private one); job folders must be on storage every node "
+                   "sees (docs/scale.md)")
+    p.add_argument("--shards", type=_positive(int), default=None, metavar="N",
+                   help="with --ray: shards per stage that splits by frames "
+                   "(default: one per task slot of the cluster)")
+    p.add_argument("--threads", type=_positive(int), default=None, metavar="N",
+                   help="intra-op threads of each job's computation, recorded with "
+                   "the job so every unit uses them (default: torch's)")
     return p
 
 
@@ -59,12 +77,39 @@ def main(argv: list[str]) -> int:
     for root in args.media_roots:
         if not root.is_dir():
             build_parser().error(f"--media-root {root} is not a folder")
+    from fsexchange.exchange import Exchange
+
+    # A file, an unwritable or read-only folder: one line now, not an engine that
+    # idles forever unable to claim anything.
+    Exchange(args.exchange.absolute()).ensure().check_writable()
+    ocio = str(args.ocio_config.resolve()) if args.ocio_config else \
+        os.environ.get("OCIO", "")
+    if ocio:
+        from engine.media.colour import load_config
+        from fsexchange.errors import ColourError
+
+        try:
+            load_config(ocio)  # refuse a broken config now, not in every job
+        except ColourError as exc:
+            build_parser().error(exc.message)
     opts = EngineOptions(
         exchange=args.exchange.absolute(), workers=args.workers, once=args.once,
         device=args.device,
         media_roots=tuple(r.resolve() for r in args.media_roots),
         poll_interval=args.poll, lease_seconds=args.lease,
-        use_watchdog=not args.no_watch)
-    n = serve(opts)
+        use_watchdog=not args.no_watch, ocio_config=ocio, ray=args.ray,
+        shards=args.shards or 0, threads=args.threads or 0)
+    if args.shards and args.ray is None:
+        build_parser().error("--shards needs --ray")
+    unreachable: tuple[type[Exception], ...] = ()
+    if args.ray is not None:
+        from engine.service.ray_backend import RayUnreachable
+
+        unreachable = (RayUnreachable,)
+    try:
+        n = serve(opts)
+    except unreachable as exc:
+        print(f"facestitch engine: error: {exc}", file=sys.stderr)
+        return 2
     log.info("engine stopped; %d job(s) finished", n)
     return 0

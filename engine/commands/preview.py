@@ -9,7 +9,10 @@ afterwards. Delivers into DIR:
   the dilated face mask; numbered by source timecode frame, or from
   ``--start-number``);
 - ``preview.mp4``: the composited movie at the source rate;
-- ``contact_sheet.png``: the aligned crops, to check the track at a glance;
+- ``contact_sheet.png``: the aligned crops (what the networks see), to check the
+  track at a glance;
+- ``network_view.png``: a source frame next to the networks' rendering of it
+  (log and HDR sources are shown through the view transform, docs/colour.md);
 - ``facetrack.msgpack``: the ``FaceTrack/1`` of the chosen face;
 - ``report.html``: the job report (temporal metrics off unless asked for).
 
@@ -19,6 +22,8 @@ The input media is never written: DIR may not be the media or inside a sequence.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import re
 import shutil
 import sys
@@ -41,8 +46,8 @@ def _check_out(media: Path, out: Path) -> None:
         raise DocumentFieldError(
             f"--out {out} is the input media or inside it; choose another folder so "
             "the source is never written", field="out")
-    for sub in ("frames", "preview.mp4", "contact_sheet.png", "facetrack.msgpack",
-                "report.html"):
+    for sub in ("frames", "preview.mp4", "contact_sheet.png", "network_view.png",
+                "facetrack.msgpack", "report.html"):
         dest = out / sub
         if dest == media or is_within(media, dest):
             raise DocumentFieldError(
@@ -54,9 +59,11 @@ def run_preview(media: str | Path, out: str | Path, *, start: int = 0,
                 end: int | None = None, face: int | None = None,
                 options: dict | None = None, output_format: str = "png16",
                 start_number: int | None = None, rate=None, device: str = "auto",
-                progress=None) -> dict:
+                progress=None, ocio_config: str | None = None) -> dict:
     """Run the preview and return ``{"frames": [paths], "preview", "contact_sheet",
-    "facetrack", "warnings", "edited"}`` (paths inside ``out``)."""
+    "network_view", "facetrack", "warnings", "edited"}`` (paths inside ``out``).
+    ``ocio_config``: an OpenColorIO config file for a job that names none (default
+    ``$OCIO``, else the built-in config)."""
     from engine.stages.contract import StageContext
     from engine.stages.pipeline import run_pipeline, stages_for
     from fsexchange.options import PipelineConfig
@@ -86,6 +93,10 @@ def run_preview(media: str | Path, out: str | Path, *, start: int = 0,
     # options {"metrics": {"enabled": true}}.
     options.setdefault("metrics", {"enabled": False})
     config = PipelineConfig.from_options(options)
+    ocio = ocio_config if ocio_config is not None else os.environ.get("OCIO", "")
+    if ocio and not config.colour.config:
+        config = dataclasses.replace(config, colour=dataclasses.replace(
+            config.colour, config=str(ocio)))
     job = build_job(id_prefix="preview", kind="align-preview",
                     source=Source(str(media), info.kind),
                     range=FrameRange(start, end, info.rate, info.start_timecode),
@@ -121,6 +132,7 @@ def run_preview(media: str | Path, out: str | Path, *, start: int = 0,
                   "count": len(facts["paste"]["frames"])}
         for key, name in (("preview", "preview.mp4"),
                           ("contact_sheet", "contact_sheet.png"),
+                          ("network_view", "network_view.png"),
                           ("report", "report.html")):
             src = job_dir / "output" / name
             if src.exists():
@@ -158,9 +170,22 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rate", default=None,
                         help="frame rate of an image sequence (default 24)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--colour", "--color", metavar="NAME", default=None,
+                        help="the source's colour space (Rec.709, sRGB, Rec.2020, "
+                        "Rec.2100 PQ, Rec.2100 HLG, ARRI LogC3, ARRI LogC4, S-Log3, "
+                        "V-Log, ACEScct, ACEScg... or an OCIO colour-space name); "
+                        "default: from the media's tags")
+    parser.add_argument("--ocio-config", metavar="FILE", default=None,
+                        help="OpenColorIO config (default $OCIO, else the built-in "
+                        "ACES studio config)")
     args = parser.parse_args(argv)
+    from fsexchange.paths import check_output
+
+    check_output(args.out, folder=True)  # before any work: a file there, no rights
 
     options = {"track": {"backend": args.backend}}
+    if args.colour:
+        options["colour"] = {"source": args.colour}
     if args.resolution:
         options["align"] = {"resolution": args.resolution}
 
@@ -176,7 +201,8 @@ def main(argv: list[str]) -> int:
     res = run_preview(args.media, args.out, start=start, end=end, face=args.face,
                       options=options, output_format=args.format,
                       start_number=args.start_number, rate=args.rate,
-                      device=args.device, progress=progress)
+                      device=args.device, progress=progress,
+                      ocio_config=args.ocio_config)
     if sys.stderr.isatty():
         print(file=sys.stderr)
     frames = res["frames"]
@@ -187,6 +213,9 @@ def main(argv: list[str]) -> int:
         print(f"preview movie:  {res['preview']}")
     if "contact_sheet" in res:
         print(f"contact sheet:  {res['contact_sheet']}")
+    if "network_view" in res:
+        print(f"network view:   {res['network_view']} (source | what the networks "
+              "see)")
     if "report" in res:
         print(f"report:         {res['report']}")
     print(f"face track:     {res['facetrack']}")

@@ -11,9 +11,15 @@ pts, never by counting from the seek point.
 
 Handled: odd sizes, rotation metadata (the display matrix is applied, so frames come
 out as a player shows them), 10/12-bit sources (decoded to uint16 when ``depth=16``),
-full-range and limited-range YUV. Writers: 16-bit PNG (straight alpha), half-float
-EXR (premultiplied, the EXR convention), 16-bit PAM ``RGB_ALPHA`` (what the OpenFX
-shim reads without libraries) and movies (H.264 previews; ProRes 4444 with alpha).
+float EXR (``depth=32``: float32 as stored, nothing clipped), full-range and
+limited-range YUV. YUV is decoded with the matrix and range the file is tagged with,
+and where it says nothing with what editors assume
+(:func:`fsexchange.colour.assumed_tags`, docs/colour.md). Writers: 16-bit PNG
+(straight alpha), half-float EXR (premultiplied, the EXR convention, with
+``chromaticities``, ``framesPerSecond`` and ``timeCode`` attributes when given),
+16-bit PAM ``RGB_ALPHA`` (what the OpenFX shim reads without libraries) and movies
+(H.264 previews; ProRes 4444 with alpha), encoded with the source's matrix and range
+and tagged with its matrix, primaries, transfer and range.
 
 numpy + av + cv2 (+ OpenEXR for ``.exr``); no torch.
 """
@@ -24,10 +30,12 @@ import logging
 import os
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from fsexchange.colour import (MATRIX_NAMES, PRIMARIES_NAMES, RANGE_NAMES,
+                               TRANSFER_NAMES, ColourTags, assumed_tags)
 from fsexchange.documents import Job
 from fsexchange.errors import (
     MediaCorrupt,
@@ -36,11 +44,13 @@ from fsexchange.errors import (
     RangeInvalid,
     RangeOutOfBounds,
 )
-from fsexchange.fsutil import atomic_write_bytes, unique_name
+from fsexchange.fsutil import atomic_write_bytes, check_regular, unique_name
 from fsexchange.media import MediaIndex, MediaInfo, media_index, open_container
 
 __all__ = [
     "read_frames",
+    "read_files",
+    "read_frames_at",
     "read_image",
     "write_rgba",
     "encode_png",
@@ -48,6 +58,9 @@ __all__ = [
     "MovieWriter",
     "output_name",
     "to_depth",
+    "to_float",
+    "exr_attributes",
+    "movie_tags",
 ]
 
 log = logging.getLogger(__name__)
@@ -88,6 +101,21 @@ def to_depth(img: np.ndarray, depth: int) -> np.ndarray:
     raise ValueError(f"unsupported image dtype {img.dtype}")
 
 
+def to_float(img: np.ndarray) -> np.ndarray:
+    """uint8/uint16 -> float32 in 0..1; float images as float32, unclipped."""
+    if img.dtype == np.uint8:
+        return img.astype(np.float32) / 255.0
+    if img.dtype == np.uint16:
+        return img.astype(np.float32) / 65535.0
+    if np.issubdtype(img.dtype, np.floating):
+        return img.astype(np.float32, copy=False)
+    raise ValueError(f"unsupported image dtype {img.dtype}")
+
+
+def _at_depth(img: np.ndarray, depth: int) -> np.ndarray:
+    return to_float(img) if depth == 32 else to_depth(img, depth)
+
+
 def _channels(img: np.ndarray, alpha: bool) -> np.ndarray:
     if img.ndim == 2:
         img = img[:, :, None]
@@ -114,8 +142,9 @@ def read_frames(
     depth: int = 8,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Stream frames ``start`` (inclusive) to ``end`` (exclusive) of a movie or a
-    sequence folder as ``(index, HxWx3 or HxWx4 RGB[A])`` uint8 (``depth=8``) or
-    uint16 (``depth=16``). One frame is held at a time.
+    sequence folder as ``(index, HxWx3 or HxWx4 RGB[A])`` uint8 (``depth=8``),
+    uint16 (``depth=16``) or float32 (``depth=32``: 0..1 for integer sources, EXR
+    values as stored, above 1 included). One frame is held at a time.
 
     The range is validated before anything is yielded (:class:`RangeInvalid`,
     :class:`RangeOutOfBounds`). Rotation metadata is applied. Without ``alpha`` an
@@ -126,13 +155,42 @@ def read_frames(
         for index, rgb in read_frames("plate.mov", 100, 148):
             ...
     """
-    if depth not in (8, 16):
-        raise ValueError(f"depth must be 8 or 16, got {depth}")
+    if depth not in (8, 16, 32):
+        raise ValueError(f"depth must be 8, 16 or 32, got {depth}")
     idx = media_index(path)
     end = _check_range(idx.info, start, end)
     if idx.info.kind == "sequence":
         return _read_sequence(idx, start, end, alpha, depth)
     return _read_video(idx, start, end, alpha, depth)
+
+
+def read_files(files: Sequence[str | os.PathLike[str]], *, alpha: bool = False,
+               depth: int = 8) -> Iterator[tuple[int, np.ndarray]]:
+    """Frames from a list of image files, in the list's order, as
+    :func:`read_frames` gives a sequence's (``(position, image)``; one size, that
+    of the first file). For frames a document lists, such as a job's
+    ``Result/1`` frames, where a folder may hold other images too."""
+    if depth not in (8, 16):
+        raise ValueError(f"depth must be 8 or 16, got {depth}")
+    paths = tuple(Path(f) for f in files)
+    if not paths:
+        return iter(())
+    first = read_image(paths[0])
+    h, w = first.shape[:2]
+    info = MediaInfo(paths[0].parent, "sequence", w, h, len(paths), Fraction(24),
+                     None, 16 if first.dtype != np.uint8 else 8,
+                     first.ndim == 3 and first.shape[2] in (2, 4), 0)
+    return _read_sequence(MediaIndex(info, files=paths), 0, len(paths), alpha, depth)
+
+
+def read_frames_at(path: str | os.PathLike[str], frames: Iterable[int], *,
+                   alpha: bool = False, depth: int = 8
+                   ) -> Iterator[tuple[int, np.ndarray]]:
+    """:func:`read_frames` of a few chosen frames (increasing media indices), each
+    reached by seeking: for frames spread over a long shot this decodes from the
+    keyframes before them instead of every frame in between."""
+    for f in frames:
+        yield from read_frames(path, int(f), int(f) + 1, alpha=alpha, depth=depth)
 
 
 def _read_sequence(idx: MediaIndex, start: int, end: int, alpha: bool,
@@ -147,18 +205,42 @@ def _read_sequence(idx: MediaIndex, start: int, end: int, alpha: bool,
             raise MediaUnsupported(
                 f"{idx.files[i].name}: is {img.shape[1]}x{img.shape[0]}, the sequence "
                 f"is {idx.info.width}x{idx.info.height}", frame=i)
-        yield i, _channels(to_depth(img, depth), alpha)
+        yield i, _channels(_at_depth(img, depth), alpha)
 
 
-def _frame_to_array(frame, alpha: bool, depth: int, rotation: int) -> np.ndarray:
+#: FFmpeg matrix name -> swscale's colour-space name (PyAV ``Colorspace``).
+_SWS_MATRIX = {"bt709": "itu709", "smpte170m": "itu601", "bt470bg": "itu601",
+               "smpte240m": "smpte240m", "fcc": "fcc", "bt2020nc": "bt2020",
+               "bt2020c": "bt2020"}
+_SWS_RANGE = {"tv": "MPEG", "pc": "JPEG"}
+
+
+def _sws_flags():
+    """Bicubic with accurate rounding and full-resolution chroma: swscale's default
+    (bilinear, fast rounding) alone is off by up to 3 levels at 8 bits."""
+    from av.video.reformatter import Interpolation as I
+
+    return I.BICUBIC | I.ACCURATE_RND | I.FULL_CHR_H_INT | I.FULL_CHR_H_INP
+
+
+def _frame_to_array(frame, alpha: bool, depth: int, rotation: int,
+                    tags: ColourTags) -> np.ndarray:
     has_alpha = any(c.is_alpha for c in frame.format.components)
     if depth == 8:
         fmt = "rgba" if has_alpha else "rgb24"
     else:
         fmt = "rgba64le" if has_alpha else "rgb48le"
-    # Honour the stream's range (full-range "yuvj" sources) and colour matrix.
-    range_ = frame.color_range if frame.color_range else None
-    arr = frame.to_ndarray(format=fmt, src_color_range=range_)
+    if frame.format.is_rgb:
+        arr = frame.to_ndarray(format=fmt)
+    else:
+        # Decode with the matrix and range the file is tagged with (or what
+        # editors assume where it says nothing), never swscale's BT.601 default.
+        arr = frame.to_ndarray(format=fmt,
+                               src_colorspace=_SWS_MATRIX.get(tags.matrix, "itu709"),
+                               src_color_range=_SWS_RANGE.get(tags.range, "MPEG"),
+                               interpolation=_sws_flags())
+    if depth == 32:
+        arr = arr.astype(np.float32) / 65535.0
     if rotation:
         arr = np.rot90(arr, k=rotation // 90)  # display matrix: counter-clockwise
     return _channels(arr, alpha)
@@ -169,6 +251,7 @@ def _read_video(idx: MediaIndex, start: int, end: int, alpha: bool,
     import av
 
     path = idx.info.path
+    tags, _ = assumed_tags(idx.info.colour, idx.info.width, idx.info.height)
     want = {p: i for i, p in enumerate(idx.pts[start:end], start)}
     first_pts, last_pts = idx.pts[start], idx.pts[end - 1]
     container = open_container(path)
@@ -204,7 +287,8 @@ def _read_video(idx: MediaIndex, start: int, end: int, alpha: bool,
                 if index != next_index:
                     raise MediaCorrupt(f"{path.name}: frame {next_index} could not be "
                                        "decoded", frame=next_index)
-                yield index, _frame_to_array(frame, alpha, depth, idx.rotation)
+                yield index, _frame_to_array(frame, alpha, depth, idx.rotation,
+                                             tags)
                 next_index += 1
             try:
                 frame = next(frames, None)
@@ -229,6 +313,7 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     ext = p.suffix.lower()
     if not p.exists():
         raise MediaMissing(f"image {p.name!r} does not exist")
+    check_regular(p)  # never hand a pipe to a decoder: it would block
     if ext == ".pam":
         return _read_pam(p)
     if ext == ".exr":
@@ -324,10 +409,13 @@ def encode_png(img: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def encode_rgba(ext: str, rgba: np.ndarray) -> bytes:
-    """Encode an RGB[A] image (uint8, uint16 or float in 0..1, straight alpha) as
-    ``.png`` (16-bit RGBA, straight), ``.exr`` (half RGBA, premultiplied) or
-    ``.pam`` (16-bit ``RGB_ALPHA``, straight, big-endian, rows top to bottom)."""
+def encode_rgba(ext: str, rgba: np.ndarray, *,
+                attributes: dict | None = None) -> bytes:
+    """Encode an RGB[A] image (uint8, uint16 or float, straight alpha) as
+    ``.png`` (16-bit RGBA, straight; floats clipped to 0..1), ``.exr`` (half RGBA,
+    premultiplied, floats as given, with the header ``attributes`` of
+    :func:`exr_attributes`) or ``.pam`` (16-bit ``RGB_ALPHA``, straight,
+    big-endian, rows top to bottom)."""
     ext = ext.lower() if ext.startswith(".") else f".{ext.lower()}"
     if ext == ".png":
         import cv2
@@ -344,11 +432,33 @@ def encode_rgba(ext: str, rgba: np.ndarray) -> bytes:
                   "TUPLTYPE RGB_ALPHA\nENDHDR\n").encode("ascii")
         return header + img.astype(">u2").tobytes()
     if ext == ".exr":
-        return _encode_exr(rgba)
+        return _encode_exr(rgba, attributes or {})
     raise ValueError(f"unsupported output extension {ext!r} (.png, .exr, .pam)")
 
 
-def _encode_exr(rgba: np.ndarray) -> bytes:
+def exr_attributes(*, chromaticities: tuple[float, ...] | None = None,
+                   rate: Fraction | None = None,
+                   timecode: str | None = None) -> dict:
+    """EXR header attributes: ``chromaticities`` (red, green, blue, white xy),
+    ``framesPerSecond`` (a rational) and ``timeCode`` (SMPTE, from ``HH:MM:SS:FF``;
+    ``;`` before the frames marks drop-frame)."""
+    import OpenEXR
+
+    out: dict = {}
+    if chromaticities is not None:
+        out["chromaticities"] = tuple(float(v) for v in chromaticities)
+    if rate is not None:
+        out["framesPerSecond"] = Fraction(rate)  # written as a "rational"
+    if timecode:
+        hh, mm, ss, ff = (int(v) for v in timecode.replace(";", ":").split(":"))
+        tc = OpenEXR.TimeCode()
+        tc.hours, tc.minutes, tc.seconds, tc.frame = hh, mm, ss, ff
+        tc.dropFrame = ";" in timecode
+        out["timeCode"] = tc
+    return out
+
+
+def _encode_exr(rgba: np.ndarray, attributes: dict) -> bytes:
     import tempfile
 
     import OpenEXR
@@ -359,7 +469,8 @@ def _encode_exr(rgba: np.ndarray) -> bytes:
         img = _as_rgba16(rgba).astype(np.float32) / 65535.0
     img = img.copy()
     img[:, :, :3] *= img[:, :, 3:4]  # EXR convention: premultiplied alpha
-    header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
+    header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage,
+              **attributes}
     # OpenEXR writes files only; go through a private temp file.
     fd, tmp = tempfile.mkstemp(suffix=".exr")
     os.close(fd)
@@ -371,20 +482,47 @@ def _encode_exr(rgba: np.ndarray) -> bytes:
         os.unlink(tmp)
 
 
-def write_rgba(path: str | os.PathLike[str], rgba: np.ndarray) -> None:
+def write_rgba(path: str | os.PathLike[str], rgba: np.ndarray, *,
+               attributes: dict | None = None) -> None:
     """Write an RGBA frame atomically, format by extension: ``.png`` (16-bit,
-    straight alpha), ``.exr`` (half float, premultiplied), ``.pam`` (16-bit
-    ``RGB_ALPHA``). RGB input gets an opaque alpha."""
-    atomic_write_bytes(path, encode_rgba(Path(path).suffix, rgba))
+    straight alpha), ``.exr`` (half float, premultiplied, with ``attributes``),
+    ``.pam`` (16-bit ``RGB_ALPHA``). RGB input gets an opaque alpha."""
+    atomic_write_bytes(path, encode_rgba(Path(path).suffix, rgba,
+                                         attributes=attributes))
+
+
+_INT = {"matrix": {v: k for k, v in MATRIX_NAMES.items()},
+        "primaries": {v: k for k, v in PRIMARIES_NAMES.items()},
+        "transfer": {v: k for k, v in TRANSFER_NAMES.items()},
+        "range": {v: k for k, v in RANGE_NAMES.items()}}
+
+
+def movie_tags(source: ColourTags | None, size: tuple[int, int]) -> ColourTags:
+    """The tags a YUV movie made from a source gets: the source's own (its
+    assumptions filled in, docs/colour.md); for RGB-coded sources (image
+    sequences, FFV1 RGB) the matrix editors assume for the size, video range."""
+    w, h = size
+    tags, _ = assumed_tags(source or ColourTags(), w, h)
+    if tags.rgb or tags.matrix == "rgb":
+        hd = w >= 1280 or h >= 720
+        matrix = "bt2020nc" if tags.primaries == "bt2020" else (
+            "bt709" if hd else "smpte170m")
+        tags = ColourTags(matrix=matrix, primaries=tags.primaries,
+                          transfer=tags.transfer, range="tv")
+    return tags
 
 
 class MovieWriter:
     """Write frames to a movie, published atomically when closed.
 
-    H.264 (``codec="libx264"``, yuv420p, crf 18; odd sizes are padded by repeating
-    the last row/column) for previews; ``codec="prores_ks"`` with ``alpha=True``
-    writes ProRes 4444 with alpha (yuva444p10le). Frames are RGB or RGBA, uint8 or
-    uint16.
+    H.264 (``codec="libx264"``, yuv420p, crf 18, or yuv420p10le when ``depth`` > 8;
+    odd sizes are padded by repeating the last row/column) for previews;
+    ``codec="prores_ks"`` with ``alpha=True`` writes ProRes 4444 with alpha
+    (yuva444p10le; 12-bit sources keep 10 bits there, prores_ks' only 4444 depth).
+    Frames are RGB or RGBA, uint8 or uint16, in the encoding ``colour`` describes:
+    they are converted to YUV with its matrix and range (the matrix FFmpeg would
+    otherwise pick is BT.601) and the stream is tagged with its matrix, primaries,
+    transfer and range (:func:`movie_tags`; Rec.709 for untagged HD).
 
     Example::
 
@@ -395,12 +533,14 @@ class MovieWriter:
 
     def __init__(self, path: str | os.PathLike[str], rate: Fraction,
                  size: tuple[int, int], *, codec: str = "libx264",
-                 alpha: bool = False) -> None:
+                 alpha: bool = False, colour: ColourTags | None = None,
+                 depth: int = 8) -> None:
         import av
 
         self.path = Path(path)
         self.size = (int(size[0]), int(size[1]))
         self.alpha = alpha
+        self.tags = movie_tags(colour, self.size)
         self._tmp = self.path.with_name(f".{self.path.stem}.{unique_name()}"
                                         f"{self.path.suffix}")
         fmt = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska"}.get(
@@ -424,12 +564,19 @@ class MovieWriter:
         elif codec in ("libx264", "h264"):
             if alpha:
                 raise ValueError("H.264 has no alpha; use codec='prores_ks'")
-            self._stream.pix_fmt = "yuv420p"
+            self._stream.pix_fmt = "yuv420p10le" if depth > 8 else "yuv420p"
             self._stream.options = {"crf": "18", "preset": "veryfast"}
             self._pad = (w % 2, h % 2)  # 4:2:0 needs even sizes
         else:
             self._pad = (0, 0)
         self._stream.width, self._stream.height = w + self._pad[0], h + self._pad[1]
+        cc = self._stream.codec_context
+        self._tag_ints = {k: _INT[k].get(getattr(self.tags, k), 2 if k != "range"
+                                         else 0) for k in _INT}
+        cc.colorspace = self._tag_ints["matrix"]
+        cc.color_primaries = self._tag_ints["primaries"]
+        cc.color_trc = self._tag_ints["transfer"]
+        cc.color_range = self._tag_ints["range"]
         self._count = 0
         self._closed = False
 
@@ -444,12 +591,22 @@ class MovieWriter:
         if any(self._pad):
             img = np.pad(img, ((0, self._pad[1]), (0, self._pad[0]), (0, 0)),
                          mode="edge")
-        if img.dtype == np.uint16:
-            fmt = "rgba64le" if self.alpha else "rgb48le"
-        else:
-            img = to_depth(img, 8)
+        if img.dtype == np.uint8:
             fmt = "rgba" if self.alpha else "rgb24"
+        else:  # uint16, or float (clipped to 0..1)
+            img = to_depth(img, 16)
+            fmt = "rgba64le" if self.alpha else "rgb48le"
         vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format=fmt)
+        pix_fmt = self._stream.pix_fmt
+        if pix_fmt and pix_fmt != fmt:
+            vf = vf.reformat(format=pix_fmt,
+                             dst_colorspace=_SWS_MATRIX.get(self.tags.matrix, "itu709"),
+                             dst_color_range=_SWS_RANGE.get(self.tags.range, "MPEG"),
+                             interpolation=_sws_flags())
+        vf.colorspace = self._tag_ints["matrix"]
+        vf.color_primaries = self._tag_ints["primaries"]
+        vf.color_trc = self._tag_ints["transfer"]
+        vf.color_range = self._tag_ints["range"]
         vf.pts = self._count
         vf.time_base = self._time_base
         self._count += 1

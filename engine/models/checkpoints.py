@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -25,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from fsexchange.errors import ModelFormatError, ModelMissing
+from fsexchange.fsutil import check_regular, open_regular
 
 from engine.models.formats.bisenet import read_bisenet_state
 from engine.models.formats.e4e import read_e4e
@@ -48,7 +50,13 @@ _LEGACY_TORCH_MAGIC = b"\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 def sniff_format(path: str | Path) -> str:
     """"facestitch" | "torch-zip" | "torch-legacy" | "pickle" | "npy" | "unknown"."""
     path = Path(path)
+    if path.is_dir():
+        raise ModelFormatError(
+            f"{path} is a folder, not a model file: give the checkpoint file itself "
+            f"(official files from a folder: facestitch models install --from {path})")
     if not path.is_file():
+        if os.path.lexists(path):
+            check_regular(path)  # says what it is instead (a pipe, a socket...)
         raise ModelMissing(f"{path} not found")
     side = _sidecar(path)
     if side.is_file():
@@ -57,7 +65,7 @@ def sniff_format(path: str | Path) -> str:
                 return "facestitch"
         except (ValueError, OSError, AttributeError):
             pass
-    with open(path, "rb") as fh:
+    with open_regular(path, follow_symlinks=True) as fh:
         head = fh.read(16)
     if head.startswith(b"PK\x03\x04"):
         return "torch-zip"

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -32,6 +32,7 @@ from torch import nn
 from fsexchange.errors import ModelError, ModelFormatError, ModelMissing
 
 from engine.devices import resolve_device
+from engine.models.cache import cached, files_fingerprint
 from engine.models.checkpoints import load_encoder, load_generator
 from engine.models.formats.native import load_network, read_network_meta, save_network
 from engine.models.directions import Direction, available_edits
@@ -48,7 +49,7 @@ from engine.models.store import (
     resolve_profile,
 )
 
-__all__ = ["ModelSet", "load_models",
+__all__ = ["ModelSet", "load_models", "cached_models", "store_fingerprint",
            "build_tiny", "TINY_LABEL"]
 
 log = logging.getLogger(__name__)
@@ -275,3 +276,34 @@ def load_models(profile: str = "auto", device: str | torch.device = "cpu", *,
                     encoder_resolution=int(e.input_resolution),  # type: ignore
                     lpips=lp.to(dev), parser_path=parser, directions=directions,
                     info=info)
+
+
+# --- kept between jobs --------------------------------------------------------------
+
+
+def store_fingerprint(store: Store) -> tuple:
+    """Size and modification time of every file of the store (partial downloads
+    aside) and of an LPIPS backbone in torch's hub folder: what
+    :func:`cached_models` compares to know its networks are still the installed
+    ones."""
+    backbone = store.lpips_backbone_path()
+    return files_fingerprint([store.home, *([backbone] if backbone else [])],
+                             skip=("downloads",))
+
+
+def cached_models(profile: str = "auto", device: str | torch.device = "cpu", *,
+                  store: Store | None = None,
+                  loader: Callable[[], ModelSet] | None = None) -> ModelSet:
+    """:func:`load_models`, kept in this process between calls (drafts) until a
+    file of the store changes (:mod:`engine.models.cache`). Callers must not
+    modify the networks they get.
+
+    Args:
+        loader: what a miss loads instead of ``load_models(profile, device)``
+            (``bench/pipeline.py --draft`` seeds official-size random networks).
+    """
+    store = store or Store()
+    dev = str(torch.device(resolve_device(device)))
+    key = ("models", str(store.home.absolute()), profile, dev)
+    return cached(key, lambda: store_fingerprint(store),
+                  loader or (lambda: load_models(profile, dev, store=store)))

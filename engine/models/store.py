@@ -53,6 +53,9 @@ __all__ = [
     "Store",
     "store_home",
     "PARSER_FILE",
+    "CLIP_FILE",
+    "CLIP_VOCAB_FILE",
+    "FS3_FILE",
     "models_root",
     "store_files",
     "manifest_entry",
@@ -105,6 +108,10 @@ LICENCES: dict[str, Licence] = {lic.id: lic for lic in [
             "Released by its author to the public domain, but trained on iBUG 300-W, "
             "whose licence excludes commercial use.",
             "https://github.com/davisking/dlib-models", True, True),
+    Licence("mit-clip", "OpenAI CLIP (MIT)",
+            "CLIP's code, tokenizer vocabulary and released weights, under the MIT "
+            "licence of the openai/CLIP repository.",
+            "https://github.com/openai/CLIP/blob/main/LICENSE", False, False),
     Licence("mit-styleclip", "StyleCLIP (MIT)",
             "StyleCLIP global-direction data (fs3) from the STIT repository; the "
             "generator it was computed for is NVIDIA non-commercial.",
@@ -119,7 +126,7 @@ class ModelFile:
     Attributes:
         name: file name (also the manifest key and the `fetch NAME`).
         role: generator | generator_alt | encoder | parser | lpips_backbone |
-            w_direction | s_direction | landmarks.
+            w_direction | s_direction_data | landmarks | clip | clip_vocab.
         dest: path relative to the store home where it is installed.
         size: bytes when known.
         sha256: expected hash when known; ``sha256_verified`` says whether it was
@@ -154,6 +161,12 @@ W_DIRECTION_NAMES = (
 _STIT_COMMIT = "5d6c472bca3c5cc1751dc6932ebdd01ff37f36c2"
 _STIT_RAW = f"https://raw.githubusercontent.com/rotemtzaban/STIT/{_STIT_COMMIT}"
 _STIT_PAGE = "https://github.com/rotemtzaban/STIT#pretrained-models"
+_CLIP_COMMIT = "d05afc436d78f1c48dc0dbf8e5980a9d471f35f6"
+_CLIP_SHA = "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af"
+#: The files of StyleCLIP text edits (docs/models.md "CLIP text tower").
+CLIP_FILE = "ViT-B-32.pt"
+CLIP_VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
+FS3_FILE = "fs3.npy"
 
 MANIFEST: tuple[ModelFile, ...] = (
     ModelFile(
@@ -202,9 +215,29 @@ MANIFEST: tuple[ModelFile, ...] = (
         notes="dlib 68-point landmarks; also shipped by face-recognition-models."),
     ModelFile(
         "fs3.npy", "s_direction_data", "models/fs3.npy",
-        page=_STIT_PAGE, licence="mit-styleclip", required=False,
-        notes="StyleCLIP global-direction relevance matrix (6048 x 512); S-space "
-              "directions derived from it are installed with `models add`."),
+        url=f"{_STIT_RAW}/editings/styleclip_global/fs3.npy",
+        page="https://github.com/rotemtzaban/STIT/tree/main/editings/"
+             "styleclip_global", licence="mit-styleclip", required=False,
+        notes="StyleCLIP global-direction relevance matrix (6048 x 512) for the FFHQ "
+              "generator: text edits (--edit-text) turn a prompt into an S-space "
+              "direction with it. Hash unknown: recorded on install."),
+    ModelFile(
+        CLIP_FILE, "clip", f"models/{CLIP_FILE}", sha256=_CLIP_SHA,
+        sha256_verified=True,
+        url=f"https://openaipublic.azureedge.net/clip/models/{_CLIP_SHA}/{CLIP_FILE}",
+        page="https://github.com/openai/CLIP", licence="mit-clip", required=False,
+        notes="OpenAI CLIP ViT-B/32, a TorchScript archive; only its text tower is "
+              "read, as data, for text edits. The hash is the one in OpenAI's URL, "
+              "which their clip package checks downloads against."),
+    ModelFile(
+        CLIP_VOCAB_FILE, "clip_vocab", f"models/{CLIP_VOCAB_FILE}", size=1_356_917,
+        sha256="924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a",
+        sha256_verified=True,
+        url=f"https://raw.githubusercontent.com/openai/CLIP/{_CLIP_COMMIT}/clip/"
+            f"{CLIP_VOCAB_FILE}",
+        page="https://github.com/openai/CLIP/tree/main/clip", licence="mit-clip",
+        required=False,
+        notes="CLIP's byte-level BPE merges: the text tokenizer's vocabulary."),
 ) + tuple(
     ModelFile(
         f"{n}.npy", "w_direction", f"directions/official/{n}.npy", size=73_856,

@@ -11,7 +11,12 @@ docs/environment.md "torch and torchvision" and "The lpips package"). Numerics f
 the package: ScalingLayer, unit-normalised
 features, squared difference, 1x1 heads, spatial mean, sum over layers.
 
-``LPIPS(net)(a, b)`` takes images in [-1, 1] and returns distances ``[N]``.
+``LPIPS(net)(a, b)`` takes images in [-1, 1] and returns distances ``[N]``;
+``LPIPS(net).spatial(a, b)`` returns the distance map ``[N, 1, H, W]`` before the
+spatial mean (the package's ``spatial=True``: each layer's map upsampled
+bilinearly to the input size, then summed), which the temporal refinement uses as
+a per-pixel loss and as its edited-region mask (docs/reference.md "Anchor and
+masks").
 """
 
 from __future__ import annotations
@@ -215,8 +220,33 @@ class LPIPS(nn.Module):
         assert total is not None
         return total
 
-    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+    def spatial_from_features(self, fa: list[Tensor], fb: list[Tensor],
+                              size: tuple[int, int]) -> Tensor:
+        """The per-pixel distance map ``[N, 1, *size]`` from :meth:`feature_maps`
+        outputs: each layer's head output upsampled (bilinear, ``align_corners``
+        False, as the ``lpips`` package's spatial mode) to ``size`` and summed. Its
+        mean over the pixels is close to, not equal to, :meth:`distance_from_features`
+        (upsampling is not mean-preserving at the borders)."""
+        total = None
+        for k, (a, b) in enumerate(zip(fa, fb)):
+            d = F.conv2d((a - b).square(), getattr(self, f"lin{k}").to(a.dtype))
+            d = F.interpolate(d, size=size, mode="bilinear", align_corners=False)
+            total = d if total is None else total + d
+        assert total is not None
+        return total
+
+    def spatial(self, a: Tensor, b: Tensor) -> Tensor:
+        """LPIPS distance map ``[N, 1, H, W]`` of images ``[N, 3, H, W]`` in [-1, 1]."""
+        self._check(a, b)
+        return self.spatial_from_features(self.feature_maps(a), self.feature_maps(b),
+                                          (a.shape[-2], a.shape[-1]))
+
+    @staticmethod
+    def _check(a: Tensor, b: Tensor) -> None:
         if a.shape != b.shape or a.ndim != 4 or a.shape[1] != 3:
             raise ValueError(f"LPIPS inputs must be equal [N, 3, H, W], got "
                              f"{tuple(a.shape)} and {tuple(b.shape)}")
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        self._check(a, b)
         return self.distance_from_features(self.feature_maps(a), self.feature_maps(b))

@@ -7,8 +7,14 @@ Backends (``flow_backend(name)``):
 
 - ``dis``: OpenCV DIS, preset MEDIUM, on grey levels. No weights. The default.
 - ``farneback``: OpenCV Farnebäck (pyramid 0.5, 5 levels, window 15). No weights.
-- ``raft``: RAFT-large (Teed & Deng 2020, ``engine/nets/raft.py``) from the official
-  ``raft-things.pth`` when it is installed in the model store; torch, any device.
+- ``raft``: RAFT-large (Teed & Deng 2020, :func:`build_raft`) from the official
+  ``raft-things.pth`` when it is installed in the model store (or torchvision's
+  ``raft_large`` port of the same weights, its keys mapped by :func:`load_raft`);
+  torch, any device.
+
+The temporal refinement (``engine/stages/refine.py``) uses the same pieces on
+tensors: :func:`raft_flow` (RAFT inside the autograd graph), :func:`warp_tensor`
+and :func:`fb_error` (the forward–backward error in pixels).
 
 The warping error follows the canonical evaluation code of Lai et al. 2018
 (``evaluate_WarpError.py`` / ``utils.detect_occlusion``, docs/reference.md "Warping
@@ -34,7 +40,9 @@ from fsexchange.errors import MetricsError, ModelFormatError, ModelMissing
 from engine.media.video import to_depth
 
 __all__ = ["FlowBackend", "OpenCVFlow", "RaftFlow", "build_raft", "flow_backend",
-           "warp", "occlusion_mask", "warping_error", "to_gray", "to_unit"]
+           "warp", "occlusion_mask", "warping_error", "to_gray", "to_unit",
+           "RAFT_FILES", "raft_weights_path", "load_raft", "torchvision_raft_keys",
+           "raft_flow", "warp_tensor", "fb_error"]
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +193,180 @@ def warping_error(frame_t: np.ndarray, frame_t1: np.ndarray, fw: np.ndarray,
 # --- RAFT -----------------------------------------------------------------------------
 
 RAFT_FILE = "raft-things.pth"
+#: Where the model store's ``models/`` folder may hold RAFT-large weights, in order
+#: of preference: the official file, then torchvision's port of it (``C_T_V1``,
+#: the name torch.hub gives it).
+RAFT_FILES = (RAFT_FILE, "raft_large_C_T_V1-22a6c225.pth")
 RAFT_MIN_SIDE = 128
+
+
+def raft_weights_path() -> Path | None:
+    """The first of :data:`RAFT_FILES` installed in the model store, or None."""
+    from engine.models.store import models_root
+
+    for name in RAFT_FILES:
+        p = models_root() / name
+        if p.is_file():
+            return p
+    return None
+
+
+def torchvision_raft_keys(sd: dict) -> dict:
+    """torchvision ``raft_large`` state-dict keys -> princeton-vl/RAFT's (what
+    ``raft-things.pth`` and :func:`build_raft` use). The encoders' residual blocks
+    keep upstream's shared ``norm3`` (= ``downsample.1``), so it is written twice."""
+    import re
+
+    out = {}
+    for k, v in sd.items():
+        n = k
+        for enc, short in (("feature_encoder", "fnet"), ("context_encoder", "cnet")):
+            if n.startswith(enc + "."):
+                n = short + n[len(enc):]
+                n = n.replace(".convnormrelu.0.", ".conv1.")
+                n = n.replace(".convnormrelu.1.", ".norm1.")
+                n = re.sub(r"\.convnormrelu([12])\.0\.", r".conv\1.", n)
+                n = re.sub(r"\.convnormrelu([12])\.1\.", r".norm\1.", n)
+                n = re.sub(rf"^{short}\.conv\.", f"{short}.conv2.", n)
+        for a, b in (("convcorr1", "convc1"), ("convcorr2", "convc2"), ("conv", "conv"),
+                     ("convflow1", "convf1"), ("convflow2", "convf2")):
+            n = n.replace(f"update_block.motion_encoder.{a}.0.",
+                          f"update_block.encoder.{b}.")
+        m = re.match(r"update_block\.recurrent_block\.convgru(\d)\.conv([zrq])\.(.*)",
+                     n)
+        if m:
+            n = f"update_block.gru.conv{m[2]}{m[1]}.{m[3]}"
+        n = n.replace("mask_predictor.convrelu.0.", "update_block.mask.0.")
+        n = n.replace("mask_predictor.conv.", "update_block.mask.2.")
+        out[n] = v
+        if ".downsample.1." in n:
+            out[n.replace(".downsample.1.", ".norm3.")] = v
+    return out
+
+
+def load_raft(path: str | Path | None = None, device: str = "cpu"):
+    """RAFT-large in eval mode with frozen weights, and a name for results.
+
+    Reads (``weights_only``) princeton-vl's layout, with or without DataParallel's
+    ``module.`` prefix, or torchvision's ``raft_large`` layout (keys mapped by
+    :func:`torchvision_raft_keys`). Nothing is ever downloaded.
+
+    Args:
+        path: the weights; default: the first of :data:`RAFT_FILES` in the store.
+
+    Raises:
+        ModelMissing: no weights at ``path`` / in the store.
+        ModelFormatError: a file that is not RAFT-large.
+    """
+    import torch
+
+    from engine.models.store import models_root
+
+    p = Path(path) if path else raft_weights_path()
+    if p is None or not p.is_file():
+        where = p if p is not None else models_root() / RAFT_FILE
+        raise ModelMissing(
+            f"RAFT weights are not installed: copy the official {RAFT_FILE} "
+            f"(princeton-vl/RAFT, models.zip) to {where}; nothing is downloaded. The "
+            "default flow backend 'dis' needs no weights.", field="metrics.flow")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is a format problem
+        raise ModelFormatError(f"{p.name} cannot be read as a state dict: "
+                               f"{str(exc).splitlines()[0][:300]}") from None
+    if not isinstance(state, dict):
+        raise ModelFormatError(f"{p.name} is not a RAFT-large state dict")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    layout = "princeton-vl"
+    if any(k.startswith("feature_encoder.") for k in state):
+        state, layout = torchvision_raft_keys(state), "torchvision"
+    net = build_raft()
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelFormatError(
+            f"{p.name} is not a princeton-vl RAFT-large state dict: "
+            f"{str(exc).splitlines()[0][:300]}") from None
+    net = net.eval().requires_grad_(False).to(device)
+    return net, f"raft-large:{p.name}" + (" (torchvision layout)"
+                                          if layout == "torchvision" else "")
+
+
+def raft_flow(net, a, b, iters: int = 20):
+    """Flow ``a -> b`` of image tensors ``[N, 3, H, W]`` in [0, 255] through RAFT,
+    differentiable with respect to the images (VideoEditGAN computes its flows
+    inside the autograd graph, docs/reference.md "Flow network").
+
+    Sides under 128 px are upsampled (bilinear) for the network and the flow is
+    brought back (the correlation pyramid needs >= 16 cells a side); sizes are
+    padded to multiples of 8 by edge replication, as RAFT's ``InputPadder``.
+
+    Returns:
+        ``[N, 2, H, W]`` in pixels of the input, ``a(p) ≈ b(p + f(p))``.
+    """
+    import torch.nn.functional as F
+
+    h, w = a.shape[-2:]
+    scale = max(1.0, RAFT_MIN_SIDE / min(h, w))
+    if scale != 1.0:
+        size = (round(h * scale), round(w * scale))
+        a = F.interpolate(a, size=size, mode="bilinear", align_corners=False)
+        b = F.interpolate(b, size=size, mode="bilinear", align_corners=False)
+    sh, sw = a.shape[-2:]
+    ph, pw = (-sh) % 8, (-sw) % 8
+    pad = [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2]
+    if ph or pw:
+        a, b = F.pad(a, pad, mode="replicate"), F.pad(b, pad, mode="replicate")
+    flow = net(a, b, iters)[:, :, ph // 2:ph // 2 + sh, pw // 2:pw // 2 + sw]
+    if scale != 1.0:
+        flow = F.interpolate(flow, size=(h, w), mode="bilinear", align_corners=False)
+        flow = flow * flow.new_tensor([w / sw, h / sh]).view(1, 2, 1, 1)
+    return flow
+
+
+def _sample_grid(flow):
+    """``grid_sample`` coordinates of ``p + flow(p)`` for ``flow [N, 2, H, W]``
+    (pixel centres at -1 and 1: ``align_corners=True``)."""
+    import torch
+
+    n, _, h, w = flow.shape
+    ys, xs = torch.meshgrid(torch.arange(h, device=flow.device, dtype=flow.dtype),
+                            torch.arange(w, device=flow.device, dtype=flow.dtype),
+                            indexing="ij")
+    x = (xs + flow[:, 0]) * (2.0 / max(w - 1, 1)) - 1.0
+    y = (ys + flow[:, 1]) * (2.0 / max(h - 1, 1)) - 1.0
+    return torch.stack([x, y], dim=-1)  # [N, H, W, 2]
+
+
+def warp_tensor(img, flow):
+    """``img`` sampled at ``p + flow(p)``: bilinear, zero outside; and where the
+    sample's footprint stayed inside the image.
+
+    Args:
+        img: ``[N, C, H, W]``. flow: ``[N, 2, H, W]`` in pixels.
+
+    Returns:
+        ``(warped [N, C, H, W], inside [N, 1, H, W] in {0, 1})``.
+    """
+    import torch.nn.functional as F
+
+    grid = _sample_grid(flow)
+    out = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros",
+                        align_corners=True)
+    x, y = grid[..., 0], grid[..., 1]
+    inside = ((x >= -1) & (x <= 1) & (y >= -1) & (y <= 1)).unsqueeze(1)
+    return out, inside.to(img.dtype)
+
+
+def fb_error(f1, f2):
+    """Forward–backward error ``e(p) = ‖f1(p) + f2(p + f1(p))‖`` in pixels,
+    ``[N, 1, H, W]`` on ``f1``'s grid (docs/reference.md "Anchor and masks";
+    ``f2`` sampled bilinearly, edge values outside)."""
+    import torch.nn.functional as F
+
+    f2w = F.grid_sample(f2, _sample_grid(f1), mode="bilinear", padding_mode="border",
+                        align_corners=True)
+    return (f1 + f2w).square().sum(dim=1, keepdim=True).add(1e-12).sqrt()
 
 
 def build_raft():
@@ -341,6 +522,10 @@ def build_raft():
             coords0 = coords_grid(n, fh, fw, image1.device)
             coords1 = coords0.clone()
             for _ in range(iters):
+                # as upstream: each update sees its start point as a constant, so a
+                # gradient through the flow (the temporal refinement) takes the
+                # path RAFT was trained with; no effect without autograd
+                coords1 = coords1.detach()
                 flow = coords1 - coords0
                 net, mask, delta = self.update_block(net, inp, lookup(pyramid, coords1),
                                                      flow)
@@ -358,7 +543,8 @@ def build_raft():
 class RaftFlow:
     """RAFT-large flow from the official ``raft-things.pth`` (princeton-vl/RAFT,
     FlyingChairs + FlyingThings; docs/reference.md "Flow network"), installed as
-    ``models/raft-things.pth`` in the model store.
+    ``models/raft-things.pth`` in the model store (or torchvision's port,
+    :data:`RAFT_FILES`).
 
     Frames larger than ``max_side`` are downscaled for the network and the flow is
     scaled back (the all-pairs correlation volume grows with the fourth power of the
@@ -375,28 +561,9 @@ class RaftFlow:
 
     def __init__(self, path: str | Path | None = None, device: str = "cpu",
                  iters: int = 20, max_side: int = 1024) -> None:
-        import torch
-
-        from engine.models.store import models_root
-
-        p = Path(path) if path else models_root() / RAFT_FILE
-        if not p.is_file():
-            raise ModelMissing(
-                f"RAFT weights are not installed: copy the official {RAFT_FILE} "
-                f"(princeton-vl/RAFT, models.zip) to {p}; nothing is downloaded. The "
-                "default flow backend 'dis' needs no weights.", field="metrics.flow")
-        state = torch.load(p, map_location="cpu", weights_only=True)
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-        net = build_raft()
-        try:
-            net.load_state_dict(state)
-        except RuntimeError as exc:
-            raise ModelFormatError(
-                f"{p.name} is not a princeton-vl RAFT-large state dict: "
-                f"{str(exc).splitlines()[0][:300]}") from None
-        self._net = net.eval().to(device)
+        net, self.name = load_raft(path, device)
+        self._net = net
         self.device, self.iters, self.max_side = device, iters, max_side
-        self.name = f"raft-large:{p.name}"
 
     def pair(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import torch

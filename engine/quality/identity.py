@@ -1,18 +1,19 @@
 """Face identity embeddings for the temporal identity metrics (TL-ID, TG-ID).
 
-Two backends, both L2-normalised so that similarity = cosine = dot product:
+Two backends, both L2-normalised so that similarity = cosine = dot product; ``auto``
+(the default) takes ArcFace when it is installed, else dlib:
 
-- ``dlib`` (default): dlib's ResNet face descriptor
+- ``dlib``: dlib's ResNet face descriptor
   (``dlib_face_recognition_resnet_model_v1.dat``, 128-d) on the 150 px face chip that
   the 5-point shape predictor aligns, from the ``face-recognition-models`` data files
   (docs/models.md "dlib model files", docs/environment.md "dlib and its data files").
   Works offline everywhere the engine runs.
-- ``arcface`` (optional): an ArcFace network (512-d) on the standard 112 px
-  five-point alignment (eye centres, nose tip and mouth corners from the 68-point
-  predictor), loaded only when its weights are installed in the model store under
-  ``models/arcface/``: an insightface ``.onnx`` (e.g. ``w600k_r50.onnx``, run by
-  OpenCV's DNN module) or an ``arcface_torch`` IResNet state dict ``.pth``
-  (``backbone.pth``). Nothing is downloaded.
+- ``arcface`` (the papers' network, used when installed): an ArcFace network
+  (512-d) on the standard 112 px five-point alignment (eye centres, nose tip and
+  mouth corners from the 68-point predictor), loaded only when its weights are
+  installed in the model store under ``models/arcface/``: an insightface ``.onnx``
+  (e.g. ``w600k_r50.onnx``, run by OpenCV's DNN module) or an ``arcface_torch``
+  IResNet state dict ``.pth`` (``backbone.pth``). Nothing is downloaded.
 
 Faces are found with dlib's HOG detector. :class:`FaceFinder` picks the same face
 from frame to frame: the largest confident detection when it has nothing to go on,
@@ -39,7 +40,7 @@ from engine.faces import dlib_model_path, iou
 from engine.media.video import to_depth
 
 __all__ = ["Box", "FaceFinder", "Embedder", "DlibEmbedder", "ArcFaceEmbedder",
-           "identity_backend", "build_iresnet", "load_iresnet",
+           "identity_backend", "arcface_installed", "build_iresnet", "load_iresnet",
            "similarity_transform", "five_points"]
 
 log = logging.getLogger(__name__)
@@ -421,11 +422,22 @@ class ArcFaceEmbedder:
         return _normalise(out)
 
 
-def identity_backend(name: str = "dlib", *, device: str = "cpu") -> Embedder:
-    """The embedding backend called ``name`` (``dlib`` or ``arcface``)."""
+def arcface_installed() -> bool:
+    """Whether ArcFace weights are installed under ``models/arcface/`` in the model
+    store (what ``identity_backend("auto")`` looks for)."""
+    return bool(store_files(ARCFACE_DIR, ("*.onnx", "*.pth", "*.pt")))
+
+
+def identity_backend(name: str = "auto", *, device: str = "cpu") -> Embedder:
+    """The embedding backend called ``name``: ``arcface``, ``dlib``, or ``auto`` =
+    ArcFace when its weights are installed (the network of the papers' TL-ID /
+    TG-ID), else dlib's descriptor, which needs no extra files."""
+    if name == "auto":
+        name = "arcface" if arcface_installed() else "dlib"
     if name == "dlib":
         return DlibEmbedder()
     if name == "arcface":
         return ArcFaceEmbedder(device=device)
-    raise MetricsError(f"unknown identity backend {name!r}; use dlib or arcface",
+    raise MetricsError(f"unknown identity backend {name!r}; use auto, dlib or "
+                       "arcface",
                        field="metrics.identity")

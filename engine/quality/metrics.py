@@ -10,10 +10,19 @@ Definitions (docs/reference.md "Warping error" and "Identity metrics TL-ID and T
   1.0 means "as consistent as the source"; values can exceed 1. Only frames whose
   source shows a face count, and only pairs of such frames; the raw means of
   ``S_edit`` and ``S_src`` over the same pairs are reported too.
-- Warping error (Lai et al. 2018): flows on consecutive **source** frames, occlusion
-  mask from the forward-backward check and motion boundaries (``engine.quality.flow``),
-  ``E_warp(t) = Σ M·‖V_t − warp(V_{t+1})‖² / Σ M`` per channel, RGB in [0, 1]; the
+- Warping error E_warp as Lai et al. 2018 define it (``evaluate_WarpError.py``):
+  flows on consecutive **source** frames t -> t+1, their occlusion test
+  (forward-backward check and motion boundaries, ``engine.quality.flow``), and
+  ``E_warp(t) = Σ M·‖V_t − warp(V_{t+1})‖² / Σ M`` with a 3-channel mask, i.e. the
+  squared RGB error (in [0, 1]) averaged over the channels and the valid pixels; the
   score is the mean over pairs, for the edited clip and for the source itself.
+  ``tests/test_metrics_formulas.py`` checks it against a direct implementation of
+  their code's arithmetic.
+
+The identity network is ArcFace when one is installed in the model store (the
+papers' choice), else dlib's ResNet descriptor (``MetricsConfig.identity`` "auto");
+every result names it (``backends["identity"]``, :func:`identity_network`), and
+:data:`DEFINITIONS` states what each number is.
 
 Frames stream through :func:`temporal_metrics`: only the previous frame of each clip
 and the embeddings stay in memory. The face in the edited frame is looked for next to
@@ -48,12 +57,42 @@ __all__ = [
     "MetricsError",
     "TemporalMetrics",
     "temporal_metrics",
+    "DEFINITIONS",
+    "identity_network",
 ]
 
 log = logging.getLogger(__name__)
 
 
 # --- the result -----------------------------------------------------------------------
+
+#: What each reported number is, written into every result (``to_dict()``).
+DEFINITIONS: dict[str, str] = {
+    "warp_error": "E_warp as defined by Lai et al. 2018 (evaluate_WarpError.py): "
+                  "flow from source frame t to t+1, pixels failing their "
+                  "forward-backward or motion-boundary occlusion test left out, "
+                  "squared RGB difference (values in [0, 1]) between frame t and "
+                  "frame t+1 warped back, averaged over the 3 channels and the "
+                  "valid pixels; mean over consecutive pairs. Computed on the "
+                  "edited clip and on the source with the same flows and masks.",
+    "tl_id": "TL-ID (Tzaban et al. 2022): mean over adjacent frame pairs of the "
+             "identity cosine similarity in the edited clip divided by the same "
+             "pair's in the source (1 = as consistent as the source)",
+    "tg_id": "TG-ID (Tzaban et al. 2022): the same ratio averaged over all pairs "
+             "of distinct frames",
+}
+
+
+def identity_network(backend_name: str) -> str:
+    """A line naming the embedding network behind ``backends["identity"]``."""
+    if backend_name.startswith("arcface"):
+        return (f"ArcFace ({backend_name.partition(':')[2] or backend_name}), the "
+                "network the papers use")
+    if backend_name.startswith("dlib"):
+        return ("dlib ResNet face descriptor v1 (128-d); the papers use ArcFace, so "
+                "absolute values are not comparable with theirs")
+    return backend_name
+
 
 
 def _num(x: float | None) -> float | None:
@@ -86,6 +125,10 @@ class TemporalMetrics:
     frames_without_face: int
     per_frame: dict[str, list[float | None]] = field(default_factory=dict)
     backends: dict[str, str] = field(default_factory=dict)
+    # the face boxes measured, per frame (left, top, right, bottom) or None: "source"
+    # and "edited"; kept for inspection, not serialised (long clips)
+    boxes: dict[str, list[tuple[float, float, float, float] | None]] = field(
+        default_factory=dict, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON- and msgpack-ready (NaN becomes ``None``)."""
@@ -102,6 +145,8 @@ class TemporalMetrics:
             "edited_faces_not_detected": missed,
             "per_frame": {k: [_num(v) for v in vs] for k, vs in self.per_frame.items()},
             "backends": dict(self.backends),
+            "identity_network": identity_network(self.backends.get("identity", "")),
+            "definitions": dict(DEFINITIONS),
         }
 
 
@@ -161,8 +206,9 @@ def temporal_metrics(source: Iterable[np.ndarray], edited: Iterable[np.ndarray],
         edited: the same number of frames of the same size, uint8, uint16 or float
             in [0, 1] (EXR); HxWx4 RGBA results are composited over the source frame
             first (:func:`composite_over`).
-        cfg: ``identity`` (``dlib`` | ``arcface``) and ``flow`` (``dis`` |
-            ``farneback`` | ``raft``) backends.
+        cfg: ``identity`` (``auto``: ArcFace when installed, else dlib |
+            ``dlib`` | ``arcface``) and ``flow`` (``dis`` | ``farneback`` |
+            ``raft``) backends.
         device: torch device for the torch backends (ArcFace ``.pth``, RAFT).
         premultiplied: RGBA frames carry premultiplied colour (EXR).
         subject: (x, y) in the first frame with a face: measure the face nearest this
@@ -183,6 +229,7 @@ def temporal_metrics(source: Iterable[np.ndarray], edited: Iterable[np.ndarray],
 
     emb_src: list[np.ndarray | None] = []
     emb_ed: list[np.ndarray | None] = []
+    boxes: dict[str, list] = {"source": [], "edited": []}
     edited_detected: list[float | None] = []
     warp_ed: list[float | None] = [None]
     warp_src: list[float | None] = [None]
@@ -224,6 +271,7 @@ def temporal_metrics(source: Iterable[np.ndarray], edited: Iterable[np.ndarray],
 
             # identity
             box = finder.track(s)
+            ebox = box
             if box is None:
                 emb_src.append(None)
                 emb_ed.append(None)
@@ -235,9 +283,12 @@ def temporal_metrics(source: Iterable[np.ndarray], edited: Iterable[np.ndarray],
                     emb_ed.append(es)
                     edited_detected.append(1.0)
                 else:
-                    ebox = finder.near(e, box, window=finder.window)
-                    edited_detected.append(0.0 if ebox is None else 1.0)
-                    emb_ed.append(embedder.embed(e, box if ebox is None else ebox))
+                    found = finder.near(e, box, window=finder.window)
+                    edited_detected.append(0.0 if found is None else 1.0)
+                    ebox = box if found is None else found
+                    emb_ed.append(embedder.embed(e, ebox))
+            boxes["source"].append(None if box is None else tuple(box.to_list()))
+            boxes["edited"].append(None if ebox is None else tuple(ebox.to_list()))
 
             if pair is not None:
                 ws, we = pair.result()
@@ -250,9 +301,11 @@ def temporal_metrics(source: Iterable[np.ndarray], edited: Iterable[np.ndarray],
 
     if t == 0:
         raise MetricsNoFrames("no frames to compare")
-    return _summarise(emb_src, emb_ed, edited_detected, warp_ed, warp_src,
-                      {"identity": embedder.name, "flow": flow.name,
-                       "face_detector": "dlib-hog"})
+    m = _summarise(emb_src, emb_ed, edited_detected, warp_ed, warp_src,
+                   {"identity": embedder.name, "flow": flow.name,
+                    "face_detector": "dlib-hog"})
+    m.boxes.update(boxes)
+    return m
 
 
 def _pair_errors(flow, prev: tuple, cur: tuple) -> tuple[float, float]:

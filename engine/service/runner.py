@@ -16,7 +16,12 @@ The runner owns a job from its claim to its publication:
 
 A monitor thread renews the lease and watches for a cancel request. A shutdown
 (``stop_event``) releases the job to the queue so another worker resumes it from
-its checkpoints; a lost lease stops the job without publishing anything.
+its checkpoints; a lost lease stops the job without publishing anything, and every
+checkpoint and ``DONE`` write is fenced by the claim's lease epoch
+(``StageContext.fence``), so a worker that lost its job never writes into its new
+owner's folder. A problem the claim found in the folder (``Claim.problem``) fails
+the job first; a full disk or a permission problem fails it with ``io.no_space``
+or ``io.permission`` naming the folder, never ``internal``.
 """
 
 from __future__ import annotations
@@ -32,14 +37,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from fsexchange.documents import (FrameOutput, Job, Progress, Result, StageDone,
-                                  StageTiming, load_document)
+from fsexchange.documents import (FaceTrack, FrameOutput, Job, Progress, Result,
+                                  StageDone, StageTiming, Variant, load_document)
 from fsexchange.errors import (DocumentError, DocumentFieldError, FaceStitchError,
                                InternalError, JobCancelled, JobCrashed, LeaseLost,
-                               MediaMissing, PathEscapeError)
+                               NoSpace, PathEscapeError, io_error)
 from fsexchange.exchange import (CONFIG_FILE, JOB_FILE, OUTPUT_DIR, PROGRESS_FILE,
                                  STAGES_DIR, Claim, Exchange, utc_now)
 from fsexchange.fsutil import atomic_write_bytes
+from fsexchange.media import check_media, media_index
 from fsexchange.paths import confine
 
 from fsexchange.options import PipelineConfig
@@ -52,6 +58,13 @@ __all__ = ["RunnerSettings", "JobControl", "run_job", "build_result"]
 log = logging.getLogger(__name__)
 
 _MAX_ATTACHMENT_ENTRIES = 100_000
+# Progress/1 is at most 64 KiB and Result/1 32 MiB: messages are clipped to these.
+_MAX_PROGRESS_MESSAGE = 4096
+_MAX_ERROR_MESSAGE = 16384
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -68,6 +81,10 @@ class RunnerSettings:
         max_reclaims: a job taken from this many dead workers fails instead of
             killing another (``job.crashed``).
         worker: this worker's id (written into leases and DONE documents).
+        ocio_config: the engine's OpenColorIO config (``--ocio-config`` or
+            ``$OCIO``; "" = the built-in one), used by jobs that name none.
+        backend: runs the units of each stage elsewhere (a
+            :class:`engine.service.ray_backend.RayBackend`); None: in this process.
     """
 
     device: str = "cpu"
@@ -79,6 +96,8 @@ class RunnerSettings:
     progress_interval: float = 0.5
     max_reclaims: int = 3
     worker: str = ""
+    ocio_config: str = ""
+    backend: Any = None
 
 
 class JobControl:
@@ -158,7 +177,8 @@ class _Progress:
         stage = self.names[index] if 0 <= index < len(self.names) else None
         doc = Progress(job_id=self.job_id, state=state, stage=stage, stage_index=index,
                        stage_count=len(self.names), fraction=fraction,
-                       message=message, worker=self.worker, updated=utc_now())
+                       message=_clip(message, _MAX_PROGRESS_MESSAGE),
+                       worker=self.worker, updated=utc_now())
         try:
             atomic_write_bytes(self.folder / PROGRESS_FILE, doc.to_bytes())
         except OSError as exc:  # the folder moved (lost lease); the monitor knows
@@ -180,7 +200,8 @@ def build_result(job_id: str, state: str, done: Sequence[tuple[StageDone, bool]]
 
     Facts read from each stage's DONE document: ``frames`` (a count, or a list of
     ``FrameOutput`` maps; so is ``frame_outputs``; the last stage that lists frames
-    provides ``Result.frames``), ``outputs`` (merged), ``metrics`` (merged).
+    provides ``Result.frames``), ``outputs`` (merged), ``metrics`` (merged),
+    ``variants`` (a draft's sweep rows, ``Variant`` maps).
     ``info["models"]`` becomes ``Result.models``; other info keys go to the
     result's ``info`` key.
 
@@ -188,6 +209,7 @@ def build_result(job_id: str, state: str, done: Sequence[tuple[StageDone, bool]]
         done: ``(DONE document, resumed)`` per completed stage, in pipeline order.
     """
     stages, frames = [], []
+    variants: list[Variant] = []
     outputs: dict[str, str] = {}
     metrics: dict[str, Any] = {}
     all_info: dict[str, Any] = {}
@@ -205,6 +227,9 @@ def build_result(job_id: str, state: str, done: Sequence[tuple[StageDone, bool]]
         outputs.update({str(k): str(v) for k, v in dict(facts.get("outputs") or {}
                                                          ).items()})
         metrics.update(dict(facts.get("metrics") or {}))
+        if isinstance(facts.get("variants"), list):
+            variants = [Variant.from_dict(v, f"{doc.stage}.variants[{i}]")
+                        for i, v in enumerate(facts["variants"])]
         all_info.update(doc.info)
         all_warnings += [w for w in doc.warnings if w not in all_warnings]
     all_info.update(dict(info or {}))
@@ -215,20 +240,35 @@ def build_result(job_id: str, state: str, done: Sequence[tuple[StageDone, bool]]
                   frames=tuple(frames), outputs=outputs, error=error,
                   metrics=plain(metrics), models=plain(models),
                   warnings=tuple(all_warnings), started=started, finished=finished,
-                  extra=extra)
+                  variants=tuple(variants), extra=extra)
 
 
 def _check_paths(job: Job, job_dir: Path, roots: Sequence[Path]) -> None:
-    """Confine every path the job names; symlinked attachments included."""
+    """Confine every path the job names (symlinked attachments included) and read
+    what they name before any stage runs: the media is probed (its index is
+    cached for the stages), the face track loaded and validated."""
     src = confine(job.source.path, job_dir, roots, field="source.path")
-    if not os.path.exists(src):
-        raise MediaMissing(f"source media {job.source.path!r} does not exist",
-                           field="source.path")
+    check_media(src, field="source.path")  # there, readable, a file or a folder
+    try:
+        media_index(src)
+    except FaceStitchError as exc:
+        exc.field = exc.field or "source.path"
+        raise
     if job.subject.track:
         track = confine(job.subject.track, job_dir, roots, field="subject.track")
-        if not track.is_file():
+        if not track.exists():
             raise DocumentFieldError(f"subject.track {job.subject.track!r} is not a "
                                      "file in the job folder", field="subject.track")
+        try:
+            load_document(track, FaceTrack)
+        except FaceStitchError as exc:
+            exc.field = "subject.track" if exc.field in (None, track.name) else \
+                f"subject.track:{exc.field}"
+            raise
+        except OSError as exc:
+            err = io_error(exc, track, doing="reading")
+            err.field = "subject.track"
+            raise err from None
     seen = 0
     for dirpath, dirnames, filenames in os.walk(job_dir):
         rel_dir = Path(dirpath).relative_to(job_dir)
@@ -253,6 +293,10 @@ def _load_job(job_dir: Path) -> Job:
                             field=JOB_FILE) from None
     except FaceStitchError:
         raise
+    except PermissionError as exc:
+        err = io_error(exc, job_dir / JOB_FILE, doing="reading")
+        err.field = JOB_FILE
+        raise err from None
     except OSError as exc:
         raise DocumentError(f"{job_dir.name}/{JOB_FILE} cannot be read: {exc}",
                             field=JOB_FILE) from None
@@ -264,7 +308,9 @@ def run_job(exchange: Exchange, claim: Claim, settings: RunnerSettings, *,
 
     Returns:
         ``"done"``, ``"failed"`` or ``"cancelled"`` (published), ``"released"``
-        (shutdown: requeued with its checkpoints) or ``"lost"`` (another worker
+        (shutdown: requeued with its checkpoints), ``"requeued"`` (not even a
+        failed result fits on the disk: back in the queue, to be retried once
+        there is space) or ``"lost"`` (another worker
         owns the job now; nothing was published).
     """
     ctl = JobControl(stop_event)
@@ -291,7 +337,19 @@ def _run(exchange: Exchange, claim: Claim, settings: RunnerSettings,
                          settings.progress_interval)
     stage_name: str | None = None
     log.info("job %s: claimed by %s (epoch %d)", job_id, claim.worker, claim.epoch)
+
+    def fence() -> None:
+        """Raise LeaseLost unless this claim still holds the job (by its epoch)."""
+        try:
+            exchange.check(claim)
+        except LeaseLost as exc:
+            ctl.lost_reason = ctl.lost_reason or exc.message
+            ctl.lost.set()
+            raise
+
     try:
+        if claim.problem is not None:
+            raise claim.problem
         if claim.reclaims >= settings.max_reclaims:
             raise JobCrashed(
                 f"the workers running job {job_id} died {claim.reclaims} times "
@@ -306,9 +364,16 @@ def _run(exchange: Exchange, claim: Claim, settings: RunnerSettings,
         config = PipelineConfig.from_options(job.options, device=settings.device)
         # config.json records the recipe the job trains with (auto -> by profile)
         config = dataclasses.replace(config, recipe=job_recipe(config))
+        if settings.ocio_config and not config.colour.config:
+            # the engine's OCIO config, resolved here once and recorded below
+            config = dataclasses.replace(config, colour=dataclasses.replace(
+                config.colour, config=settings.ocio_config))
+        fence()
         atomic_write_bytes(job_dir / CONFIG_FILE, (json.dumps(
             config.to_dict(), indent=2, sort_keys=True) + "\n").encode())
-        stages = stages_for(job.kind, settings.pipelines)
+        stages = stages_for(job.kind, settings.pipelines, config=config)
+        if settings.backend is not None:  # units on a cluster (docs/scale.md)
+            stages = settings.backend.wrap(stages)
         names = [s.name for s in stages]
         progress = _Progress(job_dir, job_id, settings.worker,
                              [float(getattr(s, "weight", 1.0)) for s in stages], names,
@@ -323,7 +388,8 @@ def _run(exchange: Exchange, claim: Claim, settings: RunnerSettings,
 
         ctx = StageContext(job=job, job_dir=job_dir, config=config,
                            device=settings.device, media_roots=roots,
-                           abort_fn=ctl.should_abort, warnings=warnings, info=info)
+                           abort_fn=ctl.should_abort, warnings=warnings, info=info,
+                           fence_fn=fence)
         run_pipeline(stages, ctx, progress=report, worker=settings.worker, done=done)
         stage_name = None
         if ctl.lost.is_set():
@@ -350,17 +416,19 @@ def _run(exchange: Exchange, claim: Claim, settings: RunnerSettings,
             if not isinstance(exc, StageAborted):
                 raise
             return "released"
-        elif isinstance(exc, FaceStitchError):
-            if exc.stage is None and stage_name is not None:
-                exc.stage = stage_name
-            state, error = "failed", exc.to_dict()
-            log.info("job %s: failed: %s", job_id, exc)
-        else:
-            log.error("job %s: internal error in stage %s\n%s", job_id, stage_name,
-                      "".join(traceback.format_exception(exc)))
-            err = InternalError(f"internal error: {type(exc).__name__}: {exc} "
-                                "(see the engine log)", stage=stage_name)
+        elif isinstance(exc, (FaceStitchError, OSError)):
+            # A full disk, a quota, a permission problem: the user's to fix, with
+            # the folder named; never "internal" (please report it).
+            err = exc if isinstance(exc, FaceStitchError) else io_error(exc)
+            if err.code == "io.error" and not isinstance(exc, FaceStitchError):
+                err = _internal(job_id, stage_name, exc)
+            if err.stage is None and stage_name is not None:
+                err.stage = stage_name
             state, error = "failed", err.to_dict()
+            log.info("job %s: failed: %s", job_id, err)
+        else:
+            state, error = "failed", _internal(job_id, stage_name, exc).to_dict()
+        error["message"] = _clip(str(error["message"]), _MAX_ERROR_MESSAGE)
         progress.write(state, progress.index, 0.0, error["message"], force=True)
         result = build_result(job_id, state, done, error=error, warnings=warnings,
                               info=info, started=started, finished=utc_now())
@@ -369,5 +437,42 @@ def _run(exchange: Exchange, claim: Claim, settings: RunnerSettings,
     except LeaseLost as exc:
         log.warning("job %s: not published: %s", job_id, exc.message)
         return "lost"
+    except NoSpace as exc:
+        return _publish_without_space(exchange, claim, result, exc)
     log.info("job %s: %s", job_id, result.state)
     return result.state
+
+
+def _publish_without_space(exchange: Exchange, claim: Claim, result: Result,
+                           exc: NoSpace) -> str:
+    """The result did not fit on the disk: publish the smallest failed result
+    (``io.no_space``, naming the folder); if not even that fits, hand the job back
+    to the queue (renames need no space), never lose it."""
+    job_id = claim.job_id
+    error = result.error if (result.error or {}).get("code") == NoSpace.code \
+        else exc.to_dict()
+    log.error("job %s: its result does not fit: %s", job_id, exc.message)
+    try:
+        exchange.finish(claim, Result(job_id=job_id, state="failed", error=error,
+                                      started=result.started,
+                                      finished=result.finished))
+        return "failed"
+    except LeaseLost:
+        return "lost"
+    except OSError as again:
+        log.error("job %s: not even a failed result fits (%s); requeueing it",
+                  job_id, again)
+    try:
+        return "requeued" if exchange.release(claim) else "lost"
+    except OSError as again:  # the lease did not fit: the sweeper restores it
+        log.error("job %s: requeue interrupted (%s); the sweeper restores it",
+                  job_id, again)
+        return "requeued"
+
+
+def _internal(job_id: str, stage_name: str | None,
+              exc: BaseException) -> InternalError:
+    log.error("job %s: internal error in stage %s\n%s", job_id, stage_name,
+              "".join(traceback.format_exception(exc)))
+    return InternalError(f"internal error: {type(exc).__name__}: {exc} "
+                         "(see the engine log)", stage=stage_name)

@@ -9,12 +9,17 @@ never need to talk to each other). Each loop:
 - requeues running jobs whose lease expired (their worker died) so they resume from
   their checkpoints, moves stray files out of ``new/``, sweeps abandoned ``tmp/``
   entries;
-- claims the oldest queued job and runs it (:func:`engine.service.runner.run_job`).
+- claims the queued job with the highest priority, the oldest first within a
+  priority (:meth:`fsexchange.exchange.Exchange.claim_order`: drafts first), and
+  runs it (:func:`engine.service.runner.run_job`).
 
 SIGTERM/SIGINT: the running job is aborted at its next abort check and released to
 the queue with its checkpoints; a second signal stops the process at once (the job
 is then reclaimed when its lease expires). Worker processes die with their
-supervisor: killing the engine outright kills all of it. Nothing here imports
+supervisor: killing the engine outright kills all of it. With several workers the
+supervisor tells each to stop through its own pipe (nothing a dead worker held can
+block it) and kills those still running half a lease later, so shutdown ends
+within the lease period whatever state the workers are in. Nothing here imports
 torch, except resolving ``--device auto``.
 """
 
@@ -69,6 +74,14 @@ class EngineOptions:
         tmp_max_age: seconds after which an untouched ``tmp/`` entry is swept.
         max_reclaims: a job taken from this many dead workers fails
             (``job.crashed``) instead of killing another.
+        ocio_config: OpenColorIO config file for jobs that name none ("" = the
+            built-in config, docs/colour.md).
+        ray: run the units of each stage as tasks on this Ray cluster
+            (``HOST:PORT``, ``auto`` or ``local``; docs/scale.md); None: here.
+        shards: shards per stage that splits by frames with ``ray`` (0: one per
+            task slot of the cluster).
+        threads: intra-op threads of the jobs this engine starts (0: torch's
+            default); recorded with each job (engine/stages/compute.py).
     """
 
     exchange: Path
@@ -81,6 +94,10 @@ class EngineOptions:
     use_watchdog: bool = True
     tmp_max_age: float = 3600.0
     max_reclaims: int = 3
+    ocio_config: str = ""
+    ray: str | None = None
+    shards: int = 0
+    threads: int = 0
 
 
 def worker_id() -> str:
@@ -110,20 +127,33 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 
 def _run_one(ex: Exchange, opts: EngineOptions, settings: RunnerSettings,
-             stop: threading.Event) -> str | None:
-    """Claim the oldest claimable job and run it; None if there was none."""
-    for job_id in ex.ids("new"):
+             stop: threading.Event, held: dict[str, float] | None = None
+             ) -> str | None:
+    """Claim the first claimable job in claim order (priority, then age) and run
+    it; None if there was none.
+
+    ``held``: job id -> monotonic time before which this worker leaves it alone
+    (a job requeued for want of disk space would otherwise come straight back).
+    """
+    held = {} if held is None else held
+    now = time.monotonic()
+    for job_id in ex.claim_order():
         if stop.is_set():
             return None
+        if held.get(job_id, 0.0) > now:
+            continue
         claim = ex.claim(job_id, settings.worker, lease_seconds=opts.lease_seconds)
         if claim is None:
             continue
         try:
-            return run_job(ex, claim, settings, stop_event=stop)
+            outcome = run_job(ex, claim, settings, stop_event=stop)
         except Exception:  # noqa: BLE001 - e.g. the share went away while publishing
             log.exception("job %s: could not be finished; it will be reclaimed "
                           "when its lease expires", job_id)
             return "error"
+        if outcome == "requeued":
+            held[job_id] = time.monotonic() + _SWEEP_EVERY
+        return outcome
     return None
 
 
@@ -132,9 +162,17 @@ def _worker_loop(opts: EngineOptions, pipelines: Mapping[str, Sequence[str]],
                  clock: Callable[[], float] = time.time,
                  on_finished: Callable[[], None] | None = None) -> int:
     ex = Exchange(opts.exchange, clock).ensure()
+    if opts.threads:
+        _set_threads(opts.threads)
+    backend = None
+    if opts.ray is not None:
+        from engine.service.ray_backend import RayBackend
+
+        backend = RayBackend(opts.ray, shards=opts.shards, pipelines=pipelines)
     settings = RunnerSettings(device=device, media_roots=opts.media_roots,
                               pipelines=dict(pipelines), worker=worker_id(),
-                              max_reclaims=opts.max_reclaims)
+                              max_reclaims=opts.max_reclaims,
+                              ocio_config=opts.ocio_config, backend=backend)
     reclaim_every = max(0.5, min(opts.lease_seconds / 4.0, 5.0))
     wake = threading.Event()
     watch = FolderWatch([ex.dir("new"), ex.dir("cancel")], wake)
@@ -144,6 +182,7 @@ def _worker_loop(opts: EngineOptions, pipelines: Mapping[str, Sequence[str]],
     log.info("worker %s on %s (device %s, %s)", settings.worker, ex.root, device,
              "watchdog + polling" if watching else f"polling every {timeout:g} s")
     finished = 0
+    held: dict[str, float] = {}
     next_reclaim = next_sweep = 0.0
     try:
         while not stop.is_set():
@@ -157,7 +196,7 @@ def _worker_loop(opts: EngineOptions, pipelines: Mapping[str, Sequence[str]],
                 if now >= next_sweep:
                     ex.sweep(max_age=opts.tmp_max_age)
                     next_sweep = now + _SWEEP_EVERY
-                outcome = _run_one(ex, opts, settings, stop)
+                outcome = _run_one(ex, opts, settings, stop, held)
                 if outcome is not None:
                     if outcome in FINAL_STATES:
                         finished += 1
@@ -178,6 +217,14 @@ def _worker_loop(opts: EngineOptions, pipelines: Mapping[str, Sequence[str]],
         watch.stop()
     log.info("worker %s: %d job(s) finished", settings.worker, finished)
     return finished
+
+
+def _set_threads(n: int) -> None:
+    """Intra-op threads for the jobs this process starts (before torch is imported,
+    through the environment; after, through torch)."""
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
 
 
 def _die_with_supervisor() -> None:
@@ -214,7 +261,7 @@ def _die_with_supervisor() -> None:
 
 
 def _child_main(opts: EngineOptions, pipelines: Mapping[str, Sequence[str]],
-                mp_stop, counter, device: str, clock: Callable[[], float],
+                stop_conn, counter, device: str, clock: Callable[[], float],
                 log_level: int) -> None:
     _die_with_supervisor()
     logging.basicConfig(level=log_level,
@@ -228,15 +275,17 @@ def _child_main(opts: EngineOptions, pipelines: Mapping[str, Sequence[str]],
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(share)
     stop = threading.Event()
 
-    def relay() -> None:  # the parent's stop request -> this process's loop
-        mp_stop.wait()
+    def relay() -> None:  # the parent's stop request (or its end) -> our loop
+        try:
+            stop_conn.recv()
+        except (EOFError, OSError):
+            pass
         stop.set()
 
-    threading.Thread(target=relay, daemon=True).start()
+    threading.Thread(target=relay, name="stop-relay", daemon=True).start()
 
-    def bump() -> None:
-        with counter.get_lock():
-            counter.value += 1
+    def bump() -> None:  # only this process writes its slot: no lock to leave held
+        counter.value += 1
 
     with _stop_on_signals(stop):
         _worker_loop(opts, pipelines, stop, device, clock, bump)
@@ -246,40 +295,71 @@ def _supervise(opts: EngineOptions, pipelines: Mapping[str, Sequence[str]],
                stop: threading.Event, device: str,
                clock: Callable[[], float]) -> int:
     ctx = multiprocessing.get_context("spawn")  # no fork after threads / CUDA
-    mp_stop = ctx.Event()
-    counter = ctx.Value("q", 0)
+    # One finished-jobs counter per worker slot, written only by its worker and
+    # without a lock: a worker killed at any moment leaves nothing held. (A shared
+    # Event once hung shutdown: a killed worker still counted as its waiter.)
+    counters = [ctx.RawValue("q", 0) for _ in range(opts.workers)]
     level = logging.getLogger().getEffectiveLevel()
     child_opts = replace(opts, workers=1)
+    pipes: dict[int, multiprocessing.connection.Connection] = {}
 
     def start(i: int):
+        reader, writer = ctx.Pipe(duplex=False)  # the worker reads, we write
         p = ctx.Process(target=_child_main, name=f"worker-{i}",
-                        args=(child_opts, dict(pipelines), mp_stop, counter, device,
-                              clock, level))
+                        args=(child_opts, dict(pipelines), reader, counters[i],
+                              device, clock, level))
         p.start()
+        reader.close()
+        old = pipes.pop(i, None)
+        if old is not None:
+            old.close()
+        pipes[i] = writer
         return p
+
+    def tell_stop() -> None:
+        for conn in pipes.values():
+            try:
+                conn.send("stop")
+            except (OSError, ValueError):
+                pass  # that worker is gone already
 
     procs = {i: start(i) for i in range(opts.workers)}
     restarts: dict[int, float] = {}
+    deadline: float | None = None
     while procs:
-        if stop.is_set():
-            mp_stop.set()
+        if stop.is_set() and deadline is None:
+            tell_stop()
+            # Half a lease for a running job to be released; then the workers
+            # still running are killed and their jobs reclaimed by lease expiry.
+            deadline = time.monotonic() + max(0.5, opts.lease_seconds / 2.0)
+        if deadline is not None and time.monotonic() >= deadline:
+            for i, p in procs.items():
+                if p.is_alive():
+                    log.error("worker-%d did not stop in time; killing it", i)
+                    p.kill()
+            for p in procs.values():
+                p.join(5.0)
+            break
         for i, p in list(procs.items()):
             if p.is_alive():
                 continue
             p.join()
-            if p.exitcode != 0 and not opts.once and not mp_stop.is_set():
+            if p.exitcode != 0 and not opts.once and deadline is None:
                 # A native crash or OOM kill: its job is reclaimed by lease expiry.
                 wait = 1.0 if time.monotonic() - restarts.get(i, -1e9) > 60 else 10.0
                 log.error("worker-%d died (exit %s); restarting in %g s", i,
                           p.exitcode, wait)
                 if stop.wait(wait):
+                    del procs[i]
                     continue
                 restarts[i] = time.monotonic()
                 procs[i] = start(i)
             else:
                 del procs[i]
         stop.wait(0.2)
-    return int(counter.value)
+    for conn in pipes.values():
+        conn.close()
+    return sum(int(c.value) for c in counters)
 
 
 def serve(opts: EngineOptions, *, pipelines: Mapping[str, Sequence[str]] | None = None,
@@ -302,6 +382,10 @@ def serve(opts: EngineOptions, *, pipelines: Mapping[str, Sequence[str]] | None 
     table = dict(PIPELINES if pipelines is None else pipelines)
     clock = clock or time.time
     Exchange(opts.exchange).ensure()
+    if opts.ray is not None:  # fail at start-up, in one line, not in each worker
+        from engine.service.ray_backend import check_address
+
+        check_address(opts.ray)
     with _stop_on_signals(stop):
         if opts.workers <= 1:
             return _worker_loop(opts, table, stop, device, clock)

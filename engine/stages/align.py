@@ -22,7 +22,10 @@ by reflection (FFHQ-like), not black.
 - ``quads.npy``: float64 ``[N, 4, 2]`` (TL, BL, BR, TR) for the N frames of the
   range, NaN where the face is absent;
 - ``crops/<frame:07d>.png``: 8-bit RGB aligned crops, ``R x R``, for frames with a
-  face (``frame`` = media index);
+  face (``frame`` = media index), in the networks' colour space: the crop is warped
+  in the source's encoding (16-bit or float), then converted with
+  :meth:`engine.media.colour.ColourPipeline.to_network` (nothing is converted for
+  Rec.709 and sRGB sources, docs/colour.md);
 - ``masks/<frame:07d>.png``: 8-bit face masks (0/255) at ``R``, the input of
   :func:`engine.stages.mask.paste_alpha` and :func:`engine.stages.mask.stitch_masks`.
 """
@@ -33,7 +36,7 @@ import io
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -51,6 +54,8 @@ __all__ = [
     "align_crop",
     "unalign",
     "transform_points",
+    "stit_qsize",
+    "shrink_factor",
     "present_runs",
     "AlignStage",
     "resolve_resolution",
@@ -180,6 +185,29 @@ def transform_points(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return h / w[..., None]
 
 
+def stit_qsize(quad: np.ndarray) -> float:
+    """STIT's ``qsize`` of a quad: ``2·|(quad[3] − quad[1]) / 2|``, the distance from
+    the bottom-left to the top-right corner, i.e. the quad's *diagonal* (√2 times its
+    side), not the side that NVIDIA's FFHQ script measures (docs/reference.md,
+    "Quad and crop")."""
+    q = np.asarray(quad, dtype=np.float64).reshape(4, 2)
+    return float(np.linalg.norm(q[3] - q[1]))
+
+
+def shrink_factor(quad: np.ndarray, size: int) -> int:
+    """STIT's pre-shrink: ``floor(qsize / size · 0.5)`` with ``qsize`` the diagonal
+    (:func:`stit_qsize`); the frame is reduced by this integer factor before the
+    warp when it is above 1. At 1024 px that happens from a quad side of about
+    2,897 px (diagonal 4,096) on, so faces with a 2,900–3,500 px side are shrunk by
+    2 (docs/reference.md, "Quad and crop"). Returns 1 when no shrink applies.
+
+    >>> shrink_factor([[0, 0], [0, 3000], [3000, 3000], [3000, 0]], 1024)
+    2
+    """
+    shrink = int(np.floor(stit_qsize(quad) / size * 0.5))
+    return shrink if shrink > 1 else 1
+
+
 def align_crop(frame: np.ndarray, quad: np.ndarray, size: int,
                padding: str = "reflect") -> np.ndarray:
     """Warp the quad's region of ``frame`` to an ``size x size`` crop (bilinear).
@@ -191,14 +219,16 @@ def align_crop(frame: np.ndarray, quad: np.ndarray, size: int,
         padding: ``"reflect"`` (mirror the frame where the quad leaves it) or
             ``"black"`` (STIT's behaviour).
 
-    Faces much larger than the crop are first reduced with area averaging by an
-    integer factor (STIT's "shrink"), which avoids aliasing from the bilinear warp.
+    Faces much larger than the crop are first reduced with area averaging by
+    STIT's integer factor (:func:`shrink_factor`), which avoids aliasing from the
+    bilinear warp. STIT divides the quad by the factor; here the quad follows the
+    resize's pixel-centre mapping, which keeps the crop aligned to a fraction of a
+    pixel.
     """
     import cv2
 
     q = np.asarray(quad, dtype=np.float64).reshape(4, 2)
-    qsize = np.linalg.norm(q[3] - q[0])
-    shrink = int(np.floor(qsize / size * 0.5))
+    shrink = shrink_factor(q, size)
     src = frame
     if shrink > 1:
         h, w = frame.shape[:2]
@@ -281,19 +311,47 @@ def parser_weights() -> Path | None:
 
 
 class AlignStage(Stage):
-    """Smoothed FFHQ crops at the generator resolution, quads, and face masks."""
+    """Smoothed FFHQ crops at the generator resolution, quads, and face masks.
+
+    Every frame of the track with a face is aligned; a draft's track holds only
+    its few frames (``engine.stages.draft``, which also overrides the three hooks
+    below to reuse loaded networks and to read only those frames).
+    """
 
     name = "align"
+    split = "frames"  # shards of whole mask batches (engine/stages/contract.py)
+
+    def resolution(self, ctx: StageContext) -> int:
+        """The crop size R (:func:`resolve_resolution`)."""
+        return resolve_resolution(ctx.config.align.resolution, ctx.config.profile)
+
+    def mask_builder(self, ctx: StageContext, size: int) -> Any:
+        """The job's :class:`engine.stages.mask.MaskBuilder`."""
+        from engine.stages.mask import MaskBuilder
+
+        return MaskBuilder(ctx.config.mask, size, device=ctx.device,
+                           parser_path=parser_weights())
+
+    def source_frames(self, ctx: StageContext, frames: list[int], depth: int = 8
+                      ) -> Iterator[tuple[int, np.ndarray]]:
+        """``(index, RGB)`` covering ``frames`` (increasing media indices: the ones
+        with a face this unit aligns), streamed from the first of them to the
+        last, decoded at ``depth`` (8, 16 or 32 = float)."""
+        from engine.media.video import read_frames
+
+        if not frames:
+            return iter(())
+        return read_frames(ctx.source_path(), frames[0], frames[-1] + 1, depth=depth)
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        from engine.stages.mask import MaskBuilder
-        from engine.media.video import encode_png, read_frames
+        from engine.media.colour import pipeline_for
+        from engine.media.video import encode_png, to_depth
         from fsexchange.media import probe
 
         cfg = ctx.config.align
         job = ctx.job
         track = ctx.files.track.facetrack()
-        size = resolve_resolution(cfg.resolution, ctx.config.profile)
+        size = self.resolution(ctx)
         start, end = job.range.start, job.range.end
         n = end - start
         by_frame = {fr.frame: fr for fr in track.frames}
@@ -319,16 +377,34 @@ class AlignStage(Stage):
         np.save(buf, quads, allow_pickle=False)
         atomic_write_bytes(files.quads_path, buf.getvalue())
 
-        masker = MaskBuilder(ctx.config.mask, size, device=ctx.device,
-                             parser_path=parser_weights())
+        masker = self.mask_builder(ctx, size)
         if masker.source == "hull":
             ctx.warn("Face masks come from the landmark hull: the BiSeNet face-parser "
                      "weights (79999_iter.pth) are not installed, so hair and neck are "
                      "covered only by the dilation. Install them with "
                      "'facestitch models install' for the reference masks.")
         info = probe(ctx.source_path(), job.range.rate)
+        colour, notes = pipeline_for(ctx.config.colour, info)
+        for note in notes:
+            ctx.warn(note)
+        ctx.info["colour"] = colour.describe()
         frames_done: list[int] = []
         pending: list[tuple[int, np.ndarray, np.ndarray]] = []
+        # Work items: the mask batches, runs of batch_size frames with a face; a
+        # shard reads only the frames of its batches, the final unit lists the
+        # batches that shards finished without redoing them.
+        rank = np.cumsum(present) - 1  # [N] position among the present frames
+        bs = masker.batch_size
+        items = -(-int(present.sum()) // bs)
+        mine = [k for k in range(items) if ctx.in_shard(k, items)]
+        sharded = ctx.done_by_shards(self.name, items) if ctx.shard is None else set()
+        first, last = 0, n
+        if ctx.shard is not None:
+            if not mine:
+                return {"frames": 0}
+            where = np.flatnonzero(present)
+            first = int(where[mine[0] * bs])
+            last = int(where[min((mine[-1] + 1) * bs, len(where)) - 1]) + 1
 
         def flush() -> None:
             masks = masker.masks([p[1] for p in pending], [p[2] for p in pending])
@@ -339,17 +415,27 @@ class AlignStage(Stage):
                 frames_done.append(frame)
             pending.clear()
 
-        for index, frame in read_frames(ctx.source_path(), start, end):
+        # Rec.709/sRGB: the 8-bit code values are the network space already.
+        depth = 8 if colour.identity else 32
+        wanted = [start + int(i) for i in np.flatnonzero(present)
+                  if first <= i < last]
+        for index, frame in self.source_frames(ctx, wanted, depth):
             ctx.check_abort()
             i = index - start
-            if present[i]:
+            if present[i] and int(rank[i]) // bs in sharded:
+                frames_done.append(index)  # a shard wrote its crop and mask
+            elif present[i] and ctx.in_shard(int(rank[i]) // bs, items):
                 crop = align_crop(frame, quads[i], size, cfg.padding)
+                if not colour.identity:
+                    crop = to_depth(colour.to_network(crop), 8)
                 m = crop_transform(quads[i], size)
                 pending.append((index, crop, transform_points(m, lms[i])))
                 if len(pending) >= masker.batch_size:
                     flush()
-            ctx.report((i + 1) / n, f"aligned frame {index}")
+            ctx.report((i - first + 1) / (last - first), f"aligned frame {index}")
         flush()
+        if ctx.shard is not None:  # the final unit writes info.json
+            return {"frames": len(frames_done)}
 
         doc = {
             "schema": "facestitch.AlignInfo/1",
@@ -363,8 +449,9 @@ class AlignStage(Stage):
             "xy_sigma": cfg.xy_sigma,
             "scale": cfg.scale,
             "padding": cfg.padding,
+            "colour": colour.describe(),
         }
         atomic_write_bytes(files.info_path, json.dumps(doc, indent=1).encode())
         ctx.info["mask_source"] = masker.source
         return {"frames": len(frames_done), "resolution": size,
-                "mask_source": masker.source}
+                "mask_source": masker.source, "colour": colour.describe()}

@@ -25,7 +25,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from fsexchange.fsutil import atomic_write_bytes
+from fsexchange.fsutil import publish_once
 
 __all__ = ["MAX_AUTO_BATCH", "PER_FRAME_GIB_1024", "auto_batch", "resolve_batch",
            "free_memory", "stage_settings", "training_settings"]
@@ -33,8 +33,10 @@ __all__ = ["MAX_AUTO_BATCH", "PER_FRAME_GIB_1024", "auto_batch", "resolve_batch"
 #: the largest automatic batch (past it a step gains little; bench/pipeline.py)
 MAX_AUTO_BATCH = 16
 
-#: GiB per frame of one training step at 1024 px, float32 (bench --memory)
-PER_FRAME_GIB_1024 = {"pti": 4.0, "stitch": 2.5}
+#: GiB per frame of one training step at 1024 px, float32 (bench --memory); for
+#: "refine" per (anchor, frame) pair: two PTI-like renders, no 1024 px LPIPS (an
+#: estimate, not measured)
+PER_FRAME_GIB_1024 = {"pti": 4.0, "stitch": 2.5, "refine": 6.0}
 
 _GIB = 1 << 30
 
@@ -95,7 +97,8 @@ def stage_settings(stage_dir: Path, resolve: Callable[[], dict[str, Any]]
         try:
             return json.loads(path.read_text())
         except (OSError, ValueError):
-            pass  # damaged: resolve again (the stage restarts its batches anyway)
-    settings = resolve()
-    atomic_write_bytes(path, json.dumps(settings).encode())
-    return settings
+            # damaged: resolve again (the stage restarts its batches anyway)
+            path.unlink(missing_ok=True)
+    # Shards of one stage may resolve at once on several machines (other memory):
+    # the first to publish wins and all of them run with its settings.
+    return json.loads(publish_once(path, json.dumps(resolve()).encode()))

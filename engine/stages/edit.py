@@ -10,7 +10,8 @@ keyframes across the shot, so an edit can fade in and out.
 Strength convention (STIT CLI, docs/reference.md "Editing"): ``w_edit = w + (strength /
 2) · d``
 for W directions (``Direction.step_scale`` 0.5), ``s + strength · d`` for S-space
-(StyleCLIP global) directions.
+(StyleCLIP global) directions, installed ones or those computed from a text prompt
+(``Edit.space == "text"``, :mod:`engine.models.styleclip`).
 
 Strength curves (:func:`strength_curve`), for an edit with keyframes
 ``(f_0, s_0) … (f_k, s_k)`` (frame numbers are source frame indices, the same
@@ -100,6 +101,8 @@ def check_edits(edits: Sequence[Edit], installed: Mapping[str, "Direction"]) -> 
     """Fail with :class:`EditUnknown` (``edit.unknown``) naming the installed edits
     when an edit is not installed, or not installed in the space it asks for."""
     for i, e in enumerate(edits):
+        if e.space == "text":  # computed from its prompt (engine.models.styleclip)
+            continue
         d = installed.get(e.name)
         if d is None or d.space != e.space:
             names = sorted(n for n, x in installed.items() if x.space == e.space)
@@ -215,7 +218,7 @@ class EditStage(Stage):
         pivots = freeze_fine(pivots, cfg.freeze_fine_layers)
         latents = apply_w_edits(pivots, edits, installed, frames)
         G = ctx.files.pti.generator(ctx.device)
-        s_edits = [e for e in edits if e.space == "s"]
+        s_edits, s_installed = _style_edits(ctx, edits, installed, G)
         styles: list[np.ndarray] | None = None
         if s_edits and frames:
             per_layer: list[list[np.ndarray]] = [[] for _ in range(G.num_styles)]
@@ -226,7 +229,7 @@ class EditStage(Stage):
                     for i, s in enumerate(G.styles(ws)):
                         per_layer[i].append(s.cpu().numpy())
             styles = apply_s_edits([np.concatenate(p) for p in per_layer], s_edits,
-                                   installed, frames, G.style_is_torgb)
+                                   s_installed, frames, G.style_is_torgb)
             buf = io.BytesIO()
             np.savez(buf, **{f"s{i:02d}": s for i, s in enumerate(styles)})
             atomic_write_bytes(files.styles_path, buf.getvalue())
@@ -236,7 +239,9 @@ class EditStage(Stage):
         curves = {"frames": [rng.start, rng.stop], "edits": [
             {"name": e.name, "space": e.space, "ease": e.ease,
              "keyframes": [[k.frame, k.strength] for k in e.keyframes],
-             "strength": strength_curve(e, rng).tolist()} for e in edits]}
+             "strength": strength_curve(e, rng).tolist(),
+             **({"text": e.text, "neutral": e.neutral, "beta": e.beta}
+                if e.space == "text" else {})} for e in edits]}
         atomic_write_bytes(files.curves_path, json.dumps(curves).encode())
         show = preview_frames(frames)
         if show:
@@ -252,6 +257,35 @@ class EditStage(Stage):
         return {"frames": len(frames),
                 "edits": [{"name": e.name, "space": e.space,
                            "keyframes": len(e.keyframes)} for e in edits]}
+
+
+def _style_edits(ctx: StageContext, edits: Sequence[Edit],
+                 installed: Mapping[str, "Direction"], G: Any
+                 ) -> tuple[list[Edit], dict[str, "Direction"]]:
+    """The S-space edits to apply and their directions: installed S edits as they
+    are, text edits as S edits with the direction computed from their prompt
+    (``engine.models.styleclip``; written to ``text_directions.npz`` for the
+    record) under a key of their own, so two text edits never share one."""
+    import dataclasses
+
+    from engine.models.styleclip import text_edit_directions
+
+    text = text_edit_directions(edits, G.style_channels, G.style_is_torgb,
+                                device=ctx.device)
+    table = dict(installed)
+    out = []
+    for i, e in enumerate(edits):
+        if e.space == "s":
+            out.append(e)
+        elif e.space == "text":
+            key = f"{e.name}#{i}"
+            table[key] = text[i]
+            out.append(dataclasses.replace(e, name=key, space="s"))
+    if text:
+        buf = io.BytesIO()
+        np.savez(buf, **{f"e{i:02d}": d.vector for i, d in text.items()})
+        atomic_write_bytes(ctx.files.edit.text_directions_path, buf.getvalue())
+    return out, table
 
 
 def _installed(ctx: StageContext) -> dict[str, "Direction"]:

@@ -37,6 +37,7 @@ __all__ = [
     "foreground_from_labels",
     "hull_mask",
     "paste_alpha",
+    "feather_radius",
     "stitch_masks",
     "FaceParser",
     "MaskBuilder",
@@ -123,10 +124,23 @@ def _work_mask(face_mask: np.ndarray) -> tuple[np.ndarray, int]:
     return m, size
 
 
+def feather_radius(cfg: MaskConfig, size: int) -> int:
+    """STIT's feathering radius at crop size R: ``outer_mask_dilation // 2`` pixels
+    at 1024 (25, a 51 x 51 kernel, for the default 50), scaled by R/1024."""
+    return int(round(cfg.outer_dilation // 2 * size / _REFERENCE_SIZE))
+
+
 def paste_alpha(face_mask: np.ndarray, cfg: MaskConfig = MaskConfig()) -> np.ndarray:
     """Alpha for paste-back: the dilated face mask (STIT's main output, no blur),
-    float32 ``[R, R]`` in 0..1. With ``cfg.feather``: STIT's feathering variant,
-    erode 51x51 then Gaussian ksize 51 (σ 8 px), sizes scaled from 1024 to R."""
+    float32 ``[R, R]`` in 0..1.
+
+    With ``cfg.feather``: STIT's feathering variant (docs/reference.md "Paste-back"):
+    the alpha is eroded by a square of side ``2r + 1`` (:func:`feather_radius`, 51 at
+    1024) with **border value 0**, so a mask that runs into the crop's edge (a neck)
+    fades out towards the edge instead of staying opaque there, then blurred by a
+    Gaussian of the same size with OpenCV's automatic sigma (8 px at 51) and its
+    default reflected border.
+    """
     import cv2
 
     m, size = _work_mask(face_mask)
@@ -135,10 +149,10 @@ def paste_alpha(face_mask: np.ndarray, cfg: MaskConfig = MaskConfig()) -> np.nda
     full = _dilate(inner, _radius(cfg.outer_dilation, work * 2))
     alpha = np.clip(_upsample_align_corners(full, size), 0, 1)
     if cfg.feather:
-        r = int(round(25 * size / _REFERENCE_SIZE))  # 51x51 at 1024
+        r = feather_radius(cfg, size)
         if r > 0:
-            alpha = cv2.erode(alpha, np.ones((2 * r + 1, 2 * r + 1), np.uint8),
-                              borderType=cv2.BORDER_CONSTANT, borderValue=1)
+            k = np.ones((2 * r + 1, 2 * r + 1), np.uint8)
+            alpha = cv2.erode(alpha, k, borderType=cv2.BORDER_CONSTANT, borderValue=0)
             alpha = cv2.GaussianBlur(alpha, (2 * r + 1, 2 * r + 1), 0)
     return np.ascontiguousarray(alpha, dtype=np.float32)
 
@@ -150,19 +164,23 @@ def stitch_masks(face_mask: np.ndarray, cfg: MaskConfig = MaskConfig()
 
     At the R/2 work size: M = foreground (dilated by ``inner_dilation``), full =
     dilate(M, ``outer_dilation``), E = pixels within ``border_band`` of the crop
-    edge, border = max(min(E, M), full - M), content = clip(M_orig - border, 0, 1);
-    then bilinear ``align_corners=True`` upsampling to R. Radii are the 1024 CLI
-    values halved and scaled by R/1024 (25, 0, 25 at 1024).
+    edge (``None``: the outer dilation, as STIT), border = max(min(E, M), full - M)
+    (``whole_image_border``: max(min(E, M), 1 - M), STIT's flag), content =
+    clip(M_orig - border, 0, 1); then bilinear ``align_corners=True`` upsampling to
+    R. Radii are the 1024 CLI values halved and scaled by R/1024 (25, 0, 25 at
+    1024).
     """
     m_orig, size = _work_mask(face_mask)
     work = m_orig.shape[0]
     m = _dilate(m_orig, _radius(cfg.inner_dilation, work * 2))
     full = _dilate(m, _radius(cfg.outer_dilation, work * 2))
-    band = _radius(cfg.border_band, work * 2)
+    band_1024 = cfg.outer_dilation if cfg.border_band is None else cfg.border_band
+    band = _radius(band_1024, work * 2)
     idx = np.arange(work)
     dist = np.minimum(idx, work - 1 - idx)
     edge = (np.minimum(dist[:, None], dist[None, :]) < band).astype(np.float32)
-    border = np.maximum(np.minimum(edge, m), full - m)
+    ring = 1.0 - m if cfg.whole_image_border else full - m
+    border = np.maximum(np.minimum(edge, m), ring)
     content = np.clip(m_orig - border, 0, 1)
     return tuple(np.ascontiguousarray(np.clip(_upsample_align_corners(a, size), 0, 1),
                                       dtype=np.float32)

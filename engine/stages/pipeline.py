@@ -28,7 +28,9 @@ from fsexchange.documents import StageDone, encode_document
 from fsexchange.errors import FaceStitchError, InternalError, PipelineUnavailable
 from fsexchange.exchange import utc_now
 from fsexchange.fsutil import atomic_write_bytes
+from fsexchange.options import PipelineConfig
 
+from engine.stages.compute import pinned_threads
 from engine.stages.contract import Stage, StageContext
 from engine.stages.outputs import DONE_FILE
 
@@ -53,9 +55,23 @@ PIPELINES: dict[str, tuple[str, ...]] = {
         "engine.stages.invert:InvertStage",
         "engine.stages.pti:PTIStage",
         "engine.stages.edit:EditStage",
+        # VideoEditGAN's flow-based refinement (options.refine.enabled, on by default)
+        "engine.stages.refine:RefineStage",
         "engine.stages.stitch_tune:StitchTuneStage",
+        # stitch.tune off (--no-stitch) replaces stitching tuning by this naive
+        # render of the edit (STIT's edit_video.py); Stage.applies decides
+        "engine.stages.render:RenderStage",
         "engine.stages.paste:PasteStage",
         "engine.stages.report:ReportStage",
+    ),
+    # A few frames, e4e (+ optional short PTI), the edit at every strength of a
+    # sweep, naive paste-back and a sheet (docs/pipeline.md "Drafts").
+    "draft": (
+        "engine.stages.draft:DraftTrackStage",
+        "engine.stages.draft:DraftAlignStage",
+        "engine.stages.draft:DraftInvertStage",
+        "engine.stages.draft:DraftPTIStage",
+        "engine.stages.sweep:SweepStage",
     ),
 }
 
@@ -64,13 +80,17 @@ PipelineProgress = Callable[[int, float, str], None]
 
 
 def stages_for(kind: str, pipelines: Mapping[str, Sequence[str]] = PIPELINES, *,
-               until: str | None = None) -> list[Stage]:
+               until: str | None = None,
+               config: PipelineConfig | None = None) -> list[Stage]:
     """Import and construct the stages of a job kind, in order (up to and
-    including the stage named ``until``, when given).
+    including the stage named ``until``, when given), leaving out those that do
+    not apply to the job's ``config`` (:meth:`Stage.applies`; default options
+    when None).
 
     Raises:
         PipelineUnavailable: unknown kind, or a stage module that is not installed.
     """
+    config = config if config is not None else PipelineConfig()
     refs = pipelines.get(kind)
     if refs is None:
         raise PipelineUnavailable(f"this engine cannot run {kind!r} jobs "
@@ -85,8 +105,11 @@ def stages_for(kind: str, pipelines: Mapping[str, Sequence[str]] = PIPELINES, *,
             raise PipelineUnavailable(
                 f"stage {ref} of {kind!r} jobs is not available in this engine "
                 f"({exc}); update or reinstall FaceStitch") from exc
-        out.append(obj())
-        if until is not None and out[-1].name == until:
+        stage = obj()
+        if not stage.applies(config):
+            continue
+        out.append(stage)
+        if until is not None and stage.name == until:
             break
     return out
 
@@ -124,7 +147,9 @@ def run_stage(stage: Stage, index: int, base: StageContext,
     t0 = time.monotonic()
     log.info("job %s: stage %s", ctx.job.id, stage.name)
     try:
-        facts = stage.run(ctx) or {}
+        # every unit of a job computes with one thread count (docs/scale.md)
+        with pinned_threads(ctx.job_dir):
+            facts = stage.run(ctx) or {}
     except FaceStitchError as exc:
         if exc.stage is None:
             exc.stage = stage.name
@@ -138,6 +163,7 @@ def run_stage(stage: Stage, index: int, base: StageContext,
     except (TypeError, ValueError) as exc:
         raise InternalError(f"stage {stage.name} returned facts that cannot be "
                             f"stored: {exc}", stage=stage.name) from exc
+    ctx.fence()  # a worker that lost the job must not mark its stage done
     atomic_write_bytes(ctx.stage_dir(stage.name) / DONE_FILE, doc.to_bytes())
     progress(index, 1.0, f"{stage.name}: done")
     return doc

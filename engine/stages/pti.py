@@ -357,7 +357,7 @@ class PTIStage(Stage):
             ctx.info["pti_resumed_at_pass"] = tuner.state["pass"]
 
         def checkpoint() -> None:
-            save_checkpoint(ckpt_path, tuner.state_dict())
+            save_checkpoint(ckpt_path, tuner.state_dict(), fence=ctx.fence)
 
         if tuner.state["before"] is None and frames:
             ctx.report(0.0, "measuring the inversion error")

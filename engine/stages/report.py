@@ -11,12 +11,18 @@ job folder:
   reconstruction, edit, stitched (tuned) crop, the paste alpha, final composite;
 - PTI loss per pass, stitching border loss per step, edit strength curves (SVG);
 - reconstruction error before/after PTI, border error naive/tuned;
+- the temporal refinement (``refine``): both phases' losses per step, the warping
+  error and LPIPS to the direct edit of the aligned edited frames before and
+  after, which flow ran, and x–t slices through the face (source, direct edit,
+  refined) where flicker shows as ragged vertical streaks;
 - per-stage timings (from each stage's ``DONE.msgpack``), the models used, warnings;
 - the temporal metrics of :mod:`engine.quality.metrics` (TL-ID, TG-ID, warping error) of
   the composited result against the source, with their per-frame plot.
 
 ``align-preview`` jobs get the subset that exists (source, crop, alpha, final,
-timings, metrics).
+timings, metrics). For log, HDR and linear sources the filmstrip adds the
+networks' rendering of the source frame ("network view") next to it, and a Colour
+section says which encoding and view transform were used (docs/colour.md).
 """
 
 from __future__ import annotations
@@ -143,9 +149,10 @@ class ReportStage(Stage):
                    if isinstance(f, dict)]
         metrics = None
         metrics_html = "<p>metrics are off for this job (options.metrics.enabled)</p>"
+        colour = self._colour_pipeline(ctx)
         if ctx.config.metrics.enabled and outputs:
             try:
-                metrics, metrics_html = self._metrics(ctx, outputs)
+                metrics, metrics_html = self._metrics(ctx, outputs, colour)
             except Exception as exc:  # noqa: BLE001 - a report never fails a job
                 log.warning("report: metrics failed: %s", exc, exc_info=True)
                 ctx.warn(f"temporal metrics could not be computed: {exc}")
@@ -155,7 +162,9 @@ class ReportStage(Stage):
         tiny = bool(models.get("tiny")) or any("tiny test networks" in w
                                                for w in ctx.warnings)
         sections = [("Job", self._job_table(ctx, models))]
-        sections.append(("Filmstrip", self._filmstrip(ctx, outputs)))
+        if colour is not None:
+            sections.append(("Colour", self._colour_table(colour)))
+        sections.append(("Filmstrip", self._filmstrip(ctx, outputs, colour)))
         sections += self._tuning_sections(ctx.files)
         sections.append(("Temporal metrics", metrics_html))
         sections.append(("Stage timings", self._timings(done)))
@@ -175,10 +184,47 @@ class ReportStage(Stage):
 
     # --- sections ----------------------------------------------------------------
 
-    def _metrics(self, ctx: StageContext, outputs: list[dict]) -> tuple[Any, str]:
+    @staticmethod
+    def _colour_pipeline(ctx: StageContext) -> Any:
+        from engine.media.colour import pipeline_for
+        from fsexchange.errors import FaceStitchError
+        from fsexchange.media import probe
+
+        try:
+            return pipeline_for(ctx.config.colour,
+                                probe(ctx.source_path(), ctx.job.range.rate))[0]
+        except (FaceStitchError, OSError) as exc:
+            log.warning("report: no colour pipeline: %s", exc)
+            return None
+
+    @staticmethod
+    def _colour_table(colour: Any) -> str:
+        d = colour.describe()
+        seen = ("the source as it is (Rec.709 / sRGB code values)"
+                if colour.identity else f"{d['display']}, view {d['view']}")
+        rows = [["source colour space", html.escape(d["source"])],
+                ["what the networks see", html.escape(seen)],
+                ["EXR output", html.escape(d["linear"])],
+                ["OCIO config", html.escape(d["config"])]]
+        return _table(rows, ["", ""]) + ("<p class='small'>docs/colour.md explains "
+                                         "the conversions and their tolerances.</p>")
+
+    @staticmethod
+    def _as_source(img: np.ndarray, path: Any, colour: Any) -> tuple[np.ndarray, bool]:
+        """A result frame in the source's encoding, and whether it is premultiplied:
+        EXR results are scene-linear and premultiplied (paste stage)."""
+        if path.suffix.lower() != ".exr" or colour is None:
+            return img, path.suffix.lower() == ".exr"
+        a = np.clip(img[..., 3:4], 0, 1)
+        rgb = img[..., :3] / np.maximum(a, 1e-12)
+        out = np.concatenate([colour.from_linear(rgb), a], axis=2)
+        return out.astype(np.float32), False
+
+    def _metrics(self, ctx: StageContext, outputs: list[dict],
+                 colour: Any = None) -> tuple[Any, str]:
         from engine.quality.charts import metrics_svg
         from engine.quality.metrics import temporal_metrics
-        from engine.media.video import read_frames, read_image
+        from engine.media.video import read_frames, read_image, to_depth
 
         job = ctx.job
         start, end = job.range.start, job.range.end
@@ -186,8 +232,10 @@ class ReportStage(Stage):
         paths = [ctx.job_dir / o["path"] for o in outputs]
         if paths and paths[0].suffix.lower() == ".mov":
             edited = (f for _, f in read_frames(paths[0], alpha=True))
-        else:
-            edited = (read_image(p) for p in paths)
+        else:  # EXR results back in the source's encoding, straight alpha
+            edited = (to_depth(self._as_source(read_image(p), p, colour)[0], 16)
+                      if p.suffix.lower() == ".exr" and colour is not None
+                      else read_image(p) for p in paths)
         n = end - start
 
         def on_frame(i: int) -> None:
@@ -195,7 +243,8 @@ class ReportStage(Stage):
             ctx.report(min(0.95, (i + 1) / max(n, 1)), f"metrics frame {i + 1}/{n}")
 
         m = temporal_metrics(src, edited, cfg=ctx.config.metrics, device=ctx.device,
-                             premultiplied=job.output.format == "exr",
+                             premultiplied=(job.output.format == "exr"
+                                            and colour is None),
                              on_frame=on_frame)
         d = m.to_dict()
         rows = [[k, _num(d.get(k))] for k in
@@ -205,7 +254,9 @@ class ReportStage(Stage):
         body = (_table(rows, ["metric", "value"])
                 + "<p class='small'>TL-ID / TG-ID: identity similarity of adjacent / "
                 "all frame pairs, divided by the source's own (1 = as consistent as "
-                "the source). Warping error: occlusion-masked, flow from the source. "
+                "the source); identity network: "
+                f"{html.escape(d.get('identity_network', ''))}. Warping error: "
+                f"{html.escape(d['definitions']['warp_error'])} "
                 f"Backends: {html.escape(json.dumps(d.get('backends', {})))}</p>"
                 + metrics_svg(m, first_frame=start))
         return m, body
@@ -226,7 +277,8 @@ class ReportStage(Stage):
                 ["device", html.escape(ctx.device)]]
         return _table(rows, ["", ""])
 
-    def _filmstrip(self, ctx: StageContext, outputs: list[dict]) -> str:
+    def _filmstrip(self, ctx: StageContext, outputs: list[dict],
+                   colour: Any = None) -> str:
         from engine.stages.mask import paste_alpha
         from engine.media.composite import composite_over
         from engine.media.video import read_frames, read_image
@@ -244,10 +296,17 @@ class ReportStage(Stage):
                    ("inversion (e4e)", files.invert.preview_dir),
                    ("PTI reconstruction", files.pti.preview_dir),
                    ("edit", files.edit.preview_dir),
+                   ("refined", files.refine.preview_dir),
                    ("stitched", files.stitch_tune.crops_dir),
-                   ("alpha", files.stitch_tune.alpha_dir), ("final", None)]
+                   ("alpha", files.stitch_tune.alpha_dir),
+                   # --no-stitch: the edit as rendered, and its naive alpha
+                   ("edit, untuned", files.render.crops_dir),
+                   ("alpha", files.render.alpha_dir), ("final", None)]
         columns = [(n, p) for n, p in columns
                    if p is None or any((p / crop_name(f)).exists() for f in show)]
+        convert = colour is not None and not colour.identity
+        if convert:
+            columns.insert(1, ("network view", None))
         if not any(n == "alpha" for n, _ in columns):
             columns.insert(2, ("alpha", "mask"))
         head = "".join(f"<th>{html.escape(n)}</th>" for n, _ in columns)
@@ -255,7 +314,8 @@ class ReportStage(Stage):
         src_path = ctx.source_path()
         for f in show:
             try:
-                src = next(iter(read_frames(src_path, f, f + 1)))[1]
+                src = next(iter(read_frames(src_path, f, f + 1,
+                                            depth=32 if convert else 8)))[1]
             except Exception:  # noqa: BLE001
                 src = None
             cells = []
@@ -264,12 +324,15 @@ class ReportStage(Stage):
                 try:
                     if name == "source":
                         img = src
+                    elif name == "network view" and src is not None:
+                        img = colour.to_network(src)
                     elif name == "final":
                         out = by_frame.get(f)
                         if out is not None and out.suffix.lower() != ".mov" \
                                 and src is not None:
-                            img = composite_over(read_image(out), src,
-                                                 premultiplied=out.suffix == ".exr")
+                            layer, premul = self._as_source(read_image(out), out,
+                                                            colour)
+                            img = composite_over(layer, src, premultiplied=premul)
                     elif p == "mask":
                         img = paste_alpha(clip.mask(f), ctx.config.mask)
                     elif p is not None and (p / crop_name(f)).exists():
@@ -307,6 +370,9 @@ class ReportStage(Stage):
                         f"{pti.get('batch_size')}, lr {pti.get('lr')}, "
                         f"{_num(pti.get('dtype'))}, frames {order}, formulation "
                         f"{_num(pti.get('formulation'))}</p>"))
+        refine = _refine_section(files)
+        if refine:
+            out.append(refine)
         sm = files.stitch_tune.summary()
         if sm:
             series = {"mean border loss": sm.get("mean_curve") or []}
@@ -351,3 +417,62 @@ class ReportStage(Stage):
         rows = [[html.escape(str(k)), html.escape(json.dumps(v) if not isinstance(
             v, str) else v)] for k, v in models.items()]
         return _table(rows, ["", ""])
+
+
+def _refine_section(files: JobFiles) -> tuple[str, str] | None:
+    """The temporal refinement: losses, before/after figures, x–t slices."""
+    done = files.done("refine")
+    if done is None:
+        return None
+    if not done.facts.get("enabled", True) or done.facts.get("skipped"):
+        why = done.facts.get("skipped") or "off for this job (options.refine.enabled)"
+        return ("Temporal refinement", f"<p>{html.escape(str(why))}</p>")
+    sm = files.refine.summary()
+    if not sm:
+        return None
+    steps = sm.get("steps") or []
+    series: dict[str, list[float | None]] = {}
+    for phase, label in ((1, "phase 1 (latent mapper)"), (2, "phase 2 (generator)")):
+        series[f"{label}: total"] = [s["loss"] if s.get("phase") == phase else None
+                                     for s in steps]
+    series["photometric (LPIPS)"] = [s.get("photo") for s in steps]
+    series["preservation"] = [s.get("out") for s in steps]
+    chart = line_chart_svg(series, title="Temporal refinement: loss per step (both "
+                           "phases)", xlabel="step", x0=1, log_y=True)
+    ev = sm.get("evaluation") or {}
+    table = _table([
+        ["warping error, aligned edited frames", _num(ev.get("warp_error_before")),
+         _num(ev.get("warp_error_after"))],
+        ["LPIPS to the direct edit", "0", _num(ev.get("lpips_to_direct_edit"))],
+        ["warping error of the aligned source", _num(ev.get("warp_error_source")),
+         ""]], ["", "direct edit", "refined"])
+    st = sm.get("settings") or {}
+    e1, e2 = (sm.get("epochs") or [None, None])[:2]
+    lr1, lr2 = (sm.get("lr") or [None, None])[:2]
+    note = (f"<p class='small'>Flow: {html.escape(str(sm.get('flow_name')))} at "
+            f"{sm.get('working_size')} px; anchor frame {sm.get('anchor')}; "
+            f"{e1} + {e2} epochs, {sm.get('batch_size')} pairs per step, lr "
+            f"{_num(lr1)} / {_num(lr2)}"
+            f"; photometric {_num(st.get('weight_photo'))}·LPIPS"
+            + (f" + {_num(st.get('weight_photo_l1'))}·L1"
+               if st.get("weight_photo_l1") else "")
+            + f", cycle {_num(st.get('weight_cycle'))}, preservation "
+            f"{_num(st.get('weight_out_mask_w'))} / {_num(st.get('weight_out_mask_g'))}"
+            f", locality {_num(st.get('reg_g'))}. Warping error: consecutive aligned "
+            f"frames, flow and occlusion from the aligned source "
+            f"({html.escape(str(sm.get('metrics_flow')))}).</p>")
+    cells = []
+    for which, label in (("source", "source"), ("before", "direct edit"),
+                         ("after", "refined")):
+        p = files.refine.scanline_path(which)
+        if p.exists():
+            from engine.media.video import read_image
+
+            img = read_image(p)
+            h = max(THUMB, img.shape[0])
+            cells.append(f"<td>{label}<br><img src='{png_data_uri(img, h)}' "
+                         f"alt='x-t slice {label}'></td>")
+    strip = ("<p class='small'>x–t slices: the middle row of the aligned face "
+             "(across) in every frame (down); flicker shows as ragged streaks.</p>"
+             f"<table class='strip'><tr>{''.join(cells)}</tr></table>") if cells else ""
+    return ("Temporal refinement", chart + table + note + strip)

@@ -74,7 +74,8 @@ if TYPE_CHECKING:
     from engine.nets.stylegan2 import Generator
 
 __all__ = ["StitchTuneStage", "masked_loss", "BatchedStitcher", "tune_reference",
-           "TuneResult", "EditLatents", "load_edit_inputs", "stitch_candidates"]
+           "TuneResult", "EditLatents", "load_edit_inputs", "load_edit_styles",
+           "stitch_candidates"]
 
 log = logging.getLogger(__name__)
 
@@ -557,11 +558,29 @@ def load_edit_inputs(G: "Generator", edit: EditFiles, rows: Sequence[int],
                        .to(device))
 
 
+def load_edit_styles(G: "Generator", edit: EditFiles, rows: Sequence[int],
+                     device: str) -> list["torch.Tensor"]:
+    """Styles of the edited frames ``rows`` (what the untuned generator renders
+    from, engine/stages/render.py): stored S-space edits, else ``G.styles`` of the
+    edited latents."""
+    import torch
+
+    inputs = load_edit_inputs(G, edit, rows, device)
+    if inputs.styles is not None:
+        return inputs.styles
+    with torch.no_grad():
+        return [s.detach() for s in G.styles(inputs.ws)]
+
+
 class StitchTuneStage(Stage):
     """Batched per-frame stitching tuning; writes tuned crops and paste alphas."""
 
     name = "stitch_tune"
     weight = 10.0
+    split = "frames"  # shards of whole tuning batches (engine/stages/contract.py)
+
+    def applies(self, config: Any) -> bool:
+        return config.stitch.tune  # off (--no-stitch): engine.stages.render instead
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         import torch
@@ -577,19 +596,26 @@ class StitchTuneStage(Stage):
         frames = edit.frames()
         clip = ctx.files.align.clip()
         G = ctx.files.pti.generator(dev)
+        if ctx.files.refine.ready():  # the target: the refined generator and latents
+            G, edit = ctx.files.refine.generator(dev), ctx.files.refine
         R = G.img_resolution
         # resolved once and kept for a resumed attempt (engine/stages/recipe.py)
         plan = _plan(ctx, out, G, edit, len(frames))
         cfg = replace(cfg, batch_size=plan.batch_size)
         stitcher = BatchedStitcher(G, cfg, plan.dtype, plan.formulation)
         batches = list(chunks(range(len(frames)), cfg.batch_size))
+        mine = [bi for bi in range(len(batches)) if ctx.in_shard(bi, len(batches))]
+        sharded = ctx.done_by_shards(self.name, len(batches))
         t0 = time.monotonic()
         tuned = 0
         resumed = 0
         for bi, rows in enumerate(batches):
+            if bi not in mine:  # another shard's batch
+                continue
             part = parts / f"{bi:05d}.json"
             if part.exists():  # finished before a crash or a shutdown
-                resumed += 1
+                # (or by a shard, before this final unit: not a resumed batch)
+                resumed += bi not in sharded
                 continue
             ctx.check_abort()
             fr = [frames[i] for i in rows]
@@ -602,11 +628,13 @@ class StitchTuneStage(Stage):
             inputs = load_edit_inputs(G, edit, rows, dev)
 
             def progress(f: float, bi: int = bi) -> None:
-                ctx.report((bi + f) / len(batches), f"batch {bi + 1}/{len(batches)}, "
+                ctx.report((mine.index(bi) + f) / len(mine),
+                           f"batch {bi + 1}/{len(batches)}, "
                            f"step {round(f * cfg.steps)}/{cfg.steps}")
 
             res = stitcher.tune(inputs, target, border, content,
                                 abort=ctx.check_abort, progress=progress)
+            ctx.fence()  # this batch's results are a checkpoint: ours to write?
             for j, f in enumerate(fr):
                 write_png(files.crop(f), tensor_to_image(res.images[j], depth=16))
                 alpha = paste_alpha(masks[j], mcfg)
@@ -616,10 +644,12 @@ class StitchTuneStage(Stage):
                 "frames": fr, "before": res.before, "after": res.after,
                 "steps": res.steps, "curves": res.curves}).encode())
             tuned += len(fr)
-            ctx.report((bi + 1) / len(batches),
+            ctx.report((mine.index(bi) + 1) / len(mine),
                        f"tuned {sum(len(b) for b in batches[:bi + 1])}/{len(frames)} "
                        "frames")
         seconds = time.monotonic() - t0
+        if ctx.shard is not None:  # the final unit merges the parts
+            return {"frames": tuned}
         if resumed:
             ctx.info["stitch_resumed_batches"] = resumed
         summary = _summarise([json.loads((parts / f"{i:05d}.json").read_text())

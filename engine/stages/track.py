@@ -1,13 +1,15 @@
 """Face tracking: detection + 68 landmarks per frame, identities followed across
 frames, one chosen subject written as ``FaceTrack/1``.
 
-Detections and landmarks come from :mod:`engine.faces` (dlib, or face-alignment;
-``backend="auto"`` uses face-alignment when its weights are present, else dlib).
+Detections and landmarks come from :mod:`engine.faces` (``track.backend``: dlib by
+default, as STIT and FFHQ; face-alignment as STIT's ``--use_fa``; ``auto`` uses
+face-alignment when its weights are present, else dlib).
 
 Unlike the reference (first detection wins, a frame without a face aborts the run),
 every detection joins an identity by box overlap and centre distance; the subject is
 chosen once (``Subject.index``: N-th largest at the first frame with faces; a point
-or a box at a given frame; default the largest) and followed. Frames where it is
+or a box at a given frame; default ``track.default_subject``: the largest, or the
+detector's first face as STIT takes it) and followed. Frames where it is
 missing are marked ``present=False``; gaps of at most ``TrackConfig.max_gap`` frames
 between two sightings are interpolated (``interpolated=True``); longer gaps pass
 through untouched. Only a range with no face at all fails (``face.not_found``).
@@ -19,14 +21,15 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from fsexchange.documents import FaceTrack, Subject, TrackFrame, load_document
-from fsexchange.errors import NoFaceFound, SubjectInvalid
+from fsexchange.errors import DocumentFieldError, NoFaceFound, SubjectInvalid
 from fsexchange.fsutil import atomic_write_bytes
 from fsexchange.paths import confine
 
@@ -118,6 +121,7 @@ def follow_identities(
     cfg: TrackConfig = TrackConfig(),
     *,
     on_frame: Callable[[int], None] | None = None,
+    detected: Mapping[int, list[Detection]] | None = None,
 ) -> list[Identity]:
     """Detect faces in every frame and link them into identities.
 
@@ -126,28 +130,40 @@ def follow_identities(
         backend: a :class:`LandmarkBackend`.
         cfg: ``identity_max_jump`` bounds the per-frame centre jump.
         on_frame: called after each frame with its index (progress, abort).
+        detected: detections of some frames made earlier (by shards); those
+            frames are not detected again (their RGB may be None).
     """
     identities: list[Identity] = []
+    detected = detected or {}
     for index, rgb in frames:
-        _associate(identities, backend.detect(rgb), index, cfg)
+        dets = detected[index] if index in detected else backend.detect(rgb)
+        _associate(identities, dets, index, cfg)
         if on_frame is not None:
             on_frame(index)
     return identities
 
 
-def choose_subject(identities: Sequence[Identity], subject: Subject = Subject()
-                   ) -> tuple[Identity, dict[str, Any]]:
+def choose_subject(identities: Sequence[Identity], subject: Subject = Subject(),
+                   default: str = "largest") -> tuple[Identity, dict[str, Any]]:
     """The identity the job asks for, and facts about the choice.
 
     ``subject.index``: N-th largest (0 = largest) among the faces at the first frame
     with any face. ``point`` (frame, x, y): the face whose box holds the point (the
     nearest centre if several). ``box`` (frame, x0, y0, x1, y1): the face overlapping
-    it most. None of them: the largest at the first frame with faces.
+    it most. None of them: per ``default`` (``TrackConfig.default_subject``), the
+    largest at the first frame with faces, or ``"first"``: the detector's first face
+    there (STIT's choice; identities are numbered in detection order, and every
+    identity seen at the first frame with faces starts there).
 
     Raises:
         NoFaceFound: no face in any frame.
         SubjectInvalid: the requested face does not exist.
+        DocumentFieldError: ``default`` is neither ``largest`` nor ``first``.
     """
+    if default not in ("largest", "first"):
+        raise DocumentFieldError("options.track.default_subject must be largest or "
+                                 f"first, got {default!r}",
+                                 field="options.track.default_subject")
     if not identities:
         raise NoFaceFound("no face was found in any frame of the range; check the "
                           "range, or the shot has no detectable frontal face")
@@ -180,6 +196,10 @@ def choose_subject(identities: Sequence[Identity], subject: Subject = Subject()
                                  frame=frame, field="subject.box")
         chosen = best[0]
         facts["box"] = list(subject.box)
+    elif subject.index is None and default == "first":
+        chosen = min(at_first, key=lambda i: i.id)
+        facts["index"] = at_first.index(chosen)
+        facts["default_subject"] = "first"
     else:
         n = subject.index or 0
         if n >= len(at_first):
@@ -242,34 +262,98 @@ def track_media(
     rate: Fraction | None = None,
     progress: Callable[[float, str], None] | None = None,
     abort: Callable[[], None] | None = None,
+    colour: Any = None,
+    only: Sequence[int] | None = None,
+    detected: Mapping[int, list[Detection]] | None = None,
 ) -> FaceTrack:
     """Track the chosen face over ``start:end`` of a movie or sequence.
+
+    Args:
+        detected: detections made earlier by shards (:func:`follow_identities`).
+        colour: an :class:`engine.media.colour.ColourPipeline`: detect on the
+            networks' rendering of each frame (log and HDR footage), not its code
+            values.
+        only: track just these frames (increasing, inside the range; drafts):
+            each is read by seeking, and the track has one entry per frame of
+            ``only``, without gap filling.
 
     Raises:
         NoFaceFound: no face anywhere in the range.
         SubjectInvalid: the requested subject does not exist.
         ModelMissing: the backend's weights are not installed.
     """
-    from engine.media.video import read_frames
+    from engine.media.video import read_frames, read_frames_at, to_depth
     from fsexchange.media import probe
 
     info = probe(path, rate)
     end = info.frame_count if end is None else end
-    frames = read_frames(path, start, end)  # validates the range first
+    wanted = range(start, end) if only is None else list(only)
+    if detected is not None and all(f in detected for f in wanted):
+        frames: Iterable[tuple[int, Any]] = ((f, None) for f in wanted)
+    else:
+        frames = read_frames(path, start, end)  # validates the range first
+        if only is not None:
+            frames = read_frames_at(path, only)
+        if colour is not None and not colour.identity:
+            coded = (read_frames(path, start, end, depth=32) if only is None
+                     else read_frames_at(path, only, depth=32))
+            frames = ((i, to_depth(colour.to_network(f), 8)) for i, f in coded)
     backend = backend or make_backend(cfg, device)
-    n = end - start
+    n = end - start if only is None else max(len(only), 1)
+    seen = [0]
 
     def on_frame(index: int) -> None:
+        seen[0] += 1
         if abort is not None:
             abort()
         if progress is not None:
-            progress((index - start + 1) / n, f"tracked frame {index}")
+            progress(seen[0] / n, f"tracked frame {index}")
 
-    identities = follow_identities(frames, backend, cfg, on_frame=on_frame)
-    chosen, facts = choose_subject(identities, subject)
-    track = fill_gaps(subject_track(chosen, start, end), cfg.max_gap)
+    identities = follow_identities(frames, backend, cfg, on_frame=on_frame,
+                                   detected=detected)
+    chosen, facts = choose_subject(identities, subject, cfg.default_subject)
+    if only is None:
+        track = fill_gaps(subject_track(chosen, start, end), cfg.max_gap)
+    else:
+        track = [subject_track(chosen, f, f + 1)[0] for f in only]
     return FaceTrack(rate=rate or info.rate, image_size=(info.width, info.height),
                      frames=tuple(track), backend=backend.name, subject=facts)
+
+
+def detect_frames(path: str | os.PathLike[str], start: int, end: int,
+                  backend: LandmarkBackend, *,
+                  progress: Callable[[float, str], None] | None = None,
+                  abort: Callable[[], None] | None = None,
+                  colour: Any = None) -> bytes:
+    """Faces in frames ``start:end`` (a shard of the track stage), as msgpack:
+    ``{frame: [[box, score, landmarks], ...]}`` with every float as it was
+    detected (float64 round trips exactly)."""
+    import msgpack
+
+    from engine.media.video import read_frames, to_depth
+
+    frames: Iterable[tuple[int, np.ndarray]] = read_frames(path, start, end)
+    if colour is not None and not colour.identity:  # as track_media sees them
+        frames = ((i, to_depth(colour.to_network(f), 8))
+                  for i, f in read_frames(path, start, end, depth=32))
+    out = {}
+    for index, rgb in frames:
+        if abort is not None:
+            abort()
+        out[index] = [[list(map(float, d.box)), float(d.score),
+                       np.asarray(d.landmarks, np.float64).tolist()]
+                      for d in backend.detect(rgb)]
+        if progress is not None:
+            progress((index - start + 1) / (end - start), f"detected frame {index}")
+    return msgpack.packb(out)
+
+
+def load_detections(data: bytes) -> dict[int, list[Detection]]:
+    import msgpack
+
+    return {int(f): [Detection(tuple(box), score, np.asarray(lm, np.float64))
+                     for box, score, lm in dets]
+            for f, dets in msgpack.unpackb(data, strict_map_key=False).items()}
 
 
 def _describe_gaps(frames: Sequence[TrackFrame]) -> str:
@@ -288,11 +372,36 @@ class TrackStage(Stage):
     """Writes ``stages/track/facetrack.msgpack`` (``FaceTrack/1``)."""
 
     name = "track"
+    #: shards detect faces in blocks of frames; linking them into identities
+    #: and choosing the subject is the final unit's (engine/stages/contract.py)
+    split = "frames"
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         job = ctx.job
         ctx.stage_dir(self.name)
         out = ctx.files.track.facetrack_path
+        files = ctx.files.track
+        colour = None
+        if not job.subject.track:
+            from engine.media.colour import pipeline_for
+            from fsexchange.media import probe
+
+            colour, _ = pipeline_for(ctx.config.colour,
+                                     probe(ctx.source_path(), job.range.rate))
+        if ctx.shard is not None:
+            block = ctx.shard.items(job.range.count)
+            if job.subject.track or not block:  # a given track: nothing to detect
+                return {"frames": 0}
+            first = job.range.start + block.start
+            files.parts_dir.mkdir(exist_ok=True)
+            atomic_write_bytes(files.part(first), detect_frames(
+                ctx.source_path(), first, job.range.start + block.stop,
+                make_backend(ctx.config.track, ctx.device), progress=ctx.report,
+                abort=ctx.check_abort, colour=colour))
+            return {"frames": len(block)}
+        detected: dict[int, list[Detection]] = {}
+        for part in sorted(files.parts_dir.glob("*.msgpack")):
+            detected.update(load_detections(part.read_bytes()))
         if job.subject.track:
             given = confine(job.subject.track, ctx.job_dir, (), field="subject.track")
             track = load_document(given, FaceTrack)
@@ -311,8 +420,9 @@ class TrackStage(Stage):
                 ctx.source_path(), job.range.start, job.range.end,
                 cfg=ctx.config.track, subject=job.subject, device=ctx.device,
                 rate=job.range.rate, progress=ctx.report,
-                abort=ctx.check_abort)
+                abort=ctx.check_abort, colour=colour, detected=detected)
         atomic_write_bytes(out, track.to_bytes())
+        shutil.rmtree(files.parts_dir, ignore_errors=True)
         missing = [fr for fr in track.frames if not fr.present]
         interpolated = sum(1 for fr in track.frames if fr.interpolated)
         if missing:

@@ -67,6 +67,9 @@ def main(argv: list[str]) -> int:
         write_timeline  # noqa: PLC0415 - the otio extra, see the module doc
 
     export_format(args.out)  # an unknown suffix fails before any work
+    from fsexchange.paths import check_output
+
+    check_output(args.out, folder=args.out.lower().endswith(".otiod"))
     status = job_status(args.exchange, args.job)
     if status.state != "done" or status.result is None or status.folder is None:
         raise HostError(explain_status(status))

@@ -7,7 +7,8 @@ absolute timeline frames, silently dropped appends (placements are read back).
 Torch- and numpy-free.
 """
 
-from host_bridge.resolve.connect import Edition, ResolveSession, find_resolve, open_session
+from host_bridge.resolve.connect import (Edition, ResolveSession, find_resolve,
+                                         open_session)
 from host_bridge.resolve.place import Placement, ResultMedia, place_result
 from host_bridge.resolve.render import render_range
 from host_bridge.resolve.shot import Shot, pick_items, read_shot, resolve_rate

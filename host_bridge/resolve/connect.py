@@ -32,7 +32,7 @@ def has_api(obj: Any, name: str) -> bool:
     Resolve objects (unknown names are callables returning None), ``dir`` is not."""
     try:
         return obj is not None and name in dir(obj)
-    except Exception:  # a dead proxy
+    except Exception:  # noqa: BLE001 - a dead proxy raises arbitrary types
         return False
 
 
@@ -48,13 +48,14 @@ def _is_resolve(obj: Any) -> bool:
         return False
     try:
         name = obj.GetProductName()
-    except Exception:
+    except Exception:  # noqa: BLE001 - any object may be passed; proxies raise anything
         return False
     return isinstance(name, str) and name.startswith("DaVinci Resolve")
 
 
 def script_api_dirs() -> tuple[Path, Path]:
-    """Default ``RESOLVE_SCRIPT_API`` and ``RESOLVE_SCRIPT_LIB`` for this OS (docs/hosts.md, "Connecting to Resolve")."""
+    """Default ``RESOLVE_SCRIPT_API`` and ``RESOLVE_SCRIPT_LIB`` for this OS
+    (docs/hosts.md, "Connecting to Resolve")."""
     system = platform.system()
     if system == "Darwin":
         return (Path("/Library/Application Support/Blackmagic Design/DaVinci Resolve/"
@@ -65,11 +66,13 @@ def script_api_dirs() -> tuple[Path, Path]:
         pd = os.environ.get("PROGRAMDATA", r"C:\ProgramData")
         return (Path(pd) / "Blackmagic Design" / "DaVinci Resolve" / "Support" /
                 "Developer" / "Scripting",
-                Path(r"C:\Program Files\Blackmagic Design\DaVinci Resolve\fusionscript.dll"))
+                Path(r"C:\Program Files\Blackmagic Design\DaVinci Resolve"
+                     r"\fusionscript.dll"))
     base = Path("/opt/resolve")
     if not base.exists() and Path("/home/resolve").exists():
         base = Path("/home/resolve")  # ISO installs
-    return base / "Developer" / "Scripting", base / "libs" / "Fusion" / "fusionscript.so"
+    return (base / "Developer" / "Scripting",
+            base / "libs" / "Fusion" / "fusionscript.so")
 
 
 def _external_scriptapp() -> Any:
@@ -87,7 +90,7 @@ def _external_scriptapp() -> Any:
         return None
     try:
         return module.scriptapp("Resolve")
-    except Exception:  # fusionscript raises odd types when Resolve is not running
+    except Exception:  # noqa: BLE001 - fusionscript raises odd types without Resolve
         return None
 
 
@@ -112,7 +115,7 @@ def find_resolve(namespace: Mapping[str, Any] | None = None, *,
             continue
         try:
             found = obj.GetResolve()
-        except Exception:
+        except Exception:  # noqa: BLE001 - injected scripting objects raise anything
             found = None
         if _is_resolve(found):
             return found
@@ -120,7 +123,7 @@ def find_resolve(namespace: Mapping[str, Any] | None = None, *,
     if bmd is not None:
         try:
             found = bmd.scriptapp("Resolve")
-        except Exception:
+        except Exception:  # noqa: BLE001 - bmd.scriptapp raises arbitrary types
             found = None
         if _is_resolve(found):
             return found
@@ -129,15 +132,16 @@ def find_resolve(namespace: Mapping[str, Any] | None = None, *,
         if _is_resolve(found):
             return found
     raise HostError(
-        "DaVinci Resolve was not found. Run this from Workspace > Scripts inside Resolve; "
-        "from another process it needs Resolve Studio running with Preferences > System > "
-        "General > 'External scripting using' set to Local (the free edition refuses "
-        "external scripts).")
+        "DaVinci Resolve was not found. Run this from Workspace > Scripts inside "
+        "Resolve; from another process it needs Resolve Studio running with "
+        "Preferences > System > General > 'External scripting using' set to Local "
+        "(the free edition refuses external scripts).")
 
 
 @dataclass(frozen=True)
 class Edition:
-    """``GetProductName`` / ``GetVersion`` (docs/hosts.md "Studio and the free edition")."""
+    """``GetProductName`` / ``GetVersion`` (docs/hosts.md "Studio and the free
+    edition")."""
 
     product: str
     version: tuple[int, ...]
@@ -153,7 +157,8 @@ class Edition:
     def of(cls, resolve: Any) -> "Edition":
         product = resolve.GetProductName() or "DaVinci Resolve"
         raw = resolve.GetVersion() or []
-        version = tuple(int(v) for v in raw if isinstance(v, int) and not isinstance(v, bool))
+        version = tuple(int(v) for v in raw
+                        if isinstance(v, int) and not isinstance(v, bool))
         return cls(str(product), version or (0,))
 
     def __str__(self) -> str:

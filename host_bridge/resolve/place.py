@@ -20,16 +20,17 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
-from fsexchange.documents import Result
+from fsexchange.documents import FrameOutput, Result
 from fsexchange.errors import HostError, MediaMissing
 from fsexchange.timecode import frames_to_timecode, parse_rate, rate_to_list
 
 from host_bridge.resolve.connect import ResolveSession, constant, has_api
 from host_bridge.resolve.shot import RESULT_TAG, resolve_rate
 
-__all__ = ["ResultMedia", "Placement", "place_result", "find_results", "result_tag",
+__all__ = ["ResultMedia", "Placement", "place_result", "place_stills", "find_results",
+           "result_tag",
            "parse_tag", "BIN_NAME", "ALPHA_MODES"]
 
 log = logging.getLogger(__name__)
@@ -86,34 +87,42 @@ class ResultMedia:
             HostError: no frames, or frames that are not one contiguous sequence.
             MediaMissing: the first or last file is not there.
         """
+        return cls.from_frames(job_folder, result.job_id, result.frames)
+
+    @classmethod
+    def from_frames(cls, job_folder: str | Path, job_id: str,
+                    delivered: Sequence[FrameOutput]) -> "ResultMedia":
+        """:meth:`from_result` for any list of delivered frames (one draft frame, a
+        draft's row...)."""
         folder = Path(job_folder)
-        frames = sorted(result.frames, key=lambda f: f.frame)
+        frames = sorted(delivered, key=lambda f: f.frame)
         if not frames:
-            raise HostError(f"job {result.job_id} delivered no frames")
+            raise HostError(f"job {job_id} delivered no frames")
         numbers = [f.frame for f in frames]
         if numbers != list(range(numbers[0], numbers[0] + len(numbers))):
-            raise HostError(f"job {result.job_id}: the delivered frames are not "
+            raise HostError(f"job {job_id}: the delivered frames are not "
                             "contiguous; cannot import them as one clip")
         paths = [folder / f.path for f in frames]
         for p in (paths[0], paths[-1]):
             if not p.is_file():
-                raise MediaMissing(f"job {result.job_id}: result file {p} is missing")
+                raise MediaMissing(f"job {job_id}: result file {p} is missing")
         if len({str(p) for p in paths}) == 1:  # a movie holding every frame
             return cls("movie", paths[0], None, None, tuple(numbers))
         parts = [_NUMBERED.match(p.name) for p in paths]
         if not all(parts) or len({(m["head"], m["tail"], len(m["number"]))
                                   for m in parts if m}) != 1:
-            raise HostError(f"job {result.job_id}: result files are not one numbered "
+            raise HostError(f"job {job_id}: result files are not one numbered "
                             f"sequence ({paths[0].name} ... {paths[-1].name})")
         file_numbers = [int(m["number"]) for m in parts if m]
-        if file_numbers != list(range(file_numbers[0], file_numbers[0] + len(paths))) or \
-                len({p.parent for p in paths}) != 1:
-            raise HostError(f"job {result.job_id}: result file numbers are not "
+        if (file_numbers != list(range(file_numbers[0], file_numbers[0] + len(paths)))
+                or len({p.parent for p in paths}) != 1):
+            raise HostError(f"job {job_id}: result file numbers are not "
                             "consecutive; cannot import them as one clip")
         m = parts[0]
         assert m is not None
         pattern = paths[0].parent / f"{m['head']}%0{len(m['number'])}d{m['tail']}"
-        return cls("sequence", pattern, file_numbers[0], file_numbers[-1], tuple(numbers))
+        return cls("sequence", pattern, file_numbers[0], file_numbers[-1],
+                   tuple(numbers))
 
     def import_spec(self) -> Any:
         if self.kind == "movie":
@@ -218,7 +227,8 @@ def _is_free(timeline: Any, track: int, start: int, end: int) -> bool:
 
 
 def _delete(session: ResolveSession, items: list[Any]) -> None:
-    """DeleteClips needs the Edit page and can fail on the first try (docs/hosts.md "Scripting calls and their quirks")."""
+    """DeleteClips needs the Edit page and can fail on the first try (docs/hosts.md
+    "Scripting calls and their quirks")."""
     session.open_page("edit")
     ids = {item.GetUniqueId() for item in items}
     tl = session.timeline
@@ -247,10 +257,10 @@ def _ensure_bin(session: ResolveSession, name: str) -> Any:
     return folder
 
 
-def _import(session: ResolveSession, media: ResultMedia, job_id: str, bin_name: str
-            ) -> Any:
+def _import(session: ResolveSession, media: ResultMedia, job_id: str, bin_name: str,
+            label: str = "") -> Any:
     folder = _ensure_bin(session, bin_name)
-    note = f"FaceStitch job {job_id}"
+    note = f"FaceStitch job {job_id}" + (f" {label}" if label else "")
     for clip in folder.GetClipList() or []:  # imported before: reuse
         if clip.GetMetadata("Comments") == note:
             return clip
@@ -264,8 +274,8 @@ def _import(session: ResolveSession, media: ResultMedia, job_id: str, bin_name: 
             session.media_pool.SetCurrentFolder(previous)
     if not imported or imported[0] is None:
         raise HostError(f"Resolve could not import the result {media.path} "
-                        f"(numbers {media.first_number}-{media.last_number}). Check that "
-                        "this machine can read the exchange folder.")
+                        f"(numbers {media.first_number}-{media.last_number}). Check "
+                        "that this machine can read the exchange folder.")
     clip = imported[0]
     frames = clip.GetClipProperty("Frames")
     if str(frames).strip().isdigit() and int(frames) != len(media.frames):
@@ -277,12 +287,19 @@ def _import(session: ResolveSession, media: ResultMedia, job_id: str, bin_name: 
 
 def _copy_clip_properties(clip: Any, source: Mapping[str, Any], media: ResultMedia,
                           media_rate: Fraction, warnings: list[str]) -> None:
-    """Levels, colour space and rate of the source (docs/hosts.md "Round-trip conventions"); alpha by format."""
-    for key in ("Data Level", "Input Color Space"):
+    """Levels, colour space and rate of the source (docs/hosts.md "Round-trip
+    conventions"); alpha by format."""
+    linear = media.path.suffix.lower() == ".exr"
+    if linear and source.get("Input Color Space"):
+        # EXR results are scene-linear (docs/colour.md), not in the clip's encoding
+        warnings.append("the EXR result is scene-linear: set its Input Color Space to "
+                        "the linear space of the source's gamut by hand")
+    for key in ("Data Level",) if linear else ("Data Level", "Input Color Space"):
         value = source.get(key)
         if value and clip.GetClipProperty(key) != value and \
                 not clip.SetClipProperty(key, value):
-            warnings.append(f"could not copy the clip's {key} ({value}); set it by hand")
+            warnings.append(f"could not copy the clip's {key} ({value}); "
+                            "set it by hand")
     mode = media.alpha.capitalize()  # Resolve's "Straight" / "Premultiplied"
     if clip.GetClipProperty("Alpha mode") not in (None, "", mode) and \
             not clip.SetClipProperty("Alpha mode", mode):
@@ -353,14 +370,15 @@ def _append(session: ResolveSession, clip: Any, clip_start: int, count: int, tra
     got = f"{duration} frames" if item is not None else "nothing"
     if item is not None:
         _delete(session, [item])
-    raise HostError(f"Resolve did not place the result: V{track} at {where} held {got}, "
-                    f"expected {expect} frames (AppendToTimeline fails silently when the "
-                    "range is occupied or the track is locked). Free the range and import "
-                    "again.")
+    raise HostError(f"Resolve did not place the result: V{track} at {where} held "
+                    f"{got}, expected {expect} frames (AppendToTimeline fails silently "
+                    "when the range is occupied or the track is locked). Free the "
+                    "range and import again.")
 
 
 def _plan(host: Mapping[str, Any], media: ResultMedia, item: Any, same_rate: bool,
-          warnings: list[str]) -> tuple[int, int, int, int | None]:
+          warnings: list[str], partial: bool = False
+          ) -> tuple[int, int, int, int | None]:
     """(record frame, first clip frame, frames to use, expected timeline duration).
 
     ``item``: the shot on the timeline now (None: gone). With equal rates the result
@@ -381,20 +399,26 @@ def _plan(host: Mapping[str, Any], media: ResultMedia, item: Any, same_rate: boo
     if use_out <= use_in:
         raise HostError("the shot was trimmed outside the frames that were processed "
                         "(handles included); send it again")
-    if (use_in, use_out) != (s_in, s_out):
-        warnings.append(f"the shot now shows source frames {s_in}-{s_out - 1}, the result "
-                        f"covers {use_in}-{use_out - 1}; send it again to cover the rest")
+    if (use_in, use_out) != (s_in, s_out) and not partial:
+        warnings.append(f"the shot now shows source frames {s_in}-{s_out - 1}, the "
+                        f"result covers {use_in}-{use_out - 1}; send it again to cover "
+                        "the rest")
     count = use_out - use_in
     return record + use_in - s_in, use_in - first, count, count if same_rate else None
 
 
 def place_result(session: ResolveSession, host: Mapping[str, Any], media: ResultMedia,
-                 job_id: str, *, opacity: float = 100.0, bin_name: str = BIN_NAME
-                 ) -> Placement:
+                 job_id: str, *, opacity: float = 100.0, bin_name: str = BIN_NAME,
+                 replace_previous: bool = True, label: str = "",
+                 partial: bool = False) -> Placement:
     """Import ``media`` and place it above the shot described by ``host`` (Job.host).
 
-    Replaces any earlier FaceStitch result on the same shot. Works on the job's
-    timeline (switching to it for the append, then back).
+    Replaces any earlier FaceStitch result on the same shot (unless
+    ``replace_previous`` is False: the further frames of one draft). Works on the
+    job's timeline (switching to it for the append, then back). ``label`` tells
+    the pieces of one job apart (the imported clip's note, the marker);
+    ``partial``: the media covers only some of the shot's frames on purpose (a
+    draft), so that is not worth a warning.
 
     Raises:
         HostError: the timeline is gone, the import or the placement failed (with
@@ -403,8 +427,8 @@ def place_result(session: ResolveSession, host: Mapping[str, Any], media: Result
     warnings: list[str] = []
     timeline = _find_timeline(session, str(host.get("timeline_id", "")))
     if timeline is None:
-        raise HostError(f"the timeline '{host.get('timeline_name')}' of job {job_id} is "
-                        "not in this project; open its project and import again")
+        raise HostError(f"the timeline '{host.get('timeline_name')}' of job {job_id} "
+                        "is not in this project; open its project and import again")
     original = session.timeline
     switched = timeline is not original
     if switched and not session.project.SetCurrentTimeline(timeline):
@@ -417,34 +441,61 @@ def place_result(session: ResolveSession, host: Mapping[str, Any], media: Result
         shot_item = _find_item(timeline, str(host.get("item_id", "")),
                                int(host.get("track_index", 1)))
         record, clip_start, count, expect = _plan(host, media, shot_item,
-                                                  media_rate == tl_rate, warnings)
+                                                  media_rate == tl_rate, warnings,
+                                                  partial)
         previous = [item for _, item, tag in find_results(timeline)
-                    if tag.get("item") == host.get("item_id")]
+                    if tag.get("item") == host.get("item_id")] \
+            if replace_previous else []
         if previous:
             _delete(session, previous)
-        clip = _import(session, media, job_id, bin_name)
+        clip = _import(session, media, job_id, bin_name, label)
         shot_clip = shot_item.GetMediaPoolItem() if shot_item is not None else None
         source = (shot_clip.GetClipProperty() or {}) if shot_clip is not None else {}
         _copy_clip_properties(clip, source, media, media_rate, warnings)
         timecode = frames_to_timecode(record, tl_rate, bool(host.get("drop_frame")))
         track = _target_track(session, int(host.get("track_index", 1)), record,
                               record + (expect or count))
-        item = _append(session, clip, clip_start, count, track, record, expect, timecode)
+        item = _append(session, clip, clip_start, count, track, record, expect,
+                       timecode)
         if not item.SetProperty("CompositeMode",
                                 constant(session.resolve, "COMPOSITE_NORMAL", 0)):
             warnings.append("could not set the composite mode to Normal")
         if not item.SetProperty("Opacity", float(opacity)):
             warnings.append("could not set the opacity")
         if not item.AddMarker(0, MARKER_COLOR, "FaceStitch",
-                              f"FaceStitch job {job_id} for '{host.get('item_name')}'", 1,
+                              f"FaceStitch job {job_id} for '{host.get('item_name')}'"
+                              + (f" ({label})" if label else ""), 1,
                               result_tag(job_id, host)):
             warnings.append("could not tag the result with a marker: a re-run will not "
                             "replace it automatically")
-        placement = Placement(job_id, item, clip, track, record, int(item.GetDuration()),
-                              clip_start, len(previous), timecode, tuple(warnings))
+        placement = Placement(job_id, item, clip, track, record,
+                              int(item.GetDuration()), clip_start, len(previous),
+                              timecode, tuple(warnings))
         log.info("%s", placement.describe())
         return placement
     finally:
         session.timeline = original
         if switched:
             session.project.SetCurrentTimeline(original)
+
+
+def place_stills(session: ResolveSession, host: Mapping[str, Any],
+                 job_folder: str | Path, job_id: str,
+                 frames: Sequence[FrameOutput], *, opacity: float = 100.0,
+                 label: str = "", bin_name: str = BIN_NAME) -> list[Placement]:
+    """A draft's frames above its shot: each frame a one-frame clip at its own
+    record frame (a draft renders a few frames spread over the shot), replacing
+    earlier results of the shot once, before the first.
+
+    Raises:
+        HostError: as :func:`place_result`; frames placed before it stay (they
+            carry the job's marker, so the next placement replaces them).
+    """
+    out = []
+    for i, f in enumerate(sorted(frames, key=lambda f: f.frame)):
+        media = ResultMedia.from_frames(job_folder, job_id, [f])
+        out.append(place_result(session, host, media, job_id, opacity=opacity,
+                                bin_name=bin_name, replace_previous=i == 0,
+                                label=" ".join(p for p in (label, f"frame {f.frame}")
+                                               if p), partial=True))
+    return out

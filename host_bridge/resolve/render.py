@@ -47,7 +47,8 @@ def _png_format_and_codec(project) -> tuple[str, str]:
     """GetRenderFormats maps description -> id; GetRenderCodecs(id) maps description
     -> codec id, and only ids are accepted by SetCurrentRenderFormatAndCodec."""
     formats = project.GetRenderFormats() or {}
-    fmt = next((v for k, v in formats.items() if "png" in (str(k) + str(v)).lower()), None)
+    fmt = next((v for k, v in formats.items() if "png" in (str(k) + str(v)).lower()),
+               None)
     if fmt is None:
         raise HostError("this Resolve offers no PNG render format; export the shot by "
                         "hand as a PNG sequence")
@@ -69,15 +70,16 @@ def _collect(folder: Path, count: int) -> list[Path]:
     files = sorted((p for p in folder.iterdir() if _TRAILING_NUMBER.search(p.name)),
                    key=lambda p: int(_TRAILING_NUMBER.search(p.name)[1]))  # type: ignore
     if len(files) != count:
-        raise HostError(f"the render produced {len(files)} frames, the shot has {count}; "
-                        "check the Deliver page for errors and try again")
+        raise HostError(f"the render produced {len(files)} frames, the shot has "
+                        f"{count}; check the Deliver page for errors and try again")
     numbers = [int(_TRAILING_NUMBER.search(p.name)[1]) for p in files]  # type: ignore
     if numbers != list(range(numbers[0], numbers[0] + count)):
         raise HostError("the render skipped frames (file numbers are not consecutive)")
     return files
 
 
-def render_range(session: ResolveSession, shot: Shot, out_dir: str | os.PathLike[str], *,
+def render_range(session: ResolveSession, shot: Shot,
+                 out_dir: str | os.PathLike[str], *,
                  poll: float = 0.5, timeout: float = 3600.0,
                  sleep: Callable[[float], None] = time.sleep) -> RenderedRange:
     """Render the shot's record range, its own track alone, as PNG frames.
@@ -131,7 +133,8 @@ def render_range(session: ResolveSession, shot: Shot, out_dir: str | os.PathLike
             polls += 1
         status = project.GetRenderJobStatus(job) or {}
         if status.get("JobStatus") != "Complete":
-            raise HostError(f"the export render ended {status.get('JobStatus', 'unknown')}"
+            raise HostError("the export render ended "
+                            f"{status.get('JobStatus', 'unknown')}"
                             f": {status.get('Error') or 'no reason given'}")
         files = _collect(target, shot.record_duration)
         for offset, path in enumerate(files):
@@ -142,7 +145,8 @@ def render_range(session: ResolveSession, shot: Shot, out_dir: str | os.PathLike
             problems.append("deleting the export render job")
         if not project.SetCurrentTimeline(original):
             problems.append("switching back to your timeline")
-        if duplicate is not None and not session.media_pool.DeleteTimelines([duplicate]):
+        if duplicate is not None and \
+                not session.media_pool.DeleteTimelines([duplicate]):
             problems.append(f"deleting the timeline '{duplicate.GetName()}'")
         if not project.LoadRenderPreset(preset):
             problems.append("restoring your render settings")

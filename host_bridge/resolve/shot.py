@@ -1,8 +1,9 @@
 """From a Resolve timeline item to a :class:`Shot`: media path, source in/out with
 handles, rates and timecodes, and the record position needed to put results back.
 
-Frame conventions (docs/hosts.md, "Frame numbers and placement traps"): ``GetStart``/``GetEnd`` are absolute timeline
-frames (a timeline at 01:00:00:00, 24 fps, starts at 86400), ``GetEnd`` exclusive.
+Frame conventions (docs/hosts.md, "Frame numbers and placement traps"):
+``GetStart``/``GetEnd`` are absolute timeline frames (a timeline at 01:00:00:00, 24 fps,
+starts at 86400), ``GetEnd`` exclusive.
 ``GetLeftOffset`` is documented as "the maximum extension by frame for clip from left
 side", and at least one public measurement found it counting timeline frames. Only
 where one timeline frame is one media frame (same rate, no speed change) is it
@@ -22,6 +23,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from fsexchange.colour import from_resolve_name
 from fsexchange.errors import DocumentFieldError, HostError, MediaMissing
 from fsexchange.timecode import frames_to_timecode, rate_to_list, timecode_to_frames
 
@@ -41,7 +43,8 @@ _VIRTUAL_TYPES = ("compound", "timeline", "generator", "fusion", "title", "multi
                   "adjustment")
 #: Prefix of the marker customData that tags a placed FaceStitch result.
 RESULT_TAG = "facestitch:"
-_SEQUENCE = re.compile(r"^(?P<head>.*?)\[(?P<first>\d+)-(?P<last>\d+)\](?P<tail>[^/\\]*)$")
+_SEQUENCE = re.compile(r"^(?P<head>.*?)\[(?P<first>\d+)-(?P<last>\d+)\]"
+                       r"(?P<tail>[^/\\]*)$")
 
 
 def resolve_rate(value: Any) -> Fraction:
@@ -56,7 +59,8 @@ def resolve_rate(value: Any) -> Fraction:
     try:
         rate = float(text)
     except ValueError:
-        raise HostError(f"Resolve reported an unreadable frame rate {value!r}") from None
+        raise HostError(
+            f"Resolve reported an unreadable frame rate {value!r}") from None
     if not 0 < rate <= 1000:
         raise HostError(f"Resolve reported an implausible frame rate {value!r}")
     for nominal in (24, 30, 48, 60, 96, 120, 240):
@@ -119,6 +123,10 @@ class Shot:
     handle_in: int = 0
     handle_out: int = 0
     warnings: tuple[str, ...] = ()
+    # the clip's "Input Color Space" as Resolve reports it (None: not reported)
+    input_colour: str | None = None
+    # what it means (fsexchange.colour.SOURCE_NAMES), None: unknown or "Project"
+    colour_source: str | None = None
 
     @property
     def range_start(self) -> int:
@@ -134,9 +142,11 @@ class Shot:
 
     @property
     def record_timecode(self) -> str:
-        return frames_to_timecode(self.record_start, self.timeline_rate, self.drop_frame)
+        return frames_to_timecode(self.record_start, self.timeline_rate,
+                                  self.drop_frame)
 
-    def host_dict(self, product: str = "", version: tuple[int, ...] = ()) -> dict[str, Any]:
+    def host_dict(self, product: str = "",
+                  version: tuple[int, ...] = ()) -> dict[str, Any]:
         """``Job.host``: everything re-import needs, in plain msgpack types."""
         return {
             "app": "resolve", "product": product, "version": list(version),
@@ -144,14 +154,16 @@ class Shot:
             "timeline_id": self.timeline_id, "timeline_name": self.timeline_name,
             "timeline_start_frame": self.timeline_start_frame,
             "timeline_start_timecode": self.timeline_start_timecode,
-            "timeline_rate": rate_to_list(self.timeline_rate), "drop_frame": self.drop_frame,
+            "timeline_rate": rate_to_list(self.timeline_rate),
+            "drop_frame": self.drop_frame,
             "item_id": self.item_id, "item_name": self.item_name,
-            "media_pool_item_id": self.media_pool_item_id, "track_index": self.track_index,
+            "media_pool_item_id": self.media_pool_item_id,
+            "track_index": self.track_index,
             "record_start": self.record_start, "record_end": self.record_end,
             "source_in": self.source_in, "source_out": self.source_out,
             "handles": [self.handle_in, self.handle_out],
             "media_rate": rate_to_list(self.media_rate), "export": self.export,
-            "media_path": self.media_path,
+            "media_path": self.media_path, "input_color_space": self.input_colour,
         }
 
     def describe(self) -> str:
@@ -175,7 +187,8 @@ def _classify_media(props: dict[str, Any] | None) -> tuple[str | None, str, str]
     if any(v in kind for v in _VIRTUAL_TYPES) or not path:
         what = props.get("Type") or "clip without a file"
         return None, "video", f"it is a {what} with no file of its own"
-    if _SEQUENCE.match(path):  # "/shots/plate.[1001-1100].exr": the folder is the source
+    # "/shots/plate.[1001-1100].exr": the folder is the source
+    if _SEQUENCE.match(path):
         suffix = Path(path).suffix.lower()
         if suffix not in SEQUENCE_EXTENSIONS:
             return str(Path(path).parent), "sequence", (
@@ -186,8 +199,26 @@ def _classify_media(props: dict[str, Any] | None) -> tuple[str | None, str, str]
     return path, "video", ""
 
 
+def _input_colour(props: dict[str, Any] | None, warnings: list[str], name: str
+                  ) -> tuple[str | None, str | None]:
+    """The clip's "Input Color Space" (docs/hosts.md "Putting results back") and
+    the colour space it means for the engine (docs/colour.md "Resolve"). None,
+    "" and "Project" leave the choice to the engine (the media's tags)."""
+    if props is None:
+        return None, None
+    raw = props.get("Input Color Space")
+    value = raw.strip() if isinstance(raw, str) else None
+    source = from_resolve_name(value)
+    if value and source is None and value.lower() not in ("project", "timeline"):
+        warnings.append(f"'{name}': Resolve's Input Color Space {value!r} has no "
+                        "equivalent in FaceStitch; the engine reads the colour space "
+                        "from the file's tags (send with --colour to choose one)")
+    return (value if value else None), source
+
+
 def _track_index(session: ResolveSession, item: Any) -> int:
-    info = item.GetTrackTypeAndIndex() if has_api(item, "GetTrackTypeAndIndex") else None
+    info = (item.GetTrackTypeAndIndex() if has_api(item, "GetTrackTypeAndIndex")
+            else None)
     if isinstance(info, (list, tuple)) and len(info) == 2 and info[0] == "video":
         return int(info[1])
     # before 19.0: find it by scanning the video tracks
@@ -239,6 +270,7 @@ def read_shot(session: ResolveSession, item: Any, *, handles: int = 0) -> Shot:
     props = (mpi.GetClipProperty() or {}) if mpi is not None else None
     path, kind, reason = _classify_media(props)
     warnings: list[str] = []
+    input_colour, colour_source = _input_colour(props, warnings, str(name))
     common = dict(
         item_name=str(name), item_id=str(uid),
         media_pool_item_id=str(mpi.GetUniqueId() or "") if mpi is not None else "",
@@ -248,6 +280,7 @@ def read_shot(session: ResolveSession, item: Any, *, handles: int = 0) -> Shot:
         timeline_start_timecode=str(tl_tc), timeline_rate=rate, drop_frame=drop,
         project_id=str(session.project.GetUniqueId() or ""),
         project_name=str(session.project.GetName() or ""),
+        input_colour=input_colour, colour_source=colour_source,
     )
 
     if path and not os.path.exists(path):
@@ -339,6 +372,23 @@ def is_result_item(item: Any) -> bool:
                for m in (markers or {}).values() if isinstance(m, dict))
 
 
+def _beneath_results(session: ResolveSession) -> Any:
+    """The top-most video item under the playhead that is not one of our results."""
+    tl = session.timeline
+    rate, _ = timeline_rate(session)
+    tc = tl.GetCurrentTimecode()
+    if not tc:
+        return None
+    frame = timecode_to_frames(str(tc), rate)
+    for index in range((tl.GetTrackCount("video") or 0), 0, -1):
+        for item in tl.GetItemListInTrack("video", index) or []:
+            start, end = item.GetStart(), item.GetEnd()
+            if (start is not None and end is not None and start <= frame < end
+                    and not is_result_item(item)):
+                return item
+    return None
+
+
 def pick_items(session: ResolveSession, which: str = "playhead") -> list[Any]:
     """Timeline items to send.
 
@@ -349,14 +399,18 @@ def pick_items(session: ResolveSession, which: str = "playhead") -> list[Any]:
       colour);
     - ``"color:<Name>"``: every video item whose clip colour is ``Name``.
 
-    Our own result layers are never picked.
+    Our own result layers are never picked (under the playhead: the clip beneath
+    them, e.g. under a draft's one-frame layers).
     """
     tl = session.timeline
     if which == "playhead":
         item = tl.GetCurrentVideoItem()
+        if item is not None and is_result_item(item):
+            item = _beneath_results(session)
         if item is None:
-            raise HostError("No clip under the playhead: park the playhead over the shot "
-                            "(the top-most video clip there is sent) and try again.")
+            raise HostError("No clip under the playhead: park the playhead over the "
+                            "shot (the top-most video clip there is sent) and try "
+                            "again.")
         return [item]
     kind, _, value = which.partition(":")
     if kind not in ("flagged", "color") or (kind == "color" and not value):
@@ -376,6 +430,6 @@ def pick_items(session: ResolveSession, which: str = "playhead") -> list[Any]:
     if not out:
         what = f"{value} flag" if kind == "flagged" and value else (
             "flag" if kind == "flagged" else f"{value} clip colour")
-        raise HostError(f"No clip on this timeline has a {what}. Mark the shots to send "
-                        "with it, or send the clip under the playhead.")
+        raise HostError(f"No clip on this timeline has a {what}. Mark the shots to "
+                        "send with it, or send the clip under the playhead.")
     return out
