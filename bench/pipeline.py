@@ -1,51 +1,62 @@
-"""Per-stage throughput of the STIT pipeline, and a side-by-side ratio against the
-reference's loop structure on the same inputs and networks.
+"""Training speed at the real size: our PTI and stitching loops, per recipe and
+precision, against a re-creation of the reference's loops in the same run.
 
-What runs:
+What runs (docs/pipeline.md "Speed"):
 
-1. **The pipeline**, stage by stage in this process (track, align, invert, PTI,
-   edit, stitching tuning, paste), on a real-face clip (scikit-image's astronaut,
-   ``engine.commands.demo.astronaut_clip``) with the given profile: seconds and
-   frames/s per stage.
-2. **PTI, side by side**: our loop (:class:`engine.stages.pti.PTITuner`: mini-batches,
-   cached LPIPS target features) against a faithful re-creation of the
-   reference's (docs/reference.md "PTI": batch 1, in order, one Adam step per frame per
-   pass, LPIPS on both images every step), same pivots, crops, generator, LPIPS,
-   loss and number of passes.
-3. **Temporal refinement, side by side**: our loop
+1. **Inputs.** ``--arch official`` (the headline): random weights of the official
+   architecture (z/w 512, 8 mapping layers, channel base 32768, max 512) at the
+   generator resolution ``--size`` (256 fits a 2-core CPU; 1024 is the official
+   size), the astronaut's face as the target crops, an oval face mask, W-space
+   edits; speed does not depend on the weights. ``--arch tiny``: the pipeline runs
+   stage by stage on a 12-frame astronaut clip with the tiny profile (seconds and
+   frames/s per stage), and its pivots, crops, masks and edits are used.
+2. **PTI, side by side:** the re-creation of the reference's loop (docs/reference.md
+   "PTI": batch 1, frames in order, one ``torch.optim.Adam`` step per frame per
+   pass, LPIPS of both images each step, float32) against
+   :class:`engine.stages.pti.PTITuner` under each recipe (engine/stages/recipe.py)
+   in each precision, same pivots, crops, generator, LPIPS and number of passes.
+3. **Stitching tuning, side by side:** the reference's loop
+   (:func:`engine.stages.stitch_tune.tune_reference`: a deep copy and a torch Adam
+   per frame, rendering from w so that the affines train) against
+   :class:`engine.stages.stitch_tune.BatchedStitcher` per recipe and precision.
+4. **Temporal refinement, side by side** (``--arch tiny``): our loop
    (:class:`engine.stages.refine.RefineTuner`: many (anchor, frame) pairs per step,
    cached source features, masks at the working size) against a re-creation of
    VideoEditGAN's (docs/reference.md "VideoEditGAN flow-based refinement": one pair
    per step, masks from LPIPS at the full resolution every step), same latents,
-   crops, networks, flow (DIS) and epochs; frames (pairs) per minute per phase.
-4. **Stitching tuning, side by side**: our batched per-frame generators
-   (:class:`engine.stages.stitch_tune.BatchedStitcher`: stacked per-frame copies through
-   one grouped forward) against
-   the reference's loop (:func:`engine.stages.stitch_tune.tune_reference`: a deep copy
-   of
-   the generator and its own Adam per frame, docs/reference.md "Stitching tuning"),
-   same edit styles,
-   crops, masks and steps.
+   crops, networks, flow (DIS) and ``--refine-epochs``; frames (pairs) per minute
+   per phase.
 
-Ratios are reference seconds / our seconds for the same work (frames x passes,
-frames x steps, or pairs x epochs). The loops run in turn, ``--repeat`` rounds
-(default 3) after a short warm-up of each; printed are median seconds and the median
-of the rounds' ratios, so a drift in the machine's speed between minutes does not
-decide them.
-FLOPs are counted with ``torch.utils.flop_counter`` on one reference step (the work
-per frame-step is the same math in both), so achieved TFLOP/s = counted FLOPs x
-frame-steps / seconds.
+Each of our rows uses the formulation recorded for this device, precision and
+architecture (engine/stages/formulation.py; measured first if there is none; the
+record lives in ``$FACESTITCH_HOME``) unless ``--pti-formulation`` /
+``--stitch-formulation`` name one. The loops run in turn (re-creation first) for
+``--rounds`` rounds after a short warm-up of each; printed are median
+frame-updates per second and, as the ratio, the median over rounds of the
+re-creation's seconds over ours in the same round (with the range over rounds), so
+a drift in a shared machine's speed does not decide them. A frame-update is one
+frame's share of one optimiser step (PTI: frames x passes; stitching: frames x
+steps).
 
-With ``--profile official`` and no official weights installed (or ``--synthetic``),
-parts 2 to 4 run at the official size (1024 px generator, LPIPS AlexNet at 1024)
-with random weights and random targets: speed does not depend on the weights. That
-is the GPU measurement (frames per minute, TFLOP/s).
+**Same arithmetic or labelled.** Beside each row are the losses it reached after
+the same frame-updates: PTI's reconstruction MSE and LPIPS over all frames (float32)
+and stitching's mean border loss after tuning. A row that computes what the
+re-creation computes (the reference recipe in float32) must reach the same losses
+within ``--tolerance`` (relative, default 1e-3): otherwise the benchmark prints
+``FAIL`` with both figures and exits with status 1. Rows that differ by design
+(bfloat16; the fast recipe's mini-batches) are labelled so and not checked.
 
-    python bench/pipeline.py --quick               # ~1.5 minutes on 2 idle CPU cores
-    python bench/pipeline.py --quick --skip-pipeline --conv-time   # + the ceiling
-    python bench/pipeline.py --frames 16 --pti-passes 10 --stitch-steps 30
-    python bench/pipeline.py --refine-epochs 10,3       # the README's epochs
-    python bench/pipeline.py --profile official --device cuda --frames 16
+``--fidelity`` instead runs the whole pipeline twice on a real clip with the
+official weights, once per recipe, and prints reconstruction MSE and LPIPS, identity
+similarity and stitching border loss of both (the comparison that decides the
+default recipe, docs/pipeline.md "Recipes").
+
+    python bench/pipeline.py --arch official --size 256             # headline
+    python bench/pipeline.py --arch official --size 1024 --frames 2 --pti-passes 1
+    python bench/pipeline.py --arch official --device cuda --size 1024
+    python bench/pipeline.py --arch tiny --quick                    # tiny profile
+    python bench/pipeline.py --arch tiny --refine-epochs 10,3       # README's epochs
+    python bench/pipeline.py --fidelity --frames 24                 # official weights
 
 **Drafts** (``--draft``, docs/pipeline.md "Drafts"): a 5-frame x 5-strength draft
 (``age=-8:8:5`` on 5 frames of a 48-frame astronaut clip):
@@ -68,6 +79,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import shutil
 import sys
@@ -86,11 +98,17 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from engine.stages.batching import resolve_batch  # noqa: E402
+from engine.stages.formulation import choose  # noqa: E402
+from engine.stages.pti import (PTITuner, TargetCache, pti_candidates,  # noqa: E402
+                               reconstruction_error)
+from engine.stages.recipe import pti_plan, stitch_plan  # noqa: E402
+from engine.stages.stitch_tune import (BatchedStitcher, EditLatents,  # noqa: E402
+                                       masked_loss, stitch_candidates,
+                                       tune_reference)
 from fsexchange.options import PipelineConfig  # noqa: E402
-from engine.stages.pti import PTITuner, TargetCache, reconstruction_error  # noqa: E402
-from engine.stages.stitch_tune import (BatchedStitcher, masked_loss,  # noqa: E402
-                                tune_reference)
 
+#: default relative tolerance on the losses of a same-arithmetic row
+TOLERANCE = 1e-3
 
 
 def _sync(device: str) -> None:
@@ -106,40 +124,6 @@ def _timed(fn: Callable[[], Any], device: str) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
-def _side_by_side(ref: Callable[[], Any], ours: Callable[[str], Any],
-                  warm: Callable[[str], Any], dtype: str, repeat: int, device: str
-                  ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The reference loop, ours in ``dtype`` and (when that is not float32) ours in
-    float32 (the share of mixed precision), run in turn (A B C A B C ...) for
-    ``repeat`` rounds after ``warm(dtype)`` of each of ours.
-
-    Returns the last result of each (keys ``ref``, ``ours``, ``ours32``; ``ours32``
-    is ``ours`` in a float32 run) and the timing figures: median seconds of each,
-    and as ratios the median over rounds of the reference's seconds over ours in
-    the same round. Rounds side by side keep a ratio honest when the machine's
-    speed drifts (shared CPUs do, by 10-20 % between minutes)."""
-    fns: dict[str, Callable[[], Any]] = {"ref": ref, "ours": lambda: ours(dtype)}
-    if dtype != "float32":
-        fns["ours32"] = lambda: ours("float32")
-    for dt in ({dtype, "float32"} if "ours32" in fns else {dtype}):
-        warm(dt)
-    secs: dict[str, list[float]] = {k: [] for k in fns}
-    last: dict[str, Any] = {}
-    for _ in range(max(1, repeat)):
-        for name, fn in fns.items():
-            last[name], t = _timed(fn, device)
-            secs[name].append(t)
-    secs.setdefault("ours32", secs["ours"])
-    last.setdefault("ours32", last["ours"])
-    med = {k: float(np.median(v)) for k, v in secs.items()}
-    ratio = {k: float(np.median([a / b for a, b in zip(secs["ref"], v)]))
-             for k, v in secs.items()}
-    return last, {"rounds": repeat, "ref_seconds": med["ref"],
-                  "ours_seconds": med["ours"], "ratio": ratio["ours"],
-                  "ours_float32_seconds": med["ours32"],
-                  "ratio_float32": ratio["ours32"]}
-
-
 def _flops(fn: Callable[[], Any]) -> float:
     with FlopCounterMode(display=False) as fc:
         fn()
@@ -149,21 +133,29 @@ def _flops(fn: Callable[[], Any]) -> float:
 class _ClockedConv(torch.autograd.Function):
     """One convolution (``conv2d`` or ``conv_transpose2d``) whose forward and
     backward add their seconds to ``clock.seconds``. Inputs arrive already in the
-    autocast dtype (see :class:`timed_convolutions`)."""
+    autocast dtype (see :class:`timed_convolutions`). ``generate_vmap_rule``: the
+    stitcher's ``vmap`` formulation calls it under ``torch.func.vmap``, where the
+    clocked call is the batched convolution itself."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
+    def forward(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
                 stride: list[int], padding: list[int], groups: int,
                 transposed: bool, clock: "timed_convolutions") -> torch.Tensor:
-        ctx.save_for_backward(x, w)
-        ctx.conf = (stride, padding, groups, transposed, clock,
-                    None if b is None else [b.shape[0]])
         conv = torch.nn.functional.conv_transpose2d if transposed else \
             torch.nn.functional.conv2d
         y, sec = _timed(lambda: conv(x, w, b, stride=stride, padding=padding,
                                      groups=groups), x.device.type)
         clock.seconds += sec
         return y
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        x, w, b, stride, padding, groups, transposed, clock = inputs
+        ctx.save_for_backward(x, w)
+        ctx.conf = (stride, padding, groups, transposed, clock,
+                    None if b is None else [b.shape[0]])
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple:
@@ -231,15 +223,19 @@ class timed_convolutions:
 
 def reference_pti(G0: Any, lpips: Any, pivots: np.ndarray, targets: torch.Tensor,
                   passes: int, cfg: Any, device: str) -> Any:
-    """STIT's PTI loop structure (docs/reference.md "PTI"): one in-order pass over all
-    frames per step, batch 1, one Adam step per frame, LPIPS of both images."""
+    """The re-creation of STIT's PTI loop (docs/reference.md "PTI"): one in-order
+    pass over all frames per step, batch 1, one ``torch.optim.Adam`` (its default
+    for-loop form on a CPU) step per frame, LPIPS of both images every step,
+    float32. It runs on our network code, with the batch-1 formulation pinned
+    (per-sample modulated weights through plain autograd ops, ``fused=True``), so
+    that changes to our formulations never move the yardstick."""
     G = copy.deepcopy(G0).train()
     G.synthesis.requires_grad_(True)
     opt = torch.optim.Adam(G.synthesis.parameters(), lr=cfg.lr)
     ws = torch.from_numpy(pivots).to(device)
     for _ in range(passes):
         for i in range(len(pivots)):
-            img = G.synthesis(ws[i:i + 1])
+            img = G.synthesis(ws[i:i + 1], fused=True)
             x = targets[i:i + 1]
             loss = (cfg.l2_weight * (img - x).square().mean()
                     + cfg.lpips_weight * lpips(img, x).mean())
@@ -262,24 +258,31 @@ class _ArrayClip:
 # --- inputs ------------------------------------------------------------------------
 
 
-def run_stages(work: Path, frames: int, options: dict[str, Any], device: str
+def run_stages(work: Path, frames: int, options: dict[str, Any], device: str,
+               clip_path: Path | None = None, name: str = "job"
                ) -> tuple[Path, list[dict[str, Any]]]:
-    """The ``stitch`` pipeline up to paste-back on the astronaut clip, in a job
-    folder, through the engine's own pipeline loop; per-stage timings."""
+    """The ``stitch`` pipeline up to paste-back on the astronaut clip (or
+    ``clip_path``), in a job folder, through the engine's own pipeline loop;
+    per-stage timings."""
     from engine.media.samples import RATE, astronaut_clip
     from engine.stages.contract import StageContext
     from engine.stages.pipeline import run_pipeline, stages_for
     from fsexchange.client import build_job
     from fsexchange.documents import Edit, FrameRange, Source
 
-    clip = astronaut_clip(work / "clip.mp4", frames)
-    job = build_job(job_id="bench", source=Source(str(clip)),
-                    range=FrameRange(0, frames, RATE), edits=(Edit("age", -4.0),),
+    if clip_path is None:
+        clip_path, rate = astronaut_clip(work / "clip.mp4", frames), RATE
+    else:
+        from fsexchange.media import probe
+
+        rate = probe(clip_path).rate
+    job = build_job(job_id=name, source=Source(str(clip_path)),
+                    range=FrameRange(0, frames, rate), edits=(Edit("age", -4.0),),
                     options=options, host={"app": "bench/pipeline.py"})
-    jd = work / "job"
+    jd = work / name
     jd.mkdir()
     ctx = StageContext(job=job, job_dir=jd, config=PipelineConfig.from_options(
-        options), device=device, media_roots=(work,))
+        options), device=device, media_roots=(work, clip_path.parent))
     done = run_pipeline(stages_for("stitch", until="paste"), ctx)
     rows = [{"stage": doc.stage, "seconds": doc.seconds,
              "frames_per_second": frames / doc.seconds if doc.seconds else None,
@@ -289,12 +292,12 @@ def run_stages(work: Path, frames: int, options: dict[str, Any], device: str
 
 
 def real_inputs(jd: Path, profile: str, device: str) -> dict[str, Any]:
-    """Pivots, crops, masks, generators and edit styles from a finished job."""
+    """Pivots, crops, masks, generators and edits from a finished job."""
     from engine.models.modelset import load_models
     from engine.stages.crops import crops_to_tensor
     from engine.stages.mask import stitch_masks
     from engine.stages.outputs import JobFiles
-    from engine.stages.stitch_tune import load_edit_styles
+    from engine.stages.stitch_tune import load_edit_inputs
 
     files = JobFiles(jd)
     models = load_models(profile, device=device)
@@ -304,101 +307,212 @@ def real_inputs(jd: Path, profile: str, device: str) -> dict[str, Any]:
     crops = [clip.crop(f) for f in frames]
     masks = [stitch_masks(clip.mask(f)) for f in frames]
     G_pti = files.pti.generator(device)
-    styles = load_edit_styles(G_pti, files.edit, range(len(frames)), device)
+    edits = load_edit_inputs(G_pti, files.edit, range(len(frames)), device)
     R = models.generator.img_resolution
     return {"G0": models.generator, "lpips": models.lpips, "pivots": pivots,
             "edit_latents": np.load(files.edit.latents_path).astype(np.float32),
             "crops": crops, "targets": crops_to_tensor(crops, R, device=device),
             "border": torch.from_numpy(np.stack([m[1] for m in masks])).to(device),
             "content": torch.from_numpy(np.stack([m[2] for m in masks])).to(device),
-            "G_pti": G_pti, "styles": styles, "profile": models.profile}
+            "G_pti": G_pti, "edits": edits, "arch": f"{profile} profile"}
 
 
-def synthetic_inputs(frames: int, device: str, seed: int = 0) -> dict[str, Any]:
-    """Official-size networks with random weights and random targets (speed only)."""
+def official_inputs(frames: int, size: int, device: str, seed: int = 0
+                    ) -> dict[str, Any]:
+    """Random weights of the official architecture at generator resolution
+    ``size`` (and LPIPS-alex with a random backbone), the astronaut's face as the
+    target crops (a few pixels' drift from frame to frame), an oval face mask and a
+    W-space edit of strength 4 along a random unit direction."""
+    import cv2
+
+    from engine.media.samples import FACE_CENTRES, face_image
     from engine.nets.lpips import LPIPS
     from engine.nets.stylegan2 import OFFICIAL_GENERATOR_KWARGS, Generator
+    from engine.stages.crops import crops_to_tensor
+    from engine.stages.mask import stitch_masks
 
     torch.manual_seed(seed)
-    G = Generator(**OFFICIAL_GENERATOR_KWARGS).to(device).eval().requires_grad_(False)
+    G = Generator(**dict(OFFICIAL_GENERATOR_KWARGS, img_resolution=size)).to(
+        device).eval().requires_grad_(False)
     lp = LPIPS("alex", backbone="random", heads="uniform", seed=seed).to(device)
-    R = G.img_resolution
+    img = face_image("astronaut")
+    cx, cy = FACE_CENTRES["astronaut"]
+    crops = []
+    for t in range(frames):  # a 200 px square around the face, drifting
+        x0, y0 = int(cx - 100 + 3 * math.sin(t)), int(cy - 90 + 2 * math.cos(t))
+        crops.append(cv2.resize(img[y0:y0 + 200, x0:x0 + 200], (size, size),
+                                interpolation=cv2.INTER_AREA))
     with torch.no_grad():
-        ws = G.mapping(torch.randn(frames, G.z_dim, device=device), truncation_psi=0.7)
-        imgs = G.synthesis(ws).clamp(-1, 1)
-    crops = [((im.permute(1, 2, 0).cpu().numpy() + 1) * 127.5).round().astype(np.uint8)
-             for im in imgs]
+        ws = G.mapping(torch.randn(frames, G.z_dim, device=device),
+                       truncation_psi=0.7)
+        d = torch.randn(G.w_dim, device=device)
+        edits = EditLatents(ws=ws + 2.0 * d / d.norm())  # STIT units: strength 4
+    R = size
     yy, xx = np.mgrid[:R, :R]
     face = ((xx - R / 2) ** 2 / (0.3 * R) ** 2
             + (yy - R / 2) ** 2 / (0.38 * R) ** 2) < 1  # an oval "face" mask
-    from engine.stages.mask import stitch_masks
-
     _, border, content = stitch_masks(face)
     with torch.no_grad():
-        styles = [s.detach() for s in G.styles(ws + 0.3 * torch.randn_like(ws))]
-    edit = 0.3 * torch.randn(1, G.num_ws, G.w_dim, device=device)  # one "direction"
+        edit = 0.3 * torch.randn(1, G.num_ws, G.w_dim, device=device)  # "direction"
     return {"G0": G, "lpips": lp, "pivots": ws.cpu().numpy().astype(np.float32),
             "edit_latents": (ws + edit).cpu().numpy().astype(np.float32),
-            "crops": crops, "targets": imgs,
+            "crops": crops, "targets": crops_to_tensor(crops, R, device=device),
             "border": torch.from_numpy(np.stack([border] * frames)).to(device),
             "content": torch.from_numpy(np.stack([content] * frames)).to(device),
-            "G_pti": G, "styles": styles, "profile": "official-size random"}
+            "G_pti": G, "edits": edits,
+            "arch": f"official architecture at {size} px, random weights"}
 
 
 # --- side by side ------------------------------------------------------------------
 
 
-def bench_pti(inp: dict[str, Any], cfg: Any, passes: int, device: str, dtype: str,
-              repeat: int = 1) -> dict[str, Any]:
-    n = len(inp["pivots"])
-    cfg = replace(cfg, steps=passes)
-    ref_cfg = replace(cfg, batch_size=1)
+def _rounds(fns: dict[str, Callable[[], Any]], warm: dict[str, Callable[[], Any]],
+            rounds: int, device: str) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """Warm each up, then ``rounds`` rounds of every loop in turn (dict order, the
+    re-creation ``ref`` first). Returns the last result and all seconds of each."""
+    for fn in warm.values():
+        fn()
+    secs: dict[str, list[float]] = {k: [] for k in fns}
+    last: dict[str, Any] = {}
+    for _ in range(max(1, rounds)):
+        for name, fn in fns.items():
+            last[name], t = _timed(fn, device)
+            secs[name].append(t)
+    return last, secs
 
-    def ours(dt: str) -> PTITuner:
-        targets = TargetCache(_ArrayClip(inp["crops"]), inp["G0"].img_resolution,
-                              device, inp["lpips"], limit=cfg.cache_frames)
-        tuner = PTITuner(inp["G0"], inp["lpips"], inp["pivots"], range(n), targets,
-                         cfg, device=device, dtype=dt)
+
+def _timing(secs: dict[str, list[float]], work: int) -> dict[str, dict[str, Any]]:
+    """Per loop: median seconds, median frame-updates/s, and the median (and range)
+    over rounds of the re-creation's seconds over the loop's in the same round."""
+    out = {}
+    for k, v in secs.items():
+        r = [a / b for a, b in zip(secs["ref"], v)]
+        out[k] = {"seconds": v, "median_seconds": float(np.median(v)),
+                  "updates_per_second": work / float(np.median(v)),
+                  "ratio": float(np.median(r)), "ratio_min": float(min(r)),
+                  "ratio_max": float(max(r))}
+    return out
+
+
+def _variants(recipes: list[str], dtypes: list[str]) -> list[tuple[str, str]]:
+    return [(r, d) for r in recipes for d in dtypes]
+
+
+def _label(part: str, recipe: str, dtype: str, plan: Any) -> str:
+    """'' for a row that computes what the re-creation computes, else why not
+    (stitching's recipes differ in precision only: every frame keeps its copy)."""
+    why = []
+    if part == "stitch":
+        pass
+    elif recipe == "fast" and plan.batch_size > 1:
+        why.append(f"mini-batches of {plan.batch_size}, lr x{plan.batch_size}, "
+                   "shuffled")
+    elif recipe == "fast":
+        why.append("shuffled")
+    if dtype != "float32":
+        why.append(dtype)
+    return "differs by design: " + ", ".join(why) if why else ""
+
+
+def bench_pti(inp: dict[str, Any], cfg: PipelineConfig, passes: int, device: str,
+              variants: list[tuple[str, str]], rounds: int,
+              formulation: str | None) -> dict[str, Any]:
+    n = len(inp["pivots"])
+    G0, lp = inp["G0"], inp["lpips"]
+    pcfg = replace(cfg.pti, steps=passes)
+    plans = {}
+    for recipe, dt in variants:
+        c = replace(cfg, dtype=dt, pti=replace(pcfg, formulation=formulation
+                                               or pcfg.formulation))
+        plans[(recipe, dt)] = pti_plan(
+            c, recipe, resolution=G0.img_resolution, device=device, frames=n,
+            choose=lambda d: choose("pti", G0, d, device,
+                                    pti_candidates(G0, device, d["dtype"])))
+
+    def ours(key: tuple[str, str], frames: int = n, steps: int = passes) -> PTITuner:
+        targets = TargetCache(_ArrayClip(inp["crops"][:frames]), G0.img_resolution,
+                              device, lp, limit=pcfg.cache_frames)
+        plan = plans[key]
+        plan = replace(plan, batch_size=min(plan.batch_size, frames))
+        tuner = PTITuner(G0, lp, inp["pivots"][:frames], range(frames), targets,
+                         replace(pcfg, steps=steps), device=device, plan=plan)
         while not tuner.done:
             tuner.step()
         return tuner
 
-    def ref() -> Any:
-        return reference_pti(inp["G0"], inp["lpips"], inp["pivots"], inp["targets"],
-                             passes, ref_cfg, device)
+    def ref(frames: int = n, steps: int = passes) -> Any:
+        return reference_pti(G0, lp, inp["pivots"][:frames], inp["targets"][:frames],
+                             steps, pcfg, device)
 
-    # a short warm-up of each (allocator, kernels), then the timed rounds
-    reference_pti(inp["G0"], inp["lpips"], inp["pivots"][:2], inp["targets"][:2], 1,
-                  ref_cfg, device)
-    last, timing = _side_by_side(ref, ours, lambda dt: _warm_pti(inp, cfg, device, dt),
-                                 dtype, repeat, device)
-    G_ref, tuner, tuner32 = last["ref"], last["ours"], last["ours32"]
-    t_ref, t_ours = timing["ref_seconds"], timing["ours_seconds"]
-    # the same reconstruction after the same passes: the speed-up is not bought with
-    # a worse fit (lr scaled with the batch, engine/stages/pti.py); measured in float32
-    err = {name: reconstruction_error(g, inp["lpips"], inp["pivots"], range(n),
-                                      tuner.targets, device=device, batch_size=8)
-           for name, g in (("before", inp["G0"]), ("ref", G_ref), ("ours", tuner.G),
-                           ("ours_float32", tuner32.G))}
-    G = copy.deepcopy(inp["G0"]).train()
+    fns: dict[str, Callable[[], Any]] = {"ref": ref}
+    warm: dict[str, Callable[[], Any]] = {"ref": lambda: ref(1, 1)}
+    for key in plans:
+        name = "/".join(key)
+        fns[name] = lambda key=key: ours(key)
+        warm[name] = lambda key=key: ours(key, min(n, plans[key].batch_size), 1)
+    last, secs = _rounds(fns, warm, rounds, device)
+    work = n * passes
+    timing = _timing(secs, work)
+    cache = TargetCache(_ArrayClip(inp["crops"]), G0.img_resolution, device, lp,
+                        limit=n)
+
+    def err(G: Any) -> dict[str, float]:
+        return reconstruction_error(G, lp, inp["pivots"], range(n), cache,
+                                    device=device, batch_size=1)
+
+    G = copy.deepcopy(G0).train()
     G.synthesis.requires_grad_(True)
-    x = inp["targets"][:1]
-    w = torch.from_numpy(inp["pivots"][:1]).to(device)
+    x, w = inp["targets"][:1], torch.from_numpy(inp["pivots"][:1]).to(device)
 
     def one_ref_step() -> None:
-        img = G.synthesis(w)
-        loss = (10 * (img - x).square().mean() + inp["lpips"](img, x).mean())
-        loss.backward()
+        img = G.synthesis(w, fused=True)
+        (10 * (img - x).square().mean() + lp(img, x).mean()).backward()
 
-    flops = _flops(one_ref_step)
-    work = n * passes
-    return {"frames": n, "passes": passes, "batch": tuner.batch, "dtype": dtype,
-            "lr_ref": ref_cfg.lr, "lr_ours": tuner.lr, "error": err, **timing,
-            "ours_frames_per_minute": 60 * work / t_ours,
-            "ref_frames_per_minute": 60 * work / t_ref,
-            "flops_per_frame_step": flops,
-            "ours_tflops": flops * work / t_ours / 1e12,
-            "ref_tflops": flops * work / t_ref / 1e12}
+    rows = [{"loop": "re-creation", "recipe": "reference loop", "dtype": "float32",
+             "formulation": "modulated (pinned)", "batch": 1, **timing["ref"],
+             "loss": err(last["ref"]), "label": ""}]
+    for key, plan in plans.items():
+        name = "/".join(key)
+        rows.append({"loop": name, "recipe": key[0], "dtype": key[1],
+                     "formulation": plan.formulation, "batch": plan.batch_size,
+                     "lr": plan.lr, **timing[name], "loss": err(last[name].G),
+                     "label": _label("pti", key[0], key[1], plan)})
+    return {"frames": n, "passes": passes, "work": work, "rows": rows,
+            "before": err(G0), "flops_per_update": _flops(one_ref_step)}
+
+
+def _side_by_side(ref: Callable[[], Any], ours: Callable[[str], Any],
+                  warm: Callable[[str], Any], dtype: str, repeat: int, device: str
+                  ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The reference loop, ours in ``dtype`` and (when that is not float32) ours in
+    float32 (the share of mixed precision), run in turn (A B C A B C ...) for
+    ``repeat`` rounds after ``warm(dtype)`` of each of ours (the refinement part).
+
+    Returns the last result of each (keys ``ref``, ``ours``, ``ours32``; ``ours32``
+    is ``ours`` in a float32 run) and the timing figures: median seconds of each,
+    and as ratios the median over rounds of the reference's seconds over ours in
+    the same round. Rounds side by side keep a ratio honest when the machine's
+    speed drifts (shared CPUs do, by 10-20 % between minutes)."""
+    fns: dict[str, Callable[[], Any]] = {"ref": ref, "ours": lambda: ours(dtype)}
+    if dtype != "float32":
+        fns["ours32"] = lambda: ours("float32")
+    for dt in ({dtype, "float32"} if "ours32" in fns else {dtype}):
+        warm(dt)
+    secs: dict[str, list[float]] = {k: [] for k in fns}
+    last: dict[str, Any] = {}
+    for _ in range(max(1, repeat)):
+        for name, fn in fns.items():
+            last[name], t = _timed(fn, device)
+            secs[name].append(t)
+    secs.setdefault("ours32", secs["ours"])
+    last.setdefault("ours32", last["ours"])
+    med = {k: float(np.median(v)) for k, v in secs.items()}
+    ratio = {k: float(np.median([a / b for a, b in zip(secs["ref"], v)]))
+             for k, v in secs.items()}
+    return last, {"rounds": repeat, "ref_seconds": med["ref"],
+                  "ours_seconds": med["ours"], "ratio": ratio["ours"],
+                  "ours_float32_seconds": med["ours32"],
+                  "ratio_float32": ratio["ours32"]}
 
 
 def reference_refine(G0: Any, lp: Any, rin: Any, crops: torch.Tensor, cfg: Any,
@@ -548,89 +662,219 @@ def bench_refine(inp: dict[str, Any], cfg: Any, epochs: tuple[int, int], device:
             "ref_seconds_per_phase": secs["ref"]}
 
 
-def _warm_pti(inp: dict[str, Any], cfg: Any, device: str, dtype: str) -> None:
-    """One short pass of our PTI loop over one batch (allocator, kernels)."""
-    b = min(len(inp["pivots"]), cfg.batch_size or 16)
-    targets = TargetCache(_ArrayClip(inp["crops"][:b]), inp["G0"].img_resolution,
-                          device, inp["lpips"], limit=cfg.cache_frames)
-    tuner = PTITuner(inp["G0"], inp["lpips"], inp["pivots"][:b], range(b), targets,
-                     replace(cfg, steps=1), device=device, dtype=dtype)
-    while not tuner.done:
-        tuner.step()
-
-
-def bench_stitch(inp: dict[str, Any], cfg: Any, steps: int, device: str,
-                 dtype: str, repeat: int = 1, conv_time: bool = False
-                 ) -> dict[str, Any]:
+def bench_stitch(inp: dict[str, Any], cfg: PipelineConfig, steps: int, device: str,
+                 variants: list[tuple[str, str]], rounds: int,
+                 formulation: str | None, conv_time: bool = False) -> dict[str, Any]:
     n = inp["targets"].shape[0]
     G = inp["G_pti"]
-    cfg = replace(cfg, steps=steps, batch_size=resolve_batch(
-        cfg.batch_size, "stitch", G.img_resolution, device, n))
-    styles, target = inp["styles"], inp["targets"]
+    edits, target = inp["edits"], inp["targets"]
     border, content = inp["border"], inp["content"]
+    scfg = replace(cfg.stitch, steps=steps)
+    from_styles = edits.from_styles
+    plans = {}
+    for recipe, dt in variants:
+        c = replace(cfg, dtype=dt, stitch=replace(scfg, formulation=formulation
+                                                  or scfg.formulation))
+        plans[(recipe, dt)] = stitch_plan(
+            c, recipe, resolution=G.img_resolution, device=device, frames=n,
+            choose=lambda d: choose("stitch", G, d, device, stitch_candidates(
+                G, scfg, device, d["dtype"], from_styles),
+                extra="styles" if from_styles else "ws"))
 
-    def ours(dt: str) -> list[float]:
-        stitcher = BatchedStitcher(G, cfg, dt)
+    def ours(key: tuple[str, str], frames: int = n, st: int = steps) -> list[float]:
+        plan = plans[key]
+        b = plan.batch_size
+        stitcher = BatchedStitcher(G, replace(scfg, steps=st, batch_size=b),
+                                   plan.dtype, plan.formulation)
         after: list[float] = []
-        for i in range(0, n, cfg.batch_size):
-            sl = slice(i, i + cfg.batch_size)
-            r = stitcher.tune([s[sl] for s in styles], target[sl], border[sl],
-                              content[sl])
-            after += r.after
+        for i in range(0, frames, b):
+            sl = slice(i, min(i + b, frames))
+            after += stitcher.tune(edits.select(sl), target[sl], border[sl],
+                                   content[sl]).after
         return after
 
-    def ref() -> list[float]:
-        return tune_reference(G, styles, target, border, content, cfg).after
+    def ref(frames: int = n, st: int = steps) -> list[float]:
+        sl = slice(0, frames)
+        return tune_reference(G, edits.select(sl), target[sl], border[sl],
+                              content[sl], replace(scfg, steps=st)).after
 
-    # a 2-step warm-up of each on one batch, then the timed rounds
-    tune_reference(G, [s[:1] for s in styles], target[:1], border[:1], content[:1],
-                   replace(cfg, steps=2))
-    b = slice(0, cfg.batch_size)
-
-    def warm(dt: str) -> None:
-        BatchedStitcher(G, replace(cfg, steps=2), dt).tune(
-            [s[b] for s in styles], target[b], border[b], content[b])
-
-    last, timing = _side_by_side(ref, ours, warm, dtype, repeat, device)
-    ref_after, ours_after, ours32_after = last["ref"], last["ours"], last["ours32"]
-    t_ref, t_ours = timing["ref_seconds"], timing["ours_seconds"]
+    fns: dict[str, Callable[[], Any]] = {"ref": ref}
+    warm: dict[str, Callable[[], Any]] = {"ref": lambda: ref(1, 1)}
+    for key in plans:
+        name = "/".join(key)
+        fns[name] = lambda key=key: ours(key)
+        warm[name] = lambda key=key: ours(key, min(n, plans[key].batch_size), 1)
+    last, secs = _rounds(fns, warm, rounds, device)
+    work = n * steps
+    timing = _timing(secs, work)
     Gi = copy.deepcopy(G).train()
     Gi.synthesis.requires_grad_(True)
-    st = [s[:1] for s in styles]
+    x1 = edits.select(slice(0, 1)).arg()
 
     def one_ref_step() -> None:
-        img = Gi.synthesis_from_styles(st)
+        img = Gi.synthesis(x1) if not from_styles else \
+            Gi.synthesis.synthesis_from_styles(x1)
         (masked_loss(img, target[:1], border[:1])
          + 0.01 * masked_loss(img, target[:1], content[:1])).sum().backward()
 
-    flops = _flops(one_ref_step)
-    work = n * steps
-    conv: dict[str, Any] = {}
+    rows = [{"loop": "re-creation", "recipe": "reference loop", "dtype": "float32",
+             "formulation": "deep copy per frame", "batch": 1, **timing["ref"],
+             "border_after": float(np.mean(last["ref"])), "label": ""}]
+    for key, plan in plans.items():
+        name = "/".join(key)
+        rows.append({"loop": name, "recipe": key[0], "dtype": key[1],
+                     "formulation": plan.formulation, "batch": plan.batch_size,
+                     **timing[name], "border_after": float(np.mean(last[name])),
+                     "max_rel_diff_per_frame": float(np.max(
+                         np.abs(np.array(last[name]) - np.array(last["ref"]))
+                         / np.maximum(np.abs(np.array(last["ref"])), 1e-12))),
+                     "label": _label("stitch", key[0], key[1], plan)})
+    out = {"frames": n, "steps": steps, "work": work, "rows": rows,
+           "flops_per_update": _flops(one_ref_step)}
     if conv_time:
-        # one more run of each with its convolutions clocked: ms per frame-step
-        for name, fn in (("ref", ref), ("ours", lambda: ours(dtype))):
-            with timed_convolutions() as tc:
-                after, total = _timed(fn, device)
-            conv[f"{name}_conv_ms"] = 1e3 * tc.seconds / work
-            conv[f"{name}_clocked_ms"] = 1e3 * total / work
-            # the clock must not change the arithmetic
-            conv[f"{name}_max_abs_diff_border_after"] = float(np.max(np.abs(
-                np.array(after) - np.array(last[name]))))
-        # the reference's step time (unclocked median) over our convolutions alone:
-        # the ratio with every non-convolution cost of our step gone
-        conv["ceiling_ratio"] = 1e3 * t_ref / work / conv["ours_conv_ms"]
-    return {"frames": n, "steps": steps, "batch": cfg.batch_size, "dtype": dtype,
-            **timing, **({"convolutions": conv} if conv else {}),
-            "border_after": {"ref": float(np.mean(ref_after)),
-                             "ours": float(np.mean(ours_after)),
-                             "ours_float32": float(np.mean(ours32_after))},
-            "max_abs_diff_border_after_float32": float(np.max(np.abs(
-                np.array(ref_after) - np.array(ours32_after)))),
-            "ours_frames_per_minute": 60 * n / t_ours,
-            "ref_frames_per_minute": 60 * n / t_ref,
-            "flops_per_frame_step": flops,
-            "ours_tflops": flops * work / t_ours / 1e12,
-            "ref_tflops": flops * work / t_ref / 1e12}
+        out["convolutions"] = _conv_time(
+            {"ref": ref, **{k: v for k, v in fns.items() if k != "ref"}}, last,
+            work, secs, device)
+    return out
+
+
+def _conv_time(fns: dict[str, Callable[[], Any]], last: dict[str, Any], work: int,
+               secs: dict[str, list[float]], device: str) -> dict[str, Any]:
+    """One more run of each stitching loop with its convolutions clocked: ms per
+    frame-update in convolutions and in all, and the ratio no loop structure can
+    pass (the re-creation's update over our convolutions alone)."""
+    conv: dict[str, Any] = {}
+    for name, fn in fns.items():
+        with timed_convolutions() as tc:
+            after, total = _timed(fn, device)
+        conv[f"{name}_conv_ms"] = 1e3 * tc.seconds / work
+        conv[f"{name}_clocked_ms"] = 1e3 * total / work
+        # the clock must not change the arithmetic
+        conv[f"{name}_max_abs_diff_border_after"] = float(np.max(np.abs(
+            np.array(after) - np.array(last[name]))))
+        if name != "ref":
+            conv[f"{name}_ceiling_ratio"] = (1e3 * float(np.median(secs["ref"]))
+                                             / work / conv[f"{name}_conv_ms"])
+    return conv
+
+
+def check_rows(part: str, fig: dict[str, Any], tol: float) -> list[str]:
+    """Failures of same-arithmetic rows (no label): PTI's reconstruction MSE and
+    LPIPS, stitching's per-frame border losses, against the re-creation's,
+    relative."""
+    ref, fails = fig["rows"][0], []
+    for row in fig["rows"][1:]:
+        if row["label"]:
+            continue
+        if part == "pti":
+            checks = {f"reconstruction {k.upper()}": (
+                abs(row["loss"][k] - ref["loss"][k]) / max(abs(ref["loss"][k]),
+                                                           1e-12),
+                f"{row['loss'][k]:.6g} vs re-creation {ref['loss'][k]:.6g}")
+                for k in ("mse", "lpips")}
+        else:
+            rel = row["max_rel_diff_per_frame"]
+            checks = {"border loss after tuning": (
+                rel, f"differs from the re-creation's by up to {rel:.2e} (relative, "
+                "worst frame)")}
+        row["check"] = {k: v[0] for k, v in checks.items()}
+        for what, (rel, text) in checks.items():
+            if rel > tol:
+                fails.append(f"FAIL {part} {row['loop']} ({row['formulation']}): "
+                             f"{what} {text}: {rel:.2e} > tolerance {tol:.0e}, "
+                             "although this row claims the reference's arithmetic")
+    return fails
+
+
+def print_rows(title: str, part: str, fig: dict[str, Any], unit: str) -> None:
+    print(f"\n{title}")
+    print(f"  {'loop':<20} {'formulation':<20} {'batch':>5} {unit + '/s':>14} "
+          f"{'ratio (range)':>20}  {'loss reached':<28} note")
+    for row in fig["rows"]:
+        if part == "pti":
+            loss = f"MSE {row['loss']['mse']:.5f} LPIPS {row['loss']['lpips']:.4f}"
+        else:
+            loss = f"border {row['border_after']:.6f}"
+        rng = f"{row['ratio']:.2f}x ({row['ratio_min']:.2f}-{row['ratio_max']:.2f})"
+        note = row["label"] or ("same arithmetic" if row["loop"] != "re-creation"
+                                else "")
+        print(f"  {row['loop']:<20} {str(row['formulation']):<20} {row['batch']:>5} "
+              f"{row['updates_per_second']:>14.3f} {rng:>20}  {loss:<28} {note}")
+
+
+# --- fidelity of the fast recipe on the official weights --------------------------
+
+
+def identity_similarity(jd: Path, device: str, backend: str = "dlib") -> float:
+    """Mean cosine similarity of the face identity (engine/quality/identity.py)
+    between each aligned crop and the tuned generator's reconstruction of it."""
+    from engine.quality.identity import FaceFinder, identity_backend
+    from engine.stages.crops import tensor_to_image
+    from engine.stages.outputs import JobFiles
+
+    files = JobFiles(jd)
+    clip, frames = files.align.clip(), files.invert.frames()
+    pivots = files.invert.pivots()
+    G = files.pti.generator(device)
+    emb, finder = identity_backend(backend, device=device), FaceFinder()
+    sims = []
+    for i, f in enumerate(frames):
+        crop = np.asarray(clip.crop(f))[..., :3]
+        with torch.no_grad():
+            rec = G.synthesis(torch.from_numpy(pivots[i:i + 1]).to(device))
+        rec = tensor_to_image(rec[0], depth=8)
+        box = finder.detect(crop)
+        box = box[0] if isinstance(box, list) and box else box
+        if not box:
+            continue
+        sims.append(float(np.dot(emb.embed(crop, box), emb.embed(rec, box))))
+    return float(np.mean(sims)) if sims else float("nan")
+
+
+def fidelity(args: argparse.Namespace, dev: str, work: Path) -> int:
+    """Both recipes through the whole pipeline on a real clip with the official
+    weights; the table that decides the default (docs/pipeline.md "Recipes")."""
+    from engine.models.store import resolve_profile
+    from engine.stages.outputs import JobFiles
+
+    if resolve_profile("auto") != "official":
+        print("bench/pipeline.py --fidelity needs the official models installed "
+              "(facestitch models install); on random weights a comparison says "
+              "nothing about quality", file=sys.stderr)
+        return 2
+    res = {}
+    for recipe in ("reference", "fast"):
+        opts = {"profile": "official", "recipe": recipe,
+                "pti": {"steps": args.pti_passes},
+                "stitch": {"steps": args.stitch_steps}, "metrics": {"enabled": False}}
+        jd, _ = run_stages(work, args.frames, opts, dev, args.clip, name=recipe)
+        files = JobFiles(jd)
+        loss, summary = files.pti.loss() or {}, files.stitch_tune.summary() or {}
+        res[recipe] = {"mse": loss["after"]["mse"], "lpips": loss["after"]["lpips"],
+                       "identity": identity_similarity(jd, dev),
+                       "border_after": summary.get("border_after")}
+    ok = True
+    print(f"\nRecipes on the official weights, {args.frames} frames of "
+          f"{args.clip or 'the astronaut clip'}, PTI {args.pti_passes} passes, "
+          f"stitching {args.stitch_steps} steps:")
+    print(f"  {'':<30} {'reference':>12} {'fast':>12} {'fast vs ref':>12}")
+    for k, name, lower in (("mse", "reconstruction MSE", True),
+                           ("lpips", "reconstruction LPIPS", True),
+                           ("identity", "identity similarity", False),
+                           ("border_after", "stitching border loss", True)):
+        a, b = res["reference"][k], res["fast"][k]
+        rel = (b - a) / abs(a) if a else float("nan")
+        worse = rel > 0.02 if lower else rel < -0.02
+        if k != "border_after":
+            ok = ok and not worse
+        print(f"  {name:<30} {a:>12.5f} {b:>12.5f} {rel:>+11.1%}"
+              + ("  worse than 2 %" if worse else ""))
+    print("\nfast within 2 % of reference in MSE, LPIPS and identity: "
+          + ("yes" if ok else "no"))
+    if args.json:
+        args.json.write_text(json.dumps({"fidelity": res, "within_2_percent": ok},
+                                        indent=2))
+    return 0
 
 
 # --- memory at the official size ------------------------------------------------------
@@ -698,31 +942,6 @@ def memory_table(device: str, batches: list[int]) -> list[dict[str, Any]]:
             print(f"  {kind:<7} batch {b}  gradient checkpointing "
                   f"{'on ' if ckpt else 'off'}  {gib:6.2f} GiB")
     return rows
-
-
-def _loop_rows(fig: dict[str, Any], ref: str, ours: str, dtype: str
-               ) -> list[tuple[str, float, float]]:
-    """``(name, median seconds, ratio)`` of the reference loop, ours in ``dtype``
-    and ours in float32 (when ``dtype`` is not)."""
-    rows = [(ref, fig["ref_seconds"], 1.0),
-            (f"ours ({ours}, {dtype})", fig["ours_seconds"], fig["ratio"])]
-    if dtype != "float32":
-        rows.append((f"ours ({ours}, float32)", fig["ours_float32_seconds"],
-                     fig["ratio_float32"]))
-    return rows
-
-
-def _print_rows(rows: list[tuple[str, float, float]], fig: dict[str, Any],
-                work: int, unit: str, per_minute: int | None = None) -> None:
-    """One line per loop ``(name, median seconds, ratio)``: seconds, ``unit`` per
-    minute (``per_minute`` of them in the run, default ``work``), achieved TFLOP/s
-    over ``work`` frame-steps, and the ratio to the reference loop (the median of
-    the rounds' ratios)."""
-    count = work if per_minute is None else per_minute
-    for name, sec, ratio in rows:
-        print(f"  {name:<44} {sec:7.2f} s  {60 * count / sec:8.1f} {unit}/min  "
-              f"{fig['flops_per_frame_step'] * work / sec / 1e12:.4f} TFLOP/s  "
-              f"ratio {ratio:.2f}x")
 
 
 # --- drafts -------------------------------------------------------------------------
@@ -897,43 +1116,56 @@ def run_draft_bench(args: argparse.Namespace, dev: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--profile", choices=("tiny", "official", "auto"), default="tiny")
+    p.add_argument("--arch", choices=("official", "tiny"), default="tiny",
+                   help="official: random official-architecture weights at --size "
+                   "(the headline); tiny: the tiny profile on a real clip")
+    p.add_argument("--size", type=int, default=256,
+                   help="generator resolution of --arch official (1024 = official)")
+    p.add_argument("--frames", type=int, default=None,
+                   help="frames (default 4 official, 12 tiny)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--pti-passes", type=int, default=10,
-                   help="passes over all frames, both loops (reference default 80)")
-    p.add_argument("--stitch-steps", type=int, default=30,
-                   help="steps per frame, both loops (reference default 100)")
+    p.add_argument("--pti-passes", type=int, default=None,
+                   help="passes over all frames, every loop (reference default 80; "
+                   "bench default 2 official, 10 tiny)")
+    p.add_argument("--stitch-steps", type=int, default=None,
+                   help="steps per frame, every loop (reference default 100; bench "
+                   "default 3 official, 30 tiny)")
+    p.add_argument("--recipes", default="reference,fast")
+    p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--pti-formulation", help="force one (default: the recorded one)")
+    p.add_argument("--stitch-formulation", help="force one (default: the recorded "
+                   "one)")
+    p.add_argument("--pti-batch", type=int, help="the fast recipe's PTI batch "
+                   "(default: options default, auto)")
+    p.add_argument("--stitch-batch", type=int, help="frames tuned at once (default: "
+                   "options default, auto)")
+    p.add_argument("--rounds", "--repeat", type=int, default=3, dest="rounds",
+                   help="timed rounds of every loop, in turn; medians are printed")
+    p.add_argument("--tolerance", type=float, default=TOLERANCE,
+                   help="relative loss tolerance of same-arithmetic rows")
     p.add_argument("--refine-epochs", default="2,1", metavar="E1,E2",
-                   help="temporal refinement epochs of phase 1 and 2, both loops "
-                   "(the README's are 10,3)")
-    p.add_argument("--pti-batch", type=int, help="our PTI mini-batch (default: "
-                   "options default)")
-    p.add_argument("--stitch-batch", type=int, help="our stitching batch (default: "
-                   "options default)")
-    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"),
-                   default="auto", help="our loops' precision (options.dtype; the "
-                   "reference loops run float32)")
-    p.add_argument("--synthetic", action="store_true",
-                   help="official-size random networks for the side-by-side parts")
+                   help="--arch tiny: temporal refinement epochs of phase 1 and 2, "
+                   "both loops (the README's are 10,3)")
     p.add_argument("--skip-pipeline", action="store_true",
-                   help="only the side-by-side loops")
+                   help="--arch tiny: do not print the stage-by-stage table")
+    p.add_argument("--only", choices=("pti", "refine", "stitch"),
+                   help="one part only (refine: --arch tiny)")
     p.add_argument("--quick", action="store_true",
-                   help="12 frames, 10 PTI passes, 30 stitching steps, refinement "
-                   "2+1 epochs (about 2 minutes on 2 idle CPU cores)")
+                   help="--arch tiny with 12 frames, 10 PTI passes, 30 steps")
+    p.add_argument("--conv-time", action="store_true",
+                   help="also run each stitching loop once with its convolutions "
+                   "clocked: their share of an update, and the ratio no loop "
+                   "structure can pass")
+    p.add_argument("--fidelity", action="store_true",
+                   help="compare the recipes end to end on the official weights")
+    p.add_argument("--clip", type=Path, help="--fidelity: the clip (default: the "
+                   "astronaut clip)")
     p.add_argument("--memory", action="store_true",
                    help="also measure the memory of one PTI / stitching step at the "
                    "official size (batch 1 and 2; a few minutes on a CPU)")
     p.add_argument("--memory-probe", nargs=4, metavar=("KIND", "BATCH", "CKPT",
                                                        "DEVICE"),
                    help=argparse.SUPPRESS)
-    p.add_argument("--repeat", type=int, default=3,
-                   help="timed rounds of the side-by-side loops, run in turn; "
-                   "medians are printed (default 3)")
-    p.add_argument("--conv-time", action="store_true",
-                   help="also run each stitching loop once with its convolutions "
-                   "clocked: their share of a step, and the ratio no loop "
-                   "structure can pass (the reference's step over our convolutions)")
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument("--draft", action="store_true",
                    help="time a draft instead (a real engine, tiny profile; the "
@@ -947,11 +1179,18 @@ def main(argv: list[str] | None = None) -> int:
         kind, b, ck, d = args.memory_probe
         print(memory_probe(kind, int(b), bool(int(ck)), d))
         return 0
+    official = args.arch == "official"
     if args.quick:
+        args.arch, official = "tiny", False
         args.frames, args.pti_passes, args.stitch_steps = 12, 10, 30
-        args.refine_epochs = "2,1"
+    if args.frames is None:
+        args.frames = 4 if official or args.fidelity else 12
+    if args.pti_passes is None:
+        args.pti_passes = 2 if official else 10
+    if args.stitch_steps is None:
+        args.stitch_steps = 3 if official else 30
     try:
-        e1, e2 = (int(v) for v in args.refine_epochs.split(","))
+        args.refine_epochs = tuple(int(v) for v in args.refine_epochs.split(","))
     except ValueError:
         p.error("--refine-epochs must be E1,E2, e.g. 10,3")
     dev = args.device
@@ -961,69 +1200,74 @@ def main(argv: list[str] | None = None) -> int:
         return run_draft_bench(args, dev)
     os.environ.setdefault("FACESTITCH_HOME", str(Path(tempfile.gettempdir())
                                                  / "facestitch-bench-home"))
-    from engine.models.store import resolve_profile
+    work = Path(tempfile.mkdtemp(prefix="fs-bench-"))
+    try:
+        if args.fidelity:
+            return fidelity(args, dev, work)
+        return _speed(args, dev, work, official)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
-    profile = resolve_profile(args.profile)
-    synthetic = args.synthetic or (args.profile == "official"
-                                   and resolve_profile("auto") != "official")
-    cfg = PipelineConfig.from_options({})
-    pti_cfg, st_cfg = cfg.pti, cfg.stitch
+
+def _speed(args: argparse.Namespace, dev: str, work: Path, official: bool) -> int:
+    e1, e2 = args.refine_epochs
+    options: dict[str, Any] = {"pti": {"steps": args.pti_passes},
+                               "stitch": {"steps": args.stitch_steps},
+                               "refine": {"epochs_w": e1, "epochs_g": e2}}
     if args.pti_batch:
-        pti_cfg = replace(pti_cfg, batch_size=args.pti_batch)
+        options["pti"]["batch_size"] = args.pti_batch
     if args.stitch_batch:
-        st_cfg = replace(st_cfg, batch_size=args.stitch_batch)
-    options = {"profile": profile, "pti": {"steps": args.pti_passes,
-                                           "batch_size": pti_cfg.batch_size},
-               "stitch": {"steps": args.stitch_steps,
-                          "batch_size": st_cfg.batch_size},
-               "refine": {"epochs_w": e1, "epochs_g": e2}}
+        options["stitch"]["batch_size"] = args.stitch_batch
+    cfg = PipelineConfig.from_options(options)
+    variants = _variants(args.recipes.split(","), args.dtypes.split(","))
     print(f"device {dev}, torch {torch.__version__}, threads "
-          f"{torch.get_num_threads()}, networks: "
-          + ("official size (1024 px), random weights" if synthetic
-             else f"{profile} profile"))
+          f"{torch.get_num_threads()}")
     load = os.getloadavg()[0]
     if dev == "cpu" and load > (os.cpu_count() or 1) * 0.5:
         print(f"warning: load average {load:.1f} on {os.cpu_count()} cores: other "
               "processes compete for the CPU, timings are noisy")
-    out: dict[str, Any] = {"device": dev, "profile": profile, "frames": args.frames}
-    work = Path(tempfile.mkdtemp(prefix="fs-bench-"))
-    try:
-        if synthetic:
-            inp = synthetic_inputs(args.frames, dev)
-        else:
-            jd, rows = run_stages(work, args.frames, options, dev)
-            if not args.skip_pipeline:
-                print(f"\nPipeline, {args.frames} frames, PTI {args.pti_passes} passes "
-                      f"(batch {pti_cfg.batch_size or 'auto'}), stitching "
-                      f"{args.stitch_steps} steps (batch "
-                      f"{st_cfg.batch_size or 'auto'}):")
-                print(f"  {'stage':<12} {'seconds':>8} {'frames/s':>9} "
-                      f"{'loop frames/s':>14}")
-                for r in rows:
-                    lf = r["loop_frames_per_second"]
-                    print(f"  {r['stage']:<12} {r['seconds']:8.2f} "
-                          f"{r['frames_per_second']:9.2f} "
-                          f"{(f'{lf:.1f}' if lf else ''):>14}")
-                out["stages"] = rows
-            inp = real_inputs(jd, profile, dev)
+    out: dict[str, Any] = {"device": dev, "arch": args.arch, "frames": args.frames,
+                           "load_average_start": list(os.getloadavg())}
+    if official:
+        inp = official_inputs(args.frames, args.size, dev)
+        out["size"] = args.size
+    else:
+        from engine.models.store import resolve_profile
+
+        profile = resolve_profile("tiny")
+        jd, rows = run_stages(work, args.frames, dict(options, profile=profile,
+                                                     recipe="fast"), dev)
+        if not args.skip_pipeline:
+            print(f"\nPipeline, {args.frames} frames, PTI {args.pti_passes} passes, "
+                  f"stitching {args.stitch_steps} steps (recipe fast):")
+            print(f"  {'stage':<12} {'seconds':>8} {'frames/s':>9} "
+                  f"{'loop frames/s':>14}")
+            for r in rows:
+                lf = r["loop_frames_per_second"]
+                print(f"  {r['stage']:<12} {r['seconds']:8.2f} "
+                      f"{r['frames_per_second']:9.2f} "
+                      f"{(f'{lf:.1f}' if lf else ''):>14}")
+            out["stages"] = rows
+        inp = real_inputs(jd, profile, dev)
+    print(f"networks: {inp['arch']}")
+    fails: list[str] = []
+    if args.only in (None, "pti"):
+        pr = bench_pti(inp, cfg, args.pti_passes, dev, variants, args.rounds,
+                       args.pti_formulation)
+        fails += check_rows("pti", pr, args.tolerance)
+        print_rows(f"PTI, {args.frames} frames x {args.pti_passes} passes "
+                   f"(medians of {args.rounds} rounds, loops in turn; reconstruction "
+                   f"before: MSE {pr['before']['mse']:.5f} LPIPS "
+                   f"{pr['before']['lpips']:.4f}):", "pti", pr, "frame-updates")
+        out["pti"] = pr
+    if args.only in (None, "refine") and not official:
         from engine.devices import resolve_dtype
 
-        dtype = resolve_dtype(args.dtype, dev)
-        print(f"\nPTI, {args.frames} frames x {args.pti_passes} passes, same pivots, "
-              f"crops, networks (medians of {args.repeat} rounds, loops in turn):")
-        pr = bench_pti(inp, pti_cfg, args.pti_passes, dev, dtype, args.repeat)
-        rows = _loop_rows(pr, "reference loop (batch 1, float32)",
-                          f"batch {pr['batch']}, cached LPIPS", dtype)
-        _print_rows(rows, pr, args.frames * args.pti_passes, "frame-passes")
-        e = pr["error"]
-        print("  reconstruction MSE / LPIPS (float32): "
-              + "; ".join(f"{k} {v['mse']:.4f} / {v['lpips']:.4f}"
-                          for k, v in e.items())
-              + f"  (lr: reference {pr['lr_ref']:.1e}, ours {pr['lr_ours']:.1e})")
+        dtype = resolve_dtype("auto", dev)
         print(f"\nTemporal refinement, {args.frames} frames ({args.frames - 1} "
               f"pairs) x {e1}+{e2} epochs, same latents, crops, networks, DIS flow "
-              f"(medians of {args.repeat} rounds):")
-        rr = bench_refine(inp, cfg.refine, (e1, e2), dev, dtype, args.repeat)
+              f"(medians of {args.rounds} rounds):")
+        rr = bench_refine(inp, cfg.refine, (e1, e2), dev, dtype, args.rounds)
         loops = [("reference loop (1 pair per step, float32)", rr["ref_seconds"], 1.0,
                   rr["ref_pairs_per_minute"]),
                  (f"ours ({rr['batch']} pairs per step, {dtype})", rr["ours_seconds"],
@@ -1037,44 +1281,37 @@ def main(argv: list[str] | None = None) -> int:
                             for k, v in enumerate(pm))
             print(f"  {name:<44} {sec:7.2f} s  frames/min: {per}  ratio "
                   f"{ratio:.2f}x")
-        print(f"\nStitching tuning, {args.frames} frames x {args.stitch_steps} steps "
-              f"(medians of {args.repeat} rounds):")
-        sr = bench_stitch(inp, st_cfg, args.stitch_steps, dev, dtype, args.repeat,
-                          conv_time=args.conv_time)
-        rows = _loop_rows(sr, "reference loop (deep copy + Adam per frame)",
-                          f"stacked copies, batch {sr['batch']}", dtype)
-        _print_rows(rows, sr, args.frames * args.stitch_steps, "frames",
-                    per_minute=args.frames)
-        b = sr["border_after"]
-        print(f"  border loss after tuning (mean): reference {b['ref']:.5f}, ours "
-              f"{b['ours']:.5f}, ours float32 {b['ours_float32']:.5f} (max |ours "
-              f"float32 - reference| per frame "
-              f"{sr['max_abs_diff_border_after_float32']:.1e})")
+        out["refine"] = rr
+    if args.only in (None, "stitch"):
+        sr = bench_stitch(inp, cfg, args.stitch_steps, dev, variants, args.rounds,
+                          args.stitch_formulation, conv_time=args.conv_time)
+        fails += check_rows("stitch", sr, args.tolerance)
+        print_rows(f"Stitching tuning, {args.frames} frames x {args.stitch_steps} "
+                   f"steps (medians of {args.rounds} rounds):", "stitch", sr,
+                   "frame-updates")
         if "convolutions" in sr:
             c = sr["convolutions"]
-            print(f"  convolutions, clocked inside the loops (ms per frame-step): "
-                  f"reference {c['ref_conv_ms']:.2f} of {c['ref_clocked_ms']:.2f}, "
-                  f"ours {c['ours_conv_ms']:.2f} of {c['ours_clocked_ms']:.2f}; with "
-                  f"nothing but our convolutions left: {c['ceiling_ratio']:.2f}x")
-        both = (pr["ref_seconds"] + sr["ref_seconds"]) / (pr["ours_seconds"]
-                                                         + sr["ours_seconds"])
-        both32 = (pr["ref_seconds"] + sr["ref_seconds"]) / (
-            pr["ours_float32_seconds"] + sr["ours_float32_seconds"])
-        print(f"\nPTI + stitching together: ratio {both:.2f}x ({dtype})"
-              + (f", {both32:.2f}x in float32" if dtype != "float32" else ""))
-        out.update(pti=pr, stitch=sr, refine=rr, combined_ratio=both,
-                   combined_ratio_float32=both32, dtype=dtype)
-        if args.memory:
-            print("\nMemory of one step at the official size (1024 px), above the "
-                  "networks' own weights"
-                  + (" (CPU: peak resident-set growth, an estimate of GPU memory)"
-                     if dev == "cpu" else "") + ":")
-            out["memory"] = memory_table(dev, [1, 2])
-        if args.json:
-            args.json.write_text(json.dumps(out, indent=2))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
+            print("  convolutions, clocked inside the loops (ms per frame-update): "
+                  + "; ".join(f"{k} {c[f'{k}_conv_ms']:.1f} of "
+                              f"{c[f'{k}_clocked_ms']:.1f}"
+                              for k in ["ref"] + [r["loop"] for r in sr["rows"][1:]])
+                  + "; with nothing but our convolutions left: "
+                  + ", ".join(f"{r['loop']} {c[r['loop'] + '_ceiling_ratio']:.2f}x"
+                              for r in sr["rows"][1:]))
+        out["stitch"] = sr
+    out["load_average_end"] = list(os.getloadavg())
+    out["failures"] = fails
+    if args.memory:
+        print("\nMemory of one step at the official size (1024 px), above the "
+              "networks' own weights"
+              + (" (CPU: peak resident-set growth, an estimate of GPU memory)"
+                 if dev == "cpu" else "") + ":")
+        out["memory"] = memory_table(dev, [1, 2])
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2, default=str))
+    for f in fails:
+        print(f, file=sys.stderr)
+    return 1 if fails else 0
 
 
 if __name__ == "__main__":

@@ -37,9 +37,34 @@ __all__ = [
     "ColourConfig",
     "DraftConfig",
     "PipelineConfig",
+    "RECIPES",
+    "resolve_recipe",
+    "PTI_FORMULATIONS",
+    "STITCH_FORMULATIONS",
     "Range",
     "OPTION_RANGES",
 ]
+
+#: ``options.recipe`` values: how PTI and stitching tuning train (docs/pipeline.md
+#: "Recipes"). ``reference`` = STIT's arithmetic (batch-1 updates in frame order at
+#: the reference lr, float32); ``fast`` = mini-batches with the lr scaled by the
+#: batch, shuffled frames, bfloat16 where the device computes it natively.
+RECIPES = ("reference", "fast")
+
+
+def resolve_recipe(recipe: str, profile: str) -> str:
+    """``options.recipe`` for a job on the resolved model ``profile``: ``auto`` is
+    ``reference`` for the official networks and ``fast`` for the tiny test ones,
+    until a comparison on the official weights shows ``fast`` as good
+    (docs/pipeline.md "Recipes"); an explicit recipe passes through."""
+    if recipe == "auto":
+        return "reference" if profile == "official" else "fast"
+    return recipe
+
+
+#: the ways of computing the same step (engine/stages/formulation.py measures them)
+PTI_FORMULATIONS = ("modulated", "autograd", "scaled")
+STITCH_FORMULATIONS = ("grouped", "loop", "vmap")
 
 
 @dataclass(frozen=True)
@@ -111,13 +136,19 @@ class PTIConfig:
     # passes over all frames; STIT README uses 80 (docs/reference.md "PTI")
     steps: int = 80
     lr: float = 3e-5  # STIT PTI lr (docs/reference.md "PTI"), for one frame per step
-    # Adam lr x batch_size (linear scaling): the reference steps once per frame; with
-    # B frames per step this keeps the progress per pass (bench/pipeline.py).
+    # fast recipe: Adam lr x batch_size (linear scaling): the reference steps once
+    # per frame; with B frames per step this keeps the progress per pass
+    # (docs/pipeline.md "Recipes"). The reference recipe never scales.
     lr_batch_scaling: bool = True
     l2_weight: float = 10.0  # STIT CLI override of L2 λ (docs/reference.md "PTI")
     lpips_weight: float = 1.0
-    batch_size: int = 0  # frames per optimiser step (reference: 1); 0 = auto
-    # (as many as the device's memory holds, up to 16: engine/stages/batching.py)
+    batch_size: int = 0  # fast recipe: frames per optimiser step; 0 = auto (as
+    # many as the device's memory holds, up to 16: engine/stages/batching.py). The
+    # reference recipe updates once per frame (batch 1) whatever this says.
+    # how the network computes a step (same arithmetic; docs/pipeline.md "Speed"):
+    # "auto" = the fastest measured on this device (engine/stages/formulation.py),
+    # or "modulated" | "autograd" | "scaled"
+    formulation: str = "auto"
     locality_reg: bool = False  # off in STIT's effective defaults
     locality_alpha: float = 30.0
     locality_l2: float = 0.1
@@ -142,9 +173,13 @@ class StitchConfig:
     content_weight: float = 0.01
     # early stop; 0 = off (docs/reference.md "Stitching tuning")
     border_loss_threshold: float = 0.0
-    batch_size: int = 0  # frames tuned at once with stacked per-frame weights;
+    batch_size: int = 0  # frames tuned at once (independent per-frame copies);
     # 0 = auto (engine/stages/batching.py)
     l1: bool = False
+    # how a batch of per-frame copies is computed (same arithmetic; docs/pipeline.md
+    # "Speed"): "auto" = the fastest measured on this device
+    # (engine/stages/formulation.py), or "grouped" | "loop" | "vmap"
+    formulation: str = "auto"
     # False (--no-stitch): no tuning; the edited crops are pasted back with the
     # undilated face mask, STIT's edit_video.py (docs/reference.md "Paste-back")
     tune: bool = True
@@ -460,10 +495,14 @@ class PipelineConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     # "auto" | "float32" | "bfloat16": the precision PTI and stitching tuning train
     # in (bfloat16 = autocast with float32 weights and optimiser state). auto =
-    # bfloat16 where the device computes it natively (CUDA with bf16, CPUs with
-    # AVX512-BF16 or AMX), else float32; resolved per stage by
-    # engine.devices.resolve_dtype and recorded in the stage's facts.
+    # float32 under the reference recipe; under fast, bfloat16 where the device
+    # computes it natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX), else
+    # float32; resolved per stage (engine/stages/recipe.py) and recorded in the
+    # stage's facts.
     dtype: str = "auto"
+    # "auto" | "reference" | "fast" (RECIPES, resolve_recipe): auto = reference on
+    # the official profile, fast on tiny; the runner records the resolved value
+    recipe: str = "auto"
     seed: int = 0
     track: TrackConfig = field(default_factory=TrackConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
@@ -489,7 +528,7 @@ class PipelineConfig:
             where = f"options.{key}"
             if key in _SECTIONS:
                 kwargs[key] = _build_section(_SECTIONS[key], value, where)
-            elif key in ("profile", "device", "dtype"):
+            elif key in ("profile", "device", "dtype", "recipe"):
                 if not isinstance(value, str):
                     raise DocumentFieldError(f"{where} must be a string", field=where)
                 kwargs[key] = value
@@ -507,6 +546,16 @@ class PipelineConfig:
         if cfg.dtype not in ("auto", "float32", "bfloat16"):
             raise DocumentFieldError("options.dtype must be auto, float32 or bfloat16",
                                      field="options.dtype")
+        if cfg.recipe not in ("auto", *RECIPES):
+            raise DocumentFieldError("options.recipe must be auto, reference or fast",
+                                     field="options.recipe")
+        for where, value, known in (
+                ("options.pti.formulation", cfg.pti.formulation, PTI_FORMULATIONS),
+                ("options.stitch.formulation", cfg.stitch.formulation,
+                 STITCH_FORMULATIONS)):
+            if value not in ("auto", *known):
+                raise DocumentFieldError(
+                    f"{where} must be auto or one of {', '.join(known)}", field=where)
         _check_draft(cfg.draft)
         return cfg
 

@@ -68,3 +68,10 @@ def test_bad_subjects_are_refused(tc_clip, tmp_path, capsys, args):
     ex = tmp_path / "ex"
     assert main(["submit", str(tc_clip), "--exchange", str(ex), *args]) == 2
     assert "[face.subject_invalid]" in capsys.readouterr().err
+
+
+def test_recipe_goes_into_the_job_options(tc_clip, tmp_path):
+    ex = tmp_path / "ex"
+    assert main(["submit", str(tc_clip), "--exchange", str(ex), "--kind",
+                 "align-preview", "--recipe", "reference"]) == 0
+    assert submitted(ex).options["recipe"] == "reference"

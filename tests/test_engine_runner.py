@@ -99,7 +99,9 @@ def test_good_job_result_progress_and_config(tmp_path, clip, logdir):
     progress = load_document(folder / "progress.msgpack", Progress)
     assert (progress.state, progress.fraction) == ("done", 1.0)
     config = json.loads((folder / "config.json").read_text())
-    assert config == PipelineConfig.from_options({}, device="cpu").to_dict()
+    # the recipe is recorded resolved: fast on the tiny profile (no official models)
+    assert config == dict(PipelineConfig.from_options({}, device="cpu").to_dict(),
+                          recipe="fast")
     assert (folder / "stages" / "hash" / "DONE.msgpack").is_file()
     assert job_status(ex, "good").to_dict()["result"]["frames"] == 5
 

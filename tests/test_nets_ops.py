@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from engine.nets.ops import (
     LRELU_GAIN,
+    grouped_layout,
     lrelu_agc,
     modulated_conv2d,
     modulated_weight,
@@ -261,3 +262,45 @@ def test_demodulation_normalises_output_scale():
     s = torch.rand(2, 64) * 10
     y = modulated_conv2d(x, w, s, padding=1)
     assert 0.7 < y.std().item() < 1.3
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_grouped_conv_gradients_with_one_thread(one_thread, k):
+    """float32 per-sample weights behind a grouped convolution, one CPU thread, the
+    input in the grouped layout a previous grouped layer hands on (batch stride
+    N*C after the reshape): with one thread oneDNN computed wrong 1x1 weight
+    gradients from such an input (engine/nets/ops.py, channels_last)."""
+    torch.manual_seed(7)
+    n, c, o, r = 3, 64, 3, 8
+    prev = grouped_layout(torch.randn(n, c, r, r))  # as a grouped conv leaves it
+    x = prev.detach().abs().requires_grad_(True)
+    W = (torch.randn(n, o, c, k, k) / c ** 0.5).requires_grad_(True)
+    s = torch.rand(n, c) + 0.5
+    y = modulated_conv2d(x, W, s, padding=k // 2, demodulate=k == 3)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad((y * g).sum(), [x, W])
+    ys = torch.cat([modulated_conv2d(x[j:j + 1].contiguous(), W[j], s[j:j + 1],
+                                     padding=k // 2, demodulate=k == 3, fused=False)
+                    for j in range(n)])
+    want = torch.autograd.grad((ys * g).sum(), [x, W])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("up", [1, 2])
+def test_shared_weight_through_the_closed_form_modulation(up):
+    """``fused="modulated"``: a shared weight seen as per-sample weights (the PTI
+    formulation ``modulated``) gives the values and gradients of the plain paths."""
+    torch.manual_seed(8)
+    f = setup_filter([1, 3, 3, 1]).double()
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(6, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    s = (torch.rand(2, 4, dtype=torch.float64) + 0.5).requires_grad_(True)
+    kw = dict(up=up, padding=1, resample_filter=f, gain=1.3)
+    outs = []
+    for fused in ("modulated", True, False):
+        y = modulated_conv2d(x, W, s, fused=fused, **kw)
+        outs.append([y, *torch.autograd.grad(y.square().sum(), [x, W, s])])
+    for other in outs[1:]:
+        for a, b in zip(outs[0], other):
+            assert torch.allclose(a, b, atol=1e-9)

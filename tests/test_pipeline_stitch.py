@@ -57,6 +57,9 @@ def test_invert_contract(job):
     assert len(list((_stage(job, "invert") / "preview").glob("*.png"))) == 4
 
 
+PLAN_KEYS = ("recipe", "batch_size", "dtype", "lr", "shuffle", "formulation")
+
+
 def test_pti_contract_and_effect(job):
     from engine.models.checkpoints import load_generator
 
@@ -72,12 +75,18 @@ def test_pti_contract_and_effect(job):
     G = load_generator(_stage(job, "pti") / "generator.pt")
     assert G.img_resolution == 64
     assert not (_stage(job, "pti") / "checkpoint.pt").exists()
-    # batch and precision resolved once (auto) and recorded with the stage
+    # the plan (recipe auto = fast on the tiny profile, batch, precision, lr,
+    # order, formulation) resolved once and recorded with the stage
     from engine.devices import resolve_dtype
 
     settings = json.loads((_stage(job, "pti") / "settings.json").read_text())
-    assert settings == {"batch_size": loss["batch_size"], "dtype": loss["dtype"]}
-    assert loss["dtype"] == resolve_dtype("auto", "cpu") and loss["batch_size"] >= 1
+    assert settings == {k: loss[k] for k in PLAN_KEYS}
+    assert loss["recipe"] == "fast" and loss["shuffle"] is True
+    assert loss["batch_size"] == 3 and loss["lr"] == pytest.approx(3e-3)
+    assert loss["dtype"] == resolve_dtype("auto", "cpu")
+    assert loss["formulation"] in ("modulated", "scaled")
+    config = json.loads((job["folder"] / "config.json").read_text())
+    assert config["recipe"] == "fast"
 
 
 def test_edit_contract(job):
@@ -144,7 +153,8 @@ def test_stitch_contract_and_border(job):
     assert s["steps"] == [16] * N
     assert not (st / "parts").exists()
     settings = json.loads((st / "settings.json").read_text())
-    assert settings == {"batch_size": s["batch_size"], "dtype": s["dtype"]}
+    assert settings == {k: s[k] for k in PLAN_KEYS}
+    assert s["recipe"] == "fast" and s["formulation"] in ("grouped", "loop", "vmap")
 
 
 def test_outside_alpha_is_source(job):
@@ -180,6 +190,7 @@ def test_result_and_report(job):
     assert html.count("<svg") >= 5  # PTI, refinement, stitching, strengths, metrics
     for word in ("inversion (e4e)", "PTI reconstruction", "refined", "stitched",
                  "alpha", "final", "Stage timings", "stitch_tune", "TL-ID",
-                 "Temporal refinement", "x-t slice direct edit"):
+                 "Temporal refinement", "x-t slice direct edit",
+                 "fast (mini-batches", "recipe fast"):
         assert word in html, word
     assert "http://" not in html.replace("http://www.w3.org/2000/svg", "")

@@ -283,12 +283,13 @@ def load_models(profile: str = "auto", device: str | torch.device = "cpu", *,
 
 def store_fingerprint(store: Store) -> tuple:
     """Size and modification time of every file of the store (partial downloads
-    aside) and of an LPIPS backbone in torch's hub folder: what
+    and the measured formulations in ``speed/`` aside: a job that records one
+    changes no network) and of an LPIPS backbone in torch's hub folder: what
     :func:`cached_models` compares to know its networks are still the installed
     ones."""
     backbone = store.lpips_backbone_path()
     return files_fingerprint([store.home, *([backbone] if backbone else [])],
-                             skip=("downloads",))
+                             skip=("downloads", "speed"))
 
 
 def cached_models(profile: str = "auto", device: str | torch.device = "cpu", *,

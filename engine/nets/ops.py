@@ -8,9 +8,9 @@ are no fused CUDA kernels here and nothing compiles at import time.
 Every function is ``torch.func`` friendly: no in-place updates of inputs or
 parameters, no ``.item()``, no data-dependent Python control flow, so
 ``functional_call`` with substituted (or stacked per-sample) parameters works.
-Not ``vmap``: the convolutions ask for channels-last layouts, which vmap cannot
-query; per-frame copies go in as per-sample parameters instead
-(:func:`modulated_conv2d`).
+``vmap`` only inside :func:`plain_layout`: the convolutions otherwise ask for
+channels-last layouts, which vmap cannot query; per-frame copies normally go in as
+per-sample parameters instead (:func:`modulated_conv2d`).
 
 Conventions (the NVIDIA ones, so ``G_ema`` tensors load unchanged):
 
@@ -24,8 +24,10 @@ Conventions (the NVIDIA ones, so ``G_ema`` tensors load unchanged):
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -43,11 +45,68 @@ __all__ = [
     "stored_weight",
     "weight_from_storage",
     "modulated_weight",
+    "channels_last",
+    "plain_layout",
     "LRELU_GAIN",
 ]
 
 #: leaky-ReLU(0.2) output gain that keeps unit variance (StyleGAN "def_gain").
 LRELU_GAIN = math.sqrt(2.0)
+
+# True inside plain_layout(): tensors keep their default (NCHW) layout
+_PLAIN = contextvars.ContextVar("facestitch_plain_layout", default=False)
+
+
+@contextlib.contextmanager
+def plain_layout() -> Iterator[None]:
+    """Within the block the network leaves every tensor in its default layout
+    instead of asking for channels-last (which ``torch.func.vmap`` cannot query):
+    the stitching stage's ``vmap`` formulation renders per-frame copies this way.
+    Values are the same; only speed differs."""
+    token = _PLAIN.set(True)
+    try:
+        yield
+    finally:
+        _PLAIN.reset(token)
+
+
+def channels_last(x: Tensor) -> Tensor:
+    """``x`` in channels-last layout (a no-op copy-wise when it already is), or
+    ``x`` itself inside :func:`plain_layout`.
+
+    A batch of one gets the canonical stride on its size-1 batch axis (a view):
+    the grouped layout's ``[N, C, H, W] -> [1, N*C, H, W]`` reshape leaves that
+    stride at ``N*C`` instead of ``N*C*H*W``, which means nothing for the
+    addressing, but with one thread oneDNN's backward of a grouped 1x1
+    convolution read such an input wrongly: the ToRGB weight gradients of the
+    stitcher's stacked copies came out wrong (torch 2.13 CPU; two threads were
+    right; ``tests/test_nets_ops.py``)."""
+    if _PLAIN.get():
+        return x
+    x = x.contiguous(memory_format=torch.channels_last)
+    if x.ndim == 4 and x.shape[0] == 1:
+        c, h, w = x.shape[1:]
+        canonical = (c * h * w, 1, w * c, c)
+        if x.stride() != canonical:
+            x = _Restride.apply(x, canonical)
+    return x
+
+
+class _Restride(torch.autograd.Function):
+    """``x`` viewed with other strides on size-1 axes only (same addresses); the
+    gradient passes through unchanged (any strides are fine for it)."""
+
+    @staticmethod
+    def forward(x: Tensor, strides: tuple[int, ...]) -> Tensor:
+        return x.as_strided(x.shape, strides)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple:
+        return g, None
 
 
 def setup_filter(f: Sequence[float] | Tensor, normalize: bool = True) -> Tensor:
@@ -282,7 +341,7 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, *,
                      demodulate: bool = True, up: int = 1, padding: int = 0,
                      resample_filter: Tensor | None = None,
                      noise: Tensor | None = None,
-                     fused: bool | None = None, bias: Tensor | None = None,
+                     fused: bool | str | None = None, bias: Tensor | None = None,
                      gain: float = 1.0) -> Tensor:
     """StyleGAN2 modulated convolution (per-sample weights, optional demodulation),
     with the layer's bias and noise.
@@ -305,9 +364,13 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, *,
         up: 1 (plain "same" conv with ``padding``) or 2 (stride-2 transposed conv
             followed by the FIR ``resample_filter`` with gain 4; output ``2H x 2W``).
         noise: added after demodulation, broadcast against ``[N, O, H', W']``.
-        fused: True = one grouped convolution with per-sample weights; False =
-            scale activations instead (``conv(x * s) * d``); both are exact. None
-            picks grouped for batch 1, activation scaling otherwise.
+        fused: True = one grouped convolution with per-sample weights computed by
+            plain autograd ops; ``"modulated"`` = the same through
+            :func:`modulated_weight`'s closed-form backward (the shared weight
+            seen as per-sample); False = scale activations instead (``conv(x * s)
+            * d``); all exact. None picks grouped (plain ops) for batch 1,
+            activation scaling otherwise. Per-sample weights always take
+            :func:`modulated_weight`.
         bias: ``[O]`` shared or ``[N, O]`` per sample.
         gain: a positive output scale.
 
@@ -316,9 +379,15 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, *,
     """
     n = x.shape[0]
     out_c, in_c, kh, kw = weight.shape[-4:]
+    if fused == "modulated" and weight.ndim == 4:
+        # the shared weight as per-sample weights (a view): modulated_weight's
+        # three passes instead of plain autograd's dozen at the official channel
+        # counts; its gradient sums over the samples (expand's backward)
+        weight = weight.unsqueeze(0).expand(n, -1, -1, -1, -1)
     per_sample = weight.ndim == 5
     if fused is None or per_sample:
         fused = n == 1 or per_sample
+    fused = bool(fused)
 
     if fused and per_sample:
         # styles, demodulation and gain folded into the per-sample weights in one
@@ -345,15 +414,24 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, *,
         # than on NCHW in float32 and 2-3x in bfloat16 (2 cores, issue 5).
         # The weights too (modulated_weight writes them so): from a weight with
         # NCHW strides oneDNN returns an NCHW output.
-        cl = torch.channels_last
-        xg = x.reshape(1, n * in_c, x.shape[2], x.shape[3]).contiguous(memory_format=cl)
+        xg = channels_last(x.reshape(1, n * in_c, x.shape[2], x.shape[3]))
         if up == 1:
             b = None
             if bias is not None:  # the convolution adds it (no extra pass)
                 b = (bias * gain).reshape(n * out_c) if bias.ndim == 2 \
                     else (bias * gain).repeat(n)
                 bias = None
-            y = F.conv2d(xg, w, b, padding=padding, groups=n)
+            if kh == kw == 1 and _PLAIN.get():
+                # under vmap (plain_layout) a 1x1 convolution as a matrix
+                # product: vmap turns a per-frame conv2d into a grouped one whose
+                # weight gradient oneDNN gets wrong with one thread (see
+                # channels_last), and it cannot restride vmap's own reshapes
+                y = torch.einsum("noi,nihw->nohw", w.reshape(n, out_c, in_c),
+                                 x).reshape(1, n * out_c, x.shape[2], x.shape[3])
+                if b is not None:
+                    y = y + b[None, :, None, None].to(y.dtype)
+            else:
+                y = F.conv2d(xg, w, b, padding=padding, groups=n)
         else:
             y = _upconv(xg, w, up, padding, resample_filter, groups=n)
         y = y.reshape(n, out_c, y.shape[2], y.shape[3])
@@ -389,6 +467,8 @@ def _channels_last(w: Tensor) -> Tensor:
     weight at strides ``(I, 1, 1, 1)``, from which oneDNN returns an NCHW output
     (and the backward converts the gradients: the ToRGB layers ran fwd+bwd 5x
     slower at 64 px, torch 2.13 CPU)."""
+    if _PLAIN.get():
+        return w
     if w.shape[-2:] == (1, 1) and w.stride()[-2:] != (w.shape[1], w.shape[1]):
         return torch.empty(w.shape, dtype=w.dtype, device=w.device,
                            memory_format=torch.channels_last).copy_(w)

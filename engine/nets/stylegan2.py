@@ -20,12 +20,14 @@ Style space: ``G.styles(ws)`` returns the per-layer affine outputs (26 at 1024 p
 b8.torgb, ...``); ``G.synthesis_from_styles(styles)`` renders them. ToRGB layers
 still multiply their style by ``1/sqrt(C_in)`` inside (docs/reference.md "Generator").
 
-Per-frame copies: every synthesis parameter but the affines may carry a leading
-batch axis (``weight [N, O, I, k, k]``, ``bias [N, O]``, ``noise_strength [N]``,
-``const [N, C, 4, 4]``); ``torch.func.functional_call`` with such stacks renders N
-frames through N different networks in one pass of grouped convolutions (the
-stitching stage tunes one copy per frame this way). All forward code is
-``torch.func`` friendly (no in-place ops on parameters or inputs, no ``.item()``).
+Per-frame copies: every synthesis parameter may carry a leading batch axis
+(``weight [N, O, I, k, k]``, ``bias [N, O]``, ``noise_strength [N]``,
+``const [N, C, 4, 4]``, the affines' ``weight [N, C, w_dim]`` and ``bias [N, C]``);
+``torch.func.functional_call`` with such stacks renders N frames through N
+different networks in one pass of grouped convolutions (the stitching stage tunes
+one copy per frame this way). All forward code is ``torch.func`` friendly (no
+in-place ops on parameters or inputs, no ``.item()``); under
+:func:`engine.nets.ops.plain_layout` it also runs inside ``torch.func.vmap``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from torch import Tensor, nn
 
 from engine.nets.ops import (
     LRELU_GAIN,
+    channels_last,
     grouped_layout,
     lrelu_agc,
     modulated_conv2d,
@@ -95,7 +98,11 @@ class FullyConnectedLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight * self.weight_gain
         b = self.bias * self.bias_gain if self.bias is not None else None
-        x = torch.nn.functional.linear(x, w, b)
+        if w.ndim == 3:  # per-sample copies (see Generator): w [N, O, I], b [N, O]
+            y = torch.bmm(w, x.unsqueeze(2)).squeeze(2)  # [N, O]
+            x = y if b is None else y + b
+        else:
+            x = torch.nn.functional.linear(x, w, b)
         if self.activation == "lrelu":
             x = lrelu_agc(x)
         return x
@@ -162,11 +169,11 @@ class SynthesisLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros([out_channels]))
 
     def forward(self, x: Tensor, w: Tensor, noise_mode: str = "const",
-                fused: bool | None = None) -> Tensor:
+                fused: bool | str | None = None) -> Tensor:
         return self.forward_style(x, self.affine(w), noise_mode, fused)
 
     def forward_style(self, x: Tensor, styles: Tensor, noise_mode: str = "const",
-                      fused: bool | None = None) -> Tensor:
+                      fused: bool | str | None = None) -> Tensor:
         """``x [N, I, r/up, r/up]``, ``styles [N, I]`` -> ``[N, O, r, r]``."""
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}")
@@ -209,11 +216,11 @@ class ToRGBLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros([out_channels]))
         self.weight_gain = 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)
 
-    def forward(self, x: Tensor, w: Tensor, fused: bool | None = None) -> Tensor:
+    def forward(self, x: Tensor, w: Tensor, fused: bool | str | None = None) -> Tensor:
         return self.forward_style(x, self.affine(w), fused)
 
     def forward_style(self, x: Tensor, styles: Tensor,
-                      fused: bool | None = None) -> Tensor:
+                      fused: bool | str | None = None) -> Tensor:
         x = modulated_conv2d(x, self.weight, styles * self.weight_gain,
                              demodulate=False, fused=fused, bias=self.bias)
         if self.conv_clamp is not None:
@@ -254,7 +261,7 @@ class SynthesisBlock(nn.Module):
 
     def forward_styles(self, x: Tensor | None, img: Tensor | None,
                        styles: Sequence[Tensor], batch: int, noise_mode: str,
-                       fused: bool | None = None) -> tuple[Tensor, Tensor]:
+                       fused: bool | str | None = None) -> tuple[Tensor, Tensor]:
         """``styles`` are this block's affine outputs in :meth:`layer_names` order."""
         r = self.resolution
         if self.in_channels == 0:
@@ -262,8 +269,7 @@ class SynthesisBlock(nn.Module):
                 x = grouped_layout(self.const)
             else:  # channels-last from here on: oneDNN's convs (fwd and bwd) are
                 # faster on it, most of all in bfloat16 (issue 5)
-                x = self.const.unsqueeze(0).expand(batch, -1, -1, -1).contiguous(
-                    memory_format=torch.channels_last)
+                x = channels_last(self.const.unsqueeze(0).expand(batch, -1, -1, -1))
             x = self.conv1.forward_style(x, styles[0], noise_mode, fused)
         else:
             assert x is not None and x.shape[1:] == (self.in_channels, r // 2, r // 2)
@@ -338,7 +344,7 @@ class SynthesisNetwork(nn.Module):
 
     def synthesis_from_styles(self, styles: Sequence[Tensor],
                               noise_mode: str = "const",
-                              fused: bool | None = None, *,
+                              fused: bool | str | None = None, *,
                               checkpointing: bool = False) -> Tensor:
         """Render from per-layer styles. With ``checkpointing`` each block runs under
         ``torch.utils.checkpoint``: activations are recomputed in backward (about a
@@ -365,7 +371,8 @@ class SynthesisNetwork(nn.Module):
         return img
 
     def forward(self, ws: Tensor, noise_mode: str = "const",
-                fused: bool | None = None, *, checkpointing: bool = False) -> Tensor:
+                fused: bool | str | None = None, *,
+                checkpointing: bool = False) -> Tensor:
         return self.synthesis_from_styles(self.styles(ws), noise_mode, fused,
                                           checkpointing=checkpointing)
 
@@ -434,7 +441,7 @@ class Generator(nn.Module):
 
     def synthesis_from_styles(self, styles: Sequence[Tensor],
                               noise_mode: str = "const",
-                              fused: bool | None = None) -> Tensor:
+                              fused: bool | str | None = None) -> Tensor:
         """Render from per-layer styles (S space); ``[N, C, R, R]`` in about [-1, 1]."""
         return self.synthesis.synthesis_from_styles(styles, noise_mode, fused)
 

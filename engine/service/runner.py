@@ -50,6 +50,7 @@ from fsexchange.paths import confine
 
 from fsexchange.options import PipelineConfig
 from engine.stages.contract import StageAborted, StageContext
+from engine.stages.recipe import job_recipe
 from engine.stages.pipeline import PIPELINES, plain, run_pipeline, stages_for
 
 __all__ = ["RunnerSettings", "JobControl", "run_job", "build_result"]
@@ -364,6 +365,8 @@ def _run(exchange: Exchange, claim: Claim, settings: RunnerSettings,
             raise JobCancelled("cancelled before it started")
         _check_paths(job, job_dir, roots)
         config = PipelineConfig.from_options(job.options, device=settings.device)
+        # config.json records the recipe the job trains with (auto -> by profile)
+        config = dataclasses.replace(config, recipe=job_recipe(config))
         if settings.ocio_config and not config.colour.config:
             # the engine's OCIO config, resolved here once and recorded below
             config = dataclasses.replace(config, colour=dataclasses.replace(

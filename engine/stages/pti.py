@@ -43,13 +43,15 @@ import logging
 import math
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
 from fsexchange.fsutil import atomic_write_bytes
 
-from engine.stages.batching import resolve_batch, training_settings
+from engine.stages.batching import resolve_batch
+from engine.stages.formulation import PTI_FUSED, choose
+from engine.stages.recipe import TrainingPlan, job_recipe, pti_plan
 from engine.stages.contract import (Stage, StageAborted, StageContext, load_checkpoint,
                                     save_checkpoint)
 from engine.stages.crops import chunks, crops_to_tensor, preview_frames, write_previews
@@ -59,7 +61,8 @@ if TYPE_CHECKING:
 
     from engine.nets.stylegan2 import Generator
 
-__all__ = ["PTIStage", "PTITuner", "reconstruction_error", "TargetCache", "autocast"]
+__all__ = ["PTIStage", "PTITuner", "reconstruction_error", "TargetCache", "autocast",
+           "pti_candidates"]
 
 log = logging.getLogger(__name__)
 
@@ -176,19 +179,27 @@ class PTITuner:
 
     def __init__(self, G0: "Generator", lpips: Any, pivots: np.ndarray,
                  frames: Sequence[int], targets: TargetCache, cfg: Any, *,
-                 seed: int = 0, device: str = "cpu", dtype: str = "float32") -> None:
+                 seed: int = 0, device: str = "cpu", dtype: str = "float32",
+                 plan: "TrainingPlan | None" = None) -> None:
         import torch
 
         self.G0 = G0.eval().requires_grad_(False)
         self.lpips, self.pivots, self.frames = lpips, pivots, list(frames)
         self.targets, self.cfg, self.seed = targets, cfg, seed
-        self.device, self.dtype = device, dtype
+        self.device = device
         self.G = copy.deepcopy(self.G0).train()
         self.G.synthesis.requires_grad_(True)  # mapping: no gradient (fixed pivots)
-        # 0 = auto: what the device's memory holds (engine/stages/batching.py)
-        self.batch = max(1, resolve_batch(cfg.batch_size, "pti", G0.img_resolution,
-                                          device, len(self.frames)))
-        self.lr = cfg.lr * (self.batch if cfg.lr_batch_scaling else 1)
+        if plan is None:  # the fast recipe from cfg (tests, tools)
+            # 0 = auto: what the device's memory holds (engine/stages/batching.py)
+            batch = max(1, resolve_batch(cfg.batch_size, "pti", G0.img_resolution,
+                                         device, len(self.frames)))
+            plan = TrainingPlan(
+                recipe="fast", batch_size=batch, dtype=dtype,
+                lr=cfg.lr * (batch if cfg.lr_batch_scaling else 1), shuffle=True,
+                formulation="")  # "": the network's default per batch size
+        self.plan = plan
+        self.batch, self.lr, self.dtype = plan.batch_size, plan.lr, plan.dtype
+        self.fused = PTI_FUSED.get(plan.formulation)
         # fused: one kernel per parameter group instead of a dozen small ops per
         # tensor (about 10 % of a batch-4 step of the tiny profile on a CPU); the
         # same update as the for-loop Adam up to float rounding.
@@ -227,7 +238,8 @@ class PTITuner:
         """One optimiser step on the next mini-batch; returns its loss."""
         st = self.state
         p, b = st["pass"], st["batch"]
-        order = np.random.default_rng([self.seed, p]).permutation(len(self.frames))
+        order = (np.random.default_rng([self.seed, p]).permutation(len(self.frames))
+                 if self.plan.shuffle else np.arange(len(self.frames)))
         rows = [int(i) for i in order[b * self.batch:(b + 1) * self.batch]]
         if st["acc"] is None:
             st["acc"] = [0.0, 0.0, 0.0, 0]  # sums of loss, mse, lpips; frames
@@ -253,7 +265,8 @@ class PTITuner:
         ws = torch.from_numpy(self.pivots[rows]).to(self.device)  # [B, num_ws, w_dim]
         target, feats = self.targets.batch([self.frames[i] for i in rows])
         with autocast(self.device, self.dtype):
-            img = G.synthesis(ws, checkpointing=cfg.gradient_checkpointing).float()
+            img = G.synthesis(ws, fused=self.fused,
+                              checkpointing=cfg.gradient_checkpointing).float()
             mse = (img - target).square().mean(dim=(1, 2, 3))  # [B]
             lp = _lpips(self.lpips, img, feats).float().reshape(-1)  # [B]
             # mean over the batch: the gradient of the reference's per-frame loss
@@ -265,6 +278,32 @@ class PTITuner:
         self.opt.step()
         return (float(loss.detach()), float(mse.detach().mean()),
                 float(lp.detach().mean()))
+
+
+def pti_candidates(G: "Generator", device: str, dtype: str
+                   ) -> Callable[[int], dict[str, Callable[[], None]]]:
+    """For :func:`engine.stages.formulation.choose`: one synthesis forward and
+    backward of each PTI formulation on ``n`` frames (the loss and LPIPS are the
+    same for all, so they are left out of the comparison), on a copy of ``G``."""
+    import torch
+
+    def candidates(n: int) -> dict[str, Callable[[], None]]:
+        Gc = copy.deepcopy(G).train().requires_grad_(False)
+        Gc.synthesis.requires_grad_(True)
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            ws = Gc.mapping(torch.randn(n, G.z_dim, generator=gen).to(device),
+                            truncation_psi=0.7)
+
+        def step(fused: bool | str) -> None:
+            with autocast(device, dtype):
+                img = Gc.synthesis(ws, fused=fused)
+            img.float().square().mean().backward()
+            Gc.zero_grad(set_to_none=True)
+
+        return {name: (lambda f=f: step(f)) for name, f in PTI_FUSED.items()}
+
+    return candidates
 
 
 def _fused_adam_ok(device: str) -> bool:
@@ -301,12 +340,16 @@ class PTIStage(Stage):
         del models  # the encoder is not needed here: free its memory
         targets = TargetCache(ctx.files.align.clip(), G0.img_resolution, dev, lpips,
                               cfg.cache_frames)
-        # resolved once and kept for a resumed attempt (engine/stages/batching.py)
-        batch, dtype = training_settings(out, "pti", cfg.batch_size, ctx.config.dtype,
-                                         G0.img_resolution, dev, len(frames))
-        cfg = replace(cfg, batch_size=batch)
+        # resolved once and kept for a resumed attempt (engine/stages/recipe.py)
+        recipe = job_recipe(ctx.config, "tiny" if tiny else "official")
+        plan = pti_plan(ctx.config, recipe, resolution=G0.img_resolution,
+                        device=dev, frames=len(frames), stage_dir=out,
+                        choose=lambda d: choose("pti", G0, d, dev,
+                                                pti_candidates(G0, dev, d["dtype"])))
+        cfg = replace(cfg, batch_size=plan.batch_size)
         tuner = PTITuner(G0, lpips, pivots, frames, targets, cfg,
-                         seed=ctx.config.seed, device=dev, dtype=dtype)
+                         seed=ctx.config.seed, device=dev, plan=plan)
+        dtype = plan.dtype
         if ctx.parallel is not None:  # one rank of several (engine/stages/parallel.py)
             ctx.parallel.attach(tuner, {"_step": "opt"}, tuner.batch)
         ckpt_path = files.checkpoint_path
@@ -358,8 +401,7 @@ class PTIStage(Stage):
                 write_previews(files.preview_dir, show, G.synthesis(ws))
         before = tuner.state["before"]
         record = {"passes": tuner.state["passes"], "before": before, "after": after,
-                  "frames": len(frames), "batch_size": tuner.batch, "lr": tuner.lr,
-                  "dtype": dtype,
+                  "frames": len(frames), **plan.to_dict(),
                   "l2_weight": cfg.l2_weight, "lpips_weight": cfg.lpips_weight,
                   "locality_reg": cfg.locality_reg}
         atomic_write_bytes(files.loss_path, json.dumps(record, indent=1).encode())
@@ -369,7 +411,8 @@ class PTIStage(Stage):
                      before["mse"], after["mse"], before["lpips"], after["lpips"])
         fps = tuner.frames_run / seconds if seconds > 0 and tuner.frames_run else None
         return {"frames": len(frames), "passes": cfg.steps, "batch_size": tuner.batch,
-                "dtype": dtype, "before": before, "after": after,
+                "dtype": dtype, "recipe": plan.recipe,
+                "formulation": plan.formulation, "before": before, "after": after,
                 "frames_per_second": fps}
 
 

@@ -118,6 +118,16 @@ def _strength_text(e: Any) -> str:
     return ",".join(f"{k.strength:g}@{k.frame}" for k in e.keyframes)
 
 
+def _recipe_text(ctx: StageContext) -> str:
+    """The recipe the job trained with (docs/pipeline.md "Recipes"), as PTI
+    recorded it, else the job's option."""
+    pti = ctx.files.pti.loss() or {}
+    recipe = pti.get("recipe") or ctx.config.recipe
+    what = {"reference": "STIT's arithmetic: float32, one update per frame in order",
+            "fast": "mini-batches, lr scaled by the batch, shuffled frames"}
+    return f"{recipe} ({what[recipe]})" if recipe in what else str(recipe)
+
+
 def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     h = "".join(f"<th>{html.escape(str(c))}</th>" for c in header)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>"
@@ -263,6 +273,7 @@ class ReportStage(Stage):
                 ["edits", html.escape(edits)],
                 ["profile", html.escape(str(models.get("profile",
                                                        ctx.config.profile)))],
+                ["recipe", html.escape(_recipe_text(ctx))],
                 ["device", html.escape(ctx.device)]]
         return _table(rows, ["", ""])
 
@@ -352,9 +363,13 @@ class ReportStage(Stage):
                             for k in ("mse", "psnr", "lpips")],
                            ["reconstruction over all frames", "before PTI (e4e)",
                             "after PTI"])
+            order = ("shuffled" if pti.get("shuffle") else "in order") \
+                if "shuffle" in pti else "n/a"
             out.append(("PTI", chart + table + f"<p class='small'>{pti.get('frames')} "
-                        f"frames, batch {pti.get('batch_size')}, lr {pti.get('lr')}"
-                        "</p>"))
+                        f"frames, recipe {_num(pti.get('recipe'))}, batch "
+                        f"{pti.get('batch_size')}, lr {pti.get('lr')}, "
+                        f"{_num(pti.get('dtype'))}, frames {order}, formulation "
+                        f"{_num(pti.get('formulation'))}</p>"))
         refine = _refine_section(files)
         if refine:
             out.append(refine)
@@ -369,7 +384,10 @@ class ReportStage(Stage):
                              _num(sm.get("border_after"))],
                             ["steps (mean)", "", _num(sm.get("mean_steps"))]],
                            ["", "naive paste", "stitching-tuned"])
-            out.append(("Stitching tuning", chart + table))
+            note = (f"<p class='small'>recipe {_num(sm.get('recipe'))}, "
+                    f"{_num(sm.get('dtype'))}, {_num(sm.get('batch_size'))} frames "
+                    f"at once, formulation {_num(sm.get('formulation'))}</p>")
+            out.append(("Stitching tuning", chart + table + note))
         curves = files.edit.curves()
         if curves and curves.get("edits"):
             series = {f"{e['name']} ({e['space']})": e["strength"]

@@ -98,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_draft_arguments(p)
     p.add_argument("--profile", choices=("auto", "official", "tiny"),
                    help="model profile (default auto: official when installed)")
+    p.add_argument("--recipe", choices=("auto", "reference", "fast"),
+                   help="how PTI and stitching train: reference = STIT's arithmetic "
+                   "(one float32 update per frame, in order), fast = mini-batches "
+                   "in bfloat16 where the device has it (default auto: reference "
+                   "with the official models, fast with the tiny test ones)")
     p.add_argument("--option", action="append", default=[], metavar="KEY.SUB=VALUE",
                    help="a pipeline option, e.g. pti.steps=40 (repeatable)")
     p.add_argument("--colour", "--color", metavar="NAME", dest="colour",
@@ -205,6 +210,8 @@ def job_from_args(args: argparse.Namespace, notes: list[str]
         parse_option(options, text)
     if args.profile:
         options["profile"] = args.profile
+    if args.recipe:
+        options["recipe"] = args.recipe
     if args.colour is not None:
         options["colour"] = _colour_option(options.get("colour"), args.colour, notes)
     jkind = job_kind(args, args.kind)

@@ -1,0 +1,271 @@
+"""Recipes (options.recipe) and formulations on the tiny profile: the reference
+recipe's PTI is a batch-1 float32 loop step for step; stitching from W-space edits
+trains the style affines and every formulation matches a per-frame deep-copy loop;
+the measured formulation is recorded in the model store and reused."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from fsexchange.errors import DocumentFieldError
+from fsexchange.options import (PTI_FORMULATIONS, STITCH_FORMULATIONS, PipelineConfig,
+                                PTIConfig, StitchConfig, resolve_recipe)
+from engine.models.formulations import FormulationRecords
+from engine.models.modelset import build_tiny
+from engine.nets.lpips import LPIPS
+from engine.stages.formulation import choose, formulation_key
+from engine.stages.mask import stitch_masks
+from engine.stages.pti import PTITuner, TargetCache, pti_candidates
+from engine.stages.recipe import TrainingPlan, pti_plan, stitch_plan
+from engine.stages.stitch_tune import (BatchedStitcher, EditLatents, stitch_candidates,
+                                       tune_reference)
+
+# tiny networks: one thread (tests/conftest.py, one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# float32 stitching copies agree within the order of float sums
+ATOL = 2e-4
+
+
+class _Clip:
+    def __init__(self, crops):
+        self.crops = crops
+
+    def crop(self, f):
+        return self.crops[f]
+
+
+@pytest.fixture(scope="module")
+def nets():
+    G, _ = build_tiny()
+    lp = LPIPS("alex", backbone="random", heads="uniform", seed=1)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        ws = G.mapping(torch.randn(4, G.z_dim, generator=gen), truncation_psi=0.7)
+        imgs = G.synthesis(G.mapping(torch.randn(4, G.z_dim, generator=gen))
+                           ).clamp(-1, 1)
+    crops = [((im.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
+             for im in imgs]
+    return G, lp, ws.numpy().astype(np.float32), crops
+
+
+# --- options and plans -----------------------------------------------------------
+
+
+def test_recipe_option_and_its_resolution():
+    assert PipelineConfig.from_options({}).recipe == "auto"
+    assert PipelineConfig.from_options({"recipe": "reference"}).recipe == "reference"
+    with pytest.raises(DocumentFieldError, match="options.recipe"):
+        PipelineConfig.from_options({"recipe": "quick"})
+    with pytest.raises(DocumentFieldError, match="options.stitch.formulation"):
+        PipelineConfig.from_options({"stitch": {"formulation": "magic"}})
+    assert resolve_recipe("auto", "official") == "reference"
+    assert resolve_recipe("auto", "tiny") == "fast"
+    assert resolve_recipe("fast", "official") == "fast"
+
+
+def test_plans_of_the_two_recipes(tmp_path):
+    cfg = PipelineConfig.from_options({"pti": {"batch_size": 4, "formulation":
+                                               "scaled"},
+                                       "stitch": {"batch_size": 3,
+                                                  "formulation": "loop"}})
+    ref = pti_plan(cfg, "reference", resolution=64, device="cpu", frames=10)
+    assert (ref.batch_size, ref.lr, ref.shuffle, ref.dtype) == (1, 3e-5, False,
+                                                                "float32")
+    fast = pti_plan(cfg, "fast", resolution=64, device="cpu", frames=10)
+    assert (fast.batch_size, fast.lr, fast.shuffle) == (4, 4 * 3e-5, True)
+    assert fast.formulation == "scaled"  # the option names it: nothing measured
+    # an explicit dtype wins over the recipe's precision
+    bf = replace(cfg, dtype="bfloat16")
+    assert pti_plan(bf, "reference", resolution=64, device="cpu",
+                    frames=10).dtype == "bfloat16"
+    st = stitch_plan(cfg, "reference", resolution=64, device="cpu", frames=10)
+    assert (st.batch_size, st.dtype, st.formulation) == (3, "float32", "loop")
+    # resolved once: a resumed attempt reads settings.json, whatever it is told now
+    first = pti_plan(cfg, "fast", resolution=64, device="cpu", frames=10,
+                     stage_dir=tmp_path)
+    again = pti_plan(replace(cfg, pti=replace(cfg.pti, batch_size=2)), "reference",
+                     resolution=64, device="cpu", frames=10, stage_dir=tmp_path)
+    assert again == first
+    assert json.loads((tmp_path / "settings.json").read_text()) == first.to_dict()
+
+
+# --- PTI -------------------------------------------------------------------------
+
+
+def _reference_plan(lr, formulation="modulated"):
+    return TrainingPlan(recipe="reference", batch_size=1, dtype="float32", lr=lr,
+                        shuffle=False, formulation=formulation)
+
+
+def _close_steps(a, b, lr):
+    """Weights after the same Adam steps: equal up to float rounding. Adam divides
+    by sqrt(v), so where a gradient is near zero, rounding can move one element by
+    a fraction of the lr: such elements may differ by up to lr/20, the rest (and
+    the mean) only by rounding."""
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=lr / 20)
+    assert float((a - b).abs().mean()) < 1e-7
+
+
+@pytest.mark.parametrize("formulation", PTI_FORMULATIONS)
+def test_reference_pti_is_a_batch_one_float32_loop_step_for_step(nets, formulation):
+    """What STIT runs (docs/reference.md "PTI"): one Adam step per frame, frames in
+    order, batch 1, float32, LPIPS of the rendered frame against its crop; in every
+    formulation the recipe may be computed with. The lr is raised from 3e-5 so
+    that a step moves the weights far above float rounding (the comparison would
+    pass trivially otherwise)."""
+    G, lp, ws, crops = nets
+    lr, n, passes = 2e-3, 3, 2
+    cfg = PTIConfig(steps=passes, lr=lr)
+    tuner = PTITuner(G, lp, ws[:n], range(n), TargetCache(_Clip(crops), 64, "cpu",
+                                                          lp, 8),
+                     cfg, plan=_reference_plan(lr, formulation))
+    ref = G.__class__(**G.init_kwargs)
+    ref.load_state_dict(G.state_dict())
+    ref.train().requires_grad_(False)
+    ref.synthesis.requires_grad_(True)
+    opt = torch.optim.Adam(ref.synthesis.parameters(), lr=lr)  # the for-loop Adam
+    x = TargetCache(_Clip(crops), 64, "cpu", lp, 8).batch(list(range(n)))[0]
+    w = torch.from_numpy(ws[:n])
+    start = [p.detach().clone() for p in ref.synthesis.parameters()]
+    for p_ in range(passes):
+        for i in range(n):  # in order
+            img = ref.synthesis(w[i:i + 1])
+            loss = 10 * (img - x[i:i + 1]).square().mean() + lp(img, x[i:i + 1]).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            ours = tuner.step()
+            assert ours == pytest.approx(float(loss.detach()), rel=1e-5), (p_, i)
+            for a, b in zip(tuner.G.synthesis.parameters(),
+                            ref.synthesis.parameters()):
+                _close_steps(a.detach(), b.detach(), lr)
+    assert tuner.done and tuner.steps_run == n * passes
+    moved = float(torch.cat([(p.detach() - s).abs().flatten() for p, s in zip(
+        ref.synthesis.parameters(), start)]).mean())
+    assert moved > 1000 * 1e-7  # the tolerance is small against the steps taken
+    # the fast recipe's shuffled mini-batches do not take these steps
+    fast = PTITuner(G, lp, ws[:n], range(n), TargetCache(_Clip(crops), 64, "cpu", lp,
+                                                         8),
+                    replace(cfg, batch_size=n), seed=0)
+    while not fast.done:
+        fast.step()
+    assert max(float((a - b).abs().max()) for a, b in zip(
+        fast.G.synthesis.parameters(), ref.synthesis.parameters())) > 1e-4
+
+
+def test_pti_formulations_compute_the_same_step(nets):
+    """The PTI formulations (engine/stages/formulation.py) are ways of computing
+    one mini-batch step: same losses, same weights after it."""
+    G, lp, ws, crops = nets
+    out = []
+    for form in PTI_FORMULATIONS:
+        plan = replace(_reference_plan(1e-3), formulation=form)
+        t = PTITuner(G, lp, ws[:2], range(2), TargetCache(_Clip(crops), 64, "cpu", lp,
+                                                          8),
+                     PTIConfig(steps=1, lr=1e-3), plan=plan)
+        out.append(([t.step(), t.step()], [p.detach() for p in
+                                           t.G.synthesis.parameters()]))
+    for other in out[1:]:
+        assert out[0][0] == pytest.approx(other[0], rel=1e-5)
+        for a, b in zip(out[0][1], other[1]):
+            _close_steps(a, b, 1e-3)
+
+
+# --- stitching -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stitch_inputs():
+    torch.manual_seed(0)
+    G = build_tiny()[0].requires_grad_(False)
+    R = G.img_resolution
+    with torch.no_grad():
+        ws = G.mapping(torch.randn(3, G.z_dim), truncation_psi=0.7)
+        target = G.synthesis(G.mapping(torch.randn(3, G.z_dim))).clamp(-1, 1)
+    yy, xx = np.mgrid[:R, :R]
+    face = ((xx - R / 2) ** 2 / (0.3 * R) ** 2 + (yy - R / 2) ** 2 / (0.4 * R) ** 2) < 1
+    _, border, content = (torch.from_numpy(np.stack([m] * 3))
+                          for m in stitch_masks(face))
+    return G, ws, target, border, content
+
+
+def test_w_space_stitching_trains_the_affines_as_stit_does(stitch_inputs):
+    G, ws, target, border, content = stitch_inputs
+    cfg = StitchConfig(steps=5)
+    st = BatchedStitcher(G, cfg)
+    st.tune(EditLatents(ws=ws[:1]), target[:1], border[:1], content[:1])
+    assert any(k.endswith("affine.weight") for k in st.names)
+    with torch.no_grad():
+        styles = [s.detach() for s in G.styles(ws)]
+    ss = BatchedStitcher(G, cfg)
+    ss.tune(EditLatents(styles=[s[:1] for s in styles]), target[:1], border[:1],
+            content[:1])
+    # S-space edits render from styles: the affines get no gradient there
+    assert not any("affine" in k for k in ss.names)
+    assert set(ss.names) < set(st.names)
+    # the reference loop: from ws the affines train, which changes the result
+    a = tune_reference(G, ws[:1], target[:1], border[:1], content[:1], cfg)
+    b = tune_reference(G, [s[:1] for s in styles], target[:1], border[:1],
+                       content[:1], cfg)
+    assert (a.images - b.images).abs().max().item() > 10 * ATOL
+
+
+@pytest.mark.parametrize("formulation", STITCH_FORMULATIONS)
+def test_every_formulation_matches_a_per_frame_deep_copy_loop(stitch_inputs,
+                                                              formulation):
+    """The STIT loop (a deep copy and a torch Adam per frame, rendering from w, the
+    affines trainable) against B copies at once, with one frame stopping early."""
+    G, ws, target, border, content = stitch_inputs
+    with torch.no_grad():
+        own = G.synthesis(ws[:1])
+    tgt = target.clone()
+    tgt[0] = own[0]  # frame 0: border loss 0 at step 0, stops before any update
+    cfg = StitchConfig(steps=6, border_loss_threshold=1e-6)
+    ref = tune_reference(G, ws, tgt, border, content, cfg)
+    ours = BatchedStitcher(G, cfg, formulation=formulation).tune(
+        EditLatents(ws=ws), tgt, border, content)
+    diff = (ours.images - ref.images).abs().max().item()
+    print(f"\n{formulation}: max |image diff| vs the per-frame loop {diff:.2e}; "
+          f"border loss {ref.before} -> {ref.after}")
+    assert ours.steps == ref.steps == [0, 6, 6]
+    assert diff < ATOL
+    np.testing.assert_allclose(ours.curves[1], ref.curves[1], rtol=1e-4, atol=1e-6)
+    assert all(a < b for a, b in zip(ref.after[1:], ref.before[1:]))
+    assert all(not p.requires_grad for p in G.parameters())
+
+
+# --- formulation records ---------------------------------------------------------
+
+
+def test_formulation_measured_once_and_recorded(stitch_inputs, tmp_path):
+    G = stitch_inputs[0]
+    records = FormulationRecords(tmp_path)
+    plan = {"batch_size": 2, "dtype": "float32"}
+    calls = []
+
+    def candidates(n):
+        calls.append(n)
+        return stitch_candidates(G, StitchConfig(), "cpu", "float32")(n)
+
+    first = choose("stitch", G, plan, "cpu", candidates, extra="ws",
+                   records=records)
+    assert first in ("grouped", "loop", "vmap") and calls == [2]
+    key = formulation_key("stitch", "cpu", "float32", G, 2, "ws")
+    entry = json.loads(records.path.read_text())["entries"][key]
+    assert entry["choice"] == first and set(entry["seconds"]) == {
+        "grouped", "loop", "vmap"}
+    assert entry["seconds"][first] == min(entry["seconds"].values())
+    # the record answers the next job without measuring
+    assert choose("stitch", G, plan, "cpu", candidates, extra="ws",
+                  records=records) == first and calls == [2]
+    # another batch or precision is another machine state: measured on its own
+    pti = choose("pti", G, {"batch_size": 1, "dtype": "float32"}, "cpu",
+                 pti_candidates(G, "cpu", "float32"), records=records)
+    assert pti in PTI_FORMULATIONS
+    assert len(json.loads(records.path.read_text())["entries"]) == 2
