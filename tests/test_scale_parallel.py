@@ -305,18 +305,19 @@ def test_cancel_stops_every_rank_and_keeps_a_checkpoint(tmp_path):
 
 @pytest.mark.slow
 def test_batch_smaller_than_devices_is_refused(tmp_path):
-    """A batch of 1 frame (the reference recipe's) over 2 devices: refused with
-    ``parallel.refused`` (one device would idle), nothing completed."""
+    """The reference recipe (batch 1, frames in order) over 2 devices: refused
+    with ``parallel.refused`` (one device would idle), nothing completed."""
     from engine.stages.outputs import JobFiles
     from engine.stages.units import run_unit
     from fsexchange.errors import DataParallelRefused
 
-    opts = {**OPTIONS, "pti": {**OPTIONS["pti"], "batch_size": 1}}
+    opts = {**OPTIONS, "recipe": "reference"}  # batch 1, frames in order
     folder = _folder(tmp_path, "refused", opts)
     _through(folder, "invert")
     with pytest.raises(DataParallelRefused, match="fewer than the 2 devices") as e:
         run_unit(folder, "pti", devices=("cpu", "cpu"), threads=1)
     assert e.value.code == "parallel.refused" and e.value.stage == "pti"
+    assert "--recipe fast" in e.value.message
     assert JobFiles(folder).done("pti") is None
 
 

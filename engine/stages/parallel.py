@@ -193,9 +193,11 @@ class RankGroup:
             raise DataParallelRefused(
                 f"the training batch is {batch} frame(s), fewer than the {self.world} "
                 "devices: data parallelism splits each step's batch across devices, "
-                "so all but one would idle. Use a batch of at least one frame per "
-                "device (pti.batch_size / refine.batch_size, or the mini-batch "
-                "recipe) or one device (docs/scale.md)", field="devices")
+                "so all but one would idle. The 'reference' recipe (the default "
+                "with the official networks) trains PTI one frame per step, as STIT "
+                "does; for several devices submit with --recipe fast and a "
+                "pti.batch_size / refine.batch_size of at least one frame per "
+                "device, or use one device (docs/scale.md)", field="devices")
         self.tuner = tuner
         for name, opt_name in steps.items():
             setattr(tuner, name, self._wrap(tuner, name, opt_name,
