@@ -81,6 +81,7 @@ from engine.stages.contract import (Stage, StageAborted, StageContext, load_chec
                                     save_checkpoint)
 from engine.stages.crops import (chunks, preview_frames, save_npy, tensor_to_image,
                                  write_png, write_previews)
+from engine.stages.recipe import job_recipe, recipe_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -808,9 +809,13 @@ class RefineStage(Stage):
         size = working_size(R, cfg)
         clip = ctx.files.align.clip()
         sources = TargetCache(clip, size, dev, lpips, cfg.cache_frames)
-        # resolved once and kept for a resumed attempt (engine/stages/batching.py)
+        # resolved once and kept for a resumed attempt (engine/stages/batching.py);
+        # the precision follows the job's recipe as PTI's and stitching's do
+        # (float32 under `reference` unless options.dtype names one)
+        recipe = job_recipe(ctx.config, "tiny" if tiny else "official")
         batch, dtype = training_settings(out, "refine", cfg.batch_size,
-                                         ctx.config.dtype, R, dev, len(frames) - 1)
+                                         recipe_dtype(recipe, ctx.config.dtype, dev),
+                                         R, dev, len(frames) - 1)
         cfg = replace(cfg, batch_size=batch)
         flow = make_flow(cfg, dev, warn=ctx.warn)
         tuner = RefineTuner(G, lpips, inputs, sources, cfg, flow,
