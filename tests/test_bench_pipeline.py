@@ -111,6 +111,7 @@ def test_bench_refine_side_by_side_tiny(tmp_path):
     assert "Temporal refinement, 3 frames (2 pairs) x 2+1 epochs" in proc.stdout
 
 
+@pytest.mark.slow
 def test_bench_pipeline_draft_small(tmp_path):
     """``--draft``: a real engine process runs a cold and a warm draft; the figures
     say how long each took and that the warm one reused the networks."""

@@ -122,6 +122,7 @@ def test_status_and_cancel_of_a_queued_job(ex, clip, capsys):
     assert "[job.exists]" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_submit_wait_json_with_a_running_engine(ex, clip, tmp_path):
     logdir = tmp_path / "log"
     logdir.mkdir()

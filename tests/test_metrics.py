@@ -102,6 +102,7 @@ def test_clip_against_itself_is_perfectly_consistent(self_metrics):
     assert all(v == pytest.approx(1.0) for v in m.per_frame["identity_to_prev"][1:])
 
 
+@pytest.mark.slow
 def test_jitter_scores_worse_on_tl_id_and_warping_error(source, self_metrics):
     m = temporal_metrics(source, _distort(source, 0.03))
     assert m.tl_id < 0.999 and m.tl_id < self_metrics.tl_id - 1e-3
@@ -110,6 +111,7 @@ def test_jitter_scores_worse_on_tl_id_and_warping_error(source, self_metrics):
     assert m.warp_error_source == pytest.approx(self_metrics.warp_error_source)
 
 
+@pytest.mark.slow
 def test_flicker_scores_worse_on_warping_error_and_tl_id(source):
     flicker = [np.clip(f * (1.0 + 0.15 * (-1) ** i), 0, 255).astype(np.uint8)
                for i, f in enumerate(source)]
@@ -155,6 +157,7 @@ def test_no_face_anywhere_never_crashes():
     ET.fromstring(metrics_svg(m))
 
 
+@pytest.mark.slow
 def test_rgba_results_are_composited_over_the_source(source, self_metrics):
     transparent = [np.zeros(f.shape[:2] + (4,), np.uint8) for f in source]
     m = temporal_metrics(source, transparent)

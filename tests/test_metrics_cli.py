@@ -51,6 +51,7 @@ def test_json_on_a_movie_and_a_sequence(media, capsys, tmp_path):
     assert svg.read_text().startswith("<svg")
 
 
+@pytest.mark.slow
 def test_readable_summary_and_ranges(media, capsys):
     rc, out, _ = _run(capsys, "--source", media["src"], "--edited", media["src"],
                       "--range", "2:6", "--flow", "farneback")
@@ -63,6 +64,7 @@ def test_readable_summary_and_ranges(media, capsys):
     assert rc == 0 and json.loads(out)["frames"] == 5
 
 
+@pytest.mark.slow
 def test_rgba_result_sequence_is_composited(media, capsys):
     from engine.media.video import write_rgba
 

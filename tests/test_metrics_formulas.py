@@ -168,6 +168,7 @@ def test_arcface_is_used_when_installed(pair):
     assert m.to_dict()["identity_network"].startswith("ArcFace (backbone.pth)")
 
 
+@pytest.mark.slow
 def test_compare_paper_prints_published_figures_with_caveats(pair, capsys):
     rc = cli(["metrics", "--source", str(pair["source"]), "--edited",
               str(pair["edited"]), "--range", "0:3", "--compare-paper"])

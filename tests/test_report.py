@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from engine.stages.crops import preview_frames
 from engine.quality.charts import line_chart_svg
 from engine.stages.report import png_data_uri
@@ -39,6 +41,7 @@ def test_png_data_uri_roundtrip():
     assert np.array_equal(back, img)
 
 
+@pytest.mark.slow
 def test_align_preview_report_is_the_subset_that_exists(tmp_path):
     from fsexchange.client import job_status
 

@@ -182,6 +182,7 @@ def test_offline_media_is_refused_at_send_time(clips, tmp_path):
         (tmp_path / "exchange" / "new").iterdir())
 
 
+@pytest.mark.slow
 def test_shot_with_two_faces_uses_the_editors_choice(clips, tmp_path):
     pytest.importorskip("dlib")
     clip = write_clip(tmp_path / "two.mov",
