@@ -17,6 +17,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from engine_harness_util import wait_until  # noqa: F401  (the tests import it here)
 from fsexchange.client import build_job, submit_job
 from fsexchange.documents import Edit, FrameRange, Progress, Result, Source
 from fsexchange.exchange import PROGRESS_FILE, Exchange, utc_now
@@ -124,17 +125,6 @@ def start_panel(exchange: Path, workdir: Path, *args: str,
     proc.kill()
     raise AssertionError(f"the panel did not start in {timeout} s:\n"
                          f"{log.read_text(errors='replace')}")
-
-
-def wait_until(pred, timeout: float, what: str, poll: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(poll)
 
 
 # --- jobs in every state, moved the way an engine moves them ---------------------
