@@ -92,10 +92,14 @@ def recipe_dtype(recipe: str, dtype: str, device: Any) -> str:
 
 
 def _plan(stage_dir: Path | None, resolve: Callable[[], dict[str, Any]],
-          choose: Callable[[dict[str, Any]], str]) -> TrainingPlan:
+          formulation: str, choose: Callable[[dict[str, Any]], str] | None,
+          default: str) -> TrainingPlan:
+    """The resolved settings plus the formulation: the job's when it names one,
+    else ``choose``'s measurement for those settings, else ``default``."""
     def full() -> dict[str, Any]:
         d = resolve()
-        d["formulation"] = choose(d)
+        d["formulation"] = (formulation if formulation != "auto" else
+                            choose(d) if choose is not None else default)
         return d
 
     if stage_dir is None:
@@ -124,12 +128,7 @@ def pti_plan(config: PipelineConfig, recipe: str, *, resolution: int, device: An
                 "lr": cfg.lr * (batch if cfg.lr_batch_scaling else 1),
                 "shuffle": True}
 
-    def pick(d: dict[str, Any]) -> str:
-        if cfg.formulation != "auto":
-            return cfg.formulation
-        return choose(d) if choose is not None else "modulated"
-
-    return _plan(stage_dir, resolve, pick)
+    return _plan(stage_dir, resolve, cfg.formulation, choose, "modulated")
 
 
 def stitch_plan(config: PipelineConfig, recipe: str, *, resolution: int,
@@ -148,9 +147,4 @@ def stitch_plan(config: PipelineConfig, recipe: str, *, resolution: int,
                 "dtype": recipe_dtype(recipe, config.dtype, device), "lr": cfg.lr,
                 "shuffle": False}
 
-    def pick(d: dict[str, Any]) -> str:
-        if cfg.formulation != "auto":
-            return cfg.formulation
-        return choose(d) if choose is not None else "grouped"
-
-    return _plan(stage_dir, resolve, pick)
+    return _plan(stage_dir, resolve, cfg.formulation, choose, "grouped")
