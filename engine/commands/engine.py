@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from engine.commands import args as cli_args
+
 __all__ = ["main", "build_parser"]
 
 log = logging.getLogger(__name__)
@@ -34,9 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker processes, each running one job at a time (default 1)")
     p.add_argument("--once", action="store_true",
                    help="run every pending job (and expired ones), then exit")
-    p.add_argument("--device", default="auto",
+    p.add_argument("--device", default="auto", type=cli_args.device,
                    help="auto (cuda if available), cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--devices", metavar="LIST",
+    p.add_argument("--devices", metavar="LIST", type=cli_args.devices, default=(),
                    help="several devices, e.g. cuda:0,cuda:1: each job's PTI and "
                    "refinement run data-parallel over them (one process each), "
                    "the other stages on the first (docs/scale.md); needs "
@@ -73,25 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    from engine.devices import valid_device
     from engine.service.worker import EngineOptions, serve
 
     args = build_parser().parse_args(argv)
-    if not valid_device(args.device):
-        build_parser().error(f"--device must be auto, cpu, cuda or cuda:N, got "
-                             f"{args.device!r}")
-    devices: tuple[str, ...] = ()
-    if args.devices is not None:
-        from engine.stages.parallel import parse_devices
-
-        try:
-            devices = parse_devices(args.devices)
-        except ValueError as exc:
-            build_parser().error(str(exc))
-        if len(devices) > 1 and args.workers > 1 and args.ray is None:
-            build_parser().error("--devices gives every job all its devices: use it "
-                                 "with --workers 1 (or with --ray, where each PTI "
-                                 "or refine task asks the cluster for that many)")
+    devices: tuple[str, ...] = args.devices
+    if len(devices) > 1 and args.workers > 1 and args.ray is None:
+        build_parser().error("--devices gives every job all its devices: use it "
+                             "with --workers 1 (or with --ray, where each PTI "
+                             "or refine task asks the cluster for that many)")
     for root in args.media_roots:
         if not root.is_dir():
             build_parser().error(f"--media-root {root} is not a folder")

@@ -17,6 +17,8 @@ import logging
 import sys
 from pathlib import Path
 
+from engine.commands import args as cli_args
+
 __all__ = ["main", "build_parser"]
 
 log = logging.getLogger(__name__)
@@ -39,9 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run shard I (from 0) of N of a stage that splits by "
                      "frames; without it the whole stage (the final unit that "
                      "merges finished shards)")
-    run.add_argument("--device", default="auto",
+    run.add_argument("--device", default="auto", type=cli_args.device,
                      help="auto (cuda if available), cpu, cuda or cuda:N")
-    run.add_argument("--devices", metavar="LIST",
+    run.add_argument("--devices", metavar="LIST", type=cli_args.devices, default=(),
                      help="several devices, e.g. cuda:0,cuda:1 or cpu,cpu: PTI and "
                      "refine run data-parallel over them, one process each "
                      "(docs/scale.md); other stages use the first")
@@ -77,7 +79,7 @@ def _list(job_dir: Path) -> int:
 
 
 def main(argv: list[str]) -> int:
-    from engine.devices import resolve_device, valid_device
+    from engine.devices import resolve_device
     from engine.stages.contract import StageAborted
     from engine.stages.units import parse_shard, run_unit
     from fsexchange.errors import FaceStitchError, JobCancelled
@@ -87,17 +89,6 @@ def main(argv: list[str]) -> int:
     job_dir = args.job_dir.absolute()
     if args.action == "list":
         return _list(job_dir)
-    if not valid_device(args.device):
-        parser.error(f"--device must be auto, cpu, cuda or cuda:N, got "
-                     f"{args.device!r}")
-    devices: tuple[str, ...] = ()
-    if args.devices is not None:
-        from engine.stages.parallel import parse_devices
-
-        try:
-            devices = parse_devices(args.devices)
-        except ValueError as exc:
-            parser.error(str(exc))
     shard = None
     if args.shard is not None:
         try:
@@ -109,7 +100,7 @@ def main(argv: list[str]) -> int:
     try:
         out = run_unit(job_dir, args.stage, shard, device=resolve_device(args.device),
                        media_roots=tuple(r.resolve() for r in args.media_roots),
-                       threads=args.threads, worker=_worker(), devices=devices)
+                       threads=args.threads, worker=_worker(), devices=args.devices)
     except FaceStitchError as exc:
         return _failed(args, job_dir, exc)
     except ValueError as exc:  # a shard of a stage that runs as one unit
