@@ -95,6 +95,14 @@ def read_rgba(path: Path) -> np.ndarray:
     return read_image(path)
 
 
+def result_frames(folder: Path) -> tuple[Any, list[np.ndarray]]:
+    """A finished job folder's ``Result/1`` and its RGBA frames, in result order."""
+    from fsexchange.documents import Result, load_document
+
+    res = load_document(folder / "result.msgpack", Result)
+    return res, [read_rgba(folder / f.path) for f in res.frames]
+
+
 def source_frames(clip: Path, n: int) -> list[np.ndarray]:
     """The source frames as 16-bit RGB, the way the paste stage reads an 8-bit
     source (8-bit decode scaled by 257)."""

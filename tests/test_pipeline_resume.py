@@ -19,7 +19,8 @@ import time
 import numpy as np
 
 from test_pipeline_helpers import (FAST_OPTIONS, engine_process, make_clip, make_job,
-                                   read_rgba, run_engine_inprocess, submit, wait_for)
+                                   result_frames, run_engine_inprocess, submit,
+                                   wait_for)
 
 pytestmark = pytest.mark.slow  # real engines / whole pipelines
 
@@ -36,13 +37,6 @@ OPTIONS = dict(FAST_OPTIONS, pti=dict(FAST_OPTIONS["pti"], steps=24,
                refine={"enabled": False})  # its resume: tests/test_refine_resume.py
 
 
-def _frames(folder):
-    from fsexchange.documents import Result, load_document
-
-    res = load_document(folder / "result.msgpack", Result)
-    return res, [read_rgba(folder / f.path) for f in res.frames]
-
-
 def test_kill_during_pti_and_stitching_then_resume(tmp_path):
     from fsexchange.client import job_status
     from fsexchange.documents import Edit
@@ -54,7 +48,7 @@ def test_kill_during_pti_and_stitching_then_resume(tmp_path):
     ref_ex = tmp_path / "ref"
     submit(ref_ex, make_job("whole", N, edits=edits, options=OPTIONS), clip)
     run_engine_inprocess(ref_ex)
-    ref_res, ref_frames = _frames(job_status(ref_ex, "whole").folder)
+    ref_res, ref_frames = result_frames(job_status(ref_ex, "whole").folder)
     assert ref_res.state == "done"
 
     ex = tmp_path / "ex"
@@ -93,7 +87,7 @@ def test_kill_during_pti_and_stitching_then_resume(tmp_path):
     assert eng.returncode == 0, out.decode(errors="replace")[-3000:]
     st = job_status(ex, jid)
     assert st.state == "done", st.error
-    res, frames = _frames(st.folder)
+    res, frames = result_frames(st.folder)
     info = res.extra.get("info", {})
     assert info.get("pti_resumed_at_pass", 0) >= 2
     assert info.get("stitch_resumed_batches", 0) >= 1

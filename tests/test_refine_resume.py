@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from test_pipeline_helpers import (FAST_OPTIONS, engine_process, make_clip, make_job,
-                                   read_rgba, run_engine_inprocess, submit, wait_for)
+                                   result_frames, run_engine_inprocess, submit,
+                                   wait_for)
 
 pytestmark = pytest.mark.slow  # real engines / whole pipelines
 
@@ -30,13 +31,6 @@ OPTIONS = dict(FAST_OPTIONS, pti=dict(FAST_OPTIONS["pti"], steps=3),
                stitch={"steps": 2, "batch_size": 3}, metrics={"enabled": False},
                refine={"batch_size": 1, "epochs_w": 2, "epochs_g": 2,
                        "checkpoint_every": 1, "weight_photo_l1": 1.0})
-
-
-def _frames(folder):
-    from fsexchange.documents import Result, load_document
-
-    res = load_document(folder / "result.msgpack", Result)
-    return res, [read_rgba(folder / f.path) for f in res.frames]
 
 
 def _state(path):
@@ -62,7 +56,7 @@ def test_kill_during_both_phases_then_resume(tmp_path):
     ref_ex = tmp_path / "ref"
     submit(ref_ex, make_job("whole", N, edits=edits, options=OPTIONS), clip)
     run_engine_inprocess(ref_ex)
-    ref_res, ref_frames = _frames(job_status(ref_ex, "whole").folder)
+    ref_res, ref_frames = result_frames(job_status(ref_ex, "whole").folder)
     assert ref_res.state == "done"
 
     ex = tmp_path / "ex"
@@ -104,7 +98,7 @@ def test_kill_during_both_phases_then_resume(tmp_path):
     assert "refine: resuming in phase 2" in text
     st = job_status(ex, jid)
     assert st.state == "done", st.error
-    res, frames = _frames(st.folder)
+    res, frames = result_frames(st.folder)
     assert res.extra.get("info", {}).get("refine_resumed_at", [0])[0] == 2
     assert not (st.folder / "stages" / "refine" / "checkpoint.pt").exists()
 
