@@ -211,7 +211,7 @@ class RayBackend:
         args = (str(ctx.job_dir), stage.name, device,
                 [str(r) for r in ctx.media_roots], threads, self.pipelines)
         many = len(self.devices)
-        if getattr(stage, "data_parallel", False) and many > 1:
+        if stage.data_parallel and many > 1:
             # one task holding several devices, one process on each
             opts.update(num_gpus=many if gpu else 0,
                         num_cpus=1 if gpu else threads * many)

@@ -114,7 +114,7 @@ def slices(n: int, world: int) -> list[range]:
 def execute(stage: "Stage", ctx: "StageContext") -> dict[str, Any] | None:
     """``stage.run(ctx)``, data-parallel when the stage supports it and the context
     has several devices (the one call the pipeline and the units make)."""
-    if getattr(stage, "data_parallel", False) and len(ctx.devices) > 1 \
+    if stage.data_parallel and len(ctx.devices) > 1 \
             and ctx.parallel is None:
         return run_data_parallel(stage, ctx)
     return stage.run(ctx)
