@@ -381,6 +381,23 @@ def _rounds(fns: dict[str, Callable[[], Any]], warm: dict[str, Callable[[], Any]
     return last, secs
 
 
+def _recipe_rounds(ref: Callable[..., Any], ours: Callable[..., Any],
+                   plans: dict[tuple[str, str], Any], n: int, rounds: int,
+                   device: str) -> tuple[dict[str, Callable[[], Any]], dict[str, Any],
+                                         dict[str, list[float]]]:
+    """The re-creation ``ref(frames, steps)`` and ``ours(key, frames, steps)`` for
+    every (recipe, dtype) plan, named ``recipe/dtype``, each warmed up on one step
+    of as many frames as one of its batches, then timed by :func:`_rounds`.
+    Returns the loops, their last results and their seconds."""
+    fns: dict[str, Callable[[], Any]] = {"ref": ref}
+    warm: dict[str, Callable[[], Any]] = {"ref": lambda: ref(1, 1)}
+    for key in plans:
+        name = "/".join(key)
+        fns[name] = lambda key=key: ours(key)
+        warm[name] = lambda key=key: ours(key, min(n, plans[key].batch_size), 1)
+    return (fns, *_rounds(fns, warm, rounds, device))
+
+
 def _timing(secs: dict[str, list[float]], work: int) -> dict[str, dict[str, Any]]:
     """Per loop: median seconds, median frame-updates/s, and the median (and range)
     over rounds of the re-creation's seconds over the loop's in the same round."""
@@ -444,13 +461,7 @@ def bench_pti(inp: dict[str, Any], cfg: PipelineConfig, passes: int, device: str
         return reference_pti(G0, lp, inp["pivots"][:frames], inp["targets"][:frames],
                              steps, pcfg, device)
 
-    fns: dict[str, Callable[[], Any]] = {"ref": ref}
-    warm: dict[str, Callable[[], Any]] = {"ref": lambda: ref(1, 1)}
-    for key in plans:
-        name = "/".join(key)
-        fns[name] = lambda key=key: ours(key)
-        warm[name] = lambda key=key: ours(key, min(n, plans[key].batch_size), 1)
-    last, secs = _rounds(fns, warm, rounds, device)
+    fns, last, secs = _recipe_rounds(ref, ours, plans, n, rounds, device)
     work = n * passes
     timing = _timing(secs, work)
     cache = TargetCache(_ArrayClip(inp["crops"]), G0.img_resolution, device, lp,
@@ -698,13 +709,7 @@ def bench_stitch(inp: dict[str, Any], cfg: PipelineConfig, steps: int, device: s
         return tune_reference(G, edits.select(sl), target[sl], border[sl],
                               content[sl], replace(scfg, steps=st)).after
 
-    fns: dict[str, Callable[[], Any]] = {"ref": ref}
-    warm: dict[str, Callable[[], Any]] = {"ref": lambda: ref(1, 1)}
-    for key in plans:
-        name = "/".join(key)
-        fns[name] = lambda key=key: ours(key)
-        warm[name] = lambda key=key: ours(key, min(n, plans[key].batch_size), 1)
-    last, secs = _rounds(fns, warm, rounds, device)
+    fns, last, secs = _recipe_rounds(ref, ours, plans, n, rounds, device)
     work = n * steps
     timing = _timing(secs, work)
     Gi = copy.deepcopy(G).train()
@@ -732,9 +737,7 @@ def bench_stitch(inp: dict[str, Any], cfg: PipelineConfig, steps: int, device: s
     out = {"frames": n, "steps": steps, "work": work, "rows": rows,
            "flops_per_update": _flops(one_ref_step)}
     if conv_time:
-        out["convolutions"] = _conv_time(
-            {"ref": ref, **{k: v for k, v in fns.items() if k != "ref"}}, last,
-            work, secs, device)
+        out["convolutions"] = _conv_time(fns, last, work, secs, device)
     return out
 
 
