@@ -11,15 +11,22 @@ lose at the official ones in float32):
   backward) and runs one grouped convolution; ``autograd`` does the same with
   plain autograd ops (the reference loops' batch-1 path); ``scaled`` scales the
   activations before and after a convolution with the shared weight
-  (engine/nets/ops.py, ``modulated_conv2d``'s ``fused``).
+  (engine/nets/ops.py, ``modulated_conv2d``'s ``fused``); ``hybrid`` picks
+  per layer whichever of modulating the weight or scaling the activations
+  touches fewer elements; ``loop`` runs the
+  mini-batch as batch-1 forwards and backwards whose gradients add up before the
+  one optimiser step (the reference loop's per-frame path; at batch 1 it is
+  ``autograd``).
 - Stitching (:data:`fsexchange.options.STITCH_FORMULATIONS`): ``grouped``,
-  ``loop``, ``vmap`` (engine/stages/stitch_tune.py).
+  ``loop``, ``hybrid`` (``loop`` with the per-layer choice above), ``vmap``
+  (engine/stages/stitch_tune.py).
 
 :func:`choose` times one step of each candidate on the job's generator (the
 candidates come from the stage: ``engine.stages.pti.pti_candidates``,
-``engine.stages.stitch_tune.stitch_candidates``; a warm-up run, then two
-interleaved timed runs; the fastest run of each counts, since other processes only
-ever add time) and records the winner in the model store
+``engine.stages.stitch_tune.stitch_candidates``) with :func:`measure`: a warm-up
+run, then rounds of one timed run of each in turn until the ranking settles (the
+fastest run of each counts, since other processes only ever add time), and records
+the winner in the model store
 (:class:`engine.models.formulations.FormulationRecords`), keyed by device,
 precision, architecture, batch and torch version; later jobs read the record.
 ``options.pti.formulation`` / ``options.stitch.formulation`` override it.
@@ -32,6 +39,7 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -40,14 +48,15 @@ from engine.models.formulations import FormulationRecords
 if TYPE_CHECKING:
     from engine.nets.stylegan2 import Generator
 
-__all__ = ["choose", "measure", "formulation_key", "device_name", "PTI_FUSED",
-           "MEASURE_BATCH"]
+__all__ = ["choose", "measure", "Measurement", "formulation_key", "device_name",
+           "PTI_FUSED", "MEASURE_BATCH"]
 
 log = logging.getLogger(__name__)
 
 #: PTI formulation -> ``modulated_conv2d``'s ``fused`` (engine/nets/ops.py)
 PTI_FUSED: dict[str, bool | str] = {"modulated": "modulated", "autograd": True,
-                                    "scaled": False}
+                                    "scaled": False, "hybrid": "hybrid",
+                                    "loop": True}
 
 # the most frames a one-time measurement runs per step (the cost of measuring at
 # 1024 px on a CPU; the ranking is taken to hold for larger batches)
@@ -86,27 +95,79 @@ def formulation_key(kind: str, device: Any, dtype: str, G: "Generator", batch: i
                      f"torch {torch.__version__}"])
 
 
-def measure(candidates: dict[str, Callable[[], Any]], device: Any, rounds: int = 2
-            ) -> dict[str, float]:
-    """Seconds of each candidate: one warm-up call each, then ``rounds`` rounds of
-    one call each in turn; the fastest call counts."""
+#: rounds :func:`measure` always runs, the most it runs, how many rounds in a row
+#: the leader must hold, and the lead (relative) below which two candidates tie
+MEASURE_ROUNDS = (2, 6)
+SETTLE_ROUNDS = 2
+TIE_MARGIN = 0.03
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What :func:`measure` found.
+
+    Attributes:
+        seconds: the fastest timed call of each candidate.
+        rounds: timed rounds run.
+        settled: the leader held its place for ``SETTLE_ROUNDS`` rounds in a row
+            and leads the runner-up by at least ``TIE_MARGIN`` (False: the round
+            limit ended it; ``margin`` says how close the two were).
+        margin: the runner-up's seconds over the leader's, minus 1.
+    """
+
+    seconds: dict[str, float]
+    rounds: int
+    settled: bool
+    margin: float
+
+    @property
+    def choice(self) -> str:
+        return min(self.seconds, key=self.seconds.get)
+
+
+def measure(candidates: dict[str, Callable[[], Any]], device: Any, *,
+            rounds: tuple[int, int] = MEASURE_ROUNDS,
+            clock: Callable[[], float] = time.perf_counter) -> Measurement:
+    """Time one call of each candidate per round until the ranking settles.
+
+    One warm-up call each, then rounds of one timed call each, the order rotating
+    every round (so no candidate always runs right after the same one). The fastest
+    call of each counts. A single pass was not enough on a shared machine: with 2
+    cores and another process running, one round can take up to 3x another, and
+    the one-time choice then disagreed with later benchmark rounds
+    (docs/pipeline.md "Formulations"). So after ``rounds[0]`` rounds it stops only
+    once the same candidate has led for ``SETTLE_ROUNDS`` rounds in a row by at
+    least ``TIE_MARGIN``, and at ``rounds[1]`` rounds in any case (a tie then:
+    either candidate is as fast as the other within the margin).
+
+    ``clock`` is the timer (tests pass a scripted one).
+    """
     import torch
 
     def sync() -> None:
         if torch.device(device).type == "cuda":
             torch.cuda.synchronize(device)
 
+    names = list(candidates)
     for fn in candidates.values():
         fn()
-    best = {k: float("inf") for k in candidates}
-    for _ in range(max(1, rounds)):
-        for k, fn in candidates.items():
+    best = {k: float("inf") for k in names}
+    leader, held, r, lead = None, 0, 0, 0.0
+    while r < max(1, rounds[1]):
+        for k in names[r % len(names):] + names[:r % len(names)]:
             sync()
-            t0 = time.perf_counter()
-            fn()
+            t0 = clock()
+            candidates[k]()
             sync()
-            best[k] = min(best[k], time.perf_counter() - t0)
-    return best
+            best[k] = min(best[k], clock() - t0)
+        r += 1
+        order = sorted(names, key=best.get)
+        held = held + 1 if order[0] == leader else 1
+        leader = order[0]
+        lead = best[order[1]] / best[leader] - 1.0 if len(order) > 1 else float("inf")
+        if r >= rounds[0] and held >= SETTLE_ROUNDS and lead >= TIE_MARGIN:
+            return Measurement(best, r, True, lead)
+    return Measurement(best, r, False, lead)
 
 
 def choose(kind: str, G: "Generator", plan: dict[str, Any], device: Any,
@@ -125,11 +186,15 @@ def choose(kind: str, G: "Generator", plan: dict[str, Any], device: Any,
     if hit is not None:
         return str(hit["choice"])
     n = min(batch, MEASURE_BATCH[kind])
-    seconds = measure(candidates(n), device)
-    best = min(seconds, key=seconds.get)
-    log.info("formulation for %s: %s (seconds per step: %s)", key, best,
-             ", ".join(f"{k} {v:.3f}" for k, v in seconds.items()))
-    records.put(key, {"choice": best, "seconds": seconds, "measured_batch": n,
+    found = measure(candidates(n), device)
+    best = found.choice
+    log.info("formulation for %s: %s (seconds per step: %s; %d rounds, %s)", key,
+             best, ", ".join(f"{k} {v:.3f}" for k, v in found.seconds.items()),
+             found.rounds, "settled" if found.settled
+             else f"a tie within {found.margin:.1%}")
+    records.put(key, {"choice": best, "seconds": found.seconds, "measured_batch": n,
+                      "rounds": found.rounds, "settled": found.settled,
+                      "margin": round(found.margin, 4),
                       "torch": torch.__version__,
                       "measured_at": _dt.datetime.now(_dt.timezone.utc)
                       .isoformat(timespec="seconds")})
