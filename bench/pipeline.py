@@ -433,7 +433,7 @@ def _label(part: str, recipe: str, dtype: str, plan: Any) -> str:
 
 def bench_pti(inp: dict[str, Any], cfg: PipelineConfig, passes: int, device: str,
               variants: list[tuple[str, str]], rounds: int,
-              formulation: str | None) -> dict[str, Any]:
+              formulation: str | None, conv_time: bool = False) -> dict[str, Any]:
     n = len(inp["pivots"])
     G0, lp = inp["G0"], inp["lpips"]
     pcfg = replace(cfg.pti, steps=passes)
@@ -488,8 +488,15 @@ def bench_pti(inp: dict[str, Any], cfg: PipelineConfig, passes: int, device: str
                      "formulation": plan.formulation, "batch": plan.batch_size,
                      "lr": plan.lr, **timing[name], "loss": err(last[name].G),
                      "label": _label("pti", key[0], key[1], plan)})
-    return {"frames": n, "passes": passes, "work": work, "rows": rows,
-            "before": err(G0), "flops_per_update": _flops(one_ref_step)}
+    out = {"frames": n, "passes": passes, "work": work, "rows": rows,
+           "before": err(G0), "flops_per_update": _flops(one_ref_step)}
+    if conv_time:
+        # the generator's convolutions only (LPIPS's are not clocked): the
+        # ceiling printed is then an upper bound
+        out["convolutions"] = _conv_time(
+            fns, last, work, secs, device,
+            lambda r: [err(r if isinstance(r, torch.nn.Module) else r.G)["mse"]])
+    return out
 
 
 def _side_by_side(ref: Callable[[], Any], ours: Callable[[str], Any],
@@ -737,28 +744,44 @@ def bench_stitch(inp: dict[str, Any], cfg: PipelineConfig, steps: int, device: s
     out = {"frames": n, "steps": steps, "work": work, "rows": rows,
            "flops_per_update": _flops(one_ref_step)}
     if conv_time:
-        out["convolutions"] = _conv_time(fns, last, work, secs, device)
+        out["convolutions"] = _conv_time(fns, last, work, secs, device,
+                                         lambda after: after)
     return out
 
 
 def _conv_time(fns: dict[str, Callable[[], Any]], last: dict[str, Any], work: int,
-               secs: dict[str, list[float]], device: str) -> dict[str, Any]:
-    """One more run of each stitching loop with its convolutions clocked: ms per
+               secs: dict[str, list[float]], device: str,
+               losses: Callable[[Any], list[float]]) -> dict[str, Any]:
+    """One more run of each loop with its generator's convolutions clocked: ms per
     frame-update in convolutions and in all, and the ratio no loop structure can
-    pass (the re-creation's update over our convolutions alone)."""
+    pass (the re-creation's update over our convolutions alone). ``losses(result)``
+    are the loop's losses reached (stitching: per-frame border losses; PTI: the
+    reconstruction MSE), compared with the unclocked run's."""
     conv: dict[str, Any] = {}
     for name, fn in fns.items():
         with timed_convolutions() as tc:
-            after, total = _timed(fn, device)
+            result, total = _timed(fn, device)
         conv[f"{name}_conv_ms"] = 1e3 * tc.seconds / work
         conv[f"{name}_clocked_ms"] = 1e3 * total / work
         # the clock must not change the arithmetic
-        conv[f"{name}_max_abs_diff_border_after"] = float(np.max(np.abs(
-            np.array(after) - np.array(last[name]))))
+        conv[f"{name}_max_abs_diff_loss"] = float(np.max(np.abs(
+            np.array(losses(result)) - np.array(losses(last[name])))))
         if name != "ref":
             conv[f"{name}_ceiling_ratio"] = (1e3 * float(np.median(secs["ref"]))
                                              / work / conv[f"{name}_conv_ms"])
     return conv
+
+
+def _print_conv_time(fig: dict[str, Any]) -> None:
+    if "convolutions" not in fig:
+        return
+    c = fig["convolutions"]
+    print("  convolutions, clocked inside the loops (ms per frame-update): "
+          + "; ".join(f"{k} {c[f'{k}_conv_ms']:.1f} of {c[f'{k}_clocked_ms']:.1f}"
+                      for k in ["ref"] + [r["loop"] for r in fig["rows"][1:]])
+          + "; with nothing but our convolutions left: "
+          + ", ".join(f"{r['loop']} {c[r['loop'] + '_ceiling_ratio']:.2f}x"
+                      for r in fig["rows"][1:]))
 
 
 def check_rows(part: str, fig: dict[str, Any], tol: float) -> list[str]:
@@ -1156,9 +1179,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true",
                    help="--arch tiny with 12 frames, 10 PTI passes, 30 steps")
     p.add_argument("--conv-time", action="store_true",
-                   help="also run each stitching loop once with its convolutions "
-                   "clocked: their share of an update, and the ratio no loop "
-                   "structure can pass")
+                   help="also run each PTI and stitching loop once with its "
+                   "generator's convolutions clocked: their share of an update, "
+                   "and the ratio no loop structure can pass")
     p.add_argument("--fidelity", action="store_true",
                    help="compare the recipes end to end on the official weights")
     p.add_argument("--clip", type=Path, help="--fidelity: the clip (default: the "
@@ -1256,12 +1279,13 @@ def _speed(args: argparse.Namespace, dev: str, work: Path, official: bool) -> in
     fails: list[str] = []
     if args.only in (None, "pti"):
         pr = bench_pti(inp, cfg, args.pti_passes, dev, variants, args.rounds,
-                       args.pti_formulation)
+                       args.pti_formulation, conv_time=args.conv_time)
         fails += check_rows("pti", pr, args.tolerance)
         print_rows(f"PTI, {args.frames} frames x {args.pti_passes} passes "
                    f"(medians of {args.rounds} rounds, loops in turn; reconstruction "
                    f"before: MSE {pr['before']['mse']:.5f} LPIPS "
                    f"{pr['before']['lpips']:.4f}):", "pti", pr, "frame-updates")
+        _print_conv_time(pr)
         out["pti"] = pr
     if args.only in (None, "refine") and not official:
         from engine.devices import resolve_dtype
@@ -1292,15 +1316,7 @@ def _speed(args: argparse.Namespace, dev: str, work: Path, official: bool) -> in
         print_rows(f"Stitching tuning, {args.frames} frames x {args.stitch_steps} "
                    f"steps (medians of {args.rounds} rounds):", "stitch", sr,
                    "frame-updates")
-        if "convolutions" in sr:
-            c = sr["convolutions"]
-            print("  convolutions, clocked inside the loops (ms per frame-update): "
-                  + "; ".join(f"{k} {c[f'{k}_conv_ms']:.1f} of "
-                              f"{c[f'{k}_clocked_ms']:.1f}"
-                              for k in ["ref"] + [r["loop"] for r in sr["rows"][1:]])
-                  + "; with nothing but our convolutions left: "
-                  + ", ".join(f"{r['loop']} {c[r['loop'] + '_ceiling_ratio']:.2f}x"
-                              for r in sr["rows"][1:]))
+        _print_conv_time(sr)
         out["stitch"] = sr
     out["load_average_end"] = list(os.getloadavg())
     out["failures"] = fails

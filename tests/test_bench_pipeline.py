@@ -57,12 +57,14 @@ def test_bench_official_architecture_small(tmp_path):
     st = {r["loop"]: r for r in fig["stitch"]["rows"]}
     # stitching's recipes differ in precision only: fast in float32 is checked too
     assert st["fast/float32"]["label"] == "" and "check" in st["fast/float32"]
-    conv = fig["stitch"]["convolutions"]
-    for loop in ("ref", "reference/float32"):
-        # the clocked convolutions are part of the same run's update, and the clock
-        # leaves the arithmetic alone
-        assert 0 < conv[f"{loop}_conv_ms"] < conv[f"{loop}_clocked_ms"]
-        assert conv[f"{loop}_max_abs_diff_border_after"] < 1e-6
+    for part in ("pti", "stitch"):
+        conv = fig[part]["convolutions"]
+        for loop in ("ref", "reference/float32"):
+            # the clocked convolutions are part of the same run's update, and the
+            # clock leaves the arithmetic alone
+            assert 0 < conv[f"{loop}_conv_ms"] < conv[f"{loop}_clocked_ms"]
+            assert conv[f"{loop}_max_abs_diff_loss"] < 1e-6
+            assert conv[f"{loop}_ceiling_ratio" if loop != "ref" else "ref_conv_ms"] > 0
     assert "ratio (range)" in proc.stdout and "same arithmetic" in proc.stdout
 
 
