@@ -63,8 +63,8 @@ def resolve_recipe(recipe: str, profile: str) -> str:
 
 
 #: the ways of computing the same step (engine/stages/formulation.py measures them)
-PTI_FORMULATIONS = ("modulated", "autograd", "scaled")
-STITCH_FORMULATIONS = ("grouped", "loop", "vmap")
+PTI_FORMULATIONS = ("modulated", "autograd", "scaled", "hybrid", "loop")
+STITCH_FORMULATIONS = ("grouped", "loop", "hybrid", "vmap")
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ class PTIConfig:
     # reference recipe updates once per frame (batch 1) whatever this says.
     # how the network computes a step (same arithmetic; docs/pipeline.md "Speed"):
     # "auto" = the fastest measured on this device (engine/stages/formulation.py),
-    # or "modulated" | "autograd" | "scaled"
+    # or "modulated" | "autograd" | "scaled" | "hybrid" | "loop"
     formulation: str = "auto"
     locality_reg: bool = False  # off in STIT's effective defaults
     locality_alpha: float = 30.0
@@ -178,7 +178,7 @@ class StitchConfig:
     l1: bool = False
     # how a batch of per-frame copies is computed (same arithmetic; docs/pipeline.md
     # "Speed"): "auto" = the fastest measured on this device
-    # (engine/stages/formulation.py), or "grouped" | "loop" | "vmap"
+    # (engine/stages/formulation.py), or "grouped" | "loop" | "hybrid" | "vmap"
     formulation: str = "auto"
     # False (--no-stitch): no tuning; the edited crops are pasted back with the
     # undilated face mask, STIT's edit_video.py (docs/reference.md "Paste-back")

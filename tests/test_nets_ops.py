@@ -304,3 +304,40 @@ def test_shared_weight_through_the_closed_form_modulation(up):
     for other in outs[1:]:
         for a, b in zip(outs[0], other):
             assert torch.allclose(a, b, atol=1e-9)
+
+
+def test_hybrid_picks_a_side_per_layer_and_computes_the_same():
+    """``fused="hybrid"`` (the PTI and stitching formulation ``hybrid``) scales the
+    activations where they are smaller than the weight and modulates the weight
+    elsewhere; values and gradients equal the plain paths' (float64), on a
+    network that has layers of both kinds."""
+    from engine.nets.ops import _hybrid
+    from engine.nets.stylegan2 import OFFICIAL_GENERATOR_KWARGS, Generator
+
+    G = Generator(**dict(OFFICIAL_GENERATOR_KWARGS, img_resolution=32,
+                         channel_base=1024, channel_max=64, w_dim=32, z_dim=32)
+                  ).double().requires_grad_(False)
+    G.synthesis.requires_grad_(True)
+    # 64 channels: at 4-16 px twice the weight (2*64*64*9) outweighs the input
+    # and output activations, at 32 px the reverse; the 1x1 ToRGB weights are
+    # always the smaller side
+    w3 = torch.zeros(64, 64, 3, 3, dtype=torch.float64)
+    assert _hybrid(torch.zeros(1, 64, 16, 16), w3, 1) is False
+    assert _hybrid(torch.zeros(1, 64, 32, 32), w3, 1) is True
+    assert _hybrid(torch.zeros(2, 64, 32, 32), w3, 1) == "modulated"
+    assert _hybrid(torch.zeros(1, 64, 16, 16), w3, 2) is True  # 4x the output
+    assert _hybrid(torch.zeros(2, 64, 16, 16), w3[None].expand(2, -1, -1, -1, -1),
+                   1) == "modulated"  # per-sample weights: no activation side
+    torch.manual_seed(9)
+    ws = G.mapping(torch.randn(2, 32, dtype=torch.float64))
+    outs = []
+    for fused in ("hybrid", True, False):
+        for n in (1, 2):
+            img = G.synthesis(ws[:n], fused=fused)
+            grads = torch.autograd.grad(img.square().sum(),
+                                        list(G.synthesis.parameters()))
+            outs.append((fused, n, [img, *grads]))
+    for fused, n, got in outs[2:]:
+        want = outs[n - 1][2]
+        for a, b in zip(want, got):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)

@@ -103,13 +103,20 @@ def _reference_plan(lr, formulation="modulated"):
                         shuffle=False, formulation=formulation)
 
 
-def _close_steps(a, b, lr):
-    """Weights after the same Adam steps: equal up to float rounding. Adam divides
-    by sqrt(v), so where a gradient is near zero, rounding can move one element by
-    a fraction of the lr: such elements may differ by up to lr/20, the rest (and
-    the mean) only by rounding."""
-    torch.testing.assert_close(a, b, rtol=1e-5, atol=lr / 20)
-    assert float((a - b).abs().mean()) < 1e-7
+def _close_steps(a, b, lr, steps):
+    """Two networks' weights (lists of tensors) after the same ``steps`` Adam steps:
+    equal up to float rounding. Adam divides by sqrt(v), so where a gradient is
+    near zero, the rounding of another formulation's sums can flip its sign, and
+    the two updates (each at most lr per step) then differ by up to 2 lr per step.
+    So: no element beyond that, few beyond lr/20 (1 in 10^4), and the whole
+    network's mean difference below a thousandth of one step (an element that
+    takes a step moves by about lr; rounding alone leaves an ulp or two, which is
+    2.4e-7 at the unit-sized weights, and any wrong factor in a formulation moves
+    whole tensors by a fraction of lr)."""
+    d = torch.cat([(x - y).abs().flatten() for x, y in zip(a, b)])
+    assert float(d.max()) <= 2 * steps * lr
+    assert float((d > lr / 20).float().mean()) < 1e-4
+    assert float(d.mean()) < lr / 1000
 
 
 @pytest.mark.parametrize("formulation", PTI_FORMULATIONS)
@@ -141,10 +148,12 @@ def test_reference_pti_is_a_batch_one_float32_loop_step_for_step(nets, formulati
             loss.backward()
             opt.step()
             ours = tuner.step()
-            assert ours == pytest.approx(float(loss.detach()), rel=1e-5), (p_, i)
-            for a, b in zip(tuner.G.synthesis.parameters(),
-                            ref.synthesis.parameters()):
-                _close_steps(a.detach(), b.detach(), lr)
+            # rel 1e-4: an element whose gradient rounds to the other sign moves
+            # by 2 lr more (see _close_steps), which shows in the next losses
+            assert ours == pytest.approx(float(loss.detach()), rel=1e-4), (p_, i)
+            _close_steps([p.detach() for p in tuner.G.synthesis.parameters()],
+                         [p.detach() for p in ref.synthesis.parameters()], lr,
+                         p_ * n + i + 1)
     assert tuner.done and tuner.steps_run == n * passes
     moved = float(torch.cat([(p.detach() - s).abs().flatten() for p, s in zip(
         ref.synthesis.parameters(), start)]).mean())
@@ -161,11 +170,13 @@ def test_reference_pti_is_a_batch_one_float32_loop_step_for_step(nets, formulati
 
 def test_pti_formulations_compute_the_same_step(nets):
     """The PTI formulations (engine/stages/formulation.py) are ways of computing
-    one mini-batch step: same losses, same weights after it."""
+    one mini-batch step: same losses, same weights after it. A mini-batch of 2, so
+    ``loop`` adds two per-frame gradients where the others take one batch-2
+    backward."""
     G, lp, ws, crops = nets
     out = []
     for form in PTI_FORMULATIONS:
-        plan = replace(_reference_plan(1e-3), formulation=form)
+        plan = replace(_reference_plan(1e-3), formulation=form, batch_size=2)
         t = PTITuner(G, lp, ws[:2], range(2), TargetCache(_Clip(crops), 64, "cpu", lp,
                                                           8),
                      PTIConfig(steps=1, lr=1e-3), plan=plan)
@@ -173,8 +184,9 @@ def test_pti_formulations_compute_the_same_step(nets):
                                            t.G.synthesis.parameters()]))
     for other in out[1:]:
         assert out[0][0] == pytest.approx(other[0], rel=1e-5)
-        for a, b in zip(out[0][1], other[1]):
-            _close_steps(a, b, 1e-3)
+        # at batch 2 the sums over samples also run in another order in each
+        # formulation (2 of 36864 elements of one weight moved 1e-4 here)
+        _close_steps(out[0][1], other[1], 1e-3, 2)
 
 
 # --- stitching -------------------------------------------------------------------
@@ -193,6 +205,31 @@ def stitch_inputs():
     _, border, content = (torch.from_numpy(np.stack([m] * 3))
                           for m in stitch_masks(face))
     return G, ws, target, border, content
+
+
+@pytest.mark.parametrize("arch", ["tiny", "official at 32 px"])
+def test_trainable_parameters_rule_matches_a_probe_backward(stitch_inputs, arch):
+    """The stitcher names the parameters it trains by a rule (everything from ws;
+    all but the affines from styles); a backward through the generator must give
+    exactly those a gradient, on both architectures."""
+    from engine.nets.stylegan2 import OFFICIAL_GENERATOR_KWARGS, Generator
+    from engine.stages.stitch_tune import _render_module, _trainable_names
+
+    G = stitch_inputs[0] if arch == "tiny" else Generator(
+        **dict(OFFICIAL_GENERATOR_KWARGS, img_resolution=32)).requires_grad_(False)
+    with torch.no_grad():
+        ws = G.mapping(torch.randn(1, G.z_dim))
+        styles = [s.detach() for s in G.styles(ws)]
+    for inputs in (EditLatents(ws=ws), EditLatents(styles=styles)):
+        module = _render_module(G, inputs.from_styles)
+        leaves = {k: v.detach().clone().requires_grad_(True)
+                  for k, v in module.named_parameters()}
+        out = torch.func.functional_call(module, leaves, (inputs.arg(),))
+        grads = torch.autograd.grad(out.sum(), list(leaves.values()),
+                                    allow_unused=True)
+        probed = [k for k, g in zip(leaves, grads) if g is not None]
+        assert _trainable_names(module, inputs) == probed
+        assert any(".affine." in f".{k}" for k in probed) != inputs.from_styles
 
 
 def test_w_space_stitching_trains_the_affines_as_stit_does(stitch_inputs):
@@ -255,11 +292,11 @@ def test_formulation_measured_once_and_recorded(stitch_inputs, tmp_path):
 
     first = choose("stitch", G, plan, "cpu", candidates, extra="ws",
                    records=records)
-    assert first in ("grouped", "loop", "vmap") and calls == [2]
+    assert first in STITCH_FORMULATIONS and calls == [2]
     key = formulation_key("stitch", "cpu", "float32", G, 2, "ws")
     entry = json.loads(records.path.read_text())["entries"][key]
-    assert entry["choice"] == first and set(entry["seconds"]) == {
-        "grouped", "loop", "vmap"}
+    assert entry["choice"] == first and set(entry["seconds"]) == set(
+        STITCH_FORMULATIONS)
     assert entry["seconds"][first] == min(entry["seconds"].values())
     # the record answers the next job without measuring
     assert choose("stitch", G, plan, "cpu", candidates, extra="ws",

@@ -368,7 +368,8 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, *,
             plain autograd ops; ``"modulated"`` = the same through
             :func:`modulated_weight`'s closed-form backward (the shared weight
             seen as per-sample); False = scale activations instead (``conv(x * s)
-            * d``); all exact. None picks grouped (plain ops) for batch 1,
+            * d``); ``"hybrid"`` = per layer, whichever side is smaller
+            (:func:`_hybrid`); all exact. None picks grouped (plain ops) for batch 1,
             activation scaling otherwise. Per-sample weights always take
             :func:`modulated_weight`.
         bias: ``[O]`` shared or ``[N, O]`` per sample.
@@ -379,6 +380,8 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, *,
     """
     n = x.shape[0]
     out_c, in_c, kh, kw = weight.shape[-4:]
+    if fused == "hybrid":
+        fused = _hybrid(x, weight, up)
     if fused == "modulated" and weight.ndim == 4:
         # the shared weight as per-sample weights (a view): modulated_weight's
         # three passes instead of plain autograd's dozen at the official channel
@@ -459,6 +462,31 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, *,
     if noise is not None:
         y = y + (noise * gain).to(y.dtype)
     return y
+
+
+#: ``fused="hybrid"``: activations are scaled instead of weights modulated where
+#: the layer's input and output hold fewer than this many times the weight's
+#: elements (the weight side costs more passes per element: the modulated copy,
+#: its layout copy and cast, and their backward)
+HYBRID_FACTOR = 2.0
+
+
+def _hybrid(x: Tensor, weight: Tensor, up: int) -> bool | str:
+    """The ``fused`` mode ``"hybrid"`` picks for one layer: the cheaper side to
+    modulate, by element counts. Per sample, folding styles into the weight
+    touches ``O*I*kh*kw`` elements several times; scaling the activations
+    (``conv(x * s) * d``) touches the input and the output. At the official
+    channel counts the low-resolution layers (512 channels at 4-64 px) have more
+    weight than activation, the high-resolution ones the reverse, so no single
+    mode is cheapest for the whole network. Per-sample weights (stitching's
+    stacked copies) have no activation side."""
+    if weight.ndim == 5:
+        return "modulated"
+    out_c, in_c, kh, kw = weight.shape
+    acts = x.shape[2] * x.shape[3] * (in_c + up * up * out_c)
+    if acts < HYBRID_FACTOR * out_c * in_c * kh * kw:
+        return False
+    return True if x.shape[0] == 1 else "modulated"
 
 
 def _channels_last(w: Tensor) -> Tensor:

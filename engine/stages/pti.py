@@ -200,6 +200,8 @@ class PTITuner:
         self.plan = plan
         self.batch, self.lr, self.dtype = plan.batch_size, plan.lr, plan.dtype
         self.fused = PTI_FUSED.get(plan.formulation)
+        # "loop": one batch-1 forward and backward per frame, gradients summed
+        self.per_frame = plan.formulation == "loop"
         # fused: one kernel per parameter group instead of a dozen small ops per
         # tensor (about 10 % of a batch-4 step of the tiny profile on a CPU); the
         # same update as the for-loop Adam up to float rounding.
@@ -264,20 +266,33 @@ class PTITuner:
         cfg, G = self.cfg, self.G
         ws = torch.from_numpy(self.pivots[rows]).to(self.device)  # [B, num_ws, w_dim]
         target, feats = self.targets.batch([self.frames[i] for i in rows])
-        with autocast(self.device, self.dtype):
-            img = G.synthesis(ws, fused=self.fused,
-                              checkpointing=cfg.gradient_checkpointing).float()
-            mse = (img - target).square().mean(dim=(1, 2, 3))  # [B]
-            lp = _lpips(self.lpips, img, feats).float().reshape(-1)  # [B]
-            # mean over the batch: the gradient of the reference's per-frame loss
-            loss = (cfg.l2_weight * mse + cfg.lpips_weight * lp).mean()
-            if cfg.locality_reg:
-                loss = loss + _locality_loss(G, self.G0, self.lpips, ws, cfg, seed)
+        B = len(rows)
+        # the mini-batch at once, or (formulation "loop") one frame at a time with
+        # the gradients adding up: the same gradient of the batch's mean loss
+        parts = ([slice(i, i + 1) for i in range(B)] if self.per_frame and B > 1
+                 else [slice(None)])
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        total = torch.zeros((), device=self.device)
+        mses, lps = [], []
+        for part in parts:
+            with autocast(self.device, self.dtype):
+                img = G.synthesis(ws[part], fused=self.fused,
+                                  checkpointing=cfg.gradient_checkpointing).float()
+                mse = (img - target[part]).square().mean(dim=(1, 2, 3))  # [b]
+                lp = _lpips(self.lpips, img, [f[part] for f in feats]
+                            ).float().reshape(-1)  # [b]
+                # this part's share of the mean over the batch: the gradient of
+                # the reference's per-frame loss
+                loss = (cfg.l2_weight * mse + cfg.lpips_weight * lp).sum() / B
+                if cfg.locality_reg and part is parts[-1]:
+                    loss = loss + _locality_loss(G, self.G0, self.lpips, ws, cfg, seed)
+            loss.backward()
+            total = total + loss.detach()
+            mses.append(mse.detach())
+            lps.append(lp.detach())
         self.opt.step()
-        return (float(loss.detach()), float(mse.detach().mean()),
-                float(lp.detach().mean()))
+        return (float(total), float(torch.cat(mses).mean()),
+                float(torch.cat(lps).mean()))
 
 
 def pti_candidates(G: "Generator", device: str, dtype: str
@@ -295,13 +310,18 @@ def pti_candidates(G: "Generator", device: str, dtype: str
             ws = Gc.mapping(torch.randn(n, G.z_dim, generator=gen).to(device),
                             truncation_psi=0.7)
 
-        def step(fused: bool | str) -> None:
-            with autocast(device, dtype):
-                img = Gc.synthesis(ws, fused=fused)
-            img.float().square().mean().backward()
+        def step(name: str) -> None:
+            parts = ([slice(i, i + 1) for i in range(n)] if name == "loop" and n > 1
+                     else [slice(None)])
+            for part in parts:
+                with autocast(device, dtype):
+                    img = Gc.synthesis(ws[part], fused=PTI_FUSED[name])
+                img.float().square().mean().backward()
             Gc.zero_grad(set_to_none=True)
 
-        return {name: (lambda f=f: step(f)) for name, f in PTI_FUSED.items()}
+        # at batch 1 "loop" is "autograd": not timed twice
+        names = [k for k in PTI_FUSED if n > 1 or k != "loop"]
+        return {name: (lambda k=name: step(k)) for name in names}
 
     return candidates
 

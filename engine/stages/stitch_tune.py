@@ -23,8 +23,11 @@ the fastest for the device, precision and architecture):
   the network runs once with them as per-sample parameters
   (``torch.func.functional_call``; every modulated convolution becomes one grouped
   convolution on a channels-last layout, engine/nets/ops.py);
-- ``loop``: each frame's copy runs its own batch-1 forward (plain convolutions with
-  shared weights), one backward over the summed losses;
+- ``loop``: each frame's copy runs its own batch-1 forward (the reference loop's
+  path: plain convolutions of the modulated weights), one backward over the summed
+  losses;
+- ``hybrid``: ``loop`` where each layer modulates whichever is smaller, its
+  weight or its activations (engine/nets/ops.py ``fused="hybrid"``);
 - ``vmap``: ``torch.func.vmap`` over the stacked copies (PyTorch's batching rules
   turn the per-frame convolutions into grouped ones, in the default layout).
 
@@ -163,10 +166,12 @@ class EditLatents:
         return list(self.styles) if self.styles is not None else self.ws
 
 
-def _render_module(G: "Generator", from_styles: bool) -> "torch.nn.Module":
+def _render_module(G: "Generator", from_styles: bool, fused: str | None = None
+                   ) -> "torch.nn.Module":
     """A module sharing G's synthesis parameters whose forward renders
     :meth:`EditLatents.arg`: ``synthesis_from_styles(styles)`` or
-    ``synthesis(ws)`` (what ``functional_call`` needs)."""
+    ``synthesis(ws)`` (what ``functional_call`` needs), with the convolutions'
+    ``fused`` mode (engine/nets/ops.py ``modulated_conv2d``)."""
     import torch
 
     class Render(torch.nn.Module):
@@ -176,24 +181,20 @@ def _render_module(G: "Generator", from_styles: bool) -> "torch.nn.Module":
 
         def forward(self, x: Any) -> torch.Tensor:
             if from_styles:
-                return self.syn.synthesis_from_styles(x)
-            return self.syn(x)
+                return self.syn.synthesis_from_styles(x, fused=fused)
+            return self.syn(x, fused=fused)
 
     return Render(G.synthesis)
 
 
 def _trainable_names(module: Any, inputs: EditLatents) -> list[str]:
-    """Parameters that receive a gradient when rendering ``inputs`` (from ws: every
-    synthesis parameter; from styles: all but the affines), found with one probe
-    backward."""
-    import torch
-
-    named = dict(module.named_parameters())
-    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in named.items()}
-    out = torch.func.functional_call(module, leaves, (inputs.select(slice(0, 1))
-                                                      .arg(),))
-    grads = torch.autograd.grad(out.sum(), list(leaves.values()), allow_unused=True)
-    return [k for k, g in zip(leaves, grads) if g is not None]
+    """Parameters that receive a gradient when rendering ``inputs``: from ws every
+    synthesis parameter, from styles all but the style affines (which the styles
+    bypass). A rule, not a probe: a probe backward through the generator cost one
+    more frame-update per stitcher (``tests/test_recipe.py`` checks the rule
+    against a probe)."""
+    return [k for k, _ in module.named_parameters()
+            if not (inputs.from_styles and ".affine." in f".{k}")]
 
 
 class _Stacked:
@@ -274,17 +275,21 @@ class _Stacked:
 
 class _PerFrame:
     """Per-frame copies as separate tensors (``loop``): frame ``j``'s copy renders
-    through its own batch-1 forward (a stack of one, so the convolutions read its
-    weights without copies and the modulation takes the closed-form backward,
-    engine/nets/ops.py); one fused Adam runs over every frame's tensors."""
+    through its own batch-1 forward with its parameters in their own shapes, so
+    each convolution takes the batch-1 path of the reference loop (plain autograd
+    modulation, engine/nets/ops.py ``modulated_conv2d``), the path that is fastest
+    at batch 1; one fused Adam runs over every frame's tensors. (Stored as stacks
+    of one, the weights took the per-sample closed-form path, which costs more per
+    step at batch 1: this formulation ran at 0.86x the reference loop at the
+    official size in float32, docs/pipeline.md "Speed".)"""
 
     def __init__(self, st: "BatchedStitcher", B: int) -> None:
         import torch
 
         self.st = st
         named = dict(st.module.named_parameters())
-        self.params = [{k: _stack(named[k].detach(), 1, k in st.transposed)
-                        .requires_grad_(True) for k in st.names} for _ in range(B)]
+        self.params = [{k: named[k].detach().clone().requires_grad_(True)
+                        for k in st.names} for _ in range(B)]
         self.m1 = [{k: torch.zeros_like(v) for k, v in p.items()}
                    for p in self.params]
         self.m2 = [{k: torch.zeros_like(v) for k, v in p.items()}
@@ -293,11 +298,7 @@ class _PerFrame:
     def _one(self, j: int, inputs: EditLatents, i: int) -> "torch.Tensor":
         from torch.func import functional_call
 
-        from engine.nets.ops import weight_from_storage
-
-        views = {k: weight_from_storage(v, k in self.st.transposed) if v.ndim == 5
-                 else v for k, v in self.params[j].items()}
-        return functional_call(self.st.module, {**self.st.fixed, **views},
+        return functional_call(self.st.module, {**self.st.fixed, **self.params[j]},
                                (inputs.select(slice(i, i + 1)).arg(),))
 
     def forward(self, active: list[int], inputs: EditLatents, B: int
@@ -334,7 +335,8 @@ class BatchedStitcher:
         G: the PTI-tuned generator (not modified).
         cfg: ``StitchConfig`` (steps, lr, content_weight, threshold, l1).
         dtype: ``"float32"`` or ``"bfloat16"`` (autocast).
-        formulation: ``"grouped"``, ``"loop"`` or ``"vmap"`` (module docstring).
+        formulation: ``"grouped"``, ``"loop"``, ``"hybrid"`` or ``"vmap"`` (module
+            docstring).
     """
 
     betas = (0.9, 0.999)
@@ -342,7 +344,7 @@ class BatchedStitcher:
 
     def __init__(self, G: "Generator", cfg: StitchConfig, dtype: str = "float32",
                  formulation: str = "grouped") -> None:
-        if formulation not in ("grouped", "loop", "vmap"):
+        if formulation not in ("grouped", "loop", "hybrid", "vmap"):
             raise ValueError(f"unknown stitching formulation {formulation!r}")
         self.G = G
         self.cfg = cfg
@@ -358,7 +360,9 @@ class BatchedStitcher:
         if self.module is not None and self.from_styles == inputs.from_styles:
             return
         self.from_styles = inputs.from_styles
-        self.module = _render_module(self.G, inputs.from_styles)
+        self.module = _render_module(
+            self.G, inputs.from_styles,
+            "hybrid" if self.formulation == "hybrid" else None)
         self.names = _trainable_names(self.module, inputs)
         # the up-sampling convs read their weights in the transposed layout
         self.transposed = {k for k in self.names if k.endswith(".weight") and getattr(
@@ -368,7 +372,7 @@ class BatchedStitcher:
         self.fixed.update(dict(self.module.named_buffers()))
 
     def _copies(self, B: int) -> "_Stacked | _PerFrame":
-        if self.formulation == "loop":
+        if self.formulation in ("loop", "hybrid"):
             return _PerFrame(self, B)
         return _Stacked(self, B, vmap=self.formulation == "vmap")
 
