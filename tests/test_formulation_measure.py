@@ -13,7 +13,8 @@ class Script:
     """``candidates`` whose calls take the scripted seconds (warm-up first)."""
 
     def __init__(self, times: dict[str, list[float]]) -> None:
-        self.now, self.times, self.calls = 0.0, {k: list(v) for k, v in times.items()}, []
+        self.now, self.calls = 0.0, []
+        self.times = {k: list(v) for k, v in times.items()}
 
     def clock(self) -> float:
         return self.now

@@ -337,7 +337,7 @@ def test_hybrid_picks_a_side_per_layer_and_computes_the_same():
             grads = torch.autograd.grad(img.square().sum(),
                                         list(G.synthesis.parameters()))
             outs.append((fused, n, [img, *grads]))
-    for fused, n, got in outs[2:]:
+    for _, n, got in outs[2:]:
         want = outs[n - 1][2]
         for a, b in zip(want, got):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
