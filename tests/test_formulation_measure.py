@@ -43,16 +43,23 @@ def test_a_slow_round_does_not_decide():
     s = Script({"a": [9, 1.0, 1.0, 1.0, 1.0, 1.0],
                 "b": [9, 3.0, 0.98, 0.7, 0.7, 0.7]})
     m = measure(s.candidates(), "cpu", rounds=(2, 6), clock=s.clock)
-    # round 2: b takes the lead by 2 % (below the tie margin); round 3: b leads
-    # by 43 % and has held for SETTLE_ROUNDS rounds
-    assert m.choice == "b" and m.settled
+    # round 2: b takes the lead (by 2 %); round 3: b leads by 43 % and has held
+    # for SETTLE_ROUNDS rounds
+    assert m.choice == "b" and m.settled and not m.tie
     assert SETTLE_ROUNDS == 2 and m.rounds == 3
     assert m.seconds["b"] == pytest.approx(0.7)
 
 
-def test_a_tie_runs_to_the_round_limit_and_says_so():
+def test_a_tie_is_recorded_as_one():
     s = Script({"a": [9] + [1.00] * 5, "b": [9] + [1.01] * 5})
     m = measure(s.candidates(), "cpu", rounds=(2, 5), clock=s.clock)
-    assert (m.rounds, m.settled) == (5, False)
-    assert m.margin == pytest.approx(0.01) and m.margin < TIE_MARGIN
-    assert m.choice == "a"
+    assert (m.rounds, m.settled, m.choice) == (2, True, "a")
+    assert m.margin == pytest.approx(0.01) and m.margin < TIE_MARGIN and m.tie
+
+
+def test_a_lead_that_changes_hands_runs_to_the_round_limit():
+    # fastest calls so far: a 1.0 | b 0.9 | a 0.8 | b 0.7 | a 0.6
+    s = Script({"a": [9, 1.0, 1.0, 0.8, 0.8, 0.6], "b": [9, 2.0, 0.9, 0.9, 0.7, 0.7]})
+    m = measure(s.candidates(), "cpu", rounds=(2, 5), clock=s.clock)
+    assert (m.rounds, m.settled, m.choice) == (5, False, "a")
+    assert m.seconds == pytest.approx({"a": 0.6, "b": 0.7})

@@ -8,12 +8,13 @@ weights. The file is small JSON (``facestitch.Formulations/1``)::
     {"schema": "facestitch.Formulations/1",
      "entries": {"<key>": {"choice": "loop", "seconds": {"grouped": 1.9, ...},
                            "measured_batch": 2, "rounds": 3, "settled": true,
-                           "margin": 0.12, "measured_at": "...",
+                           "margin": 0.12, "tie": false, "measured_at": "...",
                            "torch": "2.13.0"}}}
 
-``rounds``, ``settled`` and ``margin`` say how the choice was reached (rounds
-timed; whether the leader held with a clear lead or the round limit ended a tie;
-the runner-up's lead, see ``engine.stages.formulation.measure``). Records written
+``rounds``, ``settled``, ``margin`` and ``tie`` say how the choice was reached
+(rounds timed; whether the leader held or the round limit ended it; the
+runner-up's lead, and whether it was too small to call, see
+``engine.stages.formulation.measure``). Records written
 before those fields existed lack them and are still read.
 
 Delete the file (or an entry) to measure again; a job option
