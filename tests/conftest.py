@@ -45,10 +45,21 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session")
+def _shared_speed_records(tmp_path_factory):
+    return tmp_path_factory.mktemp("fsspeed")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_home(tmp_path_factory, monkeypatch):
-    """Each test gets its own FaceStitch model store (never the user's)."""
+def _isolated_home(tmp_path_factory, monkeypatch, _shared_speed_records):
+    """Each test gets its own FaceStitch model store (never the user's). Its
+    ``speed/`` folder (the measured formulations, engine/models/formulations.py)
+    is one for the whole session, as on a user's machine, where each (device,
+    precision, architecture, batch) is measured once: otherwise every test job
+    would measure again, about 2.6 s a job on the tiny networks. Tests of the
+    measurement itself pass their own records folder."""
     home = tmp_path_factory.mktemp("fshome")
+    (home / "speed").symlink_to(_shared_speed_records, target_is_directory=True)
     monkeypatch.setenv("FACESTITCH_HOME", str(home))
     yield
 

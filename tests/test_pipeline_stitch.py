@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fsexchange.options import PTI_FORMULATIONS
 from test_pipeline_helpers import (make_clip, make_job, read_rgba, run_engine_inprocess,
                                    source_frames, submit)
 
@@ -84,7 +85,7 @@ def test_pti_contract_and_effect(job):
     assert loss["recipe"] == "fast" and loss["shuffle"] is True
     assert loss["batch_size"] == 3 and loss["lr"] == pytest.approx(3e-3)
     assert loss["dtype"] == resolve_dtype("auto", "cpu")
-    assert loss["formulation"] in ("modulated", "scaled")
+    assert loss["formulation"] in PTI_FORMULATIONS
     config = json.loads((job["folder"] / "config.json").read_text())
     assert config["recipe"] == "fast"
 
