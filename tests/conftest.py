@@ -56,7 +56,7 @@ def _isolated_home(tmp_path_factory, monkeypatch, _shared_speed_records):
     ``speed/`` folder (the measured formulations, engine/models/formulations.py)
     is one for the whole session, as on a user's machine, where each (device,
     precision, architecture, batch) is measured once: otherwise every test job
-    would measure again, about 2.6 s a job on the tiny networks. Tests of the
+    would measure again (docs/pipeline.md "Formulations"). Tests of the
     measurement itself pass their own records folder."""
     home = tmp_path_factory.mktemp("fshome")
     (home / "speed").symlink_to(_shared_speed_records, target_is_directory=True)

@@ -138,8 +138,8 @@ def measure(candidates: dict[str, Callable[[], Any]], device: Any, *,
     One warm-up call each, then rounds of one timed call each, the order rotating
     every round (so no candidate always runs right after the same one). The fastest
     call of each counts. A single pass was not enough on a shared machine: with 2
-    cores and another process running, one round can take up to 3x another, and
-    the one-time choice then disagreed with later benchmark rounds
+    cores and another process running, one round can take several times another,
+    and the one-time choice then disagreed with later benchmark rounds
     (docs/pipeline.md "Formulations"). So after ``rounds[0]`` rounds it stops only
     once the same candidate has led for ``SETTLE_ROUNDS`` rounds in a row, and at
     ``rounds[1]`` rounds in any case. A lead under ``TIE_MARGIN`` is recorded as

@@ -280,8 +280,8 @@ class _PerFrame:
     modulation, engine/nets/ops.py ``modulated_conv2d``), the path that is fastest
     at batch 1; one fused Adam runs over every frame's tensors. (Stored as stacks
     of one, the weights took the per-sample closed-form path, which costs more per
-    step at batch 1: this formulation ran at 0.86x the reference loop at the
-    official size in float32, docs/pipeline.md "Speed".)"""
+    step at batch 1 and made this formulation slower than the reference loop,
+    docs/pipeline.md "Speed".)"""
 
     def __init__(self, st: "BatchedStitcher", B: int) -> None:
         import torch
