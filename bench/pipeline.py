@@ -514,14 +514,9 @@ def _side_by_side(ref: Callable[[], Any], ours: Callable[[str], Any],
     fns: dict[str, Callable[[], Any]] = {"ref": ref, "ours": lambda: ours(dtype)}
     if dtype != "float32":
         fns["ours32"] = lambda: ours("float32")
-    for dt in ({dtype, "float32"} if "ours32" in fns else {dtype}):
-        warm(dt)
-    secs: dict[str, list[float]] = {k: [] for k in fns}
-    last: dict[str, Any] = {}
-    for _ in range(max(1, repeat)):
-        for name, fn in fns.items():
-            last[name], t = _timed(fn, device)
-            secs[name].append(t)
+    warms = {dt: (lambda d=dt: warm(d))
+             for dt in ({dtype, "float32"} if "ours32" in fns else {dtype})}
+    last, secs = _rounds(fns, warms, repeat, device)
     secs.setdefault("ours32", secs["ours"])
     last.setdefault("ours32", last["ours"])
     med = {k: float(np.median(v)) for k, v in secs.items()}
