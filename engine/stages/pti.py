@@ -267,10 +267,7 @@ class PTITuner:
         ws = torch.from_numpy(self.pivots[rows]).to(self.device)  # [B, num_ws, w_dim]
         target, feats = self.targets.batch([self.frames[i] for i in rows])
         B = len(rows)
-        # the mini-batch at once, or (formulation "loop") one frame at a time with
-        # the gradients adding up: the same gradient of the batch's mean loss
-        parts = ([slice(i, i + 1) for i in range(B)] if self.per_frame and B > 1
-                 else [slice(None)])
+        parts = _parts(B, self.per_frame)
         self.opt.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
         mses, lps = [], []
@@ -295,6 +292,14 @@ class PTITuner:
                 float(torch.cat(lps).mean()))
 
 
+def _parts(n: int, per_frame: bool) -> list[slice]:
+    """How a mini-batch of ``n`` frames is run: at once, or (formulation
+    ``loop``) one frame at a time with the gradients adding up, the same gradient
+    of the batch's mean loss."""
+    return [slice(i, i + 1) for i in range(n)] if per_frame and n > 1 \
+        else [slice(None)]
+
+
 def pti_candidates(G: "Generator", device: str, dtype: str
                    ) -> Callable[[int], dict[str, Callable[[], None]]]:
     """For :func:`engine.stages.formulation.choose`: one synthesis forward and
@@ -311,9 +316,7 @@ def pti_candidates(G: "Generator", device: str, dtype: str
                             truncation_psi=0.7)
 
         def step(name: str) -> None:
-            parts = ([slice(i, i + 1) for i in range(n)] if name == "loop" and n > 1
-                     else [slice(None)])
-            for part in parts:
+            for part in _parts(n, name == "loop"):
                 with autocast(device, dtype):
                     img = Gc.synthesis(ws[part], fused=PTI_FUSED[name])
                 img.float().square().mean().backward()

@@ -65,7 +65,7 @@ import numpy as np
 
 from fsexchange.fsutil import atomic_write_bytes
 
-from fsexchange.options import StitchConfig
+from fsexchange.options import STITCH_FORMULATIONS, StitchConfig
 from engine.stages.crops import chunks, crops_to_tensor, tensor_to_image, write_png
 from engine.stages.contract import Stage, StageContext
 from engine.stages.mask import paste_alpha, stitch_masks
@@ -344,7 +344,7 @@ class BatchedStitcher:
 
     def __init__(self, G: "Generator", cfg: StitchConfig, dtype: str = "float32",
                  formulation: str = "grouped") -> None:
-        if formulation not in ("grouped", "loop", "hybrid", "vmap"):
+        if formulation not in STITCH_FORMULATIONS:
             raise ValueError(f"unknown stitching formulation {formulation!r}")
         self.G = G
         self.cfg = cfg
@@ -699,8 +699,6 @@ def stitch_candidates(G: "Generator", cfg: StitchConfig, device: str, dtype: str
     backward, Adam) of ``n`` frames in each formulation, rendering from ws (or
     from styles)."""
     import torch
-
-    from fsexchange.options import STITCH_FORMULATIONS
 
     def candidates(n: int) -> dict[str, Callable[[], Any]]:
         R = G.img_resolution
