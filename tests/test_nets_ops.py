@@ -17,7 +17,9 @@ from engine.nets.ops import (
     modulated_weight,
     normalize_2nd_moment,
     setup_filter,
+    shared_weight,
     stored_weight,
+    to_grouped,
     upfirdn2d,
     upsample2d,
     weight_from_storage,
@@ -84,6 +86,18 @@ def test_upsample2d_keeps_constant_images_constant():
     assert y.shape == (1, 2, 8, 8)
     # away from the zero-padded border the 2x FIR up-sampling has unit DC gain
     assert torch.allclose(y[:, :, 2:-2, 2:-2], torch.tensor(0.75))
+
+
+def test_lrelu_in_place_gives_the_same_values_and_gradients():
+    torch.manual_seed(3)
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    out = []
+    for inplace in (False, True):
+        y = lrelu_agc(x * 1.5, gain=1.0, clamp=2.0, inplace=inplace)
+        out.append((y, torch.autograd.grad(y, x, g)[0]))
+    for a, b in zip(*out):
+        assert torch.equal(a, b)
 
 
 def test_lrelu_gain_and_clamp():
@@ -341,3 +355,76 @@ def test_hybrid_picks_a_side_per_layer_and_computes_the_same():
         want = outs[n - 1][2]
         for a, b in zip(want, got):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("demodulate", [False, True])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_shared_weight_is_the_plain_ops_in_one_pass_each_way(transposed, demodulate,
+                                                              layout):
+    """The activation-scaling path's weight side (:class:`_SharedWeight`): the
+    convolution's weight (transposed for the up-sampling one) and the kernel sums
+    of squares, with the gradients of the plain ops, returned in the parameter's
+    dtype and layout; the weight comes in the input's layout."""
+    torch.manual_seed(11)
+    W = torch.randn(6, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    w, w2 = shared_weight(W, x, transposed=transposed, demodulate=demodulate)
+    plain = W.transpose(0, 1) if transposed else W
+    assert torch.equal(w, plain)
+    assert w.is_contiguous(memory_format=torch.channels_last
+                           if layout == "channels_last" else torch.contiguous_format)
+    g = torch.randn_like(w)
+    if demodulate:
+        assert torch.equal(w2, W.square().sum(dim=[2, 3]))
+        g2 = torch.randn_like(w2)
+        got = torch.autograd.grad([w, w2], W, [g, g2])[0]
+        want = torch.autograd.grad([plain, W.square().sum(dim=[2, 3])], W, [g, g2])[0]
+    else:
+        assert w2 is None
+        got = torch.autograd.grad(w, W, g)[0]
+        want = torch.autograd.grad(plain, W, g)[0]
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert got.dtype == W.dtype and got.is_contiguous()
+    # only one of the two used: the other gradient is absent, not zeros
+    if demodulate:
+        only = torch.autograd.grad(shared_weight(W, x, transposed=transposed,
+                                                 demodulate=True)[1].sum(), W)[0]
+        torch.testing.assert_close(only, 2 * W.detach())
+
+
+def test_shared_weight_under_autocast_is_cast_once_into_the_convolution_layout():
+    W = torch.randn(8, 4, 3, 3, requires_grad=True)
+    x = torch.randn(2, 4, 6, 6).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        w, w2 = shared_weight(W, x, transposed=False, demodulate=True)
+    assert w.dtype == torch.bfloat16 and w2.dtype == torch.float32
+    assert w.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(w, W.detach().bfloat16())
+    (gw,) = torch.autograd.grad(w.float().sum() + w2.sum(), W)
+    assert gw.dtype == torch.float32
+    torch.testing.assert_close(gw, 1 + 2 * W.detach())
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_to_grouped_copies_once_and_hands_the_gradient_back_in_the_input_layout(
+        layout):
+    torch.manual_seed(12)
+    fmt = (torch.channels_last if layout == "channels_last"
+           else torch.contiguous_format)
+    x = torch.randn(3, 4, 5, 6, dtype=torch.float64).contiguous(
+        memory_format=fmt).requires_grad_(True)
+    y = to_grouped(x)
+    assert y.shape == (1, 12, 5, 6) and y.is_contiguous(
+        memory_format=torch.channels_last)
+    assert torch.equal(y, x.reshape(1, 12, 5, 6))
+    g = torch.randn(1, 12, 5, 6, dtype=torch.float64).contiguous(
+        memory_format=torch.channels_last)
+    (gx,) = torch.autograd.grad(y, x, g)
+    assert torch.equal(gx, g.reshape(3, 4, 5, 6))
+    assert gx.stride() == x.stride()
+    # already in the grouped layout: a view, no copy
+    xg = grouped_layout(x.detach())
+    assert to_grouped(xg).data_ptr() == xg.data_ptr()

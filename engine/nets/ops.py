@@ -41,6 +41,8 @@ __all__ = [
     "normalize_2nd_moment",
     "modulated_conv2d",
     "grouped_layout",
+    "to_grouped",
+    "shared_weight",
     "grouped_weight_layout",
     "stored_weight",
     "weight_from_storage",
@@ -184,9 +186,13 @@ def upsample2d(x: Tensor, f: Tensor, up: int = 2) -> Tensor:
 
 
 def lrelu_agc(x: Tensor, gain: float = LRELU_GAIN, clamp: float | None = None,
-              slope: float = 0.2) -> Tensor:
-    """``leaky_relu(x, 0.2) * gain``, then optionally clamped to ``[-clamp, clamp]``."""
-    x = F.leaky_relu(x, slope)
+              slope: float = 0.2, inplace: bool = False) -> Tensor:
+    """``leaky_relu(x, 0.2) * gain``, then optionally clamped to ``[-clamp, clamp]``.
+
+    ``inplace`` overwrites ``x`` (the caller's fresh, unsaved tensor; not under
+    :func:`plain_layout`, where ``torch.func.vmap`` runs): no new activation is
+    allocated, and the backward reads the output (the slope is positive)."""
+    x = F.leaky_relu(x, slope, inplace=inplace and not _PLAIN.get())
     if gain != 1.0:  # the synthesis layers fold their gain into the conv: no pass
         x = x * gain
     if clamp is not None:
@@ -199,12 +205,84 @@ def normalize_2nd_moment(x: Tensor, dim: int = 1, eps: float = 1e-8) -> Tensor:
     return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
 
 
-def _demod_coefficients(weight: Tensor, styles: Tensor) -> Tensor:
-    # weight [O, I, kh, kw], styles [N, I] -> [N, O]; 1 / ||w * s|| over (I, kh, kw)
-    # = rsqrt(sum_i s[n, i]^2 * sum_k w[o, i, k]^2): one [N, I] x [I, O] product
-    # instead of N modulated copies of the weight (same value up to rounding).
-    w2 = weight.square().sum(dim=[2, 3])  # [O, I]
+def _demod_coefficients(w2: Tensor, styles: Tensor) -> Tensor:
+    # w2 [O, I] = sum_k weight[o, i, k]^2, styles [N, I] -> [N, O]; 1 / ||w * s||
+    # over (I, kh, kw) = rsqrt(sum_i s[n, i]^2 * w2[o, i]): one [N, I] x [I, O]
+    # product instead of N modulated copies of the weight (same value up to
+    # rounding).
     return (styles.square() @ w2.t() + 1e-8).rsqrt()
+
+
+class _SharedWeight(torch.autograd.Function):
+    """The weight side of the activation-scaling path in one pass each way.
+
+    Forward: the shared weight ``W [O, I, kh, kw]`` as the convolution reads it
+    (transposed to ``[I, O, kh, kw]`` for the up-sampling one, in the autocast
+    dtype, in the input's memory format), and ``w2 [O, I] = sum_k W^2`` for the
+    demodulation. Backward: the convolution's weight gradient (transposed back)
+    plus the demodulation's ``2 W dL/dw2`` in one pass, in ``W``'s dtype and
+    layout. Through autograd the same took about a dozen passes over the weight
+    per layer and step: the cast and a layout copy forward, the layout copy
+    again in the convolution's backward, the cast back, ``square``'s backward,
+    and the accumulation of the two gradients, strided when the up-sampling
+    convolution's gradient arrives transposed (the 512-channel layers' 2.4 M
+    elements each; 8 % of a bfloat16 PTI step at 256 px, official channels).
+    """
+
+    @staticmethod
+    def forward(W: Tensor, dtype: torch.dtype, transposed: bool,
+                memory_format: torch.memory_format, demodulate: bool
+                ) -> tuple[Tensor, Tensor | None]:
+        w = W.transpose(0, 1) if transposed else W
+        wb = torch.empty(w.shape, dtype=dtype, device=W.device,
+                         memory_format=memory_format).copy_(w)
+        w2 = W.square().sum(dim=[2, 3]) if demodulate else None
+        return wb, w2
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        W, _, transposed, _, _ = inputs
+        ctx.transposed = transposed
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(W)
+
+    @staticmethod
+    def backward(ctx: Any, g_wb: Tensor | None, g_w2: Tensor | None) -> tuple:
+        (W,) = ctx.saved_tensors
+        if g_wb is None and g_w2 is None:
+            return None, None, None, None, None
+        out = torch.empty_like(W, memory_format=torch.contiguous_format)
+        if g_wb is not None and ctx.transposed:
+            g_wb = g_wb.transpose(0, 1)
+        if g_w2 is None:
+            out.copy_(g_wb)
+        elif g_wb is None:
+            torch.mul(W, 2.0 * g_w2[:, :, None, None].to(W.dtype), out=out)
+        else:  # d/dW sum_k W^2 = 2 W
+            torch.addcmul(g_wb, W, g_w2[:, :, None, None].to(W.dtype), value=2.0,
+                          out=out)
+        return out, None, None, None, None
+
+
+def shared_weight(weight: Tensor, x: Tensor, *, transposed: bool,
+                  demodulate: bool) -> tuple[Tensor, Tensor | None]:
+    """``(w, w2)``: the shared ``weight [O, I, kh, kw]`` as a convolution of ``x``
+    reads it (``[I, O, kh, kw]`` when ``transposed``; the autocast dtype when
+    autocast is on; channels-last when ``x`` is, since oneDNN otherwise copies one
+    side to the other's layout forward and backward), and ``w2 [O, I]``, the sums
+    of squares over the kernel for :func:`_demod_coefficients` (None unless
+    ``demodulate``). See :class:`_SharedWeight`."""
+    dev = weight.device.type
+    dtype = (torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev)
+             else x.dtype)
+    fmt = (torch.channels_last if x.ndim == 4 and not x.is_contiguous()
+           and x.is_contiguous(memory_format=torch.channels_last)
+           else torch.contiguous_format)
+    if _PLAIN.get():  # torch.func.vmap: plain autograd ops
+        w = (weight.transpose(0, 1) if transposed else weight).to(dtype)
+        return w, weight.square().sum(dim=[2, 3]) if demodulate else None
+    with torch.autocast(dev, enabled=False):
+        return _SharedWeight.apply(weight, dtype, transposed, fmt, demodulate)
 
 
 class _ModulatedWeight(torch.autograd.Function):
@@ -303,6 +381,49 @@ def modulated_weight(weight: Tensor, styles: Tensor, *, demodulate: bool = True,
     with torch.autocast(dev, enabled=False):
         return _ModulatedWeight.apply(weight, styles, demodulate, float(gain),
                                       transposed, out_dtype)[0]
+
+
+class _ToGrouped(torch.autograd.Function):
+    """``x [N, C, H, W]`` in any layout as the grouped convolution's input
+    ``[1, N*C, H, W]`` channels-last, in one copy each way (the gradient comes back
+    in ``x``'s own layout). ``reshape`` + ``contiguous`` took two copies forward
+    and two backward where a layer that scales activations (batch-major
+    channels-last) hands on to one with per-sample weights: 58 ms of a 0.95 s
+    bfloat16 PTI step at 256 px (official channels, 64 px boundary)."""
+
+    @staticmethod
+    def forward(x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        out = torch.empty((1, n * c, h, w), dtype=x.dtype, device=x.device,
+                          memory_format=torch.channels_last)
+        out.view(n, c, h, w).copy_(x)  # the inner C runs are contiguous both sides
+        return out
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        (x,) = inputs
+        ctx.like = torch.empty_like(x, device="meta")  # x's shape, dtype, layout
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> Tensor:
+        n, c, h, w = ctx.like.shape
+        return torch.empty_like(ctx.like, device=g.device).copy_(g.view(n, c, h, w))
+
+
+def to_grouped(x: Tensor) -> Tensor:
+    """``x [N, C, H, W]`` as ``[1, N*C, H, W]`` channels-last: a view when ``x``
+    already is in :func:`grouped_layout`, one copy otherwise (:class:`_ToGrouped`);
+    inside :func:`plain_layout` a plain reshape."""
+    n, c, h, w = x.shape
+    if _PLAIN.get():
+        return x.reshape(1, n * c, h, w)
+    try:
+        v = x.view(1, n * c, h, w)
+    except RuntimeError:  # not a view: the layout differs
+        v = None
+    if v is not None and v.is_contiguous(memory_format=torch.channels_last):
+        return channels_last(v)  # canonical strides on the batch axis (a view)
+    return _ToGrouped.apply(x)
 
 
 def grouped_layout(x: Tensor) -> Tensor:
@@ -417,7 +538,7 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, *,
         # than on NCHW in float32 and 2-3x in bfloat16 (2 cores, issue 5).
         # The weights too (modulated_weight writes them so): from a weight with
         # NCHW strides oneDNN returns an NCHW output.
-        xg = channels_last(x.reshape(1, n * in_c, x.shape[2], x.shape[3]))
+        xg = to_grouped(x)
         if up == 1:
             b = None
             if bias is not None:  # the convolution adds it (no extra pass)
@@ -445,12 +566,12 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, *,
         # factor would promote the whole activation to float32 (and the next conv
         # would cast it back): two extra passes over the largest tensors
         xs = x * styles[:, :, None, None].to(x.dtype)
+        w, w2 = shared_weight(weight, xs, transposed=up != 1, demodulate=demodulate)
         if up == 1:
-            y = F.conv2d(xs, weight, padding=padding)
+            y = F.conv2d(xs, w, padding=padding)
         else:
-            y = _upconv(xs, weight.transpose(0, 1), up, padding, resample_filter,
-                        groups=1)
-        dcoefs = _demod_coefficients(weight, styles) if demodulate else None  # [N, O]
+            y = _upconv(xs, w, up, padding, resample_filter, groups=1)
+        dcoefs = _demod_coefficients(w2, styles) if demodulate else None  # [N, O]
         if dcoefs is None and gain != 1.0:
             dcoefs = torch.full((n, out_c), 1.0, device=y.device)
         if dcoefs is not None:

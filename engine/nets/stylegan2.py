@@ -195,7 +195,7 @@ class SynthesisLayer(nn.Module):
                              resample_filter=self.resample_filter, noise=noise,
                              fused=fused, bias=self.bias, gain=LRELU_GAIN)
         clamp = self.conv_clamp * LRELU_GAIN if self.conv_clamp is not None else None
-        return lrelu_agc(x, gain=1.0, clamp=clamp)
+        return lrelu_agc(x, gain=1.0, clamp=clamp, inplace=True)  # x: fresh
 
     def extra_repr(self) -> str:
         return (f"in={self.in_channels}, out={self.out_channels}, "
