@@ -98,6 +98,7 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from engine.stages.batching import resolve_batch  # noqa: E402
+from engine.stages.compute import keep_freed_memory  # noqa: E402
 from engine.stages.formulation import choose  # noqa: E402
 from engine.stages.pti import (PTITuner, TargetCache, pti_candidates,  # noqa: E402
                                reconstruction_error)
@@ -1188,6 +1189,10 @@ def main(argv: list[str] | None = None) -> int:
                                                        "DEVICE"),
                    help=argparse.SUPPRESS)
     p.add_argument("--json", type=Path, help="also write the figures here")
+    p.add_argument("--system-malloc", action="store_true",
+                   help="leave the C allocator as it is (default: keep freed memory "
+                   "for reuse, as the engine's compute processes do; both sides of "
+                   "every comparison share the process and the setting)")
     p.add_argument("--draft", action="store_true",
                    help="time a draft instead (a real engine, tiny profile; the "
                    "official size too on a GPU); see the module docstring")
@@ -1241,14 +1246,17 @@ def _speed(args: argparse.Namespace, dev: str, work: Path, official: bool) -> in
         options["stitch"]["batch_size"] = args.stitch_batch
     cfg = PipelineConfig.from_options(options)
     variants = _variants(args.recipes.split(","), args.dtypes.split(","))
+    kept = False if args.system_malloc else keep_freed_memory()
     print(f"device {dev}, torch {torch.__version__}, threads "
-          f"{torch.get_num_threads()}")
+          f"{torch.get_num_threads()}, freed memory kept for reuse: "
+          f"{'yes' if kept else 'no'}")
     load = os.getloadavg()[0]
     if dev == "cpu" and load > (os.cpu_count() or 1) * 0.5:
         print(f"warning: load average {load:.1f} on {os.cpu_count()} cores: other "
               "processes compete for the CPU, timings are noisy")
     out: dict[str, Any] = {"device": dev, "arch": args.arch, "frames": args.frames,
-                           "load_average_start": list(os.getloadavg())}
+                           "load_average_start": list(os.getloadavg()),
+                           "freed_memory_kept": kept}
     if official:
         inp = official_inputs(args.frames, args.size, dev)
         out["size"] = args.size

@@ -1,17 +1,27 @@
 """The compute settings every unit of a job shares, whichever machine runs it.
 
-Torch splits a reduction (a loss sum, a matrix product) by intra-op thread, so the
-same batch computed with 1 and with 2 threads rounds differently; after a few
+Threads. Torch splits a reduction (a loss sum, a matrix product) by intra-op thread,
+so the same batch computed with 1 and with 2 threads rounds differently; after a few
 hundred Adam steps the stitched crops differ by several 16-bit levels. The first
 pipeline run or unit of a job records its thread count in ``stages/compute.json``
 and every later unit of the job, a resumed run, a shard on a Ray worker, a farm
 task, computes with that count (docs/scale.md "Same frames everywhere").
+
+Memory. A process that computes keeps the memory it frees for its next
+allocations (:func:`keep_freed_memory`). A training step allocates and frees
+activations of tens of megabytes; glibc serves each from fresh ``mmap`` pages and
+unmaps them on free, so every step paid ~140 000 page faults and the kernel's
+zeroing of every page (a quarter of a second of system time per bfloat16 PTI step
+at 256 px on 2 cores; figures in docs/pipeline.md "Speed"). Values do not change.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
+import os
+import platform
 from pathlib import Path
 from typing import Iterator
 
@@ -19,7 +29,40 @@ from fsexchange.fsutil import publish_once
 
 from engine.stages.outputs import JobFiles
 
-__all__ = ["pin_threads", "pinned_threads", "recorded_threads"]
+__all__ = ["keep_freed_memory", "pin_threads", "pinned_threads", "recorded_threads"]
+
+#: set to 0 to leave the C allocator as it is
+KEEP_FREED_MEMORY_ENV = "FACESTITCH_KEEP_FREED_MEMORY"
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+_kept: bool | None = None
+
+
+def keep_freed_memory() -> bool:
+    """Have the C allocator keep freed memory in the process for reuse (once per
+    process; True when in effect).
+
+    glibc only (Linux): large blocks come from the heap instead of their own
+    ``mmap`` (``M_MMAP_MAX`` 0) and the heap's top is never given back
+    (``M_TRIM_THRESHOLD`` at its maximum), so after the first step every
+    activation reuses memory that is already mapped. The process's resident size
+    stays at its peak until it exits, as GPU caching allocators do; the engine's
+    workers and stage processes are where this is called. Other C libraries and
+    ``FACESTITCH_KEEP_FREED_MEMORY=0`` leave the allocator alone.
+    """
+    global _kept
+    if _kept is None:
+        _kept = False
+        if (os.environ.get(KEEP_FREED_MEMORY_ENV, "1") != "0"
+                and platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"):
+            try:
+                mallopt = ctypes.CDLL(None).mallopt
+                mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+                _kept = bool(mallopt(_M_MMAP_MAX, 0)
+                             and mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1))
+            except (OSError, AttributeError):
+                _kept = False
+    return _kept
 
 
 def recorded_threads(job_dir: Path) -> int | None:
@@ -32,7 +75,8 @@ def recorded_threads(job_dir: Path) -> int | None:
 
 
 def pin_threads(job_dir: Path, threads: int = 0) -> int:
-    """Set torch's intra-op thread count to the job's and return it.
+    """Set torch's intra-op thread count to the job's and return it (and keep
+    freed memory in the process: :func:`keep_freed_memory`).
 
     Args:
         threads: what to record when this is the job's first unit (0: torch's
@@ -40,6 +84,7 @@ def pin_threads(job_dir: Path, threads: int = 0) -> int:
     """
     import torch
 
+    keep_freed_memory()
     n = recorded_threads(job_dir)
     if n is None:
         path = JobFiles(job_dir).compute_path
