@@ -98,6 +98,7 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from engine.stages.batching import resolve_batch  # noqa: E402
+from engine.nets.ops import reference_ops  # noqa: E402
 from engine.stages.compute import keep_freed_memory  # noqa: E402
 from engine.stages.formulation import choose  # noqa: E402
 from engine.stages.pti import (PTITuner, TargetCache, pti_candidates,  # noqa: E402
@@ -144,8 +145,17 @@ class _ClockedConv(torch.autograd.Function):
     def forward(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
                 stride: list[int], padding: list[int], groups: int,
                 transposed: bool, clock: "timed_convolutions") -> torch.Tensor:
-        conv = torch.nn.functional.conv_transpose2d if transposed else \
-            torch.nn.functional.conv2d
+        import engine.nets.ops as ops
+
+        if transposed and b is None and padding == [0, 0] and stride[0] == stride[1] \
+                and not ops._REFERENCE.get():
+            # ours: the strided convolution's input gradient (ops._TransposedConv)
+            def conv(x: Any, w: Any, b: Any, stride: list[int], padding: list[int],
+                     groups: int) -> torch.Tensor:
+                return ops._TransposedConv.forward(x, w, stride[0], groups)
+        else:
+            conv = torch.nn.functional.conv_transpose2d if transposed else \
+                torch.nn.functional.conv2d
         y, sec = _timed(lambda: conv(x, w, b, stride=stride, padding=padding,
                                      groups=groups), x.device.type)
         clock.seconds += sec
@@ -207,16 +217,19 @@ class timed_convolutions:
 
         import engine.nets.ops as ops
 
-        # ops calls F.conv2d / F.conv_transpose2d through its module attribute F
-        self._ops, self._F = ops, ops.F
+        # ops calls F.conv2d / F.conv_transpose2d through its module attribute F,
+        # and its up-sampling convolutions through conv_transpose
+        self._ops, self._F, self._ct = ops, ops.F, ops.conv_transpose
         shim = types.SimpleNamespace(**{k: getattr(ops.F, k) for k in dir(ops.F)
                                         if not k.startswith("__")})
         shim.conv2d, shim.conv_transpose2d = self._conv(False), self._conv(True)
         ops.F = shim
+        ops.conv_transpose = lambda x, w, stride, groups=1: self._conv(True)(
+            x, w, None, stride, 0, groups=groups)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._ops.F = self._F
+        self._ops.F, self._ops.conv_transpose = self._F, self._ct
 
 
 # --- the reference's loops ---------------------------------------------------------
@@ -228,7 +241,9 @@ def reference_pti(G0: Any, lpips: Any, pivots: np.ndarray, targets: torch.Tensor
     pass over all frames per step, batch 1, one ``torch.optim.Adam`` (its default
     for-loop form on a CPU) step per frame, LPIPS of both images every step,
     float32. It runs on our network code, with the batch-1 formulation pinned
-    (per-sample modulated weights through plain autograd ops, ``fused=True``), so
+    (per-sample modulated weights through plain autograd ops, ``fused=True``) and
+    the reference's own operations where ours differ only in speed
+    (``reference_ops``: ``conv_transpose2d`` for the up-sampling convolutions), so
     that changes to our formulations never move the yardstick."""
     G = copy.deepcopy(G0).train()
     G.synthesis.requires_grad_(True)
@@ -236,7 +251,8 @@ def reference_pti(G0: Any, lpips: Any, pivots: np.ndarray, targets: torch.Tensor
     ws = torch.from_numpy(pivots).to(device)
     for _ in range(passes):
         for i in range(len(pivots)):
-            img = G.synthesis(ws[i:i + 1], fused=True)
+            with reference_ops():  # the reference's own convolutions
+                img = G.synthesis(ws[i:i + 1], fused=True)
             x = targets[i:i + 1]
             loss = (cfg.l2_weight * (img - x).square().mean()
                     + cfg.lpips_weight * lpips(img, x).mean())
@@ -537,7 +553,14 @@ def reference_refine(G0: Any, lp: Any, rin: Any, crops: torch.Tensor, cfg: Any,
     their edited-region masks from spatial LPIPS against the aligned crops at the
     full resolution, and the sources' LPIPS features afresh. The losses are the
     engine's (:func:`engine.stages.refine.pair_losses`), so both loops do the same
-    math per pair. Returns the tuned generator and the seconds of each phase."""
+    math per pair, and the reference's own operations (``reference_ops``).
+    Returns the tuned generator and the seconds of each phase."""
+    with reference_ops():
+        return _reference_refine(G0, lp, rin, crops, cfg, device, seed)
+
+
+def _reference_refine(G0: Any, lp: Any, rin: Any, crops: torch.Tensor, cfg: Any,
+                      device: str, seed: int) -> tuple[Any, list[float]]:
     import torch.nn.functional as F
 
     from engine.nets.mapper import LevelsMapper
@@ -709,8 +732,9 @@ def bench_stitch(inp: dict[str, Any], cfg: PipelineConfig, steps: int, device: s
 
     def ref(frames: int = n, st: int = steps) -> list[float]:
         sl = slice(0, frames)
-        return tune_reference(G, edits.select(sl), target[sl], border[sl],
-                              content[sl], replace(scfg, steps=st)).after
+        with reference_ops():  # the reference's own convolutions
+            return tune_reference(G, edits.select(sl), target[sl], border[sl],
+                                  content[sl], replace(scfg, steps=st)).after
 
     fns, last, secs = _recipe_rounds(ref, ours, plans, n, rounds, device)
     work = n * steps

@@ -11,11 +11,13 @@ import torch.nn.functional as F
 
 from engine.nets.ops import (
     LRELU_GAIN,
+    conv_transpose,
     grouped_layout,
     lrelu_agc,
     modulated_conv2d,
     modulated_weight,
     normalize_2nd_moment,
+    reference_ops,
     setup_filter,
     shared_weight,
     stored_weight,
@@ -428,3 +430,37 @@ def test_to_grouped_copies_once_and_hands_the_gradient_back_in_the_input_layout(
     # already in the grouped layout: a view, no copy
     xg = grouped_layout(x.detach())
     assert to_grouped(xg).data_ptr() == xg.data_ptr()
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_transposed_convolution_as_the_strided_convolutions_input_gradient(groups,
+                                                                          layout):
+    """:class:`_TransposedConv` (the up-sampling convolutions' forward as the
+    input gradient of the strided convolution) gives ``conv_transpose2d``'s
+    values and gradients, in float64 to the last bit; under ``reference_ops``
+    ``conv_transpose2d`` itself runs."""
+    torch.manual_seed(13)
+    fmt = (torch.channels_last if layout == "channels_last"
+           else torch.contiguous_format)
+    x = torch.randn(2, 4 * groups, 5, 6, dtype=torch.float64).contiguous(
+        memory_format=fmt).requires_grad_(True)
+    w = torch.randn(4 * groups, 3, 3, 3, dtype=torch.float64).requires_grad_(True)
+    g = torch.randn(2, 3 * groups, 11, 13, dtype=torch.float64)
+    got = conv_transpose(x, w, 2, groups)
+    want = F.conv_transpose2d(x, w, stride=2, groups=groups)
+    assert got.shape == want.shape == (2, 3 * groups, 11, 13)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(got, [x, w], g),
+                    torch.autograd.grad(want, [x, w], g)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    if layout == "channels_last":
+        assert got.is_contiguous(memory_format=torch.channels_last)
+    xb, wb = x.detach().bfloat16(), w.detach().bfloat16()
+    with reference_ops():
+        assert torch.equal(conv_transpose(xb, wb, 2, groups),
+                           F.conv_transpose2d(xb, wb, stride=2, groups=groups))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = conv_transpose(x.detach().float(), w.detach().float(), 2, groups)
+    assert fast.dtype == torch.bfloat16
+    torch.testing.assert_close(fast.float(), want.float(), rtol=2e-2, atol=5e-2)
