@@ -327,22 +327,25 @@ def test_hybrid_picks_a_side_per_layer_and_computes_the_same():
     activations where they are smaller than the weight and modulates the weight
     elsewhere; values and gradients equal the plain paths' (float64), on a
     network that has layers of both kinds."""
-    from engine.nets.ops import _hybrid
+    from engine.nets.ops import HYBRID_FACTOR, _hybrid
     from engine.nets.stylegan2 import OFFICIAL_GENERATOR_KWARGS, Generator
 
-    G = Generator(**dict(OFFICIAL_GENERATOR_KWARGS, img_resolution=32,
-                         channel_base=1024, channel_max=64, w_dim=32, z_dim=32)
+    G = Generator(**dict(OFFICIAL_GENERATOR_KWARGS, img_resolution=64,
+                         channel_base=4096, channel_max=32, w_dim=32, z_dim=32)
                   ).double().requires_grad_(False)
     G.synthesis.requires_grad_(True)
-    # 64 channels: at 4-16 px twice the weight (2*64*64*9) outweighs the input
-    # and output activations, at 32 px the reverse; the 1x1 ToRGB weights are
-    # always the smaller side
-    w3 = torch.zeros(64, 64, 3, 3, dtype=torch.float64)
-    assert _hybrid(torch.zeros(1, 64, 16, 16), w3, 1) is False
-    assert _hybrid(torch.zeros(1, 64, 32, 32), w3, 1) is True
-    assert _hybrid(torch.zeros(2, 64, 32, 32), w3, 1) == "modulated"
-    assert _hybrid(torch.zeros(1, 64, 16, 16), w3, 2) is True  # 4x the output
-    assert _hybrid(torch.zeros(2, 64, 16, 16), w3[None].expand(2, -1, -1, -1, -1),
+    # 32 channels everywhere: with HYBRID_FACTOR 8, 8 * 32*32*9 weights outweigh
+    # the input and output activations (r*r*64, or in*in*(32 + 4*32) for the
+    # up-sampling layers) up to 32 px, at 64 px the reverse; the 1x1 ToRGB
+    # weights are always the smaller side
+    assert HYBRID_FACTOR == 8.0
+    w3 = torch.zeros(32, 32, 3, 3, dtype=torch.float64)
+    assert _hybrid(torch.zeros(1, 32, 32, 32), w3, 1) is False
+    assert _hybrid(torch.zeros(1, 32, 64, 64), w3, 1) is True
+    assert _hybrid(torch.zeros(2, 32, 64, 64), w3, 1) == "modulated"
+    assert _hybrid(torch.zeros(1, 32, 16, 16), w3, 2) is False
+    assert _hybrid(torch.zeros(1, 32, 32, 32), w3, 2) is True  # 4x the output
+    assert _hybrid(torch.zeros(2, 32, 16, 16), w3[None].expand(2, -1, -1, -1, -1),
                    1) == "modulated"  # per-sample weights: no activation side
     torch.manual_seed(9)
     ws = G.mapping(torch.randn(2, 32, dtype=torch.float64))

@@ -612,8 +612,11 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, *,
 #: ``fused="hybrid"``: activations are scaled instead of weights modulated where
 #: the layer's input and output hold fewer than this many times the weight's
 #: elements (the weight side costs more passes per element: the modulated copy,
-#: its layout copy and cast, and their backward)
-HYBRID_FACTOR = 2.0
+#: its layout copy and cast, and their backward; and the grouped convolution of
+#: per-sample weights runs slower than a batched one). 8 since the up-sampling
+#: convolutions became input gradients and freed memory is kept: factors 2, 4,
+#: 8, 16 measured side by side, see docs/pipeline.md "Formulations"
+HYBRID_FACTOR = 8.0
 
 
 def _hybrid(x: Tensor, weight: Tensor, up: int) -> bool | str:
