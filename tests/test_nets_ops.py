@@ -383,7 +383,8 @@ def test_shared_weight_is_the_plain_ops_in_one_pass_each_way(transposed, demodul
                            if layout == "channels_last" else torch.contiguous_format)
     g = torch.randn_like(w)
     if demodulate:
-        assert torch.equal(w2, W.square().sum(dim=[2, 3]))
+        torch.testing.assert_close(w2, W.square().sum(dim=[2, 3]), rtol=1e-14,
+                                   atol=0)  # summed in another order
         g2 = torch.randn_like(w2)
         got = torch.autograd.grad([w, w2], W, [g, g2])[0]
         want = torch.autograd.grad([plain, W.square().sum(dim=[2, 3])], W, [g, g2])[0]
