@@ -306,3 +306,31 @@ def test_formulation_measured_once_and_recorded(stitch_inputs, tmp_path):
                  pti_candidates(G, "cpu", "float32"), records=records)
     assert pti in PTI_FORMULATIONS
     assert len(json.loads(records.path.read_text())["entries"]) == 2
+
+
+
+def test_a_record_of_other_kernels_is_measured_again(stitch_inputs, tmp_path,
+                                                     monkeypatch):
+    """A release that changes how the formulations compute raises
+    KERNELS_REVISION: the records measured on the old kernels no longer answer."""
+    from engine.stages import formulation
+
+    G = stitch_inputs[0]
+    records = FormulationRecords(tmp_path)
+    plan = {"batch_size": 1, "dtype": "float32"}
+    calls = []
+
+    def candidates(n):
+        calls.append(n)
+        return pti_candidates(G, "cpu", "float32")(n)
+
+    choose("pti", G, plan, "cpu", candidates, records=records)
+    key = formulation_key("pti", "cpu", "float32", G, 1)
+    assert key.endswith(f"|kernels {formulation.KERNELS_REVISION}")
+    choose("pti", G, plan, "cpu", candidates, records=records)
+    assert calls == [1]
+    monkeypatch.setattr(formulation, "KERNELS_REVISION",
+                        formulation.KERNELS_REVISION + 1)
+    choose("pti", G, plan, "cpu", candidates, records=records)
+    assert calls == [1, 1]
+    assert len(json.loads(records.path.read_text())["entries"]) == 2

@@ -82,17 +82,25 @@ def device_name(device: Any) -> str:
     return f"cpu:{model}:{torch.get_num_threads()} threads"
 
 
+#: the revision of the network's kernels (engine/nets/ops.py): part of every
+#: record's key, so a machine measures again after a release changes how the
+#: formulations compute (2: up-sampling convolutions as input gradients, the
+#: shared weight's one-pass side, HYBRID_FACTOR 8)
+KERNELS_REVISION = 2
+
+
 def formulation_key(kind: str, device: Any, dtype: str, G: "Generator", batch: int,
                     extra: str = "") -> str:
-    """``kind|device|dtype|architecture|batch|torch`` (the architecture is a hash
-    of the generator's constructor arguments, with its resolution spelled out)."""
+    """``kind|device|dtype|architecture|batch|torch|kernels`` (the architecture is
+    a hash of the generator's constructor arguments, with its resolution spelled
+    out; kernels: :data:`KERNELS_REVISION`)."""
     import torch
 
     arch = hashlib.sha256(json.dumps(G.init_kwargs, sort_keys=True).encode()
                           ).hexdigest()[:12]
     return "|".join([kind + (f":{extra}" if extra else ""), device_name(device), dtype,
                      f"{G.img_resolution}px-{arch}", f"batch {batch}",
-                     f"torch {torch.__version__}"])
+                     f"torch {torch.__version__}", f"kernels {KERNELS_REVISION}"])
 
 
 #: rounds :func:`measure` always runs, the most it runs, how many rounds in a row
