@@ -436,7 +436,7 @@ class _ToGrouped(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> Tensor:
         n, c, h, w = ctx.like.shape
-        return torch.empty_like(ctx.like, device=g.device).copy_(g.view(n, c, h, w))
+        return torch.empty_like(ctx.like, device=g.device).copy_(g.reshape(n, c, h, w))
 
 
 def to_grouped(x: Tensor) -> Tensor:
