@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -280,16 +281,24 @@ def test_every_formulation_matches_a_per_frame_deep_copy_loop(stitch_inputs,
 # --- formulation records ---------------------------------------------------------
 
 
+def _counted(make: Any) -> tuple[list[int], Any]:
+    """``make(n)`` (a formulation candidates factory) that records each batch it
+    is asked to measure: the list of calls and the counting factory."""
+    calls: list[int] = []
+
+    def candidates(n: int) -> Any:
+        calls.append(n)
+        return make(n)
+
+    return calls, candidates
+
+
 def test_formulation_measured_once_and_recorded(stitch_inputs, tmp_path):
     G = stitch_inputs[0]
     records = FormulationRecords(tmp_path)
     plan = {"batch_size": 2, "dtype": "float32"}
-    calls = []
-
-    def candidates(n):
-        calls.append(n)
-        return stitch_candidates(G, StitchConfig(), "cpu", "float32")(n)
-
+    calls, candidates = _counted(stitch_candidates(G, StitchConfig(), "cpu",
+                                                   "float32"))
     first = choose("stitch", G, plan, "cpu", candidates, extra="ws",
                    records=records)
     assert first in STITCH_FORMULATIONS and calls == [2]
@@ -318,12 +327,7 @@ def test_a_record_of_other_kernels_is_measured_again(stitch_inputs, tmp_path,
     G = stitch_inputs[0]
     records = FormulationRecords(tmp_path)
     plan = {"batch_size": 1, "dtype": "float32"}
-    calls = []
-
-    def candidates(n):
-        calls.append(n)
-        return pti_candidates(G, "cpu", "float32")(n)
-
+    calls, candidates = _counted(pti_candidates(G, "cpu", "float32"))
     choose("pti", G, plan, "cpu", candidates, records=records)
     key = formulation_key("pti", "cpu", "float32", G, 1)
     assert key.endswith(f"|kernels {formulation.KERNELS_REVISION}")
