@@ -148,7 +148,7 @@ class _ClockedConv(torch.autograd.Function):
         import engine.nets.ops as ops
 
         if transposed and b is None and padding == [0, 0] and stride[0] == stride[1] \
-                and not ops._REFERENCE.get():
+                and ops.transposed_as_gradient():
             # ours: the strided convolution's input gradient (ops._TransposedConv)
             def conv(x: Any, w: Any, b: Any, stride: list[int], padding: list[int],
                      groups: int) -> torch.Tensor:

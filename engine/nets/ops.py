@@ -724,12 +724,19 @@ class _TransposedConv(torch.autograd.Function):
         return gx, gw, None, None
 
 
+def transposed_as_gradient() -> bool:
+    """Whether transposed convolutions run through :class:`_TransposedConv` here:
+    everywhere but inside :func:`reference_ops` and :func:`plain_layout`
+    (``torch.func.vmap``, which has no rule for it)."""
+    return not (_REFERENCE.get() or _PLAIN.get())
+
+
 def conv_transpose(x: Tensor, w: Tensor, stride: int, groups: int = 1) -> Tensor:
     """``F.conv_transpose2d(x, w, stride=stride, groups=groups)`` through
-    :class:`_TransposedConv`; inside :func:`reference_ops` or
-    :func:`plain_layout` (``torch.func.vmap``) through ``conv_transpose2d``
-    itself. Under autocast in the autocast dtype, as ``conv_transpose2d``."""
-    if _REFERENCE.get() or _PLAIN.get():
+    :class:`_TransposedConv` where :func:`transposed_as_gradient`, else through
+    ``conv_transpose2d`` itself. Under autocast in the autocast dtype, as
+    ``conv_transpose2d``."""
+    if not transposed_as_gradient():
         return F.conv_transpose2d(x, w, stride=stride, groups=groups)
     dev = x.device.type
     if torch.is_autocast_enabled(dev):
