@@ -103,7 +103,7 @@ from engine.stages.compute import keep_freed_memory  # noqa: E402
 from engine.stages.formulation import choose  # noqa: E402
 from engine.stages.pti import (PTITuner, TargetCache, pti_candidates,  # noqa: E402
                                reconstruction_error)
-from engine.stages.recipe import pti_plan, stitch_plan  # noqa: E402
+from engine.stages.recipe import BATCHING_GAIN, pti_plan, stitch_plan  # noqa: E402
 from engine.stages.stitch_tune import (BatchedStitcher, EditLatents,  # noqa: E402
                                        masked_loss, stitch_candidates,
                                        tune_reference)
@@ -461,7 +461,7 @@ def bench_pti(inp: dict[str, Any], cfg: PipelineConfig, passes: int, device: str
         plans[(recipe, dt)] = pti_plan(
             c, recipe, resolution=G0.img_resolution, device=device, frames=n,
             choose=lambda d: choose("pti", G0, d, device,
-                                    pti_candidates(G0, device, d["dtype"])))
+                                    pti_candidates(G0, lp, device, d["dtype"])))
 
     def ours(key: tuple[str, str], frames: int = n, steps: int = passes) -> PTITuner:
         targets = TargetCache(_ArrayClip(inp["crops"][:frames]), G0.img_resolution,
@@ -504,7 +504,8 @@ def bench_pti(inp: dict[str, Any], cfg: PipelineConfig, passes: int, device: str
         rows.append({"loop": name, "recipe": key[0], "dtype": key[1],
                      "formulation": plan.formulation, "batch": plan.batch_size,
                      "lr": plan.lr, **timing[name], "loss": err(last[name].G),
-                     "label": _label("pti", key[0], key[1], plan)})
+                     "label": _label("pti", key[0], key[1], plan),
+                     **({"batching": plan.batching} if plan.batching else {})})
     out = {"frames": n, "passes": passes, "work": work, "rows": rows,
            "before": err(G0), "flops_per_update": _flops(one_ref_step)}
     if conv_time:
@@ -846,6 +847,14 @@ def print_rows(title: str, part: str, fig: dict[str, Any], unit: str) -> None:
                                 else "")
         print(f"  {row['loop']:<20} {str(row['formulation']):<20} {row['batch']:>5} "
               f"{row['updates_per_second']:>14.3f} {rng:>20}  {loss:<28} {note}")
+    for row in fig["rows"]:
+        b = row.get("batching")
+        if b:  # the fast recipe's PTI measured whether its mini-batch pays
+            print(f"  {row['loop']}: batch {row['batch']}: a whole step measured "
+                  f"{b['frame_seconds']:.3f} s a frame at batch {b['batch']}, "
+                  f"{b['batch_1_frame_seconds']:.3f} at batch 1 (gain "
+                  f"{b['gain']:+.1%}; a mini-batch needs "
+                  f"{BATCHING_GAIN:+.0%})")
 
 
 # --- fidelity of the fast recipe on the official weights --------------------------

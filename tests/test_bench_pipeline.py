@@ -80,6 +80,21 @@ def _fig(mse, lpips, label=""):
                      row]}
 
 
+def test_a_measured_batch_choice_is_printed_with_its_row(capsys):
+    """A fast PTI row whose batch was chosen by measurement (engine/stages/recipe.py)
+    prints the per-frame seconds behind the choice."""
+    row = {"loop": "fast/float32", "formulation": "hybrid", "batch": 1,
+           "updates_per_second": 0.8, "ratio": 1.08, "ratio_min": 1.06,
+           "ratio_max": 1.09, "loss": {"mse": 1.8, "lpips": 0.03},
+           "label": "differs by design: shuffled",
+           "batching": {"batch": 4, "frame_seconds": 1.137,
+                        "batch_1_frame_seconds": 1.169, "gain": 0.0281}}
+    bench.print_rows("PTI", "pti", {"rows": [row]}, "frame-updates")
+    out = capsys.readouterr().out
+    assert ("fast/float32: batch 1: a whole step measured 1.137 s a frame at batch "
+            "4, 1.169 at batch 1 (gain +2.8%; a mini-batch needs +10%)") in out
+
+
 def test_a_row_that_computes_something_else_fails():
     assert bench.check_rows("pti", _fig(0.5002, 0.2), 1e-3) == []
     fails = bench.check_rows("pti", _fig(0.51, 0.2), 1e-3)

@@ -19,7 +19,7 @@ from fsexchange.options import (PTI_FORMULATIONS, STITCH_FORMULATIONS, PipelineC
 from engine.models.formulations import FormulationRecords
 from engine.models.modelset import build_tiny
 from engine.nets.lpips import LPIPS
-from engine.stages.formulation import choose, formulation_key
+from engine.stages.formulation import Choice, choose, formulation_key
 from engine.stages.mask import stitch_masks
 from engine.stages.pti import PTITuner, TargetCache, pti_candidates
 from engine.stages.recipe import TrainingPlan, pti_plan, stitch_plan
@@ -301,20 +301,127 @@ def test_formulation_measured_once_and_recorded(stitch_inputs, tmp_path):
                                                    "float32"))
     first = choose("stitch", G, plan, "cpu", candidates, extra="ws",
                    records=records)
-    assert first in STITCH_FORMULATIONS and calls == [2]
+    assert first.name in STITCH_FORMULATIONS and calls == [2]
     key = formulation_key("stitch", "cpu", "float32", G, 2, "ws")
     entry = json.loads(records.path.read_text())["entries"][key]
-    assert entry["choice"] == first and set(entry["seconds"]) == set(
+    assert entry["choice"] == first.name and set(entry["seconds"]) == set(
         STITCH_FORMULATIONS)
-    assert entry["seconds"][first] == min(entry["seconds"].values())
+    assert entry["seconds"][first.name] == min(entry["seconds"].values())
+    # per frame: the step's seconds over the frames it computed
+    assert first.frame_seconds == entry["seconds"][first.name] / 2
     # the record answers the next job without measuring
     assert choose("stitch", G, plan, "cpu", candidates, extra="ws",
                   records=records) == first and calls == [2]
     # another batch or precision is another machine state: measured on its own
     pti = choose("pti", G, {"batch_size": 1, "dtype": "float32"}, "cpu",
-                 pti_candidates(G, "cpu", "float32"), records=records)
-    assert pti in PTI_FORMULATIONS
+                 pti_candidates(G, _lpips(), "cpu", "float32"), records=records)
+    assert pti.name in PTI_FORMULATIONS
     assert len(json.loads(records.path.read_text())["entries"]) == 2
+
+
+@pytest.mark.parametrize("damage", [
+    {"choice": "magic"}, {"seconds": {}}, {"seconds": "fast"},
+    {"measured_batch": 0}, {"measured_batch": "two"}])
+def test_a_damaged_record_is_measured_again(stitch_inputs, tmp_path, damage):
+    """The model store is the user's folder: a record edited or damaged by hand
+    (an unknown formulation, seconds missing, a batch of 0) is measured again,
+    never trusted or fatal."""
+    G = stitch_inputs[0]
+    records = FormulationRecords(tmp_path)
+    plan = {"batch_size": 1, "dtype": "float32"}
+    calls, candidates = _counted(pti_candidates(G, _lpips(), "cpu", "float32"))
+    first = choose("pti", G, plan, "cpu", candidates, records=records)
+    key = formulation_key("pti", "cpu", "float32", G, 1)
+    records.put(key, {**records.get(key), **damage})
+    again = choose("pti", G, plan, "cpu", candidates, records=records)
+    assert calls == [1, 1] and again.name in PTI_FORMULATIONS
+    assert records.get(key)["choice"] == again.name != "magic"
+    assert first.frame_seconds > 0
+
+
+def _lpips():
+    return LPIPS("alex", backbone="random", heads="uniform", seed=1)
+
+
+# --- the fast recipe's mini-batch: used where it pays -------------------------------
+
+
+def _scripted(frame_seconds: dict[int, float]):
+    """A ``choose`` that answers from a table of per-frame seconds by batch (the
+    rule's unit test; the measurement behind it is tested above and below)."""
+    asked: list[int] = []
+
+    def choose_(d: dict[str, Any]) -> Choice:
+        asked.append(int(d["batch_size"]))
+        return Choice(f"at{d['batch_size']}", frame_seconds[int(d["batch_size"])])
+
+    return asked, choose_
+
+
+@pytest.mark.parametrize("batch_1, expect", [(1.5, 4), (1.12, 4), (1.08, 1),
+                                            (0.9, 1)])
+def test_fast_pti_batches_only_where_batching_pays(tmp_path, batch_1, expect):
+    """Batch 4 at 1.0 s a frame against batch 1 at ``batch_1``: the mini-batch is
+    kept only when it is faster by more than BATCHING_GAIN (10 %); otherwise PTI
+    runs at batch 1 at the reference learning rate, with batch 1's formulation,
+    and settings.json records the comparison."""
+    cfg = PipelineConfig.from_options({"pti": {"batch_size": 0}})
+    asked, choose_ = _scripted({4: 1.0, 1: batch_1})
+    plan = pti_plan(cfg, "fast", resolution=64, device="cpu", frames=4,
+                    stage_dir=tmp_path, choose=choose_)
+    assert asked == [4, 1]
+    assert plan.batch_size == expect and plan.formulation == f"at{expect}"
+    assert plan.lr == pytest.approx(cfg.pti.lr * expect) and plan.shuffle
+    saved = json.loads((tmp_path / "settings.json").read_text())
+    assert saved["batching"] == {"batch": 4, "frame_seconds": 1.0,
+                                 "batch_1_frame_seconds": batch_1,
+                                 "gain": round(batch_1 - 1.0, 4)}
+    assert TrainingPlan.from_dict(saved) == plan
+
+
+def test_a_chosen_batch_or_formulation_is_not_second_guessed():
+    """An explicit ``pti.batch_size`` or ``pti.formulation`` is the user's: no
+    comparison with batch 1 (the formulation is measured at the given batch, or
+    not at all); the reference recipe measures batch 1 only."""
+    slow_batching = {4: 1.0, 1: 0.5}
+    asked, choose_ = _scripted(slow_batching)
+    cfg = PipelineConfig.from_options({"pti": {"batch_size": 4}})
+    plan = pti_plan(cfg, "fast", resolution=64, device="cpu", frames=4,
+                    choose=choose_)
+    assert (plan.batch_size, plan.formulation, asked) == (4, "at4", [4])
+    asked, choose_ = _scripted(slow_batching)
+    cfg = PipelineConfig.from_options({"pti": {"formulation": "scaled"}})
+    plan = pti_plan(cfg, "fast", resolution=64, device="cpu", frames=4,
+                    choose=choose_)
+    assert plan.formulation == "scaled" and asked == []
+    asked, choose_ = _scripted(slow_batching)
+    plan = pti_plan(PipelineConfig.from_options({}), "reference", resolution=64,
+                    device="cpu", frames=4, choose=choose_)
+    assert (plan.batch_size, asked) == (1, [1])
+
+
+def test_fast_pti_batching_measured_on_the_network(nets, tmp_path):
+    """End to end on the tiny network: the fast recipe's plan measures the whole
+    PTI step at batch 4 and at batch 1 once (two records), and its batch follows
+    the recorded per-frame seconds."""
+    from engine.stages import recipe
+
+    G, lp = nets[0], nets[1]
+    records = FormulationRecords(tmp_path / "store")
+    cfg = PipelineConfig.from_options({"pti": {"batch_size": 0}})
+    calls, candidates = _counted(pti_candidates(G, lp, "cpu", "float32"))
+    plan = pti_plan(cfg, "fast", resolution=64, device="cpu", frames=4,
+                    stage_dir=tmp_path,
+                    choose=lambda d: choose("pti", G, d, "cpu", candidates,
+                                            records=records))
+    assert calls == [4, 1]
+    entries = json.loads(records.path.read_text())["entries"]
+    per_frame = {e["measured_batch"]: e["seconds"][e["choice"]] / e["measured_batch"]
+                 for e in entries.values()}
+    pays = per_frame[1] / per_frame[4] - 1 > recipe.BATCHING_GAIN
+    assert plan.batch_size == (4 if pays else 1)
+    assert json.loads((tmp_path / "settings.json").read_text())["batching"][
+        "frame_seconds"] == pytest.approx(per_frame[4])
 
 
 
@@ -327,7 +434,7 @@ def test_a_record_of_other_kernels_is_measured_again(stitch_inputs, tmp_path,
     G = stitch_inputs[0]
     records = FormulationRecords(tmp_path)
     plan = {"batch_size": 1, "dtype": "float32"}
-    calls, candidates = _counted(pti_candidates(G, "cpu", "float32"))
+    calls, candidates = _counted(pti_candidates(G, _lpips(), "cpu", "float32"))
     choose("pti", G, plan, "cpu", candidates, records=records)
     key = formulation_key("pti", "cpu", "float32", G, 1)
     assert key.endswith(f"|kernels {formulation.KERNELS_REVISION}")

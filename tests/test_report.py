@@ -9,7 +9,7 @@ import pytest
 
 from engine.stages.crops import preview_frames
 from engine.quality.charts import line_chart_svg
-from engine.stages.report import png_data_uri
+from engine.stages.report import _batching, png_data_uri
 from test_pipeline_helpers import make_clip, make_job, run_engine_inprocess, submit
 
 
@@ -26,6 +26,23 @@ def test_line_chart_is_plain_svg():
     # the NaN breaks "loss" into a line and a lone dot; "other" is one line
     assert svg.count("<polyline") == 2 and svg.count("<circle") == 1
     assert "no data" in line_chart_svg({}, title="x")
+
+
+def test_pti_batch_is_explained_when_it_was_measured():
+    """The fast recipe's PTI says whether a mini-batch paid (loss.json
+    ``batching``); anything else there, damaged or hostile, says nothing."""
+    record = {"batch": 4, "frame_seconds": 1.0, "batch_1_frame_seconds": 1.02,
+              "gain": 0.02}
+    assert _batching({"batch_size": 1, "batching": record}) == (
+        " (per frame, a mini-batch of 4 measured 0.98&times; batch 1's seconds: "
+        "not worth its other arithmetic)")
+    assert _batching({"batch_size": 4, "batching": dict(record, gain=1.0)}).endswith(
+        "0.50&times; batch 1's seconds: used)")
+    for bad in (None, "4", [], {"batch": "<b>"}, {"batch": 4, "gain": -1.0},
+                {"batch": 4, "gain": None}, {"batch": 4, "gain": float("nan")},
+                {"batch": 4, "gain": "inf"}):
+        assert _batching({"batch_size": 1, "batching": bad}) == ""
+    assert _batching({}) == ""
 
 
 def test_png_data_uri_roundtrip():

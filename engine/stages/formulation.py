@@ -43,13 +43,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from fsexchange.options import PTI_FORMULATIONS, STITCH_FORMULATIONS
+
 from engine.models.formulations import FormulationRecords
 
 if TYPE_CHECKING:
     from engine.nets.stylegan2 import Generator
 
-__all__ = ["choose", "measure", "Measurement", "formulation_key", "device_name",
-           "PTI_FUSED", "MEASURE_BATCH"]
+__all__ = ["choose", "Choice", "measure", "Measurement", "formulation_key",
+           "device_name", "PTI_FUSED", "MEASURE_BATCH"]
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +84,13 @@ def device_name(device: Any) -> str:
     return f"cpu:{model}:{torch.get_num_threads()} threads"
 
 
-#: the revision of the network's kernels (engine/nets/ops.py): part of every
-#: record's key, so a machine measures again after a release changes how the
-#: formulations compute (2: up-sampling convolutions as input gradients, the
-#: shared weight's one-pass side, HYBRID_FACTOR 8)
-KERNELS_REVISION = 2
+#: the revision of the network's kernels (engine/nets/ops.py) and of what a
+#: measured step holds: part of every record's key, so a machine measures again
+#: after a release changes how the formulations compute (2: up-sampling
+#: convolutions as input gradients, the shared weight's one-pass side,
+#: HYBRID_FACTOR 8; 3: a PTI candidate times the whole step, loss and Adam
+#: included, since the fast recipe compares per-frame seconds across batch sizes)
+KERNELS_REVISION = 3
 
 
 def formulation_key(kind: str, device: Any, dtype: str, G: "Generator", batch: int,
@@ -185,21 +189,54 @@ def measure(candidates: dict[str, Callable[[], Any]], device: Any, *,
     return Measurement(best, r, False, lead)
 
 
+@dataclass(frozen=True)
+class Choice:
+    """What :func:`choose` answers.
+
+    Attributes:
+        name: the formulation.
+        frame_seconds: its measured seconds per step over the frames the step
+            computed (``measured_batch``): what one frame costs at this batch,
+            comparable across batch sizes.
+    """
+
+    name: str
+    frame_seconds: float
+
+
+#: the formulations a record of each kind may name
+KNOWN = {"pti": PTI_FORMULATIONS, "stitch": STITCH_FORMULATIONS}
+
+
+def _choice(kind: str, entry: dict[str, Any]) -> Choice | None:
+    """The record's answer; None for a record that does not hold one (edited or
+    damaged by hand: measured again rather than trusted)."""
+    try:
+        name = str(entry["choice"])
+        seconds = float(entry["seconds"][name]) / int(entry["measured_batch"])
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    ok = name in KNOWN[kind] and 0 < seconds < float("inf")
+    return Choice(name, seconds) if ok else None
+
+
 def choose(kind: str, G: "Generator", plan: dict[str, Any], device: Any,
            candidates: Callable[[int], dict[str, Callable[[], Any]]], *,
-           extra: str = "", records: FormulationRecords | None = None) -> str:
+           extra: str = "", records: FormulationRecords | None = None) -> Choice:
     """The recorded formulation for ``kind`` ("pti" | "stitch") at ``plan``'s batch
-    and dtype on ``device`` for ``G``'s architecture; measured and recorded first
-    when there is no record. ``candidates(n)`` returns one step of each
-    formulation on ``n`` frames (``min(batch, MEASURE_BATCH[kind])``)."""
+    and dtype on ``device`` for ``G``'s architecture, with its per-frame seconds;
+    measured and recorded first when there is no record. ``candidates(n)`` returns
+    one step of each formulation on ``n`` frames (``min(batch,
+    MEASURE_BATCH[kind])``)."""
     import torch
 
     batch, dtype = int(plan["batch_size"]), str(plan["dtype"])
     key = formulation_key(kind, device, dtype, G, batch, extra)
     records = records or FormulationRecords()
     hit = records.get(key)
-    if hit is not None:
-        return str(hit["choice"])
+    recorded = _choice(kind, hit) if hit is not None else None
+    if recorded is not None:
+        return recorded
     n = min(batch, MEASURE_BATCH[kind])
     found = measure(candidates(n), device)
     best = found.choice
@@ -208,10 +245,11 @@ def choose(kind: str, G: "Generator", plan: dict[str, Any], device: Any,
              found.rounds, (f"a tie within {found.margin:.1%}" if found.tie
                             else "settled") if found.settled
              else "the lead changed hands until the round limit")
-    records.put(key, {"choice": best, "seconds": found.seconds, "measured_batch": n,
-                      "rounds": found.rounds, "settled": found.settled,
-                      "margin": round(found.margin, 4), "tie": found.tie,
-                      "torch": torch.__version__,
-                      "measured_at": _dt.datetime.now(_dt.timezone.utc)
-                      .isoformat(timespec="seconds")})
-    return best
+    entry = {"choice": best, "seconds": found.seconds, "measured_batch": n,
+             "rounds": found.rounds, "settled": found.settled,
+             "margin": round(found.margin, 4), "tie": found.tie,
+             "torch": torch.__version__,
+             "measured_at": _dt.datetime.now(_dt.timezone.utc)
+             .isoformat(timespec="seconds")}
+    records.put(key, entry)
+    return Choice(best, found.seconds[best] / n)

@@ -300,27 +300,42 @@ def _parts(n: int, per_frame: bool) -> list[slice]:
         else [slice(None)]
 
 
-def pti_candidates(G: "Generator", device: str, dtype: str
+def pti_candidates(G: "Generator", lpips: Any, device: str, dtype: str
                    ) -> Callable[[int], dict[str, Callable[[], None]]]:
-    """For :func:`engine.stages.formulation.choose`: one synthesis forward and
-    backward of each PTI formulation on ``n`` frames (the loss and LPIPS are the
-    same for all, so they are left out of the comparison), on a copy of ``G``."""
+    """For :func:`engine.stages.formulation.choose`: one whole PTI step of each
+    formulation on ``n`` frames, on a copy of ``G``: synthesis, the MSE and LPIPS
+    loss against a target, backward and the fused Adam step. Only the synthesis
+    differs between formulations, but the loss and the optimiser step are timed
+    too, since the fast recipe compares the per-frame seconds across batch sizes
+    (engine/stages/recipe.py), where they do not cost the same per frame: Adam
+    runs once per step whatever the batch."""
     import torch
 
     def candidates(n: int) -> dict[str, Callable[[], None]]:
         Gc = copy.deepcopy(G).train().requires_grad_(False)
         Gc.synthesis.requires_grad_(True)
+        # one optimiser for all candidates, its step costs the same for each
+        # (the copy's values do not matter)
+        opt = torch.optim.Adam(Gc.synthesis.parameters(), lr=3e-5,
+                               fused=_fused_adam_ok(device))
         gen = torch.Generator().manual_seed(0)
+        R = G.img_resolution
         with torch.no_grad():
             ws = Gc.mapping(torch.randn(n, G.z_dim, generator=gen).to(device),
                             truncation_psi=0.7)
+            target = (torch.rand(n, 3, R, R, generator=gen) * 2 - 1).to(device)
+            feats = lpips.feature_maps(target)
 
         def step(name: str) -> None:
+            opt.zero_grad(set_to_none=True)
             for part in _parts(n, name == "loop"):
                 with autocast(device, dtype):
-                    img = Gc.synthesis(ws[part], fused=PTI_FUSED[name])
-                img.float().square().mean().backward()
-            Gc.zero_grad(set_to_none=True)
+                    img = Gc.synthesis(ws[part], fused=PTI_FUSED[name]).float()
+                    mse = (img - target[part]).square().mean(dim=(1, 2, 3))
+                    lp = _lpips(lpips, img, [f[part] for f in feats]).float()
+                    loss = (mse + lp.reshape(-1)).sum() / n
+                loss.backward()
+            opt.step()
 
         # at batch 1 "loop" is "autograd": not timed twice
         names = [k for k in PTI_FUSED if n > 1 or k != "loop"]
@@ -367,8 +382,8 @@ class PTIStage(Stage):
         recipe = job_recipe(ctx.config, "tiny" if tiny else "official")
         plan = pti_plan(ctx.config, recipe, resolution=G0.img_resolution,
                         device=dev, frames=len(frames), stage_dir=out,
-                        choose=lambda d: choose("pti", G0, d, dev,
-                                                pti_candidates(G0, dev, d["dtype"])))
+                        choose=lambda d: choose("pti", G0, d, dev, pti_candidates(
+                            G0, lpips, dev, d["dtype"])))
         cfg = replace(cfg, batch_size=plan.batch_size)
         tuner = PTITuner(G0, lpips, pivots, frames, targets, cfg,
                          seed=ctx.config.seed, device=dev, plan=plan)

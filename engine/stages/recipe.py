@@ -11,7 +11,13 @@ the generator:
   sums inside a convolution).
 - ``fast``: PTI in mini-batches with the learning rate scaled by the batch size,
   frames in a seeded shuffled order, bfloat16 autocast where the device computes
-  it natively; stitching in the same precision.
+  it natively; stitching in the same precision. A mini-batch is used only where
+  it pays: with the batch size automatic and the formulation measured, a frame's
+  measured seconds in a mini-batch are compared with its seconds at batch 1, and
+  unless batching is faster by more than ``BATCHING_GAIN`` PTI runs at batch 1
+  (at the reference learning rate: the reference's arithmetic but for the frame
+  order), which costs no speed and no fidelity (on a CPU in float32 batching
+  gains nothing at the official channel counts).
 
 ``auto`` is ``reference`` for the official profile and ``fast`` for the tiny test
 networks (:func:`fsexchange.options.resolve_recipe`). An explicit ``options.dtype``
@@ -28,13 +34,25 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from fsexchange.options import PipelineConfig, resolve_recipe
 
 from engine.stages.batching import resolve_batch, stage_settings
 
-__all__ = ["TrainingPlan", "job_recipe", "recipe_dtype", "pti_plan", "stitch_plan"]
+if TYPE_CHECKING:
+    from engine.stages.formulation import Choice
+
+__all__ = ["TrainingPlan", "job_recipe", "recipe_dtype", "pti_plan", "stitch_plan",
+           "BATCHING_GAIN"]
+
+#: how much faster per frame (relative) a PTI mini-batch must be than batch 1 for
+#: the fast recipe to use it; below, batch 1, the reference's arithmetic. Not the
+#: measurement's 3 % tie margin: it takes the best of a few steps, and whole
+#: training loops pay more per frame at larger batches (docs/pipeline.md
+#: "Recipes": float32 at batch 4 measured 2.9 % faster per frame, then ran 11 %
+#: slower per frame than batch 1 in the benchmark's loops)
+BATCHING_GAIN = 0.10
 
 
 @dataclass(frozen=True)
@@ -49,6 +67,9 @@ class TrainingPlan:
         lr: the Adam learning rate used.
         shuffle: PTI visits frames in a seeded shuffled order (else in order).
         formulation: how a step is computed (engine/stages/formulation.py).
+        batching: the fast recipe's PTI only, when it measured whether a
+            mini-batch pays (:func:`pti_plan`): ``batch``, ``frame_seconds``,
+            ``batch_1_frame_seconds``, ``gain``; else None.
     """
 
     recipe: str
@@ -57,15 +78,21 @@ class TrainingPlan:
     lr: float
     shuffle: bool
     formulation: str
+    batching: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if d["batching"] is None:
+            del d["batching"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainingPlan":
+        batching = d.get("batching")
         return cls(recipe=str(d["recipe"]), batch_size=int(d["batch_size"]),
                    dtype=str(d["dtype"]), lr=float(d["lr"]),
-                   shuffle=bool(d["shuffle"]), formulation=str(d["formulation"]))
+                   shuffle=bool(d["shuffle"]), formulation=str(d["formulation"]),
+                   batching=dict(batching) if isinstance(batching, dict) else None)
 
 
 def job_recipe(config: PipelineConfig, profile: str | None = None) -> str:
@@ -92,14 +119,16 @@ def recipe_dtype(recipe: str, dtype: str, device: Any) -> str:
 
 
 def _plan(stage_dir: Path | None, resolve: Callable[[], dict[str, Any]],
-          formulation: str, choose: Callable[[dict[str, Any]], str] | None,
+          formulation: str, choose: Callable[[dict[str, Any]], "Choice"] | None,
           default: str) -> TrainingPlan:
-    """The resolved settings plus the formulation: the job's when it names one,
-    else ``choose``'s measurement for those settings, else ``default``."""
+    """The resolved settings plus the formulation: ``resolve()``'s when it chose
+    one, else the job's when it names one, else ``choose``'s measurement for those
+    settings, else ``default``."""
     def full() -> dict[str, Any]:
         d = resolve()
-        d["formulation"] = (formulation if formulation != "auto" else
-                            choose(d) if choose is not None else default)
+        if "formulation" not in d:
+            d["formulation"] = (formulation if formulation != "auto" else
+                                choose(d).name if choose is not None else default)
         return d
 
     if stage_dir is None:
@@ -109,12 +138,16 @@ def _plan(stage_dir: Path | None, resolve: Callable[[], dict[str, Any]],
 
 def pti_plan(config: PipelineConfig, recipe: str, *, resolution: int, device: Any,
              frames: int, stage_dir: Path | None = None,
-             choose: Callable[[dict[str, Any]], str] | None = None) -> TrainingPlan:
+             choose: Callable[[dict[str, Any]], "Choice"] | None = None
+             ) -> TrainingPlan:
     """PTI's plan under ``recipe`` (``settings.json`` in ``stage_dir`` when given).
 
     ``choose(plan)`` returns the formulation for the resolved batch and dtype when
     ``options.pti.formulation`` is ``auto`` (a measurement,
-    :func:`engine.stages.formulation.choose_pti`); without it, ``modulated``."""
+    :func:`engine.stages.formulation.choose`); without it, ``modulated``. Under
+    ``fast`` with ``pti.batch_size`` automatic it also decides whether the
+    mini-batch pays (module docstring); the comparison is written to
+    ``settings.json`` as ``batching``."""
     cfg = config.pti
 
     def resolve() -> dict[str, Any]:
@@ -124,16 +157,34 @@ def pti_plan(config: PipelineConfig, recipe: str, *, resolution: int, device: An
                     "shuffle": False}
         batch = max(1, resolve_batch(cfg.batch_size, "pti", resolution, device,
                                      frames))
-        return {"recipe": recipe, "batch_size": batch, "dtype": dtype,
-                "lr": cfg.lr * (batch if cfg.lr_batch_scaling else 1),
-                "shuffle": True}
+        d = {"recipe": recipe, "batch_size": batch, "dtype": dtype,
+             "lr": cfg.lr * (batch if cfg.lr_batch_scaling else 1), "shuffle": True}
+        if batch > 1 and not cfg.batch_size and cfg.formulation == "auto" \
+                and choose is not None:
+            d.update(_batching(d, cfg.lr, choose))
+        return d
 
     return _plan(stage_dir, resolve, cfg.formulation, choose, "modulated")
 
 
+def _batching(plan: dict[str, Any], lr: float,
+              choose: Callable[[dict[str, Any]], "Choice"]) -> dict[str, Any]:
+    """The fast recipe's mini-batch against batch 1, per frame (both measured once
+    per machine): what ``plan`` becomes."""
+    batched = choose(plan)
+    single = choose(dict(plan, batch_size=1, lr=lr))
+    gain = single.frame_seconds / batched.frame_seconds - 1.0
+    record = {"batch": plan["batch_size"], "frame_seconds": batched.frame_seconds,
+              "batch_1_frame_seconds": single.frame_seconds, "gain": round(gain, 4)}
+    if gain > BATCHING_GAIN:
+        return {"formulation": batched.name, "batching": record}
+    return {"batch_size": 1, "lr": lr, "formulation": single.name,
+            "batching": record}
+
+
 def stitch_plan(config: PipelineConfig, recipe: str, *, resolution: int,
                 device: Any, frames: int, stage_dir: Path | None = None,
-                choose: Callable[[dict[str, Any]], str] | None = None
+                choose: Callable[[dict[str, Any]], "Choice"] | None = None
                 ) -> TrainingPlan:
     """Stitching tuning's plan under ``recipe``: every frame keeps its own copy,
     optimiser and early stop in both recipes; they differ in precision only.

@@ -81,6 +81,22 @@ def _num(v: Any, digits: int = 4) -> str:
     return html.escape(str(v))
 
 
+def _batching(pti: dict[str, Any]) -> str:
+    """Why the fast recipe's PTI ran at its batch, when it measured whether a
+    mini-batch pays (loss.json ``batching``, engine/stages/recipe.py); "" else."""
+    b = pti.get("batching")
+    try:
+        batch, gain = int(b["batch"]), float(b["gain"])
+    except (KeyError, TypeError, ValueError):
+        return ""
+    if not -1.0 < gain < float("inf"):  # NaN too
+        return ""
+    used = pti.get("batch_size") == batch
+    return (f" (per frame, a mini-batch of {batch} measured "
+            f"{1 / (1 + gain):.2f}&times; batch 1's seconds: "
+            + ("used" if used else "not worth its other arithmetic") + ")")
+
+
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}
 h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}
@@ -367,7 +383,7 @@ class ReportStage(Stage):
                 if "shuffle" in pti else "n/a"
             out.append(("PTI", chart + table + f"<p class='small'>{pti.get('frames')} "
                         f"frames, recipe {_num(pti.get('recipe'))}, batch "
-                        f"{pti.get('batch_size')}, lr {pti.get('lr')}, "
+                        f"{pti.get('batch_size')}{_batching(pti)}, lr {pti.get('lr')}, "
                         f"{_num(pti.get('dtype'))}, frames {order}, formulation "
                         f"{_num(pti.get('formulation'))}</p>"))
         refine = _refine_section(files)
