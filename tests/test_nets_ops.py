@@ -365,14 +365,24 @@ def test_hybrid_picks_a_side_per_layer_and_computes_the_same():
 @pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("demodulate", [False, True])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("stored", [False, True])
 def test_shared_weight_is_the_plain_ops_in_one_pass_each_way(transposed, demodulate,
-                                                              layout):
+                                                              layout, stored):
     """The activation-scaling path's weight side (:class:`_SharedWeight`): the
     convolution's weight (transposed for the up-sampling one) and the kernel sums
     of squares, with the gradients of the plain ops, returned in the parameter's
-    dtype and layout; the weight comes in the input's layout."""
+    dtype and layout; the weight comes in the input's layout. ``stored``: the
+    parameter is the view of a weight kept in the convolution's order
+    (:func:`stored_weight`, as stitching keeps each frame's copy), whose gradient
+    must come back in that order (the optimiser then copies nothing)."""
     torch.manual_seed(11)
     W = torch.randn(6, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    if stored:
+        S = stored_weight(W.detach(), transposed).requires_grad_(True)
+        W = weight_from_storage(S, transposed)
+        assert torch.equal(W, weight_from_storage(stored_weight(W, transposed),
+                                                  transposed))
+        assert S.is_contiguous() and not W.is_contiguous()
     x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
@@ -393,7 +403,7 @@ def test_shared_weight_is_the_plain_ops_in_one_pass_each_way(transposed, demodul
         got = torch.autograd.grad(w, W, g)[0]
         want = torch.autograd.grad(plain, W, g)[0]
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-    assert got.dtype == W.dtype and got.is_contiguous()
+    assert got.dtype == W.dtype and got.stride() == W.stride()
     # only one of the two used: the other gradient is absent, not zeros
     if demodulate:
         only = torch.autograd.grad(shared_weight(W, x, transposed=transposed,

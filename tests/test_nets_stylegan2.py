@@ -222,3 +222,64 @@ def test_forward_does_not_modify_inputs_or_parameters():
     assert torch.equal(z, z0)
     for k, v in g.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("fused", [True, False, "hybrid", "modulated"])
+def test_conv_order_weights_train_as_the_plain_parameters(fused):
+    """ConvOrderWeights (what PTI and the refinement train): the same network,
+    state_dict and outputs; each re-stored weight views a contiguous alias in its
+    convolution's order; Adam over the aliases, with the gradients handed over
+    as views, takes the plain network's steps (float64: up to the order of the
+    sums), in every modulation path; a checkpoint's moments in the old layout
+    are brought into the aliases' order."""
+    from engine.nets.ops import stored_weight
+    from engine.nets.stylegan2 import ConvOrderWeights, SynthesisLayer
+
+    plain = _small(seed=5).double().train()
+    ours = _small(seed=5).double().train()
+    before = {k: v.clone() for k, v in ours.state_dict().items()}
+    order = ConvOrderWeights(ours.synthesis)
+    after = ours.state_dict()
+    assert list(after) == list(before)
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    layers = [m for m in ours.synthesis.modules() if isinstance(m, SynthesisLayer)]
+    assert len(order.pairs) == len(layers) > 0
+    for layer, (p, alias, transposed) in zip(layers, order.pairs):
+        assert layer.weight is p and p.shape == (layer.out_channels,
+                                                 layer.in_channels, 3, 3)
+        assert alias.is_contiguous() and alias.data_ptr() == p.data_ptr()
+        assert transposed == (layer.up != 1)
+        assert torch.equal(alias, stored_weight(p.detach(), transposed))
+    with torch.no_grad():
+        ws = plain.mapping(torch.randn(2, 16, dtype=torch.float64))
+    target = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    opts = [torch.optim.Adam(plain.synthesis.parameters(), lr=1e-2, fused=True),
+            torch.optim.Adam(order.optimised(ours.synthesis.parameters()), lr=1e-2,
+                             fused=True)]
+    params = set(map(id, ours.synthesis.parameters()))
+    assert sum(id(t) not in params for t in opts[1].param_groups[0]["params"]) \
+        == len(order.pairs)
+    for _ in range(3):
+        for G, opt in zip((plain, ours), opts):
+            opt.zero_grad(set_to_none=True)
+            if G is ours:
+                order.zero_grad()
+            (G.synthesis(ws, fused=fused) - target).square().mean().backward()
+            if G is ours:
+                order.hand_over_grads()
+                for p, alias, _ in order.pairs:  # views: nothing copied
+                    assert alias.grad.data_ptr() == p.grad.data_ptr()
+            opt.step()
+    for (k, a), b in zip(plain.synthesis.state_dict().items(),
+                         ours.synthesis.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=k)
+    # moments saved in the parameters' layout (an earlier release's checkpoint)
+    saved = opts[0].state_dict()
+    opts[1].load_state_dict(saved)
+    order.restore_moments(opts[1].state)
+    for (p, alias, transposed), q in zip(order.pairs, [
+            m.weight for m in plain.synthesis.modules()
+            if isinstance(m, SynthesisLayer)]):
+        st, want = opts[1].state[alias], opts[0].state[q]
+        assert st["exp_avg"].shape == alias.shape
+        assert torch.equal(st["exp_avg"], stored_weight(want["exp_avg"], transposed))

@@ -25,6 +25,7 @@ from engine.stages.pti import PTITuner, TargetCache, pti_candidates
 from engine.stages.recipe import TrainingPlan, pti_plan, stitch_plan
 from engine.stages.stitch_tune import (BatchedStitcher, EditLatents, stitch_candidates,
                                        tune_reference)
+from adam_steps import close_steps
 
 # tiny networks: one thread (tests/conftest.py, one_thread)
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -104,22 +105,6 @@ def _reference_plan(lr, formulation="modulated"):
                         shuffle=False, formulation=formulation)
 
 
-def _close_steps(a, b, lr, steps):
-    """Two networks' weights (lists of tensors) after the same ``steps`` Adam steps:
-    equal up to float rounding. Adam divides by sqrt(v), so where a gradient is
-    near zero, the rounding of another formulation's sums can flip its sign, and
-    the two updates (each at most lr per step) then differ by up to 2 lr per step.
-    So: no element beyond that, few beyond lr/20 (1 in 10^4), and the whole
-    network's mean difference below a thousandth of one step (an element that
-    takes a step moves by about lr; rounding alone leaves an ulp or two, which is
-    2.4e-7 at the unit-sized weights, and any wrong factor in a formulation moves
-    whole tensors by a fraction of lr)."""
-    d = torch.cat([(x - y).abs().flatten() for x, y in zip(a, b)])
-    assert float(d.max()) <= 2 * steps * lr
-    assert float((d > lr / 20).float().mean()) < 1e-4
-    assert float(d.mean()) < lr / 1000
-
-
 @pytest.mark.parametrize("formulation", PTI_FORMULATIONS)
 def test_reference_pti_is_a_batch_one_float32_loop_step_for_step(nets, formulation):
     """What STIT runs (docs/reference.md "PTI"): one Adam step per frame, frames in
@@ -150,9 +135,9 @@ def test_reference_pti_is_a_batch_one_float32_loop_step_for_step(nets, formulati
             opt.step()
             ours = tuner.step()
             # rel 1e-4: an element whose gradient rounds to the other sign moves
-            # by 2 lr more (see _close_steps), which shows in the next losses
+            # by 2 lr more (see close_steps), which shows in the next losses
             assert ours == pytest.approx(float(loss.detach()), rel=1e-4), (p_, i)
-            _close_steps([p.detach() for p in tuner.G.synthesis.parameters()],
+            close_steps([p.detach() for p in tuner.G.synthesis.parameters()],
                          [p.detach() for p in ref.synthesis.parameters()], lr,
                          p_ * n + i + 1)
     assert tuner.done and tuner.steps_run == n * passes
@@ -187,7 +172,7 @@ def test_pti_formulations_compute_the_same_step(nets):
         assert out[0][0] == pytest.approx(other[0], rel=1e-5)
         # at batch 2 the sums over samples also run in another order in each
         # formulation (2 of 36864 elements of one weight moved 1e-4 here)
-        _close_steps(out[0][1], other[1], 1e-3, 2)
+        close_steps(out[0][1], other[1], 1e-3, 2)
 
 
 # --- stitching -------------------------------------------------------------------

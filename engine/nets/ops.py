@@ -246,11 +246,13 @@ class _SharedWeight(torch.autograd.Function):
             wb = torch.empty(w.shape, dtype=dtype, device=W.device,
                              memory_format=memory_format).copy_(w)
         w2 = None
-        if demodulate:  # sum_k W^2 per (o, i): as a product, one pass over W
-            # (square + sum wrote and read a squared copy: 3.5 % of a bfloat16
-            # PTI step at batch 1, measured side by side)
+        if demodulate and W.is_contiguous():  # sum_k W^2 per (o, i): as a
+            # product, one pass over W (square + sum wrote and read a squared
+            # copy: 3.5 % of a bfloat16 PTI step at batch 1, measured side by side)
             v = W.reshape(W.shape[0], W.shape[1], -1)
             w2 = torch.einsum("oik,oik->oi", v, v)
+        elif demodulate:
+            w2 = _stored_sum_of_squares(W)
         return wb, w2
 
     @staticmethod
@@ -265,10 +267,13 @@ class _SharedWeight(torch.autograd.Function):
         (W,) = ctx.saved_tensors
         if g_wb is None and g_w2 is None:
             return None, None, None, None, None
-        out = torch.empty_like(W, memory_format=torch.contiguous_format)
+        # in W's layout (contiguous, or stored_weight's order): what the
+        # optimiser reads without a copy
+        out = torch.empty_like(W)
         if g_wb is not None and ctx.transposed:
             i, o, kh, kw = g_wb.shape
-            if g_wb.is_contiguous(memory_format=torch.channels_last):
+            if g_wb.is_contiguous(memory_format=torch.channels_last) \
+                    and W.is_contiguous():
                 # back from [I, kh, kw, O] memory to W's [O, I, kh, kw] as one 2-D
                 # transpose (2.6 instead of 9.0 ms through the strided view, in
                 # bfloat16 for 512 channels, gradient step included)
@@ -284,6 +289,22 @@ class _SharedWeight(torch.autograd.Function):
             torch.addcmul(g_wb, W, g_w2[:, :, None, None].to(W.dtype), value=2.0,
                           out=out)
         return out, None, None, None, None
+
+
+def _stored_sum_of_squares(W: Tensor) -> Tensor:
+    """``sum_k W^2 [O, I]`` of a weight stored in :func:`stored_weight`'s order:
+    the kernel is the middle of the storage (``[O, kh*kw, I]`` or, transposed,
+    ``[I, kh*kw, O]``), summed there (0.56 ms for 512 channels; the product of
+    the contiguous case first copies such a W, 2.3 ms, and ``square().sum`` over
+    a transposed one's strided kernel dimensions took 8.3 ms)."""
+    o, i, kh, kw = W.shape
+    for order, transposed in (((0, 2, 3, 1), False), ((1, 2, 3, 0), True)):
+        s = W.permute(*order)
+        if s.is_contiguous():
+            v = s.view(s.shape[0], kh * kw, s.shape[3])
+            w2 = torch.linalg.vecdot(v, v, dim=1)
+            return w2.t() if transposed else w2
+    return W.square().sum(dim=(2, 3))
 
 
 def _transpose2d(m: Tensor) -> Tensor:
@@ -467,15 +488,24 @@ def grouped_layout(x: Tensor) -> Tensor:
 def stored_weight(weight: Tensor, transposed: bool = False) -> Tensor:
     """Per-sample weights ``[N, O, I, kh, kw]`` as a contiguous tensor in the
     memory order the grouped convolution reads: ``[N, O, kh, kw, I]``, or
-    ``[N, I, kh, kw, O]`` for the transposed (up-sampling) one. Optimisers update
-    it as a plain contiguous tensor; :func:`weight_from_storage` is the view the
-    network takes."""
+    ``[N, I, kh, kw, O]`` for the transposed (up-sampling) one; a single weight
+    ``[O, I, kh, kw]`` likewise without ``N``, the order a batch-1 convolution
+    reads (channels-last). Optimisers update it as a plain contiguous tensor (the
+    fused Adam copies any other layout, both ways, every step);
+    :func:`weight_from_storage` is the view the network takes."""
+    if weight.ndim == 4:
+        return weight.permute(*((1, 2, 3, 0) if transposed else (0, 2, 3, 1))
+                              ).contiguous()
     order = (0, 2, 3, 4, 1) if transposed else (0, 1, 3, 4, 2)
     return weight.permute(*order).contiguous()
 
 
 def weight_from_storage(storage: Tensor, transposed: bool = False) -> Tensor:
-    """The ``[N, O, I, kh, kw]`` view of :func:`stored_weight`'s tensor."""
+    """The ``[N, O, I, kh, kw]`` (or ``[O, I, kh, kw]``) view of
+    :func:`stored_weight`'s tensor."""
+    if storage.ndim == 4:
+        return storage.permute(3, 0, 1, 2) if transposed \
+            else storage.permute(0, 3, 1, 2)
     return storage.permute(0, 4, 1, 2, 3) if transposed \
         else storage.permute(0, 1, 4, 2, 3)
 

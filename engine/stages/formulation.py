@@ -89,7 +89,8 @@ def device_name(device: Any) -> str:
 #: after a release changes how the formulations compute (2: up-sampling
 #: convolutions as input gradients, the shared weight's one-pass side,
 #: HYBRID_FACTOR 8; 3: a PTI candidate times the whole step, loss and Adam
-#: included, since the fast recipe compares per-frame seconds across batch sizes)
+#: included, since the fast recipe compares per-frame seconds across batch sizes;
+#: conv weights trained in their convolutions' memory order)
 KERNELS_REVISION = 3
 
 

@@ -189,6 +189,11 @@ class PTITuner:
         self.device = device
         self.G = copy.deepcopy(self.G0).train()
         self.G.synthesis.requires_grad_(True)  # mapping: no gradient (fixed pivots)
+        # conv weights in their convolutions' memory order; Adam updates the
+        # contiguous aliases (engine/nets/stylegan2.py)
+        from engine.nets.stylegan2 import ConvOrderWeights
+
+        self.conv_order = ConvOrderWeights(self.G.synthesis)
         if plan is None:  # the fast recipe from cfg (tests, tools)
             # 0 = auto: what the device's memory holds (engine/stages/batching.py)
             batch = max(1, resolve_batch(cfg.batch_size, "pti", G0.img_resolution,
@@ -205,7 +210,8 @@ class PTITuner:
         # fused: one kernel per parameter group instead of a dozen small ops per
         # tensor (about 10 % of a batch-4 step of the tiny profile on a CPU); the
         # same update as the for-loop Adam up to float rounding.
-        self.opt = torch.optim.Adam(self.G.synthesis.parameters(), lr=self.lr,
+        self.opt = torch.optim.Adam(self.conv_order.optimised(
+                                        self.G.synthesis.parameters()), lr=self.lr,
                                     betas=(0.9, 0.999),
                                     fused=_fused_adam_ok(self.device))
         self.n_batches = math.ceil(len(self.frames) / self.batch)
@@ -229,6 +235,7 @@ class PTITuner:
     def load_state_dict(self, saved: dict[str, Any]) -> None:
         self.G.load_state_dict(saved["generator"])
         self.opt.load_state_dict(saved["optimizer"])
+        self.conv_order.restore_moments(self.opt.state)
         self.state = json.loads(saved["state"])
 
     def error(self, G: "Generator", abort: Any = None) -> dict[str, float]:
@@ -269,6 +276,7 @@ class PTITuner:
         B = len(rows)
         parts = _parts(B, self.per_frame)
         self.opt.zero_grad(set_to_none=True)
+        self.conv_order.zero_grad()
         total = torch.zeros((), device=self.device)
         mses, lps = [], []
         for part in parts:
@@ -287,6 +295,7 @@ class PTITuner:
             total = total + loss.detach()
             mses.append(mse.detach())
             lps.append(lp.detach())
+        self.conv_order.hand_over_grads()
         self.opt.step()
         return (float(total), float(torch.cat(mses).mean()),
                 float(torch.cat(lps).mean()))

@@ -479,6 +479,7 @@ class RefineTuner:
             if "generator" in saved:
                 self.G.load_state_dict(saved["generator"])  # type: ignore[union-attr]
                 self.opt_g.load_state_dict(saved["opt_g"])
+                self.conv_order.restore_moments(self.opt_g.state)
 
     # -- phase 1 --
 
@@ -543,6 +544,7 @@ class RefineTuner:
     def _start_phase2(self) -> None:
         import torch
 
+        from engine.nets.stylegan2 import ConvOrderWeights
         from engine.stages.pti import _fused_adam_ok
 
         self._finish_phase1()
@@ -552,7 +554,11 @@ class RefineTuner:
         for name, p in self.G.synthesis.named_parameters():
             layer = ".".join(name.split(".")[:2])
             p.requires_grad_(layer not in frozen)
-        params = [p for p in self.G.synthesis.parameters() if p.requires_grad]
+        # conv weights in their convolutions' memory order, Adam over the
+        # contiguous aliases (as PTI; engine/nets/stylegan2.py)
+        self.conv_order = ConvOrderWeights(self.G.synthesis)
+        params = self.conv_order.optimised(
+            [p for p in self.G.synthesis.parameters() if p.requires_grad])
         self.opt_g = torch.optim.Adam(params, lr=self._lr(2, 0), betas=(0.9, 0.999),
                                       fused=_fused_adam_ok(self.device))
 
@@ -621,7 +627,9 @@ class RefineTuner:
             reg = _locality_loss(G, self.G0, self.lpips, w_anchor, cfg, seed)
             loss = loss + cfg.reg_g * reg
         self.opt_g.zero_grad(set_to_none=True)
+        self.conv_order.zero_grad()
         loss.backward()
+        self.conv_order.hand_over_grads()
         self.opt_g.step()
         return _record(loss, terms, reg)
 

@@ -274,11 +274,13 @@ class _Stacked:
 
 
 class _PerFrame:
-    """Per-frame copies as separate tensors (``loop``): frame ``j``'s copy renders
-    through its own batch-1 forward with its parameters in their own shapes, so
-    each convolution takes the batch-1 path of the reference loop (plain autograd
-    modulation, engine/nets/ops.py ``modulated_conv2d``), the path that is fastest
-    at batch 1; one fused Adam runs over every frame's tensors. (Stored as stacks
+    """Per-frame copies as separate tensors (``loop``, ``hybrid``): frame ``j``'s
+    copy renders through its own batch-1 forward with its parameters in their own
+    shapes (conv weights as views of tensors kept in the convolution's memory
+    order), so each convolution takes the batch-1 path of the reference loop
+    (plain autograd modulation, engine/nets/ops.py ``modulated_conv2d``), the
+    path that is fastest at batch 1; one fused Adam runs over every frame's
+    tensors. (Stored as stacks
     of one, the weights took the per-sample closed-form path, which costs more per
     step at batch 1 and made this formulation slower than the reference loop,
     docs/pipeline.md "Speed".)"""
@@ -286,9 +288,20 @@ class _PerFrame:
     def __init__(self, st: "BatchedStitcher", B: int) -> None:
         import torch
 
+        from engine.nets.ops import stored_weight
+
         self.st = st
         named = dict(st.module.named_parameters())
-        self.params = [{k: named[k].detach().clone().requires_grad_(True)
+        # conv weights stored in the order their batch-1 convolution reads
+        # (channels-last; the up-sampling ones transposed), contiguous, so that
+        # neither the cast into the convolution's layout forward, nor the
+        # gradient's way back, nor the fused Adam copies them: 0.3 instead of
+        # 1.1 ms (2.1 with the transposition) per 512-channel weight and pass
+        self.stored = {k for k in st.names if named[k].ndim == 4
+                       and named[k].shape[-2:] != (1, 1)}
+        self.params = [{k: (stored_weight(named[k].detach(), k in st.transposed)
+                            if k in self.stored else named[k].detach().clone()
+                            ).requires_grad_(True)
                         for k in st.names} for _ in range(B)]
         self.m1 = [{k: torch.zeros_like(v) for k, v in p.items()}
                    for p in self.params]
@@ -298,7 +311,11 @@ class _PerFrame:
     def _one(self, j: int, inputs: EditLatents, i: int) -> "torch.Tensor":
         from torch.func import functional_call
 
-        return functional_call(self.st.module, {**self.st.fixed, **self.params[j]},
+        from engine.nets.ops import weight_from_storage
+
+        views = {k: weight_from_storage(v, k in self.st.transposed)
+                 if k in self.stored else v for k, v in self.params[j].items()}
+        return functional_call(self.st.module, {**self.st.fixed, **views},
                                (inputs.select(slice(i, i + 1)).arg(),))
 
     def forward(self, active: list[int], inputs: EditLatents, B: int
