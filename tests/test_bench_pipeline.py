@@ -29,6 +29,8 @@ def test_bench_official_architecture_small(tmp_path):
         [sys.executable, str(ROOT / "bench" / "pipeline.py"), "--arch", "official",
          "--size", "32", "--frames", "2", "--pti-passes", "1", "--stitch-steps", "2",
          "--rounds", "2", "--device", "cpu", "--conv-time", "--json", str(out),
+         # a small reserve (the default 10 GiB is for the real size)
+         "--reserve-gib", "0.0625",
          # pinned: the one-time measurement has its own tests, and at the official
          # channel counts it would take longer than the loops; hybrid is the
          # formulation that mixes both modulation paths in one network
@@ -39,6 +41,7 @@ def test_bench_official_architecture_small(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     fig = json.loads(out.read_text())
     assert fig["arch"] == "official" and fig["size"] == 32 and not fig["failures"]
+    assert fig["heap_reserved_gib"] == (0.0625 if fig["freed_memory_kept"] else 0)
     for part in ("pti", "stitch"):
         f = fig[part]
         rows = {r["loop"]: r for r in f["rows"]}

@@ -277,7 +277,7 @@ def test_conv_order_weights_train_as_the_plain_parameters(fused):
     saved = opts[0].state_dict()
     opts[1].load_state_dict(saved)
     order.restore_moments(opts[1].state)
-    for (p, alias, transposed), q in zip(order.pairs, [
+    for (_p, alias, transposed), q in zip(order.pairs, [
             m.weight for m in plain.synthesis.modules()
             if isinstance(m, SynthesisLayer)]):
         st, want = opts[1].state[alias], opts[0].state[q]

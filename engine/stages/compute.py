@@ -29,7 +29,8 @@ from fsexchange.fsutil import publish_once
 
 from engine.stages.outputs import JobFiles
 
-__all__ = ["keep_freed_memory", "pin_threads", "pinned_threads", "recorded_threads"]
+__all__ = ["keep_freed_memory", "reserve_heap", "pin_threads", "pinned_threads",
+           "recorded_threads"]
 
 #: set to 0 to leave the C allocator as it is
 KEEP_FREED_MEMORY_ENV = "FACESTITCH_KEEP_FREED_MEMORY"
@@ -58,11 +59,45 @@ def keep_freed_memory() -> bool:
             try:
                 mallopt = ctypes.CDLL(None).mallopt
                 mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+                # -1: glibc stores the threshold as a size_t, so this is "never";
+                # its largest int (2 GiB), used before, trimmed any heap whose
+                # free top passed 2 GiB, and the next steps faulted it back in
+                # (on a virtual machine at up to 7 s per GiB: rounds of the
+                # official-size benchmark ran up to 5x slower)
                 _kept = bool(mallopt(_M_MMAP_MAX, 0)
-                             and mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1))
+                             and mallopt(_M_TRIM_THRESHOLD, -1))
             except (OSError, AttributeError):
                 _kept = False
     return _kept
+
+
+def reserve_heap(nbytes: int) -> int:
+    """Grow the kept heap by ``nbytes`` now, touching every page, so that later
+    allocations up to that size reuse memory the process already holds; returns
+    the bytes reserved (0 where :func:`keep_freed_memory` is not in effect).
+
+    For benchmarks, where loops are compared side by side in one process: over
+    rounds of differently shaped loops the heap fragments and keeps growing (to
+    5-9 GiB in the official-size PTI comparison at 256 px), and on a virtual
+    machine whose host backs guest memory lazily the first touch of a page can
+    cost far more than the kernel's zeroing (7 s per GiB measured on the 2-core
+    machine of docs/pipeline.md "Speed"), so whichever loop happened to grow the
+    heap ran up to 5x slower in that round.
+    """
+    if nbytes <= 0 or not keep_freed_memory():
+        return 0
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.memset.restype = ctypes.c_void_p
+    libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+    block = libc.malloc(nbytes)
+    if not block:
+        return 0
+    libc.memset(block, 0, nbytes)  # every page mapped and backed
+    libc.free(block)  # back to the heap, which is never trimmed
+    return nbytes
 
 
 def recorded_threads(job_dir: Path) -> int | None:
