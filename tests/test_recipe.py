@@ -367,7 +367,8 @@ def test_fast_pti_batches_only_where_batching_pays(tmp_path, batch_1, expect):
 def test_a_chosen_batch_or_formulation_is_not_second_guessed():
     """An explicit ``pti.batch_size`` or ``pti.formulation`` is the user's: no
     comparison with batch 1 (the formulation is measured at the given batch, or
-    not at all); the reference recipe measures batch 1 only."""
+    not at all); the reference recipe measures batch 1 only; a data-parallel
+    stage keeps its mini-batch."""
     slow_batching = {4: 1.0, 1: 0.5}
     asked, choose_ = _scripted(slow_batching)
     cfg = PipelineConfig.from_options({"pti": {"batch_size": 4}})
@@ -383,6 +384,11 @@ def test_a_chosen_batch_or_formulation_is_not_second_guessed():
     plan = pti_plan(PipelineConfig.from_options({}), "reference", resolution=64,
                     device="cpu", frames=4, choose=choose_)
     assert (plan.batch_size, asked) == (1, [1])
+    # several devices split each mini-batch between them: it always pays there
+    asked, choose_ = _scripted(slow_batching)
+    plan = pti_plan(PipelineConfig.from_options({}), "fast", resolution=64,
+                    device="cpu", frames=4, choose=choose_, devices=2)
+    assert (plan.batch_size, plan.formulation, asked) == (4, "at4", [4])
 
 
 def test_fast_pti_batching_measured_on_the_network(nets, tmp_path):

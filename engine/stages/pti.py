@@ -392,7 +392,8 @@ class PTIStage(Stage):
         plan = pti_plan(ctx.config, recipe, resolution=G0.img_resolution,
                         device=dev, frames=len(frames), stage_dir=out,
                         choose=lambda d: choose("pti", G0, d, dev, pti_candidates(
-                            G0, lpips, dev, d["dtype"])))
+                            G0, lpips, dev, d["dtype"])),
+                        devices=ctx.parallel.world if ctx.parallel is not None else 1)
         cfg = replace(cfg, batch_size=plan.batch_size)
         tuner = PTITuner(G0, lpips, pivots, frames, targets, cfg,
                          seed=ctx.config.seed, device=dev, plan=plan)

@@ -138,8 +138,8 @@ def _plan(stage_dir: Path | None, resolve: Callable[[], dict[str, Any]],
 
 def pti_plan(config: PipelineConfig, recipe: str, *, resolution: int, device: Any,
              frames: int, stage_dir: Path | None = None,
-             choose: Callable[[dict[str, Any]], "Choice"] | None = None
-             ) -> TrainingPlan:
+             choose: Callable[[dict[str, Any]], "Choice"] | None = None,
+             devices: int = 1) -> TrainingPlan:
     """PTI's plan under ``recipe`` (``settings.json`` in ``stage_dir`` when given).
 
     ``choose(plan)`` returns the formulation for the resolved batch and dtype when
@@ -147,7 +147,8 @@ def pti_plan(config: PipelineConfig, recipe: str, *, resolution: int, device: An
     :func:`engine.stages.formulation.choose`); without it, ``modulated``. Under
     ``fast`` with ``pti.batch_size`` automatic it also decides whether the
     mini-batch pays (module docstring); the comparison is written to
-    ``settings.json`` as ``batching``."""
+    ``settings.json`` as ``batching``. Not on several ``devices`` (data
+    parallelism splits each mini-batch across them, so it always pays there)."""
     cfg = config.pti
 
     def resolve() -> dict[str, Any]:
@@ -160,7 +161,7 @@ def pti_plan(config: PipelineConfig, recipe: str, *, resolution: int, device: An
         d = {"recipe": recipe, "batch_size": batch, "dtype": dtype,
              "lr": cfg.lr * (batch if cfg.lr_batch_scaling else 1), "shuffle": True}
         if batch > 1 and not cfg.batch_size and cfg.formulation == "auto" \
-                and choose is not None:
+                and choose is not None and devices == 1:
             d.update(_batching(d, cfg.lr, choose))
         return d
 
