@@ -320,12 +320,15 @@ def pti_candidates(G: "Generator", lpips: Any, device: str, dtype: str
     runs once per step whatever the batch."""
     import torch
 
+    from engine.nets.stylegan2 import ConvOrderWeights
+
     def candidates(n: int) -> dict[str, Callable[[], None]]:
         Gc = copy.deepcopy(G).train().requires_grad_(False)
         Gc.synthesis.requires_grad_(True)
+        order = ConvOrderWeights(Gc.synthesis)  # as PTITuner trains
         # one optimiser for all candidates, its step costs the same for each
         # (the copy's values do not matter)
-        opt = torch.optim.Adam(Gc.synthesis.parameters(), lr=3e-5,
+        opt = torch.optim.Adam(order.optimised(Gc.synthesis.parameters()), lr=3e-5,
                                fused=_fused_adam_ok(device))
         gen = torch.Generator().manual_seed(0)
         R = G.img_resolution
@@ -337,6 +340,7 @@ def pti_candidates(G: "Generator", lpips: Any, device: str, dtype: str
 
         def step(name: str) -> None:
             opt.zero_grad(set_to_none=True)
+            order.zero_grad()
             for part in _parts(n, name == "loop"):
                 with autocast(device, dtype):
                     img = Gc.synthesis(ws[part], fused=PTI_FUSED[name]).float()
@@ -344,6 +348,7 @@ def pti_candidates(G: "Generator", lpips: Any, device: str, dtype: str
                     lp = _lpips(lpips, img, [f[part] for f in feats]).float()
                     loss = (mse + lp.reshape(-1)).sum() / n
                 loss.backward()
+            order.hand_over_grads()
             opt.step()
 
         # at batch 1 "loop" is "autograd": not timed twice

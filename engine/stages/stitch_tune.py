@@ -280,10 +280,9 @@ class _PerFrame:
     order), so each convolution takes the batch-1 path of the reference loop
     (plain autograd modulation, engine/nets/ops.py ``modulated_conv2d``), the
     path that is fastest at batch 1; one fused Adam runs over every frame's
-    tensors. (Stored as stacks
-    of one, the weights took the per-sample closed-form path, which costs more per
-    step at batch 1 and made this formulation slower than the reference loop,
-    docs/pipeline.md "Speed".)"""
+    tensors. (Stored as stacks of one, the weights took the per-sample
+    closed-form path, which costs more per step at batch 1 and made this
+    formulation slower than the reference loop, docs/pipeline.md "Speed".)"""
 
     def __init__(self, st: "BatchedStitcher", B: int) -> None:
         import torch
