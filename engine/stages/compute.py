@@ -74,7 +74,8 @@ def keep_freed_memory() -> bool:
 def reserve_heap(nbytes: int) -> int:
     """Grow the kept heap by ``nbytes`` now, touching every page, so that later
     allocations up to that size reuse memory the process already holds; returns
-    the bytes reserved (0 where :func:`keep_freed_memory` is not in effect).
+    the bytes reserved (at most half the machine's available memory; 0 where
+    :func:`keep_freed_memory` is not in effect).
 
     For benchmarks, where loops are compared side by side in one process: over
     rounds of differently shaped loops the heap fragments and keeps growing (to
@@ -85,6 +86,11 @@ def reserve_heap(nbytes: int) -> int:
     heap ran up to 5x slower in that round.
     """
     if nbytes <= 0 or not keep_freed_memory():
+        return 0
+    # never more than half of what the machine has available: touching every
+    # page of a reserve it cannot hold would end in the out-of-memory killer
+    nbytes = min(nbytes, _available_memory() // 2)
+    if nbytes <= 0:
         return 0
     libc = ctypes.CDLL(None)
     libc.malloc.restype = ctypes.c_void_p
@@ -98,6 +104,17 @@ def reserve_heap(nbytes: int) -> int:
     libc.memset(block, 0, nbytes)  # every page mapped and backed
     libc.free(block)  # back to the heap, which is never trimmed
     return nbytes
+
+
+def _available_memory() -> int:
+    """``MemAvailable`` of /proc/meminfo in bytes (0 where it cannot be read)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def recorded_threads(job_dir: Path) -> int | None:
