@@ -89,7 +89,9 @@ def reserve_heap(nbytes: int) -> int:
         return 0
     # never more than half of what the machine has available: touching every
     # page of a reserve it cannot hold would end in the out-of-memory killer
-    nbytes = min(nbytes, _available_memory() // 2)
+    from engine.stages.batching import free_memory
+
+    nbytes = min(nbytes, free_memory("cpu") // 2)
     if nbytes <= 0:
         return 0
     libc = ctypes.CDLL(None)
@@ -104,17 +106,6 @@ def reserve_heap(nbytes: int) -> int:
     libc.memset(block, 0, nbytes)  # every page mapped and backed
     libc.free(block)  # back to the heap, which is never trimmed
     return nbytes
-
-
-def _available_memory() -> int:
-    """``MemAvailable`` of /proc/meminfo in bytes (0 where it cannot be read)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
 
 
 def recorded_threads(job_dir: Path) -> int | None:
