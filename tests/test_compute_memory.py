@@ -110,11 +110,11 @@ def test_a_heap_past_2_gib_is_kept_and_a_reserve_is_reused():
 def test_a_reserve_never_takes_more_than_half_the_available_memory(monkeypatch):
     from engine.stages import compute
 
-    monkeypatch.setattr("engine.stages.batching.free_memory", lambda dev: 64 << 20)
+    monkeypatch.setattr("engine.stages.compute.free_memory", lambda dev: 64 << 20)
     if not compute.keep_freed_memory():
         pytest.skip("the allocator setting is glibc's")
     assert compute.reserve_heap(1 << 40) == 32 << 20
-    monkeypatch.setattr("engine.stages.batching.free_memory", lambda dev: 0)
+    monkeypatch.setattr("engine.stages.compute.free_memory", lambda dev: 0)
     assert compute.reserve_heap(1 << 20) == 0
 
 

@@ -245,15 +245,7 @@ class _SharedWeight(torch.autograd.Function):
             w = W.transpose(0, 1) if transposed else W
             wb = torch.empty(w.shape, dtype=dtype, device=W.device,
                              memory_format=memory_format).copy_(w)
-        w2 = None
-        if demodulate and W.is_contiguous():  # sum_k W^2 per (o, i): as a
-            # product, one pass over W (square + sum wrote and read a squared
-            # copy: 3.5 % of a bfloat16 PTI step at batch 1, measured side by side)
-            v = W.reshape(W.shape[0], W.shape[1], -1)
-            w2 = torch.einsum("oik,oik->oi", v, v)
-        elif demodulate:
-            w2 = _stored_sum_of_squares(W)
-        return wb, w2
+        return wb, _kernel_sums_of_squares(W) if demodulate else None
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
@@ -291,13 +283,19 @@ class _SharedWeight(torch.autograd.Function):
         return out, None, None, None, None
 
 
-def _stored_sum_of_squares(W: Tensor) -> Tensor:
-    """``sum_k W^2 [O, I]`` of a weight stored in :func:`stored_weight`'s order:
-    the kernel is the middle of the storage (``[O, kh*kw, I]`` or, transposed,
-    ``[I, kh*kw, O]``), summed there (0.56 ms for 512 channels; the product of
-    the contiguous case first copies such a W, 2.3 ms, and ``square().sum`` over
-    a transposed one's strided kernel dimensions took 8.3 ms)."""
+def _kernel_sums_of_squares(W: Tensor) -> Tensor:
+    """``w2 [O, I] = sum_k W^2`` of a weight ``[O, I, kh, kw]``, one pass over W
+    in its own memory order. Contiguous: as a product (square + sum wrote and read
+    a squared copy: 3.5 % of a bfloat16 PTI step at batch 1, measured side by
+    side). Stored in :func:`stored_weight`'s order: the kernel is the middle of
+    the storage (``[O, kh*kw, I]`` or, transposed, ``[I, kh*kw, O]``), summed
+    there (0.56 ms for 512 channels; the product first copies such a W, 2.3 ms,
+    and ``square().sum`` over a transposed one's strided kernel dimensions took
+    8.3 ms)."""
     o, i, kh, kw = W.shape
+    if W.is_contiguous():
+        v = W.reshape(o, i, kh * kw)
+        return torch.einsum("oik,oik->oi", v, v)
     for order, transposed in (((0, 2, 3, 1), False), ((1, 2, 3, 0), True)):
         s = W.permute(*order)
         if s.is_contiguous():

@@ -27,6 +27,7 @@ from typing import Iterator
 
 from fsexchange.fsutil import publish_once
 
+from engine.stages.batching import free_memory
 from engine.stages.outputs import JobFiles
 
 __all__ = ["keep_freed_memory", "reserve_heap", "pin_threads", "pinned_threads",
@@ -89,8 +90,6 @@ def reserve_heap(nbytes: int) -> int:
         return 0
     # never more than half of what the machine has available: touching every
     # page of a reserve it cannot hold would end in the out-of-memory killer
-    from engine.stages.batching import free_memory
-
     nbytes = min(nbytes, free_memory("cpu") // 2)
     if nbytes <= 0:
         return 0
