@@ -63,8 +63,8 @@ def keep_freed_memory() -> bool:
                 # -1: glibc stores the threshold as a size_t, so this is "never";
                 # its largest int (2 GiB), used before, trimmed any heap whose
                 # free top passed 2 GiB, and the next steps faulted it back in
-                # (on a virtual machine at up to 7 s per GiB: rounds of the
-                # official-size benchmark ran up to 5x slower)
+                # (on a virtual machine at about 8 s per GiB: rounds of the
+                # official-size benchmark ran up to 3x slower)
                 _kept = bool(mallopt(_M_MMAP_MAX, 0)
                              and mallopt(_M_TRIM_THRESHOLD, -1))
             except (OSError, AttributeError):
@@ -82,9 +82,9 @@ def reserve_heap(nbytes: int) -> int:
     rounds of differently shaped loops the heap fragments and keeps growing (to
     5-9 GiB in the official-size PTI comparison at 256 px), and on a virtual
     machine whose host backs guest memory lazily the first touch of a page can
-    cost far more than the kernel's zeroing (7 s per GiB measured on the 2-core
-    machine of docs/pipeline.md "Speed"), so whichever loop happened to grow the
-    heap ran up to 5x slower in that round.
+    cost far more than the kernel's zeroing (7.6-7.9 s per GiB measured on the
+    2-core machine of docs/pipeline.md "Speed"), so whichever loop happened to
+    grow the heap ran up to 3x slower in that round.
     """
     if nbytes <= 0 or not keep_freed_memory():
         return 0
