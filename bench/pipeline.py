@@ -132,6 +132,46 @@ def _flops(fn: Callable[[], Any]) -> float:
     return float(fc.get_total_flops())
 
 
+class _ConvMacs(torch.utils._python_dispatch.TorchDispatchMode):
+    """Multiply-accumulates of every convolution dispatched inside, split into the
+    FIR filters of the resampling (depthwise, one input channel per group) and the
+    rest (the modulated convolutions and ToRGB)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fir = self.other = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket is torch.ops.aten.convolution:
+            w = args[1]  # [O, I/groups, kh, kw]; transposed: [I, O/groups, kh, kw]
+            transposed = args[6]
+            # each output element reads I/groups x kh x kw inputs; transposed,
+            # each input element meets O/groups x kh x kw outputs
+            macs = (args[0] if transposed else out).numel() * w[0].numel()
+            if w.shape[1] == 1 and not transposed:
+                self.fir += macs
+            else:
+                self.other += macs
+        return out
+
+
+def generator_macs(size: int) -> dict[str, float]:
+    """GMAC of one forward of the official synthesis network at ``size`` px, one
+    frame: ``convolutions`` (the modulated convolutions and ToRGB: 74.3 at 1024
+    px, the figure the architecture is usually quoted by) and ``fir`` (the FIR
+    filters of the up-sampling, which torch's FLOP counter adds: 1.1 at 1024 px).
+    Counted from shapes on the meta device, with the reference's operations."""
+    from engine.nets.stylegan2 import OFFICIAL_GENERATOR_KWARGS, Generator
+
+    with torch.device("meta"):
+        G = Generator(**dict(OFFICIAL_GENERATOR_KWARGS, img_resolution=size))
+        ws = torch.zeros(1, G.num_ws, G.w_dim)
+    with torch.no_grad(), reference_ops(), _ConvMacs() as m:
+        G.synthesis(ws)
+    return {"convolutions": m.other / 1e9, "fir": m.fir / 1e9}
+
+
 class _ClockedConv(torch.autograd.Function):
     """One convolution (``conv2d`` or ``conv_transpose2d``) whose forward and
     backward add their seconds to ``clock.seconds``. Inputs arrive already in the
@@ -428,6 +468,31 @@ def _timing(secs: dict[str, list[float]], work: int) -> dict[str, dict[str, Any]
     return out
 
 
+def _throughput(fig: dict[str, Any], updates_per_frame: int) -> None:
+    """Adds to each row its achieved TFLOP/s (the reference step's FLOPs per
+    frame-update, so every row is credited with the same useful work) and the
+    frames per minute a job's stage would process at ``updates_per_frame`` (the
+    default PTI passes or stitching steps)."""
+    fig["job_updates_per_frame"] = updates_per_frame
+    for row in fig["rows"]:
+        ups = row["updates_per_second"]
+        row["tflops"] = fig["flops_per_update"] * ups / 1e12
+        row["job_frames_per_minute"] = 60.0 * ups / updates_per_frame
+
+
+def shot_minutes(out: dict[str, Any], frames: int = 300) -> dict[str, dict[str, float]]:
+    """Per row name present in both parts: minutes of PTI and of stitching for a
+    ``frames``-frame shot at the rows' measured rates and a job's settings
+    (stitching at its full step count; early stops only shorten it)."""
+    rows = {part: {r["loop"]: r for r in out[part]["rows"]}
+            for part in ("pti", "stitch") if part in out}
+    if len(rows) < 2:
+        return {}
+    return {name: {"pti": frames / r["job_frames_per_minute"],
+                   "stitch": frames / rows["stitch"][name]["job_frames_per_minute"]}
+            for name, r in rows["pti"].items() if name in rows["stitch"]}
+
+
 def _variants(recipes: list[str], dtypes: list[str]) -> list[tuple[str, str]]:
     return [(r, d) for r in recipes for d in dtypes]
 
@@ -508,6 +573,7 @@ def bench_pti(inp: dict[str, Any], cfg: PipelineConfig, passes: int, device: str
                      **({"batching": plan.batching} if plan.batching else {})})
     out = {"frames": n, "passes": passes, "work": work, "rows": rows,
            "before": err(G0), "flops_per_update": _flops(one_ref_step)}
+    _throughput(out, PipelineConfig().pti.steps)
     if conv_time:
         # the generator's convolutions only (LPIPS's are not clocked): the
         # ceiling printed is then an upper bound
@@ -764,6 +830,7 @@ def bench_stitch(inp: dict[str, Any], cfg: PipelineConfig, steps: int, device: s
                      "label": _label("stitch", key[0], key[1], plan)})
     out = {"frames": n, "steps": steps, "work": work, "rows": rows,
            "flops_per_update": _flops(one_ref_step)}
+    _throughput(out, PipelineConfig().stitch.steps)
     if conv_time:
         out["convolutions"] = _conv_time(fns, last, work, secs, device,
                                          lambda after: after)
@@ -836,7 +903,8 @@ def check_rows(part: str, fig: dict[str, Any], tol: float) -> list[str]:
 def print_rows(title: str, part: str, fig: dict[str, Any], unit: str) -> None:
     print(f"\n{title}")
     print(f"  {'loop':<20} {'formulation':<20} {'batch':>5} {unit + '/s':>14} "
-          f"{'ratio (range)':>20}  {'loss reached':<28} note")
+          f"{'TFLOP/s':>8} {'job fr/min':>10} {'ratio (range)':>20}  "
+          f"{'loss reached':<28} note")
     for row in fig["rows"]:
         if part == "pti":
             loss = f"MSE {row['loss']['mse']:.5f} LPIPS {row['loss']['lpips']:.4f}"
@@ -846,7 +914,13 @@ def print_rows(title: str, part: str, fig: dict[str, Any], unit: str) -> None:
         note = row["label"] or ("same arithmetic" if row["loop"] != "re-creation"
                                 else "")
         print(f"  {row['loop']:<20} {str(row['formulation']):<20} {row['batch']:>5} "
-              f"{row['updates_per_second']:>14.3f} {rng:>20}  {loss:<28} {note}")
+              f"{row['updates_per_second']:>14.3f} {row['tflops']:>8.3f} "
+              f"{row['job_frames_per_minute']:>10.2f} {rng:>20}  {loss:<28} {note}")
+    if "job_updates_per_frame" in fig:
+        print(f"  (TFLOP/s: the reference step's {fig['flops_per_update'] / 1e9:.0f} "
+              "GFLOP per frame-update, forward and backward, at each row's rate; job "
+              f"fr/min: frames a job's stage processes per minute at "
+              f"{fig['job_updates_per_frame']} updates per frame)")
     for row in fig["rows"]:
         b = row.get("batching")
         if b:  # the fast recipe's PTI measured whether its mini-batch pays
@@ -1324,6 +1398,14 @@ def _speed(args: argparse.Namespace, dev: str, work: Path, official: bool) -> in
             out["stages"] = rows
         inp = real_inputs(jd, profile, dev)
     print(f"networks: {inp['arch']}")
+    if official:
+        macs = generator_macs(args.size)
+        out["generator_gmac"] = macs
+        print(f"generator forward: {macs['convolutions']:.1f} GMAC in its "
+              f"convolutions (+{macs['fir']:.2f} in the FIR filters) per frame at "
+              f"{args.size} px"
+              + (f"; at 1024 px: {generator_macs(1024)['convolutions']:.1f}"
+                 if args.size != 1024 else ""))
     fails: list[str] = []
     if args.only in (None, "pti"):
         pr = bench_pti(inp, cfg, args.pti_passes, dev, variants, args.rounds,
@@ -1366,6 +1448,16 @@ def _speed(args: argparse.Namespace, dev: str, work: Path, official: bool) -> in
                    "frame-updates")
         _print_conv_time(sr)
         out["stitch"] = sr
+    shot = shot_minutes(out)
+    if shot:
+        out["shot_minutes_300_frames"] = shot
+        print(f"\nA 300-frame shot at {args.size if official else 'this'} px at these "
+              f"rates, {PipelineConfig().pti.steps} PTI passes and up to "
+              f"{PipelineConfig().stitch.steps} stitching steps per frame (minutes; "
+              "alignment, inversion, edits and writing not included):")
+        for name, m in shot.items():
+            print(f"  {name:<20} PTI {m['pti']:9.1f}  stitching {m['stitch']:9.1f}  "
+                  f"both {m['pti'] + m['stitch']:9.1f}")
     out["load_average_end"] = list(os.getloadavg())
     out["failures"] = fails
     if args.memory:

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -74,6 +75,44 @@ def test_bench_official_architecture_small(tmp_path):
             assert conv[f"{loop}_max_abs_diff_loss"] < 1e-6
             assert conv[f"{loop}_ceiling_ratio" if loop != "ref" else "ref_conv_ms"] > 0
     assert "ratio (range)" in proc.stdout and "same arithmetic" in proc.stdout
+    # the GPU figures of issue 17: achieved TFLOP/s and a job's frames per minute
+    # per row, the generator's MACs, and a 300-frame shot's minutes
+    assert fig["generator_gmac"]["convolutions"] == pytest.approx(4.0, abs=0.01)
+    for part, per_frame in (("pti", 80), ("stitch", 100)):
+        f = fig[part]
+        assert f["job_updates_per_frame"] == per_frame
+        for r in f["rows"]:
+            assert r["tflops"] == pytest.approx(
+                f["flops_per_update"] * r["updates_per_second"] / 1e12)
+            assert r["job_frames_per_minute"] == pytest.approx(
+                60 * r["updates_per_second"] / per_frame)
+    shot = fig["shot_minutes_300_frames"]
+    assert set(shot) == {r["loop"] for r in fig["pti"]["rows"]}
+    assert shot["fast/bfloat16"]["pti"] == pytest.approx(
+        300 / {r["loop"]: r for r in fig["pti"]["rows"]}["fast/bfloat16"][
+            "job_frames_per_minute"])
+    assert "TFLOP/s" in proc.stdout and "A 300-frame shot at 32 px" in proc.stdout
+
+
+def test_generator_macs_at_the_official_size():
+    """74.3 GMAC per forward at 1024 px (the architecture's published figure) in
+    the convolutions, and with the FIR filters what torch's FLOP counter counts."""
+    macs = bench.generator_macs(1024)
+    assert macs["convolutions"] == pytest.approx(74.26, abs=0.01)
+    assert macs["fir"] == pytest.approx(1.12, abs=0.01)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from engine.nets.ops import reference_ops
+    from engine.nets.stylegan2 import OFFICIAL_GENERATOR_KWARGS, Generator
+
+    with torch.device("meta"):
+        G = Generator(**dict(OFFICIAL_GENERATOR_KWARGS, img_resolution=64))
+        ws = torch.zeros(1, G.num_ws, G.w_dim)
+    with FlopCounterMode(display=False) as fc, torch.no_grad(), reference_ops():
+        G.synthesis(ws)
+    convs = fc.get_flop_counts()["Global"][torch.ops.aten.convolution]
+    m = bench.generator_macs(64)
+    assert 2e9 * (m["convolutions"] + m["fir"]) == pytest.approx(convs, rel=1e-9)
 
 
 def _fig(mse, lpips, label=""):
@@ -87,8 +126,9 @@ def test_a_measured_batch_choice_is_printed_with_its_row(capsys):
     """A fast PTI row whose batch was chosen by measurement (engine/stages/recipe.py)
     prints the per-frame seconds behind the choice."""
     row = {"loop": "fast/float32", "formulation": "hybrid", "batch": 1,
-           "updates_per_second": 0.8, "ratio": 1.08, "ratio_min": 1.06,
-           "ratio_max": 1.09, "loss": {"mse": 1.8, "lpips": 0.03},
+           "updates_per_second": 0.8, "tflops": 0.22, "job_frames_per_minute": 0.6,
+           "ratio": 1.08, "ratio_min": 1.06, "ratio_max": 1.09,
+           "loss": {"mse": 1.8, "lpips": 0.03},
            "label": "differs by design: shuffled",
            "batching": {"batch": 4, "frame_seconds": 1.137,
                         "batch_1_frame_seconds": 1.169, "gain": 0.0281}}
