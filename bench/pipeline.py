@@ -468,16 +468,29 @@ def _timing(secs: dict[str, list[float]], work: int) -> dict[str, dict[str, Any]
     return out
 
 
-def _throughput(fig: dict[str, Any], updates_per_frame: int) -> None:
+def _throughput(fig: dict[str, Any], updates_per_frame: int,
+                fixed: dict[str, float] | None = None) -> None:
     """Adds to each row its achieved TFLOP/s (the reference step's FLOPs per
     frame-update, so every row is credited with the same useful work) and the
     frames per minute a job's stage would process at ``updates_per_frame`` (the
-    default PTI passes or stitching steps)."""
+    default PTI passes or stitching steps). ``fixed``: per loop, the seconds a
+    frame costs besides its updates (stitching's renders), measured apart, so that
+    the projection weighs them once per frame and not once per benchmark step."""
     fig["job_updates_per_frame"] = updates_per_frame
+    per_frame = fig["work"] // fig["frames"]  # the benchmark's updates per frame
     for row in fig["rows"]:
         ups = row["updates_per_second"]
         row["tflops"] = fig["flops_per_update"] * ups / 1e12
-        row["job_frames_per_minute"] = 60.0 * ups / updates_per_frame
+        frame = row["median_seconds"] / fig["frames"]
+        key = "ref" if row["loop"] == "re-creation" else row["loop"]
+        if fixed is not None and key in fixed:
+            f = min(fixed[key], frame)
+            row["frame_fixed_seconds"] = f
+            row["update_seconds"] = (frame - f) / per_frame
+            job = f + updates_per_frame * row["update_seconds"]
+        else:
+            job = updates_per_frame / ups
+        row["job_frames_per_minute"] = 60.0 / job
 
 
 def shot_minutes(out: dict[str, Any], frames: int = 300) -> dict[str, dict[str, float]]:
@@ -806,6 +819,12 @@ def bench_stitch(inp: dict[str, Any], cfg: PipelineConfig, steps: int, device: s
     fns, last, secs = _recipe_rounds(ref, ours, plans, n, rounds, device)
     work = n * steps
     timing = _timing(secs, work)
+    # what a frame costs besides its steps (the float32 renders before and after
+    # tuning, the copies), one run of each loop at 0 steps: a job's frames per
+    # minute weighs it once per 100 steps, the benchmark once per --stitch-steps
+    fixed = {"ref": _timed(lambda: ref(n, 0), device)[1] / n}
+    for key in plans:
+        fixed["/".join(key)] = _timed(lambda key=key: ours(key, n, 0), device)[1] / n
     Gi = copy.deepcopy(G).train()
     Gi.synthesis.requires_grad_(True)
     x1 = edits.select(slice(0, 1)).arg()
@@ -830,7 +849,7 @@ def bench_stitch(inp: dict[str, Any], cfg: PipelineConfig, steps: int, device: s
                      "label": _label("stitch", key[0], key[1], plan)})
     out = {"frames": n, "steps": steps, "work": work, "rows": rows,
            "flops_per_update": _flops(one_ref_step)}
-    _throughput(out, PipelineConfig().stitch.steps)
+    _throughput(out, PipelineConfig().stitch.steps, fixed)
     if conv_time:
         out["convolutions"] = _conv_time(fns, last, work, secs, device,
                                          lambda after: after)
@@ -917,10 +936,15 @@ def print_rows(title: str, part: str, fig: dict[str, Any], unit: str) -> None:
               f"{row['updates_per_second']:>14.3f} {row['tflops']:>8.3f} "
               f"{row['job_frames_per_minute']:>10.2f} {rng:>20}  {loss:<28} {note}")
     if "job_updates_per_frame" in fig:
+        fixed = [r for r in fig["rows"] if "frame_fixed_seconds" in r]
         print(f"  (TFLOP/s: the reference step's {fig['flops_per_update'] / 1e9:.0f} "
               "GFLOP per frame-update, forward and backward, at each row's rate; job "
               f"fr/min: frames a job's stage processes per minute at "
-              f"{fig['job_updates_per_frame']} updates per frame)")
+              f"{fig['job_updates_per_frame']} updates per frame"
+              + (", each frame's renders timed apart at 0 steps: "
+                 + ", ".join(f"{r['loop']} {r['frame_fixed_seconds']:.2f} s + "
+                             f"{r['update_seconds']:.2f} s a step" for r in fixed)
+                 if fixed else "") + ")")
     for row in fig["rows"]:
         b = row.get("batching")
         if b:  # the fast recipe's PTI measured whether its mini-batch pays

@@ -84,8 +84,18 @@ def test_bench_official_architecture_small(tmp_path):
         for r in f["rows"]:
             assert r["tflops"] == pytest.approx(
                 f["flops_per_update"] * r["updates_per_second"] / 1e12)
+            if part == "pti":
+                assert r["job_frames_per_minute"] == pytest.approx(
+                    60 * r["updates_per_second"] / per_frame)
+                continue
+            # stitching's renders, timed apart, weigh once per frame: a frame of
+            # the benchmark is renders + 2 steps, a job's renders + 100 steps
+            fixed, step = r["frame_fixed_seconds"], r["update_seconds"]
+            assert fixed > 0 and step > 0
+            assert fixed + 2 * step == pytest.approx(r["median_seconds"] / 2)
             assert r["job_frames_per_minute"] == pytest.approx(
-                60 * r["updates_per_second"] / per_frame)
+                60 / (fixed + 100 * step))
+            assert r["job_frames_per_minute"] > 60 * r["updates_per_second"] / 100
     shot = fig["shot_minutes_300_frames"]
     assert set(shot) == {r["loop"] for r in fig["pti"]["rows"]}
     assert shot["fast/bfloat16"]["pti"] == pytest.approx(
