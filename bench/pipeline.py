@@ -38,6 +38,15 @@ a drift in a shared machine's speed does not decide them. A frame-update is one
 frame's share of one optimiser step (PTI: frames x passes; stitching: frames x
 steps).
 
+**Throughput.** Each row also prints its achieved TFLOP/s (the reference step's
+FLOPs per frame-update, counted by torch's FLOP counter, times the row's rate: every
+row is credited with the same useful work, so a row that computes less cannot look
+faster) and the frames per minute a job's stage would process at the default 80
+PTI passes and 100 stitching steps (stitching's per-frame renders are timed apart
+in one more run of each loop at 0 steps, so that they weigh once per frame); the
+header gives the generator's GMAC per forward (74.3 at 1024 px), and the end the
+minutes a 300-frame shot would take in PTI and stitching at these rates.
+
 **Same arithmetic or labelled.** Beside each row are the losses it reached after
 the same frame-updates: PTI's reconstruction MSE and LPIPS over all frames (float32)
 and stitching's mean border loss after tuning. A row that computes what the
@@ -1479,9 +1488,15 @@ def _speed(args: argparse.Namespace, dev: str, work: Path, official: bool) -> in
               f"rates, {PipelineConfig().pti.steps} PTI passes and up to "
               f"{PipelineConfig().stitch.steps} stitching steps per frame (minutes; "
               "alignment, inversion, edits and writing not included):")
+        ref = shot.get("re-creation")
         for name, m in shot.items():
+            both = (ref["pti"] + ref["stitch"]) / (m["pti"] + m["stitch"]) \
+                if ref else 0.0
+            vs = (f"  ({ref['pti'] / m['pti']:.2f}x, "
+                  f"{ref['stitch'] / m['stitch']:.2f}x, {both:.2f}x the "
+                  "re-creation's)" if ref and name != "re-creation" else "")
             print(f"  {name:<20} PTI {m['pti']:9.1f}  stitching {m['stitch']:9.1f}  "
-                  f"both {m['pti'] + m['stitch']:9.1f}")
+                  f"both {m['pti'] + m['stitch']:9.1f}{vs}")
     out["load_average_end"] = list(os.getloadavg())
     out["failures"] = fails
     if args.memory:

@@ -102,6 +102,7 @@ def test_bench_official_architecture_small(tmp_path):
         300 / {r["loop"]: r for r in fig["pti"]["rows"]}["fast/bfloat16"][
             "job_frames_per_minute"])
     assert "TFLOP/s" in proc.stdout and "A 300-frame shot at 32 px" in proc.stdout
+    assert "x the re-creation's)" in proc.stdout
 
 
 def test_generator_macs_at_the_official_size():
