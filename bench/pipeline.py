@@ -104,8 +104,10 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from engine.devices import exact_float32  # noqa: E402
 from engine.stages.batching import resolve_batch  # noqa: E402
 from engine.nets.ops import reference_ops  # noqa: E402
 from engine.stages.compute import keep_freed_memory, reserve_heap  # noqa: E402
@@ -141,7 +143,7 @@ def _flops(fn: Callable[[], Any]) -> float:
     return float(fc.get_total_flops())
 
 
-class _ConvMacs(torch.utils._python_dispatch.TorchDispatchMode):
+class _ConvMacs(TorchDispatchMode):
     """Multiply-accumulates of every convolution dispatched inside, split into the
     FIR filters of the resampling (depthwise, one input channel per group) and the
     rest (the modulated convolutions and ToRGB)."""
@@ -1392,6 +1394,7 @@ def _speed(args: argparse.Namespace, dev: str, work: Path, official: bool) -> in
     cfg = PipelineConfig.from_options(options)
     variants = _variants(args.recipes.split(","), args.dtypes.split(","))
     kept = False if args.system_malloc else keep_freed_memory()
+    exact_float32()  # as the engine's compute processes: float32 is never TF32
     reserve = args.reserve_gib if args.reserve_gib is not None else (
         10.0 if official and dev == "cpu" else 0.0)
     t0 = time.perf_counter()
@@ -1484,7 +1487,7 @@ def _speed(args: argparse.Namespace, dev: str, work: Path, official: bool) -> in
     shot = shot_minutes(out)
     if shot:
         out["shot_minutes_300_frames"] = shot
-        print(f"\nA 300-frame shot at {args.size if official else 'this'} px at these "
+        print(f"\nA 300-frame shot at {inp['G0'].img_resolution} px at these "
               f"rates, {PipelineConfig().pti.steps} PTI passes and up to "
               f"{PipelineConfig().stitch.steps} stitching steps per frame (minutes; "
               "alignment, inversion, edits and writing not included):")

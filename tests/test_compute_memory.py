@@ -126,3 +126,43 @@ def test_pin_threads_keeps_freed_memory(tmp_path):
     assert compute.keep_freed_memory() is (
         platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
         and os.environ.get("FACESTITCH_KEEP_FREED_MEMORY", "1") != "0")
+
+
+def test_pin_threads_makes_float32_exact(tmp_path):
+    """Every unit of a job computes float32 as IEEE float32: no TF32 on cuDNN
+    convolutions (PyTorch's default on Ampere and later GPUs) or CUDA matrix
+    products, oneDNN's float32 not in bfloat16, and the long-standing attributes
+    stay readable (PyTorch refuses to read them after a mix of its two APIs)."""
+    import torch
+
+    from engine.devices import native_bf16
+    from engine.stages import compute
+
+    onednn = (torch.backends.mkldnn, torch.backends.mkldnn.conv,
+              torch.backends.mkldnn.matmul)
+    torch.backends.cudnn.allow_tf32 = True
+    for backend in onednn:  # what a user's code might have set
+        backend.fp32_precision = "bf16"
+    try:
+        x = torch.randn(1, 64, 16, 16)
+        w = torch.randn(64, 64, 3, 3)
+        exact = torch.nn.functional.conv2d(x.double(), w.double(), padding=1)
+
+        def err() -> float:
+            y = torch.nn.functional.conv2d(x, w, padding=1)
+            return float((y - exact).abs().max() / exact.abs().max())
+
+        lossy = err()
+        compute.pin_threads(tmp_path)
+        assert torch.backends.cudnn.allow_tf32 is False
+        assert torch.backends.cuda.matmul.allow_tf32 is False
+        assert torch.backends.mkldnn.fp32_precision == "ieee"
+        assert torch.backends.mkldnn.conv.fp32_precision == "ieee"
+        assert torch.backends.mkldnn.matmul.fp32_precision == "ieee"
+        assert err() < 1e-5
+        if native_bf16("cpu"):  # oneDNN honours the bf16 setting here
+            assert lossy > 1e-4
+    finally:
+        torch.backends.cudnn.allow_tf32 = True  # PyTorch's defaults
+        for backend in onednn:
+            backend.fp32_precision = "none"

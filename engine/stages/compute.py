@@ -118,7 +118,8 @@ def recorded_threads(job_dir: Path) -> int | None:
 
 def pin_threads(job_dir: Path, threads: int = 0) -> int:
     """Set torch's intra-op thread count to the job's and return it (and keep
-    freed memory in the process: :func:`keep_freed_memory`).
+    freed memory in the process: :func:`keep_freed_memory`; float32 computes as
+    IEEE float32, never TF32: :func:`engine.devices.exact_float32`).
 
     Args:
         threads: what to record when this is the job's first unit (0: torch's
@@ -126,7 +127,10 @@ def pin_threads(job_dir: Path, threads: int = 0) -> int:
     """
     import torch
 
+    from engine.devices import exact_float32
+
     keep_freed_memory()
+    exact_float32()
     n = recorded_threads(job_dir)
     if n is None:
         path = JobFiles(job_dir).compute_path

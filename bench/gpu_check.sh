@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The GPU checks of docs/pipeline.md "Speed" in one run, for a machine with one CUDA
+# GPU (about 8 minutes on an H100): the suite's GPU tests, then the training
+# benchmark at the official architecture and 1024 px, with achieved TFLOP/s, a
+# job's frames per minute and a 300-frame shot's minutes, then the memory of one
+# step. Logs and the benchmark's JSON go to $OUT (default: a fresh temporary
+# folder). Uses the python3 that holds a CUDA torch; the project's CPU .venv is
+# not for this.
+#
+#     bash bench/gpu_check.sh                  # all three
+#     GPU_CHECK_PARTS=bench bash bench/gpu_check.sh
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$(mktemp -d)}
+PY=${PYTHON:-python3}
+PARTS=${GPU_CHECK_PARTS:-tests bench memory}
+export PYTHONUNBUFFERED=1 FACESTITCH_HOME=${FACESTITCH_HOME:-$(mktemp -d)}
+mkdir -p "$OUT"
+if ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null
+then
+    echo "gpu_check: $PY has no torch that sees a CUDA GPU (set PYTHON)" >&2
+    exit 2
+fi
+"$PY" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
+status=0
+for part in $PARTS; do
+    case $part in
+        tests)
+            timeout 240 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py \
+                2>&1 | tee "$OUT/tests.log" || status=1 ;;
+        bench)
+            timeout 300 "$PY" bench/pipeline.py --arch official --device cuda \
+                --size 1024 --frames 4 --pti-passes 3 --stitch-steps 5 --rounds 3 \
+                --json "$OUT/bench1024.json" 2>&1 | tee "$OUT/bench1024.log" \
+                || status=1 ;;
+        memory)
+            timeout 120 "$PY" bench/pipeline.py --arch official --device cuda \
+                --size 64 --frames 2 --pti-passes 1 --stitch-steps 1 --rounds 1 \
+                --only pti --memory --json "$OUT/memory.json" 2>&1 \
+                | tee "$OUT/memory.log" || status=1 ;;
+        *) echo "unknown part $part (tests, bench, memory)"; status=2 ;;
+    esac
+done
+echo "gpu_check: status $status, files in $OUT"
+exit $status

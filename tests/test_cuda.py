@@ -1,0 +1,220 @@
+"""The training loops on a CUDA GPU (marked ``gpu``: skipped where torch sees none,
+as on CI; run them on a GPU machine with ``bench/gpu_check.sh``).
+
+What the CPU suite proves for the CPU, checked again where the kernels differ:
+float32 is IEEE float32 (cuDNN would otherwise take float32 convolutions as
+TF32); the reference recipe's PTI on the GPU takes the CPU's steps; the conv-order
+weights train as the plain parameters; every stitching formulation matches the
+reference's per-frame loop; bfloat16 trains like float32; the fast recipe measures
+its formulation and batch on the GPU; and the benchmark runs there."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fsexchange.options import (PTI_FORMULATIONS, STITCH_FORMULATIONS, PipelineConfig,
+                                PTIConfig, StitchConfig)
+from engine.models.formulations import FormulationRecords
+from engine.models.modelset import build_tiny
+from engine.nets.lpips import LPIPS
+from engine.stages.formulation import choose
+from engine.stages.mask import stitch_masks
+from engine.stages.pti import PTITuner, TargetCache, pti_candidates
+from engine.stages.recipe import TrainingPlan, pti_plan
+from engine.stages.stitch_tune import BatchedStitcher, EditLatents, tune_reference
+from adam_steps import close_steps
+
+pytestmark = pytest.mark.gpu
+
+ROOT = Path(__file__).resolve().parents[1]
+CUDA = "cuda"
+# float32 stitching copies agree within the order of float sums (as on the CPU)
+ATOL = 2e-4
+
+
+class _Clip:
+    def __init__(self, crops):
+        self.crops = crops
+
+    def crop(self, f):
+        return self.crops[f]
+
+
+@pytest.fixture(scope="module")
+def nets():
+    from engine.devices import exact_float32
+
+    exact_float32()  # as every compute process (engine/stages/compute.py)
+    G, _ = build_tiny()
+    lp = LPIPS("alex", backbone="random", heads="uniform", seed=1)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        ws = G.mapping(torch.randn(4, G.z_dim, generator=gen), truncation_psi=0.7)
+        imgs = G.synthesis(G.mapping(torch.randn(4, G.z_dim, generator=gen))
+                           ).clamp(-1, 1)
+    crops = [((im.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
+             for im in imgs]
+    return G, lp, ws.numpy().astype(np.float32), crops
+
+
+def _tuner(G, lp, ws, crops, device, plan, passes=2, lr=2e-3):
+    G, lp = copy.deepcopy(G).to(device), copy.deepcopy(lp).to(device)
+    n = len(crops)
+    return PTITuner(G, lp, ws[:n], range(n),
+                    TargetCache(_Clip(crops), G.img_resolution, device, lp, 8),
+                    PTIConfig(steps=passes, lr=lr), device=device, plan=plan)
+
+
+def test_float32_is_ieee_float32_on_the_gpu(tmp_path):
+    """A 512-channel convolution in float32 on the GPU within float32 rounding of
+    float64 (TF32, cuDNN's default on Ampere and later, is off by ~1e-3)."""
+    from engine.stages.compute import pin_threads
+
+    pin_threads(tmp_path)
+    x = torch.randn(1, 512, 32, 32, dtype=torch.float64)
+    w = torch.randn(512, 512, 3, 3, dtype=torch.float64) / 48
+    exact = torch.nn.functional.conv2d(x, w, padding=1)
+    got = torch.nn.functional.conv2d(x.float().to(CUDA), w.float().to(CUDA),
+                                     padding=1).cpu().double()
+    assert float((got - exact).abs().max() / exact.abs().max()) < 1e-5
+
+
+@pytest.mark.parametrize("formulation", PTI_FORMULATIONS)
+def test_reference_pti_on_the_gpu_takes_the_cpus_steps(nets, formulation):
+    G, lp, ws, crops = nets
+    crops = crops[:3]
+    plan = TrainingPlan(recipe="reference", batch_size=1, dtype="float32", lr=2e-3,
+                        shuffle=False, formulation=formulation)
+    cpu = _tuner(G, lp, ws, crops, "cpu", plan)
+    gpu = _tuner(G, lp, ws, crops, CUDA, plan)
+    for k in range(6):
+        assert gpu.step() == pytest.approx(cpu.step(), rel=1e-4), k
+        close_steps([p.detach().cpu() for p in gpu.G.synthesis.parameters()],
+                    [p.detach() for p in cpu.G.synthesis.parameters()], 2e-3, k + 1)
+    assert gpu.done and cpu.done
+
+
+@pytest.mark.parametrize("fused", [True, False, "hybrid", "modulated"])
+def test_conv_order_weights_train_as_the_plain_parameters_on_the_gpu(nets, fused):
+    """The fused CUDA Adam over the conv-order aliases takes the plain
+    parameters' steps (the CPU test's check, float32 on the GPU)."""
+    from engine.nets.stylegan2 import ConvOrderWeights
+
+    G = nets[0]
+    plain = copy.deepcopy(G).to(CUDA).train()
+    ours = copy.deepcopy(G).to(CUDA).train()
+    order = ConvOrderWeights(ours.synthesis)
+    with torch.no_grad():
+        ws = plain.mapping(torch.randn(2, G.z_dim, device=CUDA))
+    target = torch.randn(2, 3, G.img_resolution, G.img_resolution, device=CUDA)
+    opts = [torch.optim.Adam(plain.synthesis.parameters(), lr=1e-3, fused=True),
+            torch.optim.Adam(order.optimised(ours.synthesis.parameters()), lr=1e-3,
+                             fused=True)]
+    for step in range(3):
+        for net, opt in zip((plain, ours), opts):
+            opt.zero_grad(set_to_none=True)
+            if net is ours:
+                order.zero_grad()
+            (net.synthesis(ws, fused=fused) - target).square().mean().backward()
+            if net is ours:
+                order.hand_over_grads()
+            opt.step()
+        close_steps([p.detach().cpu() for p in ours.synthesis.parameters()],
+                    [p.detach().cpu() for p in plain.synthesis.parameters()], 1e-3,
+                    step + 1)
+
+
+@pytest.fixture(scope="module")
+def stitch_inputs(nets):
+    torch.manual_seed(0)
+    G = build_tiny()[0].requires_grad_(False).to(CUDA)
+    R = G.img_resolution
+    with torch.no_grad():
+        ws = G.mapping(torch.randn(3, G.z_dim, device=CUDA), truncation_psi=0.7)
+        target = G.synthesis(G.mapping(torch.randn(3, G.z_dim, device=CUDA))
+                             ).clamp(-1, 1)
+    yy, xx = np.mgrid[:R, :R]
+    face = ((xx - R / 2) ** 2 / (0.3 * R) ** 2 + (yy - R / 2) ** 2 / (0.4 * R) ** 2) < 1
+    _, border, content = (torch.from_numpy(np.stack([m] * 3)).to(CUDA)
+                          for m in stitch_masks(face))
+    return G, ws, target, border, content
+
+
+@pytest.mark.parametrize("formulation", STITCH_FORMULATIONS)
+def test_every_stitching_formulation_matches_the_per_frame_loop_on_the_gpu(
+        stitch_inputs, formulation):
+    G, ws, target, border, content = stitch_inputs
+    cfg = StitchConfig(steps=6)
+    ref = tune_reference(G, ws, target, border, content, cfg)
+    ours = BatchedStitcher(G, cfg, formulation=formulation).tune(
+        EditLatents(ws=ws), target, border, content)
+    assert (ours.images - ref.images).abs().max().item() < ATOL
+    np.testing.assert_allclose(ours.curves, ref.curves, rtol=1e-4, atol=1e-6)
+    assert all(a < b for a, b in zip(ref.after, ref.before))
+
+
+def test_bfloat16_trains_like_float32_on_the_gpu(nets, stitch_inputs):
+    """Mixed precision on the GPU: PTI's losses follow float32's, and stitching
+    reaches the reference loop's border loss (the CPU test's criteria)."""
+    G, lp, ws, crops = nets
+    losses = {}
+    for dtype in ("float32", "bfloat16"):
+        plan = TrainingPlan(recipe="fast", batch_size=2, dtype=dtype, lr=2e-3,
+                            shuffle=True, formulation="hybrid")
+        t = _tuner(G, lp, ws, crops, CUDA, plan, passes=3)
+        losses[dtype] = [t.step() for _ in range(6)]
+    assert all(np.isfinite(losses["bfloat16"]))
+    np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=3e-2)
+    Gs, ws_, target, border, content = stitch_inputs
+    cfg = StitchConfig(steps=8)
+    ref = tune_reference(Gs, ws_, target, border, content, cfg)
+    bf = BatchedStitcher(Gs, cfg, "bfloat16").tune(EditLatents(ws=ws_), target,
+                                                   border, content)
+    assert bf.images.dtype == torch.float32
+    rel = np.abs(np.array(bf.after) - np.array(ref.after)) / np.array(ref.after)
+    assert rel.max() < 0.02
+    assert np.all(np.array(bf.before) - np.array(bf.after)
+                  > 0.8 * (np.array(ref.before) - np.array(ref.after)))
+
+
+def test_fast_recipe_measures_its_formulation_and_batch_on_the_gpu(nets, tmp_path):
+    G, lp = nets[0].to(CUDA), nets[1].to(CUDA)
+    records = FormulationRecords(tmp_path / "store")
+    # automatic batch and formulation: both measured (a 64 px network: the GPU
+    # holds all 4 frames)
+    cfg = PipelineConfig.from_options({"pti": {"batch_size": 0}})
+    plan = pti_plan(cfg, "fast", resolution=G.img_resolution, device=CUDA,
+                    frames=4, stage_dir=tmp_path,
+                    choose=lambda d: choose("pti", G, d, CUDA, pti_candidates(
+                        G, lp, CUDA, d["dtype"]), records=records))
+    entries = json.loads(records.path.read_text())["entries"]
+    assert entries and all(k.startswith("pti") and "cuda:" in k for k in entries)
+    assert plan.formulation in PTI_FORMULATIONS
+    assert plan.batch_size in (1, 4) and plan.batching["frame_seconds"] > 0
+
+
+@pytest.mark.slow
+def test_bench_official_architecture_on_the_gpu(tmp_path):
+    out = tmp_path / "figures.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "pipeline.py"), "--arch", "official",
+         "--size", "64", "--frames", "2", "--pti-passes", "1", "--stitch-steps", "2",
+         "--rounds", "2", "--device", CUDA, "--json", str(out)],
+        capture_output=True, text=True, timeout=900, cwd=ROOT,
+        env={**os.environ, "FACESTITCH_HOME": str(tmp_path / "home")})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    fig = json.loads(out.read_text())
+    assert not fig["failures"] and fig["heap_reserved_gib"] == 0
+    for part in ("pti", "stitch"):
+        for r in fig[part]["rows"]:
+            assert r["tflops"] > 0 and r["job_frames_per_minute"] > 0
+    assert set(fig["shot_minutes_300_frames"]) >= {"re-creation", "fast/bfloat16"}
