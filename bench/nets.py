@@ -13,6 +13,8 @@ products; docs/reference.md "Cost model" puts a 1024 px generator forward at abo
 
 Forward runs under ``torch.no_grad()``; forward+backward takes gradients of all
 network parameters (what PTI / stitching tuning do) from a mean-square loss.
+float32 is IEEE float32, as in the engine's compute processes (no TF32 on a GPU;
+``engine.devices.exact_float32``).
 """
 
 from __future__ import annotations
@@ -130,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", type=Path, default=None, help="write the rows here")
     args = p.parse_args(argv)
+    from engine.devices import exact_float32
+
+    exact_float32()  # float32 as the engine computes it: never TF32 on a GPU
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "all":
