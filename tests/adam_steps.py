@@ -21,3 +21,21 @@ def close_steps(a, b, lr, steps):
     assert float(d.max()) <= 2 * steps * lr
     assert float((d > lr / 20).float().mean()) < 1e-4
     assert float(d.mean()) < lr / 1000
+
+
+def step_plain_and_conv_order(plain, ours, order, opts, ws, target, fused,
+                              after_hand_over=None):
+    """One Adam step of a plain network and of one whose conv weights are
+    ``order`` (stylegan2.ConvOrderWeights), each on the mean-square error of its
+    synthesis at ``ws`` against ``target``; ``opts``: their two optimisers.
+    ``after_hand_over(order)`` runs once the aliases hold their gradients."""
+    for G, opt in zip((plain, ours), opts):
+        opt.zero_grad(set_to_none=True)
+        if G is ours:
+            order.zero_grad()
+        (G.synthesis(ws, fused=fused) - target).square().mean().backward()
+        if G is ours:
+            order.hand_over_grads()
+            if after_hand_over is not None:
+                after_hand_over(order)
+        opt.step()

@@ -9,8 +9,6 @@ are labelled, the rounds ran, and every figure is there."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,25 +19,23 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import pipeline as bench  # noqa: E402  (bench/pipeline.py)
+from bench_run import run_pipeline_bench  # noqa: E402
 
 
 @pytest.mark.slow
 def test_bench_official_architecture_small(tmp_path):
     out = tmp_path / "figures.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "pipeline.py"), "--arch", "official",
-         "--size", "32", "--frames", "2", "--pti-passes", "1", "--stitch-steps", "2",
-         "--rounds", "2", "--device", "cpu", "--conv-time", "--json", str(out),
+    proc = run_pipeline_bench(
+        ["--arch", "official", "--size", "32", "--frames", "2", "--pti-passes", "1",
+         "--stitch-steps", "2", "--rounds", "2", "--device", "cpu", "--conv-time",
+         "--json", str(out),
          # a small reserve (the default 10 GiB is for the real size)
          "--reserve-gib", "0.0625",
          # pinned: the one-time measurement has its own tests, and at the official
          # channel counts it would take longer than the loops; hybrid is the
          # formulation that mixes both modulation paths in one network
          "--pti-formulation", "hybrid", "--stitch-formulation", "hybrid"],
-        capture_output=True, text=True, timeout=900, cwd=ROOT,
-        env={**os.environ, "FACESTITCH_HOME": str(tmp_path / "home"),
-             "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        tmp_path / "home", OMP_NUM_THREADS="1")
     fig = json.loads(out.read_text())
     assert fig["arch"] == "official" and fig["size"] == 32 and not fig["failures"]
     assert fig["heap_reserved_gib"] == (0.0625 if fig["freed_memory_kept"] else 0)
@@ -168,13 +164,10 @@ def test_bench_refine_side_by_side_tiny(tmp_path):
     """``--arch tiny --only refine``: the pipeline (with its refine stage) on a real
     clip, then the refinement loop against the one-pair-per-step loop."""
     out = tmp_path / "figures.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "pipeline.py"), "--arch", "tiny",
-         "--frames", "3", "--pti-passes", "1", "--stitch-steps", "2", "--rounds",
-         "2", "--only", "refine", "--device", "cpu", "--json", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
-        env={**os.environ, "FACESTITCH_HOME": str(tmp_path / "home")})
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    proc = run_pipeline_bench(
+        ["--arch", "tiny", "--frames", "3", "--pti-passes", "1", "--stitch-steps",
+         "2", "--rounds", "2", "--only", "refine", "--device", "cpu", "--json",
+         str(out)], tmp_path / "home", timeout=600)
     fig = json.loads(out.read_text())
     assert {r["stage"] for r in fig["stages"]} >= {"pti", "refine", "stitch_tune",
                                                    "paste"}
@@ -192,13 +185,9 @@ def test_bench_pipeline_draft_small(tmp_path):
     """``--draft``: a real engine process runs a cold and a warm draft; the figures
     say how long each took and that the warm one reused the networks."""
     out = tmp_path / "draft.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "pipeline.py"), "--draft",
-         "--draft-frames", "2", "--draft-strengths", "3", "--device", "cpu",
-         "--json", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
-        env={**os.environ, "FACESTITCH_HOME": str(tmp_path / "home")})
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_pipeline_bench(
+        ["--draft", "--draft-frames", "2", "--draft-strengths", "3", "--device",
+         "cpu", "--json", str(out)], tmp_path / "home", timeout=600)
     fig = json.loads(out.read_text())["tiny_engine"]
     assert (fig["rows"], fig["frames"]) == (3, 2)
     assert 0 < fig["warm_seconds"] and 0 < fig["cold_seconds"]

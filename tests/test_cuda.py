@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +21,14 @@ import torch
 from fsexchange.options import (PTI_FORMULATIONS, STITCH_FORMULATIONS, PipelineConfig,
                                 PTIConfig, StitchConfig)
 from engine.models.formulations import FormulationRecords
-from engine.models.modelset import build_tiny
-from engine.nets.lpips import LPIPS
 from engine.stages.formulation import choose
-from engine.stages.mask import stitch_masks
 from engine.stages.pti import PTITuner, TargetCache, pti_candidates
 from engine.stages.recipe import TrainingPlan, pti_plan
 from engine.stages.stitch_tune import BatchedStitcher, EditLatents, tune_reference
-from adam_steps import close_steps
+from adam_steps import close_steps, step_plain_and_conv_order
+from bench_run import run_pipeline_bench
+from tiny_training import CropClip, pti_nets
+from tiny_training import stitch_inputs as tiny_stitch_inputs
 
 pytestmark = pytest.mark.gpu
 
@@ -41,36 +38,19 @@ CUDA = "cuda"
 ATOL = 2e-4
 
 
-class _Clip:
-    def __init__(self, crops):
-        self.crops = crops
-
-    def crop(self, f):
-        return self.crops[f]
-
-
 @pytest.fixture(scope="module")
 def nets():
     from engine.devices import exact_float32
 
     exact_float32()  # as every compute process (engine/stages/compute.py)
-    G, _ = build_tiny()
-    lp = LPIPS("alex", backbone="random", heads="uniform", seed=1)
-    gen = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        ws = G.mapping(torch.randn(4, G.z_dim, generator=gen), truncation_psi=0.7)
-        imgs = G.synthesis(G.mapping(torch.randn(4, G.z_dim, generator=gen))
-                           ).clamp(-1, 1)
-    crops = [((im.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
-             for im in imgs]
-    return G, lp, ws.numpy().astype(np.float32), crops
+    return pti_nets()
 
 
 def _tuner(G, lp, ws, crops, device, plan, passes=2, lr=2e-3):
     G, lp = copy.deepcopy(G).to(device), copy.deepcopy(lp).to(device)
     n = len(crops)
     return PTITuner(G, lp, ws[:n], range(n),
-                    TargetCache(_Clip(crops), G.img_resolution, device, lp, 8),
+                    TargetCache(CropClip(crops), G.img_resolution, device, lp, 8),
                     PTIConfig(steps=passes, lr=lr), device=device, plan=plan)
 
 
@@ -120,14 +100,7 @@ def test_conv_order_weights_train_as_the_plain_parameters_on_the_gpu(nets, fused
             torch.optim.Adam(order.optimised(ours.synthesis.parameters()), lr=1e-3,
                              fused=True)]
     for step in range(3):
-        for net, opt in zip((plain, ours), opts):
-            opt.zero_grad(set_to_none=True)
-            if net is ours:
-                order.zero_grad()
-            (net.synthesis(ws, fused=fused) - target).square().mean().backward()
-            if net is ours:
-                order.hand_over_grads()
-            opt.step()
+        step_plain_and_conv_order(plain, ours, order, opts, ws, target, fused)
         close_steps([p.detach().cpu() for p in ours.synthesis.parameters()],
                     [p.detach().cpu() for p in plain.synthesis.parameters()], 1e-3,
                     step + 1)
@@ -135,18 +108,7 @@ def test_conv_order_weights_train_as_the_plain_parameters_on_the_gpu(nets, fused
 
 @pytest.fixture(scope="module")
 def stitch_inputs(nets):
-    torch.manual_seed(0)
-    G = build_tiny()[0].requires_grad_(False).to(CUDA)
-    R = G.img_resolution
-    with torch.no_grad():
-        ws = G.mapping(torch.randn(3, G.z_dim, device=CUDA), truncation_psi=0.7)
-        target = G.synthesis(G.mapping(torch.randn(3, G.z_dim, device=CUDA))
-                             ).clamp(-1, 1)
-    yy, xx = np.mgrid[:R, :R]
-    face = ((xx - R / 2) ** 2 / (0.3 * R) ** 2 + (yy - R / 2) ** 2 / (0.4 * R) ** 2) < 1
-    _, border, content = (torch.from_numpy(np.stack([m] * 3)).to(CUDA)
-                          for m in stitch_masks(face))
-    return G, ws, target, border, content
+    return tiny_stitch_inputs(CUDA)
 
 
 @pytest.mark.parametrize("formulation", STITCH_FORMULATIONS)
@@ -205,13 +167,10 @@ def test_fast_recipe_measures_its_formulation_and_batch_on_the_gpu(nets, tmp_pat
 @pytest.mark.slow
 def test_bench_official_architecture_on_the_gpu(tmp_path):
     out = tmp_path / "figures.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "pipeline.py"), "--arch", "official",
-         "--size", "64", "--frames", "2", "--pti-passes", "1", "--stitch-steps", "2",
-         "--rounds", "2", "--device", CUDA, "--json", str(out)],
-        capture_output=True, text=True, timeout=900, cwd=ROOT,
-        env={**os.environ, "FACESTITCH_HOME": str(tmp_path / "home")})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_pipeline_bench(
+        ["--arch", "official", "--size", "64", "--frames", "2", "--pti-passes", "1",
+         "--stitch-steps", "2", "--rounds", "2", "--device", CUDA, "--json",
+         str(out)], tmp_path / "home")
     fig = json.loads(out.read_text())
     assert not fig["failures"] and fig["heap_reserved_gib"] == 0
     for part in ("pti", "stitch"):

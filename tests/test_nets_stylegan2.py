@@ -232,6 +232,7 @@ def test_conv_order_weights_train_as_the_plain_parameters(fused):
     as views, takes the plain network's steps (float64: up to the order of the
     sums), in every modulation path; a checkpoint's moments in the old layout
     are brought into the aliases' order."""
+    from adam_steps import step_plain_and_conv_order
     from engine.nets.ops import stored_weight
     from engine.nets.stylegan2 import ConvOrderWeights, SynthesisLayer
 
@@ -259,17 +260,13 @@ def test_conv_order_weights_train_as_the_plain_parameters(fused):
     params = set(map(id, ours.synthesis.parameters()))
     assert sum(id(t) not in params for t in opts[1].param_groups[0]["params"]) \
         == len(order.pairs)
+    def views(order):  # the aliases' gradients view the parameters': no copies
+        for p, alias, _ in order.pairs:
+            assert alias.grad.data_ptr() == p.grad.data_ptr()
+
     for _ in range(3):
-        for G, opt in zip((plain, ours), opts):
-            opt.zero_grad(set_to_none=True)
-            if G is ours:
-                order.zero_grad()
-            (G.synthesis(ws, fused=fused) - target).square().mean().backward()
-            if G is ours:
-                order.hand_over_grads()
-                for p, alias, _ in order.pairs:  # views: nothing copied
-                    assert alias.grad.data_ptr() == p.grad.data_ptr()
-            opt.step()
+        step_plain_and_conv_order(plain, ours, order, opts, ws, target, fused,
+                                  views)
     for (k, a), b in zip(plain.synthesis.state_dict().items(),
                          ours.synthesis.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=k)

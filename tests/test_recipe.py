@@ -17,15 +17,15 @@ from fsexchange.errors import DocumentFieldError
 from fsexchange.options import (PTI_FORMULATIONS, STITCH_FORMULATIONS, PipelineConfig,
                                 PTIConfig, StitchConfig, resolve_recipe)
 from engine.models.formulations import FormulationRecords
-from engine.models.modelset import build_tiny
 from engine.nets.lpips import LPIPS
 from engine.stages.formulation import Choice, choose, formulation_key
-from engine.stages.mask import stitch_masks
 from engine.stages.pti import PTITuner, TargetCache, pti_candidates
 from engine.stages.recipe import TrainingPlan, pti_plan, stitch_plan
 from engine.stages.stitch_tune import (BatchedStitcher, EditLatents, stitch_candidates,
                                        tune_reference)
 from adam_steps import close_steps
+from tiny_training import CropClip, pti_nets
+from tiny_training import stitch_inputs as tiny_stitch_inputs
 
 # tiny networks: one thread (tests/conftest.py, one_thread)
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -34,26 +34,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 ATOL = 2e-4
 
 
-class _Clip:
-    def __init__(self, crops):
-        self.crops = crops
-
-    def crop(self, f):
-        return self.crops[f]
-
-
 @pytest.fixture(scope="module")
 def nets():
-    G, _ = build_tiny()
-    lp = LPIPS("alex", backbone="random", heads="uniform", seed=1)
-    gen = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        ws = G.mapping(torch.randn(4, G.z_dim, generator=gen), truncation_psi=0.7)
-        imgs = G.synthesis(G.mapping(torch.randn(4, G.z_dim, generator=gen))
-                           ).clamp(-1, 1)
-    crops = [((im.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
-             for im in imgs]
-    return G, lp, ws.numpy().astype(np.float32), crops
+    return pti_nets()
 
 
 # --- options and plans -----------------------------------------------------------
@@ -115,15 +98,15 @@ def test_reference_pti_is_a_batch_one_float32_loop_step_for_step(nets, formulati
     G, lp, ws, crops = nets
     lr, n, passes = 2e-3, 3, 2
     cfg = PTIConfig(steps=passes, lr=lr)
-    tuner = PTITuner(G, lp, ws[:n], range(n), TargetCache(_Clip(crops), 64, "cpu",
-                                                          lp, 8),
-                     cfg, plan=_reference_plan(lr, formulation))
+    tuner = PTITuner(G, lp, ws[:n], range(n),
+                     TargetCache(CropClip(crops), 64, "cpu", lp, 8), cfg,
+                     plan=_reference_plan(lr, formulation))
     ref = G.__class__(**G.init_kwargs)
     ref.load_state_dict(G.state_dict())
     ref.train().requires_grad_(False)
     ref.synthesis.requires_grad_(True)
     opt = torch.optim.Adam(ref.synthesis.parameters(), lr=lr)  # the for-loop Adam
-    x = TargetCache(_Clip(crops), 64, "cpu", lp, 8).batch(list(range(n)))[0]
+    x = TargetCache(CropClip(crops), 64, "cpu", lp, 8).batch(list(range(n)))[0]
     w = torch.from_numpy(ws[:n])
     start = [p.detach().clone() for p in ref.synthesis.parameters()]
     for p_ in range(passes):
@@ -145,8 +128,8 @@ def test_reference_pti_is_a_batch_one_float32_loop_step_for_step(nets, formulati
         ref.synthesis.parameters(), start)]).mean())
     assert moved > 1000 * 1e-7  # the tolerance is small against the steps taken
     # the fast recipe's shuffled mini-batches do not take these steps
-    fast = PTITuner(G, lp, ws[:n], range(n), TargetCache(_Clip(crops), 64, "cpu", lp,
-                                                         8),
+    fast = PTITuner(G, lp, ws[:n], range(n),
+                    TargetCache(CropClip(crops), 64, "cpu", lp, 8),
                     replace(cfg, batch_size=n), seed=0)
     while not fast.done:
         fast.step()
@@ -163,8 +146,8 @@ def test_pti_formulations_compute_the_same_step(nets):
     out = []
     for form in PTI_FORMULATIONS:
         plan = replace(_reference_plan(1e-3), formulation=form, batch_size=2)
-        t = PTITuner(G, lp, ws[:2], range(2), TargetCache(_Clip(crops), 64, "cpu", lp,
-                                                          8),
+        t = PTITuner(G, lp, ws[:2], range(2),
+                     TargetCache(CropClip(crops), 64, "cpu", lp, 8),
                      PTIConfig(steps=1, lr=1e-3), plan=plan)
         out.append(([t.step(), t.step()], [p.detach() for p in
                                            t.G.synthesis.parameters()]))
@@ -180,17 +163,7 @@ def test_pti_formulations_compute_the_same_step(nets):
 
 @pytest.fixture(scope="module")
 def stitch_inputs():
-    torch.manual_seed(0)
-    G = build_tiny()[0].requires_grad_(False)
-    R = G.img_resolution
-    with torch.no_grad():
-        ws = G.mapping(torch.randn(3, G.z_dim), truncation_psi=0.7)
-        target = G.synthesis(G.mapping(torch.randn(3, G.z_dim))).clamp(-1, 1)
-    yy, xx = np.mgrid[:R, :R]
-    face = ((xx - R / 2) ** 2 / (0.3 * R) ** 2 + (yy - R / 2) ** 2 / (0.4 * R) ** 2) < 1
-    _, border, content = (torch.from_numpy(np.stack([m] * 3))
-                          for m in stitch_masks(face))
-    return G, ws, target, border, content
+    return tiny_stitch_inputs()
 
 
 @pytest.mark.parametrize("arch", ["tiny", "official at 32 px"])
