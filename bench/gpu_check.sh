@@ -32,12 +32,12 @@ for part in $PARTS; do
                 tests/test_cuda.py \
                 2>&1 | tee "$OUT/tests.log" || status=1 ;;
         bench)
-            timeout 300 "$PY" bench/pipeline.py --arch official --device cuda \
+            timeout 240 "$PY" bench/pipeline.py --arch official --device cuda \
                 --size 1024 --frames 4 --pti-passes 3 --stitch-steps 5 --rounds 3 \
                 --json "$OUT/bench1024.json" 2>&1 | tee "$OUT/bench1024.log" \
                 || status=1 ;;
         memory)
-            timeout 90 "$PY" bench/pipeline.py --arch official --device cuda \
+            timeout 150 "$PY" bench/pipeline.py --arch official --device cuda \
                 --size 64 --frames 2 --pti-passes 1 --stitch-steps 1 --rounds 1 \
                 --only pti --memory --json "$OUT/memory.json" 2>&1 \
                 | tee "$OUT/memory.log" || status=1 ;;
