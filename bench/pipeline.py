@@ -484,18 +484,18 @@ def _throughput(fig: dict[str, Any], updates_per_frame: int,
     """Adds to each row its achieved TFLOP/s (the reference step's FLOPs per
     frame-update, so every row is credited with the same useful work) and the
     frames per minute a job's stage would process at ``updates_per_frame`` (the
-    default PTI passes or stitching steps). ``fixed``: per loop, the seconds a
-    frame costs besides its updates (stitching's renders), measured apart, so that
-    the projection weighs them once per frame and not once per benchmark step."""
+    default PTI passes or stitching steps). ``fixed``: per row (its ``loop``), the
+    seconds a frame costs besides its updates (stitching's renders), measured
+    apart, so that the projection weighs them once per frame and not once per
+    benchmark step."""
     fig["job_updates_per_frame"] = updates_per_frame
     per_frame = fig["work"] // fig["frames"]  # the benchmark's updates per frame
     for row in fig["rows"]:
         ups = row["updates_per_second"]
         row["tflops"] = fig["flops_per_update"] * ups / 1e12
         frame = row["median_seconds"] / fig["frames"]
-        key = "ref" if row["loop"] == "re-creation" else row["loop"]
-        if fixed is not None and key in fixed:
-            f = min(fixed[key], frame)
+        if fixed is not None and row["loop"] in fixed:
+            f = min(fixed[row["loop"]], frame)
             row["frame_fixed_seconds"] = f
             row["update_seconds"] = (frame - f) / per_frame
             job = f + updates_per_frame * row["update_seconds"]
@@ -833,7 +833,7 @@ def bench_stitch(inp: dict[str, Any], cfg: PipelineConfig, steps: int, device: s
     # what a frame costs besides its steps (the float32 renders before and after
     # tuning, the copies), one run of each loop at 0 steps: a job's frames per
     # minute weighs it once per 100 steps, the benchmark once per --stitch-steps
-    fixed = {"ref": _timed(lambda: ref(n, 0), device)[1] / n}
+    fixed = {"re-creation": _timed(lambda: ref(n, 0), device)[1] / n}
     for key in plans:
         fixed["/".join(key)] = _timed(lambda key=key: ours(key, n, 0), device)[1] / n
     Gi = copy.deepcopy(G).train()
@@ -1493,11 +1493,12 @@ def _speed(args: argparse.Namespace, dev: str, work: Path, official: bool) -> in
               "alignment, inversion, edits and writing not included):")
         ref = shot.get("re-creation")
         for name, m in shot.items():
-            both = (ref["pti"] + ref["stitch"]) / (m["pti"] + m["stitch"]) \
-                if ref else 0.0
-            vs = (f"  ({ref['pti'] / m['pti']:.2f}x, "
-                  f"{ref['stitch'] / m['stitch']:.2f}x, {both:.2f}x the "
-                  "re-creation's)" if ref and name != "re-creation" else "")
+            vs = ""
+            if ref and name != "re-creation":
+                both = (ref["pti"] + ref["stitch"]) / (m["pti"] + m["stitch"])
+                vs = (f"  ({ref['pti'] / m['pti']:.2f}x, "
+                      f"{ref['stitch'] / m['stitch']:.2f}x, {both:.2f}x the "
+                      "re-creation's)")
             print(f"  {name:<20} PTI {m['pti']:9.1f}  stitching {m['stitch']:9.1f}  "
                   f"both {m['pti'] + m['stitch']:9.1f}{vs}")
     out["load_average_end"] = list(os.getloadavg())

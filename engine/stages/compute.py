@@ -27,6 +27,7 @@ from typing import Iterator
 
 from fsexchange.fsutil import publish_once
 
+from engine.devices import exact_float32
 from engine.stages.batching import free_memory
 from engine.stages.outputs import JobFiles
 
@@ -126,8 +127,6 @@ def pin_threads(job_dir: Path, threads: int = 0) -> int:
             current count). Of racing first units on several machines one wins.
     """
     import torch
-
-    from engine.devices import exact_float32
 
     keep_freed_memory()
     exact_float32()
