@@ -53,12 +53,14 @@ and stitching's mean border loss after tuning. A row that computes what the
 re-creation computes (the reference recipe in float32) must reach the same losses
 within ``--tolerance`` (relative, default 1e-3): otherwise the benchmark prints
 ``FAIL`` with both figures and exits with status 1. Rows that differ by design
-(bfloat16; the fast recipe's mini-batches) are labelled so and not checked.
+(bfloat16; tf32, which ``--dtypes auto`` adds on a GPU that computes it; the fast
+recipe's mini-batches) are labelled so and not checked.
 
-``--fidelity`` instead runs the whole pipeline twice on a real clip with the
-official weights, once per recipe, and prints reconstruction MSE and LPIPS, identity
-similarity and stitching border loss of both (the comparison that decides the
-default recipe, docs/pipeline.md "Recipes").
+``--fidelity`` instead runs the whole pipeline on a real clip with the official
+weights once per recipe (and, on a GPU that computes TensorFloat-32, once more for
+the reference recipe in tf32), and prints reconstruction MSE and LPIPS, identity
+similarity and stitching border loss of each against the reference recipe in
+float32 (the comparison that decides the defaults, docs/pipeline.md "Recipes").
 
     python bench/pipeline.py --arch official --size 256             # headline
     python bench/pipeline.py --arch official --size 1024 --frames 2 --pti-passes 1
@@ -107,7 +109,7 @@ import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from engine.devices import exact_float32  # noqa: E402
+from engine.devices import check_dtype, exact_float32, tf32_capable  # noqa: E402
 from engine.stages.batching import resolve_batch  # noqa: E402
 from engine.nets.ops import reference_ops  # noqa: E402
 from engine.stages.compute import keep_freed_memory, reserve_heap  # noqa: E402
@@ -118,7 +120,8 @@ from engine.stages.recipe import BATCHING_GAIN, pti_plan, stitch_plan  # noqa: E
 from engine.stages.stitch_tune import (BatchedStitcher, EditLatents,  # noqa: E402
                                        masked_loss, stitch_candidates,
                                        tune_reference)
-from fsexchange.options import PipelineConfig  # noqa: E402
+from fsexchange.errors import PrecisionUnsupported  # noqa: E402
+from fsexchange.options import DTYPES, PipelineConfig  # noqa: E402
 
 #: default relative tolerance on the losses of a same-arithmetic row
 TOLERANCE = 1e-3
@@ -515,6 +518,23 @@ def shot_minutes(out: dict[str, Any], frames: int = 300) -> dict[str, dict[str, 
     return {name: {"pti": frames / r["job_frames_per_minute"],
                    "stitch": frames / rows["stitch"][name]["job_frames_per_minute"]}
             for name, r in rows["pti"].items() if name in rows["stitch"]}
+
+
+def bench_dtypes(spec: str, device: str) -> list[str]:
+    """``--dtypes``: ``auto`` is float32 and bfloat16, and tf32 where ``device``
+    computes it (a labelled row: it differs from float32 by design)."""
+    if spec == "auto":
+        return ["float32", "bfloat16"] + (["tf32"] if tf32_capable(device) else [])
+    dtypes = spec.split(",")
+    for d in dtypes:
+        if d not in DTYPES:
+            raise SystemExit(f"bench/pipeline.py: --dtypes: {d!r} is not one of "
+                             f"{', '.join(DTYPES)}")
+        try:
+            check_dtype(d, device)
+        except PrecisionUnsupported as exc:
+            raise SystemExit(f"bench/pipeline.py: --dtypes: {exc.message}") from None
+    return dtypes
 
 
 def _variants(recipes: list[str], dtypes: list[str]) -> list[tuple[str, str]]:
@@ -995,9 +1015,21 @@ def identity_similarity(jd: Path, device: str, backend: str = "dlib") -> float:
     return float(np.mean(sims)) if sims else float("nan")
 
 
+def fidelity_variants(device: str) -> list[tuple[str, str, str]]:
+    """``(name, recipe, dtype)`` the fidelity table runs: the reference recipe in
+    float32 (the baseline), the fast recipe at its own precision, and where the
+    device computes TensorFloat-32 the reference recipe in ``tf32`` (the labelled
+    precision a user may choose; docs/pipeline.md "Batches and precision")."""
+    rows = [("reference", "reference", "float32"), ("fast", "fast", "auto")]
+    if tf32_capable(device):
+        rows.append(("reference tf32", "reference", "tf32"))
+    return rows
+
+
 def fidelity(args: argparse.Namespace, dev: str, work: Path) -> int:
-    """Both recipes through the whole pipeline on a real clip with the official
-    weights; the table that decides the default (docs/pipeline.md "Recipes")."""
+    """The whole pipeline on a real clip with the official weights, once per
+    :func:`fidelity_variants` row; the table that decides the defaults
+    (docs/pipeline.md "Recipes")."""
     from engine.models.store import resolve_profile
     from engine.stages.outputs import JobFiles
 
@@ -1006,35 +1038,45 @@ def fidelity(args: argparse.Namespace, dev: str, work: Path) -> int:
               "(facestitch models install); on random weights a comparison says "
               "nothing about quality", file=sys.stderr)
         return 2
+    variants = fidelity_variants(dev)
     res = {}
-    for recipe in ("reference", "fast"):
-        opts = {"profile": "official", "recipe": recipe,
+    for name, recipe, dtype in variants:
+        opts = {"profile": "official", "recipe": recipe, "dtype": dtype,
                 "pti": {"steps": args.pti_passes},
                 "stitch": {"steps": args.stitch_steps}, "metrics": {"enabled": False}}
-        jd, _ = run_stages(work, args.frames, opts, dev, args.clip, name=recipe)
+        jd, _ = run_stages(work, args.frames, opts, dev, args.clip,
+                           name=name.replace(" ", "-"))
         files = JobFiles(jd)
         loss, summary = files.pti.loss() or {}, files.stitch_tune.summary() or {}
-        res[recipe] = {"mse": loss["after"]["mse"], "lpips": loss["after"]["lpips"],
-                       "identity": identity_similarity(jd, dev),
-                       "border_after": summary.get("border_after")}
-    ok = True
+        res[name] = {"mse": loss["after"]["mse"], "lpips": loss["after"]["lpips"],
+                     "identity": identity_similarity(jd, dev),
+                     "border_after": summary.get("border_after"),
+                     "dtype": loss.get("dtype")}
+    names = [v[0] for v in variants]
+    ok = {n: True for n in names[1:]}
     print(f"\nRecipes on the official weights, {args.frames} frames of "
           f"{args.clip or 'the astronaut clip'}, PTI {args.pti_passes} passes, "
           f"stitching {args.stitch_steps} steps:")
-    print(f"  {'':<30} {'reference':>12} {'fast':>12} {'fast vs ref':>12}")
-    for k, name, lower in (("mse", "reconstruction MSE", True),
+    print(f"  {'':<30}" + "".join(f" {n:>15}" for n in names)
+          + "".join(f" {n + ' vs ref':>22}" for n in names[1:]))
+    for k, what, lower in (("mse", "reconstruction MSE", True),
                            ("lpips", "reconstruction LPIPS", True),
                            ("identity", "identity similarity", False),
                            ("border_after", "stitching border loss", True)):
-        a, b = res["reference"][k], res["fast"][k]
-        rel = (b - a) / abs(a) if a else float("nan")
-        worse = rel > 0.02 if lower else rel < -0.02
-        if k != "border_after":
-            ok = ok and not worse
-        print(f"  {name:<30} {a:>12.5f} {b:>12.5f} {rel:>+11.1%}"
-              + ("  worse than 2 %" if worse else ""))
-    print("\nfast within 2 % of reference in MSE, LPIPS and identity: "
-          + ("yes" if ok else "no"))
+        a = res["reference"][k]
+        line = f"  {what:<30}" + "".join(f" {res[n][k]:>15.5f}" for n in names)
+        for n in names[1:]:
+            b = res[n][k]
+            rel = (b - a) / abs(a) if a else float("nan")
+            worse = rel > 0.02 if lower else rel < -0.02
+            if k != "border_after":
+                ok[n] = ok[n] and not worse
+            line += f" {rel:>+21.1%}" + ("!" if worse else " ")
+        print(line)
+    print("  (! = worse than the reference by more than 2 %)")
+    for n in names[1:]:
+        print(f"{n} (trained in {res[n]['dtype']}) within 2 % of reference in MSE, "
+              f"LPIPS and identity: " + ("yes" if ok[n] else "no"))
     if args.json:
         args.json.write_text(json.dumps({"fidelity": res, "within_2_percent": ok},
                                         indent=2))
@@ -1295,7 +1337,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="steps per frame, every loop (reference default 100; bench "
                    "default 3 official, 30 tiny)")
     p.add_argument("--recipes", default="reference,fast")
-    p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--dtypes", default="auto",
+                   help="comma-separated float32, tf32, bfloat16; auto = float32 and "
+                   "bfloat16, plus tf32 on a GPU that computes it")
     p.add_argument("--pti-formulation", help="force one (default: the recorded one)")
     p.add_argument("--stitch-formulation", help="force one (default: the recorded "
                    "one)")
@@ -1392,7 +1436,7 @@ def _speed(args: argparse.Namespace, dev: str, work: Path, official: bool) -> in
     if args.stitch_batch:
         options["stitch"]["batch_size"] = args.stitch_batch
     cfg = PipelineConfig.from_options(options)
-    variants = _variants(args.recipes.split(","), args.dtypes.split(","))
+    variants = _variants(args.recipes.split(","), bench_dtypes(args.dtypes, dev))
     kept = False if args.system_malloc else keep_freed_memory()
     exact_float32()  # as the engine's compute processes: float32 is never TF32
     reserve = args.reserve_gib if args.reserve_gib is not None else (

@@ -32,6 +32,7 @@ __all__ = [
     "AccessDenied",
     "PathUnusable",
     "io_error",
+    "PrecisionUnsupported",
     "MediaError",
     "MediaMissing",
     "MediaCorrupt",
@@ -289,6 +290,18 @@ class NoFaceFound(FaceError):
 
 class SubjectInvalid(FaceError, ValueError):
     code = "face.subject_invalid"
+
+
+# --- devices --------------------------------------------------------------------
+
+
+class PrecisionUnsupported(FaceStitchError, ValueError):
+    """The job asks for a training precision its device cannot compute: ``tf32``
+    (TensorFloat-32) anywhere but on a CUDA GPU of compute capability 8.0 or
+    later. Refused before any stage runs rather than trained in another
+    precision than the one asked for."""
+
+    code = "device.precision_unsupported"
 
 
 # --- models ---------------------------------------------------------------------

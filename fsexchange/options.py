@@ -38,6 +38,7 @@ __all__ = [
     "DraftConfig",
     "PipelineConfig",
     "RECIPES",
+    "DTYPES",
     "resolve_recipe",
     "PTI_FORMULATIONS",
     "STITCH_FORMULATIONS",
@@ -50,6 +51,13 @@ __all__ = [
 #: the reference lr, float32); ``fast`` = mini-batches with the lr scaled by the
 #: batch, shuffled frames, bfloat16 where the device computes it natively.
 RECIPES = ("reference", "fast")
+
+#: ``options.dtype`` values besides ``auto``: the training precision
+#: (docs/pipeline.md "Batches and precision"). ``float32`` is IEEE float32 on
+#: every device; ``tf32`` is float32 with TensorFloat-32 convolutions and matrix
+#: products (CUDA, compute capability 8.0+; labelled, never chosen by ``auto``);
+#: ``bfloat16`` is autocast over float32 weights and optimiser state.
+DTYPES = ("float32", "tf32", "bfloat16")
 
 
 def resolve_recipe(recipe: str, profile: str) -> str:
@@ -493,12 +501,14 @@ class PipelineConfig:
     # "auto" (official if installed, else tiny) | "official" | "tiny"
     profile: str = "auto"
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
-    # "auto" | "float32" | "bfloat16": the precision PTI and stitching tuning train
-    # in (bfloat16 = autocast with float32 weights and optimiser state). auto =
-    # float32 under the reference recipe; under fast, bfloat16 where the device
-    # computes it natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX), else
-    # float32; resolved per stage (engine/stages/recipe.py) and recorded in the
-    # stage's facts.
+    # "auto" | "float32" | "tf32" | "bfloat16": the precision PTI, stitching and
+    # refinement tuning train in (bfloat16 = autocast with float32 weights and
+    # optimiser state; tf32 = float32 throughout but convolutions and matrix
+    # products with TensorFloat-32 inputs, CUDA GPUs of compute capability 8.0+
+    # only, never chosen by auto). auto = float32 under the reference recipe;
+    # under fast, bfloat16 where the device computes it natively (CUDA with bf16,
+    # CPUs with AVX512-BF16 or AMX), else float32; resolved per stage
+    # (engine/stages/recipe.py) and recorded in the stage's facts.
     dtype: str = "auto"
     # "auto" | "reference" | "fast" (RECIPES, resolve_recipe): auto = reference on
     # the official profile, fast on tiny; the runner records the resolved value
@@ -543,9 +553,10 @@ class PipelineConfig:
         if cfg.profile not in ("auto", "official", "tiny"):
             raise DocumentFieldError("options.profile must be auto, official or tiny",
                                      field="options.profile")
-        if cfg.dtype not in ("auto", "float32", "bfloat16"):
-            raise DocumentFieldError("options.dtype must be auto, float32 or bfloat16",
-                                     field="options.dtype")
+        if cfg.dtype not in ("auto", *DTYPES):
+            raise DocumentFieldError(
+                "options.dtype must be auto, float32, tf32 or bfloat16",
+                field="options.dtype")
         if cfg.recipe not in ("auto", *RECIPES):
             raise DocumentFieldError("options.recipe must be auto, reference or fast",
                                      field="options.recipe")

@@ -159,6 +159,25 @@ def test_a_row_that_computes_something_else_fails():
     assert "border loss" in bench.check_rows("stitch", st, 1e-3)[0]
 
 
+def test_precisions_benchmarked_and_compared_per_device():
+    """``--dtypes auto`` adds the labelled tf32 rows only where the device
+    computes TensorFloat-32 (the fidelity table its column likewise); an explicit
+    precision the device cannot compute, or an unknown one, stops the benchmark
+    with the reason before anything runs."""
+    assert bench.bench_dtypes("auto", "cpu") == ["float32", "bfloat16"]
+    assert bench.bench_dtypes("bfloat16,float32", "cpu") == ["bfloat16", "float32"]
+    with pytest.raises(SystemExit, match="compute capability 8.0"):
+        bench.bench_dtypes("float32,tf32", "cpu")
+    with pytest.raises(SystemExit, match="'float16' is not one of"):
+        bench.bench_dtypes("float16", "cpu")
+    assert bench.fidelity_variants("cpu") == [
+        ("reference", "reference", "float32"), ("fast", "fast", "auto")]
+    row = {"loop": "reference/tf32", "label": bench._label("pti", "reference",
+                                                           "tf32", None)}
+    assert row["label"] == "differs by design: tf32"
+    assert bench.check_rows("pti", _fig(0.9, 0.9, row["label"]), 1e-3) == []
+
+
 @pytest.mark.slow
 def test_bench_refine_side_by_side_tiny(tmp_path):
     """``--arch tiny --only refine``: the pipeline (with its refine stage) on a real

@@ -5,8 +5,10 @@ What the CPU suite proves for the CPU, checked again where the kernels differ:
 float32 is IEEE float32 (cuDNN would otherwise take float32 convolutions as
 TF32); the reference recipe's PTI on the GPU takes the CPU's steps; the conv-order
 weights train as the plain parameters; every stitching formulation matches the
-reference's per-frame loop; bfloat16 trains like float32; the fast recipe measures
-its formulation and batch on the GPU; and the benchmark runs there."""
+reference's per-frame loop; bfloat16 trains like float32; the labelled tf32
+precision trains its steps, forward and backward, in TensorFloat-32 and like
+float32; the fast recipe measures its formulation and batch on the GPU; and the
+benchmark runs there (with its tf32 rows)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from fsexchange.options import (PTI_FORMULATIONS, STITCH_FORMULATIONS, PipelineConfig,
                                 PTIConfig, StitchConfig)
@@ -148,6 +151,97 @@ def test_bfloat16_trains_like_float32_on_the_gpu(nets, stitch_inputs):
                   > 0.8 * (np.array(ref.before) - np.array(ref.after)))
 
 
+class ConvSwitches(TorchDispatchMode):
+    """Records, per convolution operator called (forward and backward alike:
+    the mode stays active while autograd runs the backward), the TF32 switch
+    cuDNN reads at that moment."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, bool]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name in ("convolution", "convolution_backward"):
+            self.calls.append((name, torch.backends.cudnn.allow_tf32))
+        return func(*args, **(kwargs or {}))
+
+    @property
+    def seen(self) -> set[tuple[str, bool]]:
+        return set(self.calls)
+
+    def runs(self) -> list[bool]:
+        """The switch's values in call order, repeats merged."""
+        return [on for i, (_, on) in enumerate(self.calls)
+                if i == 0 or self.calls[i - 1][1] != on]
+
+
+def test_tf32_steps_run_in_tensor_float32_and_train_like_float32(nets,
+                                                                 stitch_inputs):
+    """``dtype: tf32``: every convolution of a PTI and a stitching step, forward
+    and backward, runs with TF32 on (float32's with it off), the switch is off
+    again after them; PTI's losses follow float32's and stitching reaches the
+    reference loop's border loss."""
+    from engine.devices import tf32_capable
+
+    if not tf32_capable(CUDA):
+        pytest.skip("this GPU has no TensorFloat-32 (compute capability < 8.0)")
+    G, lp, ws, crops = nets
+    both = {("convolution", True), ("convolution_backward", True)}
+    losses = {}
+    for dtype in ("float32", "tf32"):
+        plan = TrainingPlan(recipe="reference", batch_size=1, dtype=dtype, lr=2e-3,
+                            shuffle=False, formulation="modulated")
+        t = _tuner(G, lp, ws, crops[:3], CUDA, plan)
+        with ConvSwitches() as mode:
+            losses[dtype] = [t.step() for _ in range(6)]
+        on = dtype == "tf32"
+        assert mode.seen == {(n, on) for n, _ in both}, dtype
+        assert torch.backends.cudnn.allow_tf32 is False
+    np.testing.assert_allclose(losses["tf32"], losses["float32"], rtol=1e-2)
+    Gs, ws_, target, border, content = stitch_inputs
+    cfg = StitchConfig(steps=8)
+    ref = tune_reference(Gs, ws_, target, border, content, cfg)
+    with ConvSwitches() as mode:
+        tf = BatchedStitcher(Gs, cfg, "tf32").tune(EditLatents(ws=ws_), target,
+                                                   border, content)
+    # the float32 render of the interior target, every step in TF32, the float32
+    # render of the delivered crops (an up-sampling convolution runs as a
+    # convolution's input gradient, so the renders call convolution_backward too)
+    assert mode.runs() == [False, True, False]
+    assert {c for c in mode.calls if c[1]} == both
+    assert torch.backends.cudnn.allow_tf32 is False
+    rel = np.abs(np.array(tf.after) - np.array(ref.after)) / np.array(ref.after)
+    assert rel.max() < 0.02
+
+
+def test_tf32_refinement_steps_run_in_tensor_float32(nets):
+    """The temporal refinement under ``dtype: tf32``: both phases' steps (the
+    latent mapper's, then the generator's), forward and backward, in TF32."""
+    from fsexchange.options import RefineConfig
+    from engine.devices import tf32_capable
+    from engine.stages.refine import (FlowSource, RefineInputs, RefineTuner,
+                                      anchor_index, working_size)
+
+    if not tf32_capable(CUDA):
+        pytest.skip("this GPU has no TensorFloat-32 (compute capability < 8.0)")
+    G, lp, ws, crops = nets
+    G, lp = copy.deepcopy(G).to(CUDA), copy.deepcopy(lp).to(CUDA)
+    offsets = np.random.default_rng(0).normal(0, 0.1, ws.shape).astype(np.float32)
+    rin = RefineInputs(list(range(len(ws))), ws + offsets, offsets, None,
+                       anchor_index(len(ws)))
+    cfg = RefineConfig(flow="dis", epochs_w=1, epochs_g=1, batch_size=3)
+    sources = TargetCache(CropClip(crops), working_size(G.img_resolution, cfg),
+                          CUDA, lp, 8)
+    tuner = RefineTuner(G, lp, rin, sources, cfg, FlowSource("dis", "dis"),
+                        device=CUDA, dtype="tf32")
+    with ConvSwitches() as mode:
+        phases = [tuner.step()["phase"] for _ in range(2)]
+    assert phases == [1, 2] and tuner.done
+    assert mode.seen == {("convolution", True), ("convolution_backward", True)}
+    assert torch.backends.cudnn.allow_tf32 is False
+
+
 def test_fast_recipe_measures_its_formulation_and_batch_on_the_gpu(nets, tmp_path):
     G, lp = nets[0].to(CUDA), nets[1].to(CUDA)
     records = FormulationRecords(tmp_path / "store")
@@ -173,6 +267,11 @@ def test_bench_official_architecture_on_the_gpu(tmp_path):
          str(out)], tmp_path / "home")
     fig = json.loads(out.read_text())
     assert not fig["failures"] and fig["heap_reserved_gib"] == 0
+    from engine.devices import tf32_capable
+
+    if tf32_capable(CUDA):  # --dtypes auto adds the labelled tf32 rows
+        dtypes = {r["dtype"] for r in fig["pti"]["rows"]}
+        assert "tf32" in dtypes
     for part in ("pti", "stitch"):
         for r in fig[part]["rows"]:
             assert r["tflops"] > 0 and r["job_frames_per_minute"] > 0

@@ -198,3 +198,21 @@ def test_unknown_kind_is_pipeline_unavailable(tmp_path, clip, logdir):
     submit_job(ex, job, attachments={"media/clip.mp4": clip})
     drain(ex, {"stitch": PIPELINES["stitch"]})
     assert job_status(ex, "j1").error["code"] == "pipeline.unavailable"
+
+
+def test_a_precision_the_device_cannot_compute_fails_before_any_stage(
+        tmp_path, clip, logdir):
+    """``dtype: tf32`` on a CPU engine: refused with its own code before the first
+    stage (nothing hashed), the job after it served."""
+    ex = tmp_path / "ex"
+    job = make_job("tf32", frames=2)
+    object.__setattr__(job, "options", {"dtype": "tf32"})
+    submit_job(ex, job, attachments={"media/clip.mp4": clip})
+    submit(ex, clip, "good", frames=2)
+    assert drain(ex) == 2
+    status = job_status(ex, "tf32")
+    assert (status.state, status.error["code"], status.error["field"]) == (
+        "failed", "device.precision_unsupported", "options.dtype")
+    assert "compute capability 8.0" in status.error["message"]
+    assert events(logdir, "tf32") == []
+    assert job_status(ex, "good").state == "done"

@@ -80,6 +80,40 @@ def test_plans_of_the_two_recipes(tmp_path):
     assert json.loads((tmp_path / "settings.json").read_text()) == first.to_dict()
 
 
+def test_tf32_is_a_labelled_precision_refused_where_the_device_lacks_it(tmp_path):
+    """``dtype: tf32`` is accepted by the options, never chosen by ``auto``, and a
+    plan for a device without TensorFloat-32 (this CPU) is refused with its own
+    code before anything is written or switched."""
+    from fsexchange.errors import PrecisionUnsupported
+    from engine.devices import check_dtype, resolve_dtype, tensor_float32
+
+    cfg = PipelineConfig.from_options({"dtype": "tf32"})
+    assert cfg.dtype == "tf32"
+    with pytest.raises(DocumentFieldError, match="auto, float32, tf32 or bfloat16"):
+        PipelineConfig.from_options({"dtype": "float16"})
+    assert resolve_dtype("auto", "cpu") in ("float32", "bfloat16")
+    for dtype in ("float32", "bfloat16"):
+        check_dtype(dtype, "cpu")
+        assert resolve_dtype(dtype, "cpu") == dtype
+    for plan in (pti_plan, stitch_plan):
+        with pytest.raises(PrecisionUnsupported) as err:
+            plan(cfg, "reference", resolution=64, device="cpu", frames=4,
+                 stage_dir=tmp_path)
+        assert err.value.code == "device.precision_unsupported"
+        assert err.value.field == "options.dtype"
+        assert "cpu" in err.value.message
+        assert not (tmp_path / "settings.json").exists()
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    with tensor_float32("cpu", "float32"), tensor_float32("cpu", "bfloat16"):
+        assert (torch.backends.cudnn.allow_tf32,
+                torch.backends.cuda.matmul.allow_tf32) == before
+    with pytest.raises(PrecisionUnsupported):
+        with tensor_float32("cpu", "tf32"):
+            raise AssertionError("entered without TensorFloat-32")
+    assert (torch.backends.cudnn.allow_tf32,
+            torch.backends.cuda.matmul.allow_tf32) == before
+
+
 # --- PTI -------------------------------------------------------------------------
 
 

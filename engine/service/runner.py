@@ -49,6 +49,7 @@ from fsexchange.media import check_media, media_index
 from fsexchange.paths import confine
 
 from fsexchange.options import PipelineConfig
+from engine.devices import check_dtype, resolve_device
 from engine.stages.contract import StageAborted, StageContext
 from engine.stages.recipe import job_recipe
 from engine.stages.pipeline import PIPELINES, plain, run_pipeline, stages_for
@@ -375,6 +376,10 @@ def _run(exchange: Exchange, claim: Claim, settings: RunnerSettings,
         atomic_write_bytes(job_dir / CONFIG_FILE, (json.dumps(
             config.to_dict(), indent=2, sort_keys=True) + "\n").encode())
         stages = stages_for(job.kind, settings.pipelines, config=config)
+        if settings.backend is None:  # computed here: a precision this machine's
+            # devices cannot compute fails the job now, not after hours of stages
+            for dev in settings.devices or (resolve_device(config.device),):
+                check_dtype(config.dtype, dev)
         if settings.backend is not None:  # units on a cluster (docs/scale.md)
             stages = settings.backend.wrap(stages)
         names = [s.name for s in stages]

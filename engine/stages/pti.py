@@ -49,6 +49,7 @@ import numpy as np
 
 from fsexchange.fsutil import atomic_write_bytes
 
+from engine.devices import tensor_float32
 from engine.stages.batching import resolve_batch
 from engine.stages.formulation import PTI_FUSED, choose
 from engine.stages.recipe import TrainingPlan, job_recipe, pti_plan
@@ -71,7 +72,9 @@ log = logging.getLogger(__name__)
 
 
 def autocast(device: str, dtype: str):
-    """bfloat16 autocast when ``options.dtype`` asks for it, else a no-op."""
+    """bfloat16 autocast when ``options.dtype`` asks for it, else a no-op (``tf32``
+    is float32 with TensorFloat-32 switched on around a whole step instead:
+    :func:`engine.devices.tensor_float32`)."""
     import torch
 
     dev = torch.device(device).type
@@ -252,7 +255,8 @@ class PTITuner:
         rows = [int(i) for i in order[b * self.batch:(b + 1) * self.batch]]
         if st["acc"] is None:
             st["acc"] = [0.0, 0.0, 0.0, 0]  # sums of loss, mse, lpips; frames
-        loss, mse, lp = self._step(rows, [self.seed, p, b])
+        with tensor_float32(self.device, self.dtype):  # forward and backward
+            loss, mse, lp = self._step(rows, [self.seed, p, b])
         acc, k = st["acc"], len(rows)
         acc[0] += loss * k
         acc[1] += mse * k
@@ -341,13 +345,14 @@ def pti_candidates(G: "Generator", lpips: Any, device: str, dtype: str
         def step(name: str) -> None:
             opt.zero_grad(set_to_none=True)
             order.zero_grad()
-            for part in _parts(n, name == "loop"):
-                with autocast(device, dtype):
-                    img = Gc.synthesis(ws[part], fused=PTI_FUSED[name]).float()
-                    mse = (img - target[part]).square().mean(dim=(1, 2, 3))
-                    lp = _lpips(lpips, img, [f[part] for f in feats]).float()
-                    loss = (mse + lp.reshape(-1)).sum() / n
-                loss.backward()
+            with tensor_float32(device, dtype):
+                for part in _parts(n, name == "loop"):
+                    with autocast(device, dtype):
+                        img = Gc.synthesis(ws[part], fused=PTI_FUSED[name]).float()
+                        mse = (img - target[part]).square().mean(dim=(1, 2, 3))
+                        lp = _lpips(lpips, img, [f[part] for f in feats]).float()
+                        loss = (mse + lp.reshape(-1)).sum() / n
+                    loss.backward()
             order.hand_over_grads()
             opt.step()
 

@@ -637,11 +637,17 @@ class RefineTuner:
 
     def step(self) -> dict[str, Any]:
         """One optimiser step on the next batch of pairs; returns its record."""
+        from engine.devices import tensor_float32
+
+        with tensor_float32(self.device, self.dtype):  # forward and backward
+            return self._advance()
+
+    def _advance(self) -> dict[str, Any]:
         st = self.state
         phase, epoch, b = st["phase"], st["epoch"], st["batch"]
         if phase == 1 and self.epochs[0] == 0:
             self._enter_phase2()
-            return self.step() if not self.done else {}
+            return self._advance() if not self.done else {}
         order = np.random.default_rng([self.seed, phase, epoch]).permutation(
             len(self.others))
         rows = [self.others[int(i)] for i in order[b * self.batch:(b + 1) * self.batch]]

@@ -408,6 +408,7 @@ class BatchedStitcher:
         """
         import torch
 
+        from engine.devices import tensor_float32
         from engine.stages.pti import autocast
 
         cfg = self.cfg
@@ -423,39 +424,41 @@ class BatchedStitcher:
         steps = [0] * B
         active = list(range(B))
         t = 0
-        while t < cfg.steps and active:
-            if abort is not None:
-                abort()
-            full = len(active) == B
-            idx = torch.tensor(active, device=target.device)
-            sel = (lambda x: x) if full else (lambda x, i=idx: x.index_select(0, i))
-            with autocast(dev, self.dtype):
-                img, leaves = copies.forward(active, inputs, B)
-            img = img.float()
-            border_l = masked_loss(img, sel(target), sel(border), cfg.l1)
-            content_l = masked_loss(img, sel(edited), sel(content), cfg.l1)
-            bl = border_l.detach().cpu().tolist()
-            keep = []
-            for j, f in enumerate(active):
-                curves[f].append(bl[j])
-                # early stop: before this step's update (docs/reference.md "Stitching
-                # tuning")
-                keep.append(not (cfg.border_loss_threshold > 0
-                                 and bl[j] < cfg.border_loss_threshold))
-            if not any(keep):
-                break
-            w = torch.tensor(keep, dtype=img.dtype, device=img.device)
-            loss = ((border_l + cfg.content_weight * content_l) * w).sum()
-            grads = torch.autograd.grad(loss, leaves)
-            t += 1
-            with torch.no_grad():
-                copies.update(active, keep, grads, t, cfg.lr, B)
-            kept = [f for f, k in zip(active, keep) if k]
-            for f in kept:
-                steps[f] += 1
-            active = kept
-            if progress is not None:
-                progress(t / cfg.steps)
+        # forward and backward (TensorFloat-32 when the precision is tf32)
+        with tensor_float32(dev, self.dtype):
+            while t < cfg.steps and active:
+                if abort is not None:
+                    abort()
+                full = len(active) == B
+                idx = torch.tensor(active, device=target.device)
+                sel = (lambda x: x) if full else (lambda x, i=idx: x.index_select(0, i))
+                with autocast(dev, self.dtype):
+                    img, leaves = copies.forward(active, inputs, B)
+                img = img.float()
+                border_l = masked_loss(img, sel(target), sel(border), cfg.l1)
+                content_l = masked_loss(img, sel(edited), sel(content), cfg.l1)
+                bl = border_l.detach().cpu().tolist()
+                keep = []
+                for j, f in enumerate(active):
+                    curves[f].append(bl[j])
+                    # early stop: before this step's update (docs/reference.md
+                    # "Stitching tuning")
+                    keep.append(not (cfg.border_loss_threshold > 0
+                                     and bl[j] < cfg.border_loss_threshold))
+                if not any(keep):
+                    break
+                w = torch.tensor(keep, dtype=img.dtype, device=img.device)
+                loss = ((border_l + cfg.content_weight * content_l) * w).sum()
+                grads = torch.autograd.grad(loss, leaves)
+                t += 1
+                with torch.no_grad():
+                    copies.update(active, keep, grads, t, cfg.lr, B)
+                kept = [f for f, k in zip(active, keep) if k]
+                for f in kept:
+                    steps[f] += 1
+                active = kept
+                if progress is not None:
+                    progress(t / cfg.steps)
         with torch.no_grad():  # the delivered crops: rendered in float32
             out = copies.render(inputs).float()
             after = masked_loss(out, target, border, cfg.l1).cpu().tolist()
