@@ -752,11 +752,18 @@ class _TransposedConv(torch.autograd.Function):
         return gx, gw, None, None
 
 
-def transposed_as_gradient() -> bool:
-    """Whether transposed convolutions run through :class:`_TransposedConv` here:
-    everywhere but inside :func:`reference_ops` and :func:`plain_layout`
-    (``torch.func.vmap``, which has no rule for it)."""
+def own_operations() -> bool:
+    """Whether operations of our own (custom autograd functions, generated
+    kernels) may run here: everywhere but inside :func:`reference_ops` (the
+    reference's operations) and :func:`plain_layout` (``torch.func.vmap``, which
+    has no rule for them)."""
     return not (_REFERENCE.get() or _PLAIN.get())
+
+
+def transposed_as_gradient() -> bool:
+    """Whether transposed convolutions run through :class:`_TransposedConv` here
+    (:func:`own_operations`)."""
+    return own_operations()
 
 
 def conv_transpose(x: Tensor, w: Tensor, stride: int, groups: int = 1) -> Tensor:

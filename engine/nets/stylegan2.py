@@ -38,6 +38,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from engine.nets import epilogue
 from engine.nets.ops import (
     LRELU_GAIN,
     channels_last,
@@ -45,6 +46,7 @@ from engine.nets.ops import (
     lrelu_agc,
     modulated_conv2d,
     normalize_2nd_moment,
+    own_operations,
     setup_filter,
     stored_weight,
     upsample2d,
@@ -180,24 +182,41 @@ class SynthesisLayer(nn.Module):
         """``x [N, I, r/up, r/up]``, ``styles [N, I]`` -> ``[N, O, r, r]``."""
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}")
+        # lrelu(z) * sqrt(2) computed as lrelu(sqrt(2) * z): the gain rides on the
+        # convolution's weights, the bias on the convolution (engine/nets/ops.py)
+        clamp = self.conv_clamp * LRELU_GAIN if self.conv_clamp is not None else None
+        const = self.use_noise and noise_mode == "const"
+        out_shape = (x.shape[0], self.out_channels, x.shape[2] * self.up,
+                     x.shape[3] * self.up)
+        if noise_mode != "random" and epilogue.applies(
+                out_shape, x.device, clamp, not own_operations()):
+            # bias (where no convolution absorbs it), noise and leaky ReLU in one
+            # pass each way (engine/nets/epilogue.py): an up-sampling
+            # convolution's bias would otherwise be a pass of its own
+            fold = self.up == 1
+            y = modulated_conv2d(x, self.weight, styles, demodulate=True, up=self.up,
+                                 padding=self.padding,
+                                 resample_filter=self.resample_filter,
+                                 fused=fused, bias=self.bias if fold else None,
+                                 gain=LRELU_GAIN)
+            return epilogue.bias_noise_lrelu(
+                y, None if fold else self.bias, self.noise_const if const else None,
+                self.noise_strength if const else None, LRELU_GAIN)
         noise = None
         # per-sample parameters (a stack of per-frame copies, see Generator): a
         # leading batch axis on weight [N, O, I, k, k], noise_strength [N], bias [N, O]
         strength = self.noise_strength
         if self.use_noise and strength.ndim == 1:
             strength = strength[:, None, None, None]
-        if self.use_noise and noise_mode == "const":
+        if const:
             noise = self.noise_const * strength
         elif self.use_noise and noise_mode == "random":
             noise = torch.randn([x.shape[0], 1, self.resolution, self.resolution],
                                 device=x.device, dtype=x.dtype) * strength
-        # lrelu(z) * sqrt(2) computed as lrelu(sqrt(2) * z): the gain rides on the
-        # convolution's weights, the bias on the convolution (engine/nets/ops.py)
         x = modulated_conv2d(x, self.weight, styles, demodulate=True, up=self.up,
                              padding=self.padding,
                              resample_filter=self.resample_filter, noise=noise,
                              fused=fused, bias=self.bias, gain=LRELU_GAIN)
-        clamp = self.conv_clamp * LRELU_GAIN if self.conv_clamp is not None else None
         return lrelu_agc(x, gain=1.0, clamp=clamp, inplace=True)  # x: fresh
 
     def extra_repr(self) -> str:
