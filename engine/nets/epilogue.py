@@ -8,7 +8,7 @@ backward (the leaky ReLU's gradient, the bias gradient's sum, the noise
 gradient's sum), and at the high resolutions they are memory-bound: at 1024 px a
 layer's output is 32 channels of 1024 x 1024, and in a bfloat16 PTI step on two
 CPU cores the element-wise work of the 512 and 1024 px blocks took about a fifth
-of the step (docs/pipeline.md "Where the time goes").
+of the step (docs/pipeline.md "Where the time goes", "Fused epilogue").
 
 Here the forward is one generated kernel (read the convolution's output, write the
 activation) and the backward another (read the incoming gradient and the saved
@@ -46,10 +46,11 @@ __all__ = ["MIN_ELEMENTS", "applies", "bias_noise_lrelu", "enabled"]
 
 log = logging.getLogger(__name__)
 
-#: outputs smaller than this (elements, all samples) stay eager: the 128 px
-#: layers of a 1024 px generator and up (64 channels x 512 x 512 is 16.8 M). Per
-#: pass those were measured 3-7x faster fused (docs/pipeline.md "Speed"); the
-#: smaller layers gain little and would each cost one more compilation
+#: outputs smaller than this (elements, all samples) stay eager: fused are the
+#: 128 px layers of the official channel counts and up (256 x 128 x 128 is 4.2 M;
+#: 32 x 1024 x 1024 is 33.6 M), where the passes are memory-bound; a smaller
+#: layer gains little and would cost one more compilation (docs/pipeline.md
+#: "Fused epilogue")
 MIN_ELEMENTS = 1 << 22
 
 #: kernels generated per direction at most (shapes x variants x dtypes)
