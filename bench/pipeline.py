@@ -110,6 +110,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from engine.devices import check_dtype, exact_float32, tf32_capable  # noqa: E402
+from engine.nets import epilogue  # noqa: E402
 from engine.stages.batching import resolve_batch  # noqa: E402
 from engine.nets.ops import reference_ops  # noqa: E402
 from engine.stages.compute import keep_freed_memory, reserve_heap  # noqa: E402
@@ -1447,7 +1448,10 @@ def _speed(args: argparse.Namespace, dev: str, work: Path, official: bool) -> in
           f"{torch.get_num_threads()}, freed memory kept for reuse: "
           f"{'yes' if kept else 'no'}"
           + (f", {reserved / 2 ** 30:g} GiB of heap reserved in "
-             f"{time.perf_counter() - t0:.0f} s" if reserved else ""))
+             f"{time.perf_counter() - t0:.0f} s" if reserved else "")
+          + ", fused epilogue: " + (
+              f"on (layers of {epilogue.MIN_ELEMENTS / 2 ** 20:g} Mi elements "
+              "and up)" if epilogue.enabled() and dev == "cpu" else "off"))
     load = os.getloadavg()[0]
     if dev == "cpu" and load > (os.cpu_count() or 1) * 0.5:
         print(f"warning: load average {load:.1f} on {os.cpu_count()} cores: other "
@@ -1547,6 +1551,10 @@ def _speed(args: argparse.Namespace, dev: str, work: Path, official: bool) -> in
                   f"both {m['pti'] + m['stitch']:9.1f}{vs}")
     out["load_average_end"] = list(os.getloadavg())
     out["failures"] = fails
+    out["fused_epilogue"] = epilogue.enabled() and dev == "cpu"
+    if epilogue._broken:  # the rows ran eagerly from the failure on
+        print(f"warning: the fused epilogue failed and the rows ran it eagerly "
+              f"from then on: {epilogue._broken[0]}")
     if args.memory:
         print("\nMemory of one step at the official size (1024 px), above the "
               "networks' own weights"

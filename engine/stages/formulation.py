@@ -90,8 +90,9 @@ def device_name(device: Any) -> str:
 #: convolutions as input gradients, the shared weight's one-pass side,
 #: HYBRID_FACTOR 8; 3: a PTI candidate times the whole step, loss and Adam
 #: included, since the fast recipe compares per-frame seconds across batch sizes;
-#: conv weights trained in their convolutions' memory order)
-KERNELS_REVISION = 3
+#: conv weights trained in their convolutions' memory order; 4: the large
+#: layers' fused epilogue, engine/nets/epilogue.py)
+KERNELS_REVISION = 4
 
 
 def formulation_key(kind: str, device: Any, dtype: str, G: "Generator", batch: int,
