@@ -376,9 +376,14 @@ def _run(exchange: Exchange, claim: Claim, settings: RunnerSettings,
         atomic_write_bytes(job_dir / CONFIG_FILE, (json.dumps(
             config.to_dict(), indent=2, sort_keys=True) + "\n").encode())
         stages = stages_for(job.kind, settings.pipelines, config=config)
-        if settings.backend is None:  # computed here: a precision this machine's
-            # devices cannot compute fails the job now, not after hours of stages
-            for dev in settings.devices or (resolve_device(config.device),):
+        if settings.backend is None and config.dtype != "auto":
+            # computed here: a precision this machine's devices cannot compute
+            # fails the job now, not after hours of stages
+            try:
+                devices = settings.devices or (resolve_device(config.device),)
+            except ValueError as exc:
+                raise DocumentFieldError(str(exc), field="options.device") from None
+            for dev in devices:
                 check_dtype(config.dtype, dev)
         if settings.backend is not None:  # units on a cluster (docs/scale.md)
             stages = settings.backend.wrap(stages)
