@@ -186,3 +186,40 @@ def test_without_a_compiler_the_layer_computes_eagerly(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert "fused epilogue unavailable, computing it eagerly" in run.stderr
     assert "eager after:" in run.stdout
+
+
+@pytest.mark.slow  # a kernel for each of the tiny networks' layer shapes
+def test_training_loops_take_the_eager_steps(fused_small, monkeypatch):
+    """A whole PTI loop (mini-batches through ConvOrderWeights and fused Adam)
+    and a stitching tune (per-frame copies in the grouped formulation) with every
+    layer's epilogue fused reach the eager losses and images (tiny networks,
+    float32)."""
+    from fsexchange.options import PTIConfig, StitchConfig
+    from engine.stages.pti import PTITuner, TargetCache
+    from engine.stages.recipe import TrainingPlan
+    from engine.stages.stitch_tune import BatchedStitcher, EditLatents
+    from tiny_training import CropClip, pti_nets, stitch_inputs
+
+    G, lp, ws, crops = pti_nets()
+    plan = TrainingPlan(recipe="fast", batch_size=2, dtype="float32", lr=2e-3,
+                        shuffle=True, formulation="hybrid")
+    Gs, ws_s, target, border, content = stitch_inputs()
+
+    def run():
+        t = PTITuner(copy.deepcopy(G), lp, ws, range(4),
+                     TargetCache(CropClip(crops), G.img_resolution, "cpu", lp, 8),
+                     PTIConfig(steps=2, lr=2e-3), device="cpu", plan=plan)
+        losses = [t.step() for _ in range(4)]
+        tuned = BatchedStitcher(Gs, StitchConfig(steps=3), "float32", "grouped").tune(
+            EditLatents(ws=ws_s), target, border, content)
+        return losses, tuned
+
+    fused_losses, fused = run()
+    monkeypatch.setattr(epilogue, "MIN_ELEMENTS", 1 << 60)
+    eager_losses, eager = run()
+    # the kernels ran (their rounding order differs from the eager one's) and
+    # did not fall back
+    assert not torch.equal(fused.images, eager.images) and epilogue.enabled()
+    assert fused_losses == pytest.approx(eager_losses, rel=1e-5)
+    assert (fused.images - eager.images).abs().max().item() < 1e-4
+    assert fused.after == pytest.approx(eager.after, rel=1e-4)
