@@ -38,7 +38,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# everything but the tests marked slow (under 2 minutes on 2 idle cores)
+# everything but the tests marked slow (about 2 minutes on 2 idle cores)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
