@@ -203,7 +203,7 @@ class _ClockedConv(torch.autograd.Function):
         import engine.nets.ops as ops
 
         if transposed and b is None and padding == [0, 0] and stride[0] == stride[1] \
-                and ops.transposed_as_gradient():
+                and ops.own_operations():
             # ours: the strided convolution's input gradient (ops._TransposedConv)
             def conv(x: Any, w: Any, b: Any, stride: list[int], padding: list[int],
                      groups: int) -> torch.Tensor:
@@ -1451,7 +1451,7 @@ def _speed(args: argparse.Namespace, dev: str, work: Path, official: bool) -> in
              f"{time.perf_counter() - t0:.0f} s" if reserved else "")
           + ", fused epilogue: " + (
               f"on (layers of {epilogue.MIN_ELEMENTS / 2 ** 20:g} Mi elements "
-              "and up)" if epilogue.enabled() and dev == "cpu" else "off"))
+              "and up)" if epilogue.enabled(dev) else "off"))
     load = os.getloadavg()[0]
     if dev == "cpu" and load > (os.cpu_count() or 1) * 0.5:
         print(f"warning: load average {load:.1f} on {os.cpu_count()} cores: other "
@@ -1551,10 +1551,10 @@ def _speed(args: argparse.Namespace, dev: str, work: Path, official: bool) -> in
                   f"both {m['pti'] + m['stitch']:9.1f}{vs}")
     out["load_average_end"] = list(os.getloadavg())
     out["failures"] = fails
-    out["fused_epilogue"] = epilogue.enabled() and dev == "cpu"
-    if epilogue._broken:  # the rows ran eagerly from the failure on
+    out["fused_epilogue"] = epilogue.enabled(dev)
+    if epilogue.failure():  # the rows ran eagerly from the failure on
         print(f"warning: the fused epilogue failed and the rows ran it eagerly "
-              f"from then on: {epilogue._broken[0]}")
+              f"from then on: {epilogue.failure()}")
     if args.memory:
         print("\nMemory of one step at the official size (1024 px), above the "
               "networks' own weights"

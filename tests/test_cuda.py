@@ -22,15 +22,15 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fsexchange.options import (PTI_FORMULATIONS, STITCH_FORMULATIONS, PipelineConfig,
-                                PTIConfig, StitchConfig)
+                                StitchConfig)
 from engine.models.formulations import FormulationRecords
 from engine.stages.formulation import choose
-from engine.stages.pti import PTITuner, TargetCache, pti_candidates
+from engine.stages.pti import TargetCache, pti_candidates
 from engine.stages.recipe import TrainingPlan, pti_plan
 from engine.stages.stitch_tune import BatchedStitcher, EditLatents, tune_reference
 from adam_steps import close_steps, step_plain_and_conv_order
 from bench_run import run_pipeline_bench
-from tiny_training import CropClip, pti_nets
+from tiny_training import CropClip, pti_nets, pti_tuner
 from tiny_training import stitch_inputs as tiny_stitch_inputs
 
 pytestmark = pytest.mark.gpu
@@ -47,14 +47,6 @@ def nets():
 
     exact_float32()  # as every compute process (engine/stages/compute.py)
     return pti_nets()
-
-
-def _tuner(G, lp, ws, crops, device, plan, passes=2, lr=2e-3):
-    G, lp = copy.deepcopy(G).to(device), copy.deepcopy(lp).to(device)
-    n = len(crops)
-    return PTITuner(G, lp, ws[:n], range(n),
-                    TargetCache(CropClip(crops), G.img_resolution, device, lp, 8),
-                    PTIConfig(steps=passes, lr=lr), device=device, plan=plan)
 
 
 def test_float32_is_ieee_float32_on_the_gpu(tmp_path):
@@ -77,8 +69,8 @@ def test_reference_pti_on_the_gpu_takes_the_cpus_steps(nets, formulation):
     crops = crops[:3]
     plan = TrainingPlan(recipe="reference", batch_size=1, dtype="float32", lr=2e-3,
                         shuffle=False, formulation=formulation)
-    cpu = _tuner(G, lp, ws, crops, "cpu", plan)
-    gpu = _tuner(G, lp, ws, crops, CUDA, plan)
+    cpu = pti_tuner(G, lp, ws, crops, "cpu", plan)
+    gpu = pti_tuner(G, lp, ws, crops, CUDA, plan)
     for k in range(6):
         assert gpu.step() == pytest.approx(cpu.step(), rel=1e-4), k
         close_steps([p.detach().cpu() for p in gpu.G.synthesis.parameters()],
@@ -136,7 +128,7 @@ def test_bfloat16_trains_like_float32_on_the_gpu(nets, stitch_inputs):
     for dtype in ("float32", "bfloat16"):
         plan = TrainingPlan(recipe="fast", batch_size=2, dtype=dtype, lr=2e-3,
                             shuffle=True, formulation="hybrid")
-        t = _tuner(G, lp, ws, crops, CUDA, plan, passes=3)
+        t = pti_tuner(G, lp, ws, crops, CUDA, plan, passes=3)
         losses[dtype] = [t.step() for _ in range(6)]
     assert all(np.isfinite(losses["bfloat16"]))
     np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=3e-2)
@@ -193,7 +185,7 @@ def test_tf32_steps_run_in_tensor_float32_and_train_like_float32(nets,
     for dtype in ("float32", "tf32"):
         plan = TrainingPlan(recipe="reference", batch_size=1, dtype=dtype, lr=2e-3,
                             shuffle=False, formulation="modulated")
-        t = _tuner(G, lp, ws, crops[:3], CUDA, plan)
+        t = pti_tuner(G, lp, ws, crops[:3], CUDA, plan)
         with ConvSwitches() as mode:
             losses[dtype] = [t.step() for _ in range(6)]
         on = dtype == "tf32"

@@ -53,3 +53,19 @@ def stitch_inputs(device: str = "cpu") -> tuple[Any, ...]:
     _, border, content = (torch.from_numpy(np.stack([m] * 3)).to(device)
                           for m in stitch_masks(face))
     return G, ws, target, border, content
+
+
+def pti_tuner(G: Any, lp: Any, ws: np.ndarray, crops: list[np.ndarray], device: str,
+              plan: Any, passes: int = 2, lr: float = 2e-3) -> Any:
+    """A PTI tuner over copies of ``G`` and ``lp`` on ``device``, one frame per
+    crop, under ``plan``."""
+    import copy
+
+    from fsexchange.options import PTIConfig
+    from engine.stages.pti import PTITuner, TargetCache
+
+    G, lp = copy.deepcopy(G).to(device), copy.deepcopy(lp).to(device)
+    n = len(crops)
+    return PTITuner(G, lp, ws[:n], range(n),
+                    TargetCache(CropClip(crops), G.img_resolution, device, lp, 8),
+                    PTIConfig(steps=passes, lr=lr), device=device, plan=plan)

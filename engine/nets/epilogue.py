@@ -33,6 +33,7 @@ on the machine), the process logs it once and stays eager.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from typing import Any, Callable
@@ -42,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-__all__ = ["MIN_ELEMENTS", "applies", "bias_noise_lrelu", "enabled"]
+__all__ = ["MIN_ELEMENTS", "applies", "bias_noise_lrelu", "enabled", "failure"]
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +65,18 @@ _compiled: dict[Callable[..., Any], Callable[..., Any]] = {}
 _broken: list[str] = []  # why inductor failed in this process, once it has
 
 
-def enabled() -> bool:
-    """Whether this process fuses epilogues at all: not after inductor failed
-    here, and not with ``FACESTITCH_FUSED_EPILOGUE=0`` in the environment."""
-    return not _broken and os.environ.get("FACESTITCH_FUSED_EPILOGUE", "1") != "0"
+def enabled(device: Any = "cpu") -> bool:
+    """Whether this process fuses epilogues on ``device`` at all: on the CPU only,
+    not after inductor failed here, and not with ``FACESTITCH_FUSED_EPILOGUE=0``
+    in the environment."""
+    return (torch.device(device).type == "cpu" and not _broken
+            and os.environ.get("FACESTITCH_FUSED_EPILOGUE", "1") != "0")
+
+
+def failure() -> str | None:
+    """Why the kernels could not be generated in this process, if they could
+    not (from then on every epilogue is computed eagerly)."""
+    return _broken[0] if _broken else None
 
 
 def applies(y_shape: Any, device: torch.device, clamp: float | None,
@@ -75,11 +84,8 @@ def applies(y_shape: Any, device: torch.device, clamp: float | None,
     """Whether a layer whose convolution output has ``y_shape`` takes the fused
     epilogue (module docstring); ``eager_only``: under ``plain_layout`` or
     ``reference_ops``."""
-    n = 1
-    for d in y_shape:
-        n *= int(d)
-    return (device.type == "cpu" and clamp is None and not eager_only
-            and n >= MIN_ELEMENTS and enabled())
+    return (clamp is None and not eager_only and math.prod(y_shape) >= MIN_ELEMENTS
+            and enabled(device))
 
 
 # --- the expressions inductor turns into kernels ---------------------------------

@@ -760,18 +760,12 @@ def own_operations() -> bool:
     return not (_REFERENCE.get() or _PLAIN.get())
 
 
-def transposed_as_gradient() -> bool:
-    """Whether transposed convolutions run through :class:`_TransposedConv` here
-    (:func:`own_operations`)."""
-    return own_operations()
-
-
 def conv_transpose(x: Tensor, w: Tensor, stride: int, groups: int = 1) -> Tensor:
     """``F.conv_transpose2d(x, w, stride=stride, groups=groups)`` through
-    :class:`_TransposedConv` where :func:`transposed_as_gradient`, else through
+    :class:`_TransposedConv` where :func:`own_operations`, else through
     ``conv_transpose2d`` itself. Under autocast in the autocast dtype, as
     ``conv_transpose2d``."""
-    if not transposed_as_gradient():
+    if not own_operations():
         return F.conv_transpose2d(x, w, stride=stride, groups=groups)
     dev = x.device.type
     if torch.is_autocast_enabled(dev):
