@@ -269,3 +269,20 @@ def test_bench_official_architecture_on_the_gpu(tmp_path):
         for r in fig[part]["rows"]:
             assert r["tflops"] > 0 and r["job_frames_per_minute"] > 0
     assert set(fig["shot_minutes_300_frames"]) >= {"re-creation", "fast/bfloat16"}
+
+
+@pytest.mark.slow  # Triton kernels for each layer shape; gpu_check's epilogue part
+def test_fused_epilogue_kernels_compute_the_eager_values_on_the_gpu():
+    """The Triton kernels inductor generates for the fused epilogue (on CUDA only
+    with ``FACESTITCH_FUSED_EPILOGUE=all`` until they are measured there) run for
+    the large layers and give the eager float32 image and gradients; bfloat16 runs
+    them too (bench/epilogue.py's checks)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import epilogue as bench
+
+    for dtype in ("float32", "bfloat16"):
+        row = bench.measure(256, 1, dtype, torch.device(CUDA), 1, "hybrid")
+        assert bench.check(row) == [], row
+        assert row["kernel_calls_per_step"] == 8  # the 128 and 256 px layers

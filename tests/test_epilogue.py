@@ -154,6 +154,8 @@ def test_eager_where_it_must_be(fused_small, monkeypatch):
     assert mode.ops > 0 and _fused(y) and torch.allclose(y, fused, atol=1e-6)
     assert epilogue.enabled() and torch.equal(_run(L, x, styles, g)[0], fused)
     assert not epilogue.enabled("cuda")  # until measured on a GPU
+    monkeypatch.setenv("FACESTITCH_FUSED_EPILOGUE", "all")  # for measuring there
+    assert epilogue.enabled("cuda") and epilogue.enabled()
     monkeypatch.setenv("FACESTITCH_FUSED_EPILOGUE", "0")
     assert not epilogue.enabled() and not _fused(_run(L, x, styles, g)[0])
 

@@ -22,7 +22,9 @@ values are the eager ones up to the order of the two additions' rounding, for
 bfloat16 the activation is rounded once instead of after every operation.
 
 Only where it pays and is known to work: on the CPU (CUDA keeps the eager
-operations until the fused kernels are measured on a GPU), for outputs of at
+operations until the fused kernels are measured on a GPU: ``bench/epilogue.py``
+times both there, with ``FACESTITCH_FUSED_EPILOGUE=all`` turning the Triton
+kernels inductor generates on for CUDA too), for outputs of at
 least :data:`MIN_ELEMENTS` elements (a smaller layer is not memory-bound, and
 every distinct shape costs a compilation), without an activation clamp, outside
 ``torch.func`` transforms (:func:`engine.nets.ops.plain_layout`) and outside
@@ -43,7 +45,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-__all__ = ["MIN_ELEMENTS", "applies", "bias_noise_lrelu", "enabled", "failure"]
+__all__ = ["MIN_ELEMENTS", "applies", "bias_noise_lrelu", "enabled", "failure",
+           "kernel_calls"]
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +66,24 @@ SLOPE = 0.2
 _lock = threading.Lock()
 _compiled: dict[Callable[..., Any], Callable[..., Any]] = {}
 _broken: list[str] = []  # why inductor failed in this process, once it has
+_calls = [0]  # generated-kernel calls in this process (both directions)
 
 
 def enabled(device: Any = "cpu") -> bool:
-    """Whether this process fuses epilogues on ``device`` at all: on the CPU only,
-    not after inductor failed here, and not with ``FACESTITCH_FUSED_EPILOGUE=0``
-    in the environment."""
-    return (torch.device(device).type == "cpu" and not _broken
-            and os.environ.get("FACESTITCH_FUSED_EPILOGUE", "1") != "0")
+    """Whether this process fuses epilogues on ``device`` at all: not after
+    inductor failed here; ``FACESTITCH_FUSED_EPILOGUE`` in the environment is
+    ``0`` (never), ``1`` or unset (on the CPU, where it was measured to pay) or
+    ``all`` (on every device: CUDA takes Triton kernels, for measuring them)."""
+    mode = os.environ.get("FACESTITCH_FUSED_EPILOGUE", "1")
+    if _broken or mode == "0":
+        return False
+    return mode == "all" or torch.device(device).type == "cpu"
+
+
+def kernel_calls() -> int:
+    """How many times this process has run a generated epilogue kernel (forward
+    and backward calls; a benchmark's proof that its fused rows were fused)."""
+    return _calls[0]
 
 
 def failure() -> str | None:
@@ -136,7 +149,9 @@ def _kernel(fn: Callable[..., Any], *args: Any) -> Any:
         # one kernel per shape and variant: a 1024 px generator has a dozen per
         # direction, more than dynamo's default of 8 per function
         with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-            return compiled(*args)
+            out = compiled(*args)
+        _calls[0] += 1
+        return out
     except Exception as exc:  # noqa: BLE001 - no compiler, a codegen failure
         with _lock:
             if not _broken:
