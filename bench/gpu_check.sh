@@ -10,7 +10,9 @@
 # together 9 min 20 s, so that the whole run fits one 10-minute call of a lent
 # machine (not yet run on a GPU). Logs and the benchmark's JSON go to $OUT
 # (default: a fresh temporary folder). Uses the python3 that holds a CUDA torch
-# (PYTHON overrides); the project's CPU .venv is not for this.
+# (PYTHON overrides); the project's CPU .venv is not for this. With
+# REFERENCE_CODE naming a checkout of rotemtzaban/STIT (and the lpips package
+# importable), the benchmark also times STIT's own code in its rounds.
 #
 #     bash bench/gpu_check.sh                  # all four
 #     GPU_CHECK_PARTS=bench bash bench/gpu_check.sh
@@ -37,6 +39,7 @@ for part in $PARTS; do
         bench)
             timeout 230 "$PY" bench/pipeline.py --arch official --device cuda \
                 --size 1024 --frames 4 --pti-passes 3 --stitch-steps 5 --rounds 2 \
+                ${REFERENCE_CODE:+--reference-code "$REFERENCE_CODE"} \
                 --json "$OUT/bench1024.json" 2>&1 | tee "$OUT/bench1024.log" \
                 || status=1 ;;
         memory)

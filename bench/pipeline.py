@@ -56,6 +56,13 @@ within ``--tolerance`` (relative, default 1e-3): otherwise the benchmark prints
 (bfloat16; tf32, which ``--dtypes auto`` adds on a GPU that computes it; the fast
 recipe's mini-batches) are labelled so and not checked.
 
+**Against the reference code itself** (``--reference-code DIR``, a checkout of
+``rotemtzaban/STIT``; bench/reference_code.py): STIT's own networks, LPIPS
+package, losses and stitching function run as one more loop in the same rounds
+(row ``STIT code``), on the same weights; each row then also prints its ratio
+against it, and the STIT row is checked against the re-creation like a
+same-arithmetic row.
+
 ``--fidelity`` instead runs the whole pipeline on a real clip with the official
 weights once per recipe (and, on a GPU that computes TensorFloat-32, once more for
 the reference recipe in tf32), and prints reconstruction MSE and LPIPS, identity
@@ -123,6 +130,8 @@ from engine.stages.stitch_tune import (BatchedStitcher, EditLatents,  # noqa: E4
                                        tune_reference)
 from fsexchange.errors import PrecisionUnsupported  # noqa: E402
 from fsexchange.options import DTYPES, PipelineConfig  # noqa: E402
+
+import reference_code  # noqa: E402  (bench/reference_code.py)
 
 #: default relative tolerance on the losses of a same-arithmetic row
 TOLERANCE = 1e-3
@@ -455,14 +464,18 @@ def _rounds(fns: dict[str, Callable[[], Any]], warm: dict[str, Callable[[], Any]
 
 def _recipe_rounds(ref: Callable[..., Any], ours: Callable[..., Any],
                    plans: dict[tuple[str, str], Any], n: int, rounds: int,
-                   device: str) -> tuple[dict[str, Callable[[], Any]], dict[str, Any],
-                                         dict[str, list[float]]]:
-    """The re-creation ``ref(frames, steps)`` and ``ours(key, frames, steps)`` for
+                   device: str, code: Callable[..., Any] | None = None
+                   ) -> tuple[dict[str, Callable[[], Any]], dict[str, Any],
+                              dict[str, list[float]]]:
+    """The re-creation ``ref(frames, steps)``, the reference code ``code(frames,
+    steps)`` when given (named ``code``), and ``ours(key, frames, steps)`` for
     every (recipe, dtype) plan, named ``recipe/dtype``, each warmed up on one step
     of as many frames as one of its batches, then timed by :func:`_rounds`.
     Returns the loops, their last results and their seconds."""
     fns: dict[str, Callable[[], Any]] = {"ref": ref}
     warm: dict[str, Callable[[], Any]] = {"ref": lambda: ref(1, 1)}
+    if code is not None:
+        fns["code"], warm["code"] = code, lambda: code(1, 1)
     for key in plans:
         name = "/".join(key)
         fns[name] = lambda key=key: ours(key)
@@ -470,9 +483,21 @@ def _recipe_rounds(ref: Callable[..., Any], ours: Callable[..., Any],
     return (fns, *_rounds(fns, warm, rounds, device))
 
 
+#: the row of the reference code itself (``--reference-code``)
+CODE_ROW = "STIT code"
+
+
+def _without_code(fns: dict[str, Callable[[], Any]]) -> dict[str, Callable[[], Any]]:
+    """The loops but the reference code's (the convolution clock and the loss
+    readers know our networks only)."""
+    return {k: v for k, v in fns.items() if k != "code"}
+
+
 def _timing(secs: dict[str, list[float]], work: int) -> dict[str, dict[str, Any]]:
     """Per loop: median seconds, median frame-updates/s, and the median (and range)
-    over rounds of the re-creation's seconds over the loop's in the same round."""
+    over rounds of the re-creation's seconds over the loop's in the same round;
+    with the reference code timed (``code``), the same against it
+    (``code_ratio``)."""
     out = {}
     for k, v in secs.items():
         r = [a / b for a, b in zip(secs["ref"], v)]
@@ -480,6 +505,10 @@ def _timing(secs: dict[str, list[float]], work: int) -> dict[str, dict[str, Any]
                   "updates_per_second": work / float(np.median(v)),
                   "ratio": float(np.median(r)), "ratio_min": float(min(r)),
                   "ratio_max": float(max(r))}
+        if "code" in secs:
+            c = [a / b for a, b in zip(secs["code"], v)]
+            out[k].update(code_ratio=float(np.median(c)),
+                          code_ratio_min=float(min(c)), code_ratio_max=float(max(c)))
     return out
 
 
@@ -560,7 +589,10 @@ def _label(part: str, recipe: str, dtype: str, plan: Any) -> str:
 
 def bench_pti(inp: dict[str, Any], cfg: PipelineConfig, passes: int, device: str,
               variants: list[tuple[str, str]], rounds: int,
-              formulation: str | None, conv_time: bool = False) -> dict[str, Any]:
+              formulation: str | None, conv_time: bool = False,
+              code: Any = None) -> dict[str, Any]:
+    """PTI side by side; ``code``: STIT's modules (bench/reference_code.py), whose
+    own loop then runs in the same rounds."""
     n = len(inp["pivots"])
     G0, lp = inp["G0"], inp["lpips"]
     pcfg = replace(cfg.pti, steps=passes)
@@ -588,7 +620,16 @@ def bench_pti(inp: dict[str, Any], cfg: PipelineConfig, passes: int, device: str
         return reference_pti(G0, lp, inp["pivots"][:frames], inp["targets"][:frames],
                              steps, pcfg, device)
 
-    fns, last, secs = _recipe_rounds(ref, ours, plans, n, rounds, device)
+    stit = None
+    if code is not None:
+        R0 = reference_code.generator(code, G0, device)
+        lp_code = reference_code.lpips_net(code, lp, device)
+
+        def stit(frames: int = n, steps: int = passes) -> Any:
+            return reference_code.pti(code, R0, lp_code, inp["pivots"][:frames],
+                                      inp["targets"][:frames], steps, pcfg, device)
+
+    fns, last, secs = _recipe_rounds(ref, ours, plans, n, rounds, device, stit)
     work = n * passes
     timing = _timing(secs, work)
     cache = TargetCache(_ArrayClip(inp["crops"]), G0.img_resolution, device, lp,
@@ -609,6 +650,12 @@ def bench_pti(inp: dict[str, Any], cfg: PipelineConfig, passes: int, device: str
     rows = [{"loop": "re-creation", "recipe": "reference loop", "dtype": "float32",
              "formulation": "modulated (pinned)", "batch": 1, **timing["ref"],
              "loss": err(last["ref"]), "label": ""}]
+    if "code" in last:  # STIT's tuned generator, read back into ours to measure
+        Gc = copy.deepcopy(G0)
+        Gc.load_state_dict(last["code"].state_dict())
+        rows.append({"loop": CODE_ROW, "recipe": "reference code",
+                     "dtype": "float32", "formulation": "STIT's networks",
+                     "batch": 1, **timing["code"], "loss": err(Gc), "label": ""})
     for key, plan in plans.items():
         name = "/".join(key)
         rows.append({"loop": name, "recipe": key[0], "dtype": key[1],
@@ -623,7 +670,7 @@ def bench_pti(inp: dict[str, Any], cfg: PipelineConfig, passes: int, device: str
         # the generator's convolutions only (LPIPS's are not clocked): the
         # ceiling printed is then an upper bound
         out["convolutions"] = _conv_time(
-            fns, last, work, secs, device,
+            _without_code(fns), last, work, secs, device,
             lambda r: [err(r if isinstance(r, torch.nn.Module) else r.G)["mse"]])
     return out
 
@@ -813,7 +860,10 @@ def bench_refine(inp: dict[str, Any], cfg: Any, epochs: tuple[int, int], device:
 
 def bench_stitch(inp: dict[str, Any], cfg: PipelineConfig, steps: int, device: str,
                  variants: list[tuple[str, str]], rounds: int,
-                 formulation: str | None, conv_time: bool = False) -> dict[str, Any]:
+                 formulation: str | None, conv_time: bool = False,
+                 code: Any = None) -> dict[str, Any]:
+    """Stitching tuning side by side; ``code`` as in :func:`bench_pti` (W-space
+    edits only: STIT's function takes the edited latents)."""
     n = inp["targets"].shape[0]
     G = inp["G_pti"]
     edits, target = inp["edits"], inp["targets"]
@@ -848,13 +898,24 @@ def bench_stitch(inp: dict[str, Any], cfg: PipelineConfig, steps: int, device: s
             return tune_reference(G, edits.select(sl), target[sl], border[sl],
                                   content[sl], replace(scfg, steps=st)).after
 
-    fns, last, secs = _recipe_rounds(ref, ours, plans, n, rounds, device)
+    stit = None
+    if code is not None and not from_styles:
+        R = reference_code.generator(code, G, device)
+        edit_ws = edits.arg()
+
+        def stit(frames: int = n, st: int = steps) -> list[float]:
+            return reference_code.stitch(code, R, edit_ws[:frames], target[:frames],
+                                         border[:frames], content[:frames], st, scfg)
+
+    fns, last, secs = _recipe_rounds(ref, ours, plans, n, rounds, device, stit)
     work = n * steps
     timing = _timing(secs, work)
     # what a frame costs besides its steps (the float32 renders before and after
     # tuning, the copies), one run of each loop at 0 steps: a job's frames per
     # minute weighs it once per 100 steps, the benchmark once per --stitch-steps
     fixed = {"re-creation": _timed(lambda: ref(n, 0), device)[1] / n}
+    if stit is not None:
+        fixed[CODE_ROW] = _timed(lambda: stit(n, 0), device)[1] / n
     for key in plans:
         fixed["/".join(key)] = _timed(lambda key=key: ours(key, n, 0), device)[1] / n
     Gi = copy.deepcopy(G).train()
@@ -870,20 +931,28 @@ def bench_stitch(inp: dict[str, Any], cfg: PipelineConfig, steps: int, device: s
     rows = [{"loop": "re-creation", "recipe": "reference loop", "dtype": "float32",
              "formulation": "deep copy per frame", "batch": 1, **timing["ref"],
              "border_after": float(np.mean(last["ref"])), "label": ""}]
+
+    def versus_ref(after: list[float]) -> float:  # worst frame, relative
+        return float(np.max(np.abs(np.array(after) - np.array(last["ref"]))
+                            / np.maximum(np.abs(np.array(last["ref"])), 1e-12)))
+
+    if "code" in last:
+        rows.append({"loop": CODE_ROW, "recipe": "reference code", "dtype": "float32",
+                     "formulation": "STIT's optimize_border", "batch": 1,
+                     **timing["code"], "border_after": float(np.mean(last["code"])),
+                     "max_rel_diff_per_frame": versus_ref(last["code"]), "label": ""})
     for key, plan in plans.items():
         name = "/".join(key)
         rows.append({"loop": name, "recipe": key[0], "dtype": key[1],
                      "formulation": plan.formulation, "batch": plan.batch_size,
                      **timing[name], "border_after": float(np.mean(last[name])),
-                     "max_rel_diff_per_frame": float(np.max(
-                         np.abs(np.array(last[name]) - np.array(last["ref"]))
-                         / np.maximum(np.abs(np.array(last["ref"])), 1e-12))),
+                     "max_rel_diff_per_frame": versus_ref(last[name]),
                      "label": _label("stitch", key[0], key[1], plan)})
     out = {"frames": n, "steps": steps, "work": work, "rows": rows,
            "flops_per_update": _flops(one_ref_step)}
     _throughput(out, PipelineConfig().stitch.steps, fixed)
     if conv_time:
-        out["convolutions"] = _conv_time(fns, last, work, secs, device,
+        out["convolutions"] = _conv_time(_without_code(fns), last, work, secs, device,
                                          lambda after: after)
     return out
 
@@ -953,9 +1022,11 @@ def check_rows(part: str, fig: dict[str, Any], tol: float) -> list[str]:
 
 def print_rows(title: str, part: str, fig: dict[str, Any], unit: str) -> None:
     print(f"\n{title}")
+    code = "code_ratio" in fig["rows"][0]
     print(f"  {'loop':<20} {'formulation':<20} {'batch':>5} {unit + '/s':>14} "
           f"{'TFLOP/s':>8} {'job fr/min':>10} {'ratio (range)':>20}  "
-          f"{'loss reached':<28} note")
+          + (f"{'vs STIT code':>20}  " if code else "")
+          + f"{'loss reached':<28} note")
     for row in fig["rows"]:
         if part == "pti":
             loss = f"MSE {row['loss']['mse']:.5f} LPIPS {row['loss']['lpips']:.4f}"
@@ -964,9 +1035,12 @@ def print_rows(title: str, part: str, fig: dict[str, Any], unit: str) -> None:
         rng = f"{row['ratio']:.2f}x ({row['ratio_min']:.2f}-{row['ratio_max']:.2f})"
         note = row["label"] or ("same arithmetic" if row["loop"] != "re-creation"
                                 else "")
+        vs = (f"{row['code_ratio']:.2f}x ({row['code_ratio_min']:.2f}-"
+              f"{row['code_ratio_max']:.2f})" if code else "")
         print(f"  {row['loop']:<20} {str(row['formulation']):<20} {row['batch']:>5} "
               f"{row['updates_per_second']:>14.3f} {row['tflops']:>8.3f} "
-              f"{row['job_frames_per_minute']:>10.2f} {rng:>20}  {loss:<28} {note}")
+              f"{row['job_frames_per_minute']:>10.2f} {rng:>20}  "
+              + (f"{vs:>20}  " if code else "") + f"{loss:<28} {note}")
     if "job_updates_per_frame" in fig:
         fixed = [r for r in fig["rows"] if "frame_fixed_seconds" in r]
         print(f"  (TFLOP/s: the reference step's {fig['flops_per_update'] / 1e9:.0f} "
@@ -1365,6 +1439,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="also run each PTI and stitching loop once with its "
                    "generator's convolutions clocked: their share of an update, "
                    "and the ratio no loop structure can pass")
+    p.add_argument("--reference-code", type=Path, metavar="DIR",
+                   help="--arch official: also time STIT's own code from this "
+                   "checkout of rotemtzaban/STIT, in the same rounds")
     p.add_argument("--fidelity", action="store_true",
                    help="compare the recipes end to end on the official weights")
     p.add_argument("--clip", type=Path, help="--fidelity: the clip (default: the "
@@ -1491,9 +1568,16 @@ def _speed(args: argparse.Namespace, dev: str, work: Path, official: bool) -> in
               + (f"; at 1024 px: {generator_macs(1024)['convolutions']:.1f}"
                  if args.size != 1024 else ""))
     fails: list[str] = []
+    code = None
+    if args.reference_code is not None:
+        if not official:
+            raise SystemExit("bench/pipeline.py: --reference-code needs --arch "
+                             "official")
+        code = reference_code.load(args.reference_code)
+        print(f"reference code: STIT at {code.root}")
     if args.only in (None, "pti"):
         pr = bench_pti(inp, cfg, args.pti_passes, dev, variants, args.rounds,
-                       args.pti_formulation, conv_time=args.conv_time)
+                       args.pti_formulation, conv_time=args.conv_time, code=code)
         fails += check_rows("pti", pr, args.tolerance)
         print_rows(f"PTI, {args.frames} frames x {args.pti_passes} passes "
                    f"(medians of {args.rounds} rounds, loops in turn; reconstruction "
@@ -1525,7 +1609,8 @@ def _speed(args: argparse.Namespace, dev: str, work: Path, official: bool) -> in
         out["refine"] = rr
     if args.only in (None, "stitch"):
         sr = bench_stitch(inp, cfg, args.stitch_steps, dev, variants, args.rounds,
-                          args.stitch_formulation, conv_time=args.conv_time)
+                          args.stitch_formulation, conv_time=args.conv_time,
+                          code=code)
         fails += check_rows("stitch", sr, args.tolerance)
         print_rows(f"Stitching tuning, {args.frames} frames x {args.stitch_steps} "
                    f"steps (medians of {args.rounds} rounds):", "stitch", sr,
@@ -1546,7 +1631,12 @@ def _speed(args: argparse.Namespace, dev: str, work: Path, official: bool) -> in
                 both = (ref["pti"] + ref["stitch"]) / (m["pti"] + m["stitch"])
                 vs = (f"  ({ref['pti'] / m['pti']:.2f}x, "
                       f"{ref['stitch'] / m['stitch']:.2f}x, {both:.2f}x the "
-                      "re-creation's)")
+                      "re-creation's")
+                c = shot.get(CODE_ROW)
+                if c and name != CODE_ROW:
+                    code_x = (c["pti"] + c["stitch"]) / (m["pti"] + m["stitch"])
+                    vs += f"; {code_x:.2f}x the STIT code's"
+                vs += ")"
             print(f"  {name:<20} PTI {m['pti']:9.1f}  stitching {m['stitch']:9.1f}  "
                   f"both {m['pti'] + m['stitch']:9.1f}{vs}")
     out["load_average_end"] = list(os.getloadavg())

@@ -3,9 +3,10 @@
 The PyPI torchvision 0.28.0 wheel is a CUDA build whose ops fail to load next to
 CPU torch; its import then dies registering fake kernels for ``torchvision::nms``.
 Declaring the two operator schemas first makes ``import torchvision`` work for the
-parts we use in tests (docs/environment.md "torch and torchvision"). Only here, nowhere
-else; the engine
-itself never imports torchvision.
+parts we use in tests (docs/environment.md "torch and torchvision"). Here, and in
+bench/reference_code.py (STIT's code imports the ``lpips`` package, which imports
+torchvision) only where the import fails; the engine itself never imports
+torchvision.
 """
 
 from __future__ import annotations
