@@ -12,7 +12,9 @@
 # (default: a fresh temporary folder). Uses the python3 that holds a CUDA torch
 # (PYTHON overrides); the project's CPU .venv is not for this. With
 # REFERENCE_CODE naming a checkout of rotemtzaban/STIT (and the lpips package
-# importable), the benchmark also times STIT's own code in its rounds.
+# importable), the benchmark also times STIT's own code in its rounds (which
+# first builds its two CUDA plugins with nvcc: give that part more time, or run
+# it alone with GPU_CHECK_PARTS=bench).
 #
 #     bash bench/gpu_check.sh                  # all four
 #     GPU_CHECK_PARTS=bench bash bench/gpu_check.sh

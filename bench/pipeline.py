@@ -899,7 +899,10 @@ def bench_stitch(inp: dict[str, Any], cfg: PipelineConfig, steps: int, device: s
                                   content[sl], replace(scfg, steps=st)).after
 
     stit = None
-    if code is not None and not from_styles:
+    if code is not None and from_styles:
+        print("note: STIT's optimize_border takes W-space latents; these edits are "
+              "S-space, so its stitching is not timed")
+    elif code is not None:
         R = reference_code.generator(code, G, device)
         edit_ws = edits.arg()
 
