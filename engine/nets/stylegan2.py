@@ -188,27 +188,19 @@ class SynthesisLayer(nn.Module):
         const = self.use_noise and noise_mode == "const"
         out_shape = (x.shape[0], self.out_channels, x.shape[2] * self.up,
                      x.shape[3] * self.up)
-        if noise_mode != "random" and epilogue.applies(
-                out_shape, x.device, clamp, not own_operations()):
-            # bias (where no convolution absorbs it), noise and leaky ReLU in one
-            # pass each way (engine/nets/epilogue.py): an up-sampling
-            # convolution's bias would otherwise be a pass of its own
-            fold = self.up == 1
-            y = modulated_conv2d(x, self.weight, styles, demodulate=True, up=self.up,
-                                 padding=self.padding,
-                                 resample_filter=self.resample_filter,
-                                 fused=fused, bias=self.bias if fold else None,
-                                 gain=LRELU_GAIN)
-            return epilogue.bias_noise_lrelu(
-                y, None if fold else self.bias, self.noise_const if const else None,
-                self.noise_strength if const else None, LRELU_GAIN)
+        # bias (where no convolution absorbs it), noise and leaky ReLU in one pass
+        # each way (engine/nets/epilogue.py): an up-sampling convolution's bias
+        # would otherwise be a pass of its own
+        fuse = noise_mode != "random" and epilogue.applies(
+            out_shape, x.device, clamp, not own_operations())
+        conv_bias = None if fuse and self.up != 1 else self.bias
         noise = None
         # per-sample parameters (a stack of per-frame copies, see Generator): a
         # leading batch axis on weight [N, O, I, k, k], noise_strength [N], bias [N, O]
         strength = self.noise_strength
         if self.use_noise and strength.ndim == 1:
             strength = strength[:, None, None, None]
-        if const:
+        if const and not fuse:
             noise = self.noise_const * strength
         elif self.use_noise and noise_mode == "random":
             noise = torch.randn([x.shape[0], 1, self.resolution, self.resolution],
@@ -216,7 +208,12 @@ class SynthesisLayer(nn.Module):
         x = modulated_conv2d(x, self.weight, styles, demodulate=True, up=self.up,
                              padding=self.padding,
                              resample_filter=self.resample_filter, noise=noise,
-                             fused=fused, bias=self.bias, gain=LRELU_GAIN)
+                             fused=fused, bias=conv_bias, gain=LRELU_GAIN)
+        if fuse:
+            return epilogue.bias_noise_lrelu(
+                x, self.bias if conv_bias is None else None,
+                self.noise_const if const else None,
+                self.noise_strength if const else None, LRELU_GAIN)
         return lrelu_agc(x, gain=1.0, clamp=clamp, inplace=True)  # x: fresh
 
     def extra_repr(self) -> str:
